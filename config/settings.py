@@ -1,0 +1,197 @@
+"""Settings, all from environment variables with safe defaults (see .env.example)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from config.env import env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+HTTPS = env_bool("HTTPS", False)
+
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG and HTTPS:
+        raise ImproperlyConfigured("SECRET_KEY is required when HTTPS is on (production).")
+    # Development and tests only; production (HTTPS=1) refuses to start without one.
+    SECRET_KEY = "insecure-dev-key-set-SECRET_KEY-in-production-0123456789abcdef"
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    # Before "channels" so that its runworker (engine warm-up, recovery sweep) wins.
+    "tts",
+    "channels",
+    "scenes",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web, worker and tests write concurrently: wait for the lock, never fail fast.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+    # A file, not memory, so that the daphne and worker processes of the end-to-end
+    # tests share the test database.
+    DATABASES["default"]["TEST"] = {
+        "NAME": env_str("TEST_DATABASE_NAME", str(BASE_DIR / ".run" / "test-db.sqlite3"))
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            # redis-py's 5 s default socket timeout equals channels-redis's 5 s blocking
+            # receive: idle workers and sockets would die. Keep it longer.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 2}],
+            "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000, minimum=1),
+            "expiry": env_int("CHANNEL_LAYER_EXPIRY", 60, minimum=1),
+            "prefix": env_str("CHANNEL_LAYER_PREFIX", "asgi"),
+        },
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STATICFILES_DIRS = [BASE_DIR / "static"]
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "media")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG and env_bool("STATIC_MANIFEST", True)
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 256 * 1024, minimum=1024)
+
+# Security. HTTPS=1 turns on what `check --deploy` asks for; plain http on loopback still works.
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = HTTPS
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
+SECURE_HSTS_PRELOAD = HTTPS
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}
+
+# --- Narration ------------------------------------------------------------------------
+TTS_DEFAULT_VOICE = env_str("TTS_DEFAULT_VOICE", "en-us")
+TTS_MAX_CHARS = env_int("TTS_MAX_CHARS", 20000, minimum=1)
+TTS_RATE_LIMIT_PER_MINUTE = env_int("TTS_RATE_LIMIT_PER_MINUTE", 30, minimum=0)
+TTS_MAX_ACTIVE_PER_OWNER = env_int("TTS_MAX_ACTIVE_PER_OWNER", 3, minimum=0)
+TTS_SENTENCE_PAUSE_MS = env_int("TTS_SENTENCE_PAUSE_MS", 350, minimum=0)
+TTS_CLAUSE_PAUSE_MS = env_int("TTS_CLAUSE_PAUSE_MS", 150, minimum=0)
+TTS_PARAGRAPH_PAUSE_MS = env_int("TTS_PARAGRAPH_PAUSE_MS", 600, minimum=0)
+TTS_FIRST_SEGMENT_CHARS = env_int("TTS_FIRST_SEGMENT_CHARS", 60, minimum=10)
+TTS_QUEUED_TIMEOUT = env_float("TTS_QUEUED_TIMEOUT", 30.0)
+TTS_HEARTBEAT_TIMEOUT = env_float("TTS_HEARTBEAT_TIMEOUT", 30.0)
+TTS_SWEEP_INTERVAL = env_float("TTS_SWEEP_INTERVAL", 10.0)
+TTS_MAX_ATTEMPTS = env_int("TTS_MAX_ATTEMPTS", 3, minimum=1)
+TTS_PRELOAD_VOICES = env_list("TTS_PRELOAD_VOICES")
+TTS_ESPEAK_BINARY = env_str("TTS_ESPEAK_BINARY", "espeak-ng")
+TTS_COQUI_MODEL_PATH = env_str("TTS_COQUI_MODEL_PATH")
+TTS_COQUI_CONFIG_PATH = env_str("TTS_COQUI_CONFIG_PATH")
+TTS_COQUI_CACHE_DIR = env_str("TTS_COQUI_CACHE_DIR")
+TTS_COQUI_DEVICE = env_str("TTS_COQUI_DEVICE", "auto")
+TTS_COQUI_AGREE_LICENSE = env_bool("TTS_COQUI_AGREE_LICENSE", False)
+TTS_TORCH_THREADS = env_int("TTS_TORCH_THREADS", 0, minimum=0)
+
+# The voice catalog. Extra voices: TTS_EXTRA_VOICES_FILE, a JSON list of the same dicts.
+TTS_VOICES: list[dict] = [
+    {"id": "en-us", "label": "English (US)", "engine": "espeak", "name": "en-us", "language": "en-us", "speed": 1.0},
+    {"id": "en-gb", "label": "English (UK)", "engine": "espeak", "name": "en-gb-x-rp", "language": "en-gb", "speed": 1.0},
+    {"id": "en-gb-scotland", "label": "English (Scotland)", "engine": "espeak", "name": "en-gb-scotland", "language": "en-gb", "speed": 1.0},
+    {"id": "en-us-slow", "label": "English (US), slower", "engine": "espeak", "name": "en-us", "language": "en-us", "speed": 0.8},
+    {"id": "fr-fr", "label": "French", "engine": "espeak", "name": "fr-fr", "language": "fr-fr", "speed": 1.0},
+    {"id": "de-de", "label": "German", "engine": "espeak", "name": "de", "language": "de-de", "speed": 1.0},
+    {"id": "es-es", "label": "Spanish", "engine": "espeak", "name": "es", "language": "es-es", "speed": 1.0},
+    {"id": "coqui-ljspeech-vits", "label": "LJSpeech VITS (Coqui)", "engine": "coqui", "model": "tts_models/en/ljspeech/vits", "language": "en-us"},
+]
+if TTS_COQUI_MODEL_PATH:
+    TTS_VOICES.append(
+        {
+            "id": env_str("TTS_COQUI_VOICE_ID", "coqui-local"),
+            "label": env_str("TTS_COQUI_VOICE_LABEL", "Local Coqui model"),
+            "engine": "coqui",
+            "model_path": TTS_COQUI_MODEL_PATH,
+            "config_path": TTS_COQUI_CONFIG_PATH,
+            "language": env_str("TTS_COQUI_LANGUAGE", "en-us"),
+        }
+    )
+TTS_EXTRA_VOICES_FILE = env_str("TTS_EXTRA_VOICES_FILE")

@@ -1,0 +1,77 @@
+"""Shared fixtures. The suite talks to a real Redis: the one at REDIS_URL when reachable,
+else an embedded one started here. End-to-end tests start real daphne and worker
+processes that share the test database (a file for SQLite; the test database on
+PostgreSQL)."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import pytest
+from django.conf import settings
+
+from scripts.stack import EmbeddedRedis, Stack, redis_reachable
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def _configure_redis() -> str:
+    url = os.environ.get("REDIS_URL", settings.REDIS_URL)
+    if not redis_reachable(url):
+        embedded = EmbeddedRedis().start()
+        atexit.register(embedded.stop)
+        url = embedded.url
+    prefix = f"test{uuid.uuid4().hex[:8]}"
+    settings.REDIS_URL = url
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    config["hosts"][0]["address"] = url
+    config["prefix"] = prefix
+    return url
+
+
+REDIS_URL = _configure_redis()
+Path(settings.BASE_DIR / ".run").mkdir(exist_ok=True)
+
+
+def test_database_url() -> str:
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    original = urlparse(os.environ["DATABASE_URL"])
+    return urlunparse(original._replace(path=f"/{db['NAME']}"))
+
+
+def stack_env(**overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=test_database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        CHANNEL_LAYER_PREFIX=settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"],
+        TTS_RATE_LIMIT_PER_MINUTE="0",
+        TTS_MAX_ACTIVE_PER_OWNER="0",
+        PYTHONUNBUFFERED="1",
+        STATIC_MANIFEST="0",
+    )
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+def live_stack(django_db_setup, django_db_blocker):
+    """daphne + one worker, for the whole session."""
+    with django_db_blocker.unblock():
+        stack = Stack(env=stack_env(), workers=1, log_dir=ARTIFACTS / "logs").start()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_limits(settings):
+    settings.TTS_RATE_LIMIT_PER_MINUTE = 0
+    settings.TTS_MAX_ACTIVE_PER_OWNER = 0

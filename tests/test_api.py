@@ -1,0 +1,130 @@
+"""The HTTP API: validation, errors as JSON 4xx, never a 500."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from django.test import Client
+
+from tts.models import SessionStatus, TTSSession
+
+pytestmark = pytest.mark.django_db
+
+
+def post(client: Client, body, content_type: str = "application/json"):
+    data = json.dumps(body) if not isinstance(body, bytes | str) else body
+    return client.post("/api/tts/sessions/", data=data, content_type=content_type)
+
+
+def error_code(response) -> str:
+    return response.json()["error"]["code"]
+
+
+def test_it_creates_a_queued_session_with_urls(client):
+    response = post(client, {"text": "Hello there. How are you?"})
+    assert response.status_code == 201
+    body = response.json()
+    session = TTSSession.objects.get(pk=body["id"])
+    assert session.status == SessionStatus.QUEUED
+    assert body["ws_url"].endswith(f"/ws/tts/{session.id}/")
+    assert body["status_url"] == f"/api/tts/sessions/{session.id}/"
+    assert body["audio_url"] == f"/api/tts/sessions/{session.id}/audio.wav"
+    assert body["voice"] == "en-us"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"text": ""}, "empty_text"),
+        ({"text": "   \n\t "}, "empty_text"),
+        ({}, "empty_text"),
+        ({"text": 42}, "invalid_text"),
+        ({"text": ["a"]}, "invalid_text"),
+        ({"text": "hi", "voice": "no-such-voice"}, "unknown_voice"),
+        ({"text": "hi", "voice": 7}, "invalid_voice"),
+        ({"scene": 999999}, "unknown_scene"),
+        ({"scene": True}, "invalid_scene"),
+        ({"text": "\ud800 lone surrogate"}, "invalid_text"),
+    ],
+)
+def test_bad_input_gets_a_json_400(client, body, code):
+    response = post(client, body)
+    assert response.status_code == 400, response.content
+    assert error_code(response) == code
+    assert response.json()["error"]["message"]
+
+
+def test_text_over_the_limit_is_refused(client, settings):
+    settings.TTS_MAX_CHARS = 50
+    response = post(client, {"text": "word " * 20})
+    assert response.status_code == 400
+    assert error_code(response) == "text_too_long"
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\xff\xfe\x00"])
+def test_malformed_json_gets_a_400(client, raw):
+    response = post(client, raw)
+    assert response.status_code == 400
+    assert error_code(response) in {"invalid_json", "invalid_utf8"}
+
+
+def test_control_characters_are_stripped(client):
+    response = post(client, {"text": "Hello\x00 wor\x07ld.\r\nNext line."})
+    assert response.status_code == 201
+    session = TTSSession.objects.get(pk=response.json()["id"])
+    assert session.text == "Hello world.\nNext line."
+
+
+def test_unknown_session_is_404_and_bad_ids_too(client):
+    assert client.get(f"/api/tts/sessions/{uuid.uuid4()}/").status_code == 404
+    assert client.get("/api/tts/sessions/not-a-uuid/").status_code == 404
+
+
+def test_another_visitor_cannot_read_a_session(client):
+    session_id = post(client, {"text": "Mine."}).json()["id"]
+    stranger = Client()
+    assert stranger.get(f"/api/tts/sessions/{session_id}/").status_code == 403
+    assert stranger.get(f"/api/tts/sessions/{session_id}/chunks/0").status_code == 403
+    assert client.get(f"/api/tts/sessions/{session_id}/").status_code == 200
+
+
+def test_browser_posts_need_the_csrf_token():
+    client = Client(enforce_csrf_checks=True)
+    assert post(client, {"text": "Hi."}).status_code == 403
+    client.get("/api/tts/voices/")
+    token = client.cookies["csrftoken"].value
+    response = client.post("/api/tts/sessions/", data=json.dumps({"text": "Hi."}),
+                           content_type="application/json", headers={"X-CSRFToken": token})
+    assert response.status_code == 201
+
+
+def test_voices_lists_availability_and_the_default(client):
+    body = client.get("/api/tts/voices/").json()
+    assert body["default"] == "en-us"
+    voices = {v["id"]: v for v in body["voices"]}
+    assert voices["en-us"]["available"] is True
+    assert voices["en-us"]["default"] is True
+    assert {"id", "label", "engine", "language", "available", "reason", "default"} <= set(
+        voices["en-us"])
+    missing = voices["coqui-ljspeech-vits"]
+    assert missing["available"] is False
+    assert "tts_models" in missing["reason"]
+
+
+def test_an_unavailable_voice_is_refused_not_swapped(client):
+    response = post(client, {"text": "Hi.", "voice": "coqui-ljspeech-vits"})
+    assert response.status_code == 400
+    assert error_code(response) == "voice_unavailable"
+
+
+def test_rate_limit_answers_429_with_retry_after(client, settings):
+    settings.TTS_RATE_LIMIT_PER_MINUTE = 0
+    settings.TTS_MAX_ACTIVE_PER_OWNER = 2
+    assert post(client, {"text": "One."}).status_code == 201
+    assert post(client, {"text": "Two."}).status_code == 201
+    response = post(client, {"text": "Three."})
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) >= 1
+    assert error_code(response) == "too_many_active"

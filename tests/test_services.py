@@ -1,0 +1,144 @@
+"""The narration service, run in-process with the real espeak engine."""
+
+from __future__ import annotations
+
+import pytest
+
+from tts import services
+from tts.engines import EngineError, get_engine
+from tts.models import AudioBlob, SessionStatus, TTSChunk
+from tts.services import Owner
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TEXT = (
+    "The storm came in from the west just after four. By five the gulls had gone quiet, "
+    "and the harbour lights blinked on one by one. Mara counted the seconds between the "
+    "flashes. Twelve, then nine, then six."
+)
+OWNER = Owner(session_key="k" * 32, ip="127.0.0.1")
+
+
+def create(text: str = TEXT, **kwargs):
+    return services.session_create(text=text, owner=OWNER, dispatch=False, **kwargs)
+
+
+@pytest.fixture
+def engine_calls(monkeypatch):
+    engine = get_engine("espeak")
+    calls: list[str] = []
+    original = engine.synthesize
+
+    def counting(text, voice):
+        calls.append(text)
+        return original(text, voice)
+
+    monkeypatch.setattr(engine, "synthesize", counting)
+    return calls
+
+
+def test_it_synthesizes_every_segment_in_order(engine_calls):
+    session = create()
+    services.session_run(session_id=session.id, worker="w1")
+    session.refresh_from_db()
+    chunks = list(session.chunks.order_by("seq"))
+    assert session.status == SessionStatus.COMPLETED
+    assert session.total_chunks == len(chunks) == session.completed_chunks >= 3
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    for chunk in chunks:
+        assert session.text[chunk.char_start : chunk.char_end] == chunk.text
+        assert chunk.samples == len(chunk.audio.pcm) // 2 > 0
+    assert chunks[0].char_start == 0 and chunks[-1].char_end == len(session.text)
+    assert session.first_chunk_ms is not None and session.real_time_factor > 0
+    assert len(engine_calls) == len(chunks)
+
+
+def test_a_second_session_of_the_same_text_makes_no_engine_calls(engine_calls):
+    first = create()
+    services.session_run(session_id=first.id, worker="w1")
+    calls_for_first = len(engine_calls)
+    second = create()
+    services.session_run(session_id=second.id, worker="w1")
+    second.refresh_from_db()
+    assert second.status == SessionStatus.COMPLETED
+    assert len(engine_calls) == calls_for_first
+    assert all(chunk.cached for chunk in second.chunks.all())
+    assert AudioBlob.objects.count() == calls_for_first
+
+
+def test_claiming_is_atomic():
+    session = create()
+    assert services.session_claim(session_id=session.id, worker="a") is not None
+    assert services.session_claim(session_id=session.id, worker="b") is None
+
+
+def test_a_resumed_session_continues_after_its_stored_chunks(engine_calls):
+    session = create()
+    services.session_claim(session_id=session.id, worker="w1")
+    voice = services.voice_resolve(voice_id=session.voice)
+    segments = services.session_segments(session=session, voice=voice)
+    blob, _, _ = services.segment_audio(segment=segments[0], voice=voice,
+                                        engine_model=session.model)
+    services.chunk_store(session=session, seq=0, segment=segments[0], blob=blob, cached=False,
+                         engine_ms=1, worker="w1")
+    # The worker dies; the sweep requeues; another worker resumes.
+    type(session).objects.filter(pk=session.id).update(status=SessionStatus.QUEUED)
+    engine_calls.clear()
+    services.session_run(session_id=session.id, worker="w2")
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED
+    assert len(engine_calls) == len(segments) - 1
+    assert list(session.chunks.values_list("seq", flat=True)) == list(range(len(segments)))
+
+
+def test_cancel_stops_a_session_before_its_next_chunk(monkeypatch):
+    session = create()
+    engine = get_engine("espeak")
+    original = engine.synthesize
+
+    def cancel_during_first(text, voice):
+        services.session_cancel(session_id=session.id)
+        return original(text, voice)
+
+    monkeypatch.setattr(engine, "synthesize", cancel_during_first)
+    services.session_run(session_id=session.id, worker="w1")
+    session.refresh_from_db()
+    assert session.status == SessionStatus.CANCELLED
+    assert session.error_code == "cancelled"
+    assert TTSChunk.objects.filter(session=session).count() == 0
+
+
+def test_an_engine_failure_fails_the_session_and_keeps_what_was_stored(monkeypatch):
+    session = create()
+    engine = get_engine("espeak")
+    original, calls = engine.synthesize, []
+
+    def fail_second(text, voice):
+        calls.append(text)
+        if len(calls) == 2:
+            raise EngineError("the synthesizer caught fire", code="engine_error")
+        return original(text, voice)
+
+    monkeypatch.setattr(engine, "synthesize", fail_second)
+    services.session_run(session_id=session.id, worker="w1")
+    session.refresh_from_db()
+    assert session.status == SessionStatus.FAILED
+    assert session.error_code == "engine_error"
+    assert "caught fire" in session.error_message
+    assert session.chunks.count() == 1
+
+    monkeypatch.setattr(engine, "synthesize", original)
+    assert services.session_retry(session_id=session.id)
+    services.session_run(session_id=session.id, worker="w1")
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED
+    assert session.chunks.count() == session.total_chunks
+
+
+def test_the_full_audio_is_the_concatenation_of_the_chunks():
+    session = create()
+    services.session_run(session_id=session.id, worker="w1")
+    pcm = b"".join(bytes(c.audio.pcm) for c in session.chunks.order_by("seq"))
+    session.refresh_from_db()
+    assert session.audio_ms == sum(c.duration_ms for c in session.chunks.all())
+    assert len(pcm) == 2 * sum(c.samples for c in session.chunks.all())

@@ -1,0 +1,126 @@
+"""The listener socket: check access, join the group, replay, then forward live events."""
+
+from __future__ import annotations
+
+import json
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from tts import services
+from tts.audio import chunk_frame
+from tts.broadcast import session_group
+from tts.models import SessionStatus
+from tts.owners import owner_from_scope
+from tts.replay import ChunkCursor, deliver_live, send_from_storage
+
+MAX_CLIENT_MESSAGE = 4096
+
+
+class SessionConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        await self.accept()  # accept first, so that the close codes reach the client
+        self.group = None
+        session = await database_sync_to_async(self._load)()
+        if session is None:
+            return await self.close(code=4404)
+        if not services.can_access(session, owner_from_scope(self.scope)):
+            return await self.close(code=4403)
+        self.session_id, self.cursor = session.id, ChunkCursor(self._after())
+        self.group = session_group(session.id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        # Joined before reading, so nothing stored from now on can slip between the two.
+        session, frames = await database_sync_to_async(self._snapshot)()
+        for frame in frames:
+            await self.send_json(frame)
+        await send_from_storage(self.session_id, self.cursor, self.send_chunk)
+        await self._finish_if_over(session)
+
+    def _load(self):
+        try:
+            return services.session_get(session_id=self.scope["url_route"]["kwargs"]["session_id"])
+        except services.NotFound:
+            return None
+
+    def _after(self) -> int:
+        query = dict(part.partition("=")[::2] for part in self.scope["query_string"].decode(
+            "latin-1").split("&") if part)
+        try:
+            return max(-1, int(query.get("after", -1)))
+        except ValueError:
+            return -1
+
+    def _snapshot(self):
+        session = services.session_get(session_id=self.session_id)
+        frames = [services.session_frame(session)]
+        if session.status == SessionStatus.QUEUED:
+            frames.append(services.status_frame(session))
+        return session, frames
+
+    async def disconnect(self, code: int) -> None:
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None or len(text_data) > MAX_CLIENT_MESSAGE:
+            return await self.send_error("bad_message", "Send JSON text frames under 4 KiB.")
+        try:
+            message = json.loads(text_data)
+            kind = message.get("type") if isinstance(message, dict) else None
+        except ValueError:
+            return await self.send_error("bad_json", "Messages must be JSON objects.")
+        if kind == "ping":
+            return await self.send_json({"type": "pong"})
+        if kind == "cancel":
+            return await self.cancel()
+        await self.send_error("unknown_type", "Known messages: ping, cancel.")
+
+    async def cancel(self) -> None:
+        if not hasattr(self, "session_id"):
+            return
+        await database_sync_to_async(services.session_cancel)(session_id=self.session_id)
+
+    # Group events -------------------------------------------------------------------------
+
+    async def tts_chunk(self, event: dict) -> None:
+        if getattr(self, "finished", False):
+            return
+        meta = {k: v for k, v in event.items() if k not in ("type", "pcm")}
+        await deliver_live(self.session_id, self.cursor, meta, event["pcm"], self.send_chunk)
+
+    async def tts_status(self, event: dict) -> None:
+        await self.send_json({**event, "type": "status"})
+
+    async def tts_done(self, event: dict) -> None:
+        await self._finish_if_over(await database_sync_to_async(services.session_get)(
+            session_id=self.session_id))
+
+    async def tts_error(self, event: dict) -> None:
+        await self._finish_if_over(await database_sync_to_async(services.session_get)(
+            session_id=self.session_id))
+
+    # Frames -------------------------------------------------------------------------------
+
+    async def _finish_if_over(self, session) -> None:
+        if not session.is_final or getattr(self, "finished", False):
+            return
+        self.finished = True
+        await send_from_storage(self.session_id, self.cursor, self.send_chunk)
+        if session.status == SessionStatus.COMPLETED:
+            await self.send_json({"type": "done", "total_chunks": session.total_chunks,
+                                  "duration_ms": session.audio_ms,
+                                  "audio_url": f"/api/tts/sessions/{session.id}/audio.wav"})
+        else:
+            await self.send_json({"type": "error", "code": session.error_code or session.status,
+                                  "message": session.error_message, "fatal": True})
+        await self.close(code=1000)
+
+    async def send_chunk(self, meta: dict, pcm: bytes) -> None:
+        await self.send_json({"type": "chunk", **meta})
+        await self.send(bytes_data=chunk_frame(meta["seq"], pcm))
+
+    async def send_error(self, code: str, message: str) -> None:
+        await self.send_json({"type": "error", "code": code, "message": message, "fatal": False})
+
+    async def send_json(self, frame: dict) -> None:
+        await self.send(text_data=json.dumps(frame, separators=(",", ":")))

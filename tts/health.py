@@ -1,0 +1,51 @@
+"""Liveness of what narration needs: the database, the channel layer, the workers.
+Workers announce themselves with a short-lived Redis key, refreshed by their sweep."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import redis
+from django.conf import settings
+from django.db import connection
+
+logger = logging.getLogger(__name__)
+WORKER_KEY = "tts:worker:"
+
+
+@functools.cache
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+
+
+def worker_beat(name: str, *, ttl: float) -> None:
+    try:
+        _redis().set(WORKER_KEY + name, "1", ex=max(1, int(ttl)))
+    except redis.RedisError:
+        logger.warning("could not announce worker %s", name)
+
+
+def worker_gone(name: str) -> None:
+    try:
+        _redis().delete(WORKER_KEY + name)
+    except redis.RedisError:
+        pass
+
+
+def check() -> dict:
+    report: dict = {"database": False, "channel_layer": False, "workers": 0}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        report["database"] = True
+    except Exception:  # noqa: BLE001
+        logger.warning("health: database unreachable", exc_info=True)
+    try:
+        client = _redis()
+        report["channel_layer"] = bool(client.ping())
+        report["workers"] = sum(1 for _ in client.scan_iter(WORKER_KEY + "*", count=100))
+    except redis.RedisError:
+        logger.warning("health: redis unreachable")
+    report["ok"] = report["database"] and report["channel_layer"] and report["workers"] > 0
+    return report

@@ -1,0 +1,66 @@
+"""`runworker` with what a narration worker needs before the first message: the voices
+loaded and warm, and the recovery sweep running beside the message loop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from channels.management.commands.runworker import Command as ChannelsRunworker
+from django.conf import settings
+from django.db import close_old_connections
+
+from tts import health, services
+from tts.engines import get_engine
+from tts.voices import default_voice_id, get_voice
+from tts.worker import worker_name
+
+logger = logging.getLogger("tts.worker")
+
+
+def preload_voices() -> None:
+    """Load each preloaded voice's model once, in this process, and warm it up."""
+    for voice_id in settings.TTS_PRELOAD_VOICES or [default_voice_id()]:
+        voice = get_voice(voice_id)
+        if voice is None:
+            logger.warning("TTS_PRELOAD_VOICES names unknown voice %r", voice_id)
+            continue
+        engine = get_engine(voice.engine)
+        available, reason = engine.availability(voice)
+        if not available:
+            logger.warning("voice %s unavailable: %s", voice_id, reason)
+            continue
+        engine.load(voice)
+        logger.info("voice %s ready (%s)", voice_id, engine.model_id(voice))
+
+
+def sweep_forever(stop: threading.Event, name: str) -> None:
+    interval = settings.TTS_SWEEP_INTERVAL
+    while True:
+        health.worker_beat(name, ttl=interval * 3)
+        try:
+            report = services.sessions_recover()
+            if report.redispatched or report.requeued or report.failed:
+                logger.info("recovery sweep: %s", report)
+        except Exception:  # noqa: BLE001 - the sweep must outlive a database hiccup
+            logger.warning("recovery sweep failed", exc_info=True)
+        finally:
+            close_old_connections()
+        if stop.wait(interval):
+            return
+
+
+class Command(ChannelsRunworker):
+    help = ChannelsRunworker.help + " Narration: warms the voices and runs the recovery sweep."
+
+    def handle(self, *args, **options) -> None:
+        preload_voices()
+        name, stop = worker_name(), threading.Event()
+        thread = threading.Thread(target=sweep_forever, args=(stop, name), daemon=True,
+                                  name="tts-sweep")
+        thread.start()
+        try:
+            super().handle(*args, **options)
+        finally:
+            stop.set()
+            health.worker_gone(name)

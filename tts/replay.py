@@ -1,0 +1,86 @@
+"""Exactly-once, in-order delivery to one connection, built from two unreliable inputs:
+stored chunks (complete, but read at one moment) and live events (prompt, but
+at-most-once). A cursor remembers the last seq sent; anything at or below it is a
+duplicate, anything beyond the next seq is a gap filled from storage first."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from channels.db import database_sync_to_async
+
+from tts.models import TTSChunk
+
+BATCH = 16
+
+
+@dataclass
+class StoredChunk:
+    meta: dict
+    pcm: bytes
+
+
+def stored_chunks(
+    session_id: uuid.UUID, *, after: int, before: int | None = None, limit: int = BATCH
+) -> list[StoredChunk]:
+    """Up to ``limit`` stored chunks with after < seq < before, in seq order."""
+    query = TTSChunk.objects.filter(session_id=session_id, seq__gt=after)
+    if before is not None:
+        query = query.filter(seq__lt=before)
+    rows = query.select_related("audio", "session").order_by("seq")[:limit]
+    from tts.services import chunk_meta
+
+    return [StoredChunk(meta=chunk_meta(row), pcm=bytes(row.audio.pcm)) for row in rows]
+
+
+class ChunkCursor:
+    def __init__(self, after: int = -1) -> None:
+        self.last_sent = after
+
+    def classify(self, seq: int) -> Literal["duplicate", "next", "gap"]:
+        if seq <= self.last_sent:
+            return "duplicate"
+        return "next" if seq == self.last_sent + 1 else "gap"
+
+    def advance(self, seq: int) -> None:
+        if seq != self.last_sent + 1:
+            raise ValueError(f"chunk {seq} sent out of order after {self.last_sent}")
+        self.last_sent = seq
+
+
+SendChunk = Callable[[dict, bytes], Awaitable[None]]
+
+
+async def send_from_storage(
+    session_id: uuid.UUID, cursor: ChunkCursor, send: SendChunk, *, before: int | None = None
+) -> None:
+    """Send every stored chunk after the cursor (and before ``before``), batch by batch,
+    so a long session never sits in memory whole. Stops at the first missing seq."""
+    fetch = database_sync_to_async(stored_chunks)
+    while True:
+        batch = await fetch(session_id, after=cursor.last_sent, before=before)
+        for chunk in batch:
+            if chunk.meta["seq"] != cursor.last_sent + 1:
+                return
+            await send(chunk.meta, chunk.pcm)
+            cursor.advance(chunk.meta["seq"])
+        if len(batch) < BATCH:
+            return
+
+
+async def deliver_live(
+    session_id: uuid.UUID, cursor: ChunkCursor, meta: dict, pcm: bytes, send: SendChunk
+) -> None:
+    """Deliver a live chunk event: drop duplicates, fill a gap from storage first."""
+    seq = meta["seq"]
+    kind = cursor.classify(seq)
+    if kind == "duplicate":
+        return
+    if kind == "gap":
+        await send_from_storage(session_id, cursor, send, before=seq)
+    if cursor.classify(seq) == "next":
+        await send(meta, pcm)
+        cursor.advance(seq)

@@ -1,0 +1,494 @@
+"""Cut narration text into segments that a TTS engine synthesizes one at a time.
+
+Streaming narration is judged by how soon the first sound plays, so the first segment
+is deliberately short; later segments follow sentences, cut at clauses or words only
+when a sentence is too long for the engine. Segments are contiguous slices of the
+source text, so chunk offsets always point back into what the writer typed.
+
+Pure Python, no Django: the worker, the API and the tests import it alike. The result
+depends only on the text and the arguments (no clocks, no randomness), so a resumed
+synthesis cuts the text exactly as the first run did.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+try:
+    import pysbd
+    from pysbd.languages import LANGUAGE_CODES as _PYSBD_LANGUAGES
+except ImportError:  # pragma: no cover - pysbd is a runtime dependency
+    pysbd = None
+    _PYSBD_LANGUAGES = {}
+
+__all__ = ["Boundary", "Segment", "segment_text"]
+
+Boundary = Literal["sentence", "clause", "word", "end"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One unit of synthesis.
+
+    `text` is exactly `source[char_start:char_end]`, whitespace included, so the
+    segments of a text concatenate back to it; `speech_text` is what the engine reads.
+    """
+
+    text: str
+    char_start: int
+    char_end: int
+    pause_ms: int
+    boundary: Boundary
+
+    @property
+    def speech_text(self) -> str:
+        """The text without surrounding whitespace: what goes to the engine."""
+        return self.text.strip()
+
+
+def segment_text(
+    text: str,
+    *,
+    language: str = "en",
+    max_chars: int = 250,
+    first_max_chars: int = 60,
+    min_chars: int = 12,
+    sentence_pause_ms: int = 350,
+    clause_pause_ms: int = 150,
+    paragraph_pause_ms: int = 600,
+) -> list[Segment]:
+    """Split `text` into contiguous segments that cover it exactly.
+
+    Lengths are measured on `speech_text`: whitespace between sentences belongs to the
+    preceding segment and is never spoken. Every segment's speech is at most `max_chars`
+    (the first at most `first_max_chars`) and holds a letter or digit. The one exception
+    is text whose run of characters without letters or digits is too long to share out
+    (say 300 dashes): segments without anything to pronounce would be worse.
+
+    Whitespace-only text gives `[]`. Text without any letter or digit ("...") gives one
+    segment for the whole text, so the segments still cover it; the caller decides
+    whether such text is worth synthesizing.
+    """
+    limits = _Limits.build(max_chars, first_max_chars, min_chars)
+    pauses = _Pauses(sentence_pause_ms, clause_pause_ms, paragraph_pause_ms)
+    if not text or text.isspace():
+        return []
+    source = _Source(text)
+    if not source.run_starts:
+        return [Segment(text, 0, len(text), 0, "end")]
+    sentences = _with_alnum(source, _sentence_ends(source, language))
+    pieces = _merge_short(source, _greedy_pieces(source, sentences, limits), limits)
+    return [_to_segment(source, piece, pauses, last=i == len(pieces) - 1)
+            for i, piece in enumerate(pieces)]
+
+
+# --- parameters -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_chars: int
+    first_max_chars: int
+    min_chars: int
+
+    @classmethod
+    def build(cls, max_chars: int, first_max_chars: int, min_chars: int) -> _Limits:
+        """Refuse nonsense loudly; a first segment longer than the others is clamped."""
+        if max_chars < 1 or first_max_chars < 1 or min_chars < 0:
+            raise ValueError("max_chars and first_max_chars must be >= 1, min_chars >= 0")
+        return cls(max_chars, min(first_max_chars, max_chars), min_chars)
+
+    def limit(self, index: int) -> int:
+        return self.first_max_chars if index == 0 else self.max_chars
+
+
+@dataclass(frozen=True)
+class _Pauses:
+    sentence_ms: int
+    clause_ms: int
+    paragraph_ms: int
+
+    def __post_init__(self) -> None:
+        if min(self.sentence_ms, self.clause_ms, self.paragraph_ms) < 0:
+            raise ValueError("pauses must be >= 0")
+
+
+# --- the source text ------------------------------------------------------------------
+
+# Letters and digits exactly as str.isalnum() sees them: \w is isalnum() plus "_".
+_ALNUM_RUN = re.compile(r"[^\W_]+")
+_NON_SPACE = re.compile(r"\S")
+_SPACE_RUN = re.compile(r"\s+")
+_LINE_BREAK_CHARS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+_LINE_BREAK = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+# Whole whitespace runs holding a line break; the lookbehind keeps the search linear.
+_SPACE_WITH_BREAK = re.compile(r"(?<!\s)\s*?[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]\s*")
+
+
+class _Source:
+    """The text plus an index of its letter/digit runs.
+
+    "Does this slice hold anything pronounceable?" is asked for every candidate cut;
+    bisecting the runs keeps that O(log n) instead of rescanning the slice.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        runs = [m.span() for m in _ALNUM_RUN.finditer(text)]
+        self.run_starts = [start for start, _ in runs]
+        self.run_ends = [end for _, end in runs]
+
+    def has_alnum(self, start: int, end: int) -> bool:
+        k = bisect.bisect_right(self.run_ends, start)
+        return start < end and k < len(self.run_starts) and self.run_starts[k] < end
+
+    def first_alnum(self, start: int) -> int | None:
+        k = bisect.bisect_right(self.run_ends, start)
+        return max(self.run_starts[k], start) if k < len(self.run_starts) else None
+
+    def last_alnum(self, end: int) -> int | None:
+        """Index of the last letter or digit before `end`."""
+        k = bisect.bisect_left(self.run_starts, end) - 1
+        return min(self.run_ends[k], end) - 1 if k >= 0 else None
+
+    def skip_space(self, index: int) -> int:
+        match = _NON_SPACE.search(self.text, index)
+        return match.start() if match else len(self.text)
+
+    def speech_end(self, start: int, end: int) -> int:
+        return start + len(self.text[start:end].rstrip())
+
+    def paragraph_break(self, start: int, end: int) -> bool:
+        """True when the whitespace text[start:end] holds a blank line."""
+        gap = self.text[start:end]
+        return "\u2029" in gap or len(_LINE_BREAK.findall(gap)) >= 2
+
+
+# --- sentences --------------------------------------------------------------------
+
+# pysbd's regexes grow slower than linear on some inputs, so it reads blocks of bounded
+# size: paragraphs, and long paragraphs cut near a likely sentence end.
+_BLOCK_CHARS = 1000
+_SOFT_SENTENCE_END = re.compile(r"[.!?…。！？．][\"'”’»)\]」』）]{0,3}\s+")
+
+# pysbd marks text with these characters internally; in the input they confuse it.
+_PYSBD_MARKERS = "∯♬♭ᓰᓱᓳᓴᓷᓸ☉☇☈☄✂⌬ȸȹ♨☝♝♟☏⎋ƪǃ⁃"
+_SHADOW_TABLE = str.maketrans(dict.fromkeys(_PYSBD_MARKERS, "x"))
+# pysbd's numbered-reference rule ("end.[12] Next") backtracks exponentially when the
+# bracket after a period holds a long list of numbers: "..[111 111 111 ...]".
+_REFERENCE_BRACKET = re.compile(r"(?<=\.)\[")
+
+_FALLBACK_SENTENCE_END = re.compile(
+    r"[.!?…‼⁇⁈⁉؟۔।॥։።][\"'”’»)\]]{0,3}(?=\s|\Z)"
+    r"|[。！？．｡][\"'”’»)\]」』）]{0,3}"
+    r"|\S(?=[^\S\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]*[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029])"
+)
+
+_Sentence = tuple[int, int]  # (speech_end, end): end includes the whitespace after it
+_Cut = tuple[int, int]  # (speech_end, cut) of a candidate cut inside a sentence
+
+
+def _sentence_ends(source: _Source, language: str) -> list[_Sentence]:
+    """Sentence boundaries from pysbd, located in the text by our own search.
+
+    Offsets are never taken from pysbd: its spans go wrong on repeated sentences and
+    odd whitespace, and it silently drops sentences it cannot find again.
+    """
+    text = source.text
+    segmenter = _pysbd_segmenter(language)
+    cores: set[int] = {len(text.rstrip())}
+    for start, end, keep_last in _blocks(source):
+        ends = _block_sentence_ends(text[start:end], segmenter)
+        if ends and not keep_last:
+            ends.pop()
+        cores.update(start + offset for offset in ends)
+        if keep_last:
+            cores.add(source.speech_end(start, end))
+    valid = (core for core in sorted(cores) if core > 0 and not text[core - 1].isspace())
+    return [(core, source.skip_space(core)) for core in valid]
+
+
+def _pysbd_segmenter(language: str) -> Any:
+    """A fresh segmenter per call: pysbd keeps per-call state, so sharing one is unsafe."""
+    if pysbd is None:
+        return None
+    code = re.split(r"[-_]", str(language or "en"), maxsplit=1)[0].lower()
+    try:
+        return pysbd.Segmenter(language=code if code in _PYSBD_LANGUAGES else "en", clean=False)
+    except Exception:  # noqa: BLE001 - without pysbd the regex splitter takes over
+        return None
+
+
+def _blocks(source: _Source) -> Iterator[tuple[int, int, bool]]:
+    """(start, end, keep_last) blocks; keep_last is False where a cut is not a sentence end."""
+    text, start = source.text, 0
+    for match in _SPACE_WITH_BREAK.finditer(text):
+        if source.paragraph_break(match.start(), match.end()) and match.end() < len(text):
+            yield from _bounded_blocks(source, start, match.end())
+            start = match.end()
+    yield from _bounded_blocks(source, start, len(text))
+
+
+def _bounded_blocks(source: _Source, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+    while end - start > _BLOCK_CHARS:
+        cut, keep_last = _block_cut(source, start + _BLOCK_CHARS // 2, start + _BLOCK_CHARS)
+        yield start, cut, keep_last
+        start = cut
+    yield start, end, True
+
+
+def _block_cut(source: _Source, low: int, high: int) -> tuple[int, bool]:
+    sentence_end = _last_match(_SOFT_SENTENCE_END, source.text, low, high)
+    if sentence_end is not None:
+        return source.skip_space(sentence_end.end()), True
+    space = _last_match(_SPACE_RUN, source.text, low, high)
+    if space is not None:
+        return source.skip_space(space.start()), False
+    return high, False
+
+
+def _last_match(pattern: re.Pattern[str], text: str, start: int, end: int) -> re.Match[str] | None:
+    match = None
+    for match in pattern.finditer(text, start, end):  # noqa: B007 - we want the last one
+        pass
+    return match
+
+
+def _block_sentence_ends(block: str, segmenter: Any) -> list[int]:
+    """Offsets just past each sentence's last visible character in `block`."""
+    if segmenter is not None:
+        shadow = _REFERENCE_BRACKET.sub("(", block.translate(_SHADOW_TABLE))
+        try:
+            return _locate(shadow, segmenter.segment(shadow))
+        except Exception:  # noqa: BLE001
+            pass  # pysbd has no contract for odd input; the regex splitter always works
+    return [match.end() for match in _FALLBACK_SENTENCE_END.finditer(block)]
+
+
+def _locate(block: str, sentences: Any) -> list[int]:
+    """Find each sentence in order, searching forward from the previous one."""
+    ends: list[int] = []
+    cursor = 0
+    for sentence in sentences:
+        core = sentence.strip() if isinstance(sentence, str) else ""
+        index = block.find(core, cursor) if core else -1
+        if index >= 0:
+            cursor = index + len(core)
+            ends.append(cursor)
+    return ends
+
+
+def _with_alnum(source: _Source, sentences: list[_Sentence]) -> list[_Sentence]:
+    """Fold sentences without letters or digits ("...", "* * *") into a neighbour.
+
+    The previous sentence takes them (they usually trail it); a leading one goes to the
+    next sentence. The text has some letter or digit, so something always remains.
+    """
+    kept: list[_Sentence] = []
+    start = 0
+    for speech_end, end in sentences:
+        if source.has_alnum(start, end):
+            kept.append((speech_end, end))
+        elif kept:
+            kept[-1] = (speech_end, end)
+        start = end
+    return kept
+
+
+# --- cutting ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Piece:
+    start: int
+    speech_start: int
+    speech_end: int
+    end: int
+    boundary: Boundary
+
+    @property
+    def speech_len(self) -> int:
+        return self.speech_end - self.speech_start
+
+
+# Where a clause ends: the speech ends after the punctuation (and closing quotes).
+_CLAUSE_END = re.compile(
+    r"(?:[,;:…،؛]|\.\.\.)[\"'”’»)\]]{0,3}(?=\s)"
+    r"|[—–―]+[\"'”’»]{0,3}"
+    r"|(?<=\s)--?(?=\s)"
+    r"|[、，；：︐︑︓︔﹐﹑﹔﹕][\"'”’」』）》〉]{0,3}"
+)
+
+
+def _greedy_pieces(source: _Source, sentences: list[_Sentence], limits: _Limits) -> list[_Piece]:
+    pieces: list[_Piece] = []
+    start, index = 0, 0
+    while start < len(source.text):
+        limit = limits.limit(len(pieces))
+        piece, index = _next_piece(source, sentences, index, start, limit, limits.min_chars,
+                                   first=not pieces)
+        pieces.append(piece)
+        start = piece.end
+    return pieces
+
+
+def _next_piece(source: _Source, sentences: list[_Sentence], index: int, start: int,
+                limit: int, min_chars: int, *, first: bool) -> tuple[_Piece, int]:
+    """The piece starting at `start` and the index of the sentence that follows it.
+
+    Whole sentences when they fit; short sentences take the next ones along, never
+    across a paragraph break (that would lose the paragraph pause).
+    """
+    speech_start = source.skip_space(start)
+    speech_end, end = sentences[index]
+    if speech_end - speech_start > limit:
+        piece = _cut_inside(source, start, speech_start, sentences[index], limit, min_chars)
+        return piece, index + 1 if piece.end == end else index
+    while (speech_end - speech_start < min_chars and index + 1 < len(sentences)
+           and not source.paragraph_break(speech_end, end)):
+        following = sentences[index + 1]
+        if following[0] - speech_start <= limit:
+            index += 1
+            speech_end, end = following
+            continue
+        if first:
+            piece = _cut_inside(source, start, speech_start, following, limit, min_chars,
+                                after=end, hard=False)
+            if piece.end != following[1]:
+                return piece, index + 1
+        break
+    return _Piece(start, speech_start, speech_end, end, "sentence"), index + 1
+
+
+def _cut_inside(source: _Source, start: int, speech_start: int, sentence: _Sentence,
+                limit: int, min_chars: int, *, after: int = -1, hard: bool = True) -> _Piece:
+    """Cut a sentence that is too long: at a clause, else between words, else anywhere.
+
+    Pieces shorter than `min_chars` are avoided at both ends, so that a cut does not
+    leave a stub of a word or two; both sides must keep a letter or digit.
+    """
+    speech_end, end = sentence
+    high = speech_start + limit
+    low = max(speech_start + min(min_chars, limit), after + 1)
+    tail_high = min(high, speech_end - min_chars)
+    windows = [(low, tail_high), (low, high)] if tail_high >= low else [(low, high)]
+    for finder, boundary in ((_clause_cuts, "clause"), (_word_cuts, "word")):
+        for window_low, window_high in windows:
+            cut = finder(source, window_low, window_high, start, end)
+            if cut is not None:
+                return _Piece(start, speech_start, cut[0], cut[1], boundary)
+    if hard:
+        return _hard_cut(source, start, speech_start, sentence, high)
+    return _Piece(start, speech_start, speech_end, end, "sentence")
+
+
+def _clause_cuts(source: _Source, low: int, high: int, start: int, end: int) -> _Cut | None:
+    """The last clause end whose speech ends in [low, high]: (speech_end, cut)."""
+    matches = list(_CLAUSE_END.finditer(source.text, max(start, low - 8), min(end, high + 8)))
+    for match in reversed(matches):
+        cut = source.skip_space(match.end())
+        if low <= match.end() <= high and _valid_cut(source, start, cut, end):
+            return match.end(), cut
+    return None
+
+
+def _word_cuts(source: _Source, low: int, high: int, start: int, end: int) -> _Cut | None:
+    """The last gap between words where the speech ends in [low, high]: (speech_end, cut)."""
+    text = source.text
+    matches = list(_SPACE_RUN.finditer(text, max(low, start + 1), min(end, high + 1)))
+    for match in reversed(matches):
+        if text[match.start() - 1].isspace():
+            continue  # the tail of a gap that began before `low`
+        cut = source.skip_space(match.start())
+        if _valid_cut(source, start, cut, end):
+            return match.start(), cut
+    return None
+
+
+def _valid_cut(source: _Source, start: int, cut: int, end: int) -> bool:
+    return start < cut < end and source.has_alnum(start, cut) and source.has_alnum(cut, end)
+
+
+# Characters that belong to the character before them: cutting there would split an
+# accent from its letter or an emoji sequence in two.
+_JOINERS = {"\u200c", "\u200d"} | {chr(c) for c in range(0xFE00, 0xFE10)}
+_MAX_CLUSTER = 16
+
+
+def _hard_cut(source: _Source, start: int, speech_start: int, sentence: _Sentence,
+              high: int) -> _Piece:
+    """Cut a "word" longer than the limit (a URL, CJK without spaces) at the limit."""
+    speech_end, end = sentence
+    cut = _cluster_start(source.text, high, speech_start + 1)
+    if not source.has_alnum(cut, end):
+        cut = source.last_alnum(end) or 0
+    if not source.has_alnum(start, cut):
+        first = source.first_alnum(start)
+        cut = _cluster_end(source.text, (first or 0) + 1, end)
+    if not _valid_cut(source, start, cut, end):
+        return _Piece(start, speech_start, speech_end, end, "sentence")
+    return _Piece(start, speech_start, source.speech_end(start, cut), source.skip_space(cut),
+                  "word")
+
+
+def _is_joined(text: str, index: int) -> bool:
+    char, code = text[index], ord(text[index])
+    return (char in _JOINERS or text[index - 1] == "\u200d"
+            or unicodedata.category(char) in ("Mn", "Mc", "Me")
+            or 0x1F3FB <= code <= 0x1F3FF or 0xE0020 <= code <= 0xE007F)
+
+
+def _cluster_start(text: str, index: int, floor: int) -> int:
+    for _ in range(_MAX_CLUSTER):
+        if index <= floor or not _is_joined(text, index):
+            break
+        index -= 1
+    return index
+
+
+def _cluster_end(text: str, index: int, ceiling: int) -> int:
+    for _ in range(_MAX_CLUSTER):
+        if index >= ceiling or not _is_joined(text, index):
+            break
+        index += 1
+    return index
+
+
+# --- merging and pauses -------------------------------------------------------------
+
+
+def _merge_short(source: _Source, pieces: list[_Piece], limits: _Limits) -> list[_Piece]:
+    """Fold pieces still shorter than min_chars into the previous one where it fits.
+
+    The greedy pass already joined short sentences to the ones after them; what is
+    left could not go forward, so it goes back unless a paragraph break lies between.
+    """
+    merged: list[_Piece] = []
+    for piece in pieces:
+        if merged and piece.speech_len < limits.min_chars:
+            previous = merged[-1]
+            fits = piece.speech_end - previous.speech_start <= limits.limit(len(merged) - 1)
+            if fits and not source.paragraph_break(previous.speech_end, previous.end):
+                merged[-1] = _Piece(previous.start, previous.speech_start, piece.speech_end,
+                                    piece.end, piece.boundary)
+                continue
+        merged.append(piece)
+    return merged
+
+
+def _to_segment(source: _Source, piece: _Piece, pauses: _Pauses, *, last: bool) -> Segment:
+    text = source.text[piece.start:piece.end]
+    if last:
+        return Segment(text, piece.start, piece.end, 0, "end")
+    if source.paragraph_break(piece.speech_end, piece.end):
+        pause = pauses.paragraph_ms
+    elif piece.boundary == "sentence":
+        pause = pauses.sentence_ms
+    else:
+        pause = pauses.clause_ms
+    return Segment(text, piece.start, piece.end, pause, piece.boundary)

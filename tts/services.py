@@ -1,0 +1,495 @@
+"""Narration services: the only code that changes sessions and chunks.
+
+Every status transition happens here, through conditional updates, so that two
+workers (or a worker and a cancel) can never both win. Views, consumers, the
+worker consumer and commands parse input and call these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db.models import F, Max, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from tts import broadcast, limits
+from tts.audio import silence
+from tts.engines import Audio, EngineError, EngineUnavailable, Voice, get_engine
+from tts.errors import InvalidInput, NotFound
+from tts.models import AudioBlob, SessionStatus, TTSChunk, TTSSession
+from tts.segmentation import Segment, segment_text
+from tts.validation import clean_text
+from tts.voices import default_voice_id, get_voice, voice_availability
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who a session belongs to: a user, or an anonymous browser session (and its IP)."""
+
+    user_id: int | None = None
+    session_key: str = ""
+    ip: str | None = None
+    is_staff: bool = False
+
+    @property
+    def is_anonymous(self) -> bool:
+        return self.user_id is None
+
+
+# --- Creation -----------------------------------------------------------------------------
+
+
+def session_create(
+    *,
+    text: str,
+    owner: Owner,
+    voice_id: str | None = None,
+    subject: object | None = None,
+    dispatch: bool = True,
+) -> TTSSession:
+    """Validate, create a queued session and dispatch it once the transaction commits."""
+    text = clean_text(text)
+    voice = voice_resolve(voice_id=voice_id)
+    limits.check_owner_limits(owner)
+    session = TTSSession(
+        text=text,
+        voice=voice.id,
+        engine=voice.engine,
+        model=get_engine(voice.engine).model_id(voice),
+        language=voice.language,
+        owner_id=owner.user_id,
+        owner_session_key=owner.session_key if owner.is_anonymous else "",
+        owner_ip=owner.ip,
+    )
+    if subject is not None:
+        session.subject = subject
+    session.save()
+    limits.record_creation(owner)
+    if dispatch:
+        transaction.on_commit(lambda: session_dispatch(session_id=session.id))
+    return session
+
+
+def voice_resolve(*, voice_id: str | None) -> Voice:
+    voice_id = voice_id or default_voice_id()
+    voice = get_voice(voice_id)
+    if voice is None:
+        raise InvalidInput(f"Unknown voice {voice_id!r}.", code="unknown_voice",
+                           fields={"voice": "unknown voice"})
+    available, reason = voice_availability(voice)
+    if not available:
+        raise InvalidInput(f"Voice {voice_id!r} is unavailable: {reason}",
+                           code="voice_unavailable", fields={"voice": reason})
+    return voice
+
+
+def session_dispatch(*, session_id: uuid.UUID) -> bool:
+    sent = broadcast.dispatch_generate(session_id)
+    if sent:
+        TTSSession.objects.filter(pk=session_id).update(dispatched_at=timezone.now())
+    return sent
+
+
+# --- Claiming -----------------------------------------------------------------------------
+
+
+def session_claim(*, session_id: uuid.UUID | str, worker: str) -> TTSSession | None:
+    """queued -> running, atomically. None when someone else has it (or it is over)."""
+    now = timezone.now()
+    claimed = TTSSession.objects.filter(pk=session_id, status=SessionStatus.QUEUED).update(
+        status=SessionStatus.RUNNING,
+        claimed_by=worker,
+        started_at=Coalesce(F("started_at"), now),
+        heartbeat_at=now,
+        attempts=F("attempts") + 1,
+    )
+    if not claimed:
+        return None
+    session = TTSSession.objects.get(pk=session_id)
+    broadcast.broadcast_status(session.id, status_frame(session))
+    return session
+
+
+def session_claim_next(*, worker: str) -> TTSSession | None:
+    """The oldest queued session, claimed; None when the queue is empty."""
+    for _ in range(5):
+        candidate = (
+            TTSSession.objects.filter(status=SessionStatus.QUEUED)
+            .order_by("created_at")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if candidate is None:
+            return None
+        session = session_claim(session_id=candidate, worker=worker)
+        if session is not None:
+            return session
+    return None
+
+
+# --- Running ------------------------------------------------------------------------------
+
+
+def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
+    """Run this session if still queued, then drain the queue: the database is the queue,
+    the channel message only rings the bell."""
+    try:
+        uuid.UUID(str(session_id))
+    except ValueError:
+        logger.warning("ignoring a generate message with a bad session id %r", session_id)
+        return
+    session = session_claim(session_id=session_id, worker=worker)
+    if session is None:
+        session = session_claim_next(worker=worker)
+    while session is not None:
+        session_generate(session=session, worker=worker)
+        session = session_claim_next(worker=worker)
+
+
+def session_generate(*, session: TTSSession, worker: str) -> None:
+    """Synthesize a claimed session from its first missing chunk to the end."""
+    voice = get_voice(session.voice)
+    if voice is None:
+        session_fail(session_id=session.id, code="voice_unavailable",
+                     message=f"Voice {session.voice!r} is no longer configured.")
+        return
+    engine = get_engine(voice.engine)
+    segments = session_segments(session=session, voice=voice)
+    TTSSession.objects.filter(pk=session.id).update(total_chunks=len(segments))
+    session.total_chunks = len(segments)
+    next_seq = stored_chunk_count(session_id=session.id)
+    with _heartbeat(session.id, worker):
+        for seq in range(next_seq, len(segments)):
+            try:
+                blob, cached, engine_ms = segment_audio(segment=segments[seq], voice=voice,
+                                                        engine_model=session.model)
+            except EngineError as exc:
+                session_fail(session_id=session.id, code=exc.code,
+                             message=f"Chunk {seq} failed: {exc.message}")
+                return
+            chunk = chunk_store(session=session, seq=seq, segment=segments[seq], blob=blob,
+                                cached=cached, engine_ms=engine_ms, worker=worker)
+            if chunk is None:
+                logger.info("session %s was cancelled or taken over; stopping", session.id)
+                return
+            broadcast.broadcast_chunk(session.id, chunk_meta(chunk), blob.pcm)
+    session_complete(session_id=session.id, worker=worker)
+
+
+def session_segments(*, session: TTSSession, voice: Voice) -> list[Segment]:
+    """Deterministic for a session's text and settings, so a resumed run cuts alike."""
+    engine = get_engine(voice.engine)
+    return segment_text(
+        session.text,
+        language=voice.language,
+        max_chars=engine.max_segment_chars,
+        first_max_chars=settings.TTS_FIRST_SEGMENT_CHARS,
+        sentence_pause_ms=settings.TTS_SENTENCE_PAUSE_MS,
+        clause_pause_ms=settings.TTS_CLAUSE_PAUSE_MS,
+        paragraph_pause_ms=settings.TTS_PARAGRAPH_PAUSE_MS,
+    )
+
+
+def stored_chunk_count(*, session_id: uuid.UUID) -> int:
+    last = TTSChunk.objects.filter(session_id=session_id).aggregate(m=Max("seq"))["m"]
+    return 0 if last is None else last + 1
+
+
+def audio_key(*, voice: Voice, engine_model: str, text: str, pause_ms: int) -> str:
+    payload = {**voice.cache_fields(), "model_id": engine_model, "text": text, "pause": pause_ms}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def segment_audio(*, segment: Segment, voice: Voice, engine_model: str) -> tuple[AudioBlob, bool, int]:
+    """(blob, came from cache, engine milliseconds). Synthesizes only on a cache miss."""
+    key = audio_key(voice=voice, engine_model=engine_model, text=segment.speech_text,
+                    pause_ms=segment.pause_ms)
+    blob = AudioBlob.objects.filter(key=key).first()
+    if blob is not None:
+        return blob, True, 0
+    started = time.perf_counter()
+    audio = _synthesize(segment.speech_text, voice)
+    engine_ms = round((time.perf_counter() - started) * 1000)
+    pcm = audio.pcm + silence(segment.pause_ms, audio.sample_rate)
+    try:
+        with transaction.atomic():
+            blob = AudioBlob.objects.create(key=key, pcm=pcm, sample_rate=audio.sample_rate,
+                                            samples=len(pcm) // 2)
+    except IntegrityError:  # another worker stored the same audio meanwhile
+        blob = AudioBlob.objects.get(key=key)
+    return blob, False, engine_ms
+
+
+def _synthesize(text: str, voice: Voice) -> Audio:
+    engine = get_engine(voice.engine)
+    try:
+        return engine.synthesize(text, voice)
+    except EngineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any engine crash becomes a clear session error
+        logger.exception("engine %s crashed", voice.engine)
+        raise EngineError(f"{type(exc).__name__}: {exc}", code="engine_error") from exc
+
+
+def chunk_store(
+    *,
+    session: TTSSession,
+    seq: int,
+    segment: Segment,
+    blob: AudioBlob,
+    cached: bool,
+    engine_ms: int,
+    worker: str,
+) -> TTSChunk | None:
+    """Store one chunk and advance the session, only while this worker still holds it."""
+    now = timezone.now()
+    first = seq == 0
+    updates = {
+        "completed_chunks": seq + 1,
+        "heartbeat_at": now,
+        "engine_ms": F("engine_ms") + engine_ms,
+        "audio_ms": F("audio_ms") + round(blob.samples * 1000 / blob.sample_rate),
+    }
+    if first:
+        updates["first_chunk_ms"] = max(0, round((now - session.created_at).total_seconds() * 1000))
+    try:
+        with transaction.atomic():
+            held = TTSSession.objects.filter(
+                pk=session.id, status=SessionStatus.RUNNING, claimed_by=worker
+            ).update(**updates)
+            if not held:
+                return None
+            return TTSChunk.objects.create(
+                session_id=session.id, seq=seq, text=segment.text, char_start=segment.char_start,
+                char_end=segment.char_end, samples=blob.samples, sample_rate=blob.sample_rate,
+                audio=blob, cached=cached, engine_ms=engine_ms,
+            )
+    except IntegrityError:  # the chunk exists already: never store a seq twice
+        return None
+
+
+def chunk_meta(chunk: TTSChunk) -> dict:
+    """The `chunk` frame's fields (plus sample_rate, so a client can decode it)."""
+    return {
+        "seq": chunk.seq,
+        "text": chunk.text,
+        "char_start": chunk.char_start,
+        "char_end": chunk.char_end,
+        "samples": chunk.samples,
+        "sample_rate": chunk.sample_rate,
+        "duration_ms": chunk.duration_ms,
+        "total_chunks": chunk.session.total_chunks if chunk.session_id else None,
+    }
+
+
+@contextmanager
+def _heartbeat(session_id: uuid.UUID, worker: str) -> Iterator[None]:
+    """Beat between chunks too, so a long segment or a slow model load is not mistaken
+    for a dead worker."""
+    stop = threading.Event()
+    interval = max(0.5, settings.TTS_HEARTBEAT_TIMEOUT / 3)
+
+    def beat() -> None:
+        try:
+            while not stop.wait(interval):
+                TTSSession.objects.filter(
+                    pk=session_id, status=SessionStatus.RUNNING, claimed_by=worker
+                ).update(heartbeat_at=timezone.now())
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{session_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# --- Endings ------------------------------------------------------------------------------
+
+
+def session_complete(*, session_id: uuid.UUID, worker: str) -> bool:
+    session = TTSSession.objects.get(pk=session_id)
+    rtf = session.engine_ms / session.audio_ms if session.audio_ms else None
+    done = TTSSession.objects.filter(
+        pk=session_id, status=SessionStatus.RUNNING, claimed_by=worker
+    ).update(status=SessionStatus.COMPLETED, finished_at=timezone.now(), real_time_factor=rtf)
+    if done:
+        session.refresh_from_db()
+        broadcast.broadcast_status(session.id, status_frame(session))
+        broadcast.broadcast_done(session.id)
+    return bool(done)
+
+
+def session_fail(*, session_id: uuid.UUID, code: str, message: str) -> bool:
+    failed = TTSSession.objects.filter(
+        pk=session_id, status__in=(SessionStatus.QUEUED, SessionStatus.RUNNING)
+    ).update(status=SessionStatus.FAILED, error_code=code, error_message=message[:2000],
+             finished_at=timezone.now())
+    if failed:
+        logger.warning("session %s failed: %s %s", session_id, code, message)
+        _announce_end(session_id, code=code, message=message)
+    return bool(failed)
+
+
+def session_cancel(*, session_id: uuid.UUID) -> bool:
+    """Stop a queued or running session; the worker notices before its next chunk."""
+    cancelled = TTSSession.objects.filter(
+        pk=session_id, status__in=(SessionStatus.QUEUED, SessionStatus.RUNNING)
+    ).update(status=SessionStatus.CANCELLED, error_code="cancelled",
+             error_message="Narration was cancelled.", finished_at=timezone.now())
+    if cancelled:
+        _announce_end(session_id, code="cancelled", message="Narration was cancelled.")
+    return bool(cancelled)
+
+
+def session_retry(*, session_id: uuid.UUID) -> bool:
+    """failed or cancelled -> queued, continuing after the last stored chunk."""
+    retried = TTSSession.objects.filter(
+        pk=session_id, status__in=(SessionStatus.FAILED, SessionStatus.CANCELLED)
+    ).update(status=SessionStatus.QUEUED, error_code="", error_message="", finished_at=None,
+             claimed_by="", attempts=0, dispatched_at=None)
+    if retried:
+        session = TTSSession.objects.get(pk=session_id)
+        broadcast.broadcast_status(session.id, status_frame(session))
+        transaction.on_commit(lambda: session_dispatch(session_id=session_id))
+    return bool(retried)
+
+
+def _announce_end(session_id: uuid.UUID, *, code: str, message: str) -> None:
+    session = TTSSession.objects.get(pk=session_id)
+    broadcast.broadcast_status(session.id, status_frame(session))
+    broadcast.broadcast_error(session.id, code=code, message=message)
+
+
+# --- Reading ------------------------------------------------------------------------------
+
+
+def session_get(*, session_id: str | uuid.UUID) -> TTSSession:
+    try:
+        return TTSSession.objects.get(pk=uuid.UUID(str(session_id)))
+    except (ValueError, TTSSession.DoesNotExist):
+        raise NotFound("No such session.", code="no_such_session") from None
+
+
+def queue_position(session: TTSSession) -> int | None:
+    """1 for the next session a worker will take; None unless queued."""
+    if session.status != SessionStatus.QUEUED:
+        return None
+    ahead = TTSSession.objects.filter(
+        status=SessionStatus.QUEUED, created_at__lt=session.created_at
+    ).count()
+    return ahead + 1
+
+
+def status_frame(session: TTSSession) -> dict:
+    frame = {
+        "type": "status",
+        "status": session.status,
+        "completed_chunks": session.completed_chunks,
+        "total_chunks": session.total_chunks,
+    }
+    position = queue_position(session)
+    if position is not None:
+        frame["queue_position"] = position
+    return frame
+
+
+def session_frame(session: TTSSession) -> dict:
+    sample_rate = (
+        TTSChunk.objects.filter(session_id=session.id).values_list("sample_rate", flat=True).first()
+    )
+    return {
+        "type": "session",
+        "session_id": str(session.id),
+        "status": session.status,
+        "voice": session.voice,
+        "sample_rate": sample_rate,
+        "channels": 1,
+        "format": "pcm_s16le",
+        "total_chunks": session.total_chunks,
+        "completed_chunks": session.completed_chunks,
+    }
+
+
+def can_access(session: TTSSession, owner: Owner) -> bool:
+    if owner.is_staff:
+        return True
+    if session.owner_id is not None:
+        return session.owner_id == owner.user_id
+    return bool(owner.session_key) and session.owner_session_key == owner.session_key
+
+
+# --- Recovery -----------------------------------------------------------------------------
+
+
+@dataclass
+class RecoveryReport:
+    redispatched: int = 0
+    requeued: int = 0
+    failed: int = 0
+
+
+def sessions_recover(*, now=None) -> RecoveryReport:
+    """Re-dispatch queued sessions whose message may be lost and requeue running ones
+    whose worker died; fail those that used up their attempts."""
+    close_old_connections()
+    now = now or timezone.now()
+    report = RecoveryReport()
+    _requeue_stale_running(now, report)
+    _redispatch_old_queued(now, report)
+    return report
+
+
+def _requeue_stale_running(now, report: RecoveryReport) -> None:
+    stale = now - timedelta(seconds=settings.TTS_HEARTBEAT_TIMEOUT)
+    for session_id, attempts in TTSSession.objects.filter(
+        status=SessionStatus.RUNNING, heartbeat_at__lt=stale
+    ).values_list("pk", "attempts"):
+        if attempts >= settings.TTS_MAX_ATTEMPTS:
+            report.failed += session_fail(
+                session_id=session_id, code="worker_lost",
+                message=f"The worker died {attempts} times while narrating this session.")
+            continue
+        requeued = TTSSession.objects.filter(
+            pk=session_id, status=SessionStatus.RUNNING, heartbeat_at__lt=stale
+        ).update(status=SessionStatus.QUEUED, claimed_by="", dispatched_at=None)
+        if requeued:
+            report.requeued += 1
+            logger.warning("session %s lost its worker; requeued", session_id)
+            session_dispatch(session_id=session_id)
+
+
+def _redispatch_old_queued(now, report: RecoveryReport) -> None:
+    old = now - timedelta(seconds=settings.TTS_QUEUED_TIMEOUT)
+    waiting = TTSSession.objects.filter(status=SessionStatus.QUEUED).filter(
+        Q(dispatched_at__lt=old) | Q(dispatched_at__isnull=True, created_at__lt=old)
+    )
+    for session_id in waiting.values_list("pk", flat=True):
+        report.redispatched += session_dispatch(session_id=session_id)
+
+
+__all__ = [
+    "EngineUnavailable",
+    "Owner",
+    "session_cancel",
+    "session_claim",
+    "session_create",
+    "session_run",
+]

@@ -1,0 +1,92 @@
+"""The voice catalog: voices from settings plus what the engines discover."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from tts.engines import ENGINE_NAMES, EngineUnavailable, Voice, get_engine
+
+_VOICE_FIELDS = {f.name for f in fields(Voice)}
+
+
+def _voice_from_dict(entry: dict[str, Any]) -> Voice:
+    unknown = set(entry) - _VOICE_FIELDS
+    if unknown or not entry.get("id") or entry.get("engine") not in ENGINE_NAMES:
+        raise ImproperlyConfigured(
+            f"Bad TTS_VOICES entry {entry!r}: needs id, engine in {ENGINE_NAMES}; "
+            f"unknown keys {sorted(unknown)}"
+        )
+    return Voice(**{"label": entry["id"], **entry})
+
+
+def configured_voices() -> list[Voice]:
+    entries = list(getattr(settings, "TTS_VOICES", []))
+    extra = getattr(settings, "TTS_EXTRA_VOICES_FILE", "")
+    if extra:
+        try:
+            entries += json.loads(Path(extra).read_text())
+        except (OSError, ValueError) as exc:
+            raise ImproperlyConfigured(f"TTS_EXTRA_VOICES_FILE {extra!r}: {exc}") from exc
+    return [_voice_from_dict(entry) for entry in entries]
+
+
+def all_voices() -> list[Voice]:
+    """Configured voices, each expanded by its engine (speakers, languages)."""
+    voices: dict[str, Voice] = {}
+    for voice in configured_voices():
+        voices.setdefault(voice.id, voice)
+        for found in _expand(voice):
+            voices.setdefault(found.id, found)
+    return list(voices.values())
+
+
+def _expand(voice: Voice) -> list[Voice]:
+    if voice.engine != "coqui":
+        return []
+    try:
+        from tts.engines.coqui import expand_voice
+    except ImportError:
+        return []
+    try:
+        return [v for v in expand_voice(voice) if v.id != voice.id]
+    except Exception:  # noqa: BLE001 - a broken model lists as unavailable, never crashes
+        return []
+
+
+def default_voice_id() -> str:
+    return getattr(settings, "TTS_DEFAULT_VOICE", "en-us")
+
+
+def get_voice(voice_id: str) -> Voice | None:
+    for voice in all_voices():
+        if voice.id == voice_id:
+            return voice
+    return None
+
+
+def voice_availability(voice: Voice) -> tuple[bool, str]:
+    try:
+        return get_engine(voice.engine).availability(voice)
+    except EngineUnavailable as exc:
+        return False, exc.message
+
+
+def voice_as_json(voice: Voice) -> dict[str, Any]:
+    available, reason = voice_availability(voice)
+    return {
+        "id": voice.id,
+        "label": voice.label,
+        "engine": voice.engine,
+        "language": voice.language,
+        "speaker": voice.speaker or None,
+        "speed": voice.speed,
+        "available": available,
+        "reason": reason or None,
+        "default": voice.id == default_voice_id(),
+    }

@@ -1,0 +1,26 @@
+"""The worker side of the `tts-generate` channel: parse the message, call the service."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from channels.consumer import SyncConsumer
+
+from tts import services
+
+logger = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class GenerateConsumer(SyncConsumer):
+    def tts_generate(self, message: dict) -> None:
+        session_id = message.get("session_id")
+        try:
+            services.session_run(session_id=str(session_id), worker=worker_name())
+        except Exception:  # noqa: BLE001 - one bad session must not kill the worker
+            logger.exception("generation of %s crashed", session_id)
