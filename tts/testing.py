@@ -67,14 +67,12 @@ def _config(directory: Path, *, full_size: bool, multi_speaker: bool) -> Any:
         args, audio = _full_size_args()
     else:
         args, audio = _tiny_args()
-    extra: dict[str, Any] = {}
     if multi_speaker:
         speakers_file = directory / "speaker_ids.json"
         speakers_file.write_text(json.dumps({name: i for i, name in enumerate(SPEAKERS)}))
         args.use_speaker_embedding = True
         args.speakers_file = str(speakers_file)
-        args.speaker_embedding_channels = 8 if not full_size else 256
-        extra = {"num_speakers": len(SPEAKERS)}
+        args.speaker_embedding_channels = 256 if full_size else 8
     characters = CharactersConfig(
         characters_class="TTS.tts.utils.text.characters.Graphemes",
         pad="<PAD>",
@@ -91,7 +89,6 @@ def _config(directory: Path, *, full_size: bool, multi_speaker: bool) -> Any:
         text_cleaner="english_cleaners",
         characters=characters,
         languages=["en"],
-        **extra,
     )
 
 

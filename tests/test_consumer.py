@@ -1,0 +1,123 @@
+"""The socket consumer through the real ASGI application and the real Redis layer."""
+
+from __future__ import annotations
+
+import json
+import struct
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from config.asgi import application
+from tts import services
+from tts.services import Owner
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+HEADERS = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")]
+TEXT = "First sentence here. Second sentence follows. The third one ends it."
+
+
+def communicator(session_id, after: int | None = None) -> WebsocketCommunicator:
+    query = f"?after={after}" if after is not None else ""
+    return WebsocketCommunicator(application, f"/ws/tts/{session_id}/{query}", headers=HEADERS)
+
+
+@sync_to_async
+def make_session(text: str = TEXT, *, run: bool = True, staff: bool = True):
+    owner = Owner(user_id=None, session_key="", is_staff=staff)
+    session = services.session_create(text=text, owner=owner, dispatch=False)
+    if run:
+        services.session_run(session_id=session.id, worker="test")
+    return session
+
+
+async def receive_until_closed(comm: WebsocketCommunicator) -> tuple[list[dict], list[bytes]]:
+    frames, audio = [], []
+    while True:
+        message = await comm.receive_output(timeout=10)
+        if message["type"] == "websocket.close":
+            return frames, audio
+        if message.get("bytes") is not None:
+            audio.append(message["bytes"])
+        else:
+            frames.append(json.loads(message["text"]))
+
+
+def as_staff(comm: WebsocketCommunicator) -> WebsocketCommunicator:
+    from django.contrib.auth.models import AnonymousUser
+
+    staff = type("Staff", (AnonymousUser,), {"is_authenticated": True, "is_staff": True, "pk": 0})
+    comm.scope["user"] = staff()
+    return comm
+
+
+async def test_an_unknown_session_closes_with_4404():
+    comm = communicator(uuid.uuid4())
+    connected, _ = await comm.connect()
+    assert connected
+    assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4404}
+
+
+async def test_a_stranger_is_closed_with_4403():
+    session = await make_session(run=False, staff=False)
+    comm = communicator(session.id)
+    await comm.connect()
+    assert (await comm.receive_output(timeout=5))["code"] == 4403
+
+
+async def test_a_late_client_gets_every_stored_chunk_then_done():
+    session = await make_session()
+    frames, audio = await receive_until_closed(await _connected(as_staff(communicator(session.id))))
+    assert frames[0]["type"] == "session" and frames[0]["format"] == "pcm_s16le"
+    chunk_frames = [f for f in frames if f["type"] == "chunk"]
+    assert [f["seq"] for f in chunk_frames] == list(range(frames[0]["total_chunks"]))
+    assert [struct.unpack("<I", a[:4])[0] for a in audio] == [f["seq"] for f in chunk_frames]
+    assert frames[-1]["type"] == "done"
+    stored = await sync_to_async(lambda: [bytes(c.audio.pcm) for c in
+                                          session.chunks.order_by("seq")])()
+    assert [a[4:] for a in audio] == stored
+
+
+async def test_after_skips_what_the_client_already_has():
+    session = await make_session()
+    frames, audio = await receive_until_closed(
+        await _connected(as_staff(communicator(session.id, after=0))))
+    assert [f["seq"] for f in frames if f["type"] == "chunk"][0] == 1
+
+
+async def test_ping_pong_and_bad_messages_keep_the_socket_open():
+    session = await make_session(run=False)
+    comm = await _connected(as_staff(communicator(session.id)))
+    assert (await comm.receive_json_from())["type"] == "session"
+    assert (await comm.receive_json_from())["type"] == "status"  # queued, with its position
+    await comm.send_to(text_data="not json")
+    assert (await comm.receive_json_from())["code"] == "bad_json"
+    await comm.send_to(bytes_data=b"\x00\x01")
+    assert (await comm.receive_json_from())["code"] == "bad_message"
+    await comm.send_json_to({"type": "shout"})
+    error = await comm.receive_json_from()
+    assert error == {"type": "error", "code": "unknown_type", "fatal": False,
+                     "message": error["message"]}
+    await comm.send_json_to({"type": "ping"})
+    assert await comm.receive_json_from() == {"type": "pong"}
+    await comm.disconnect()
+
+
+async def test_cancel_ends_the_stream_with_a_fatal_error():
+    session = await make_session(run=False)
+    comm = await _connected(as_staff(communicator(session.id)))
+    await comm.receive_json_from()
+    await comm.receive_json_from()
+    await comm.send_json_to({"type": "cancel"})
+    frames, _ = await receive_until_closed(comm)
+    error = [f for f in frames if f["type"] == "error"][-1]
+    assert error["code"] == "cancelled" and error["fatal"] is True
+
+
+async def _connected(comm: WebsocketCommunicator) -> WebsocketCommunicator:
+    connected, _ = await comm.connect()
+    assert connected
+    return comm

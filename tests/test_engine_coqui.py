@@ -1,0 +1,256 @@
+"""The Coqui engine, driven through the real ``TTS(model_path=..., config_path=...)`` path with
+tiny random-weight VITS models built by ``tts.testing.build_vits``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.test import override_settings
+
+if not settings.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
+    settings.configure()
+
+from tts.engines import coqui  # noqa: E402
+from tts.engines.base import EngineError, EngineUnavailable, Voice  # noqa: E402
+from tts.engines.coqui import CoquiEngine  # noqa: E402
+from tts.testing import SAMPLE_RATE, SPEAKERS, build_vits  # noqa: E402
+
+TEXT = "The quick brown fox jumps over the lazy dog."
+LJSPEECH = "tts_models/en/ljspeech/vits"
+XTTS = "tts_models/multilingual/multi-dataset/xtts_v2"
+
+
+@pytest.fixture(scope="session")
+def tiny_voice(tmp_path_factory: pytest.TempPathFactory) -> Voice:
+    model_path, config_path = build_vits(tmp_path_factory.mktemp("tiny"))
+    return Voice(
+        id="tiny",
+        label="Tiny",
+        engine="coqui",
+        model_path=str(model_path),
+        config_path=str(config_path),
+    )
+
+
+@pytest.fixture(scope="session")
+def multi_voice(tmp_path_factory: pytest.TempPathFactory) -> Voice:
+    model_path, config_path = build_vits(tmp_path_factory.mktemp("multi"), multi_speaker=True)
+    return Voice(
+        id="multi",
+        label="Multi",
+        engine="coqui",
+        model_path=str(model_path),
+        config_path=str(config_path),
+    )
+
+
+@pytest.fixture
+def engine() -> CoquiEngine:
+    return CoquiEngine()
+
+
+def test_it_synthesizes_16_bit_pcm_at_the_model_sample_rate(engine, tiny_voice):
+    audio = engine.synthesize(TEXT, tiny_voice)
+
+    assert audio.sample_rate == SAMPLE_RATE
+    assert audio.samples > 0
+    assert len(audio.pcm) == 2 * audio.samples
+    assert audio.pcm.strip(b"\x00")
+
+
+def test_it_gives_the_same_audio_for_the_same_text_and_seed(engine, tiny_voice):
+    assert engine.synthesize(TEXT, tiny_voice) == engine.synthesize(TEXT, tiny_voice)
+
+
+def test_the_same_seed_builds_the_same_model(engine, tiny_voice, tmp_path):
+    model_path, config_path = build_vits(tmp_path)
+    twin = Voice(
+        id="twin",
+        label="Twin",
+        engine="coqui",
+        model_path=str(model_path),
+        config_path=str(config_path),
+    )
+
+    assert engine.synthesize(TEXT, twin) == engine.synthesize(TEXT, tiny_voice)
+
+
+def test_it_removes_exactly_the_padding_coqui_appends(engine, tiny_voice):
+    import numpy as np
+    import torch
+    from TTS.utils.synthesizer import PAD_SILENCE_SAMPLES
+
+    audio = engine.synthesize(TEXT, tiny_voice)
+    torch.manual_seed(0)
+    raw = coqui.loaded_model(tiny_voice).synthesizer.tts(TEXT, split_sentences=False)
+
+    assert len(raw) == audio.samples + PAD_SILENCE_SAMPLES
+    expected = np.round(np.clip(np.asarray(raw[: audio.samples]), -1, 1) * 32767).astype("<i2")
+    assert audio.pcm == expected.tobytes()
+    assert np.frombuffer(audio.pcm, "<i2")[-PAD_SILENCE_SAMPLES:].any()
+
+
+def test_it_loads_each_model_once_per_process(engine, tiny_voice):
+    engine.load(tiny_voice)
+    first = coqui.loaded_model(tiny_voice)
+    engine.load(tiny_voice)
+    CoquiEngine().load(tiny_voice)
+
+    assert first is not None
+    assert coqui.loaded_model(tiny_voice) is first
+    assert first.load_s > 0 and first.warmup_s > 0
+
+
+@pytest.mark.parametrize("text", ["", "   ", "...", "?!"])
+def test_text_with_nothing_to_say_gives_empty_audio(engine, tiny_voice, text):
+    audio = engine.synthesize(text, tiny_voice)
+
+    assert audio.pcm == b""
+    assert audio.sample_rate == SAMPLE_RATE
+
+
+def test_a_faster_voice_gives_shorter_audio(engine, tiny_voice):
+    normal = engine.synthesize(TEXT, tiny_voice)
+    fast = engine.synthesize(TEXT, Voice(**{**tiny_voice.__dict__, "speed": 2.0}))
+
+    assert 0 < fast.samples < normal.samples
+
+
+def test_a_missing_model_file_is_unavailable_with_the_reason(engine, tmp_path):
+    voice = Voice(
+        id="gone",
+        label="Gone",
+        engine="coqui",
+        model_path=str(tmp_path / "model.pth"),
+        config_path=str(tmp_path / "config.json"),
+    )
+
+    available, reason = engine.availability(voice)
+
+    assert not available
+    assert str(tmp_path / "model.pth") in reason
+    with pytest.raises(EngineUnavailable):
+        engine.load(voice)
+
+
+def test_a_model_name_not_in_the_cache_is_unavailable_with_the_fix(engine, tmp_path):
+    voice = Voice(id="lj", label="LJ", engine="coqui", model=LJSPEECH)
+
+    with override_settings(TTS_COQUI_CACHE_DIR=str(tmp_path)):
+        available, reason = engine.availability(voice)
+
+    assert not available
+    assert f"python manage.py tts_models --download {LJSPEECH}" in reason
+
+
+def test_a_model_name_in_the_cache_is_available(engine, tmp_path):
+    folder = tmp_path / "tts" / LJSPEECH.replace("/", "--")
+    folder.mkdir(parents=True)
+    (folder / "model_file.pth").write_bytes(b"")
+    (folder / "config.json").write_text("{}")
+    voice = Voice(id="lj", label="LJ", engine="coqui", model=LJSPEECH)
+
+    with override_settings(TTS_COQUI_CACHE_DIR=str(tmp_path)):
+        assert engine.availability(voice) == (True, "")
+
+
+def test_an_unknown_model_name_is_unavailable(engine):
+    voice = Voice(id="x", label="X", engine="coqui", model="tts_models/xx/nothing/vits")
+
+    available, reason = engine.availability(voice)
+
+    assert not available
+    assert "not a Coqui model name" in reason
+
+
+def test_loading_without_a_network_fails_fast_and_clearly(engine, tmp_path, monkeypatch):
+    def unreachable(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    voice = Voice(id="lj", label="LJ", engine="coqui", model=LJSPEECH)
+
+    with override_settings(TTS_COQUI_CACHE_DIR=str(tmp_path)):
+        with pytest.raises(EngineUnavailable) as caught:
+            engine.load(voice)
+
+    assert "unreachable" in caught.value.message
+    assert f"tts_models --download {LJSPEECH}" in caught.value.message
+    assert caught.value.code == "voice_unavailable"
+    assert not (tmp_path / "tts" / LJSPEECH.replace("/", "--")).exists()
+
+
+def test_xtts_needs_the_licence_setting(engine, monkeypatch):
+    monkeypatch.delenv("COQUI_TOS_AGREED", raising=False)
+    voice = Voice(id="xtts", label="XTTS", engine="coqui", model=XTTS)
+
+    with override_settings(TTS_COQUI_AGREE_LICENSE=False):
+        available, reason = engine.availability(voice)
+        with pytest.raises(EngineUnavailable):
+            engine.load(voice)
+
+    assert not available
+    assert "TTS_COQUI_AGREE_LICENSE" in reason
+    assert "COQUI_TOS_AGREED" not in os.environ
+
+
+def test_availability_does_not_import_torch(tiny_voice):
+    script = (
+        "import sys\n"
+        "from tts.engines.base import Voice\n"
+        "from tts.engines.coqui import CoquiEngine\n"
+        f"voice = Voice(id='t', label='T', engine='coqui', model_path={tiny_voice.model_path!r},"
+        f" config_path={tiny_voice.config_path!r})\n"
+        "assert CoquiEngine().availability(voice) == (True, '')\n"
+        f"CoquiEngine().availability(Voice(id='l', label='L', engine='coqui', model={LJSPEECH!r}))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_multi_speaker_models_expose_their_speakers_as_voices(engine, multi_voice):
+    expanded = coqui.expand_voice(multi_voice)
+
+    assert [v.id for v in expanded] == [f"multi:{name}" for name in SPEAKERS]
+    assert [v.speaker for v in expanded] == list(SPEAKERS)
+    assert all(v.engine == "coqui" and v.model_path == multi_voice.model_path for v in expanded)
+
+    engine.load(multi_voice)
+    discovered = {v.id for v in engine.discover_voices()}
+    assert {v.id for v in expanded} <= discovered
+
+
+def test_each_speaker_has_its_own_voice(engine, multi_voice):
+    alice, bob = coqui.expand_voice(multi_voice)[:2]
+
+    assert engine.synthesize(TEXT, alice) != engine.synthesize(TEXT, bob)
+
+
+def test_an_unknown_speaker_is_an_engine_error(engine, multi_voice):
+    voice = Voice(**{**multi_voice.__dict__, "speaker": "nobody"})
+
+    with pytest.raises(EngineError) as caught:
+        engine.synthesize(TEXT, voice)
+
+    assert caught.value.code == "unknown_speaker"
+
+
+def test_a_voice_with_a_speaker_is_not_expanded(multi_voice):
+    voice = Voice(**{**multi_voice.__dict__, "speaker": "bob"})
+
+    assert coqui.expand_voice(voice) == [voice]
+
+
+def test_a_single_speaker_voice_expands_to_itself(tiny_voice):
+    assert coqui.expand_voice(tiny_voice) == [tiny_voice]
