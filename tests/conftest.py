@@ -33,8 +33,27 @@ def _configure_redis() -> str:
     return url
 
 
+def _private_sqlite_test_db() -> None:
+    """One test database file per pytest process, so parallel runs never share one."""
+    from django.db import connections
+
+    if not settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        return
+    run_dir = Path(settings.BASE_DIR / ".run")
+    run_dir.mkdir(exist_ok=True)
+    name = str(run_dir / f"test-db-{os.getpid()}.sqlite3")
+    for db in (settings.DATABASES["default"], connections.databases["default"]):
+        db.setdefault("TEST", {})["NAME"] = name
+
+    def remove() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(name + suffix).unlink(missing_ok=True)
+
+    atexit.register(remove)
+
+
 REDIS_URL = _configure_redis()
-Path(settings.BASE_DIR / ".run").mkdir(exist_ok=True)
+_private_sqlite_test_db()
 
 
 def test_database_url() -> str:

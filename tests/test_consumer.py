@@ -121,3 +121,47 @@ async def _connected(comm: WebsocketCommunicator) -> WebsocketCommunicator:
     connected, _ = await comm.connect()
     assert connected
     return comm
+
+
+async def test_a_live_chunk_after_a_gap_is_preceded_by_the_missing_chunks_from_storage():
+    """The channel layer dropped chunks 0 and 1; chunk 2 arrives live: 0 and 1 come
+    from storage first, and a late duplicate of 1 is ignored."""
+    session = await make_session(run=False)
+    comm = await _connected(as_staff(communicator(session.id)))
+    assert (await comm.receive_json_from())["type"] == "session"
+    await comm.receive_json_from()  # queued status
+
+    @sync_to_async
+    def store_three_chunks():
+        worker = "gap-test"
+        claimed = services.session_claim(session_id=session.id, worker=worker)
+        voice = services.voice_resolve(voice_id=claimed.voice)
+        segments = services.session_segments(session=claimed, voice=voice)
+        chunks = []
+        for seq in range(3):
+            blob, cached, ms = services.segment_audio(segment=segments[seq], voice=voice,
+                                                      engine_model=claimed.model)
+            chunk = services.chunk_store(session=claimed, seq=seq, segment=segments[seq],
+                                         blob=blob, cached=cached, engine_ms=ms, worker=worker)
+            chunks.append((services.chunk_meta(chunk), bytes(blob.pcm)))
+        return chunks
+
+    from channels.layers import get_channel_layer
+
+    from tts.broadcast import chunk_event, session_group
+
+    chunks = await store_three_chunks()
+    layer = get_channel_layer()
+    await layer.group_send(session_group(session.id), chunk_event(*chunks[2]))
+    await layer.group_send(session_group(session.id), chunk_event(*chunks[1]))
+    seqs = []
+    while len(seqs) < 3:
+        message = await comm.receive_output(timeout=5)
+        if message.get("bytes") is not None:
+            seqs.append(struct.unpack("<I", message["bytes"][:4])[0])
+            assert message["bytes"][4:] == chunks[seqs[-1]][1]
+        elif json.loads(message["text"])["type"] == "chunk":
+            continue
+    assert seqs == [0, 1, 2]
+    assert await comm.receive_nothing(timeout=0.3)
+    await comm.disconnect()

@@ -4,6 +4,7 @@ tiny random-weight VITS models built by ``tts.testing.build_vits``."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -160,6 +161,28 @@ def test_a_model_name_in_the_cache_is_available(engine, tmp_path):
         assert engine.availability(voice) == (True, "")
 
 
+def test_a_cached_model_name_loads_from_the_cache_without_a_network(
+    engine, tiny_voice, tmp_path, monkeypatch
+):
+    def unreachable(*args, **kwargs):
+        raise AssertionError("no connection expected")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    folder = tmp_path / "tts" / LJSPEECH.replace("/", "--")
+    folder.mkdir(parents=True)
+    shutil.copy(tiny_voice.model_path, folder / "model_file.pth")
+    shutil.copy(tiny_voice.config_path, folder / "config.json")
+    voice = Voice(id="lj", label="LJ", engine="coqui", model=LJSPEECH)
+
+    try:
+        with override_settings(TTS_COQUI_CACHE_DIR=str(tmp_path)):
+            audio = engine.synthesize(TEXT, voice)
+        assert audio == engine.synthesize(TEXT, tiny_voice)
+        assert engine.model_id(voice) == LJSPEECH
+    finally:
+        coqui.unload(voice)
+
+
 def test_an_unknown_model_name_is_unavailable(engine):
     voice = Voice(id="x", label="X", engine="coqui", model="tts_models/xx/nothing/vits")
 
@@ -176,9 +199,11 @@ def test_loading_without_a_network_fails_fast_and_clearly(engine, tmp_path, monk
     monkeypatch.setattr(socket, "create_connection", unreachable)
     voice = Voice(id="lj", label="LJ", engine="coqui", model=LJSPEECH)
 
-    with override_settings(TTS_COQUI_CACHE_DIR=str(tmp_path)):
-        with pytest.raises(EngineUnavailable) as caught:
-            engine.load(voice)
+    with (
+        override_settings(TTS_COQUI_CACHE_DIR=str(tmp_path)),
+        pytest.raises(EngineUnavailable) as caught,
+    ):
+        engine.load(voice)
 
     assert "unreachable" in caught.value.message
     assert f"tts_models --download {LJSPEECH}" in caught.value.message
@@ -208,7 +233,8 @@ def test_availability_does_not_import_torch(tiny_voice):
         f"voice = Voice(id='t', label='T', engine='coqui', model_path={tiny_voice.model_path!r},"
         f" config_path={tiny_voice.config_path!r})\n"
         "assert CoquiEngine().availability(voice) == (True, '')\n"
-        f"CoquiEngine().availability(Voice(id='l', label='L', engine='coqui', model={LJSPEECH!r}))\n"
+        f"lj = Voice(id='l', label='L', engine='coqui', model={LJSPEECH!r})\n"
+        "CoquiEngine().availability(lj)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     root = Path(__file__).resolve().parent.parent

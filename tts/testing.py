@@ -42,7 +42,9 @@ def build_vits(
         return paths
 
 
-def _build(directory: Path, *, full_size: bool, seed: int, multi_speaker: bool) -> tuple[Path, Path]:
+def _build(
+    directory: Path, *, full_size: bool, seed: int, multi_speaker: bool
+) -> tuple[Path, Path]:
     import torch
     from TTS.tts.models.vits import Vits
 

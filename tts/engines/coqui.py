@@ -233,7 +233,9 @@ def _download_hint(name: str) -> str:
 def _check_reachable(name: str, item: dict[str, Any]) -> None:
     """Fail fast without a network: Coqui's own downloads have no timeout."""
     if "repo_id" in item and os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true"}:
-        raise EngineUnavailable(f"{name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+        raise EngineUnavailable(
+            f"{name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+        )
     url = _download_url(item)
     proxy = getproxies().get(urlsplit(url).scheme)
     target = urlsplit(proxy or url)
@@ -477,6 +479,12 @@ def get_model(voice: Voice) -> LoadedModel:
         if key not in _registry:
             _registry[key] = _load(voice, key)
         return _registry[key]
+
+
+def unload(voice: Voice) -> None:
+    """Forget the model of ``voice`` (tests; memory is freed once nothing else holds it)."""
+    with _registry_lock:
+        _registry.pop(_model_key(voice), None)
 
 
 def _load(voice: Voice, key: str) -> LoadedModel:

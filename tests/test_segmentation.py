@@ -1,0 +1,444 @@
+"""Text segmentation for streaming synthesis: properties over arbitrary text, then examples."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pysbd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tts.segmentation import Segment, segment_text
+
+SENTENCE_PAUSE, CLAUSE_PAUSE, PARAGRAPH_PAUSE = 350, 150, 600
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def has_alnum(text: str) -> bool:
+    return any(char.isalnum() for char in text)
+
+
+def longest_run_without_alnum(text: str) -> int:
+    longest = run = 0
+    for char in text:
+        run = 0 if char.isalnum() else run + 1
+        longest = max(longest, run)
+    return longest
+
+
+def limit_for(index: int, max_chars: int, first_max_chars: int) -> int:
+    return min(first_max_chars, max_chars) if index == 0 else max_chars
+
+
+def blank_line_in(whitespace: str) -> bool:
+    breaks = re.findall(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]", whitespace)
+    return len(breaks) >= 2 or "\u2029" in whitespace
+
+
+def trailing_space(segment: Segment) -> str:
+    return segment.text[len(segment.text.rstrip()):]
+
+
+# --- strategies ---------------------------------------------------------------------
+
+LETTERS = (
+    "abcdefghijklmnopqrstuvwxyzABCDEFXYZ0123456789éßñøçÅ"
+    "日本語の文章中文字漢字한국어"
+    "العربيةمرحبا"
+    "русскийΑλφα"
+    "😀🎉👍🏽"
+)
+CLAUSE_MARKS = ["", "", "", "", ",", ";", ":", " —", "—", "、", "，", "...", " -"]
+SENTENCE_ENDS = [".", "!", "?", "...", "。", "！", "?\"", ".”", ""]
+SEPARATORS = [" ", " ", " ", "  ", "\n", "\n\n", " \n \n ", "\r\n\r\n", "\t", "\u2029", ""]
+
+words = st.text(alphabet=LETTERS, min_size=1, max_size=12)
+long_words = st.text(alphabet=LETTERS, min_size=100, max_size=700)
+
+
+@st.composite
+def sentences(draw: st.DrawFn, word: st.SearchStrategy[str] = words) -> str:
+    parts = draw(st.lists(st.tuples(word, st.sampled_from(CLAUSE_MARKS)), min_size=1,
+                          max_size=40))
+    body = " ".join(w + mark for w, mark in parts)
+    return body + draw(st.sampled_from(SENTENCE_ENDS))
+
+
+@st.composite
+def stories(draw: st.DrawFn, word: st.SearchStrategy[str] = words) -> str:
+    pieces = draw(st.lists(st.tuples(sentences(word), st.sampled_from(SEPARATORS)),
+                           min_size=1, max_size=12))
+    lead = draw(st.sampled_from(["", "", " ", "\n\n  "]))
+    return lead + "".join(sentence + separator for sentence, separator in pieces)
+
+
+punctuation_only = st.text(alphabet=" .,!?…—-*\n\"'()[]", max_size=60)
+with_surrogates = st.text(st.one_of(st.characters(), st.characters(categories=["Cs"])),
+                          max_size=200)
+any_text = st.one_of(
+    st.text(max_size=400),
+    with_surrogates,
+    stories(),
+    stories(st.one_of(words, long_words)),
+    long_words,
+    st.text(alphabet=LETTERS + " ", max_size=600),  # no punctuation at all
+    punctuation_only,
+    st.builds(lambda a, b, c: a + b + c, stories(), punctuation_only, stories()),
+)
+wordy_text = st.one_of(stories(), stories(st.one_of(words, long_words)), long_words)
+
+
+@st.composite
+def limits(draw: st.DrawFn) -> dict[str, int]:
+    max_chars = draw(st.integers(20, 300))
+    return {
+        "max_chars": max_chars,
+        "first_max_chars": draw(st.integers(5, max_chars + 20)),
+        "min_chars": draw(st.integers(0, 15)),
+    }
+
+
+any_limits = st.one_of(st.just({}), limits())
+languages = st.sampled_from(["en", "en-us", "ja", "zh-CN", "ar", "de_DE", "xx-yy", "", "EN"])
+PROPERTY = settings(max_examples=200, deadline=None)
+
+
+# --- properties ---------------------------------------------------------------------
+
+
+@PROPERTY
+@given(text=any_text, options=any_limits, language=languages)
+def test_segments_cover_the_text_exactly(text: str, options: dict[str, int],
+                                         language: str) -> None:
+    segments = segment_text(text, language=language, **options)
+
+    if not text.strip():
+        assert segments == []
+        return
+    assert segments[0].char_start == 0
+    assert segments[-1].char_end == len(text)
+    for before, after in zip(segments, segments[1:], strict=False):
+        assert before.char_end == after.char_start
+    for segment in segments:
+        assert segment.char_start < segment.char_end
+        assert segment.text == text[segment.char_start:segment.char_end]
+    assert "".join(segment.text for segment in segments) == text
+
+
+@PROPERTY
+@given(text=any_text, options=any_limits)
+def test_every_segment_has_a_letter_or_digit_when_the_text_has_one(
+        text: str, options: dict[str, int]) -> None:
+    segments = segment_text(text, **options)
+
+    if has_alnum(text):
+        assert all(has_alnum(segment.text) for segment in segments)
+    elif text.strip():
+        assert [(s.char_start, s.char_end, s.boundary) for s in segments] == [
+            (0, len(text), "end")]
+
+
+@PROPERTY
+@given(text=wordy_text, options=limits())
+def test_no_segment_is_longer_than_its_limit(text: str, options: dict[str, int]) -> None:
+    segments = segment_text(text, **options)
+
+    for index, segment in enumerate(segments):
+        assert len(segment.speech_text) <= limit_for(index, options["max_chars"],
+                                                     options["first_max_chars"])
+
+
+@PROPERTY
+@given(text=any_text, options=limits())
+def test_only_long_runs_without_letters_can_exceed_the_limit(
+        text: str, options: dict[str, int]) -> None:
+    segments = segment_text(text, **options)
+
+    for index, segment in enumerate(segments):
+        limit = limit_for(index, options["max_chars"], options["first_max_chars"])
+        speech = segment.speech_text
+        assert len(speech) <= limit or longest_run_without_alnum(speech) >= limit // 2
+
+
+@PROPERTY
+@given(first=st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=9),
+                      min_size=2, max_size=60),
+       rest=stories(), first_max_chars=st.integers(25, 80), min_chars=st.integers(0, 12))
+def test_first_segment_is_cut_short_when_the_first_sentence_is_long(
+        first: list[str], rest: str, first_max_chars: int, min_chars: int) -> None:
+    sentence = " ".join(first) + "."
+    segments = segment_text(f"{sentence} {rest}", first_max_chars=first_max_chars,
+                            min_chars=min_chars)
+
+    speech = segments[0].speech_text
+    if len(sentence) > first_max_chars:
+        assert min_chars <= len(speech) <= first_max_chars
+        assert segments[0].boundary in ("clause", "word")
+    else:
+        assert speech.startswith(sentence)
+
+
+@PROPERTY
+@given(text=any_text, options=any_limits)
+def test_pauses_follow_the_boundaries(text: str, options: dict[str, int]) -> None:
+    segments = segment_text(text, **options)
+    if not segments:
+        return
+
+    assert segments[-1].boundary == "end" and segments[-1].pause_ms == 0
+    for segment in segments[:-1]:
+        assert segment.boundary in ("sentence", "clause", "word")
+        if blank_line_in(trailing_space(segment)):
+            assert segment.pause_ms == PARAGRAPH_PAUSE
+        elif segment.boundary == "sentence":
+            assert segment.pause_ms == SENTENCE_PAUSE
+        else:
+            assert segment.pause_ms == CLAUSE_PAUSE
+
+
+@PROPERTY
+@given(text=any_text, options=any_limits)
+def test_speech_text_is_the_stripped_text_and_never_empty(
+        text: str, options: dict[str, int]) -> None:
+    for segment in segment_text(text, **options):
+        assert segment.speech_text == segment.text.strip()
+        assert segment.speech_text
+
+
+@settings(max_examples=50, deadline=None)
+@given(text=any_text, options=any_limits, language=languages)
+def test_segmentation_is_deterministic(text: str, options: dict[str, int],
+                                       language: str) -> None:
+    assert segment_text(text, language=language, **options) == segment_text(
+        text, language=language, **options)
+
+
+# --- examples: the first segment ---------------------------------------------------
+
+
+def test_first_segment_is_cut_at_the_last_clause_before_the_limit() -> None:
+    text = ("When the rain finally stopped, the children ran out, laughing, into the garden "
+            "to play in the puddles. Their mother watched.")
+
+    first = segment_text(text, first_max_chars=60)[0]
+
+    assert first.text == "When the rain finally stopped, the children ran out, laughing, "
+    assert (first.boundary, first.pause_ms) == ("clause", CLAUSE_PAUSE)
+
+
+def test_first_segment_falls_back_to_a_word_boundary() -> None:
+    text = ("The old lighthouse keeper climbed the winding stairs every single evening "
+            "without fail.")
+
+    first = segment_text(text, first_max_chars=40, min_chars=12)[0]
+
+    assert first.text == "The old lighthouse keeper climbed the "
+    assert first.boundary == "word"
+
+
+def test_first_segment_ignores_clauses_that_would_leave_it_too_short() -> None:
+    text = "Well, the old lighthouse keeper climbed the winding stairs every evening."
+
+    first = segment_text(text, first_max_chars=40, min_chars=12)[0]
+
+    assert first.text == "Well, the old lighthouse keeper climbed "
+
+
+def test_short_first_sentence_is_kept_whole() -> None:
+    segments = segment_text("Hello there. How are you today, my friend?")
+
+    assert segments[0].text == "Hello there. "
+    assert (segments[0].boundary, segments[0].pause_ms) == ("sentence", SENTENCE_PAUSE)
+
+
+def test_very_short_first_sentence_takes_the_start_of_the_next() -> None:
+    text = ("Hi. It was a dark and stormy night, and the rain fell in torrents except at "
+            "occasional intervals.")
+
+    first = segment_text(text, first_max_chars=60)[0]
+
+    assert first.text == "Hi. It was a dark and stormy night, "
+
+
+# --- examples: long sentences and words -----------------------------------------------
+
+
+def test_long_sentence_is_split_at_clauses_under_max_chars() -> None:
+    clause = "the wind rose over the hills and the rivers ran high"
+    text = "Intro sentence here. " + ", ".join([clause] * 8) + "."
+
+    segments = segment_text(text, max_chars=120, first_max_chars=60)
+
+    assert [s.boundary for s in segments] == ["sentence", "clause", "clause", "clause", "end"]
+    assert all(len(s.speech_text) <= 120 for s in segments)
+    assert all(s.speech_text.endswith((",", ".")) for s in segments)
+
+
+def test_word_longer_than_max_chars_is_hard_split() -> None:
+    url = "https://example.com/" + "a" * 580
+
+    segments = segment_text(url, max_chars=250, first_max_chars=60)
+
+    assert [len(s.text) for s in segments] == [60, 250, 250, 40]
+    assert "".join(s.text for s in segments) == url
+
+
+def test_hard_split_keeps_accents_with_their_letters() -> None:
+    text = "e\u0301" * 300  # "é" as a letter plus a combining accent
+
+    segments = segment_text(text, max_chars=25, first_max_chars=25)
+
+    assert all(not s.text.startswith("\u0301") for s in segments)
+    assert all(len(s.speech_text) <= 25 for s in segments)
+
+
+def test_cjk_text_without_spaces_splits_at_cjk_punctuation() -> None:
+    clause = "今日は天気がとてもいいので公園まで歩いて行きました"
+    text = "、".join([clause] * 6) + "。"
+
+    segments = segment_text(text, language="ja", max_chars=60, first_max_chars=30)
+
+    assert all(len(s.speech_text) <= 60 for s in segments)
+    assert all(s.text.endswith(("、", "。")) for s in segments[1:])
+
+
+# --- examples: merging ----------------------------------------------------------------
+
+
+def test_short_sentences_merge_with_the_following_one() -> None:
+    text = "He left the house at dawn. Oh. Then the long journey home began again."
+
+    segments = segment_text(text)
+
+    assert [s.text for s in segments] == [
+        "He left the house at dawn. ", "Oh. Then the long journey home began again."]
+
+
+def test_short_tail_merges_back_when_it_fits() -> None:
+    text = "The first sentence is here. Then another one follows. Yes."
+
+    segments = segment_text(text, max_chars=250)
+
+    assert segments[-1].text == "Then another one follows. Yes."
+
+
+def test_punctuation_only_fragments_merge_into_a_neighbour() -> None:
+    text = "The night was long.\n\n* * *\n\nThe next morning came early."
+
+    segments = segment_text(text)
+
+    assert [s.text for s in segments] == [
+        "The night was long.\n\n* * *\n\n", "The next morning came early."]
+    assert segments[0].pause_ms == PARAGRAPH_PAUSE
+
+
+def test_short_sentence_does_not_merge_across_a_paragraph_break() -> None:
+    segments = segment_text("Chapter 1\n\nIt was a dark and stormy night.")
+
+    assert segments[0].text == "Chapter 1\n\n"
+    assert segments[0].pause_ms == PARAGRAPH_PAUSE
+
+
+# --- examples: pauses and edges -----------------------------------------------------
+
+
+@pytest.mark.parametrize("gap", ["\n\n", "\r\n\r\n", "\n  \n", "\u2029"])
+def test_paragraph_breaks_get_the_paragraph_pause(gap: str) -> None:
+    text = f"The first paragraph ends here.{gap}The second paragraph follows it."
+
+    segments = segment_text(text)
+
+    assert [s.pause_ms for s in segments] == [PARAGRAPH_PAUSE, 0]
+    assert [s.boundary for s in segments] == ["sentence", "end"]
+
+
+def test_sentences_get_the_sentence_pause_and_the_last_none() -> None:
+    segments = segment_text("The first sentence is here. The second one is here.",
+                            sentence_pause_ms=300)
+
+    assert [(s.boundary, s.pause_ms) for s in segments] == [("sentence", 300), ("end", 0)]
+
+
+@pytest.mark.parametrize("text", ["", " ", "\n\n\t ", "\u3000\u00a0"])
+def test_whitespace_only_text_gives_no_segments(text: str) -> None:
+    assert segment_text(text) == []
+
+
+@pytest.mark.parametrize("text", ["...", " — ", "* * *\n\n!!!"])
+def test_text_without_letters_or_digits_is_one_segment(text: str) -> None:
+    assert segment_text(text) == [Segment(text, 0, len(text), 0, "end")]
+
+
+def test_whitespace_belongs_to_the_preceding_segment() -> None:
+    segments = segment_text("  Leading space here.   Then more text here!  ")
+
+    assert [s.text for s in segments] == ["  Leading space here.   ", "Then more text here!  "]
+    assert [s.speech_text for s in segments] == ["Leading space here.", "Then more text here!"]
+
+
+def test_repeated_sentences_get_their_own_offsets() -> None:
+    text = "Hello there world. " * 4
+
+    segments = segment_text(text)
+
+    assert [(s.char_start, s.char_end) for s in segments] == [(0, 19), (19, 38), (38, 57),
+                                                                (57, 76)]
+
+
+@pytest.mark.parametrize("language", ["en-US", "EN_gb", "xx-yy", "fr", ""])
+def test_language_tags_are_accepted_and_unknown_ones_fall_back(language: str) -> None:
+    segments = segment_text("Bonjour tout le monde. Comment allez-vous?", language=language)
+
+    assert [s.speech_text for s in segments] == ["Bonjour tout le monde.", "Comment allez-vous?"]
+
+
+def test_falls_back_to_a_regex_splitter_when_pysbd_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: object, text: str) -> list[str]:
+        raise RuntimeError("pysbd broke")
+
+    monkeypatch.setattr(pysbd.Segmenter, "segment", broken)
+
+    segments = segment_text("The first sentence is here. The second one is here!\nA third.")
+
+    assert [s.text for s in segments] == [
+        "The first sentence is here. ", "The second one is here!\n", "A third."]
+
+
+def test_input_that_makes_pysbd_backtrack_is_still_fast() -> None:
+    text = "It ended..[111 111 111 111 111 111 111 111 111 111 111 111 111 111] Then more."
+
+    started = time.perf_counter()
+    segments = segment_text(text)
+
+    assert time.perf_counter() - started < 1
+    assert "".join(s.text for s in segments) == text
+
+
+def test_maximum_length_text_segments_quickly() -> None:
+    sentence = ('The keeper said, "Mr. Smith, it is 3.14 miles away," and left; nobody '
+                "followed him.  ")
+    text = ((sentence * 3 + "\n\n") * 200)[:20_000]
+    segment_text(text[:500])  # warm pysbd's regex cache
+
+    started = time.perf_counter()
+    segments = segment_text(text)
+
+    assert time.perf_counter() - started < 1  # about 50 ms; generous for slow CI machines
+    assert "".join(s.text for s in segments) == text
+
+
+@pytest.mark.parametrize("options", [{"max_chars": 0}, {"first_max_chars": 0},
+                                     {"min_chars": -1}, {"sentence_pause_ms": -5}])
+def test_nonsense_limits_are_refused(options: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        segment_text("Some text.", **options)
+
+
+def test_first_max_chars_above_max_chars_is_clamped() -> None:
+    segments = segment_text("word " * 100, max_chars=30, first_max_chars=100)
+
+    assert all(len(s.speech_text) <= 30 for s in segments)
