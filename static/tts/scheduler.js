@@ -1,0 +1,223 @@
+// Gapless playback on the AudioContext clock. Chunks are scheduled back to back at
+// exact times (start = previous start + previous duration), never chained from `onended`,
+// so there is no gap between sentences however busy the page is. A "run" is one stretch
+// of scheduled sources; pause, seek and resume end a run and start a new one.
+
+const START_CUSHION = 0.1; // seconds between "play" and the first sample: absorbs jitter
+const MAX_CUSHION = 2.0;
+const LATE_MARGIN = 0.01; // a chunk due sooner than this has missed its slot: underrun
+const FADE = 0.012; // a short fade on stop avoids a click
+
+export class Scheduler {
+  /**
+   * @param {AudioContext} ctx
+   * @param {{onEnded?: () => void, onUnderrun?: (cushion: number) => void}} hooks
+   */
+  constructor(ctx, { onEnded = () => {}, onUnderrun = () => {} } = {}) {
+    this.ctx = ctx;
+    this.onEnded = onEnded;
+    this.onUnderrun = onUnderrun;
+    this.cushion = START_CUSHION;
+    this.underruns = 0;
+    this.items = []; // by seq, contiguous: { seq, start, duration, buffer }
+    this.total = null;
+    this.playing = false;
+    this.ended = false;
+    this.pausedAt = 0;
+    this.run = null;
+  }
+
+  /** Chunks received so far (contiguous from 0). */
+  get received() {
+    return this.items.length;
+  }
+
+  /** Seconds of audio received so far. */
+  get receivedDuration() {
+    const last = this.items[this.items.length - 1];
+    return last ? last.start + last.duration : 0;
+  }
+
+  get complete() {
+    return this.total !== null && this.items.length >= this.total;
+  }
+
+  /** Add chunk `seq`; false for a duplicate or out-of-order chunk (the stream orders them). */
+  add(seq, buffer) {
+    if (seq !== this.items.length) return false;
+    const start = this.receivedDuration;
+    this.items.push({ seq, start, duration: buffer ? buffer.duration : 0, buffer });
+    if (this.playing) this.pump();
+    return true;
+  }
+
+  setTotal(total) {
+    if (total === null || total === undefined) return;
+    this.total = total;
+    this.checkEnd();
+  }
+
+  /** Start (or resume) playing at `position` seconds into the narration. */
+  play(position = this.pausedAt) {
+    this.playing = true;
+    this.ended = false;
+    this.startRun(Math.max(0, Math.min(position, this.receivedDuration)));
+  }
+
+  pause() {
+    if (!this.playing) return;
+    this.pausedAt = this.position();
+    this.playing = false;
+    this.stopRun();
+  }
+
+  /** Jump to the start of chunk `seq` (keeps playing or paused). False if not received. */
+  seek(seq) {
+    const item = this.items[seq];
+    if (!item) return false;
+    this.ended = false;
+    if (this.playing) {
+      this.startRun(item.start);
+    } else {
+      this.pausedAt = item.start;
+    }
+    return true;
+  }
+
+  /** Forget everything (a new session). */
+  reset() {
+    this.stopRun();
+    this.items = [];
+    this.total = null;
+    this.playing = false;
+    this.ended = false;
+    this.pausedAt = 0;
+    this.cushion = START_CUSHION;
+  }
+
+  /** Seconds into the narration that the listener is hearing now. */
+  position() {
+    const run = this.run;
+    if (!this.playing || !run) return this.pausedAt;
+    if (run.anchorTime === null) return run.anchorPos;
+    const elapsed = Math.max(0, this.ctx.currentTime - run.anchorTime);
+    return Math.min(run.anchorPos + elapsed, run.endPos);
+  }
+
+  /** True while playing but starved: nothing more to hear until the next chunk arrives. */
+  starved() {
+    const run = this.run;
+    if (!this.playing || !run) return false;
+    if (run.anchorTime === null) return true;
+    return this.ctx.currentTime >= run.nextTime && !this.items[run.nextSeq];
+  }
+
+  /** The seq of the chunk that holds `position` (received.length past the end). */
+  seqAt(position) {
+    let low = 0;
+    let high = this.items.length - 1;
+    while (low <= high) {
+      const mid = (low + high) >> 1;
+      const item = this.items[mid];
+      if (position < item.start) high = mid - 1;
+      else if (position >= item.start + item.duration) low = mid + 1;
+      else return mid;
+    }
+    return low;
+  }
+
+  startRun(position) {
+    this.stopRun();
+    const gain = this.ctx.createGain();
+    gain.connect(this.ctx.destination);
+    const seq = this.seqAt(position);
+    const offset = this.items[seq] ? position - this.items[seq].start : 0;
+    this.run = {
+      gain,
+      sources: [],
+      nextSeq: seq,
+      firstOffset: offset,
+      nextTime: null,
+      anchorTime: null,
+      anchorPos: position,
+      endPos: position,
+    };
+    this.pump();
+  }
+
+  /** Schedule every received chunk not yet scheduled, right after the previous one. */
+  pump() {
+    const run = this.run;
+    if (!run) return;
+    while (this.items[run.nextSeq]) {
+      const item = this.items[run.nextSeq];
+      const offset = run.firstOffset;
+      run.firstOffset = 0;
+      this.placeRun(run, item.start + offset);
+      this.startSource(run, item, offset);
+      run.nextTime += item.duration - offset;
+      run.endPos = item.start + item.duration;
+      run.nextSeq += 1;
+    }
+    this.checkEnd();
+  }
+
+  /** Give the run a start time: now plus the cushion, first or after an underrun. */
+  placeRun(run, position) {
+    const now = this.ctx.currentTime;
+    if (run.nextTime !== null && run.nextTime >= now + LATE_MARGIN) return;
+    if (run.nextTime !== null) {
+      // The previous chunk finished before this one arrived: wait a little longer next time.
+      this.underruns += 1;
+      this.cushion = Math.min(MAX_CUSHION, this.cushion * 2);
+      this.onUnderrun(this.cushion);
+    }
+    run.nextTime = now + this.cushion;
+    run.anchorTime = run.nextTime;
+    run.anchorPos = position;
+  }
+
+  startSource(run, item, offset) {
+    if (!item.buffer) return;
+    const source = this.ctx.createBufferSource();
+    source.buffer = item.buffer;
+    source.connect(run.gain);
+    source.onended = () => this.sourceEnded(run, item.seq);
+    source.start(run.nextTime, offset);
+    run.sources.push(source);
+  }
+
+  sourceEnded(run, seq) {
+    // Bookkeeping only: the next chunk was scheduled long ago, not from here.
+    if (run === this.run && this.total !== null && seq >= this.total - 1) this.checkEnd();
+  }
+
+  /** Finish when every chunk has been scheduled and heard. */
+  checkEnd() {
+    const run = this.run;
+    if (!this.playing || !run || this.total === null || run.nextSeq < this.total) return;
+    if (run.nextTime !== null && this.ctx.currentTime < run.nextTime) return;
+    this.playing = false;
+    this.ended = true;
+    this.pausedAt = this.receivedDuration;
+    this.stopRun();
+    this.onEnded();
+  }
+
+  stopRun() {
+    const run = this.run;
+    if (!run) return;
+    this.run = null;
+    const now = this.ctx.currentTime;
+    run.gain.gain.setTargetAtTime(0, now, FADE / 3);
+    for (const source of run.sources) {
+      source.onended = null;
+      try {
+        source.stop(now + FADE);
+      } catch {
+        // already stopped
+      }
+    }
+    setTimeout(() => run.gain.disconnect(), 200);
+  }
+}
