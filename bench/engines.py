@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import os
 import platform
 import re
@@ -79,6 +80,8 @@ def setup_django() -> None:
     elif not settings.configured:
         settings.configure(USE_TZ=True)
     django.setup()
+    # Coqui logs every sentence at INFO; the table says what matters here.
+    logging.getLogger("TTS").setLevel(logging.WARNING)
 
 
 def sentences(text: str) -> list[str]:

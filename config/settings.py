@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlparse
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -71,7 +72,10 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+        # 0 under ASGI: every request runs in its own thread, so persistent connections
+        # pile up; pool with PgBouncer instead (docs/deployment.md).
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -87,15 +91,55 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Redis Sentinel: "host:port,host:port". The master's address then comes from the
+# sentinels; REDIS_URL still gives its database number, user and password.
+REDIS_SENTINELS = env_list("REDIS_SENTINELS")
+REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "mymaster")
+REDIS_SENTINEL_PASSWORD = env_str("REDIS_SENTINEL_PASSWORD")
+
+
+def _sentinel_address(entry: str) -> tuple[str, int]:
+    host, _, port = entry.rpartition(":")
+    if not host or not port.isdigit():
+        raise ImproperlyConfigured(f"REDIS_SENTINELS entries must be host:port, got {entry!r}")
+    return host.strip("[]"), int(port)
+
+
+def _channel_layer_host() -> dict:
+    # redis-py's 5 s default socket timeout equals channels-redis's 5 s blocking
+    # receive: idle workers and sockets would die. Keep it longer.
+    timeouts = {"socket_timeout": 15, "socket_connect_timeout": 2}
+    if not REDIS_SENTINELS:
+        return {"address": REDIS_URL, **timeouts}
+    url = urlparse(REDIS_URL)
+    if url.scheme == "rediss":
+        raise ImproperlyConfigured("REDIS_SENTINELS does not support TLS (rediss://) here.")
+    sentinel_kwargs = {"socket_timeout": 2, "socket_connect_timeout": 2}
+    if REDIS_SENTINEL_PASSWORD:
+        sentinel_kwargs["password"] = REDIS_SENTINEL_PASSWORD
+    return {
+        "sentinels": [_sentinel_address(entry) for entry in REDIS_SENTINELS],
+        "master_name": REDIS_SENTINEL_MASTER,
+        "sentinel_kwargs": sentinel_kwargs,
+        "db": int(url.path.strip("/") or 0),
+        "username": url.username or None,
+        "password": url.password or None,
+        **timeouts,
+    }
+
+
+# Capacity is per channel: how many messages wait for one consumer before the layer drops
+# new ones (tts-generate: queued sessions; a socket: chunk notices). Expiry drops messages
+# nobody read in time. Both only cost latency: workers re-dispatch from the database.
+# group_expiry must outlast the longest socket (DAPHNE_WEBSOCKET_TIMEOUT).
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            # redis-py's 5 s default socket timeout equals channels-redis's 5 s blocking
-            # receive: idle workers and sockets would die. Keep it longer.
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 2}],
+            "hosts": [_channel_layer_host()],
             "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000, minimum=1),
             "expiry": env_int("CHANNEL_LAYER_EXPIRY", 60, minimum=1),
+            "group_expiry": env_int("CHANNEL_LAYER_GROUP_EXPIRY", 86400, minimum=1),
             "prefix": env_str("CHANNEL_LAYER_PREFIX", "asgi"),
         },
     }
@@ -116,10 +160,39 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
-MEDIA_URL = "media/"
+MEDIA_URL = env_str("MEDIA_URL", "media/")
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "media")))
+# Narration audio lives in the database (content-addressed chunks); media storage holds
+# uploads and exports. "filesystem" (MEDIA_ROOT, a volume in Docker) or "s3" (any
+# S3-compatible store through django-storages; credentials from AWS_ACCESS_KEY_ID and
+# AWS_SECRET_ACCESS_KEY, read by boto3).
+MEDIA_STORAGE = env_str("MEDIA_STORAGE", "filesystem")
+
+
+def _media_storage() -> dict:
+    if MEDIA_STORAGE == "filesystem":
+        return {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    if MEDIA_STORAGE != "s3":
+        raise ImproperlyConfigured(f"MEDIA_STORAGE must be filesystem or s3, got {MEDIA_STORAGE!r}")
+    bucket = env_str("AWS_STORAGE_BUCKET_NAME")
+    if not bucket:
+        raise ImproperlyConfigured("MEDIA_STORAGE=s3 needs AWS_STORAGE_BUCKET_NAME.")
+    options = {
+        "bucket_name": bucket,
+        "endpoint_url": env_str("AWS_S3_ENDPOINT_URL") or None,
+        "region_name": env_str("AWS_S3_REGION_NAME") or None,
+        "custom_domain": env_str("AWS_S3_CUSTOM_DOMAIN") or None,
+        "addressing_style": env_str("AWS_S3_ADDRESSING_STYLE") or None,
+        "location": env_str("AWS_LOCATION", "media"),
+        "default_acl": None,  # the bucket's policy decides; objects stay private
+        "querystring_auth": env_bool("AWS_QUERYSTRING_AUTH", True),
+        "file_overwrite": False,
+    }
+    return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
+
+
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": _media_storage(),
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
         if not DEBUG and env_bool("STATIC_MANIFEST", True)
@@ -137,6 +210,8 @@ SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if HTTPS else 0, m
 SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
 SECURE_HSTS_PRELOAD = HTTPS
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
+# Load balancers and container health checks probe over plain http on the inside.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
@@ -145,7 +220,14 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # stdout, one line per record: containers and process managers collect it from there.
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "stream": "ext://sys.stdout",
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
@@ -164,6 +246,8 @@ TTS_HEARTBEAT_TIMEOUT = env_float("TTS_HEARTBEAT_TIMEOUT", 30.0)
 TTS_SWEEP_INTERVAL = env_float("TTS_SWEEP_INTERVAL", 10.0)
 TTS_MAX_ATTEMPTS = env_int("TTS_MAX_ATTEMPTS", 3, minimum=1)
 TTS_PRELOAD_VOICES = env_list("TTS_PRELOAD_VOICES")
+# Testing only: sleep this long before every synthesis, to widen fault-injection windows.
+TTS_FAULT_DELAY_MS = env_int("TTS_FAULT_DELAY_MS", 0, minimum=0)
 TTS_ESPEAK_BINARY = env_str("TTS_ESPEAK_BINARY", "espeak-ng")
 TTS_COQUI_MODEL_PATH = env_str("TTS_COQUI_MODEL_PATH")
 TTS_COQUI_CONFIG_PATH = env_str("TTS_COQUI_CONFIG_PATH")

@@ -115,6 +115,7 @@ class Stack:
         self.daphne = self._spawn(
             [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
              "--websocket_timeout", "86400", "--ping-interval", "20", "--ping-timeout", "30",
+             "--websocket-max-message-size", str(16 * 1024 * 1024), "--application-close-timeout", "5",
              "config.asgi:application"],
             "daphne",
         )

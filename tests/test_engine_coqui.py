@@ -3,11 +3,13 @@ tiny random-weight VITS models built by ``tts.testing.build_vits``."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -118,7 +120,7 @@ def test_text_with_nothing_to_say_gives_empty_audio(engine, tiny_voice, text):
 
 def test_a_faster_voice_gives_shorter_audio(engine, tiny_voice):
     normal = engine.synthesize(TEXT, tiny_voice)
-    fast = engine.synthesize(TEXT, Voice(**{**tiny_voice.__dict__, "speed": 2.0}))
+    fast = engine.synthesize(TEXT, replace(tiny_voice, speed=2.0))
 
     assert 0 < fast.samples < normal.samples
 
@@ -181,6 +183,57 @@ def test_a_cached_model_name_loads_from_the_cache_without_a_network(
         assert engine.model_id(voice) == LJSPEECH
     finally:
         coqui.unload(voice)
+
+
+class _Connection:
+    def close(self) -> None:
+        pass
+
+
+def test_download_model_fills_the_cache_through_coquis_manager(
+    engine, tiny_voice, tmp_path, monkeypatch
+):
+    from TTS.utils.manage import ModelManager
+
+    def fake_download(manager, item, output_path):
+        shutil.copy(tiny_voice.model_path, output_path / "model_file.pth")
+        shutil.copy(tiny_voice.config_path, output_path / "config.json")
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: _Connection())
+    monkeypatch.setattr(ModelManager, "_download_github_model", fake_download)
+    voice = Voice(id="lj", label="LJ", engine="coqui", model=LJSPEECH)
+
+    with override_settings(TTS_COQUI_CACHE_DIR=str(tmp_path)):
+        folder = coqui.download_model(LJSPEECH)
+        assert engine.availability(voice) == (True, "")
+        assert coqui.is_model_cached(LJSPEECH)
+
+    assert folder == tmp_path / "tts" / LJSPEECH.replace("/", "--")
+
+
+def test_a_failed_download_leaves_no_partial_model(engine, tmp_path, monkeypatch):
+    import requests
+    from TTS.utils.manage import ModelManager
+
+    def broken_download(manager, item, output_path):
+        (output_path / "vits.zip").write_bytes(b"partial")
+        raise requests.ConnectionError("connection reset")
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: _Connection())
+    monkeypatch.setattr(ModelManager, "_download_github_model", broken_download)
+    folder = tmp_path / "tts" / LJSPEECH.replace("/", "--")
+    folder.mkdir(parents=True)
+    (folder / "vits.zip").write_bytes(b"left by an interrupted download")
+
+    with override_settings(TTS_COQUI_CACHE_DIR=str(tmp_path)):
+        available, _ = engine.availability(
+            Voice(id="lj", label="LJ", engine="coqui", model=LJSPEECH)
+        )
+        with pytest.raises(EngineUnavailable, match="connection reset"):
+            coqui.download_model(LJSPEECH)
+
+    assert not available
+    assert not folder.exists()
 
 
 def test_an_unknown_model_name_is_unavailable(engine):
@@ -264,7 +317,7 @@ def test_each_speaker_has_its_own_voice(engine, multi_voice):
 
 
 def test_an_unknown_speaker_is_an_engine_error(engine, multi_voice):
-    voice = Voice(**{**multi_voice.__dict__, "speaker": "nobody"})
+    voice = replace(multi_voice, speaker="nobody")
 
     with pytest.raises(EngineError) as caught:
         engine.synthesize(TEXT, voice)
@@ -273,10 +326,59 @@ def test_an_unknown_speaker_is_an_engine_error(engine, multi_voice):
 
 
 def test_a_voice_with_a_speaker_is_not_expanded(multi_voice):
-    voice = Voice(**{**multi_voice.__dict__, "speaker": "bob"})
+    voice = replace(multi_voice, speaker="bob")
 
     assert coqui.expand_voice(voice) == [voice]
 
 
 def test_a_single_speaker_voice_expands_to_itself(tiny_voice):
     assert coqui.expand_voice(tiny_voice) == [tiny_voice]
+
+
+def test_a_multi_lingual_config_expands_to_speakers_and_languages(tmp_path):
+    # A YourTTS-style config written on another machine: its files moved next to it.
+    clips = {
+        "c1": {"name": "female-en-5"},
+        "c2": {"name": "male-pt-3"},
+        "c3": {"name": "male-pt-3"},
+    }
+    (tmp_path / "speakers.json").write_text(json.dumps(clips))
+    (tmp_path / "language_ids.json").write_text(json.dumps({"en": 0, "fr-fr": 1, "pt-br": 2}))
+    config = {
+        "model": "vits",
+        "use_d_vector_file": True,
+        "d_vector_file": ["/elsewhere/speakers.json"],
+        "model_args": {
+            "use_language_embedding": True,
+            "language_ids_file": "/elsewhere/language_ids.json",
+        },
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.pth").write_bytes(b"")
+    voice = Voice(
+        id="yourtts",
+        label="YourTTS",
+        engine="coqui",
+        model_path=str(tmp_path / "model.pth"),
+        config_path=str(tmp_path / "config.json"),
+    )
+
+    expanded = coqui.expand_voice(voice)
+
+    assert [v.id for v in expanded] == [
+        "yourtts:female-en-5@en",
+        "yourtts:female-en-5@fr-fr",
+        "yourtts:female-en-5@pt-br",
+        "yourtts:male-pt-3@en",
+        "yourtts:male-pt-3@fr-fr",
+        "yourtts:male-pt-3@pt-br",
+    ]
+    assert expanded[4].language == "fr-fr" and expanded[4].speaker == "male-pt-3"
+
+
+@pytest.mark.parametrize(
+    ("wanted", "expected"),
+    [("fr-fr", "fr-fr"), ("FR_fr", "fr-fr"), ("fr-ca", "fr-fr"), ("pt", "pt-br"), ("de", None)],
+)
+def test_voice_languages_match_model_languages(wanted, expected):
+    assert coqui._match_language(wanted, ["en", "fr-fr", "pt-br"]) == expected

@@ -44,52 +44,40 @@ def trailing_space(segment: Segment) -> str:
 
 
 # --- strategies ---------------------------------------------------------------------
+# Texts are drawn as lists of ready-made tokens: cheap to generate, so 200 examples a
+# property stay fast, yet they mix scripts, abbreviations, numbers, emoji and gaps.
 
-LETTERS = (
-    "abcdefghijklmnopqrstuvwxyzABCDEFXYZ0123456789éßñøçÅ"
-    "日本語の文章中文字漢字한국어"
-    "العربيةمرحبا"
-    "русскийΑλφα"
-    "😀🎉👍🏽"
-)
-CLAUSE_MARKS = ["", "", "", "", ",", ";", ":", " —", "—", "、", "，", "...", " -"]
-SENTENCE_ENDS = [".", "!", "?", "...", "。", "！", "?\"", ".”", ""]
-SEPARATORS = [" ", " ", " ", "  ", "\n", "\n\n", " \n \n ", "\r\n\r\n", "\t", "\u2029", ""]
+WORDS = [
+    "the", "night", "was", "long", "and", "she", "whispered", "quietly", "A", "I",
+    "Mr.", "Dr.", "e.g.", "U.S.", "3.14", "1,000", "10:30", "don't", "café", "naïve",
+    "e\u0301te\u0301", "日本語の文章", "中文字", "한국어", "العربية", "مرحبا", "русский",
+    "Αλφα", "😀", "👍🏽", "👨\u200d👩\u200d👧", "http://example.com/a?b=c", "“quoted”",
+    "(aside)", "[12]", "x_y",
+]
+CLAUSE_MARKS = [",", ";", ":", " —", "—", "–", "、", "，", "...", " -", "…"]
+SENTENCE_ENDS = [".", "!", "?", "。", "！", "?\"", ".”", "؟", "..."]
+SEPARATORS = [" ", "  ", "\n", "\n\n", " \n \n ", "\r\n\r\n", "\t", "\u2029", "\u00a0"]
+TOKENS = ([word + " " for word in WORDS] * 4 + CLAUSE_MARKS + [end + " " for end in SENTENCE_ENDS]
+          + SEPARATORS)
+LETTERS = "abcdefghijklmnopqrstuvwxyzABC0123456789éßñ日本語の文章中文字한국어العربيةрусский😀"
 
-words = st.text(alphabet=LETTERS, min_size=1, max_size=12)
+stories = st.lists(st.sampled_from(TOKENS), min_size=1, max_size=120).map("".join)
 long_words = st.text(alphabet=LETTERS, min_size=100, max_size=700)
-
-
-@st.composite
-def sentences(draw: st.DrawFn, word: st.SearchStrategy[str] = words) -> str:
-    parts = draw(st.lists(st.tuples(word, st.sampled_from(CLAUSE_MARKS)), min_size=1,
-                          max_size=40))
-    body = " ".join(w + mark for w, mark in parts)
-    return body + draw(st.sampled_from(SENTENCE_ENDS))
-
-
-@st.composite
-def stories(draw: st.DrawFn, word: st.SearchStrategy[str] = words) -> str:
-    pieces = draw(st.lists(st.tuples(sentences(word), st.sampled_from(SEPARATORS)),
-                           min_size=1, max_size=12))
-    lead = draw(st.sampled_from(["", "", " ", "\n\n  "]))
-    return lead + "".join(sentence + separator for sentence, separator in pieces)
-
-
+stories_with_long_words = st.lists(st.one_of(stories, long_words), min_size=1,
+                                   max_size=3).map(" ".join)
 punctuation_only = st.text(alphabet=" .,!?…—-*\n\"'()[]", max_size=60)
 with_surrogates = st.text(st.one_of(st.characters(), st.characters(categories=["Cs"])),
                           max_size=200)
 any_text = st.one_of(
-    st.text(max_size=400),
+    st.text(max_size=300),
     with_surrogates,
-    stories(),
-    stories(st.one_of(words, long_words)),
-    long_words,
+    stories,
+    stories_with_long_words,
     st.text(alphabet=LETTERS + " ", max_size=600),  # no punctuation at all
     punctuation_only,
-    st.builds(lambda a, b, c: a + b + c, stories(), punctuation_only, stories()),
+    st.tuples(stories, punctuation_only, stories).map("".join),
 )
-wordy_text = st.one_of(stories(), stories(st.one_of(words, long_words)), long_words)
+wordy_text = st.one_of(stories, stories_with_long_words)
 
 
 @st.composite
@@ -165,9 +153,9 @@ def test_only_long_runs_without_letters_can_exceed_the_limit(
 
 
 @PROPERTY
-@given(first=st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=9),
-                      min_size=2, max_size=60),
-       rest=stories(), first_max_chars=st.integers(25, 80), min_chars=st.integers(0, 12))
+@given(first=st.lists(st.sampled_from(["a", "to", "the", "night", "whispered", "lighthouse"]),
+                      min_size=2, max_size=40),
+       rest=stories, first_max_chars=st.integers(25, 80), min_chars=st.integers(0, 12))
 def test_first_segment_is_cut_short_when_the_first_sentence_is_long(
         first: list[str], rest: str, first_max_chars: int, min_chars: int) -> None:
     sentence = " ".join(first) + "."
@@ -221,12 +209,12 @@ def test_segmentation_is_deterministic(text: str, options: dict[str, int],
 
 
 def test_first_segment_is_cut_at_the_last_clause_before_the_limit() -> None:
-    text = ("When the rain finally stopped, the children ran out, laughing, into the garden "
-            "to play in the puddles. Their mother watched.")
+    text = ("When the rain stopped, the children ran out, laughing, into the garden to play "
+            "in the puddles. Their mother watched.")
 
     first = segment_text(text, first_max_chars=60)[0]
 
-    assert first.text == "When the rain finally stopped, the children ran out, laughing, "
+    assert first.text == "When the rain stopped, the children ran out, laughing, "
     assert (first.boundary, first.pause_ms) == ("clause", CLAUSE_PAUSE)
 
 
@@ -402,10 +390,12 @@ def test_falls_back_to_a_regex_splitter_when_pysbd_fails(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(pysbd.Segmenter, "segment", broken)
 
-    segments = segment_text("The first sentence is here. The second one is here!\nA third.")
+    text = "The first sentence is here. The second one is here!\nA third line follows"
+
+    segments = segment_text(text)
 
     assert [s.text for s in segments] == [
-        "The first sentence is here. ", "The second one is here!\n", "A third."]
+        "The first sentence is here. ", "The second one is here!\n", "A third line follows"]
 
 
 def test_input_that_makes_pysbd_backtrack_is_still_fast() -> None:

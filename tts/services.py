@@ -236,6 +236,9 @@ def segment_audio(*, segment: Segment, voice: Voice, engine_model: str) -> tuple
 
 def _synthesize(text: str, voice: Voice) -> Audio:
     engine = get_engine(voice.engine)
+    delay_ms = getattr(settings, "TTS_FAULT_DELAY_MS", 0)
+    if delay_ms:  # fault-injection tests only: a slow engine, on purpose
+        time.sleep(delay_ms / 1000)
     try:
         return engine.synthesize(text, voice)
     except EngineError:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import sys
 import threading
@@ -210,20 +211,29 @@ def _fetch(name: str, item: dict[str, Any], *, progress: bool) -> tuple[Path, Pa
     """(checkpoint, config) of a model, downloading it only when it is not in the cache."""
     from TTS.utils.manage import ModelManager
 
-    snapshot = _hf_snapshot(item) if "repo_id" in item else None
-    if snapshot is not None:  # Coqui would ask the Hub again; the cached snapshot is enough.
+    if "repo_id" in item and (snapshot := _hf_snapshot(item)) is not None:
+        # Coqui would ask the Hub again; the cached snapshot is enough.
         return ModelManager._find_files(snapshot)
+    folder = None if "repo_id" in item else cache_dir() / name.replace("/", "--")
     if _cached_dir(name, item) is None:
         _check_reachable(name, item)
+        _remove_partial(folder)
     configured = _setting("TTS_COQUI_CACHE_DIR", "")
     manager = ModelManager(output_prefix=configured or None, progress_bar=progress)
     try:
         model_path, config_path, _ = manager.download_model(name)
     except Exception as exc:
+        _remove_partial(folder)
         raise EngineUnavailable(
             f"downloading Coqui model {name} failed ({exc}); retry `{_download_hint(name)}`"
         ) from exc
     return Path(model_path), Path(config_path) if config_path else None
+
+
+def _remove_partial(folder: Path | None) -> None:
+    """Remove an interrupted download: Coqui takes any existing folder for a complete model."""
+    if folder is not None and folder.is_dir() and next(folder.rglob("*.pt*"), None) is None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _download_hint(name: str) -> str:
@@ -675,8 +685,8 @@ def _availability_by_name(voice: Voice) -> tuple[bool, str]:
         return False, f"{voice.model!r} is not a Coqui model name; `{LIST_COMMAND}` lists them"
     if missing := _missing_downloads(voice.model, item):
         return False, (
-            f"Coqui model {', '.join(missing)} is not downloaded (cache: {cache_dir()}); "
-            f"run `{_download_hint(voice.model)}`"
+            f"Coqui model {voice.model} is not downloaded (missing: {', '.join(missing)}; "
+            f"cache: {cache_dir()}); run `{_download_hint(voice.model)}`"
         )
     return True, ""
 

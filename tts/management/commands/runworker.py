@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from channels.management.commands.runworker import Command as ChannelsRunworker
 from django.conf import settings
@@ -51,6 +52,10 @@ def sweep_forever(stop: threading.Event, name: str) -> None:
 
 
 class Command(ChannelsRunworker):
+    """Restarts the message loop when Redis goes away (restart, failover) instead of
+    exiting: sessions in flight keep running and storing chunks meanwhile, and the
+    recovery sweep re-dispatches anything whose message was lost."""
+
     help = ChannelsRunworker.help + " Narration: warms the voices and runs the recovery sweep."
 
     def handle(self, *args, **options) -> None:
@@ -60,7 +65,23 @@ class Command(ChannelsRunworker):
                                   name="tts-sweep")
         thread.start()
         try:
-            super().handle(*args, **options)
+            self._run_until_stopped(*args, **options)
         finally:
             stop.set()
             health.worker_gone(name)
+
+    def _run_until_stopped(self, *args, **options) -> None:
+        delay = 0.5
+        while True:
+            started = time.monotonic()
+            try:
+                super().handle(*args, **options)
+                return
+            except KeyboardInterrupt:
+                return
+            except Exception:  # noqa: BLE001 - typically Redis unreachable
+                logger.warning("worker loop stopped; restarting in %.1f s", delay, exc_info=True)
+            if time.monotonic() - started > 30:
+                delay = 0.5
+            time.sleep(delay)
+            delay = min(delay * 2, 10)

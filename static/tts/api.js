@@ -1,0 +1,95 @@
+// The narration HTTP API: create a session, list voices, cancel, read status and chunks.
+// Errors become ApiError with the server's code, so messages.js can explain them.
+
+export class ApiError extends Error {
+  constructor({ status = 0, code = "network", message = "", fields = {}, retryAfter = null }) {
+    super(message || code);
+    this.status = status;
+    this.code = code;
+    this.fields = fields;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** Django's CSRF token: the cookie when present (it rotates at login), else the page's copy. */
+export function csrfToken(fallback = "") {
+  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+  return match ? decodeURIComponent(match[1]) : fallback;
+}
+
+async function errorFrom(response) {
+  let body = {};
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON: a proxy page, an HTML 500
+  }
+  const error = body.error || {};
+  const retry = Number.parseInt(response.headers.get("Retry-After") || "", 10);
+  return new ApiError({
+    status: response.status,
+    code: error.code || `http_${response.status}`,
+    message: error.message || "",
+    fields: error.fields || {},
+    retryAfter: Number.isFinite(retry) ? retry : null,
+  });
+}
+
+/** fetch() that throws ApiError for network failures and non-2xx replies. */
+export async function request(url, { method = "GET", json, csrf, accept = "application/json" } = {}) {
+  const headers = { Accept: accept };
+  if (json !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET") headers["X-CSRFToken"] = csrfToken(csrf);
+  let response;
+  try {
+    response = await fetch(url, {
+      method,
+      headers,
+      credentials: "same-origin",
+      body: json === undefined ? undefined : JSON.stringify(json),
+    });
+  } catch (error) {
+    throw new ApiError({ code: "network", message: String(error) });
+  }
+  if (!response.ok) throw await errorFrom(response);
+  return response;
+}
+
+export async function requestJson(url, options) {
+  return (await request(url, options)).json();
+}
+
+/** POST a new session: {text} or {scene}, plus voice. Resolves to {id, ws_url, ...}. */
+export function createSession(url, payload, csrf) {
+  return requestJson(url, { method: "POST", json: payload, csrf });
+}
+
+export function cancelSession(statusUrl, csrf) {
+  return request(`${statusUrl}cancel/`, { method: "POST", json: {}, csrf }).catch(() => null);
+}
+
+const voiceLists = new Map();
+
+/** The voice catalog, fetched once per page however many players ask. */
+export function fetchVoices(url) {
+  if (!voiceLists.has(url)) {
+    const pending = requestJson(url);
+    pending.catch(() => voiceLists.delete(url));
+    voiceLists.set(url, pending);
+  }
+  return voiceLists.get(url);
+}
+
+/** A chunk's WAV over HTTP: {ready: true, data} | {ready: false, gone, retryAfter}. */
+export async function fetchChunk(statusUrl, seq) {
+  try {
+    const response = await request(`${statusUrl}chunks/${seq}`, { accept: "audio/wav" });
+    return { ready: true, data: await response.arrayBuffer() };
+  } catch (error) {
+    if (error.code === "chunk_pending") {
+      return { ready: false, gone: false, retryAfter: error.retryAfter || 1 };
+    }
+    if (error.code === "chunk_gone") return { ready: false, gone: true };
+    throw error;
+  }
+}

@@ -1,0 +1,543 @@
+// The narration player: binds to each [data-tts-player] element that the {% tts_player %}
+// template tag renders, and wires the controls to a session, its stream and the scheduler.
+// Events on the player element (they bubble): tts:play, tts:pause, tts:state, tts:ended.
+// Test hook: window.__narrator.players / .snapshot().
+
+import { cancelSession, createSession, fetchVoices } from "./api.js";
+import { audioContext, unlockAudio } from "./audio-context.js";
+import { describeError, describeStatus, formatTime, STATE_MESSAGES } from "./messages.js";
+import { toAudioBuffer } from "./pcm.js";
+import { bindPlaylists } from "./playlist.js";
+import { ProgressBar } from "./progress.js";
+import { players, playerFor, register } from "./registry.js";
+import { Scheduler } from "./scheduler.js";
+import { ChunkStream } from "./stream.js";
+import { normaliseText, TextView } from "./text-view.js";
+import { fillVoicePicker } from "./voice-picker.js";
+
+const TICK_MS = 100;
+const RESTART_SENTENCE_AFTER = 1.5; // seconds: "back" restarts the sentence, then goes back
+const BUSY = new Set(["starting", "buffering", "playing"]);
+const BUTTON_LABELS = {
+  idle: "Play",
+  starting: "Pause",
+  buffering: "Pause",
+  playing: "Pause",
+  paused: "Resume",
+  ended: "Play again",
+  error: "Try again",
+};
+
+function readConfig(root) {
+  const data = root.dataset;
+  const textScript = document.getElementById(data.ttsTextId);
+  return {
+    sessionsUrl: data.ttsSessionsUrl,
+    voicesUrl: data.ttsVoicesUrl,
+    voice: data.ttsVoice || "",
+    subject: data.ttsSubject || "",
+    csrf: data.ttsCsrf || "",
+    title: data.ttsTitle || "",
+    problem: data.ttsProblem || "",
+    text: textScript ? JSON.parse(textScript.textContent) : "",
+  };
+}
+
+function findParts(root) {
+  const part = (role) => root.querySelector(`[data-tts-role="${role}"]`);
+  const names = ["play", "playLabel", "back", "forward", "progress", "time", "voice",
+    "voiceNotes", "status", "text", "download", "editor", "edit"];
+  const roles = { playLabel: "play-label", voiceNotes: "voice-notes" };
+  return Object.fromEntries(names.map((name) => [name, part(roles[name] || name)]));
+}
+
+export class NarrationPlayer {
+  constructor(root) {
+    this.root = root;
+    this.config = readConfig(root);
+    this.ui = findParts(root);
+    this.editable = Boolean(this.ui.editor);
+    this.state = "idle";
+    this.session = null;
+    this.sessionKey = null; // voice + text of the session, set while it is being created
+    this.broken = false; // the session ended in a fatal error: Play starts a new one
+    this.stream = null;
+    this.scheduler = null;
+    this.chunks = [];
+    this.total = null;
+    this.transport = "idle";
+    this.serverStatus = "";
+    this.notice = "";
+    this.error = "";
+    this.audioUrl = null;
+    this.completed = false;
+    this.streamOptions = {};
+    this.textLength = 1;
+    this.view = new TextView(this.ui.text, this.config.text, (seq) => this.pick(seq));
+    this.measureText();
+    this.progress = new ProgressBar(this.ui.progress, {
+      step: (delta) => this.step(delta),
+      jump: (fraction) => this.jump(fraction),
+    });
+    this.debug = { dropSocket: () => this.stream?.dropSocket() };
+    this.bind();
+    this.loadVoices();
+    if (this.config.problem) this.fail(this.config.problem);
+    this.render();
+  }
+
+  bind() {
+    const { play, back, forward, voice, edit } = this.ui;
+    // unlockAudio() runs first, synchronously, inside each gesture (mobile Safari).
+    play.addEventListener("click", () => {
+      unlockAudio();
+      this.toggle();
+    });
+    back?.addEventListener("click", () => this.step(-1));
+    forward?.addEventListener("click", () => this.step(1));
+    voice.addEventListener("change", () => this.voiceChanged());
+    edit?.addEventListener("click", () => this.edit());
+  }
+
+  get busy() {
+    return BUSY.has(this.state);
+  }
+
+  // --- Commands ----------------------------------------------------------------------
+
+  toggle() {
+    if (this.busy) this.pause();
+    else this.play();
+  }
+
+  /** Play from where it stands (the start, or where it was paused). */
+  play({ source = "user", restart = false } = {}) {
+    unlockAudio();
+    if (this.editable && !this.takeEditorText()) return;
+    this.error = "";
+    this.emit("play", { source });
+    if (this.needsSession()) this.startSession();
+    const scheduler = this.ensureScheduler();
+    if (restart || scheduler.ended) scheduler.pausedAt = 0;
+    scheduler.play();
+    this.setState(this.session ? "buffering" : "starting");
+    this.startTicking();
+  }
+
+  pause() {
+    this.scheduler?.pause();
+    this.setState(this.scheduler?.received ? "paused" : "idle");
+    this.emit("pause");
+  }
+
+  /** Create the session and start receiving audio without playing (Play all's next scene). */
+  prepare() {
+    if (this.needsSession()) this.startSession();
+  }
+
+  /** A sentence was clicked: play from it. */
+  pick(seq) {
+    unlockAudio();
+    this.seekTo(seq, { play: true });
+  }
+
+  seekTo(seq, { play = false } = {}) {
+    const scheduler = this.scheduler;
+    if (!scheduler || !scheduler.seek(seq)) return;
+    if (play && !scheduler.playing) this.play();
+    else if (this.state === "ended") this.setState("paused");
+    this.render();
+  }
+
+  /** Previous (-1) or next (+1) sentence; "back" first restarts the current one. */
+  step(delta) {
+    const scheduler = this.scheduler;
+    if (!scheduler || !scheduler.received) return;
+    const position = scheduler.position();
+    const current = Math.min(scheduler.seqAt(position), scheduler.received - 1);
+    let target = current + delta;
+    const into = position - scheduler.items[current].start;
+    if (delta === -1 && into > RESTART_SENTENCE_AFTER) target = current;
+    this.seekTo(Math.max(0, Math.min(scheduler.received - 1, target)));
+  }
+
+  /** Seek to a fraction of the text, within what has arrived. */
+  jump(fraction) {
+    if (!this.chunks.length) return;
+    const chars = fraction * this.textLength;
+    let seq = this.chunks.findIndex((meta) => meta.char_end > chars);
+    if (seq < 0) seq = this.chunks.length - 1;
+    this.seekTo(seq);
+  }
+
+  voiceChanged() {
+    const wasPlaying = this.busy;
+    this.discardSession();
+    this.setState("idle");
+    if (wasPlaying) this.play();
+    this.render();
+  }
+
+  edit() {
+    if (this.busy) this.pause();
+    this.ui.editor.hidden = false;
+    this.ui.text.hidden = true;
+    this.ui.edit.hidden = true;
+    this.ui.editor.focus();
+  }
+
+  /** Editable players narrate what is typed. False (with a message) when it is empty. */
+  takeEditorText() {
+    const text = normaliseText(this.ui.editor.value);
+    if (!text.trim()) {
+      this.fail(describeError({ code: "empty_text" }));
+      return false;
+    }
+    this.config.text = text;
+    this.ui.editor.hidden = true;
+    this.ui.text.hidden = false;
+    this.ui.edit.hidden = false;
+    return true;
+  }
+
+  // --- Session -----------------------------------------------------------------------
+
+  currentKey() {
+    return `${this.ui.voice.value}\u0000${this.config.text}`;
+  }
+
+  needsSession() {
+    return this.broken || this.sessionKey !== this.currentKey();
+  }
+
+  payload() {
+    const payload = {};
+    if (this.ui.voice.value) payload.voice = this.ui.voice.value;
+    if (this.config.subject && !this.editable) payload.scene = this.config.subject;
+    else payload.text = this.config.text;
+    return payload;
+  }
+
+  async startSession() {
+    this.discardSession();
+    const key = this.currentKey();
+    this.sessionKey = key;
+    let session;
+    try {
+      session = await createSession(this.config.sessionsUrl, this.payload(), this.config.csrf);
+    } catch (error) {
+      if (this.sessionKey !== key) return;
+      this.sessionKey = null;
+      this.scheduler?.pause();
+      this.fail(describeError(error));
+      return;
+    }
+    if (this.sessionKey !== key) {
+      cancelSession(session.status_url, this.config.csrf); // superseded while it was created
+      return;
+    }
+    this.session = session;
+    this.audioUrl = session.audio_url;
+    if (this.state === "starting") this.setState("buffering");
+    this.openStream(session);
+  }
+
+  openStream(session) {
+    this.stream = new ChunkStream(
+      session,
+      {
+        session: (frame) => this.onStatus(frame),
+        chunk: (meta, bytes, rate) => this.onChunk(meta, bytes, rate),
+        status: (frame) => this.onStatus(frame),
+        done: (frame) => this.onDone(frame),
+        error: (frame) => this.onStreamError(frame),
+        transport: (transport) => this.onTransport(transport),
+      },
+      this.streamOptions,
+    );
+    this.stream.start();
+  }
+
+  /** Stop listening to the current session (cancelling its synthesis if unfinished). */
+  discardSession() {
+    const { stream, session } = this;
+    if (stream) {
+      if (!stream.finished && !stream.cancel()) cancelSession(session.status_url, this.config.csrf);
+      stream.close();
+    }
+    Object.assign(this, {
+      stream: null, session: null, sessionKey: null, broken: false, chunks: [], total: null,
+      audioUrl: null, completed: false, serverStatus: "", notice: "", transport: "idle",
+    });
+    this.scheduler?.reset();
+    this.view.setText(this.config.text);
+    this.measureText();
+  }
+
+  // --- Stream events -----------------------------------------------------------------
+
+  onChunk(meta, bytes, sampleRate) {
+    const scheduler = this.ensureScheduler();
+    const buffer = toAudioBuffer(scheduler.ctx, bytes, sampleRate);
+    if (!scheduler.add(meta.seq, buffer)) return;
+    this.chunks[meta.seq] = meta;
+    this.view.addChunk(meta);
+    this.setTotal(meta.total_chunks);
+    this.render();
+  }
+
+  onStatus(frame) {
+    this.serverStatus = describeStatus(frame);
+    this.setTotal(frame.total_chunks);
+    this.render();
+  }
+
+  onDone(frame) {
+    this.completed = true;
+    this.audioUrl = frame.audio_url || this.audioUrl;
+    this.serverStatus = "";
+    this.setTotal(frame.total_chunks);
+    this.render();
+  }
+
+  onStreamError(frame) {
+    if (!frame.fatal) {
+      console.warn("narration:", frame.code, frame.message);
+      return;
+    }
+    this.broken = true;
+    const message = describeError(frame);
+    if (!this.chunks.length) {
+      this.scheduler?.pause();
+      this.fail(message);
+      return;
+    }
+    // Keep what arrived playable; say why the rest is missing.
+    this.notice = message;
+    this.setTotal(this.chunks.length);
+    this.render();
+  }
+
+  onTransport(transport) {
+    this.transport = transport;
+    this.render();
+  }
+
+  setTotal(total) {
+    if (total === null || total === undefined) return;
+    this.total = total;
+    this.scheduler?.setTotal(total);
+  }
+
+  // --- Playback ----------------------------------------------------------------------
+
+  ensureScheduler() {
+    if (!this.scheduler) {
+      this.scheduler = new Scheduler(audioContext(), {
+        onEnded: () => this.finished(),
+        onUnderrun: () => this.render(),
+      });
+      if (this.total !== null) this.scheduler.setTotal(this.total);
+    }
+    return this.scheduler;
+  }
+
+  finished() {
+    this.stopTicking();
+    this.setState("ended");
+    this.emit("ended");
+    this.render();
+  }
+
+  startTicking() {
+    if (this.ticker) return;
+    this.ticker = setInterval(() => this.tick(), TICK_MS);
+  }
+
+  stopTicking() {
+    clearInterval(this.ticker);
+    this.ticker = null;
+  }
+
+  tick() {
+    const scheduler = this.scheduler;
+    if (!scheduler) return;
+    scheduler.checkEnd();
+    if (scheduler.playing) {
+      const waiting = scheduler.starved();
+      this.setState(waiting ? (this.session ? "buffering" : "starting") : "playing");
+    } else if (!this.busy) {
+      this.stopTicking();
+    }
+    this.render();
+  }
+
+  fail(message) {
+    this.error = message;
+    this.stopTicking();
+    this.setState("error");
+    this.render();
+  }
+
+  setState(state) {
+    if (state === this.state) return;
+    this.state = state;
+    this.root.dataset.state = state;
+    this.emit("state", { state });
+  }
+
+  emit(name, detail = {}) {
+    this.root.dispatchEvent(
+      new CustomEvent(`tts:${name}`, { bubbles: true, detail: { player: this, ...detail } }),
+    );
+  }
+
+  // --- Display -----------------------------------------------------------------------
+
+  measureText() {
+    this.textLength = Math.max(1, Array.from(this.config.text.trimEnd()).length);
+  }
+
+  /** {generated, played} as fractions of the text, for the progress bar. */
+  fractions() {
+    const scheduler = this.scheduler;
+    const last = this.chunks[this.chunks.length - 1];
+    const complete = scheduler?.complete && this.completed;
+    const generated = complete ? 1 : last ? last.char_end / this.textLength : 0;
+    if (!scheduler || !last) return { generated, played: 0 };
+    if (scheduler.ended) return { generated, played: 1 };
+    const position = scheduler.position();
+    const item = scheduler.items[scheduler.seqAt(position)];
+    if (!item) return { generated, played: last.char_end / this.textLength };
+    const meta = this.chunks[item.seq];
+    const within = item.duration ? (position - item.start) / item.duration : 0;
+    const chars = meta.char_start + (meta.char_end - meta.char_start) * within;
+    return { generated, played: Math.min(generated, chars / this.textLength) };
+  }
+
+  currentSeq() {
+    const scheduler = this.scheduler;
+    if (!scheduler || !scheduler.received || this.state === "idle") return null;
+    if (scheduler.ended) return null;
+    return Math.min(scheduler.seqAt(scheduler.position()), scheduler.received - 1);
+  }
+
+  statusMessage() {
+    if (this.state === "error") return this.error;
+    if (this.notice) return this.notice;
+    if (this.transport === "reconnecting" && !this.completed) return STATE_MESSAGES.reconnecting;
+    if (this.state === "starting") return this.serverStatus || STATE_MESSAGES.starting;
+    if (this.state === "buffering") {
+      if (this.transport === "http") return STATE_MESSAGES.fallback;
+      if (this.scheduler?.underruns) return "Waiting for the narrator to catch up…";
+      return this.serverStatus || STATE_MESSAGES.buffering;
+    }
+    if (this.state === "playing" && this.transport === "http") {
+      return "Playing. (The live connection is blocked, so audio comes over HTTP.)";
+    }
+    if (this.state === "ended" && this.completed) return "Finished. The audio is ready to download.";
+    return STATE_MESSAGES[this.state] || "";
+  }
+
+  render() {
+    const { play, playLabel, back, forward, time, status, download } = this.ui;
+    const label = BUTTON_LABELS[this.state] || "Play";
+    setText(playLabel, label);
+    const name = this.config.title ? `${label}: ${this.config.title}` : `${label} narration`;
+    if (play.getAttribute("aria-label") !== name) play.setAttribute("aria-label", name);
+    play.disabled = Boolean(this.config.problem);
+    const scheduler = this.scheduler;
+    const received = scheduler?.received || 0;
+    if (back) back.disabled = received === 0;
+    if (forward) forward.disabled = received === 0;
+    const seq = this.currentSeq();
+    this.view.highlight(seq);
+    const { generated, played } = this.fractions();
+    this.progress.update(generated, played, this.positionLabel(seq));
+    setText(time, this.timeLabel());
+    setText(status, this.statusMessage());
+    const ready = this.completed && this.audioUrl;
+    download.hidden = !ready;
+    if (ready && download.getAttribute("href") !== this.audioUrl) download.href = this.audioUrl;
+  }
+
+  positionLabel(seq) {
+    if (seq === null) return this.state === "ended" ? "Finished" : "Not started";
+    const of = this.total ? ` of ${this.total}` : "";
+    return `Sentence ${seq + 1}${of}, ${formatTime(this.scheduler.position())}`;
+  }
+
+  timeLabel() {
+    const scheduler = this.scheduler;
+    if (!scheduler || !scheduler.received) return "0:00";
+    const now = formatTime(scheduler.position());
+    return scheduler.complete ? `${now} / ${formatTime(scheduler.receivedDuration)}` : now;
+  }
+
+  snapshot() {
+    const scheduler = this.scheduler;
+    const { generated, played } = this.fractions();
+    return {
+      id: this.root.id,
+      state: this.state,
+      sessionId: this.session?.id || null,
+      transport: this.transport,
+      voice: this.ui.voice.value,
+      position: scheduler ? scheduler.position() : 0,
+      duration: scheduler?.complete ? scheduler.receivedDuration : null,
+      received: scheduler?.received || 0,
+      total: this.total,
+      completed: this.completed,
+      currentSeq: this.currentSeq(),
+      highlights: [...this.view.history],
+      generated,
+      played,
+      underruns: scheduler?.underruns || 0,
+      cushion: scheduler?.cushion || null,
+      stream: this.stream ? { ...this.stream.stats, lastSeq: this.stream.lastSeq } : null,
+      message: this.ui.status.textContent,
+      audioUrl: this.completed ? this.audioUrl : null,
+    };
+  }
+
+  async loadVoices() {
+    const { voice: select, voiceNotes } = this.ui;
+    try {
+      const catalog = await fetchVoices(this.config.voicesUrl);
+      const voice = fillVoicePicker(select, voiceNotes, catalog, this.config.voice);
+      if (voice && !voice.available && !this.config.problem) {
+        this.notice = describeError({ code: "voice_unavailable", message: voice.reason || "" });
+      }
+    } catch {
+      select.title = "The list of voices could not be loaded; the default voice is used.";
+    }
+    this.render();
+  }
+}
+
+function setText(element, text) {
+  if (element && element.textContent !== text) element.textContent = text;
+}
+
+/** Bind every player (and Play all list) under `root` that is not bound yet. */
+export function initPlayers(root = document) {
+  for (const element of root.querySelectorAll("[data-tts-player]")) {
+    if (!playerFor(element)) register(new NarrationPlayer(element));
+  }
+  bindPlaylists(root);
+}
+
+/** One narration at a time: a player that starts pauses the others. */
+function pauseOthers(event) {
+  for (const player of players) {
+    if (player !== event.detail.player && player.busy) player.pause();
+  }
+}
+
+document.addEventListener("tts:play", pauseOthers);
+initPlayers();
+window.__narrator = {
+  players,
+  scan: initPlayers,
+  snapshot: () => players.map((player) => player.snapshot()),
+};

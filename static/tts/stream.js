@@ -1,0 +1,275 @@
+// A session's chunks, in order, exactly once, over whatever connection works.
+// The WebSocket resumes with ?after=<last contiguous seq> after an unexpected close,
+// with exponential backoff and jitter; an application ping and a silence watchdog catch
+// connections that died without a close (a laptop lid, a lost Wi-Fi). After repeated
+// failures to open a socket, the same chunks come over HTTP instead (poll.js).
+
+import { HttpPoller } from "./poll.js";
+import { parseChunkFrame } from "./pcm.js";
+
+export const STREAM_DEFAULTS = {
+  pingEvery: 10000, // ms between application pings
+  silenceLimit: 25000, // ms without any frame before the socket is presumed dead
+  maxOpenFailures: 3, // sockets that never opened, in a row, before falling back to HTTP
+  backoffBase: 300,
+  backoffMax: 10000,
+};
+
+const FATAL_CLOSES = { 4403: "forbidden", 4404: "not_found" };
+
+/** Exponential backoff with "equal jitter": half fixed, half random. */
+export function backoffDelay(attempt, { base, max }, random = Math.random) {
+  const ceiling = Math.min(max, base * 2 ** attempt);
+  return ceiling / 2 + random() * (ceiling / 2);
+}
+
+/** The socket URL: ws: or wss: from this page's protocol, the path from the API. */
+export function socketUrl(wsUrl, after) {
+  const path = new URL(wsUrl, window.location.href).pathname;
+  const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${window.location.host}${path}?after=${after}`;
+}
+
+export class ChunkStream {
+  /**
+   * @param {{id: string, ws_url: string, status_url: string}} session the API's reply
+   * @param {{session, chunk, status, done, error, transport}} handlers callbacks
+   */
+  constructor(session, handlers, options = {}) {
+    this.session = session;
+    this.handlers = handlers;
+    this.options = { ...STREAM_DEFAULTS, ...options };
+    this.lastSeq = -1; // last contiguous seq delivered
+    this.sampleRate = null;
+    this.pendingMeta = new Map(); // seq -> chunk frame, waiting for its binary frame
+    this.ahead = new Map(); // seq -> [meta, bytes, rate] that arrived out of order
+    this.finished = false; // done or a fatal error: nothing more will come
+    this.stopped = false; // closed by the page
+    this.ws = null;
+    this.poller = null;
+    this.openFailures = 0;
+    this.attempt = 0;
+    this.timers = {};
+    this.transport = "idle";
+    this.stats = { sockets: 0, reconnects: 0, duplicates: 0 };
+    this.onOnline = () => this.reconnectNow();
+  }
+
+  start() {
+    window.addEventListener("online", this.onOnline);
+    this.connect();
+  }
+
+  /** Stop listening (the page is done with this session). */
+  close() {
+    this.stopped = true;
+    window.removeEventListener("online", this.onOnline);
+    this.clearTimers();
+    this.poller?.stop();
+    const ws = this.ws;
+    this.ws = null;
+    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
+  }
+
+  /** Ask the server to stop synthesizing; false when no socket is open to carry it. */
+  cancel() {
+    if (this.ws?.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify({ type: "cancel" }));
+    return true;
+  }
+
+  // --- WebSocket ---------------------------------------------------------------------
+
+  connect() {
+    if (this.stopped || this.finished) return;
+    this.setTransport(this.stats.sockets ? "reconnecting" : "connecting");
+    let ws;
+    try {
+      ws = new WebSocket(socketUrl(this.session.ws_url, this.lastSeq));
+    } catch {
+      this.socketClosed({ code: 1006 }, false);
+      return;
+    }
+    this.stats.sockets += 1;
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    let opened = false;
+    ws.onopen = () => {
+      if (ws !== this.ws) return;
+      opened = true;
+      this.openFailures = 0;
+      this.setTransport("websocket");
+      this.startHeartbeat(ws);
+    };
+    ws.onmessage = (event) => {
+      if (ws !== this.ws) return;
+      this.lastFrameAt = Date.now();
+      this.receive(event.data);
+    };
+    ws.onclose = (event) => {
+      if (ws !== this.ws) return;
+      this.socketClosed(event, opened);
+    };
+  }
+
+  socketClosed(event, opened) {
+    this.ws = null;
+    this.clearTimers();
+    if (this.stopped || this.finished) return;
+    const fatal = FATAL_CLOSES[event.code];
+    if (fatal) {
+      this.finish();
+      this.handlers.error({ code: fatal, fatal: true, message: "" });
+      return;
+    }
+    if (!opened) this.openFailures += 1;
+    if (this.openFailures >= this.options.maxOpenFailures) {
+      this.fallBack();
+      return;
+    }
+    this.scheduleReconnect();
+  }
+
+  scheduleReconnect() {
+    const delay = backoffDelay(this.attempt, {
+      base: this.options.backoffBase,
+      max: this.options.backoffMax,
+    });
+    this.attempt += 1;
+    this.stats.reconnects += 1;
+    this.setTransport("reconnecting");
+    this.timers.reconnect = setTimeout(() => this.connect(), delay);
+  }
+
+  /** The browser says the network is back: skip the rest of the backoff. */
+  reconnectNow() {
+    if (this.timers.reconnect === undefined || this.stopped || this.finished) return;
+    clearTimeout(this.timers.reconnect);
+    delete this.timers.reconnect;
+    this.connect();
+  }
+
+  startHeartbeat(ws) {
+    this.lastFrameAt = Date.now();
+    this.timers.ping = setInterval(() => {
+      if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "ping" }));
+    }, this.options.pingEvery);
+    this.timers.watchdog = setInterval(() => {
+      if (Date.now() - this.lastFrameAt > this.options.silenceLimit) this.dropSocket();
+    }, Math.min(1000, this.options.silenceLimit / 4));
+  }
+
+  /** Abandon the current socket as dead (or for a test) and resume on a new one. */
+  dropSocket() {
+    const ws = this.ws;
+    if (!ws) return;
+    this.ws = null; // its late events are ignored from now on
+    try {
+      ws.close(4000, "silent");
+    } catch {
+      // closing a dead socket can throw in some browsers
+    }
+    this.socketClosed({ code: 4000 }, true);
+  }
+
+  clearTimers() {
+    clearInterval(this.timers.ping);
+    clearInterval(this.timers.watchdog);
+    clearTimeout(this.timers.reconnect);
+    this.timers = {};
+  }
+
+  receive(data) {
+    if (typeof data !== "string") {
+      const { seq, bytes } = parseChunkFrame(data);
+      const meta = this.pendingMeta.get(seq);
+      this.pendingMeta.delete(seq);
+      if (meta) this.accept(meta, bytes, meta.sample_rate || this.sampleRate);
+      return;
+    }
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      return;
+    }
+    this.receiveFrame(frame);
+  }
+
+  receiveFrame(frame) {
+    switch (frame.type) {
+      case "session":
+        this.sampleRate = frame.sample_rate || this.sampleRate;
+        this.handlers.session(frame);
+        break;
+      case "chunk":
+        this.pendingMeta.set(frame.seq, frame);
+        break;
+      case "status":
+        this.handlers.status(frame);
+        break;
+      case "done":
+        this.attempt = 0;
+        this.finish();
+        this.handlers.done(frame);
+        break;
+      case "error":
+        if (frame.fatal) this.finish();
+        this.handlers.error(frame);
+        break;
+      default: // pong, and frames a newer server may add
+    }
+  }
+
+  // --- HTTP fallback -----------------------------------------------------------------
+
+  fallBack() {
+    this.setTransport("http");
+    this.poller = new HttpPoller(this.session.status_url, {
+      after: this.lastSeq,
+      status: (frame) => this.handlers.status(frame),
+      chunk: (meta, bytes, rate) => this.accept(meta, bytes, rate),
+      done: (frame) => {
+        this.finish();
+        this.handlers.done(frame);
+      },
+      error: (frame) => {
+        if (frame.fatal) this.finish();
+        this.handlers.error(frame);
+      },
+    });
+    this.poller.start();
+  }
+
+  // --- Delivery ----------------------------------------------------------------------
+
+  /** Deliver chunks in seq order, exactly once, whatever path they came by. */
+  accept(meta, bytes, sampleRate) {
+    const seq = meta.seq;
+    if (seq <= this.lastSeq || this.ahead.has(seq)) {
+      this.stats.duplicates += 1;
+      return;
+    }
+    this.ahead.set(seq, [meta, bytes, sampleRate || 22050]);
+    while (this.ahead.has(this.lastSeq + 1)) {
+      const next = this.lastSeq + 1;
+      const [m, b, rate] = this.ahead.get(next);
+      this.ahead.delete(next);
+      this.lastSeq = next;
+      this.attempt = 0; // progress: the connection is healthy again
+      this.handlers.chunk(m, b, rate);
+    }
+  }
+
+  finish() {
+    this.finished = true;
+    this.clearTimers();
+    window.removeEventListener("online", this.onOnline);
+  }
+
+  setTransport(transport) {
+    if (transport === this.transport) return;
+    this.transport = transport;
+    this.handlers.transport(transport);
+  }
+}
