@@ -9,6 +9,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_bool, env_float, env_int, env_list, env_str
+from tts.conf import DEFAULT_VOICES
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -256,17 +257,9 @@ TTS_COQUI_DEVICE = env_str("TTS_COQUI_DEVICE", "auto")
 TTS_COQUI_AGREE_LICENSE = env_bool("TTS_COQUI_AGREE_LICENSE", False)
 TTS_TORCH_THREADS = env_int("TTS_TORCH_THREADS", 0, minimum=0)
 
-# The voice catalog. Extra voices: TTS_EXTRA_VOICES_FILE, a JSON list of the same dicts.
-TTS_VOICES: list[dict] = [
-    {"id": "en-us", "label": "English (US)", "engine": "espeak", "name": "en-us", "language": "en-us", "speed": 1.0},
-    {"id": "en-gb", "label": "English (UK)", "engine": "espeak", "name": "en-gb-x-rp", "language": "en-gb", "speed": 1.0},
-    {"id": "en-gb-scotland", "label": "English (Scotland)", "engine": "espeak", "name": "en-gb-scotland", "language": "en-gb", "speed": 1.0},
-    {"id": "en-us-slow", "label": "English (US), slower", "engine": "espeak", "name": "en-us", "language": "en-us", "speed": 0.8},
-    {"id": "fr-fr", "label": "French", "engine": "espeak", "name": "fr-fr", "language": "fr-fr", "speed": 1.0},
-    {"id": "de-de", "label": "German", "engine": "espeak", "name": "de", "language": "de-de", "speed": 1.0},
-    {"id": "es-es", "label": "Spanish", "engine": "espeak", "name": "es", "language": "es-es", "speed": 1.0},
-    {"id": "coqui-ljspeech-vits", "label": "LJSpeech VITS (Coqui)", "engine": "coqui", "model": "tts_models/en/ljspeech/vits", "language": "en-us"},
-]
+# The voice catalog: the app's defaults (espeak voices, a Coqui voice) plus a local Coqui
+# model when TTS_COQUI_MODEL_PATH is set. More: TTS_EXTRA_VOICES_FILE, a JSON list.
+TTS_VOICES: list[dict] = list(DEFAULT_VOICES)
 if TTS_COQUI_MODEL_PATH:
     TTS_VOICES.append(
         {

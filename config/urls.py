@@ -6,3 +6,5 @@ urlpatterns = [
     path("", include("tts.urls")),
     path("", include("scenes.urls")),
 ]
+
+handler404 = "tts.views.not_found"

@@ -24,6 +24,11 @@ class InvalidInput(ServiceError):
     code = "invalid"
 
 
+class PayloadTooLarge(ServiceError):
+    status = 413
+    code = "body_too_large"
+
+
 class NotAllowed(ServiceError):
     status = 403
     code = "forbidden"

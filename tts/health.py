@@ -7,7 +7,7 @@ import functools
 import logging
 
 import redis
-from django.conf import settings
+from tts.conf import settings
 from django.db import connection
 
 logger = logging.getLogger(__name__)

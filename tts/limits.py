@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 import redis
-from django.conf import settings
+from tts.conf import settings
 from django.utils import timezone
 
 from tts.errors import RateLimited

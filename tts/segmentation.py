@@ -428,12 +428,26 @@ def _hard_cut(source: _Source, start: int, speech_start: int, sentence: _Sentenc
     if not source.has_alnum(cut, end):
         cut = source.last_alnum(end) or 0
     if not source.has_alnum(start, cut):
-        first = source.first_alnum(start)
-        cut = _cluster_end(source.text, (first or 0) + 1, end)
+        cut = _past_first_word(source, start, end, high - speech_start)
     if not _valid_cut(source, start, cut, end):
         return _Piece(start, speech_start, speech_end, end, "sentence")
     return _Piece(start, speech_start, source.speech_end(start, cut), source.skip_space(cut),
                   "word")
+
+
+def _past_first_word(source: _Source, start: int, end: int, limit: int) -> int:
+    """Where to cut a piece whose first `limit` characters hold no letter or digit.
+
+    It has to run past its first letter anyway; ending it with that word reads better
+    than ending it inside, unless the word is itself too long.
+    """
+    first = source.first_alnum(start)
+    if first is None:
+        return end
+    gap = _SPACE_RUN.search(source.text, first, min(end, first + limit))
+    if gap is not None:
+        return source.skip_space(gap.start())
+    return _cluster_end(source.text, first + 1, end)
 
 
 def _is_joined(text: str, index: int) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from django.conf import settings
+from tts.conf import settings
 
 from tts.errors import InvalidInput
 

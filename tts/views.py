@@ -9,14 +9,23 @@ from functools import wraps
 
 from asgiref.sync import sync_to_async
 from django.apps import apps
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
 from tts import health, services
+from tts.conf import settings
 from tts.audio import wav_bytes, wav_header
-from tts.errors import Conflict, InvalidInput, NotAllowed, RateLimited, ServiceError
+from tts.errors import (
+    Conflict,
+    InvalidInput,
+    NotAllowed,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceError,
+)
 from tts.models import SessionStatus, TTSChunk, TTSSession
 from tts.owners import owner_from_request
 from tts.voices import all_voices, default_voice_id, voice_as_json
@@ -45,9 +54,13 @@ def api(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
 
 
 def parse_body(request: HttpRequest) -> dict:
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise PayloadTooLarge("The request body is too large.", code="body_too_large") from None
     if request.content_type == "application/json":
         try:
-            data = json.loads(request.body.decode("utf-8"))
+            data = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise InvalidInput("The body is not valid UTF-8.", code="invalid_utf8") from None
         except ValueError as exc:
@@ -55,7 +68,10 @@ def parse_body(request: HttpRequest) -> dict:
         if not isinstance(data, dict):
             raise InvalidInput("The body must be a JSON object.", code="invalid_json")
         return data
-    return request.POST.dict()
+    try:
+        return request.POST.dict()
+    except (RequestDataTooBig, TooManyFieldsSent):
+        raise PayloadTooLarge("The request body is too large.", code="body_too_large") from None
 
 
 def resolve_subject(data: dict) -> tuple[object | None, str | None, str | None]:
@@ -63,9 +79,9 @@ def resolve_subject(data: dict) -> tuple[object | None, str | None, str | None]:
     scene_id = data.get("scene")
     if scene_id in (None, ""):
         return None, None, None
-    from django.conf import settings
 
-    model = apps.get_model(getattr(settings, "TTS_SCENE_MODEL", "scenes.Scene"))
+
+    model = apps.get_model(settings.TTS_SCENE_MODEL)
     if isinstance(scene_id, bool) or not isinstance(scene_id, int | str):
         raise InvalidInput("scene must be an id.", code="invalid_scene", fields={"scene": "bad id"})
     try:
@@ -219,3 +235,13 @@ def healthz(request: HttpRequest) -> JsonResponse:
     report = health.check()
     return JsonResponse(report, status=200 if report["ok"] else 503)
 
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """JSON 404s under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": {"code": "not_found", "fields": {},
+                                       "message": "No such resource."}}, status=404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)

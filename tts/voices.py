@@ -7,7 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
+from tts.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from tts.engines import ENGINE_NAMES, EngineUnavailable, Voice, get_engine

@@ -29,7 +29,7 @@ function fillNotes(notes, unavailable) {
   const summary = notes.querySelector("summary");
   const list = notes.querySelector("ul");
   const count = unavailable.length;
-  summary.textContent = `${count} ${count === 1 ? "voice is" : "voices are"} unavailable`;
+  summary.textContent = `${count} ${count === 1 ? "voice" : "voices"} unavailable`;
   list.replaceChildren(
     ...unavailable.map((voice) => {
       const item = document.createElement("li");

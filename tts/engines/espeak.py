@@ -6,7 +6,7 @@ import functools
 import shutil
 import subprocess
 
-from django.conf import settings
+from tts.conf import settings
 
 from tts.audio import parse_wav
 from tts.engines.base import Audio, Engine, EngineError, EngineUnavailable, Voice

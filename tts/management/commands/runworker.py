@@ -8,7 +8,7 @@ import threading
 import time
 
 from channels.management.commands.runworker import Command as ChannelsRunworker
-from django.conf import settings
+from tts.conf import settings
 from django.db import close_old_connections
 
 from tts import health, services

@@ -1,0 +1,60 @@
+"""The app's settings, each with a default, so a project only sets what it changes.
+
+``from tts.conf import settings`` reads Django's settings and falls back to these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+
+DEFAULT_VOICES: list[dict[str, Any]] = [
+    {"id": "en-us", "label": "English (US)", "engine": "espeak", "name": "en-us",
+     "language": "en-us", "speed": 1.0},
+    {"id": "en-gb", "label": "English (UK)", "engine": "espeak", "name": "en-gb-x-rp",
+     "language": "en-gb", "speed": 1.0},
+    {"id": "en-gb-scotland", "label": "English (Scotland)", "engine": "espeak",
+     "name": "en-gb-scotland", "language": "en-gb", "speed": 1.0},
+    {"id": "en-us-slow", "label": "English (US), slower", "engine": "espeak", "name": "en-us",
+     "language": "en-us", "speed": 0.8},
+    {"id": "fr-fr", "label": "French", "engine": "espeak", "name": "fr-fr", "language": "fr-fr",
+     "speed": 1.0},
+    {"id": "de-de", "label": "German", "engine": "espeak", "name": "de", "language": "de-de",
+     "speed": 1.0},
+    {"id": "es-es", "label": "Spanish", "engine": "espeak", "name": "es", "language": "es-es",
+     "speed": 1.0},
+    {"id": "coqui-ljspeech-vits", "label": "LJSpeech VITS (Coqui)", "engine": "coqui",
+     "model": "tts_models/en/ljspeech/vits", "language": "en-us"},
+]
+
+DEFAULTS: dict[str, Any] = {
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "TTS_VOICES": DEFAULT_VOICES,
+    "TTS_EXTRA_VOICES_FILE": "",
+    "TTS_DEFAULT_VOICE": "en-us",
+    "TTS_SCENE_MODEL": "scenes.Scene",
+    "TTS_MAX_CHARS": 20000,
+    "TTS_RATE_LIMIT_PER_MINUTE": 30,
+    "TTS_MAX_ACTIVE_PER_OWNER": 3,
+    "TTS_SENTENCE_PAUSE_MS": 350,
+    "TTS_CLAUSE_PAUSE_MS": 150,
+    "TTS_PARAGRAPH_PAUSE_MS": 600,
+    "TTS_FIRST_SEGMENT_CHARS": 60,
+    "TTS_QUEUED_TIMEOUT": 30.0,
+    "TTS_HEARTBEAT_TIMEOUT": 30.0,
+    "TTS_SWEEP_INTERVAL": 10.0,
+    "TTS_MAX_ATTEMPTS": 3,
+    "TTS_PRELOAD_VOICES": [],
+    "TTS_FAULT_DELAY_MS": 0,
+    "TTS_ESPEAK_BINARY": "espeak-ng",
+}
+
+
+class _Settings:
+    def __getattr__(self, name: str) -> Any:
+        if name in DEFAULTS:
+            return getattr(django_settings, name, DEFAULTS[name])
+        return getattr(django_settings, name)
+
+
+settings = _Settings()
