@@ -72,7 +72,7 @@ TEMPLATES = [
 
 DATABASES = {
     "default": dj_database_url.parse(
-        env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+        env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
         # 0 under ASGI: every request runs in its own thread, so persistent connections
         # pile up; pool with PgBouncer instead (docs/deployment.md).
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0),
@@ -91,7 +91,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = env_str("REDIS_URL") or "redis://127.0.0.1:6379/0"
 # Redis Sentinel: "host:port,host:port". The master's address then comes from the
 # sentinels; REDIS_URL still gives its database number, user and password.
 REDIS_SENTINELS = env_list("REDIS_SENTINELS")
@@ -159,10 +159,10 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STATIC_ROOT = Path(env_str("STATIC_ROOT") or BASE_DIR / "staticfiles")
 STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_URL = env_str("MEDIA_URL", "media/")
-MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "media")))
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT") or BASE_DIR / "media")
 # Narration audio lives in the database (content-addressed chunks); media storage holds
 # uploads and exports. "filesystem" (MEDIA_ROOT, a volume in Docker) or "s3" (any
 # S3-compatible store through django-storages; credentials from AWS_ACCESS_KEY_ID and

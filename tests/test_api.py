@@ -41,6 +41,7 @@ def test_it_creates_a_queued_session_with_urls(client):
         ({"text": "   \n\t "}, "empty_text"),
         ({}, "empty_text"),
         ({"text": 42}, "invalid_text"),
+        ({"text": "... — !?"}, "nothing_to_say"),
         ({"text": ["a"]}, "invalid_text"),
         ({"text": "hi", "voice": "no-such-voice"}, "unknown_voice"),
         ({"text": "hi", "voice": 7}, "invalid_voice"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pysbd
 import pytest
@@ -40,13 +39,14 @@ def blank_line_in(whitespace: str) -> bool:
 
 
 def trailing_space(segment: Segment) -> str:
-    return segment.text[len(segment.text.rstrip()):]
+    return segment.text[len(segment.text.rstrip()) :]
 
 
 # --- strategies ---------------------------------------------------------------------
 # Texts are drawn as lists of ready-made tokens: cheap to generate, so 200 examples a
 # property stay fast, yet they mix scripts, abbreviations, numbers, emoji and gaps.
 
+# fmt: off
 WORDS = [
     "the", "night", "was", "long", "and", "she", "whispered", "quietly", "A", "I",
     "Mr.", "Dr.", "e.g.", "U.S.", "3.14", "1,000", "10:30", "don't", "café", "naïve",
@@ -54,25 +54,35 @@ WORDS = [
     "Αλφα", "😀", "👍🏽", "👨\u200d👩\u200d👧", "http://example.com/a?b=c", "“quoted”",
     "(aside)", "[12]", "x_y",
 ]
+# fmt: on
 CLAUSE_MARKS = [",", ";", ":", " —", "—", "–", "、", "，", "...", " -", "…"]
-SENTENCE_ENDS = [".", "!", "?", "。", "！", "?\"", ".”", "؟", "..."]
+SENTENCE_ENDS = [".", "!", "?", "。", "！", '?"', ".”", "؟", "..."]
 SEPARATORS = [" ", "  ", "\n", "\n\n", " \n \n ", "\r\n\r\n", "\t", "\u2029", "\u00a0"]
-TOKENS = ([word + " " for word in WORDS] * 4 + CLAUSE_MARKS + [end + " " for end in SENTENCE_ENDS]
-          + SEPARATORS)
+TOKENS = (
+    [word + " " for word in WORDS] * 4
+    + CLAUSE_MARKS
+    + [end + " " for end in SENTENCE_ENDS]
+    + SEPARATORS
+)
 # Prose: every token holds a word with a letter or digit, so any limit can be met.
-PROSE_TOKENS = [word + mark + gap
-                for word in WORDS if any(char.isalnum() for char in word)
-                for mark in ["", "", ",", ".", "!", "?", ";", " —", "。", "、", "”"]
-                for gap in [" ", "\n\n"]]
+PROSE_TOKENS = [
+    word + mark + gap
+    for word in WORDS
+    if any(char.isalnum() for char in word)
+    for mark in ["", "", ",", ".", "!", "?", ";", " —", "。", "、", "”"]
+    for gap in [" ", "\n\n"]
+]
 LETTERS = "abcdefghijklmnopqrstuvwxyzABC0123456789éßñ日本語の文章中文字한국어العربيةрусский😀"
 
 stories = st.lists(st.sampled_from(TOKENS), min_size=1, max_size=120).map("".join)
 long_words = st.text(alphabet=LETTERS, min_size=100, max_size=700)
-stories_with_long_words = st.lists(st.one_of(stories, long_words), min_size=1,
-                                   max_size=3).map(" ".join)
+stories_with_long_words = st.lists(st.one_of(stories, long_words), min_size=1, max_size=3).map(
+    " ".join
+)
 punctuation_only = st.text(alphabet=" .,!?…—-*\n\"'()[]", max_size=60)
-with_surrogates = st.text(st.one_of(st.characters(), st.characters(categories=["Cs"])),
-                          max_size=200)
+with_surrogates = st.text(
+    st.one_of(st.characters(), st.characters(categories=["Cs"])), max_size=200
+)
 any_text = st.one_of(
     st.text(max_size=300),
     with_surrogates,
@@ -82,8 +92,13 @@ any_text = st.one_of(
     punctuation_only,
     st.tuples(stories, punctuation_only, stories).map("".join),
 )
-prose = st.lists(st.one_of(st.lists(st.sampled_from(PROSE_TOKENS), min_size=1, max_size=100)
-                          .map("".join), long_words), min_size=1, max_size=3).map("".join)
+prose = st.lists(
+    st.one_of(
+        st.lists(st.sampled_from(PROSE_TOKENS), min_size=1, max_size=100).map("".join), long_words
+    ),
+    min_size=1,
+    max_size=3,
+).map("".join)
 
 
 @st.composite
@@ -106,8 +121,7 @@ PROPERTY = settings(max_examples=200, deadline=None)
 
 @PROPERTY
 @given(text=any_text, options=any_limits, language=languages)
-def test_segments_cover_the_text_exactly(text: str, options: dict[str, int],
-                                         language: str) -> None:
+def test_segments_cover_the_text_exactly(text: str, options: dict[str, int], language: str) -> None:
     segments = segment_text(text, language=language, **options)
 
     if not text.strip():
@@ -119,21 +133,21 @@ def test_segments_cover_the_text_exactly(text: str, options: dict[str, int],
         assert before.char_end == after.char_start
     for segment in segments:
         assert segment.char_start < segment.char_end
-        assert segment.text == text[segment.char_start:segment.char_end]
+        assert segment.text == text[segment.char_start : segment.char_end]
     assert "".join(segment.text for segment in segments) == text
 
 
 @PROPERTY
 @given(text=any_text, options=any_limits)
 def test_every_segment_has_a_letter_or_digit_when_the_text_has_one(
-        text: str, options: dict[str, int]) -> None:
+    text: str, options: dict[str, int]
+) -> None:
     segments = segment_text(text, **options)
 
     if has_alnum(text):
         assert all(has_alnum(segment.text) for segment in segments)
     elif text.strip():
-        assert [(s.char_start, s.char_end, s.boundary) for s in segments] == [
-            (0, len(text), "end")]
+        assert [(s.char_start, s.char_end, s.boundary) for s in segments] == [(0, len(text), "end")]
 
 
 @PROPERTY
@@ -142,14 +156,16 @@ def test_no_segment_is_longer_than_its_limit(text: str, options: dict[str, int])
     segments = segment_text(text, **options)
 
     for index, segment in enumerate(segments):
-        assert len(segment.speech_text) <= limit_for(index, options["max_chars"],
-                                                     options["first_max_chars"])
+        assert len(segment.speech_text) <= limit_for(
+            index, options["max_chars"], options["first_max_chars"]
+        )
 
 
 @PROPERTY
 @given(text=any_text, options=limits())
 def test_only_long_runs_without_letters_can_exceed_the_limit(
-        text: str, options: dict[str, int]) -> None:
+    text: str, options: dict[str, int]
+) -> None:
     segments = segment_text(text, **options)
 
     for index, segment in enumerate(segments):
@@ -159,14 +175,23 @@ def test_only_long_runs_without_letters_can_exceed_the_limit(
 
 
 @PROPERTY
-@given(first=st.lists(st.sampled_from(["a", "to", "the", "night", "whispered", "lighthouse"]),
-                      min_size=2, max_size=40),
-       rest=prose, first_max_chars=st.integers(25, 80), min_chars=st.integers(0, 12))
+@given(
+    first=st.lists(
+        st.sampled_from(["a", "to", "the", "night", "whispered", "lighthouse"]),
+        min_size=2,
+        max_size=40,
+    ),
+    rest=prose,
+    first_max_chars=st.integers(25, 80),
+    min_chars=st.integers(0, 12),
+)
 def test_first_segment_is_cut_short_when_the_first_sentence_is_long(
-        first: list[str], rest: str, first_max_chars: int, min_chars: int) -> None:
+    first: list[str], rest: str, first_max_chars: int, min_chars: int
+) -> None:
     sentence = " ".join(first) + "."
-    segments = segment_text(f"{sentence} {rest}", first_max_chars=first_max_chars,
-                            min_chars=min_chars)
+    segments = segment_text(
+        f"{sentence} {rest}", first_max_chars=first_max_chars, min_chars=min_chars
+    )
 
     speech = segments[0].speech_text
     if len(sentence) > first_max_chars:
@@ -197,7 +222,8 @@ def test_pauses_follow_the_boundaries(text: str, options: dict[str, int]) -> Non
 @PROPERTY
 @given(text=any_text, options=any_limits)
 def test_speech_text_is_the_stripped_text_and_never_empty(
-        text: str, options: dict[str, int]) -> None:
+    text: str, options: dict[str, int]
+) -> None:
     for segment in segment_text(text, **options):
         assert segment.speech_text == segment.text.strip()
         assert segment.speech_text
@@ -205,18 +231,20 @@ def test_speech_text_is_the_stripped_text_and_never_empty(
 
 @settings(max_examples=50, deadline=None)
 @given(text=any_text, options=any_limits, language=languages)
-def test_segmentation_is_deterministic(text: str, options: dict[str, int],
-                                       language: str) -> None:
+def test_segmentation_is_deterministic(text: str, options: dict[str, int], language: str) -> None:
     assert segment_text(text, language=language, **options) == segment_text(
-        text, language=language, **options)
+        text, language=language, **options
+    )
 
 
 # --- examples: the first segment ---------------------------------------------------
 
 
 def test_first_segment_is_cut_at_the_last_clause_before_the_limit() -> None:
-    text = ("When the rain stopped, the children ran out, laughing, into the garden to play "
-            "in the puddles. Their mother watched.")
+    text = (
+        "When the rain stopped, the children ran out, laughing, into the garden to play "
+        "in the puddles. Their mother watched."
+    )
 
     first = segment_text(text, first_max_chars=60)[0]
 
@@ -225,8 +253,7 @@ def test_first_segment_is_cut_at_the_last_clause_before_the_limit() -> None:
 
 
 def test_first_segment_falls_back_to_a_word_boundary() -> None:
-    text = ("The old lighthouse keeper climbed the winding stairs every single evening "
-            "without fail.")
+    text = "The old lighthouse keeper climbed the winding stairs every single evening without fail."
 
     first = segment_text(text, first_max_chars=40, min_chars=12)[0]
 
@@ -250,8 +277,10 @@ def test_short_first_sentence_is_kept_whole() -> None:
 
 
 def test_very_short_first_sentence_takes_the_start_of_the_next() -> None:
-    text = ("Hi. It was a dark and stormy night, and the rain fell in torrents except at "
-            "occasional intervals.")
+    text = (
+        "Hi. It was a dark and stormy night, and the rain fell in torrents except at "
+        "occasional intervals."
+    )
 
     first = segment_text(text, first_max_chars=60)[0]
 
@@ -277,7 +306,7 @@ def test_word_longer_than_max_chars_is_hard_split() -> None:
 
     segments = segment_text(url, max_chars=250, first_max_chars=60)
 
-    assert [len(s.text) for s in segments] == [60, 250, 250, 40]
+    assert [len(s.text) for s in segments] == [60, 120, 240, 180]  # the limit ramps up
     assert "".join(s.text for s in segments) == url
 
 
@@ -309,7 +338,9 @@ def test_short_sentences_merge_with_the_following_one() -> None:
     segments = segment_text(text)
 
     assert [s.text for s in segments] == [
-        "He left the house at dawn. ", "Oh. Then the long journey home began again."]
+        "He left the house at dawn. ",
+        "Oh. Then the long journey home began again.",
+    ]
 
 
 def test_short_tail_merges_back_when_it_fits() -> None:
@@ -326,7 +357,9 @@ def test_punctuation_only_fragments_merge_into_a_neighbour() -> None:
     segments = segment_text(text)
 
     assert [s.text for s in segments] == [
-        "The night was long.\n\n* * *\n\n", "The next morning came early."]
+        "The night was long.\n\n* * *\n\n",
+        "The next morning came early.",
+    ]
     assert segments[0].pause_ms == PARAGRAPH_PAUSE
 
 
@@ -351,8 +384,9 @@ def test_paragraph_breaks_get_the_paragraph_pause(gap: str) -> None:
 
 
 def test_sentences_get_the_sentence_pause_and_the_last_none() -> None:
-    segments = segment_text("The first sentence is here. The second one is here.",
-                            sentence_pause_ms=300)
+    segments = segment_text(
+        "The first sentence is here. The second one is here.", sentence_pause_ms=300
+    )
 
     assert [(s.boundary, s.pause_ms) for s in segments] == [("sentence", 300), ("end", 0)]
 
@@ -379,8 +413,7 @@ def test_repeated_sentences_get_their_own_offsets() -> None:
 
     segments = segment_text(text)
 
-    assert [(s.char_start, s.char_end) for s in segments] == [(0, 19), (19, 38), (38, 57),
-                                                                (57, 76)]
+    assert [(s.char_start, s.char_end) for s in segments] == [(0, 19), (19, 38), (38, 57), (57, 76)]
 
 
 @pytest.mark.parametrize("language", ["en-US", "EN_gb", "xx-yy", "fr", ""])
@@ -401,34 +434,37 @@ def test_falls_back_to_a_regex_splitter_when_pysbd_fails(monkeypatch: pytest.Mon
     segments = segment_text(text)
 
     assert [s.text for s in segments] == [
-        "The first sentence is here. ", "The second one is here!\n", "A third line follows"]
+        "The first sentence is here. ",
+        "The second one is here!\n",
+        "A third line follows",
+    ]
 
 
-def test_input_that_makes_pysbd_backtrack_is_still_fast() -> None:
+@pytest.mark.timeout(20)  # a hang guard (it used to take minutes); speed lives in bench/
+def test_input_that_makes_pysbd_backtrack_does_not_hang() -> None:
     text = "It ended..[111 111 111 111 111 111 111 111 111 111 111 111 111 111] Then more."
 
-    started = time.perf_counter()
     segments = segment_text(text)
 
-    assert time.perf_counter() - started < 1
     assert "".join(s.text for s in segments) == text
 
 
-def test_maximum_length_text_segments_quickly() -> None:
-    sentence = ('The keeper said, "Mr. Smith, it is 3.14 miles away," and left; nobody '
-                "followed him.  ")
+@pytest.mark.timeout(20)  # a hang guard; speed is measured by bench/
+def test_maximum_length_text_segments_whole() -> None:
+    sentence = (
+        'The keeper said, "Mr. Smith, it is 3.14 miles away," and left; nobody followed him.  '
+    )
     text = ((sentence * 3 + "\n\n") * 200)[:20_000]
-    segment_text(text[:500])  # warm pysbd's regex cache
 
-    started = time.perf_counter()
     segments = segment_text(text)
 
-    assert time.perf_counter() - started < 1  # about 50 ms; generous for slow CI machines
     assert "".join(s.text for s in segments) == text
 
 
-@pytest.mark.parametrize("options", [{"max_chars": 0}, {"first_max_chars": 0},
-                                     {"min_chars": -1}, {"sentence_pause_ms": -5}])
+@pytest.mark.parametrize(
+    "options",
+    [{"max_chars": 0}, {"first_max_chars": 0}, {"min_chars": -1}, {"sentence_pause_ms": -5}],
+)
 def test_nonsense_limits_are_refused(options: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         segment_text("Some text.", **options)
@@ -438,3 +474,13 @@ def test_first_max_chars_above_max_chars_is_clamped() -> None:
     segments = segment_text("word " * 100, max_chars=30, first_max_chars=100)
 
     assert all(len(s.speech_text) <= 30 for s in segments)
+
+
+def test_segment_limits_ramp_up_from_the_first() -> None:
+    text = " ".join(["word"] * 400)
+
+    segments = segment_text(text, max_chars=250, first_max_chars=60)
+
+    lengths = [len(s.speech_text) for s in segments]
+    assert lengths[0] <= 60 and lengths[1] <= 120 and lengths[2] <= 240
+    assert max(lengths) <= 250 and max(lengths[3:]) > 200

@@ -100,8 +100,9 @@ class TTSSessionAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: TTSSession) -> str:
-        return format_html('<span class="tts-status tts-status-{}" data-tts-field="status">{}</span>',
-                           obj.status, obj.get_status_display())
+        return format_html(
+            '<span class="tts-status tts-status-{}" data-tts-field="status">{}</span>',
+            obj.status, obj.get_status_display())
 
     @admin.display(description="progress")
     def progress(self, obj: TTSSession) -> str:
@@ -160,12 +161,13 @@ class TTSSessionAdmin(admin.ModelAdmin):
         session = self.get_object(request, object_id)
         context = dict(extra_context or {})
         if session is not None:
-            chunk_base = reverse("tts:chunk", args=[session.id, 0])[:-1]
+            chunks = list(TTSChunk.objects.filter(session=session).order_by("seq").only(
+                "seq", "text", "char_start", "char_end", "samples", "sample_rate", "cached",
+                "engine_ms"))
             context.update(
-                tts_chunks=list(TTSChunk.objects.filter(session=session).order_by("seq").only(
-                    "seq", "text", "char_start", "char_end", "samples", "sample_rate", "cached",
-                    "engine_ms")),
-                tts_chunk_base=chunk_base,
+                tts_chunks=chunks,
+                tts_last_seq=chunks[-1].seq if chunks else -1,
+                tts_chunk_base=reverse("tts:chunk", args=[session.id, 0])[:-1],
                 tts_ws_path=f"/ws/tts/{session.id}/",
                 tts_live=session.status in ACTIVE_STATUSES,
                 tts_can_cancel=session.status in ACTIVE_STATUSES,

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from django.apps import apps
-from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection, models, transaction
 from django.utils import timezone
 
 from tts import services
 from tts.audio import wav_header
+from tts.conf import settings
 from tts.errors import InvalidInput, NotFound
 from tts.models import ACTIVE_STATUSES, AudioBlob, SessionStatus, TTSChunk, TTSSession
 from tts.validation import clean_text
@@ -50,7 +50,7 @@ _HOLDER_PREFIX = "narrate@"
 
 
 def scene_model() -> type[models.Model]:
-    return apps.get_model(getattr(settings, "TTS_SCENE_MODEL", "scenes.Scene"))
+    return apps.get_model(settings.TTS_SCENE_MODEL)
 
 
 def scenes_of_story(slug: str) -> list[models.Model]:

@@ -70,6 +70,9 @@ def segment_text(
     is text whose run of characters without letters or digits is too long to share out
     (say 300 dashes): segments without anything to pronounce would be worse.
 
+    Pieces shorter than `min_chars` join a neighbour when the result still fits, but
+    never across a blank line, whose longer pause matters more than one chunk fewer.
+
     Whitespace-only text gives `[]`. Text without any letter or digit ("...") gives one
     segment for the whole text, so the segments still cover it; the caller decides
     whether such text is worth synthesizing.
@@ -83,8 +86,10 @@ def segment_text(
         return [Segment(text, 0, len(text), 0, "end")]
     sentences = _with_alnum(source, _sentence_ends(source, language))
     pieces = _merge_short(source, _greedy_pieces(source, sentences, limits), limits)
-    return [_to_segment(source, piece, pauses, last=i == len(pieces) - 1)
-            for i, piece in enumerate(pieces)]
+    return [
+        _to_segment(source, piece, pauses, last=i == len(pieces) - 1)
+        for i, piece in enumerate(pieces)
+    ]
 
 
 # --- parameters -------------------------------------------------------------------
@@ -104,7 +109,9 @@ class _Limits:
         return cls(max_chars, min(first_max_chars, max_chars), min_chars)
 
     def limit(self, index: int) -> int:
-        return self.first_max_chars if index == 0 else self.max_chars
+        """The limit ramps up (60, 120, 240, … up to max_chars): each segment is then
+        synthesized while the one before it plays, so a slow engine never runs dry."""
+        return min(self.max_chars, self.first_max_chars << min(index, 16))
 
 
 @dataclass(frozen=True)
@@ -124,10 +131,11 @@ class _Pauses:
 _ALNUM_RUN = re.compile(r"[^\W_]+")
 _NON_SPACE = re.compile(r"\S")
 _SPACE_RUN = re.compile(r"\s+")
-_LINE_BREAK_CHARS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
-_LINE_BREAK = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+# Every character str.splitlines() breaks at; "\r\n" counts as one break.
+_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+_LINE_BREAK = re.compile(rf"\r\n|[{_BREAKS}]")
 # Whole whitespace runs holding a line break; the lookbehind keeps the search linear.
-_SPACE_WITH_BREAK = re.compile(r"(?<!\s)\s*?[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]\s*")
+_SPACE_WITH_BREAK = re.compile(rf"(?<!\s)\s*?[{_BREAKS}]\s*")
 
 
 class _Source:
@@ -186,7 +194,7 @@ _REFERENCE_BRACKET = re.compile(r"(?<=\.)\[")
 _FALLBACK_SENTENCE_END = re.compile(
     r"[.!?…‼⁇⁈⁉؟۔।॥։።][\"'”’»)\]]{0,3}(?=\s|\Z)"
     r"|[。！？．｡][\"'”’»)\]」』）]{0,3}"
-    r"|\S(?=[^\S\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]*[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029])"
+    rf"|\S(?=[^\S{_BREAKS}]*[{_BREAKS}])"
 )
 
 _Sentence = tuple[int, int]  # (speech_end, end): end includes the whitespace after it
@@ -330,15 +338,24 @@ def _greedy_pieces(source: _Source, sentences: list[_Sentence], limits: _Limits)
     start, index = 0, 0
     while start < len(source.text):
         limit = limits.limit(len(pieces))
-        piece, index = _next_piece(source, sentences, index, start, limit, limits.min_chars,
-                                   first=not pieces)
+        piece, index = _next_piece(
+            source, sentences, index, start, limit, limits.min_chars, first=not pieces
+        )
         pieces.append(piece)
         start = piece.end
     return pieces
 
 
-def _next_piece(source: _Source, sentences: list[_Sentence], index: int, start: int,
-                limit: int, min_chars: int, *, first: bool) -> tuple[_Piece, int]:
+def _next_piece(
+    source: _Source,
+    sentences: list[_Sentence],
+    index: int,
+    start: int,
+    limit: int,
+    min_chars: int,
+    *,
+    first: bool,
+) -> tuple[_Piece, int]:
     """The piece starting at `start` and the index of the sentence that follows it.
 
     Whole sentences when they fit; short sentences take the next ones along, never
@@ -349,24 +366,37 @@ def _next_piece(source: _Source, sentences: list[_Sentence], index: int, start: 
     if speech_end - speech_start > limit:
         piece = _cut_inside(source, start, speech_start, sentences[index], limit, min_chars)
         return piece, index + 1 if piece.end == end else index
-    while (speech_end - speech_start < min_chars and index + 1 < len(sentences)
-           and not source.paragraph_break(speech_end, end)):
+    while (
+        speech_end - speech_start < min_chars
+        and index + 1 < len(sentences)
+        and not source.paragraph_break(speech_end, end)
+    ):
         following = sentences[index + 1]
         if following[0] - speech_start <= limit:
             index += 1
             speech_end, end = following
             continue
         if first:
-            piece = _cut_inside(source, start, speech_start, following, limit, min_chars,
-                                after=end, hard=False)
+            piece = _cut_inside(
+                source, start, speech_start, following, limit, min_chars, after=end, hard=False
+            )
             if piece.end != following[1]:
                 return piece, index + 1
         break
     return _Piece(start, speech_start, speech_end, end, "sentence"), index + 1
 
 
-def _cut_inside(source: _Source, start: int, speech_start: int, sentence: _Sentence,
-                limit: int, min_chars: int, *, after: int = -1, hard: bool = True) -> _Piece:
+def _cut_inside(
+    source: _Source,
+    start: int,
+    speech_start: int,
+    sentence: _Sentence,
+    limit: int,
+    min_chars: int,
+    *,
+    after: int = -1,
+    hard: bool = True,
+) -> _Piece:
     """Cut a sentence that is too long: at a clause, else between words, else anywhere.
 
     Pieces shorter than `min_chars` are avoided at both ends, so that a cut does not
@@ -420,8 +450,9 @@ _JOINERS = {"\u200c", "\u200d"} | {chr(c) for c in range(0xFE00, 0xFE10)}
 _MAX_CLUSTER = 16
 
 
-def _hard_cut(source: _Source, start: int, speech_start: int, sentence: _Sentence,
-              high: int) -> _Piece:
+def _hard_cut(
+    source: _Source, start: int, speech_start: int, sentence: _Sentence, high: int
+) -> _Piece:
     """Cut a "word" longer than the limit (a URL, CJK without spaces) at the limit."""
     speech_end, end = sentence
     cut = _cluster_start(source.text, high, speech_start + 1)
@@ -431,8 +462,9 @@ def _hard_cut(source: _Source, start: int, speech_start: int, sentence: _Sentenc
         cut = _past_first_word(source, start, end, high - speech_start)
     if not _valid_cut(source, start, cut, end):
         return _Piece(start, speech_start, speech_end, end, "sentence")
-    return _Piece(start, speech_start, source.speech_end(start, cut), source.skip_space(cut),
-                  "word")
+    return _Piece(
+        start, speech_start, source.speech_end(start, cut), source.skip_space(cut), "word"
+    )
 
 
 def _past_first_word(source: _Source, start: int, end: int, limit: int) -> int:
@@ -452,9 +484,13 @@ def _past_first_word(source: _Source, start: int, end: int, limit: int) -> int:
 
 def _is_joined(text: str, index: int) -> bool:
     char, code = text[index], ord(text[index])
-    return (char in _JOINERS or text[index - 1] == "\u200d"
-            or unicodedata.category(char) in ("Mn", "Mc", "Me")
-            or 0x1F3FB <= code <= 0x1F3FF or 0xE0020 <= code <= 0xE007F)
+    return (
+        char in _JOINERS
+        or text[index - 1] == "\u200d"
+        or unicodedata.category(char) in ("Mn", "Mc", "Me")
+        or 0x1F3FB <= code <= 0x1F3FF
+        or 0xE0020 <= code <= 0xE007F
+    )
 
 
 def _cluster_start(text: str, index: int, floor: int) -> int:
@@ -488,15 +524,20 @@ def _merge_short(source: _Source, pieces: list[_Piece], limits: _Limits) -> list
             previous = merged[-1]
             fits = piece.speech_end - previous.speech_start <= limits.limit(len(merged) - 1)
             if fits and not source.paragraph_break(previous.speech_end, previous.end):
-                merged[-1] = _Piece(previous.start, previous.speech_start, piece.speech_end,
-                                    piece.end, piece.boundary)
+                merged[-1] = _Piece(
+                    previous.start,
+                    previous.speech_start,
+                    piece.speech_end,
+                    piece.end,
+                    piece.boundary,
+                )
                 continue
         merged.append(piece)
     return merged
 
 
 def _to_segment(source: _Source, piece: _Piece, pauses: _Pauses, *, last: bool) -> Segment:
-    text = source.text[piece.start:piece.end]
+    text = source.text[piece.start : piece.end]
     if last:
         return Segment(text, piece.start, piece.end, 0, "end")
     if source.paragraph_break(piece.speech_end, piece.end):

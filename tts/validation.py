@@ -31,6 +31,9 @@ def clean_text(text: object) -> str:
     text = _CONTROL.sub("", text)
     if not text.strip():
         raise InvalidInput("text is empty.", code="empty_text", fields={"text": "required"})
+    if not any(char.isalnum() for char in text):
+        raise InvalidInput("text has nothing to say: no letters or digits.", code="nothing_to_say",
+                           fields={"text": "no letters or digits"})
     limit = settings.TTS_MAX_CHARS
     if len(text) > limit:
         raise InvalidInput(f"text is {len(text)} characters; the limit is {limit}.",

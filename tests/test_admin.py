@@ -1,0 +1,397 @@
+"""The narration admin: session pages, their actions, and narrating scenes from the admin.
+
+Signed in as staff through Django's test client; sessions are synthesized in-process with
+the real espeak engine."""
+
+from __future__ import annotations
+
+import copy
+import re
+import uuid
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+from django.utils import timezone
+
+from scenes.models import Scene, Story
+from tts import services
+from tts.engines import EngineError, get_engine
+from tts.models import AudioBlob, SessionStatus, TTSChunk, TTSSession
+from tts.services import Owner
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SESSIONS = "/admin/tts/ttssession/"
+TEXT = "The tide came in at dusk. Gulls cried over the harbour. Mara lit the lamp."
+OTHER_TEXT = "A different night entirely. The fog rolled over the rocks."
+CLI = Owner(is_staff=True)
+
+
+@pytest.fixture(autouse=True)
+def _private_channel_layer(request, settings):
+    """Dispatches from these tests go to a prefix no worker listens on, so nothing but the
+    test itself runs their sessions."""
+    if "live_stack" in request.fixturenames:
+        return
+    layers = copy.deepcopy(settings.CHANNEL_LAYERS)
+    layers["default"]["CONFIG"]["prefix"] = f"admin{uuid.uuid4().hex[:8]}"
+    settings.CHANNEL_LAYERS = layers
+
+
+@pytest.fixture(autouse=True)
+def _plain_static_files(settings):
+    # The manifest in STATIC_ROOT is built by collectstatic for deployments; tests render
+    # templates against the source files.
+    settings.STORAGES = {**settings.STORAGES, "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+
+
+def create(text: str = TEXT, *, owner: Owner = CLI, **kwargs) -> TTSSession:
+    return services.session_create(text=text, owner=owner, dispatch=False, **kwargs)
+
+
+def generate(session: TTSSession) -> None:
+    """Run this one session in-process (session_run would drain the whole queue)."""
+    claimed = services.session_claim(session_id=session.id, worker="test")
+    services.session_generate(session=claimed, worker="test")
+
+
+def narrated(text: str = TEXT, **kwargs) -> TTSSession:
+    session = create(text, **kwargs)
+    generate(session)
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED
+    return session
+
+
+def failed_after_first_chunk(monkeypatch, text: str = TEXT) -> TTSSession:
+    engine, calls = get_engine("espeak"), []
+    original = engine.synthesize
+
+    def fail_second(text, voice):
+        calls.append(text)
+        if len(calls) == 2:
+            raise EngineError("the synthesizer caught fire", code="engine_error")
+        return original(text, voice)
+
+    monkeypatch.setattr(engine, "synthesize", fail_second)
+    session = create(text)
+    generate(session)
+    monkeypatch.setattr(engine, "synthesize", original)
+    session.refresh_from_db()
+    assert session.status == SessionStatus.FAILED and session.chunks.count() == 1
+    return session
+
+
+def make_story(*texts: str, slug: str = "harbour") -> Story:
+    story = Story.objects.create(title="The Harbour", slug=slug)
+    for position, text in enumerate(texts):
+        Scene.objects.create(story=story, position=position, title=f"Scene {position + 1}",
+                             text=text, voice="en-us")
+    return story
+
+
+def listed(client: Client, query: str = "") -> set:
+    response = client.get(f"{SESSIONS}?{query}")
+    assert response.status_code == 200
+    return {session.id for session in response.context["cl"].result_list}
+
+
+def run_action(client: Client, action: str, *sessions: TTSSession, url: str = SESSIONS):
+    return client.post(url, {"action": action,
+                             "_selected_action": [str(s.pk) for s in sessions]}, follow=True)
+
+
+def messages_of(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+# --- The session list ---------------------------------------------------------------------
+
+
+def test_the_list_shows_status_voice_subject_progress_timings_and_owner(admin_client):
+    scene = make_story(TEXT).scenes.get()
+    writer = User.objects.create_user("writer")
+    done = narrated(subject=scene, owner=Owner(user_id=writer.pk))
+    waiting = create(OTHER_TEXT, owner=Owner(session_key="k" * 32))
+
+    response = admin_client.get(SESSIONS)
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert str(done.id)[:8] in html and str(waiting.id)[:8] in html
+    assert "Completed" in html and "Queued" in html
+    assert f"{done.total_chunks} / {done.total_chunks}" in html and "0 / ?" in html
+    assert f"/admin/scenes/scene/{scene.pk}/change/" in html
+    assert "writer" in html and "anonymous browser kkkkkkkk" in html
+    assert f"{done.first_chunk_ms / 1000:.2f} s" in html
+    assert f"{done.real_time_factor:.3f}" in html
+    for column in ("first chunk", "real-time factor", "audio", "owner", "created at"):
+        assert f">{column.capitalize()}<" in html or column in html.lower()
+
+
+def test_the_list_filters_by_status_voice_engine_and_date(admin_client, monkeypatch):
+    done = narrated()
+    british = create(OTHER_TEXT, voice_id="en-gb")
+    failed = failed_after_first_chunk(monkeypatch, "Broken lamp tonight. It will not light.")
+    TTSSession.objects.filter(pk=british.pk).update(created_at=timezone.now() - timedelta(days=3))
+
+    assert listed(admin_client, "status__exact=completed") == {done.id}
+    assert listed(admin_client, "status__exact=failed") == {failed.id}
+    assert listed(admin_client, "voice=en-gb") == {british.id}
+    assert listed(admin_client, "engine=espeak") == {done.id, british.id, failed.id}
+    today = timezone.now().date()
+    since = f"created_at__gte={today.isoformat()}"
+    assert listed(admin_client, since) == {done.id, failed.id}
+
+
+def test_the_list_searches_text_and_ids(admin_client):
+    first, second = create(TEXT), create(OTHER_TEXT)
+    assert listed(admin_client, "q=harbour") == {first.id}
+    assert listed(admin_client, f"q={second.id}") == {second.id}
+    assert listed(admin_client, f"q={str(second.id)[:8]}") == {second.id}
+    assert listed(admin_client, "q=nothing-like-this") == set()
+
+
+# --- The session page ---------------------------------------------------------------------
+
+
+def test_the_session_page_shows_text_timings_every_chunk_and_the_full_audio(admin_client):
+    session = narrated(owner=Owner(session_key="s" * 32))
+    chunks = list(session.chunks.order_by("seq"))
+    response = admin_client.get(f"{SESSIONS}{session.id}/change/")
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert TEXT in html
+    for field in ("First chunk", "Real-time factor", "Engine time", "Error"):
+        assert field in html
+    rows = re.findall(r'<tr data-seq="(\d+)">', html)
+    assert rows == [str(c.seq) for c in chunks]
+    for chunk in chunks:
+        assert chunk.text in html
+        assert f'src="/api/tts/sessions/{session.id}/chunks/{chunk.seq}"' in html
+    assert f'src="/api/tts/sessions/{session.id}/audio.wav"' in html
+    assert "session_live.js" not in html  # nothing left to follow
+
+
+def test_staff_hear_every_chunk_and_the_full_audio_of_someone_elses_session(admin_client):
+    session = narrated(owner=Owner(session_key="s" * 32))
+    chunk = session.chunks.get(seq=0)
+    response = admin_client.get(f"/api/tts/sessions/{session.id}/chunks/0")
+    assert response.status_code == 200 and response["Content-Type"] == "audio/wav"
+    assert response.content[44:] == bytes(chunk.audio.pcm)
+    full = admin_client.get(f"/api/tts/sessions/{session.id}/audio.wav")
+    assert full.status_code == 200
+
+
+def test_a_running_session_page_listens_on_its_socket(admin_client):
+    session = create()
+    services.session_claim(session_id=session.id, worker="test")
+    html = admin_client.get(f"{SESSIONS}{session.id}/change/").content.decode()
+    assert "tts/admin/session_live.js" in html
+    assert f'data-ws-path="/ws/tts/{session.id}/"' in html
+    assert 'data-status="running"' in html and 'data-after="-1"' in html
+    assert 'data-tts-field="status"' in html and 'data-tts-field="progress"' in html
+    assert "Cancel narration" in html
+    assert "Available once the narration has completed." in html
+
+
+def test_a_failed_session_page_shows_the_error_and_offers_retry(admin_client, monkeypatch):
+    session = failed_after_first_chunk(monkeypatch)
+    html = admin_client.get(f"{SESSIONS}{session.id}/change/").content.decode()
+    assert "engine_error" in html and "caught fire" in html
+    assert "Retry from chunk 1" in html
+
+
+def test_sessions_are_read_only(admin_client):
+    session = narrated()
+    assert admin_client.get(f"{SESSIONS}add/").status_code == 403
+    response = admin_client.post(f"{SESSIONS}{session.id}/change/", {"text": "Changed."})
+    assert response.status_code == 403
+    session.refresh_from_db()
+    assert session.text == TEXT
+
+
+# --- Access -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [SESSIONS, "/admin/scenes/story/", "/admin/scenes/scene/"])
+def test_people_who_are_not_staff_are_sent_to_the_login_page(client, url):
+    assert client.get(url).status_code == 302
+    client.force_login(User.objects.create_user("reader"))
+    response = client.get(url)
+    assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+
+
+def test_non_staff_cannot_hear_someone_elses_session(client):
+    session = narrated(owner=Owner(session_key="s" * 32))
+    client.force_login(User.objects.create_user("reader"))
+    assert client.get(f"/api/tts/sessions/{session.id}/chunks/0").status_code == 403
+
+
+def test_staff_who_may_only_view_get_no_cancel_retry_or_delete(client):
+    session = create()
+    viewer = User.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_ttssession"))
+    client.force_login(viewer)
+    response = client.get(SESSIONS)
+    assert response.status_code == 200
+    choices = [value for value, _ in response.context["action_form"].fields["action"].choices]
+    assert "cancel_sessions" not in choices and "delete_selected" not in choices
+    assert client.post(f"{SESSIONS}{session.id}/cancel/").status_code == 403
+    session.refresh_from_db()
+    assert session.status == SessionStatus.QUEUED
+
+
+# --- Actions ------------------------------------------------------------------------------
+
+
+def test_cancel_stops_queued_and_running_sessions_and_leaves_the_rest(admin_client):
+    queued, running, done = create(TEXT), create(OTHER_TEXT), narrated("Already done here.")
+    services.session_claim(session_id=running.id, worker="test")
+    response = run_action(admin_client, "cancel_sessions", queued, running, done)
+    assert "2 narrations cancelled." in messages_of(response)
+    assert any("1 left as they were" in m for m in messages_of(response))
+    statuses = dict(TTSSession.objects.values_list("pk", "status"))
+    assert statuses[queued.id] == statuses[running.id] == SessionStatus.CANCELLED
+    assert statuses[done.id] == SessionStatus.COMPLETED
+
+
+def test_retry_continues_a_failed_session_after_its_last_stored_chunk(admin_client, monkeypatch):
+    session = failed_after_first_chunk(monkeypatch)
+    first = session.chunks.get(seq=0)
+    response = run_action(admin_client, "retry_sessions", session)
+    assert "1 narration queued again." in messages_of(response)
+    session.refresh_from_db()
+    assert session.status == SessionStatus.QUEUED and not session.error_code
+
+    generate(session)
+    session.refresh_from_db()
+    seqs = list(session.chunks.order_by("seq").values_list("seq", flat=True))
+    assert session.status == SessionStatus.COMPLETED
+    assert seqs == list(range(session.total_chunks))
+    assert session.chunks.get(seq=0).pk == first.pk  # kept, not made again
+
+
+def test_the_cancel_and_retry_buttons_of_the_session_page(admin_client):
+    session = create()
+    assert admin_client.get(f"{SESSIONS}{session.id}/cancel/").status_code == 405
+    response = admin_client.post(f"{SESSIONS}{session.id}/cancel/", follow=True)
+    assert "Narration cancelled." in messages_of(response)
+    session.refresh_from_db()
+    assert session.status == SessionStatus.CANCELLED
+
+    response = admin_client.post(f"{SESSIONS}{session.id}/retry/", follow=True)
+    assert any("queued again" in m for m in messages_of(response))
+    session.refresh_from_db()
+    assert session.status == SessionStatus.QUEUED
+    response = admin_client.post(f"{SESSIONS}{session.id}/retry/", follow=True)
+    assert any("Only a failed or cancelled" in m for m in messages_of(response))
+
+
+def test_delete_removes_audio_no_other_session_uses_and_keeps_shared_audio(admin_client):
+    shared_a, shared_b, alone = narrated(TEXT), narrated(TEXT), narrated(OTHER_TEXT)
+    shared_keys = set(shared_b.chunks.values_list("audio_id", flat=True))
+    alone_keys = set(alone.chunks.values_list("audio_id", flat=True))
+    assert all(c.cached for c in shared_b.chunks.all())
+
+    url = SESSIONS
+    confirm = admin_client.post(url, {"action": "delete_selected",
+                                      "_selected_action": [str(shared_a.pk), str(alone.pk)]})
+    assert confirm.status_code == 200 and b"Are you sure?" in confirm.content
+    response = admin_client.post(url, {"action": "delete_selected", "post": "yes",
+                                       "_selected_action": [str(shared_a.pk), str(alone.pk)]},
+                                 follow=True)
+    assert any(f"kept {len(shared_keys)}" in m for m in messages_of(response))
+    assert set(TTSSession.objects.values_list("pk", flat=True)) == {shared_b.id}
+    assert set(AudioBlob.objects.values_list("key", flat=True)) == shared_keys
+    assert not alone_keys & shared_keys
+
+    # The delete button of the session page does the same for the last one.
+    response = admin_client.post(f"{SESSIONS}{shared_b.id}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not TTSSession.objects.exists()
+    assert not TTSChunk.objects.exists() and not AudioBlob.objects.exists()
+
+
+def test_deleting_a_running_session_cancels_it_first(admin_client):
+    session = create()
+    services.session_claim(session_id=session.id, worker="test")
+    admin_client.post(SESSIONS, {"action": "delete_selected", "post": "yes",
+                                 "_selected_action": [str(session.pk)]})
+    assert not TTSSession.objects.exists()
+
+
+# --- Stories and scenes -------------------------------------------------------------------
+
+
+def test_a_story_and_its_scene_order_are_edited_inline(admin_client):
+    story = make_story("First scene text.", "Second scene text.")
+    first, second = story.scenes.all()
+    page = admin_client.get(f"/admin/scenes/story/{story.pk}/change/")
+    assert page.status_code == 200 and b"Second scene text." in page.content
+
+    data = {"title": "The Harbour, revised", "slug": story.slug, "description": "",
+            "scenes-TOTAL_FORMS": "2", "scenes-INITIAL_FORMS": "2",
+            "scenes-MIN_NUM_FORMS": "0", "scenes-MAX_NUM_FORMS": "1000"}
+    for index, (scene, position) in enumerate([(first, 1), (second, 0)]):
+        data.update({f"scenes-{index}-id": scene.pk, f"scenes-{index}-story": story.pk,
+                     f"scenes-{index}-position": position, f"scenes-{index}-title": scene.title,
+                     f"scenes-{index}-voice": "", f"scenes-{index}-text": scene.text})
+    response = admin_client.post(f"/admin/scenes/story/{story.pk}/change/", data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    story.refresh_from_db()
+    assert story.title == "The Harbour, revised"
+    assert list(story.scenes.values_list("pk", flat=True)) == [second.pk, first.pk]
+
+
+def test_narrate_selected_scenes_queues_a_session_per_scene_for_the_workers(admin_client,
+                                                                              admin_user):
+    story = make_story(TEXT, OTHER_TEXT)
+    scenes = list(story.scenes.all())
+    response = run_action(admin_client, "narrate_scenes", *scenes, url="/admin/scenes/scene/")
+    assert any("2 narration(s) queued" in m for m in messages_of(response))
+
+    sessions = list(TTSSession.objects.order_by("created_at"))
+    assert [s.subject for s in sessions] == scenes
+    assert {s.status for s in sessions} == {SessionStatus.QUEUED}
+    assert {s.owner_id for s in sessions} == {admin_user.pk}
+    assert all(s.dispatched_at is not None for s in sessions)
+    layer = get_channel_layer()
+    rung = {async_to_sync(layer.receive)("tts-generate")["session_id"] for _ in sessions}
+    assert rung == {str(s.id) for s in sessions}
+
+    # Pressed again: nothing new while they are on their way.
+    response = run_action(admin_client, "narrate_scenes", *scenes, url="/admin/scenes/scene/")
+    assert any("0 narration(s) queued, 2 resumed" in m for m in messages_of(response))
+    assert TTSSession.objects.count() == 2
+
+
+def test_narrating_an_already_narrated_scene_reuses_its_narration(admin_client):
+    scene = make_story(TEXT).scenes.get()
+    narrated(subject=scene)
+    response = run_action(admin_client, "narrate_scenes", scene, url="/admin/scenes/scene/")
+    assert any("1 already narrated" in m for m in messages_of(response))
+    assert TTSSession.objects.count() == 1
+    listing = admin_client.get("/admin/scenes/scene/").content.decode()
+    assert "completed" in listing and f"subject_id={scene.pk}" in listing
+
+
+def test_a_scene_with_an_unknown_voice_is_reported_not_narrated(admin_client):
+    scene = make_story(TEXT).scenes.get()
+    Scene.objects.filter(pk=scene.pk).update(voice="klingon")
+    response = run_action(admin_client, "narrate_scenes", scene, url="/admin/scenes/scene/")
+    assert any("Unknown voice 'klingon'" in m for m in messages_of(response))
+    assert not TTSSession.objects.exists()
+
+
+def test_narrate_every_scene_of_the_selected_stories(admin_client):
+    story = make_story(TEXT, OTHER_TEXT)
+    make_story("Another story altogether.", slug="other")
+    response = admin_client.post("/admin/scenes/story/", {
+        "action": "narrate_stories", "_selected_action": [str(story.pk)]}, follow=True)
+    assert any("2 narration(s) queued" in m for m in messages_of(response))
+    assert {s.subject for s in TTSSession.objects.all()} == set(story.scenes.all())

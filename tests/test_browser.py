@@ -1,0 +1,304 @@
+"""The player in a real browser (Debian's Chromium through Playwright) against a live stack:
+daphne, a worker and Redis. Every AudioBufferSourceNode.start() is recorded, so the tests
+check the schedule itself: every chunk once, each one starting where the previous ends."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scenes.models import Scene, Story
+
+CHROMIUM = "/usr/bin/chromium"
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
+]
+# Short sentences in the espeak voice: a whole scene plays in a few seconds.
+SCENE_TEXT = (
+    "The tide came in. Gulls cried over the harbour. "
+    "Mara lit the lamp. The ship saw the light."
+)
+LONGER_TEXT = (
+    "The storm broke at dusk. Rain hammered the glass. The lamp would not light. "
+    "Mara found the oil. The flame caught at last. The ship turned away from the rocks."
+)
+TOLERANCE = 1e-6
+
+# Records every scheduled source: when it starts, how long its buffer is, from what offset.
+RECORD_STARTS = """
+window.__starts = [];
+window.__pageErrors = [];
+window.addEventListener('error', (event) => window.__pageErrors.push(String(event.message)));
+const nativeStart = AudioBufferSourceNode.prototype.start;
+AudioBufferSourceNode.prototype.start = function (when = 0, offset = 0, ...rest) {
+  window.__starts.push({
+    when, offset, duration: this.buffer ? this.buffer.duration : null,
+    at: this.context.currentTime,
+  });
+  return nativeStart.call(this, when, offset, ...rest);
+};
+"""
+
+# The first socket is cut (as a dropped network would) right after its second audio frame.
+CUT_FIRST_SOCKET = """
+window.__sockets = [];
+const NativeWebSocket = window.WebSocket;
+window.WebSocket = class extends NativeWebSocket {
+  constructor(url, protocols) {
+    super(url, protocols);
+    const index = window.__sockets.push(url) - 1;
+    if (index !== 0) return;
+    let audioFrames = 0;
+    this.addEventListener('message', (event) => {
+      if (typeof event.data !== 'string' && ++audioFrames === 2) this.close();
+    });
+  }
+};
+"""
+
+# No socket ever opens: a proxy that blocks WebSockets.
+BLOCK_SOCKETS = """
+window.__blocked = [];
+window.WebSocket = class {
+  static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
+  constructor(url) {
+    window.__blocked.push(url);
+    this.readyState = 0;
+    setTimeout(() => {
+      this.readyState = 3;
+      this.onerror?.(new Event('error'));
+      this.onclose?.({ code: 1006, reason: '', wasClean: false });
+    }, 20);
+  }
+  send() {}
+  close() {}
+};
+"""
+
+
+@pytest.fixture(scope="module")
+def browser(live_stack) -> Iterator[Browser]:
+    # Playwright's sync API keeps an event loop running in this thread, which trips Django's
+    # guard against ORM calls from async code on the tests' own (synchronous) queries. Set
+    # only here, after live_stack started, so the server processes never inherit it.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def page(browser: Browser, live_stack) -> Iterator[Page]:
+    context = browser.new_context(base_url=live_stack.base_url,
+                                  viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    page.add_init_script(RECORD_STARTS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def make_story(*texts: str, slug: str = "harbour", voice: str = "en-us") -> Story:
+    story = Story.objects.create(title="The Harbour Light", slug=slug,
+                                 description="A short story for the browser tests.")
+    for position, text in enumerate(texts):
+        Scene.objects.create(story=story, position=position, title=f"Scene {position + 1}",
+                             text=text, voice=voice)
+    return story
+
+
+def open_scene(page: Page, scene: Scene) -> None:
+    page.goto(scene.get_absolute_url())
+    page.wait_for_function("window.__narrator && window.__narrator.players.length === 1")
+
+
+def snapshot(page: Page, index: int = 0) -> dict:
+    return page.evaluate("(i) => window.__narrator.snapshot()[i]", index)
+
+
+def wait_for_state(page: Page, state: str, index: int = 0, timeout: float = 30_000) -> dict:
+    try:
+        page.wait_for_function("([i, s]) => window.__narrator.snapshot()[i].state === s",
+                               arg=[index, state], timeout=timeout)
+    except PlaywrightTimeout:
+        pytest.fail(f"player {index} never reached {state!r}: {snapshot(page, index)}")
+    return snapshot(page, index)
+
+
+def session_chunks(page: Page, index: int = 0) -> list[dict]:
+    """The chunk metadata the server stored for the player's session (same owner cookie)."""
+    return page.evaluate(
+        """async (i) => {
+            const id = window.__narrator.snapshot()[i].sessionId;
+            const reply = await fetch(`/api/tts/sessions/${id}/`);
+            return (await reply.json()).chunks;
+        }""",
+        index,
+    )
+
+
+def assert_gapless(starts: list[dict], chunks: list[dict]) -> None:
+    """Every chunk scheduled once, in order, each starting where the previous one ends."""
+    assert len(starts) == len(chunks), (starts, chunks)
+    for start, chunk in zip(starts, chunks, strict=True):
+        assert start["duration"] == pytest.approx(chunk["samples"] / chunk["sample_rate"],
+                                                  abs=TOLERANCE)
+        assert start["offset"] == 0
+    for before, after in zip(starts, starts[1:], strict=False):
+        assert after["when"] == pytest.approx(before["when"] + before["duration"], abs=TOLERANCE)
+
+
+def test_it_plays_a_scene_gaplessly_while_progress_and_highlight_follow(page: Page):
+    scene = make_story(SCENE_TEXT).scenes.get()
+    open_scene(page, scene)
+    page.get_by_role("button", name="Play: Scene 1").click()
+    state = wait_for_state(page, "ended")
+
+    chunks = session_chunks(page)
+    assert len(chunks) >= 4  # one per sentence
+    assert_gapless(page.evaluate("window.__starts"), chunks)
+    assert state["highlights"] == list(range(len(chunks)))
+    assert state["underruns"] == 0
+    assert state["played"] == 1 and state["generated"] == 1
+    slider = page.get_by_role("slider")
+    assert slider.get_attribute("aria-valuenow") == "100"
+    played_bar = page.locator("[data-tts-role=played]")
+    assert played_bar.evaluate("el => el.style.transform") == "scaleX(1)"
+    assert page.get_by_role("status").inner_text() == "Finished. The audio is ready to download."
+    download = page.get_by_role("link", name="Download audio")
+    assert download.get_attribute("href") == f"/api/tts/sessions/{state['sessionId']}/audio.wav"
+    assert page.get_by_role("button", name="Play again: Scene 1").is_visible()
+
+
+def test_a_socket_cut_mid_stream_resumes_with_no_gap_and_no_duplicate(page: Page):
+    page.add_init_script(CUT_FIRST_SOCKET)
+    scene = make_story(LONGER_TEXT).scenes.get()
+    open_scene(page, scene)
+    page.get_by_role("button", name="Play: Scene 1").click()
+    state = wait_for_state(page, "ended")
+
+    sockets = page.evaluate("window.__sockets")
+    assert len(sockets) >= 2
+    assert sockets[0].endswith("?after=-1")
+    assert sockets[1].endswith("?after=1")  # resumed after the last chunk it had
+    chunks = session_chunks(page)
+    assert_gapless(page.evaluate("window.__starts"), chunks)
+    assert state["highlights"] == list(range(len(chunks)))
+    assert state["underruns"] == 0
+    assert state["stream"]["reconnects"] >= 1
+
+
+def test_with_sockets_blocked_the_http_fallback_plays_everything(page: Page):
+    page.add_init_script(BLOCK_SOCKETS)
+    scene = make_story(SCENE_TEXT).scenes.get()
+    open_scene(page, scene)
+    page.get_by_role("button", name="Play: Scene 1").click()
+    state = wait_for_state(page, "ended")
+
+    assert len(page.evaluate("window.__blocked")) == 3  # three failures, then HTTP
+    assert state["transport"] == "http"
+    chunks = session_chunks(page)
+    assert_gapless(page.evaluate("window.__starts"), chunks)
+    assert state["highlights"] == list(range(len(chunks)))
+    assert state["completed"] and state["audioUrl"]
+
+
+def test_pause_freezes_the_position_and_a_clicked_sentence_plays_from_its_start(page: Page):
+    scene = make_story(LONGER_TEXT).scenes.get()
+    open_scene(page, scene)
+    page.get_by_role("button", name="Play: Scene 1").click()
+    page.wait_for_function("() => window.__narrator.snapshot()[0].position > 0.6")
+    page.get_by_role("button", name="Pause: Scene 1").click()
+    paused = wait_for_state(page, "paused")
+    page.wait_for_timeout(600)
+    still = snapshot(page)
+    assert still["position"] == paused["position"]
+    assert still["currentSeq"] == paused["currentSeq"] == 0
+    assert page.get_by_role("status").inner_text() == "Paused."
+
+    # Resume: the first chunk picks up at the paused offset.
+    page.get_by_role("button", name="Resume: Scene 1").click()
+    resumed = page.evaluate("window.__starts")[-1]
+    assert resumed["offset"] == pytest.approx(paused["position"], abs=1e-3)
+
+    page.wait_for_function("() => { const s = window.__narrator.snapshot()[0];"
+                           " return s.total !== null && s.received === s.total; }")
+    chunks = session_chunks(page)
+    target = 3
+    before = len(page.evaluate("window.__starts"))
+    page.locator(f".tts-chunk[data-seq='{target}']").click()
+    starts = page.evaluate("window.__starts")[before:]
+    assert starts, "seeking scheduled nothing"
+    assert_gapless(starts, chunks[target:])
+    page.wait_for_function("() => window.__narrator.snapshot()[0].currentSeq === 3")
+    at = snapshot(page)
+    chunk_start = sum(c["samples"] / c["sample_rate"] for c in chunks[:target])
+    assert at["position"] >= chunk_start - TOLERANCE
+    assert page.locator(".tts-chunk.is-speaking").get_attribute("data-seq") == "3"
+    assert wait_for_state(page, "ended")["highlights"][-1] == len(chunks) - 1
+
+
+def test_the_narrate_page_plays_typed_text(page: Page):
+    page.goto("/narrate/")
+    page.wait_for_function("window.__narrator && window.__narrator.players.length === 1")
+    page.get_by_label("Text to narrate").fill("Hello there. This is typed text.")
+    page.get_by_role("button", name="Play: Your text").click()
+    state = wait_for_state(page, "ended")
+    assert state["received"] == state["total"] >= 2
+    assert page.locator(".tts-chunk").first.inner_text().startswith("Hello there.")
+    assert page.get_by_role("button", name="Edit text").is_visible()
+
+
+def test_play_all_plays_the_scenes_in_order_and_prepares_the_next(page: Page):
+    story = make_story("The first scene is short.", "The second one follows it.")
+    page.goto(story.get_absolute_url())
+    page.wait_for_function("window.__narrator && window.__narrator.players.length === 2")
+    page.get_by_role("button", name="Play all").click()
+    first = wait_for_state(page, "playing", index=0)
+    page.wait_for_function("() => window.__narrator.snapshot()[1].received > 0")
+    assert snapshot(page, 1)["state"] == "idle"  # prepared, not playing
+    assert snapshot(page, 0)["state"] == "playing"
+    assert page.get_by_role("status").first.inner_text().startswith("Scene 1 of 2")
+    second = wait_for_state(page, "ended", index=1)
+    assert second["sessionId"] != first["sessionId"]
+    starts = page.evaluate("window.__starts")
+    assert len(starts) == first["total"] + second["total"]
+    assert snapshot(page, 0)["state"] == "ended"
+
+
+def test_story_page_screenshot(page: Page):
+    from scenes.demo import demo_load
+
+    story = demo_load()
+    page.goto(story.get_absolute_url())
+    page.wait_for_function("window.__narrator && window.__narrator.players.length === 4")
+    page.wait_for_function("document.querySelector('select option[value=\"en-gb\"]') !== null")
+    page.get_by_role("button", name="Play: The Storm Comes In").click()
+    page.wait_for_function("() => window.__narrator.snapshot()[0].currentSeq === 1",
+                           timeout=30_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "story-page.png"), full_page=True)
+    assert (ARTIFACTS / "story-page.png").stat().st_size > 10_000

@@ -1,0 +1,105 @@
+"""System checks that tell a project what narration still needs."""
+
+from __future__ import annotations
+
+import pytest
+from channels.auth import AuthMiddlewareStack
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from django.core.checks import run_checks
+from django.core.management import call_command
+from django.urls import path
+
+from tts import checks
+from tts.routing import channel_routes, websocket_urlpatterns
+
+# ASGI applications for ASGI_APPLICATION overrides (import_string needs module attributes).
+SOCKETS_ONLY = ProtocolTypeRouter(
+    {
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        )
+    }
+)
+WORKER_ONLY = ProtocolTypeRouter({"channel": ChannelNameRouter(channel_routes)})
+NESTED = ProtocolTypeRouter(
+    {
+        "websocket": AuthMiddlewareStack(
+            URLRouter([path("embedded/", URLRouter(websocket_urlpatterns))])
+        ),
+        "channel": ChannelNameRouter({"other": WORKER_ONLY, **channel_routes}),
+    }
+)
+
+
+def tts_ids() -> list[str]:
+    return sorted(m.id for m in run_checks() if m.id and m.id.startswith("tts."))
+
+
+def test_the_project_passes_every_narration_check():
+    assert tts_ids() == []
+    call_command("check", fail_level="WARNING")
+
+
+def test_a_missing_channel_layer_is_an_error(settings):
+    settings.CHANNEL_LAYERS = {}
+    assert "tts.E001" in tts_ids()
+
+
+def test_the_in_memory_channel_layer_is_a_warning(settings):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    assert "tts.W002" in tts_ids()
+
+
+def test_an_asgi_application_without_the_worker_channel_is_a_warning(settings):
+    settings.ASGI_APPLICATION = "tests.test_checks.SOCKETS_ONLY"
+    (message,) = [m for m in run_checks() if m.id == "tts.W003"]
+    assert "tts-generate" in message.msg and "ChannelNameRouter" in message.hint
+    assert "tts.W004" not in tts_ids()
+
+
+def test_an_asgi_application_without_the_socket_route_is_a_warning(settings):
+    settings.ASGI_APPLICATION = "tests.test_checks.WORKER_ONLY"
+    assert tts_ids() == ["tts.W004"]
+
+
+def test_routes_are_found_through_middleware_and_nested_routers():
+    assert checks.routing_problems(NESTED) == []
+
+
+def test_an_unset_or_broken_asgi_application_is_an_error(settings):
+    settings.ASGI_APPLICATION = None
+    assert "tts.E004" in tts_ids()
+    settings.ASGI_APPLICATION = "no_such_module.asgi.application"
+    (message,) = [m for m in run_checks() if m.id == "tts.E005"]
+    assert "no_such_module" in message.msg
+
+
+@pytest.mark.parametrize(
+    ("apps", "warned"),
+    [
+        (["daphne", "tts", "channels"], False),
+        (["daphne", "channels", "tts"], True),
+        (["tts"], False),
+    ],
+)
+def test_channels_above_tts_shadows_the_narration_runworker(apps, warned):
+    assert bool(checks.command_order_problems(apps)) is warned
+
+
+def test_an_unknown_default_voice_is_an_error(settings):
+    settings.TTS_DEFAULT_VOICE = "klingon"
+    (message,) = [m for m in run_checks() if m.id == "tts.E003"]
+    assert "klingon" in message.msg
+
+
+def test_an_unavailable_default_voice_is_a_warning_with_the_fix(settings):
+    settings.TTS_ESPEAK_BINARY = "/nonexistent/espeak-ng"
+    (message,) = [m for m in run_checks() if m.id == "tts.W001"]
+    assert "en-us" in message.msg
+    assert "apt-get install espeak-ng" in message.hint
+
+
+def test_a_broken_voice_catalog_is_an_error(settings):
+    settings.TTS_VOICES = [{"id": "x", "engine": "nonesuch"}]
+    assert "tts.E002" in tts_ids()
