@@ -21,8 +21,13 @@ def demo_load(path: Path | None = None) -> Story:
     )
     for position, scene in enumerate(data["scenes"]):
         Scene.objects.update_or_create(
-            story=story, position=position,
-            defaults={"title": scene["title"], "text": scene["text"], "voice": scene.get("voice", "")},
+            story=story,
+            position=position,
+            defaults={
+                "title": scene["title"],
+                "text": scene["text"],
+                "voice": scene.get("voice", ""),
+            },
         )
     story.scenes.filter(position__gte=len(data["scenes"])).delete()
     return story

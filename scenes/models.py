@@ -28,7 +28,9 @@ class Scene(models.Model):
     title = models.CharField(max_length=200)
     text = models.TextField()
     position = models.PositiveIntegerField(default=0)
-    voice = models.CharField(max_length=100, blank=True, help_text="Voice id; blank for the default.")
+    voice = models.CharField(
+        max_length=100, blank=True, help_text="Voice id; blank for the default."
+    )
 
     class Meta:
         ordering = ["story", "position", "id"]

@@ -30,13 +30,16 @@ def main() -> int:
     manage("load_demo", env=env)
     manage("collectstatic", "--noinput", "-v", "0", env=env)
     port = int(env.get("PORT", "8000"))
-    stack = Stack(env=env, port=port, workers=int(env.get("WORKERS", "1")),
-                  log_dir=None if env.get("QUIET") else None)
+    stack = Stack(
+        env=env,
+        port=port,
+        workers=int(env.get("WORKERS", "1")),
+        log_dir=None if env.get("QUIET") else None,
+    )
     stack._spawn = _inherit_output(stack)  # show server logs in this terminal
     try:
         stack.start()
-        print(f"\n  Narrator is running: {stack.base_url}/\n  Press Ctrl-C to stop.\n",
-              flush=True)
+        print(f"\n  Narrator is running: {stack.base_url}/\n  Press Ctrl-C to stop.\n", flush=True)
         while all(p.poll() is None for p in [stack.daphne, *stack.worker_procs]):
             time.sleep(0.5)
         print("A process exited; stopping.", file=sys.stderr)

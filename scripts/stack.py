@@ -3,6 +3,7 @@ daphne and narration workers. Used by `make run`, the end-to-end tests and `benc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -71,9 +72,21 @@ class EmbeddedRedis:
 
     def start(self) -> EmbeddedRedis:
         self.process = subprocess.Popen(
-            [embedded_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                embedded_redis_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for(lambda: redis_reachable(self.url), timeout=15, what="embedded Redis")
         return self
@@ -107,23 +120,46 @@ class Stack:
         out = subprocess.DEVNULL
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
-        return subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        return subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def start_daphne(self) -> None:
         self.daphne = self._spawn(
-            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "--websocket_timeout", "86400", "--ping-interval", "20", "--ping-timeout", "30",
-             "--websocket-max-message-size", str(16 * 1024 * 1024), "--application-close-timeout", "5",
-             "config.asgi:application"],
+            [
+                PYTHON,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "--websocket_timeout",
+                "86400",
+                "--ping-interval",
+                "20",
+                "--ping-timeout",
+                "30",
+                "--websocket-max-message-size",
+                str(16 * 1024 * 1024),
+                "--application-close-timeout",
+                "5",
+                "config.asgi:application",
+            ],
             "daphne",
         )
         wait_for(lambda: port_open("127.0.0.1", self.port), timeout=30, what="daphne")
 
     def start_worker(self) -> subprocess.Popen:
-        proc = self._spawn([PYTHON, "manage.py", "runworker", "tts-generate"],
-                           f"worker-{len(self.worker_procs)}")
+        proc = self._spawn(
+            [PYTHON, "manage.py", "runworker", "tts-generate"], f"worker-{len(self.worker_procs)}"
+        )
         self.worker_procs.append(proc)
         return proc
 
@@ -145,8 +181,6 @@ def stop_process(proc: subprocess.Popen | None, *, sig: int = signal.SIGTERM) ->
         os.killpg(proc.pid, sig)
         proc.wait(timeout=10)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=10)

@@ -96,8 +96,12 @@ def test_browser_posts_need_the_csrf_token():
     assert post(client, {"text": "Hi."}).status_code == 403
     client.get("/api/tts/voices/")
     token = client.cookies["csrftoken"].value
-    response = client.post("/api/tts/sessions/", data=json.dumps({"text": "Hi."}),
-                           content_type="application/json", headers={"X-CSRFToken": token})
+    response = client.post(
+        "/api/tts/sessions/",
+        data=json.dumps({"text": "Hi."}),
+        content_type="application/json",
+        headers={"X-CSRFToken": token},
+    )
     assert response.status_code == 201
 
 
@@ -108,7 +112,8 @@ def test_voices_lists_availability_and_the_default(client):
     assert voices["en-us"]["available"] is True
     assert voices["en-us"]["default"] is True
     assert {"id", "label", "engine", "language", "available", "reason", "default"} <= set(
-        voices["en-us"])
+        voices["en-us"]
+    )
     missing = voices["coqui-ljspeech-vits"]
     assert missing["available"] is False
     assert "tts_models" in missing["reason"]

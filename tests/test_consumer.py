@@ -76,15 +76,17 @@ async def test_a_late_client_gets_every_stored_chunk_then_done():
     assert [f["seq"] for f in chunk_frames] == list(range(frames[0]["total_chunks"]))
     assert [struct.unpack("<I", a[:4])[0] for a in audio] == [f["seq"] for f in chunk_frames]
     assert frames[-1]["type"] == "done"
-    stored = await sync_to_async(lambda: [bytes(c.audio.pcm) for c in
-                                          session.chunks.order_by("seq")])()
+    stored = await sync_to_async(
+        lambda: [bytes(c.audio.pcm) for c in session.chunks.order_by("seq")]
+    )()
     assert [a[4:] for a in audio] == stored
 
 
 async def test_after_skips_what_the_client_already_has():
     session = await make_session()
     frames, audio = await receive_until_closed(
-        await _connected(as_staff(communicator(session.id, after=0))))
+        await _connected(as_staff(communicator(session.id, after=0)))
+    )
     assert [f["seq"] for f in frames if f["type"] == "chunk"][0] == 1
 
 
@@ -99,8 +101,12 @@ async def test_ping_pong_and_bad_messages_keep_the_socket_open():
     assert (await comm.receive_json_from())["code"] == "bad_message"
     await comm.send_json_to({"type": "shout"})
     error = await comm.receive_json_from()
-    assert error == {"type": "error", "code": "unknown_type", "fatal": False,
-                     "message": error["message"]}
+    assert error == {
+        "type": "error",
+        "code": "unknown_type",
+        "fatal": False,
+        "message": error["message"],
+    }
     await comm.send_json_to({"type": "ping"})
     assert await comm.receive_json_from() == {"type": "pong"}
     await comm.disconnect()
@@ -139,10 +145,18 @@ async def test_a_live_chunk_after_a_gap_is_preceded_by_the_missing_chunks_from_s
         segments = services.session_segments(session=claimed, voice=voice)
         chunks = []
         for seq in range(3):
-            blob, cached, ms = services.segment_audio(segment=segments[seq], voice=voice,
-                                                      engine_model=claimed.model)
-            chunk = services.chunk_store(session=claimed, seq=seq, segment=segments[seq],
-                                         blob=blob, cached=cached, engine_ms=ms, worker=worker)
+            blob, cached, ms = services.segment_audio(
+                segment=segments[seq], voice=voice, engine_model=claimed.model
+            )
+            chunk = services.chunk_store(
+                session=claimed,
+                seq=seq,
+                segment=segments[seq],
+                blob=blob,
+                cached=cached,
+                engine_ms=ms,
+                worker=worker,
+            )
             chunks.append((services.chunk_meta(chunk), bytes(blob.pcm)))
         return chunks
 

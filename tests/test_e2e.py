@@ -20,8 +20,12 @@ TEXT = (
 
 
 def stored_pcm(session_id: str) -> list[bytes]:
-    return [bytes(c.audio.pcm) for c in
-            TTSChunk.objects.filter(session_id=session_id).order_by("seq").select_related("audio")]
+    return [
+        bytes(c.audio.pcm)
+        for c in TTSChunk.objects.filter(session_id=session_id)
+        .order_by("seq")
+        .select_related("audio")
+    ]
 
 
 def test_a_post_streams_every_chunk_in_order_then_done(live_stack):

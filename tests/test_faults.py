@@ -41,8 +41,11 @@ def make_stack(django_db_setup, django_db_blocker):
 
     def make(workers: int = 1, **env: str) -> Stack:
         with django_db_blocker.unblock():
-            stack = Stack(env=stack_env(**{**FAST_RECOVERY, **env}), workers=workers,
-                          log_dir=ARTIFACTS / "logs-faults")
+            stack = Stack(
+                env=stack_env(**{**FAST_RECOVERY, **env}),
+                workers=workers,
+                log_dir=ARTIFACTS / "logs-faults",
+            )
             stacks.append(stack.start())
         return stack
 
@@ -56,11 +59,15 @@ def test_a_worker_killed_mid_session_is_replaced_and_listeners_get_the_rest(make
     client = NarrationClient(stack.base_url)
     session_id = client.create(text=story(30, "killed-worker"))["id"]
     result: dict = {}
-    listener = threading.Thread(target=lambda: result.update(s=client.stream(session_id,
-                                                                             timeout=90)))
+    listener = threading.Thread(
+        target=lambda: result.update(s=client.stream(session_id, timeout=90))
+    )
     listener.start()
-    wait_for(lambda: TTSChunk.objects.filter(session_id=session_id).count() >= 3, timeout=30,
-             what="first chunks")
+    wait_for(
+        lambda: TTSChunk.objects.filter(session_id=session_id).count() >= 3,
+        timeout=30,
+        what="first chunks",
+    )
     stop_process(stack.worker_procs[0], sig=signal.SIGKILL)
     stored_at_kill = TTSChunk.objects.filter(session_id=session_id).count()
     assert TTSSession.objects.get(pk=session_id).status == SessionStatus.RUNNING
@@ -95,10 +102,14 @@ def test_redis_restarted_mid_stream_and_everything_recovers(make_stack):
         session_id = client.create(text=story(30, "redis-restart"))["id"]
         result: dict = {}
         listener = threading.Thread(
-            target=lambda: result.update(s=client.stream(session_id, timeout=120)))
+            target=lambda: result.update(s=client.stream(session_id, timeout=120))
+        )
         listener.start()
-        wait_for(lambda: TTSChunk.objects.filter(session_id=session_id).count() >= 3,
-                 timeout=30, what="first chunks")
+        wait_for(
+            lambda: TTSChunk.objects.filter(session_id=session_id).count() >= 3,
+            timeout=30,
+            what="first chunks",
+        )
         redis.stop()
         time.sleep(1.5)
         redis.start()

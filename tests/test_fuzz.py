@@ -19,24 +19,32 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
     max_leaves=8,
 )
 bodies = st.one_of(
-    st.dictionaries(st.sampled_from(["text", "voice", "scene", "extra"]), json_values,
-                    max_size=4).map(lambda d: json.dumps(d).encode()),
+    st.dictionaries(
+        st.sampled_from(["text", "voice", "scene", "extra"]), json_values, max_size=4
+    ).map(lambda d: json.dumps(d).encode()),
     st.binary(max_size=200),
     st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
 )
-FUZZ = settings(max_examples=60, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @FUZZ
-@given(body=bodies, content_type=st.sampled_from(["application/json", "text/plain",
-                                                  "application/x-www-form-urlencoded"]))
+@given(
+    body=bodies,
+    content_type=st.sampled_from(
+        ["application/json", "text/plain", "application/x-www-form-urlencoded"]
+    ),
+)
 def test_posting_anything_never_gives_a_5xx(body, content_type):
     response = Client().post("/api/tts/sessions/", data=body, content_type=content_type)
     assert response.status_code < 500
@@ -45,13 +53,18 @@ def test_posting_anything_never_gives_a_5xx(body, content_type):
 
 
 @FUZZ
-@given(path=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40),
-       seq=st.integers(min_value=-(2**70), max_value=2**70))
+@given(
+    path=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40),
+    seq=st.integers(min_value=-(2**70), max_value=2**70),
+)
 def test_reading_odd_ids_and_seqs_never_gives_a_5xx(path, seq):
     client = Client()
-    for url in (f"/api/tts/sessions/{path}/", f"/api/tts/sessions/{path}/chunks/{seq}",
-                f"/api/tts/sessions/00000000-0000-0000-0000-000000000000/chunks/{seq}",
-                f"/api/tts/sessions/{path}/audio.wav"):
+    for url in (
+        f"/api/tts/sessions/{path}/",
+        f"/api/tts/sessions/{path}/chunks/{seq}",
+        f"/api/tts/sessions/00000000-0000-0000-0000-000000000000/chunks/{seq}",
+        f"/api/tts/sessions/{path}/audio.wav",
+    ):
         assert client.get(url).status_code < 500
 
 
@@ -73,8 +86,9 @@ def test_the_socket_survives_any_client_message(sent):
 
     async def run():
         created = await session()
-        comm = WebsocketCommunicator(application, f"/ws/tts/{created.id}/",
-                                     headers=[(b"origin", b"http://127.0.0.1")])
+        comm = WebsocketCommunicator(
+            application, f"/ws/tts/{created.id}/", headers=[(b"origin", b"http://127.0.0.1")]
+        )
         from django.contrib.auth.models import AnonymousUser
 
         staff = type("Staff", (AnonymousUser,), {"is_authenticated": True, "is_staff": True})

@@ -75,8 +75,12 @@ def test_cancel_mid_stream_reaches_every_listener(live_stack):
     thread = threading.Thread(target=lambda: listener.update(r=owner.stream(session_id)))
     thread.start()
     cookie = "; ".join(f"{c.name}={c.value}" for c in owner.cookies)
-    with connect(owner.ws_url(session_id, -1), origin=live_stack.base_url,
-                 additional_headers={"Cookie": cookie}, max_size=None) as ws:
+    with connect(
+        owner.ws_url(session_id, -1),
+        origin=live_stack.base_url,
+        additional_headers={"Cookie": cookie},
+        max_size=None,
+    ) as ws:
         ws.recv(timeout=10)  # session frame
         ws.send(json.dumps({"type": "cancel"}))
         frames = []
@@ -87,8 +91,12 @@ def test_cancel_mid_stream_reaches_every_listener(live_stack):
                 if frames[-1]["type"] == "error":
                     break
     thread.join(timeout=30)
-    assert frames[-1] == {"type": "error", "code": "cancelled", "fatal": True,
-                          "message": frames[-1]["message"]}
+    assert frames[-1] == {
+        "type": "error",
+        "code": "cancelled",
+        "fatal": True,
+        "message": frames[-1]["message"],
+    }
     assert listener["r"].error["code"] == "cancelled"
     assert owner.session(session_id)["status"] == "cancelled"
 
@@ -96,9 +104,11 @@ def test_cancel_mid_stream_reaches_every_listener(live_stack):
 def test_another_visitors_session_is_refused(live_stack):
     session_id = NarrationClient(live_stack.base_url).create(text="Mine alone.")["id"]
     stranger = NarrationClient(live_stack.base_url)
-    with connect(stranger.ws_url(session_id, -1), origin=live_stack.base_url) as ws:
-        with pytest.raises(Exception) as closed:
-            ws.recv(timeout=10)
+    with (
+        connect(stranger.ws_url(session_id, -1), origin=live_stack.base_url) as ws,
+        pytest.raises(Exception) as closed,
+    ):
+        ws.recv(timeout=10)
     assert closed.value.rcvd.code == 4403
     status, _ = stranger.request("GET", f"/api/tts/sessions/{session_id}/")
     assert status == 403
@@ -117,8 +127,9 @@ def tiny_capacity_stack(django_db_setup, django_db_blocker):
     """A worker whose channel layer holds one message per listener: most live chunk
     events are dropped, as they are when a real listener falls behind."""
     with django_db_blocker.unblock():
-        stack = Stack(env=stack_env(CHANNEL_LAYER_CAPACITY="1"), workers=1,
-                      log_dir=ARTIFACTS / "logs-tiny").start()
+        stack = Stack(
+            env=stack_env(CHANNEL_LAYER_CAPACITY="1"), workers=1, log_dir=ARTIFACTS / "logs-tiny"
+        ).start()
     yield stack
     stack.stop()
 

@@ -75,8 +75,9 @@ class NarrationClient:
                 token = self._cookie("csrftoken")
             headers["X-CSRFToken"] = token or ""
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                     headers=headers)
+        req = urllib.request.Request(
+            self.base_url + path, data=data, method=method, headers=headers
+        )
         try:
             with self.opener.open(req, timeout=30) as response:
                 return response.status, response.read()
@@ -86,8 +87,9 @@ class NarrationClient:
     def _cookie(self, name: str) -> str | None:
         return next((c.value for c in self.cookies if c.name == name), None)
 
-    def create(self, *, text: str | None = None, scene: int | None = None,
-               voice: str | None = None) -> dict:
+    def create(
+        self, *, text: str | None = None, scene: int | None = None, voice: str | None = None
+    ) -> dict:
         body = {k: v for k, v in {"text": text, "scene": scene, "voice": voice}.items() if v}
         status, payload = self.request("POST", "/api/tts/sessions/", body)
         if status != 201:
@@ -113,8 +115,14 @@ class NarrationClient:
         scheme = "wss" if parsed.scheme == "https" else "ws"
         return f"{scheme}://{parsed.netloc}/ws/tts/{session_id}/?after={after}"
 
-    def stream(self, session_id: str, *, drop_after_chunks: int | None = None,
-               max_reconnects: int = 30, timeout: float = 120) -> Stream:
+    def stream(
+        self,
+        session_id: str,
+        *,
+        drop_after_chunks: int | None = None,
+        max_reconnects: int = 30,
+        timeout: float = 120,
+    ) -> Stream:
         """Follow a session to its end, reconnecting with ``after`` when the connection drops.
         ``drop_after_chunks`` closes the first connection after that many chunks (tests)."""
         result, deadline, failures = Stream(), time.monotonic() + timeout, 0
@@ -136,8 +144,9 @@ class NarrationClient:
         cookie = "; ".join(f"{c.name}={c.value}" for c in self.cookies)
         headers = {"Cookie": cookie} if cookie else {}
         url = self.ws_url(session_id, result.last_contiguous)
-        with connect(url, origin=self.base_url, additional_headers=headers,
-                     max_size=None, open_timeout=10) as ws:
+        with connect(
+            url, origin=self.base_url, additional_headers=headers, max_size=None, open_timeout=10
+        ) as ws:
             result.connections += 1
             received = 0
             while True:
@@ -177,7 +186,9 @@ class NarrationClient:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tts.client", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tts.client", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--text")
@@ -195,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     if result.error:
         print(f"error: {result.error['code']}: {result.error['message']}", file=sys.stderr)
     args.out.write_bytes(wav_bytes(result.pcm, result.sample_rate))
-    print(f"{session_id}: {len(result.audio)} chunks, {result.connections} connection(s) "
-          f"-> {args.out}")
+    print(
+        f"{session_id}: {len(result.audio)} chunks, {result.connections} connection(s) "
+        f"-> {args.out}"
+    )
     return 1 if result.error else 0
 
 

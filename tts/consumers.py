@@ -43,8 +43,11 @@ class SessionConsumer(AsyncWebsocketConsumer):
             return None
 
     def _after(self) -> int:
-        query = dict(part.partition("=")[::2] for part in self.scope["query_string"].decode(
-            "latin-1").split("&") if part)
+        query = dict(
+            part.partition("=")[::2]
+            for part in self.scope["query_string"].decode("latin-1").split("&")
+            if part
+        )
         try:
             return max(-1, int(query.get("after", -1)))
         except ValueError:
@@ -92,12 +95,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
         await self.send_json({**event, "type": "status"})
 
     async def tts_done(self, event: dict) -> None:
-        await self._finish_if_over(await database_sync_to_async(services.session_get)(
-            session_id=self.session_id))
+        await self._finish_if_over(
+            await database_sync_to_async(services.session_get)(session_id=self.session_id)
+        )
 
     async def tts_error(self, event: dict) -> None:
-        await self._finish_if_over(await database_sync_to_async(services.session_get)(
-            session_id=self.session_id))
+        await self._finish_if_over(
+            await database_sync_to_async(services.session_get)(session_id=self.session_id)
+        )
 
     # Frames -------------------------------------------------------------------------------
 
@@ -107,12 +112,23 @@ class SessionConsumer(AsyncWebsocketConsumer):
         self.finished = True
         await send_from_storage(self.session_id, self.cursor, self.send_chunk)
         if session.status == SessionStatus.COMPLETED:
-            await self.send_json({"type": "done", "total_chunks": session.total_chunks,
-                                  "duration_ms": session.audio_ms,
-                                  "audio_url": f"/api/tts/sessions/{session.id}/audio.wav"})
+            await self.send_json(
+                {
+                    "type": "done",
+                    "total_chunks": session.total_chunks,
+                    "duration_ms": session.audio_ms,
+                    "audio_url": f"/api/tts/sessions/{session.id}/audio.wav",
+                }
+            )
         else:
-            await self.send_json({"type": "error", "code": session.error_code or session.status,
-                                  "message": session.error_message, "fatal": True})
+            await self.send_json(
+                {
+                    "type": "error",
+                    "code": session.error_code or session.status,
+                    "message": session.error_message,
+                    "fatal": True,
+                }
+            )
         await self.close(code=1000)
 
     async def send_chunk(self, meta: dict, pcm: bytes) -> None:

@@ -3,12 +3,14 @@ Workers announce themselves with a short-lived Redis key, refreshed by their swe
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 
 import redis
-from tts.conf import settings
 from django.db import connection
+
+from tts.conf import settings
 
 logger = logging.getLogger(__name__)
 WORKER_KEY = "tts:worker:"
@@ -27,10 +29,8 @@ def worker_beat(name: str, *, ttl: float) -> None:
 
 
 def worker_gone(name: str) -> None:
-    try:
+    with contextlib.suppress(redis.RedisError):
         _redis().delete(WORKER_KEY + name)
-    except redis.RedisError:
-        pass
 
 
 def check() -> dict:

@@ -9,9 +9,9 @@ import time
 from typing import TYPE_CHECKING
 
 import redis
-from tts.conf import settings
 from django.utils import timezone
 
+from tts.conf import settings
 from tts.errors import RateLimited
 from tts.models import ACTIVE_STATUSES, TTSSession
 
@@ -70,12 +70,16 @@ def check_owner_limits(owner: Owner) -> None:
     per_minute = settings.TTS_RATE_LIMIT_PER_MINUTE
     if per_minute and _rate_count(owner) >= per_minute:
         retry = WINDOW_S - int(time.time() % WINDOW_S)
-        raise RateLimited(f"At most {per_minute} narrations a minute; try again in {retry} s.",
-                          retry_after=retry)
+        raise RateLimited(
+            f"At most {per_minute} narrations a minute; try again in {retry} s.", retry_after=retry
+        )
     active = settings.TTS_MAX_ACTIVE_PER_OWNER
     if active and _active_count(owner) >= active:
-        raise RateLimited(f"At most {active} narrations may run at once; wait for one to finish "
-                          "or cancel it.", retry_after=5, code="too_many_active")
+        raise RateLimited(
+            f"At most {active} narrations may run at once; wait for one to finish or cancel it.",
+            retry_after=5,
+            code="too_many_active",
+        )
 
 
 def record_creation(owner: Owner) -> None:

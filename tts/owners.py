@@ -6,14 +6,15 @@ from django.http import HttpRequest
 
 from tts.services import Owner
 
+
 def owner_from_request(request: HttpRequest, *, create_session: bool = False) -> Owner:
     user = request.user
     if user.is_authenticated:
         return Owner(user_id=user.pk, ip=request.META.get("REMOTE_ADDR"), is_staff=user.is_staff)
     if create_session and not request.session.session_key:
         request.session.create()
-    return Owner(session_key=request.session.session_key or "",
-                 ip=request.META.get("REMOTE_ADDR"))
+    return Owner(session_key=request.session.session_key or "", ip=request.META.get("REMOTE_ADDR"))
+
 
 def owner_from_scope(scope: dict) -> Owner:
     user = scope.get("user")

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-from tts.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.db.models import F, Max, Q
 from django.db.models.functions import Coalesce
@@ -26,6 +25,7 @@ from django.utils import timezone
 
 from tts import broadcast, limits
 from tts.audio import silence
+from tts.conf import settings
 from tts.engines import Audio, EngineError, EngineUnavailable, Voice, get_engine
 from tts.errors import InvalidInput, NotFound
 from tts.models import AudioBlob, SessionStatus, TTSChunk, TTSSession
@@ -88,12 +88,16 @@ def voice_resolve(*, voice_id: str | None) -> Voice:
     voice_id = voice_id or default_voice_id()
     voice = get_voice(voice_id)
     if voice is None:
-        raise InvalidInput(f"Unknown voice {voice_id!r}.", code="unknown_voice",
-                           fields={"voice": "unknown voice"})
+        raise InvalidInput(
+            f"Unknown voice {voice_id!r}.", code="unknown_voice", fields={"voice": "unknown voice"}
+        )
     available, reason = voice_availability(voice)
     if not available:
-        raise InvalidInput(f"Voice {voice_id!r} is unavailable: {reason}",
-                           code="voice_unavailable", fields={"voice": reason})
+        raise InvalidInput(
+            f"Voice {voice_id!r} is unavailable: {reason}",
+            code="voice_unavailable",
+            fields={"voice": reason},
+        )
     return voice
 
 
@@ -164,10 +168,12 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
     """Synthesize a claimed session from its first missing chunk to the end."""
     voice = get_voice(session.voice)
     if voice is None:
-        session_fail(session_id=session.id, code="voice_unavailable",
-                     message=f"Voice {session.voice!r} is no longer configured.")
+        session_fail(
+            session_id=session.id,
+            code="voice_unavailable",
+            message=f"Voice {session.voice!r} is no longer configured.",
+        )
         return
-    engine = get_engine(voice.engine)
     segments = session_segments(session=session, voice=voice)
     TTSSession.objects.filter(pk=session.id).update(total_chunks=len(segments))
     session.total_chunks = len(segments)
@@ -175,14 +181,25 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
     with _heartbeat(session.id, worker):
         for seq in range(next_seq, len(segments)):
             try:
-                blob, cached, engine_ms = segment_audio(segment=segments[seq], voice=voice,
-                                                        engine_model=session.model)
+                blob, cached, engine_ms = segment_audio(
+                    segment=segments[seq], voice=voice, engine_model=session.model
+                )
             except EngineError as exc:
-                session_fail(session_id=session.id, code=exc.code,
-                             message=f"Chunk {seq} failed: {exc.message}")
+                session_fail(
+                    session_id=session.id,
+                    code=exc.code,
+                    message=f"Chunk {seq} failed: {exc.message}",
+                )
                 return
-            chunk = chunk_store(session=session, seq=seq, segment=segments[seq], blob=blob,
-                                cached=cached, engine_ms=engine_ms, worker=worker)
+            chunk = chunk_store(
+                session=session,
+                seq=seq,
+                segment=segments[seq],
+                blob=blob,
+                cached=cached,
+                engine_ms=engine_ms,
+                worker=worker,
+            )
             if chunk is None:
                 logger.info("session %s was cancelled or taken over; stopping", session.id)
                 return
@@ -214,10 +231,13 @@ def audio_key(*, voice: Voice, engine_model: str, text: str, pause_ms: int) -> s
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def segment_audio(*, segment: Segment, voice: Voice, engine_model: str) -> tuple[AudioBlob, bool, int]:
+def segment_audio(
+    *, segment: Segment, voice: Voice, engine_model: str
+) -> tuple[AudioBlob, bool, int]:
     """(blob, came from cache, engine milliseconds). Synthesizes only on a cache miss."""
-    key = audio_key(voice=voice, engine_model=engine_model, text=segment.speech_text,
-                    pause_ms=segment.pause_ms)
+    key = audio_key(
+        voice=voice, engine_model=engine_model, text=segment.speech_text, pause_ms=segment.pause_ms
+    )
     blob = AudioBlob.objects.filter(key=key).first()
     if blob is not None:
         return blob, True, 0
@@ -227,8 +247,9 @@ def segment_audio(*, segment: Segment, voice: Voice, engine_model: str) -> tuple
     pcm = audio.pcm + silence(segment.pause_ms, audio.sample_rate)
     try:
         with transaction.atomic():
-            blob = AudioBlob.objects.create(key=key, pcm=pcm, sample_rate=audio.sample_rate,
-                                            samples=len(pcm) // 2)
+            blob = AudioBlob.objects.create(
+                key=key, pcm=pcm, sample_rate=audio.sample_rate, samples=len(pcm) // 2
+            )
     except IntegrityError:  # another worker stored the same audio meanwhile
         blob = AudioBlob.objects.get(key=key)
     return blob, False, engine_ms
@@ -277,9 +298,16 @@ def chunk_store(
             if not held:
                 return None
             return TTSChunk.objects.create(
-                session_id=session.id, seq=seq, text=segment.text, char_start=segment.char_start,
-                char_end=segment.char_end, samples=blob.samples, sample_rate=blob.sample_rate,
-                audio=blob, cached=cached, engine_ms=engine_ms,
+                session_id=session.id,
+                seq=seq,
+                text=segment.text,
+                char_start=segment.char_start,
+                char_end=segment.char_end,
+                samples=blob.samples,
+                sample_rate=blob.sample_rate,
+                audio=blob,
+                cached=cached,
+                engine_ms=engine_ms,
             )
     except IntegrityError:  # the chunk exists already: never store a seq twice
         return None
@@ -343,8 +371,12 @@ def session_complete(*, session_id: uuid.UUID, worker: str) -> bool:
 def session_fail(*, session_id: uuid.UUID, code: str, message: str) -> bool:
     failed = TTSSession.objects.filter(
         pk=session_id, status__in=(SessionStatus.QUEUED, SessionStatus.RUNNING)
-    ).update(status=SessionStatus.FAILED, error_code=code, error_message=message[:2000],
-             finished_at=timezone.now())
+    ).update(
+        status=SessionStatus.FAILED,
+        error_code=code,
+        error_message=message[:2000],
+        finished_at=timezone.now(),
+    )
     if failed:
         logger.warning("session %s failed: %s %s", session_id, code, message)
         _announce_end(session_id, code=code, message=message)
@@ -355,8 +387,12 @@ def session_cancel(*, session_id: uuid.UUID) -> bool:
     """Stop a queued or running session; the worker notices before its next chunk."""
     cancelled = TTSSession.objects.filter(
         pk=session_id, status__in=(SessionStatus.QUEUED, SessionStatus.RUNNING)
-    ).update(status=SessionStatus.CANCELLED, error_code="cancelled",
-             error_message="Narration was cancelled.", finished_at=timezone.now())
+    ).update(
+        status=SessionStatus.CANCELLED,
+        error_code="cancelled",
+        error_message="Narration was cancelled.",
+        finished_at=timezone.now(),
+    )
     if cancelled:
         _announce_end(session_id, code="cancelled", message="Narration was cancelled.")
     return bool(cancelled)
@@ -366,8 +402,15 @@ def session_retry(*, session_id: uuid.UUID) -> bool:
     """failed or cancelled -> queued, continuing after the last stored chunk."""
     retried = TTSSession.objects.filter(
         pk=session_id, status__in=(SessionStatus.FAILED, SessionStatus.CANCELLED)
-    ).update(status=SessionStatus.QUEUED, error_code="", error_message="", finished_at=None,
-             claimed_by="", attempts=0, dispatched_at=None)
+    ).update(
+        status=SessionStatus.QUEUED,
+        error_code="",
+        error_message="",
+        finished_at=None,
+        claimed_by="",
+        attempts=0,
+        dispatched_at=None,
+    )
     if retried:
         session = TTSSession.objects.get(pk=session_id)
         broadcast.broadcast_status(session.id, status_frame(session))
@@ -467,8 +510,10 @@ def _requeue_stale_running(now, report: RecoveryReport) -> None:
     ).values_list("pk", "attempts"):
         if attempts >= settings.TTS_MAX_ATTEMPTS:
             report.failed += session_fail(
-                session_id=session_id, code="worker_lost",
-                message=f"The worker died {attempts} times while narrating this session.")
+                session_id=session_id,
+                code="worker_lost",
+                message=f"The worker died {attempts} times while narrating this session.",
+            )
             continue
         requeued = TTSSession.objects.filter(
             pk=session_id, status=SessionStatus.RUNNING, heartbeat_at__lt=stale

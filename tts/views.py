@@ -16,8 +16,8 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
 from tts import health, services
-from tts.conf import settings
 from tts.audio import wav_bytes, wav_header
+from tts.conf import settings
 from tts.errors import (
     Conflict,
     InvalidInput,
@@ -80,15 +80,15 @@ def resolve_subject(data: dict) -> tuple[object | None, str | None, str | None]:
     if scene_id in (None, ""):
         return None, None, None
 
-
     model = apps.get_model(settings.TTS_SCENE_MODEL)
     if isinstance(scene_id, bool) or not isinstance(scene_id, int | str):
         raise InvalidInput("scene must be an id.", code="invalid_scene", fields={"scene": "bad id"})
     try:
         subject = model.objects.get(pk=int(scene_id))
     except (ValueError, model.DoesNotExist):
-        raise InvalidInput(f"No scene {scene_id!r}.", code="unknown_scene",
-                           fields={"scene": "unknown scene"}) from None
+        raise InvalidInput(
+            f"No scene {scene_id!r}.", code="unknown_scene", fields={"scene": "unknown scene"}
+        ) from None
     return subject, subject.get_narration_text(), getattr(subject, "voice", "") or None
 
 
@@ -109,16 +109,21 @@ def session_create(request: HttpRequest) -> JsonResponse:
     text = data.get("text") if data.get("text") not in (None, "") or subject is None else None
     voice = data.get("voice") or subject_voice
     if voice is not None and not isinstance(voice, str):
-        raise InvalidInput("voice must be a string.", code="invalid_voice",
-                           fields={"voice": "must be a string"})
+        raise InvalidInput(
+            "voice must be a string.", code="invalid_voice", fields={"voice": "must be a string"}
+        )
     session = services.session_create(
         text=text if text is not None else subject_text,
         voice_id=voice,
         owner=owner_from_request(request, create_session=True),
         subject=subject,
     )
-    body = {"id": str(session.id), "status": session.status, "voice": session.voice,
-            **session_urls(request, session)}
+    body = {
+        "id": str(session.id),
+        "status": session.status,
+        "voice": session.voice,
+        **session_urls(request, session),
+    }
     return JsonResponse(body, status=201)
 
 
@@ -134,26 +139,29 @@ def _session_for(request: HttpRequest, session_id: uuid.UUID) -> TTSSession:
 def session_detail(request: HttpRequest, session_id: uuid.UUID) -> JsonResponse:
     session = _session_for(request, session_id)
     chunks = TTSChunk.objects.filter(session=session).select_related("session").order_by("seq")
-    return JsonResponse({
-        "id": str(session.id),
-        "status": session.status,
-        "voice": session.voice,
-        "engine": session.engine,
-        "model": session.model,
-        "total_chunks": session.total_chunks,
-        "completed_chunks": session.completed_chunks,
-        "queue_position": services.queue_position(session),
-        "error": {"code": session.error_code, "message": session.error_message}
-        if session.error_code else None,
-        "created_at": session.created_at.isoformat(),
-        "started_at": session.started_at and session.started_at.isoformat(),
-        "finished_at": session.finished_at and session.finished_at.isoformat(),
-        "first_chunk_ms": session.first_chunk_ms,
-        "real_time_factor": session.real_time_factor,
-        "duration_ms": session.audio_ms,
-        "chunks": [services.chunk_meta(chunk) for chunk in chunks],
-        **session_urls(request, session),
-    })
+    return JsonResponse(
+        {
+            "id": str(session.id),
+            "status": session.status,
+            "voice": session.voice,
+            "engine": session.engine,
+            "model": session.model,
+            "total_chunks": session.total_chunks,
+            "completed_chunks": session.completed_chunks,
+            "queue_position": services.queue_position(session),
+            "error": {"code": session.error_code, "message": session.error_message}
+            if session.error_code
+            else None,
+            "created_at": session.created_at.isoformat(),
+            "started_at": session.started_at and session.started_at.isoformat(),
+            "finished_at": session.finished_at and session.finished_at.isoformat(),
+            "first_chunk_ms": session.first_chunk_ms,
+            "real_time_factor": session.real_time_factor,
+            "duration_ms": session.audio_ms,
+            "chunks": [services.chunk_meta(chunk) for chunk in chunks],
+            **session_urls(request, session),
+        }
+    )
 
 
 @require_GET
@@ -162,27 +170,46 @@ def chunk_audio(request: HttpRequest, session_id: uuid.UUID, seq: int) -> HttpRe
     session = _session_for(request, session_id)
     chunk = TTSChunk.objects.filter(session=session, seq=seq).select_related("audio").first()
     if chunk is not None:
-        response = HttpResponse(wav_bytes(bytes(chunk.audio.pcm), chunk.sample_rate),
-                                content_type="audio/wav")
+        response = HttpResponse(
+            wav_bytes(bytes(chunk.audio.pcm), chunk.sample_rate), content_type="audio/wav"
+        )
         response["Cache-Control"] = "private, max-age=31536000, immutable"
         return response
     never = session.status in (SessionStatus.FAILED, SessionStatus.CANCELLED) or (
         session.total_chunks is not None and seq >= session.total_chunks
     )
     if never:
-        return JsonResponse({"error": {"code": "chunk_gone", "fields": {},
-                                       "message": f"Chunk {seq} will never exist."}}, status=410)
-    response = JsonResponse({"error": {"code": "chunk_pending", "fields": {},
-                                       "message": f"Chunk {seq} is not generated yet."}},
-                            status=404)
+        return JsonResponse(
+            {
+                "error": {
+                    "code": "chunk_gone",
+                    "fields": {},
+                    "message": f"Chunk {seq} will never exist.",
+                }
+            },
+            status=410,
+        )
+    response = JsonResponse(
+        {
+            "error": {
+                "code": "chunk_pending",
+                "fields": {},
+                "message": f"Chunk {seq} is not generated yet.",
+            }
+        },
+        status=404,
+    )
     response["Retry-After"] = "1"
     return response
 
 
 async def _stream_pcm(session_id: uuid.UUID) -> AsyncIterator[bytes]:
     def batch(after: int) -> list[tuple[int, bytes]]:
-        rows = (TTSChunk.objects.filter(session_id=session_id, seq__gt=after).order_by("seq")
-                .values_list("seq", "audio__pcm")[:STREAM_BATCH])
+        rows = (
+            TTSChunk.objects.filter(session_id=session_id, seq__gt=after)
+            .order_by("seq")
+            .values_list("seq", "audio__pcm")[:STREAM_BATCH]
+        )
         return [(seq, bytes(pcm)) for seq, pcm in rows]
 
     after = -1
@@ -219,15 +246,18 @@ def session_cancel(request: HttpRequest, session_id: uuid.UUID) -> JsonResponse:
     session = _session_for(request, session_id)
     cancelled = services.session_cancel(session_id=session.id)
     session.refresh_from_db()
-    return JsonResponse({"id": str(session.id), "status": session.status,
-                         "cancelled": cancelled}, status=200 if cancelled else 409)
+    return JsonResponse(
+        {"id": str(session.id), "status": session.status, "cancelled": cancelled},
+        status=200 if cancelled else 409,
+    )
 
 
 @require_GET
 @ensure_csrf_cookie
 def voices(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"voices": [voice_as_json(v) for v in all_voices()],
-                         "default": default_voice_id()})
+    return JsonResponse(
+        {"voices": [voice_as_json(v) for v in all_voices()], "default": default_voice_id()}
+    )
 
 
 @require_GET
@@ -236,12 +266,13 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(report, status=200 if report["ok"] else 503)
 
 
-
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """JSON 404s under /api/, Django's page elsewhere."""
     if request.path.startswith("/api/"):
-        return JsonResponse({"error": {"code": "not_found", "fields": {},
-                                       "message": "No such resource."}}, status=404)
+        return JsonResponse(
+            {"error": {"code": "not_found", "fields": {}, "message": "No such resource."}},
+            status=404,
+        )
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception)

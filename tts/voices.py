@@ -7,9 +7,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from tts.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from tts.conf import settings
 from tts.engines import ENGINE_NAMES, EngineUnavailable, Voice, get_engine
 
 _VOICE_FIELDS = {f.name for f in fields(Voice)}

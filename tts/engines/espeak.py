@@ -6,9 +6,8 @@ import functools
 import shutil
 import subprocess
 
-from tts.conf import settings
-
 from tts.audio import parse_wav
+from tts.conf import settings
 from tts.engines.base import Audio, Engine, EngineError, EngineUnavailable, Voice
 
 # espeak-ng's default of 175 words per minute is hurried for long prose; 160 is
@@ -57,7 +56,17 @@ class EspeakEngine(Engine):
         wpm = max(80, min(450, round(BASE_WPM * (voice.speed or 1.0))))
         # Text goes through stdin so that nothing in it can be read as an option.
         # -z: no pause at the end; the service adds its own pauses between chunks.
-        command = [_binary(), "-v", voice.name or "en-us", "-s", str(wpm), "-b", "1", "-z", "--stdout"]
+        command = [
+            _binary(),
+            "-v",
+            voice.name or "en-us",
+            "-s",
+            str(wpm),
+            "-b",
+            "1",
+            "-z",
+            "--stdout",
+        ]
         try:
             done = subprocess.run(command, input=text.encode(), capture_output=True, timeout=60)
         except FileNotFoundError:

@@ -8,10 +8,10 @@ import threading
 import time
 
 from channels.management.commands.runworker import Command as ChannelsRunworker
-from tts.conf import settings
 from django.db import close_old_connections
 
 from tts import health, services
+from tts.conf import settings
 from tts.engines import get_engine
 from tts.voices import default_voice_id, get_voice
 from tts.worker import worker_name
@@ -61,8 +61,9 @@ class Command(ChannelsRunworker):
     def handle(self, *args, **options) -> None:
         preload_voices()
         name, stop = worker_name(), threading.Event()
-        thread = threading.Thread(target=sweep_forever, args=(stop, name), daemon=True,
-                                  name="tts-sweep")
+        thread = threading.Thread(
+            target=sweep_forever, args=(stop, name), daemon=True, name="tts-sweep"
+        )
         thread.start()
         try:
             self._run_until_stopped(*args, **options)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from tts.engines import EngineUnavailable
-from tts.engines import coqui
+from tts.engines import EngineUnavailable, coqui
 
 
 class Command(BaseCommand):
@@ -16,8 +15,9 @@ class Command(BaseCommand):
         parser.add_argument("--cached", action="store_true", help="only models in the cache")
         parser.add_argument("--language", help="only models of this language code (e.g. en)")
 
-    def handle(self, *args, download: str | None, cached: bool, language: str | None,
-               **options) -> None:
+    def handle(
+        self, *args, download: str | None, cached: bool, language: str | None, **options
+    ) -> None:
         if download:
             return self._download(download)
         names = coqui.list_models()
