@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(
         f"{len(TEXT)} characters, {len(sentences(TEXT))} sentences; first segment: "
-        f"{FIRST_SEGMENT_CHARS} characters; {info['cpu_count']} CPUs, torch {info['torch']}, "
+        f"{len(first_segment(TEXT))} characters; {info['cpu_count']} CPUs, torch {info['torch']}, "
         f"CUDA: {info.get('cuda') or 'none'}"
     )
     print(table(results))

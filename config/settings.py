@@ -192,14 +192,17 @@ def _media_storage() -> dict:
     return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
 
 
+STATIC_MANIFEST = not DEBUG and env_bool("STATIC_MANIFEST", True)
 STORAGES = {
     "default": _media_storage(),
     "staticfiles": {
-        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
-        if not DEBUG and env_bool("STATIC_MANIFEST", True)
+        "BACKEND": "config.storage.StaticStorage"
+        if STATIC_MANIFEST
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
+# Without a collected manifest (development, tests) serve straight from the apps' folders.
+WHITENOISE_USE_FINDERS = not STATIC_MANIFEST
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 256 * 1024, minimum=1024)
 
@@ -260,6 +263,7 @@ TTS_TORCH_THREADS = env_int("TTS_TORCH_THREADS", 0, minimum=0)
 # The voice catalog: the app's defaults (espeak voices, a Coqui voice) plus a local Coqui
 # model when TTS_COQUI_MODEL_PATH is set. More: TTS_EXTRA_VOICES_FILE, a JSON list.
 TTS_VOICES: list[dict] = list(DEFAULT_VOICES)
+TTS_SCENE_MODEL = "scenes.Scene"
 if TTS_COQUI_MODEL_PATH:
     TTS_VOICES.append(
         {

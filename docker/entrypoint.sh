@@ -21,10 +21,11 @@ migrate() {
     "$PYTHON" manage.py migrate --noinput
 }
 
-# Sockets: a narration can be listened to for hours (the client resumes with ?after= if
-# cut anyway); pings keep idle sockets open through proxies that drop them after 60 s;
-# clients only ever send small JSON ({"type": "ping"}, {"type": "cancel"}), so incoming
-# messages are capped far below daphne's 1 MiB default.
+# Sockets: a narration can be listened to for hours (a client that is cut off resumes
+# with ?after= anyway); pings keep idle sockets open through proxies that drop them after
+# 60 s. daphne's message size limit bounds outgoing messages too, and one chunk of audio
+# (a long sentence, a slow voice) can pass daphne's 1 MiB default: 16 MiB. Clients only
+# send small JSON ({"type": "ping"}, {"type": "cancel"}), so incoming frames stay small.
 web() {
     if [ "${MIGRATE_ON_START:-1}" = "1" ]; then
         migrate
@@ -39,7 +40,7 @@ web() {
         --websocket_connect_timeout "${DAPHNE_WEBSOCKET_CONNECT_TIMEOUT:-10}" \
         --ping-interval "${DAPHNE_PING_INTERVAL:-20}" \
         --ping-timeout "${DAPHNE_PING_TIMEOUT:-30}" \
-        --websocket-max-message-size "${DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE:-65536}" \
+        --websocket-max-message-size "${DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE:-16777216}" \
         --websocket-max-frame-size "${DAPHNE_WEBSOCKET_MAX_FRAME_SIZE:-65536}" \
         --application-close-timeout "${DAPHNE_APPLICATION_CLOSE_TIMEOUT:-10}" \
         --verbosity "${DAPHNE_VERBOSITY:-1}" \

@@ -25,18 +25,26 @@ def narrate(request: HttpRequest, modeladmin: admin.ModelAdmin, scenes: list[Sce
     """Queue a narration of each scene for the workers, owned by the staff member."""
     owner = Owner(user_id=request.user.pk, ip=request.META.get("REMOTE_ADDR"), is_staff=True)
     narrations = batch.scenes_narrate(subjects=scenes, owner=owner)
-    counts = {plan: sum(n.plan == plan for n in narrations) for plan in
-              ("new", "resume", "complete", "invalid")}
+    counts = {
+        plan: sum(n.plan == plan for n in narrations)
+        for plan in ("new", "resume", "complete", "invalid")
+    }
     modeladmin.message_user(
         request,
-        format_html('{} narration(s) queued, {} resumed, {} already narrated. '
-                    '<a href="{}">See the sessions</a>.', counts["new"], counts["resume"],
-                    counts["complete"], reverse("admin:tts_ttssession_changelist")),
+        format_html(
+            "{} narration(s) queued, {} resumed, {} already narrated. "
+            '<a href="{}">See the sessions</a>.',
+            counts["new"],
+            counts["resume"],
+            counts["complete"],
+            reverse("admin:tts_ttssession_changelist"),
+        ),
     )
     for narration in narrations:
         if narration.plan == "invalid":
-            modeladmin.message_user(request, f"{narration.subject}: {narration.error_message}",
-                                    messages.ERROR)
+            modeladmin.message_user(
+                request, f"{narration.subject}: {narration.error_message}", messages.ERROR
+            )
 
 
 def with_narration_status(queryset: QuerySet[Scene]) -> QuerySet[Scene]:
@@ -63,8 +71,9 @@ class StoryAdmin(admin.ModelAdmin):
     def has_narrate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("tts.add_ttssession")
 
-    @admin.action(description="Narrate every scene of the selected stories",
-                  permissions=["narrate"])
+    @admin.action(
+        description="Narrate every scene of the selected stories", permissions=["narrate"]
+    )
     def narrate_stories(self, request: HttpRequest, queryset: QuerySet[Story]) -> None:
         narrate(request, self, list(Scene.objects.filter(story__in=queryset)))
 
@@ -86,8 +95,10 @@ class SceneAdmin(admin.ModelAdmin):
         if status is None:
             return "—"
         subject_type = ContentType.objects.get_for_model(Scene)
-        url = (f"{reverse('admin:tts_ttssession_changelist')}"
-               f"?subject_type={subject_type.pk}&subject_id={obj.pk}")
+        url = (
+            f"{reverse('admin:tts_ttssession_changelist')}"
+            f"?subject_type={subject_type.pk}&subject_id={obj.pk}"
+        )
         return format_html('<a href="{}">{}</a>', url, status)
 
     def has_narrate_permission(self, request: HttpRequest) -> bool:

@@ -32,19 +32,26 @@ def story_list(request: HttpRequest) -> HttpResponse:
         scenes = list(story.scenes.all())
         story.scene_count = len(scenes)
         story.listening_minutes = listening_minutes([scene.text for scene in scenes])
-    return render(request, "scenes/story_list.html",
-                  {"stories": stories, "max_chars": f"{settings.TTS_MAX_CHARS:,}"})
+    return render(
+        request,
+        "scenes/story_list.html",
+        {"stories": stories, "max_chars": f"{settings.TTS_MAX_CHARS:,}"},
+    )
 
 
 @ensure_csrf_cookie
 def story_detail(request: HttpRequest, slug: str) -> HttpResponse:
     story = get_object_or_404(Story, slug=slug)
     scenes = list(story.scenes.all())
-    return render(request, "scenes/story_detail.html", {
-        "story": story,
-        "scenes": scenes,
-        "listening_minutes": listening_minutes([scene.text for scene in scenes]),
-    })
+    return render(
+        request,
+        "scenes/story_detail.html",
+        {
+            "story": story,
+            "scenes": scenes,
+            "listening_minutes": listening_minutes([scene.text for scene in scenes]),
+        },
+    )
 
 
 @ensure_csrf_cookie
@@ -54,14 +61,18 @@ def scene_detail(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     index = next(i for i, sibling in enumerate(siblings) if sibling.pk == scene.pk)
     for sibling in siblings:
         sibling.story = scene.story  # get_absolute_url needs the slug; no query per link
-    return render(request, "scenes/scene_detail.html", {
-        "story": scene.story,
-        "scene": scene,
-        "position": index + 1,
-        "scene_count": len(siblings),
-        "previous": siblings[index - 1] if index > 0 else None,
-        "next": siblings[index + 1] if index + 1 < len(siblings) else None,
-    })
+    return render(
+        request,
+        "scenes/scene_detail.html",
+        {
+            "story": scene.story,
+            "scene": scene,
+            "position": index + 1,
+            "scene_count": len(siblings),
+            "previous": siblings[index - 1] if index > 0 else None,
+            "next": siblings[index + 1] if index + 1 < len(siblings) else None,
+        },
+    )
 
 
 @ensure_csrf_cookie

@@ -52,7 +52,16 @@ def _private_sqlite_test_db() -> None:
     atexit.register(remove)
 
 
+def _plain_static_storage() -> None:
+    """Tests render pages without a collected manifest."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
 REDIS_URL = _configure_redis()
+_plain_static_storage()
 _private_sqlite_test_db()
 
 

@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import copy
 import re
+import subprocess
+import sys
+import threading
+import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -18,6 +24,8 @@ from django.test import Client
 from django.utils import timezone
 
 from scenes.models import Scene, Story
+from scripts.stack import ROOT, Stack
+from tests.conftest import ARTIFACTS, stack_env
 from tts import services
 from tts.engines import EngineError, get_engine
 from tts.models import AudioBlob, SessionStatus, TTSChunk, TTSSession
@@ -46,8 +54,10 @@ def _private_channel_layer(request, settings):
 def _plain_static_files(settings):
     # The manifest in STATIC_ROOT is built by collectstatic for deployments; tests render
     # templates against the source files.
-    settings.STORAGES = {**settings.STORAGES, "staticfiles": {
-        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
 
 
 def create(text: str = TEXT, *, owner: Owner = CLI, **kwargs) -> TTSSession:
@@ -90,8 +100,9 @@ def failed_after_first_chunk(monkeypatch, text: str = TEXT) -> TTSSession:
 def make_story(*texts: str, slug: str = "harbour") -> Story:
     story = Story.objects.create(title="The Harbour", slug=slug)
     for position, text in enumerate(texts):
-        Scene.objects.create(story=story, position=position, title=f"Scene {position + 1}",
-                             text=text, voice="en-us")
+        Scene.objects.create(
+            story=story, position=position, title=f"Scene {position + 1}", text=text, voice="en-us"
+        )
     return story
 
 
@@ -102,8 +113,19 @@ def listed(client: Client, query: str = "") -> set:
 
 
 def run_action(client: Client, action: str, *sessions: TTSSession, url: str = SESSIONS):
-    return client.post(url, {"action": action,
-                             "_selected_action": [str(s.pk) for s in sessions]}, follow=True)
+    return client.post(
+        url, {"action": action, "_selected_action": [str(s.pk) for s in sessions]}, follow=True
+    )
+
+
+def generate_messages(count: int) -> list[dict]:
+    """What the workers would receive on the generate channel."""
+    layer = get_channel_layer()
+
+    async def receive() -> list[dict]:
+        return [await layer.receive("tts-generate") for _ in range(count)]
+
+    return async_to_sync(receive)()
 
 
 def messages_of(response) -> list[str]:
@@ -129,8 +151,19 @@ def test_the_list_shows_status_voice_subject_progress_timings_and_owner(admin_cl
     assert "writer" in html and "anonymous browser kkkkkkkk" in html
     assert f"{done.first_chunk_ms / 1000:.2f} s" in html
     assert f"{done.real_time_factor:.3f}" in html
-    for column in ("first chunk", "real-time factor", "audio", "owner", "created at"):
-        assert f">{column.capitalize()}<" in html or column in html.lower()
+    headers = re.findall(r'<th scope="col" class="[^"]*column-(\w+)', html)
+    assert headers == [
+        "short_id",
+        "status_badge",
+        "voice",
+        "subject_link",
+        "progress",
+        "first_chunk",
+        "rtf",
+        "audio_duration",
+        "owner_display",
+        "created_at",
+    ]
 
 
 def test_the_list_filters_by_status_voice_engine_and_date(admin_client, monkeypatch):
@@ -143,8 +176,8 @@ def test_the_list_filters_by_status_voice_engine_and_date(admin_client, monkeypa
     assert listed(admin_client, "status__exact=failed") == {failed.id}
     assert listed(admin_client, "voice=en-gb") == {british.id}
     assert listed(admin_client, "engine=espeak") == {done.id, british.id, failed.id}
-    today = timezone.now().date()
-    since = f"created_at__gte={today.isoformat()}"
+    today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    since = urlencode({"created_at__gte": str(today)})
     assert listed(admin_client, since) == {done.id, failed.id}
 
 
@@ -166,8 +199,9 @@ def test_the_session_page_shows_text_timings_every_chunk_and_the_full_audio(admi
     html = response.content.decode()
     assert response.status_code == 200
     assert TEXT in html
-    for field in ("First chunk", "Real-time factor", "Engine time", "Error"):
+    for field in ("First chunk", "Real-time factor", "Engine time", "Heartbeat at"):
         assert field in html
+    assert "Error code" not in html  # shown only when there is one
     rows = re.findall(r'<tr data-seq="(\d+)">', html)
     assert rows == [str(c.seq) for c in chunks]
     for chunk in chunks:
@@ -239,7 +273,8 @@ def test_staff_who_may_only_view_get_no_cancel_retry_or_delete(client):
     client.force_login(viewer)
     response = client.get(SESSIONS)
     assert response.status_code == 200
-    choices = [value for value, _ in response.context["action_form"].fields["action"].choices]
+    form = response.context["action_form"]
+    choices = [value for value, _ in form.fields["action"].choices] if form else []
     assert "cancel_sessions" not in choices and "delete_selected" not in choices
     assert client.post(f"{SESSIONS}{session.id}/cancel/").status_code == 403
     session.refresh_from_db()
@@ -299,12 +334,19 @@ def test_delete_removes_audio_no_other_session_uses_and_keeps_shared_audio(admin
     assert all(c.cached for c in shared_b.chunks.all())
 
     url = SESSIONS
-    confirm = admin_client.post(url, {"action": "delete_selected",
-                                      "_selected_action": [str(shared_a.pk), str(alone.pk)]})
-    assert confirm.status_code == 200 and b"Are you sure?" in confirm.content
-    response = admin_client.post(url, {"action": "delete_selected", "post": "yes",
-                                       "_selected_action": [str(shared_a.pk), str(alone.pk)]},
-                                 follow=True)
+    confirm = admin_client.post(
+        url, {"action": "delete_selected", "_selected_action": [str(shared_a.pk), str(alone.pk)]}
+    )
+    assert confirm.status_code == 200 and b"Are you sure you want to delete" in confirm.content
+    response = admin_client.post(
+        url,
+        {
+            "action": "delete_selected",
+            "post": "yes",
+            "_selected_action": [str(shared_a.pk), str(alone.pk)],
+        },
+        follow=True,
+    )
     assert any(f"kept {len(shared_keys)}" in m for m in messages_of(response))
     assert set(TTSSession.objects.values_list("pk", flat=True)) == {shared_b.id}
     assert set(AudioBlob.objects.values_list("key", flat=True)) == shared_keys
@@ -320,8 +362,10 @@ def test_delete_removes_audio_no_other_session_uses_and_keeps_shared_audio(admin
 def test_deleting_a_running_session_cancels_it_first(admin_client):
     session = create()
     services.session_claim(session_id=session.id, worker="test")
-    admin_client.post(SESSIONS, {"action": "delete_selected", "post": "yes",
-                                 "_selected_action": [str(session.pk)]})
+    admin_client.post(
+        SESSIONS,
+        {"action": "delete_selected", "post": "yes", "_selected_action": [str(session.pk)]},
+    )
     assert not TTSSession.objects.exists()
 
 
@@ -334,13 +378,26 @@ def test_a_story_and_its_scene_order_are_edited_inline(admin_client):
     page = admin_client.get(f"/admin/scenes/story/{story.pk}/change/")
     assert page.status_code == 200 and b"Second scene text." in page.content
 
-    data = {"title": "The Harbour, revised", "slug": story.slug, "description": "",
-            "scenes-TOTAL_FORMS": "2", "scenes-INITIAL_FORMS": "2",
-            "scenes-MIN_NUM_FORMS": "0", "scenes-MAX_NUM_FORMS": "1000"}
+    data = {
+        "title": "The Harbour, revised",
+        "slug": story.slug,
+        "description": "",
+        "scenes-TOTAL_FORMS": "2",
+        "scenes-INITIAL_FORMS": "2",
+        "scenes-MIN_NUM_FORMS": "0",
+        "scenes-MAX_NUM_FORMS": "1000",
+    }
     for index, (scene, position) in enumerate([(first, 1), (second, 0)]):
-        data.update({f"scenes-{index}-id": scene.pk, f"scenes-{index}-story": story.pk,
-                     f"scenes-{index}-position": position, f"scenes-{index}-title": scene.title,
-                     f"scenes-{index}-voice": "", f"scenes-{index}-text": scene.text})
+        data.update(
+            {
+                f"scenes-{index}-id": scene.pk,
+                f"scenes-{index}-story": story.pk,
+                f"scenes-{index}-position": position,
+                f"scenes-{index}-title": scene.title,
+                f"scenes-{index}-voice": "",
+                f"scenes-{index}-text": scene.text,
+            }
+        )
     response = admin_client.post(f"/admin/scenes/story/{story.pk}/change/", data)
     assert response.status_code == 302, response.content.decode()[:2000]
     story.refresh_from_db()
@@ -348,8 +405,9 @@ def test_a_story_and_its_scene_order_are_edited_inline(admin_client):
     assert list(story.scenes.values_list("pk", flat=True)) == [second.pk, first.pk]
 
 
-def test_narrate_selected_scenes_queues_a_session_per_scene_for_the_workers(admin_client,
-                                                                              admin_user):
+def test_narrate_selected_scenes_queues_a_session_per_scene_for_the_workers(
+    admin_client, admin_user
+):
     story = make_story(TEXT, OTHER_TEXT)
     scenes = list(story.scenes.all())
     response = run_action(admin_client, "narrate_scenes", *scenes, url="/admin/scenes/scene/")
@@ -360,8 +418,7 @@ def test_narrate_selected_scenes_queues_a_session_per_scene_for_the_workers(admi
     assert {s.status for s in sessions} == {SessionStatus.QUEUED}
     assert {s.owner_id for s in sessions} == {admin_user.pk}
     assert all(s.dispatched_at is not None for s in sessions)
-    layer = get_channel_layer()
-    rung = {async_to_sync(layer.receive)("tts-generate")["session_id"] for _ in sessions}
+    rung = {message["session_id"] for message in generate_messages(len(sessions))}
     assert rung == {str(s.id) for s in sessions}
 
     # Pressed again: nothing new while they are on their way.
@@ -372,12 +429,15 @@ def test_narrate_selected_scenes_queues_a_session_per_scene_for_the_workers(admi
 
 def test_narrating_an_already_narrated_scene_reuses_its_narration(admin_client):
     scene = make_story(TEXT).scenes.get()
-    narrated(subject=scene)
+    session = narrated(subject=scene)
+    narrated(OTHER_TEXT)  # another session, not of this scene
     response = run_action(admin_client, "narrate_scenes", scene, url="/admin/scenes/scene/")
     assert any("1 already narrated" in m for m in messages_of(response))
-    assert TTSSession.objects.count() == 1
+    assert TTSSession.objects.count() == 2
     listing = admin_client.get("/admin/scenes/scene/").content.decode()
-    assert "completed" in listing and f"subject_id={scene.pk}" in listing
+    link = re.search(r'href="/admin/tts/ttssession/\?([^"]+)">completed</a>', listing)
+    assert link, listing
+    assert listed(admin_client, link.group(1).replace("&amp;", "&")) == {session.id}
 
 
 def test_a_scene_with_an_unknown_voice_is_reported_not_narrated(admin_client):
@@ -391,7 +451,100 @@ def test_a_scene_with_an_unknown_voice_is_reported_not_narrated(admin_client):
 def test_narrate_every_scene_of_the_selected_stories(admin_client):
     story = make_story(TEXT, OTHER_TEXT)
     make_story("Another story altogether.", slug="other")
-    response = admin_client.post("/admin/scenes/story/", {
-        "action": "narrate_stories", "_selected_action": [str(story.pk)]}, follow=True)
+    response = admin_client.post(
+        "/admin/scenes/story/",
+        {"action": "narrate_stories", "_selected_action": [str(story.pk)]},
+        follow=True,
+    )
     assert any("2 narration(s) queued" in m for m in messages_of(response))
     assert {s.subject for s in TTSSession.objects.all()} == set(story.scenes.all())
+
+
+# --- Live updates in a real browser -------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+LONG = " ".join(
+    f"Wave {word} broke on the rocks."
+    for word in ("one", "two", "three", "four", "five", "six", "seven", "eight")
+)
+
+
+@pytest.fixture
+def admin_stack(django_db_setup, django_db_blocker, settings, tmp_path):
+    """daphne alone, sharing this test's database and channel layer, serving the static
+    files collected from the source tree."""
+    env = stack_env(
+        STATIC_ROOT=str(tmp_path / "static"),
+        CHANNEL_LAYER_PREFIX=settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"],
+    )
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
+    with django_db_blocker.unblock():
+        stack = Stack(env=env, workers=0, log_dir=ARTIFACTS / "logs-admin").start()
+    yield stack
+    stack.stop()
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
+def test_a_running_session_page_follows_the_narration_live(admin_stack, admin_user, monkeypatch):
+    from playwright.sync_api import sync_playwright
+
+    client = Client()
+    client.force_login(admin_user)
+    session = create(LONG)
+    engine = get_engine("espeak")
+    original = engine.synthesize
+
+    def slow(text, voice):
+        time.sleep(0.3)
+        return original(text, voice)
+
+    monkeypatch.setattr(engine, "synthesize", slow)
+    # Playwright's sync API runs an event loop in this thread; the ORM calls are ours.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    rows = "document.querySelectorAll('#tts-chunks tbody tr[data-seq]').length"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--headless", "--no-sandbox"]
+        )
+        context = browser.new_context(base_url=admin_stack.base_url)
+        context.add_cookies(
+            [
+                {
+                    "name": "sessionid",
+                    "value": client.cookies["sessionid"].value,
+                    "url": admin_stack.base_url,
+                }
+            ]
+        )
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{SESSIONS}{session.id}/change/")
+        assert page.locator('[data-tts-field="status"]').inner_text() == "Queued"
+
+        worker = threading.Thread(target=generate, args=(session,))
+        worker.start()
+        page.wait_for_function(f"{rows} >= 2", timeout=30_000)
+        assert page.locator('[data-tts-field="status"]').inner_text() == "Running"
+        page.wait_for_function(  # the `done` frame, after the last chunk
+            "document.querySelector('[data-tts-field=note]').textContent.includes('Completed.')",
+            timeout=30_000,
+        )
+        assert page.locator('[data-tts-field="status"]').inner_text() == "Completed"
+        worker.join()
+        session.refresh_from_db()
+        total = session.total_chunks
+        assert page.evaluate(rows) == total
+        assert page.locator('[data-tts-field="progress"]').inner_text() == f"{total} / {total}"
+        last = page.locator(f'#tts-chunks tr[data-seq="{total - 1}"] audio')
+        assert last.get_attribute("src") == f"/api/tts/sessions/{session.id}/chunks/{total - 1}"
+        assert page.get_by_role("link", name="Reload the page").is_visible()
+        browser.close()
+    assert not errors, errors

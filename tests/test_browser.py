@@ -23,13 +23,17 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transa
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
 ]
 # Short sentences in the espeak voice: a whole scene plays in a few seconds.
 SCENE_TEXT = (
-    "The tide came in. Gulls cried over the harbour. "
-    "Mara lit the lamp. The ship saw the light."
+    "The tide came in. Gulls cried over the harbour. Mara lit the lamp. The ship saw the light."
 )
 LONGER_TEXT = (
     "The storm broke at dusk. Rain hammered the glass. The lamp would not light. "
@@ -110,8 +114,9 @@ def browser(live_stack) -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser, live_stack) -> Iterator[Page]:
-    context = browser.new_context(base_url=live_stack.base_url,
-                                  viewport={"width": 1100, "height": 900})
+    context = browser.new_context(
+        base_url=live_stack.base_url, viewport={"width": 1100, "height": 900}
+    )
     page = context.new_page()
     page.add_init_script(RECORD_STARTS)
     errors: list[str] = []
@@ -122,11 +127,13 @@ def page(browser: Browser, live_stack) -> Iterator[Page]:
 
 
 def make_story(*texts: str, slug: str = "harbour", voice: str = "en-us") -> Story:
-    story = Story.objects.create(title="The Harbour Light", slug=slug,
-                                 description="A short story for the browser tests.")
+    story = Story.objects.create(
+        title="The Harbour Light", slug=slug, description="A short story for the browser tests."
+    )
     for position, text in enumerate(texts):
-        Scene.objects.create(story=story, position=position, title=f"Scene {position + 1}",
-                             text=text, voice=voice)
+        Scene.objects.create(
+            story=story, position=position, title=f"Scene {position + 1}", text=text, voice=voice
+        )
     return story
 
 
@@ -140,12 +147,19 @@ def snapshot(page: Page, index: int = 0) -> dict:
 
 
 def wait_for_state(page: Page, state: str, index: int = 0, timeout: float = 30_000) -> dict:
+    """Wait for player ``index`` to reach ``state``; fail at once if it reports an error."""
     try:
-        page.wait_for_function("([i, s]) => window.__narrator.snapshot()[i].state === s",
-                               arg=[index, state], timeout=timeout)
+        page.wait_for_function(
+            "([i, s]) => ['error', s].includes(window.__narrator.snapshot()[i].state)",
+            arg=[index, state],
+            timeout=timeout,
+        )
     except PlaywrightTimeout:
         pytest.fail(f"player {index} never reached {state!r}: {snapshot(page, index)}")
-    return snapshot(page, index)
+    current = snapshot(page, index)
+    if current["state"] != state:
+        pytest.fail(f"player {index} failed instead of reaching {state!r}: {current}")
+    return current
 
 
 def session_chunks(page: Page, index: int = 0) -> list[dict]:
@@ -164,8 +178,9 @@ def assert_gapless(starts: list[dict], chunks: list[dict]) -> None:
     """Every chunk scheduled once, in order, each starting where the previous one ends."""
     assert len(starts) == len(chunks), (starts, chunks)
     for start, chunk in zip(starts, chunks, strict=True):
-        assert start["duration"] == pytest.approx(chunk["samples"] / chunk["sample_rate"],
-                                                  abs=TOLERANCE)
+        assert start["duration"] == pytest.approx(
+            chunk["samples"] / chunk["sample_rate"], abs=TOLERANCE
+        )
         assert start["offset"] == 0
     for before, after in zip(starts, starts[1:], strict=False):
         assert after["when"] == pytest.approx(before["when"] + before["duration"], abs=TOLERANCE)
@@ -240,12 +255,15 @@ def test_pause_freezes_the_position_and_a_clicked_sentence_plays_from_its_start(
     assert page.get_by_role("status").inner_text() == "Paused."
 
     # Resume: the first chunk picks up at the paused offset.
+    before = len(page.evaluate("window.__starts"))
     page.get_by_role("button", name="Resume: Scene 1").click()
-    resumed = page.evaluate("window.__starts")[-1]
+    resumed = page.evaluate("window.__starts")[before]
     assert resumed["offset"] == pytest.approx(paused["position"], abs=1e-3)
 
-    page.wait_for_function("() => { const s = window.__narrator.snapshot()[0];"
-                           " return s.total !== null && s.received === s.total; }")
+    page.wait_for_function(
+        "() => { const s = window.__narrator.snapshot()[0];"
+        " return s.total !== null && s.received === s.total; }"
+    )
     chunks = session_chunks(page)
     target = 3
     before = len(page.evaluate("window.__starts"))
@@ -273,20 +291,29 @@ def test_the_narrate_page_plays_typed_text(page: Page):
 
 
 def test_play_all_plays_the_scenes_in_order_and_prepares_the_next(page: Page):
-    story = make_story("The first scene is short.", "The second one follows it.")
+    # What the next scene looked like when the first one ended, before Play all moved on.
+    page.add_init_script(
+        "window.addEventListener('tts:ended', (event) => {"
+        "  if (event.detail.player === window.__narrator.players[0])"
+        "    window.__nextWhenFirstEnded = window.__narrator.snapshot()[1];"
+        "}, true);"
+    )
+    story = make_story("The first scene is short. It has two sentences.", "The second follows.")
     page.goto(story.get_absolute_url())
     page.wait_for_function("window.__narrator && window.__narrator.players.length === 2")
     page.get_by_role("button", name="Play all").click()
     first = wait_for_state(page, "playing", index=0)
-    page.wait_for_function("() => window.__narrator.snapshot()[1].received > 0")
-    assert snapshot(page, 1)["state"] == "idle"  # prepared, not playing
-    assert snapshot(page, 0)["state"] == "playing"
     assert page.get_by_role("status").first.inner_text().startswith("Scene 1 of 2")
     second = wait_for_state(page, "ended", index=1)
+
+    prepared = page.evaluate("window.__nextWhenFirstEnded")
+    assert prepared["sessionId"] == second["sessionId"]  # created while the first played
+    assert prepared["received"] > 0 and prepared["state"] == "idle"
     assert second["sessionId"] != first["sessionId"]
     starts = page.evaluate("window.__starts")
     assert len(starts) == first["total"] + second["total"]
     assert snapshot(page, 0)["state"] == "ended"
+    assert page.get_by_role("status").first.inner_text() == "Finished the story."
 
 
 def test_story_page_screenshot(page: Page):
@@ -297,8 +324,8 @@ def test_story_page_screenshot(page: Page):
     page.wait_for_function("window.__narrator && window.__narrator.players.length === 4")
     page.wait_for_function("document.querySelector('select option[value=\"en-gb\"]') !== null")
     page.get_by_role("button", name="Play: The Storm Comes In").click()
-    page.wait_for_function("() => window.__narrator.snapshot()[0].currentSeq === 1",
-                           timeout=30_000)
+    page.wait_for_function("() => window.__narrator.snapshot()[0].currentSeq === 1", timeout=30_000)
+    page.wait_for_timeout(400)  # let the highlight's fade settle
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "story-page.png"), full_page=True)
     assert (ARTIFACTS / "story-page.png").stat().st_size > 10_000

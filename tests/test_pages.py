@@ -18,12 +18,18 @@ PLAYER_JS = re.compile(r'<script type="module" src="[^"]*tts/player(\.[0-9a-f]+)
 
 def make_story(scenes: int = 2, **fields) -> Story:
     story = Story.objects.create(
-        title=fields.pop("title", "The Harbour"), slug=fields.pop("slug", "harbour"),
-        description="Two short scenes.", **fields,
+        title=fields.pop("title", "The Harbour"),
+        slug=fields.pop("slug", "harbour"),
+        description="Two short scenes.",
+        **fields,
     )
     for position in range(scenes):
-        Scene.objects.create(story=story, position=position, title=f"Scene title {position}",
-                             text=f"Sentence one of scene {position}. Sentence two.")
+        Scene.objects.create(
+            story=story,
+            position=position,
+            title=f"Scene title {position}",
+            text=f"Sentence one of scene {position}. Sentence two.",
+        )
     return story
 
 
@@ -66,7 +72,6 @@ def test_story_page_has_a_player_per_scene_and_the_assets_once(client):
     html = response.content.decode()
     assert len(players_in(html)) == 3
     assert len(PLAYER_JS.findall(html)) == 1
-    assert html.count("tts/player.css") + html.count("tts/player.") >= 1
     assert len(re.findall(r'href="[^"]*tts/player(\.[0-9a-f]+)?\.css"', html)) == 1
     assert "data-tts-playlist" in html and "data-tts-play-all" in html
     first = story.scenes.first()
@@ -80,7 +85,7 @@ def test_story_page_player_has_labelled_controls_and_a_live_status(client):
     assert 'role="slider"' in html and 'aria-label="Position in Scene title 0"' in html
     assert 'aria-label="Previous sentence"' in html and 'aria-label="Next sentence"' in html
     assert 'role="status" aria-live="polite"' in html
-    assert "<select data-tts-role=\"voice\">" in html
+    assert '<select data-tts-role="voice">' in html
     assert 'data-tts-voices-url="/api/tts/voices/"' in html
     assert 'data-tts-sessions-url="/api/tts/sessions/"' in html
 

@@ -136,7 +136,7 @@ def test_an_engine_failure_fails_the_session_and_keeps_what_was_stored(monkeypat
     assert session.chunks.count() == 1
 
     monkeypatch.setattr(engine, "synthesize", original)
-    assert services.session_retry(session_id=session.id)
+    assert services.session_retry(session_id=session.id, dispatch=False)
     services.session_run(session_id=session.id, worker="w1")
     session.refresh_from_db()
     assert session.status == SessionStatus.COMPLETED

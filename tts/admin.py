@@ -13,6 +13,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import NoReverseMatch, path, reverse
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
@@ -47,25 +48,73 @@ def admin_link(obj: Any, text: str | None = None) -> str:
 
 @admin.register(TTSSession)
 class TTSSessionAdmin(admin.ModelAdmin):
-    list_display = ("short_id", "status_badge", "voice", "subject_link", "progress",
-                    "first_chunk", "rtf", "audio_duration", "owner_display", "created_at")
+    list_display = (
+        "short_id",
+        "status_badge",
+        "voice",
+        "subject_link",
+        "progress",
+        "first_chunk",
+        "rtf",
+        "audio_duration",
+        "owner_display",
+        "created_at",
+    )
     list_filter = ("status", "voice", "engine", "created_at")
     search_fields = ("id", "text")
     date_hierarchy = "created_at"
     list_per_page = 50
     actions = ["cancel_sessions", "retry_sessions", "delete_selected"]
     fieldsets = (
-        (None, {"fields": ("id", "status_badge", "progress", "subject_link", "voice", "engine",
-                           "model", "language", "text")}),
-        ("Timings", {"fields": ("created_at", "started_at", "finished_at", "heartbeat_at",
-                                "first_chunk", "engine_time", "audio_duration", "rtf",
-                                "attempts", "claimed_by", "dispatched_at")}),
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "status_badge",
+                    "progress",
+                    "subject_link",
+                    "voice",
+                    "engine",
+                    "model",
+                    "language",
+                    "text",
+                )
+            },
+        ),
+        (
+            "Timings",
+            {
+                "fields": (
+                    "created_at",
+                    "started_at",
+                    "finished_at",
+                    "heartbeat_at",
+                    "first_chunk",
+                    "engine_time",
+                    "audio_duration",
+                    "rtf",
+                    "attempts",
+                    "claimed_by",
+                    "dispatched_at",
+                )
+            },
+        ),
         ("Error", {"fields": ("error_code", "error_message")}),
         ("Owner", {"fields": ("owner_display", "owner_ip")}),
         ("Audio", {"fields": ("full_audio",)}),
     )
-    readonly_fields = ("status_badge", "progress", "subject_link", "first_chunk", "engine_time",
-                       "audio_duration", "rtf", "owner_display", "full_audio")
+    readonly_fields = (
+        "status_badge",
+        "progress",
+        "subject_link",
+        "first_chunk",
+        "engine_time",
+        "audio_duration",
+        "rtf",
+        "owner_display",
+        "full_audio",
+    )
 
     # Read-only: sessions change only through the services (actions below). ------------
 
@@ -80,9 +129,18 @@ class TTSSessionAdmin(admin.ModelAdmin):
         codename = get_permission_codename("change", self.opts)
         return request.user.has_perm(f"{self.opts.app_label}.{codename}")
 
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> tuple:
+        if obj is not None and not obj.error_code:
+            return tuple(f for f in self.fieldsets if f[0] != "Error")
+        return self.fieldsets
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[TTSSession]:
-        return (super().get_queryset(request).select_related("owner", "subject_type")
-                .prefetch_related("subject"))
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("owner", "subject_type")
+            .prefetch_related("subject")
+        )
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str):
         """A full session id finds that session (pasted from a log or a URL)."""
@@ -102,7 +160,9 @@ class TTSSessionAdmin(admin.ModelAdmin):
     def status_badge(self, obj: TTSSession) -> str:
         return format_html(
             '<span class="tts-status tts-status-{}" data-tts-field="status">{}</span>',
-            obj.status, obj.get_status_display())
+            obj.status,
+            obj.get_status_display(),
+        )
 
     @admin.display(description="progress")
     def progress(self, obj: TTSSession) -> str:
@@ -110,8 +170,11 @@ class TTSSessionAdmin(admin.ModelAdmin):
         return format_html(
             '<progress max="{}" value="{}" data-tts-field="bar"></progress> '
             '<span data-tts-field="progress">{} / {}</span>',
-            total or 1, obj.completed_chunks if total else 0, obj.completed_chunks,
-            "?" if total is None else total)
+            total or 1,
+            obj.completed_chunks if total else 0,
+            obj.completed_chunks,
+            "?" if total is None else total,
+        )
 
     @admin.display(description="subject")
     def subject_link(self, obj: TTSSession) -> str:
@@ -151,19 +214,39 @@ class TTSSessionAdmin(admin.ModelAdmin):
         if obj.status != SessionStatus.COMPLETED:
             return "Available once the narration has completed."
         url = reverse("tts:audio", args=[obj.id])
-        return format_html('<audio controls preload="none" src="{}"></audio> '
-                           '<a href="{}" download>Download WAV</a>', url, url)
+        return format_html(
+            '<audio controls preload="none" src="{}"></audio> '
+            '<a href="{}" download>Download WAV</a>',
+            url,
+            url,
+        )
 
     # The change page: chunks, live updates, cancel and retry buttons ----------------------
 
-    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
-                    extra_context: dict | None = None) -> HttpResponse:
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict | None = None,
+    ) -> HttpResponse:
         session = self.get_object(request, object_id)
         context = dict(extra_context or {})
         if session is not None:
-            chunks = list(TTSChunk.objects.filter(session=session).order_by("seq").only(
-                "seq", "text", "char_start", "char_end", "samples", "sample_rate", "cached",
-                "engine_ms"))
+            chunks = list(
+                TTSChunk.objects.filter(session=session)
+                .order_by("seq")
+                .only(
+                    "seq",
+                    "text",
+                    "char_start",
+                    "char_end",
+                    "samples",
+                    "sample_rate",
+                    "cached",
+                    "engine_ms",
+                )
+            )
             context.update(
                 tts_chunks=chunks,
                 tts_last_seq=chunks[-1].seq if chunks else -1,
@@ -194,16 +277,25 @@ class TTSSessionAdmin(admin.ModelAdmin):
             self.message_user(request, refused, messages.WARNING)
         return HttpResponseRedirect(reverse("admin:tts_ttssession_change", args=[session.id]))
 
-    @require_POST
+    @method_decorator(require_POST)
     def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        return self._control(request, object_id, services.session_cancel, "Narration cancelled.",
-                             "Only a queued or running narration can be cancelled.")
+        return self._control(
+            request,
+            object_id,
+            services.session_cancel,
+            "Narration cancelled.",
+            "Only a queued or running narration can be cancelled.",
+        )
 
-    @require_POST
+    @method_decorator(require_POST)
     def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        return self._control(request, object_id, services.session_retry,
-                             "Narration queued again; it continues after its last stored chunk.",
-                             "Only a failed or cancelled narration can be retried.")
+        return self._control(
+            request,
+            object_id,
+            services.session_retry,
+            "Narration queued again; it continues after its last stored chunk.",
+            "Only a failed or cancelled narration can be retried.",
+        )
 
     # Actions ------------------------------------------------------------------------------
 
@@ -213,8 +305,10 @@ class TTSSessionAdmin(admin.ModelAdmin):
         done = sum(services.session_cancel(session_id=session_id) for session_id in ids)
         self._report(request, done, len(ids), "cancelled", "were not queued or running")
 
-    @admin.action(description="Retry selected narrations (continue after the stored chunks)",
-                  permissions=["control"])
+    @admin.action(
+        description="Retry selected narrations (continue after the stored chunks)",
+        permissions=["control"],
+    )
     def retry_sessions(self, request: HttpRequest, queryset: QuerySet[TTSSession]) -> None:
         ids = list(queryset.values_list("pk", flat=True))
         done = sum(services.session_retry(session_id=session_id) for session_id in ids)
@@ -223,8 +317,9 @@ class TTSSessionAdmin(admin.ModelAdmin):
     def _report(self, request: HttpRequest, done: int, asked: int, verb: str, why: str) -> None:
         self.message_user(request, f"{done} narration{'s' if done != 1 else ''} {verb}.")
         if asked > done:
-            self.message_user(request, f"{asked - done} left as they were: they {why}.",
-                              messages.WARNING)
+            self.message_user(
+                request, f"{asked - done} left as they were: they {why}.", messages.WARNING
+            )
 
     def delete_model(self, request: HttpRequest, obj: TTSSession) -> None:
         self._report_delete(request, batch.sessions_delete(session_ids=[obj.pk]))

@@ -39,11 +39,17 @@ logger = logging.getLogger(__name__)
 # Command-line narrations belong to nobody (staff see them all) and, like staff, are
 # exempt from the per-owner limits meant for browsers.
 CLI_OWNER = services.Owner(is_staff=True)
-UNFINISHED = (SessionStatus.QUEUED, SessionStatus.RUNNING, SessionStatus.FAILED,
-              SessionStatus.CANCELLED)
+UNFINISHED = (
+    SessionStatus.QUEUED,
+    SessionStatus.RUNNING,
+    SessionStatus.FAILED,
+    SessionStatus.CANCELLED,
+)
 RETRYABLE = (SessionStatus.FAILED, SessionStatus.CANCELLED)
 _BATCH = 500  # rows per IN (...) query: well under every database's parameter limit
 _HOLDER_PREFIX = "narrate@"
+# How long to wait for this process's synthesis to notice a cancel (one segment's time).
+THREAD_GRACE_S = 60.0
 
 
 # --- Subjects -----------------------------------------------------------------------------
@@ -104,6 +110,7 @@ class Narration:
     error_code: str = ""
     error_message: str = ""
     thread: _Generator | None = field(default=None, repr=False)
+    takeovers: int = 0
 
     @property
     def needs_work(self) -> bool:
@@ -138,8 +145,11 @@ def narration_plan(
     narration.voice_id = voice.id
     same = subject_sessions(subject).filter(voice=voice.id, text=narration.text)
     done = same.filter(status=SessionStatus.COMPLETED).first() if skip_complete else None
-    unfinished = same.filter(status__in=UNFINISHED, owner_id=owner.user_id,
-                             owner_session_key=owner.session_key).first()
+    unfinished = same.filter(
+        status__in=UNFINISHED,
+        owner_id=owner.user_id,
+        owner_session_key=owner.session_key if owner.is_anonymous else "",
+    ).first()
     session = done or unfinished
     if session is not None:
         narration.plan = "complete" if done else "resume"
@@ -158,9 +168,13 @@ def narration_start(narration: Narration, *, owner: services.Owner, dispatch: bo
         return
     if narration.session_id is None:
         try:
-            session = services.session_create(text=narration.text, owner=owner,
-                                               voice_id=narration.voice_id,
-                                               subject=narration.subject, dispatch=dispatch)
+            session = services.session_create(
+                text=narration.text,
+                owner=owner,
+                voice_id=narration.voice_id,
+                subject=narration.subject,
+                dispatch=dispatch,
+            )
         except InvalidInput as exc:
             narration.fail_before_start(exc.code, exc.message)
             return
@@ -169,9 +183,8 @@ def narration_start(narration: Narration, *, owner: services.Owner, dispatch: bo
         return
     session = TTSSession.objects.get(pk=narration.session_id)
     if session.status in RETRYABLE:
-        # Continues after the last stored chunk. (It also rings the workers: harmless
-        # in-process, where this process claims the session first or follows whoever did.)
-        services.session_retry(session_id=session.id)
+        # Continues after the last stored chunk; in-process runs claim it themselves.
+        services.session_retry(session_id=session.id, dispatch=dispatch)
     elif session.status == SessionStatus.QUEUED and dispatch:
         services.session_dispatch(session_id=session.id)
     session.refresh_from_db()
@@ -186,8 +199,9 @@ def scenes_narrate(
     as it is; a failed or cancelled one is retried."""
     narrations = []
     for subject in subjects:
-        narration = narration_plan(subject=subject, voice_id=voice_id, owner=owner,
-                                   skip_complete=True)
+        narration = narration_plan(
+            subject=subject, voice_id=voice_id, owner=owner, skip_complete=True
+        )
         narration_start(narration, owner=owner, dispatch=True)
         narrations.append(narration)
     return narrations
@@ -222,7 +236,7 @@ def _local_pid(holder: str) -> int | None:
     """The pid of a narrate process on this machine (same pid namespace), else None."""
     if not holder.startswith(_HOLDER_PREFIX):
         return None
-    parts = holder[len(_HOLDER_PREFIX):].rsplit(":", 2)
+    parts = holder[len(_HOLDER_PREFIX) :].rsplit(":", 2)
     if len(parts) != 3 or parts[0] != socket.gethostname() or parts[1] != _pid_namespace():
         return None
     try:
@@ -253,26 +267,25 @@ def holder_alive(session: TTSSession, *, now: Any = None) -> bool:
 
 
 def session_take_over(session: TTSSession) -> None:
-    """Requeue a running session whose holder died, keeping its stored chunks.
-
-    Composed of two services (fail, then retry) so that the transition stays in
-    ``tts.services``; listeners see the loss, then the session queued again.
-    """
-    services.session_fail(session_id=session.id, code="worker_lost",
-                          message=f"{session.claimed_by or 'Its holder'} stopped while "
-                                  "narrating; continuing after the stored chunks.")
-    services.session_retry(session_id=session.id)
+    """Requeue a running session whose holder died, keeping its stored chunks."""
+    services.session_requeue_lost(session_id=session.id, worker=session.claimed_by,
+                                  dispatch=False)
 
 
 # --- Running and following ----------------------------------------------------------------
 
 
 class _Generator(threading.Thread):
-    """Synthesizes one claimed session in this process, beside the follow loop."""
+    """Synthesizes one claimed session in this process, beside the follow loop.
+
+    Others wait on ``finished`` rather than ``join()``: on Python 3.11 a join interrupted
+    by Ctrl-C marks a live thread as stopped, and a later join returns at once.
+    """
 
     def __init__(self, session: TTSSession, worker: str) -> None:
         super().__init__(name=f"narrate-{session.id}", daemon=True)
         self.session, self.worker = session, worker
+        self.finished = threading.Event()
 
     def run(self) -> None:
         try:
@@ -280,12 +293,16 @@ class _Generator(threading.Thread):
         except Exception as exc:  # noqa: BLE001 - a crash fails the session, never the batch
             logger.exception("narration %s crashed", self.session.id)
             try:
-                services.session_fail(session_id=self.session.id, code="crashed",
-                                      message=f"{type(exc).__name__}: {exc}")
+                services.session_fail(
+                    session_id=self.session.id,
+                    code="crashed",
+                    message=f"{type(exc).__name__}: {exc}",
+                )
             except Exception:  # noqa: BLE001 - the database itself may be what broke
                 logger.exception("could not record the failure of %s", self.session.id)
         finally:
             connection.close()
+            self.finished.set()
 
 
 @dataclass
@@ -334,18 +351,22 @@ class BatchRun:
             if active and deadline is not None and time.monotonic() > deadline:
                 for narration in active:
                     narration.error_code = "timeout"
-                    narration.error_message = (f"Still {narration.status} after "
-                                               f"{self.timeout_s:g} s; left to the workers.")
+                    narration.error_message = (
+                        f"Still {narration.status} after {self.timeout_s:g} s; left to the workers."
+                    )
                 return
             self.wait(active)
 
     def advance(self, narration: Narration) -> None:
         """One look at a session: take it over if its holder died, claim it if it waits
         for this process, and record where it stands."""
+        # Read before the row: a thread that ended while its session still shows running
+        # (and is still ours) stopped early, and is not coming back.
+        ours_ended = narration.thread is not None and narration.thread.finished.is_set()
         session = TTSSession.objects.get(pk=narration.session_id)
-        if session.status == SessionStatus.RUNNING and not holder_alive(session):
-            logger.info("taking over %s from %s", session.id, session.claimed_by)
-            session_take_over(session)
+        stuck = ours_ended and session.claimed_by == self.worker
+        if session.status == SessionStatus.RUNNING and (stuck or not holder_alive(session)):
+            self.take_over(narration, session)
             session.refresh_from_db()
         if self.in_process and session.status == SessionStatus.QUEUED:
             claimed = services.session_claim(session_id=session.id, worker=self.worker)
@@ -355,12 +376,26 @@ class BatchRun:
                 session = claimed
         _snapshot(narration, session)
         if session.is_final and narration.thread is not None:
-            narration.thread.join()
+            narration.thread.finished.wait(THREAD_GRACE_S)
+
+    def take_over(self, narration: Narration, session: TTSSession) -> None:
+        narration.takeovers += 1
+        if narration.takeovers > settings.TTS_MAX_ATTEMPTS:
+            services.session_fail(
+                session_id=session.id,
+                code="worker_lost",
+                message=f"Its holder stopped {narration.takeovers} times.",
+            )
+            return
+        logger.info("taking over %s from %s", session.id, session.claimed_by)
+        session_take_over(session)
 
     def wait(self, active: list[Narration]) -> None:
-        threads = [n.thread for n in active if n.thread is not None and n.thread.is_alive()]
+        threads = [
+            n.thread for n in active if n.thread is not None and not n.thread.finished.is_set()
+        ]
         if threads:
-            threads[0].join(self.poll_s)  # returns early when the session is done
+            threads[0].finished.wait(self.poll_s)  # returns early when the session is done
         elif active:
             time.sleep(self.poll_s)
 
@@ -368,12 +403,14 @@ class BatchRun:
         if self.on_progress is None:
             return
         work = [n for n in self.narrations if n.needs_work]
-        self.on_progress(Progress(
-            done_chunks=sum(n.completed_chunks for n in work),
-            total_chunks=sum(n.total_chunks for n in work),
-            audio_ms=sum(max(0, n.audio_ms - n.audio_ms_before) for n in work),
-            elapsed_s=time.monotonic() - self.started,
-        ))
+        self.on_progress(
+            Progress(
+                done_chunks=sum(n.completed_chunks for n in work),
+                total_chunks=sum(n.total_chunks for n in work),
+                audio_ms=sum(max(0, n.audio_ms - n.audio_ms_before) for n in work),
+                elapsed_s=time.monotonic() - self.started,
+            )
+        )
 
     def interrupt(self) -> None:
         """Ctrl-C: cancel what is still going (stored chunks stay; a later run goes on
@@ -386,7 +423,7 @@ class BatchRun:
                 narration.error_message = "Interrupted; run the command again to continue."
         for narration in self.narrations:
             if narration.thread is not None:
-                narration.thread.join(timeout=10)
+                narration.thread.finished.wait(THREAD_GRACE_S)
 
 
 # --- Results and audio files --------------------------------------------------------------
@@ -407,8 +444,11 @@ def narration_stats(narration: Narration) -> dict[str, int]:
 
 def _pcm_parts(session_ids: list[uuid.UUID]) -> Iterator[bytes]:
     for session_id in session_ids:
-        rows = (TTSChunk.objects.filter(session_id=session_id).order_by("seq")
-                .values_list("audio__pcm", flat=True))
+        rows = (
+            TTSChunk.objects.filter(session_id=session_id)
+            .order_by("seq")
+            .values_list("audio__pcm", flat=True)
+        )
         for pcm in rows.iterator(chunk_size=32):
             yield bytes(pcm)
 
@@ -416,12 +456,15 @@ def _pcm_parts(session_ids: list[uuid.UUID]) -> Iterator[bytes]:
 def wav_write(path: Path, session_ids: list[uuid.UUID]) -> int:
     """Write the chunks of these sessions, in order, as one WAV file; the number of
     samples written. The file appears whole or not at all."""
-    rows = list(TTSChunk.objects.filter(session_id__in=session_ids)
-                .values_list("samples", "sample_rate"))
+    rows = list(
+        TTSChunk.objects.filter(session_id__in=session_ids).values_list("samples", "sample_rate")
+    )
     rates = {rate for _, rate in rows}
     if len(rates) > 1:
-        raise InvalidInput(f"Cannot join audio of different sample rates {sorted(rates)}.",
-                           code="mixed_sample_rates")
+        raise InvalidInput(
+            f"Cannot join audio of different sample rates {sorted(rates)}.",
+            code="mixed_sample_rates",
+        )
     samples = sum(count for count, _ in rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")

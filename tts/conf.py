@@ -79,7 +79,9 @@ DEFAULTS: dict[str, Any] = {
     "TTS_VOICES": DEFAULT_VOICES,
     "TTS_EXTRA_VOICES_FILE": "",
     "TTS_DEFAULT_VOICE": "en-us",
-    "TTS_SCENE_MODEL": "scenes.Scene",
+    # "app_label.Model" whose ids POST /api/tts/sessions/ accepts as `scene`; the model
+    # needs get_narration_text() (and may have a `voice`). Empty: no scene narration.
+    "TTS_SCENE_MODEL": "",
     "TTS_MAX_CHARS": 20000,
     "TTS_RATE_LIMIT_PER_MINUTE": 30,
     "TTS_MAX_ACTIVE_PER_OWNER": 3,

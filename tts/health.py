@@ -4,21 +4,20 @@ Workers announce themselves with a short-lived Redis key, refreshed by their swe
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 
 import redis
 from django.db import connection
 
+from tts import redis_client
 from tts.conf import settings
 
 logger = logging.getLogger(__name__)
 WORKER_KEY = "tts:worker:"
 
 
-@functools.cache
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    return redis_client.client()
 
 
 def worker_beat(name: str, *, ttl: float) -> None:

@@ -3,7 +3,6 @@ process) and sessions active at once (counted in the database, the source of tru
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 import redis
 from django.utils import timezone
 
+from tts import redis_client
 from tts.conf import settings
 from tts.errors import RateLimited
 from tts.models import ACTIVE_STATUSES, TTSSession
@@ -22,9 +22,8 @@ logger = logging.getLogger(__name__)
 WINDOW_S = 60
 
 
-@functools.cache
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    return redis_client.client()
 
 
 def _keys(owner: Owner) -> list[str]:

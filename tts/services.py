@@ -398,7 +398,7 @@ def session_cancel(*, session_id: uuid.UUID) -> bool:
     return bool(cancelled)
 
 
-def session_retry(*, session_id: uuid.UUID) -> bool:
+def session_retry(*, session_id: uuid.UUID, dispatch: bool = True) -> bool:
     """failed or cancelled -> queued, continuing after the last stored chunk."""
     retried = TTSSession.objects.filter(
         pk=session_id, status__in=(SessionStatus.FAILED, SessionStatus.CANCELLED)
@@ -412,10 +412,27 @@ def session_retry(*, session_id: uuid.UUID) -> bool:
         dispatched_at=None,
     )
     if retried:
-        session = TTSSession.objects.get(pk=session_id)
-        broadcast.broadcast_status(session.id, status_frame(session))
-        transaction.on_commit(lambda: session_dispatch(session_id=session_id))
+        _announce_requeued(session_id, dispatch=dispatch)
     return bool(retried)
+
+
+def session_requeue_lost(*, session_id: uuid.UUID, worker: str, dispatch: bool = True) -> bool:
+    """running -> queued when ``worker`` (its holder) is known dead; it resumes after its
+    last stored chunk. Conditional on the holder, so it cannot race a live worker."""
+    requeued = TTSSession.objects.filter(
+        pk=session_id, status=SessionStatus.RUNNING, claimed_by=worker
+    ).update(status=SessionStatus.QUEUED, claimed_by="", dispatched_at=None)
+    if requeued:
+        logger.warning("session %s lost its worker %s; requeued", session_id, worker)
+        _announce_requeued(session_id, dispatch=dispatch)
+    return bool(requeued)
+
+
+def _announce_requeued(session_id: uuid.UUID, *, dispatch: bool) -> None:
+    session = TTSSession.objects.get(pk=session_id)
+    broadcast.broadcast_status(session.id, status_frame(session))
+    if dispatch:
+        transaction.on_commit(lambda: session_dispatch(session_id=session_id))
 
 
 def _announce_end(session_id: uuid.UUID, *, code: str, message: str) -> None:

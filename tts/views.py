@@ -80,7 +80,11 @@ def resolve_subject(data: dict) -> tuple[object | None, str | None, str | None]:
     if scene_id in (None, ""):
         return None, None, None
 
-    model = apps.get_model(settings.TTS_SCENE_MODEL)
+    try:
+        model = apps.get_model(settings.TTS_SCENE_MODEL)
+    except (LookupError, ValueError):
+        raise InvalidInput("This site does not narrate scenes (TTS_SCENE_MODEL is not set).",
+                           code="scenes_disabled", fields={"scene": "not supported"}) from None
     if isinstance(scene_id, bool) or not isinstance(scene_id, int | str):
         raise InvalidInput("scene must be an id.", code="invalid_scene", fields={"scene": "bad id"})
     try:
@@ -262,8 +266,13 @@ def voices(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
+    """503 unless the database, Redis and a worker are up. ``?scope=web`` leaves the
+    workers out, for load balancers deciding whether this web process can serve."""
     report = health.check()
-    return JsonResponse(report, status=200 if report["ok"] else 503)
+    healthy = report["ok"] or (
+        request.GET.get("scope") == "web" and report["database"] and report["channel_layer"]
+    )
+    return JsonResponse(report, status=200 if healthy else 503)
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

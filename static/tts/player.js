@@ -46,8 +46,8 @@ function readConfig(root) {
 function findParts(root) {
   const part = (role) => root.querySelector(`[data-tts-role="${role}"]`);
   const names = ["play", "playLabel", "back", "forward", "progress", "time", "voice",
-    "voiceNotes", "status", "text", "download", "editor", "edit"];
-  const roles = { playLabel: "play-label", voiceNotes: "voice-notes" };
+    "voiceNotes", "status", "text", "download", "editor", "editorBox", "reading", "edit"];
+  const roles = { playLabel: "play-label", voiceNotes: "voice-notes", editorBox: "editor-box" };
   return Object.fromEntries(names.map((name) => [name, part(roles[name] || name)]));
 }
 
@@ -180,10 +180,13 @@ export class NarrationPlayer {
 
   edit() {
     if (this.busy) this.pause();
-    this.ui.editor.hidden = false;
-    this.ui.text.hidden = true;
-    this.ui.edit.hidden = true;
+    this.showEditor(true);
     this.ui.editor.focus();
+  }
+
+  showEditor(editing) {
+    this.ui.editorBox.hidden = !editing;
+    this.ui.reading.hidden = editing;
   }
 
   /** Editable players narrate what is typed. False (with a message) when it is empty. */
@@ -194,9 +197,7 @@ export class NarrationPlayer {
       return false;
     }
     this.config.text = text;
-    this.ui.editor.hidden = true;
-    this.ui.text.hidden = false;
-    this.ui.edit.hidden = false;
+    this.showEditor(false);
     return true;
   }
 

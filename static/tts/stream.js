@@ -10,6 +10,7 @@ import { parseChunkFrame } from "./pcm.js";
 export const STREAM_DEFAULTS = {
   pingEvery: 10000, // ms between application pings
   silenceLimit: 25000, // ms without any frame before the socket is presumed dead
+  probeLimit: 5000, // ms to answer the ping sent when the page comes back (a lid opened)
   maxOpenFailures: 3, // sockets that never opened, in a row, before falling back to HTTP
   backoffBase: 300,
   backoffMax: 10000,
@@ -53,17 +54,21 @@ export class ChunkStream {
     this.transport = "idle";
     this.stats = { sockets: 0, reconnects: 0, duplicates: 0 };
     this.onOnline = () => this.reconnectNow();
+    this.onVisible = () => {
+      if (document.visibilityState === "visible") this.probe();
+    };
   }
 
   start() {
     window.addEventListener("online", this.onOnline);
+    document.addEventListener("visibilitychange", this.onVisible);
     this.connect();
   }
 
   /** Stop listening (the page is done with this session). */
   close() {
     this.stopped = true;
-    window.removeEventListener("online", this.onOnline);
+    this.unlisten();
     this.clearTimers();
     this.poller?.stop();
     const ws = this.ws;
@@ -151,12 +156,27 @@ export class ChunkStream {
 
   startHeartbeat(ws) {
     this.lastFrameAt = Date.now();
-    this.timers.ping = setInterval(() => {
-      if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "ping" }));
-    }, this.options.pingEvery);
-    this.timers.watchdog = setInterval(() => {
-      if (Date.now() - this.lastFrameAt > this.options.silenceLimit) this.dropSocket();
-    }, Math.min(1000, this.options.silenceLimit / 4));
+    this.probeAt = null;
+    this.timers.ping = setInterval(() => this.ping(ws), this.options.pingEvery);
+    this.timers.watchdog = setInterval(() => this.watch(), 1000);
+  }
+
+  ping(ws) {
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "ping" }));
+  }
+
+  /** The page is visible again (after sleep, say): ask at once whether the socket lives. */
+  probe() {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+    this.probeAt = Date.now();
+    this.ping(this.ws);
+  }
+
+  watch() {
+    const now = Date.now();
+    const probeUnanswered = this.probeAt !== null && this.lastFrameAt < this.probeAt;
+    if (probeUnanswered && now - this.probeAt > this.options.probeLimit) this.dropSocket();
+    else if (now - this.lastFrameAt > this.options.silenceLimit) this.dropSocket();
   }
 
   /** Abandon the current socket as dead (or for a test) and resume on a new one. */
@@ -264,7 +284,12 @@ export class ChunkStream {
   finish() {
     this.finished = true;
     this.clearTimers();
+    this.unlisten();
+  }
+
+  unlisten() {
     window.removeEventListener("online", this.onOnline);
+    document.removeEventListener("visibilitychange", this.onVisible);
   }
 
   setTransport(transport) {

@@ -11,6 +11,7 @@ with the first player, unless ``{% tts_assets %}`` already put them in the ``<he
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from django import template
@@ -33,9 +34,9 @@ _COUNTER = "_tts_player_count"
 def _page_state(context: template.Context) -> Any:
     """Where per-page flags live: the request when there is one, else this render."""
     request = context.get("request")
-    return request if request is not None else context.render_context.setdefault(
-        "tts_page", type("PageState", (), {})()
-    )
+    if request is not None:
+        return request
+    return context.render_context.setdefault("tts_page", SimpleNamespace())
 
 
 def _take_assets(context: template.Context) -> bool:

@@ -8,6 +8,7 @@ which and why), 2 for bad usage (unknown story, scene or voice), 130 when interr
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.text import slugify
 
-from tts import batch
+from tts import batch, health
 from tts.errors import InvalidInput, NotFound
 from tts.services import voice_resolve
 
@@ -36,34 +37,60 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         which = parser.add_mutually_exclusive_group(required=True)
-        which.add_argument("--story", action="append", metavar="SLUG",
-                           help="Narrate every scene of this story (repeatable).")
-        which.add_argument("--scene", nargs="+", type=int, metavar="ID",
-                           help="Narrate these scenes.")
+        which.add_argument(
+            "--story",
+            action="append",
+            metavar="SLUG",
+            help="Narrate every scene of this story (repeatable).",
+        )
+        which.add_argument(
+            "--scene", nargs="+", type=int, metavar="ID", help="Narrate these scenes."
+        )
         which.add_argument("--all", action="store_true", help="Narrate every scene.")
-        parser.add_argument("--missing", action="store_true",
-                            help="Skip scenes that already have a completed narration of their "
-                                 "current text in this voice.")
-        parser.add_argument("--voice", help="Voice id for every scene (default: each scene's "
-                                            "voice, else TTS_DEFAULT_VOICE).")
-        parser.add_argument("--out", type=Path, metavar="DIR",
-                            help="Write one WAV per scene into DIR/<story>/.")
-        parser.add_argument("--join", action="store_true",
-                            help="With --out, also write one WAV per story: DIR/<story>.wav.")
-        parser.add_argument("--json", action="store_true",
-                            help="Print a machine-readable summary on stdout.")
-        parser.add_argument("--via-workers", action="store_true",
-                            help="Dispatch to the running workers and follow their progress.")
-        parser.add_argument("--timeout", type=float, metavar="SECONDS",
-                            help="With --via-workers, stop following after SECONDS.")
-        parser.add_argument("--no-progress", action="store_true",
-                            help="No progress bar (it is off anyway when stdout is not a "
-                                 "terminal).")
+        parser.add_argument(
+            "--missing",
+            action="store_true",
+            help="Skip scenes that already have a completed narration of their "
+            "current text in this voice.",
+        )
+        parser.add_argument(
+            "--voice",
+            help="Voice id for every scene (default: each scene's voice, else TTS_DEFAULT_VOICE).",
+        )
+        parser.add_argument(
+            "--out", type=Path, metavar="DIR", help="Write one WAV per scene into DIR/<story>/."
+        )
+        parser.add_argument(
+            "--join",
+            action="store_true",
+            help="With --out, also write one WAV per story: DIR/<story>.wav.",
+        )
+        parser.add_argument(
+            "--json", action="store_true", help="Print a machine-readable summary on stdout."
+        )
+        parser.add_argument(
+            "--via-workers",
+            action="store_true",
+            help="Dispatch to the running workers and follow their progress.",
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            metavar="SECONDS",
+            help="With --via-workers, stop following after SECONDS.",
+        )
+        parser.add_argument(
+            "--no-progress",
+            action="store_true",
+            help="No progress bar (it is off anyway when stdout is not a terminal).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.options, self.stories = options, []
         if options["join"] and not options["out"]:
             raise CommandError("--join needs --out DIR.", returncode=EXIT_USAGE)
+        if options["timeout"] is not None and not options["via_workers"]:
+            raise CommandError("--timeout applies to --via-workers only.", returncode=EXIT_USAGE)
         if options["voice"]:
             try:
                 voice_resolve(voice_id=options["voice"])
@@ -71,16 +98,23 @@ class Command(BaseCommand):
                 raise CommandError(exc.message, returncode=EXIT_USAGE) from None
         subjects = self.select()
         owner = batch.CLI_OWNER
-        narrations = [batch.narration_plan(subject=s, voice_id=options["voice"], owner=owner,
-                                           skip_complete=options["missing"]) for s in subjects]
-        run = batch.BatchRun(narrations, in_process=not options["via_workers"],
-                             timeout_s=options["timeout"])
-        interrupted = self.execute_run(run, owner)
+        narrations = [
+            batch.narration_plan(
+                subject=s, voice_id=options["voice"], owner=owner, skip_complete=options["missing"]
+            )
+            for s in subjects
+        ]
+        run = batch.BatchRun(
+            narrations, in_process=not options["via_workers"], timeout_s=options["timeout"]
+        )
+        with _logs_to_stderr(), self.channel_layer_checked():
+            interrupted = self.execute_run(run, owner)
         summary = self.summarize(run, interrupted=interrupted)
         self.report(summary)
         if interrupted:
-            raise CommandError("Interrupted; run the same command again to continue.",
-                               returncode=EXIT_INTERRUPTED)
+            raise CommandError(
+                "Interrupted; run the same command again to continue.", returncode=EXIT_INTERRUPTED
+            )
         if not summary["ok"]:
             raise CommandError(self.failure_text(summary), returncode=EXIT_FAILED)
 
@@ -92,11 +126,38 @@ class Command(BaseCommand):
             if options["scene"]:
                 return batch.scenes_by_id(options["scene"])
             if options["story"]:
-                return [s for slug in dict.fromkeys(options["story"])
-                        for s in batch.scenes_of_story(slug)]
+                return [
+                    s
+                    for slug in dict.fromkeys(options["story"])
+                    for s in batch.scenes_of_story(slug)
+                ]
             return batch.scenes_all()
         except NotFound as exc:
             raise CommandError(exc.message, returncode=EXIT_USAGE) from None
+
+    @contextmanager
+    def channel_layer_checked(self):
+        """Say once what is missing, rather than a failed broadcast per chunk."""
+        report = health.check()
+        if self.options["via_workers"] and not report["workers"]:
+            self.stderr.write(
+                "No narration worker seems to be running; start one with "
+                "`python manage.py runworker tts-generate` (waiting anyway)."
+            )
+        if self.options["via_workers"] or report["channel_layer"]:
+            yield
+            return
+        self.stderr.write(
+            "The channel layer (Redis) is unreachable: nobody can listen to "
+            "this run live, but every chunk is stored as usual."
+        )
+        broadcasts = logging.getLogger("tts.broadcast")
+        level = broadcasts.level
+        broadcasts.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            broadcasts.setLevel(level)
 
     # Running -----------------------------------------------------------------------------
 
@@ -120,10 +181,14 @@ class Command(BaseCommand):
             return
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(n.total_chunks for n in work),
-                   initial=sum(n.stored_before for n in work), unit="chunk",
-                   desc=f"Narrating {len(work)} scene{'s' if len(work) != 1 else ''}",
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(
+            total=sum(n.total_chunks for n in work),
+            initial=sum(n.stored_before for n in work),
+            unit="chunk",
+            desc=f"Narrating {len(work)} scene{'s' if len(work) != 1 else ''}",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
 
         def update(progress: batch.Progress) -> None:
             audio_s = progress.audio_ms / 1000
@@ -168,8 +233,10 @@ class Command(BaseCommand):
         story = getattr(subject, "story", None)
         error = None
         if narration.error_code or narration.status not in ("completed", ""):
-            error = {"code": narration.error_code or narration.status,
-                     "message": narration.error_message or f"Narration is {narration.status}."}
+            error = {
+                "code": narration.error_code or narration.status,
+                "message": narration.error_message or f"Narration is {narration.status}.",
+            }
         return {
             "scene": subject.pk,
             "title": getattr(subject, "title", str(subject)),
@@ -205,8 +272,10 @@ class Command(BaseCommand):
         wanted = [n for n in narrations if getattr(n.subject, "story", None) == story]
         entry = {"story": story.slug, "file": None, "samples": 0, "error": None}
         if len(done) != len(wanted):
-            entry["error"] = {"code": "incomplete",
-                              "message": f"{len(wanted) - len(done)} scene(s) did not complete."}
+            entry["error"] = {
+                "code": "incomplete",
+                "message": f"{len(wanted) - len(done)} scene(s) did not complete.",
+            }
             return entry
         path = self.options["out"] / f"{story.slug}.wav"
         try:
@@ -240,20 +309,29 @@ class Command(BaseCommand):
         prefix = f"{scene['story']} / " if scene["story"] else ""
         name = f"{prefix}{scene['title']} [{scene['scene']}]"
         if scene["error"]:
-            return self.style.ERROR(f"  FAILED {name}: {scene['error']['code']}: "
-                                    f"{scene['error']['message']}")
+            label = "STOPPED" if scene["error"]["code"] == "interrupted" else "FAILED"
+            return self.style.ERROR(
+                f"  {label} {name}: {scene['error']['code']}: {scene['error']['message']}"
+            )
         how = {"complete": "already narrated", "resume": "resumed"}.get(scene["plan"], "narrated")
-        line = (f"  ok {name}: {how}, {scene['chunks']} chunks "
-                f"({scene['cached_chunks']} cached), {scene['duration_ms'] / 1000:.1f} s")
+        line = (
+            f"  ok {name}: {how}, {scene['chunks']} chunks "
+            f"({scene['cached_chunks']} cached), {scene['duration_ms'] / 1000:.1f} s"
+        )
         return line + (f" -> {scene['file']}" if scene["file"] else "")
 
     def failure_text(self, summary: dict[str, Any]) -> str:
         failed = [s for s in summary["scenes"] if s["error"]]
         lines = [f"{len(failed)} of {len(summary['scenes'])} narrations failed:"]
-        lines += [f"  scene {s['scene']} ({s['title']}): {s['error']['code']}: "
-                  f"{s['error']['message']}" for s in failed]
-        lines += [f"  story {s['story']}: {s['error']['message']}"
-                  for s in summary["stories"] if s["error"]]
+        lines += [
+            f"  scene {s['scene']} ({s['title']}): {s['error']['code']}: {s['error']['message']}"
+            for s in failed
+        ]
+        lines += [
+            f"  story {s['story']}: {s['error']['message']}"
+            for s in summary["stories"]
+            if s["error"]
+        ]
         return "\n".join(lines)
 
 
@@ -265,6 +343,24 @@ def scene_filename(subject: Any) -> Path:
         return Path(f"{subject._meta.model_name}-{subject.pk}-{title}.wav")
     order = list(type(subject).objects.filter(story=story).values_list("pk", flat=True))
     return Path(story.slug) / f"{order.index(subject.pk) + 1:02d}-{title[:60]}.wav"
+
+
+@contextmanager
+def _logs_to_stderr():
+    """Keep stdout for the command's own output (the JSON summary above all): log records
+    that the settings send to stdout go to stderr while the command runs."""
+    moved = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout
+    ]
+    for handler in moved:
+        handler.setStream(sys.stderr)
+    try:
+        yield
+    finally:
+        for handler in moved:
+            handler.setStream(sys.stdout)
 
 
 @contextmanager

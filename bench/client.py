@@ -1,0 +1,223 @@
+"""An asyncio client for many concurrent narrations: a minimal HTTP/1.1 client (so that the
+POST costs what the server costs, not what a client library adds) and a WebSocket listener
+(the `websockets` package) that timestamps every frame.
+
+Times are ``time.time()`` so that they compare with the timestamps the server stores
+(session and chunk rows); all processes run on this one machine and clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import time
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+
+import websockets
+
+HTTP_TIMEOUT = 60.0
+
+
+class BenchError(Exception):
+    pass
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+class Http:
+    """One browser: cookies (CSRF token, session) shared by its requests and sockets."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.cookies: dict[str, str] = {}
+
+    @property
+    def origin(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def cookie_header(self) -> str:
+        return "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+
+    async def request(self, method: str, path: str, body: dict | None = None) -> Response:
+        data = json.dumps(body).encode() if body is not None else b""
+        lines = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "Connection: close",
+            f"Content-Length: {len(data)}",
+        ]
+        if body is not None:
+            lines.append("Content-Type: application/json")
+        if self.cookies:
+            lines.append(f"Cookie: {self.cookie_header}")
+        if method != "GET" and "csrftoken" in self.cookies:
+            lines.append(f"X-CSRFToken: {self.cookies['csrftoken']}")
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
+            await writer.drain()
+            return await asyncio.wait_for(self._read(reader), HTTP_TIMEOUT)
+        finally:
+            writer.close()
+
+    async def _read(self, reader: asyncio.StreamReader) -> Response:
+        status = int((await reader.readline()).split()[1])
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            name, value = name.strip().lower(), value.strip()
+            if name == "set-cookie":
+                for morsel in SimpleCookie(value).values():
+                    self.cookies[morsel.key] = morsel.value
+            headers[name] = value
+        if "content-length" in headers:
+            body = await reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding") == "chunked":
+            body = await self._dechunk(reader)
+        else:
+            body = await reader.read()
+        return Response(status, headers, body)
+
+    @staticmethod
+    async def _dechunk(reader: asyncio.StreamReader) -> bytes:
+        parts = []
+        while size := int((await reader.readline()).split(b";")[0], 16):
+            parts.append(await reader.readexactly(size))
+            await reader.readline()
+        await reader.readline()
+        return b"".join(parts)
+
+    async def ensure_csrf(self) -> None:
+        if "csrftoken" not in self.cookies:
+            await self.request("GET", "/api/tts/voices/")
+
+    async def create(self, text: str, voice: str) -> dict:
+        response = await self.request("POST", "/api/tts/sessions/", {"text": text, "voice": voice})
+        if response.status != 201:
+            raise BenchError(f"POST -> {response.status}: {response.body[:300]!r}")
+        return response.json()
+
+
+@dataclass
+class Listen:
+    """What one socket saw, with the arrival time of every frame."""
+
+    session_id: str
+    t_connect: float = 0.0  # before the handshake
+    t_open: float = 0.0  # handshake done
+    t_session: float | None = None  # the `session` frame: the consumer has joined the group
+    session_frame: dict | None = None
+    arrivals: dict[int, float] = field(default_factory=dict)  # seq -> binary frame arrival
+    sizes: dict[int, int] = field(default_factory=dict)  # seq -> PCM bytes
+    digests: dict[int, int] = field(default_factory=dict)  # seq -> hash of the PCM
+    duplicates: int = 0
+    done: dict | None = None
+    error: dict | None = None
+    t_end: float | None = None
+
+    @property
+    def t_first(self) -> float | None:
+        return min(self.arrivals.values()) if self.arrivals else None
+
+    @property
+    def complete(self) -> bool:
+        total = (self.done or {}).get("total_chunks")
+        return total is not None and sorted(self.arrivals) == list(range(total))
+
+
+def ws_url(http: Http, session_id: str, after: int = -1) -> str:
+    return f"ws://{http.host}:{http.port}/ws/tts/{session_id}/?after={after}"
+
+
+async def listen(
+    http: Http,
+    session_id: str,
+    *,
+    timeout: float,
+    ready: asyncio.Event | None = None,
+    keep_pcm: bool = False,
+    on_first: asyncio.Event | None = None,
+) -> Listen:
+    """Follow a session to ``done`` (or a fatal error). ``ready`` is set once the session
+    frame arrived (the consumer has joined the group)."""
+    result = Listen(session_id)
+    result.t_connect = time.time()
+    async with asyncio.timeout(timeout):
+        async with websockets.connect(
+            ws_url(http, session_id),
+            origin=http.origin,
+            additional_headers={"Cookie": http.cookie_header},
+            max_size=None,
+            open_timeout=timeout,
+            ping_interval=None,
+        ) as ws:
+            result.t_open = time.time()
+            async for message in ws:
+                now = time.time()
+                if isinstance(message, bytes):
+                    _on_audio(result, message, now)
+                    if on_first is not None and not on_first.is_set():
+                        on_first.set()
+                    continue
+                frame = json.loads(message)
+                kind = frame.get("type")
+                if kind == "session":
+                    result.session_frame, result.t_session = frame, now
+                    if ready is not None:
+                        ready.set()
+                elif kind == "done" or (kind == "error" and frame.get("fatal")):
+                    result.done = frame if kind == "done" else None
+                    result.error = frame if kind == "error" else None
+                    result.t_end = now
+                    break
+    return result
+
+
+def _on_audio(result: Listen, message: bytes, now: float) -> None:
+    seq = struct.unpack_from("<I", message)[0]
+    if seq in result.arrivals:
+        result.duplicates += 1
+        return
+    result.arrivals[seq] = now
+    result.sizes[seq] = len(message) - 4
+    result.digests[seq] = hash(message[4:])
+
+
+@dataclass
+class Narration:
+    """One POST and the socket that follows it, timed from just before the POST."""
+
+    voice: str
+    text: str
+    t_post: float = 0.0
+    t_created: float = 0.0  # 201 received
+    session_id: str = ""
+    stream: Listen | None = None
+    cookies: dict[str, str] = field(default_factory=dict)  # the owner's, to listen again
+
+    @property
+    def ttfa_ms(self) -> float | None:
+        first = self.stream.t_first if self.stream else None
+        return None if first is None else (first - self.t_post) * 1000
+
+
+async def narrate(http: Http, text: str, voice: str, *, timeout: float) -> Narration:
+    """POST, then open the socket at once (as the player does), then follow to the end."""
+    result = Narration(voice=voice, text=text)
+    result.t_post = time.time()
+    created = await http.create(text, voice)
+    result.t_created = time.time()
+    result.session_id, result.cookies = created["id"], dict(http.cookies)
+    result.stream = await listen(http, result.session_id, timeout=timeout)
+    return result

@@ -1,0 +1,153 @@
+"""The machine, the table, the JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from scripts.stack import PYTHON, ROOT
+
+
+def git_commit(root: Path = ROOT) -> str | None:
+    """HEAD's commit, read from .git (no git process)."""
+    git = root / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        return None
+    return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _torch_threads(env: dict[str, str]) -> int | None:
+    code = "import torch; print(torch.get_num_threads())"
+    try:
+        done = subprocess.run(
+            [PYTHON, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+        )
+        return int(done.stdout.strip())
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+def _espeak_version() -> str | None:
+    if shutil.which("espeak-ng") is None:
+        return None
+    out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"espeak ng text-to-speech: (\S+)", out, re.I)
+    return match.group(1) if match else out.strip()[:60]
+
+
+def machine(env: dict[str, str]) -> dict:
+    import psutil
+    import redis
+    from django.db import connection
+
+    server = redis.Redis.from_url(env["REDIS_URL"]).info("server")
+    with connection.cursor():
+        db_version = (
+            connection.Database.sqlite_version
+            if connection.vendor == "sqlite"
+            else (connection.pg_version if connection.vendor == "postgresql" else None)
+        )
+    return {
+        "cpu": _cpu_model(),
+        "cores_logical": os.cpu_count(),
+        "cores_physical": psutil.cpu_count(logical=False),
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "torch_threads_per_worker": int(env.get("TTS_TORCH_THREADS") or 0) or _torch_threads(env),
+        "coqui_tts": _version("coqui-tts"),
+        "django": _version("django"),
+        "channels": _version("channels"),
+        "channels_redis": _version("channels-redis"),
+        "daphne": _version("daphne"),
+        "websockets": _version("websockets"),
+        "redis_server": f"{server.get('server_name', 'redis')} {server.get('redis_version')}",
+        "database": f"{connection.vendor} {db_version}",
+        "espeak_ng": _espeak_version(),
+        "git_commit": git_commit(),
+    }
+
+
+@dataclass
+class Row:
+    scenario: str
+    voice: str
+    figure: str
+    value: str
+    target: str = ""
+    met: bool | None = None
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(rows: list[Row]) -> str:
+    headers = ("scenario", "voice", "figure", "value", "target", "met")
+    cells = [
+        (
+            r.scenario,
+            r.voice,
+            r.figure,
+            r.value,
+            r.target,
+            "" if r.met is None else ("yes" if r.met else "NO"),
+        )
+        for r in rows
+    ]
+    widths = [
+        max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "-" * len(line)]
+    previous = None
+    for c in cells:
+        shown = list(c)
+        if c[0] == previous:
+            shown[0] = ""
+        previous = c[0]
+        out.append("  ".join(v.ljust(w) for v, w in zip(shown, widths, strict=True)).rstrip())
+    return "\n".join(out)
+
+
+def write_json(payload: dict, *paths: Path) -> None:
+    text = json.dumps(payload, indent=2, default=str) + "\n"
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)

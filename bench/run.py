@@ -1,0 +1,471 @@
+"""Benchmark the real stack on loopback: daphne, narration workers, Redis, a database.
+
+    make bench                          # everything (about 8 minutes on 2 CPU cores)
+    .venv/bin/python bench/run.py --quick
+    .venv/bin/python bench/run.py --voices espeak,tiny --scenarios ttfa,cached
+    .venv/bin/python bench/run.py --database-url postgres://postgres@127.0.0.1:5432/postgres
+
+Voices: espeak (espeak-ng en-us), tiny (a ~1 MB random-weight Coqui VITS) and full (a
+full-size random-weight Coqui VITS: the compute of a real voice). Scenarios, in run order:
+memory, ttfa, cached, streaming (blocking baseline + throughput), fanout, concurrency.
+Prints a table and writes bench/results/<timestamp>.json (and --json PATH).
+See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import concurrency, fanout, memory, streaming, ttfa  # noqa: E402
+from bench.monitor import ForeignLoad  # noqa: E402
+from bench.report import Row, fmt, machine, table, write_json  # noqa: E402
+from bench.stack import VOICE_IDS, BenchStack  # noqa: E402
+from bench.texts import REFERENCE_TEXT, TextSource  # noqa: E402
+
+SCENARIOS = ("memory", "ttfa", "cached", "streaming", "fanout", "concurrency")
+RESULTS = ROOT / "bench" / "results"
+SHORT_TIMEOUT = {"espeak": 60.0, "tiny": 60.0, "full": 300.0}
+LONG_TIMEOUT = {"espeak": 120.0, "tiny": 120.0, "full": 900.0}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small counts, espeak and tiny only (about 1.5 minutes)",
+    )
+    p.add_argument("--voices", help="comma-separated: espeak,tiny,full (default: all)")
+    p.add_argument("--scenarios", help=f"comma-separated of {','.join(SCENARIOS)}")
+    p.add_argument("--sessions", type=int, help="TTFA and cached sessions per voice (50)")
+    p.add_argument(
+        "--full-sessions",
+        type=int,
+        help="TTFA and cached sessions for the full-size VITS (8: ~3 s each)",
+    )
+    p.add_argument(
+        "--long-repeats",
+        type=int,
+        help="~2,000-character sessions per fast voice (3; the full VITS: 1)",
+    )
+    p.add_argument("--listeners", help="fan-out listener counts (1,10,100)")
+    p.add_argument("--concurrent", type=int, default=20, help="sessions posted at once (20)")
+    p.add_argument("--memory-sessions", type=int, help="sessions for worker RSS growth (500)")
+    p.add_argument("--idle-sockets", type=int, help="idle sockets for daphne memory (200)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="TTS_TORCH_THREADS for the workers and the baseline (0: torch default)",
+    )
+    p.add_argument(
+        "--database-url",
+        help="default: SQLite in a temporary folder; a "
+        "postgres:// URL gets a fresh database, dropped afterwards",
+    )
+    p.add_argument(
+        "--redis-url",
+        help="default: a private embedded Redis; with a URL, a unique channel-layer prefix",
+    )
+    p.add_argument(
+        "--patch",
+        action="append",
+        default=[],
+        help="a bench-only experiment from bench/patches.py (repeatable)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile the workers' session_run; .prof files in the logs folder",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=20.0,
+        help="skip scenarios that would start after this (20)",
+    )
+    p.add_argument("--json", type=Path, help="also write the JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.voices = tuple((args.voices or ("espeak,tiny" if q else "espeak,tiny,full")).split(","))
+    args.scenarios = tuple((args.scenarios or ",".join(SCENARIOS)).split(","))
+    for name in args.voices:
+        if name not in VOICE_IDS:
+            p.error(f"unknown voice {name!r}; known: {', '.join(VOICE_IDS)}")
+    for name in args.scenarios:
+        if name not in SCENARIOS:
+            p.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    args.sessions = args.sessions or (15 if q else 50)
+    args.full_sessions = args.full_sessions or (2 if q else 8)
+    args.long_repeats = args.long_repeats or (1 if q else 3)
+    args.listeners = [int(n) for n in (args.listeners or "1,10,100").split(",")]
+    args.memory_sessions = args.memory_sessions or (60 if q else 500)
+    args.idle_sockets = args.idle_sockets or (50 if q else 200)
+    return args
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    bench: BenchStack
+    deadline: float
+    texts: TextSource = field(default_factory=TextSource)
+    results: dict = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    narrated: dict = field(default_factory=dict)  # voice -> cold TTFA narrations
+
+    @property
+    def port(self) -> int:
+        return self.bench.port
+
+    def voices(self, *, fast_only: bool = False) -> list[str]:
+        return [v for v in self.args.voices if not (fast_only and v == "full")]
+
+    def count(self, voice: str) -> int:
+        return self.args.full_sessions if voice == "full" else self.args.sessions
+
+    def row(self, *args, **kwargs) -> None:
+        self.rows.append(Row(*args, **kwargs))
+
+
+# Scenarios ---------------------------------------------------------------------------------
+
+
+def scenario_ttfa(ctx: Context) -> None:
+    out = ctx.results.setdefault("ttfa", {})
+    for voice in ctx.voices():
+        texts = [ctx.texts.short() for _ in range(ctx.count(voice))]
+        narrations = ttfa.run_sessions(
+            ctx.port, VOICE_IDS[voice], texts, timeout=SHORT_TIMEOUT[voice]
+        )
+        ctx.narrated[voice] = narrations
+        res = out[VOICE_IDS[voice]] = ttfa.analyse(narrations)
+        label, n = VOICE_IDS[voice], res["sessions"]
+        t, e, o = res["ttfa"], res["engine"], res["overhead"]
+        ctx.row(
+            f"1 TTFA cold (n={n})",
+            label,
+            "TTFA p50 / p95 / p99 ms",
+            f"{fmt(t['p50'])} / {fmt(t['p95'])} / {fmt(t['p99'])}",
+        )
+        ctx.row(
+            f"1 TTFA cold (n={n})",
+            label,
+            "engine first segment p50 / p99 ms",
+            f"{fmt(e['p50'])} / {fmt(e['p99'])}",
+        )
+        ctx.row(
+            f"1 TTFA cold (n={n})",
+            label,
+            "pipeline overhead p50 / p99 ms",
+            f"{fmt(o['p50'])} / {fmt(o['p99'])}",
+            "<= 10 / <= 30",
+            o["p50"] <= 10 and o["p99"] <= 30,
+        )
+
+
+def scenario_cached(ctx: Context) -> None:
+    out = ctx.results.setdefault("cached", {})
+    for voice in ctx.voices():
+        cold = ctx.narrated.get(voice)
+        if cold is None:  # narrate once first, so that the audio is in the cache
+            texts = [ctx.texts.short() for _ in range(ctx.count(voice))]
+            cold = ttfa.run_sessions(
+                ctx.port, VOICE_IDS[voice], texts, timeout=SHORT_TIMEOUT[voice]
+            )
+        again = ttfa.run_sessions(
+            ctx.port, VOICE_IDS[voice], [n.text for n in cold], timeout=SHORT_TIMEOUT[voice]
+        )
+        res = ttfa.analyse(again, cached=True)
+        res["reopen"] = ttfa.run_reopen(ctx.port, again, timeout=SHORT_TIMEOUT[voice])
+        out[VOICE_IDS[voice]] = res
+        t, r = res["ttfa"], res["reopen"]["connect_to_first_frame"]
+        name = f"4 cached replay (n={res['sessions']})"
+        ctx.row(
+            name,
+            VOICE_IDS[voice],
+            "same text, new session: TTFA p50 / p99 ms",
+            f"{fmt(t['p50'])} / {fmt(t['p99'])}",
+            "p50 <= 15",
+            t["p50"] <= 15,
+        )
+        ctx.row(
+            name, VOICE_IDS[voice], "reopen finished session: connect->audio p50 ms", fmt(r["p50"])
+        )
+
+
+def _baseline_engine(ctx: Context, voice: str):
+    if voice == "espeak":
+        return "espeak", None
+    return "coqui", ctx.bench.models[voice]
+
+
+def scenario_streaming(ctx: Context) -> None:
+    out = ctx.results.setdefault("streaming", {})
+    for voice in ctx.voices():
+        repeats = 1 if voice == "full" else ctx.args.long_repeats
+        texts = [REFERENCE_TEXT] + [ctx.texts.long() for _ in range(repeats - 1)]
+        narrations = streaming.run_long(
+            ctx.port, VOICE_IDS[voice], texts, timeout=LONG_TIMEOUT[voice]
+        )
+        thr = streaming.throughput(narrations)
+        engine, model = _baseline_engine(ctx, voice)
+        log = ctx.bench.log_dir / f"baseline-{voice}.log"
+        with streaming.BaselineServer(engine, model, ctx.bench.env, log) as server:
+            blocking = streaming.run_blocking(server, texts, timeout=LONG_TIMEOUT[voice])
+        cmp = streaming.compare(narrations, blocking)
+        out[VOICE_IDS[voice]] = {
+            "chars": [len(t) for t in texts],
+            "throughput": thr,
+            "baseline": cmp,
+        }
+        label, n = VOICE_IDS[voice], len(texts)
+        ratio, w = cmp["ratio"], thr["worker_ratio"]
+        target = "<= 0.1" if voice == "full" else ""
+        ctx.row(
+            f"2 vs blocking (n={n})",
+            label,
+            "TTFA stream / blocking ms",
+            f"{fmt(cmp['streaming_ttfa_ms']['p50'])} / "
+            f"{fmt(cmp['blocking_time_to_audio_ms']['p50'], 0)}",
+        )
+        ctx.row(
+            f"2 vs blocking (n={n})",
+            label,
+            "ratio TTFA / time-to-audio",
+            fmt(ratio["p50"], 4),
+            target,
+            (ratio["p50"] <= 0.1) if voice == "full" and ratio["p50"] is not None else None,
+        )
+        ctx.row(
+            f"3 throughput (n={n})",
+            label,
+            "wall / engine (worker; POST->done)",
+            f"{fmt(w['p50'], 3)}; {fmt(thr['e2e_ratio']['p50'], 3)}",
+            "<= 1.05",
+            w["p50"] is not None and w["p50"] <= 1.05,
+        )
+        ctx.row(
+            f"3 throughput (n={n})",
+            label,
+            "non-engine ms per chunk p50",
+            fmt(thr["overhead_per_chunk_ms"]["p50"]),
+        )
+
+
+def scenario_fanout(ctx: Context) -> None:
+    voice = "espeak" if "espeak" in ctx.args.voices else ctx.voices(fast_only=True)[0]
+    results = []
+    for n in ctx.args.listeners:
+        text = ctx.texts.long()
+        results.append(
+            fanout.run(ctx.bench, VOICE_IDS[voice], text, n, timeout=LONG_TIMEOUT[voice] + 60)
+        )
+    added = fanout.added_latency(results)
+    ctx.results["fanout"] = {"voice": VOICE_IDS[voice], "runs": results, "added": added}
+    for r in results:
+        lat = r["latency_ms"]
+        ctx.row(
+            "5 fan-out",
+            VOICE_IDS[voice],
+            f"{r['listeners']} listeners x {r['chunks']} chunks: latency p50 / p99 ms",
+            f"{fmt(lat['p50'])} / {fmt(lat['p99'])}",
+            "all delivered",
+            r["every_listener_every_chunk"],
+        )
+    if added:
+        ctx.row(
+            "5 fan-out",
+            VOICE_IDS[voice],
+            f"added p99 at {added['listeners']} vs 1 listener ms",
+            fmt(added["added_p99_ms"]),
+        )
+
+
+def scenario_concurrency(ctx: Context) -> None:
+    out = ctx.results.setdefault("concurrency", {})
+    n, w = ctx.args.concurrent, ctx.args.workers
+    for voice in ctx.voices(fast_only=True):
+        texts = [ctx.texts.medium() for _ in range(n)]
+        res = out[VOICE_IDS[voice]] = concurrency.run(
+            ctx.port, VOICE_IDS[voice], texts, timeout=LONG_TIMEOUT[voice] + 60
+        )
+        t = res["ttfa_ms"]
+        name = f"6 concurrency ({n} on {w})"
+        ctx.row(name, VOICE_IDS[voice], "audio s per wall s", fmt(res["audio_s_per_wall_s"]))
+        ctx.row(
+            name,
+            VOICE_IDS[voice],
+            "TTFA p50 / p95 / max ms",
+            f"{fmt(t['p50'])} / {fmt(t['p95'])} / {fmt(t['max'])}",
+        )
+        ctx.row(
+            name,
+            VOICE_IDS[voice],
+            "nothing lost; sessions per worker",
+            f"{res['nothing_lost']}; {sorted(res['per_worker'].values())}",
+            "nothing lost",
+            res["nothing_lost"],
+        )
+    if "full" in ctx.args.voices:
+        ctx.notes.append(
+            "concurrency: the full-size VITS is left out (20 sessions of it take "
+            "minutes on 2 CPU cores)."
+        )
+
+
+def scenario_memory(ctx: Context) -> None:
+    voices = [VOICE_IDS[v] for v in ctx.voices(fast_only=True)]
+    idle = memory.idle_connections(
+        ctx.bench, voices[0], ctx.texts.short(), ctx.args.idle_sockets, timeout=120
+    )
+    texts = [ctx.texts.short() for _ in range(ctx.args.memory_sessions)]
+    growth = memory.worker_growth(ctx.bench, voices, texts, first=10, timeout=60)
+    ctx.results["memory"] = {"idle_connections": idle, "worker_growth": growth}
+    ctx.row(
+        "7 memory",
+        "+".join(voices),
+        f"worker RSS after 10 -> {growth['sessions']} sessions MB",
+        ", ".join(
+            f"{a} -> {growth['rss_mb_after_all'][p]}"
+            for p, a in growth["rss_mb_after_checkpoint"].items()
+        ),
+    )
+    ctx.row(
+        "7 memory",
+        "+".join(voices),
+        "worker RSS growth max %",
+        fmt(growth["max_growth_pct"], 2),
+        "<= 5",
+        growth["max_growth_pct"] is not None and growth["max_growth_pct"] <= 5,
+    )
+    ctx.row(
+        "7 memory",
+        "-",
+        f"daphne per idle socket KB (RSS; USS; n={idle['sockets']})",
+        f"{fmt(idle['kb_per_connection_rss'])}; {fmt(idle['kb_per_connection_uss'])}",
+    )
+
+
+RUNNERS: dict[str, Callable[[Context], None]] = {
+    "memory": scenario_memory,
+    "ttfa": scenario_ttfa,
+    "cached": scenario_cached,
+    "streaming": scenario_streaming,
+    "fanout": scenario_fanout,
+    "concurrency": scenario_concurrency,
+}
+
+
+# Main --------------------------------------------------------------------------------------
+
+
+def run_scenarios(ctx: Context) -> None:
+    for name in SCENARIOS:
+        if name not in ctx.args.scenarios:
+            continue
+        if time.monotonic() > ctx.deadline:
+            ctx.notes.append(f"{name}: skipped, past --max-minutes")
+            continue
+        started = time.monotonic()
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        try:
+            RUNNERS[name](ctx)
+        except Exception as exc:  # noqa: BLE001 - report it, keep the other scenarios
+            traceback.print_exc()
+            ctx.notes.append(f"{name}: failed: {type(exc).__name__}: {exc}")
+            ctx.results.setdefault("errors", {})[name] = traceback.format_exc()
+        took = time.monotonic() - started
+        ctx.results.setdefault("durations_s", {})[name] = round(took, 1)
+        print(f"[bench] {name} done in {took:.0f} s", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started, stamp = time.monotonic(), time.strftime("%Y%m%d-%H%M%S")
+    log_dir = RESULTS / f"{stamp}-logs"
+    run_dir = Path(tempfile.mkdtemp(prefix="tts-bench-"))
+    bench = BenchStack(
+        run_dir=run_dir,
+        log_dir=log_dir,
+        voices=args.voices,
+        workers=args.workers,
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+        torch_threads=args.torch_threads,
+        patches=tuple(args.patch),
+        profile_dir=log_dir / "profiles" if args.profile else None,
+    )
+    ctx = Context(args=args, bench=bench, deadline=started + args.max_minutes * 60)
+    info: dict = {}
+    foreign = ForeignLoad()
+    try:
+        print("[bench] building models, starting the stack ...", file=sys.stderr, flush=True)
+        bench.prepare()
+        bench.setup_django()
+        bench.start()
+        ctx.results["startup_s"] = round(time.monotonic() - started, 1)
+        info = machine(bench.env)
+        with foreign:
+            run_scenarios(ctx)
+        info["other_processes_cpu"] = load = foreign.summary()
+        if load.get("mean_cores", 0) > 0.2:
+            ctx.notes.append(
+                f"other processes used {load['mean_cores']} CPU cores on average (max "
+                f"{load['max_cores']}) while the benchmark ran: latencies are pessimistic; "
+                "rerun on a quiet machine"
+            )
+    finally:
+        bench.stop()
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    payload = {
+        "started": stamp,
+        "duration_s": round(time.monotonic() - started, 1),
+        "machine": info,
+        "options": {k: v for k, v in vars(args).items() if k != "json"},
+        "table": [vars(r) for r in ctx.rows],
+        "notes": ctx.notes,
+        "results": ctx.results,
+        "logs": str(log_dir),
+    }
+    path = RESULTS / f"{stamp}.json"
+    write_json(payload, path, *([args.json] if args.json else []))
+    print(_header(info, args, payload["duration_s"]))
+    print(table(ctx.rows))
+    for note in ctx.notes:
+        print(f"note: {note}")
+    print(f"\nJSON: {path}" + (f" and {args.json}" if args.json else ""))
+    return 1 if "errors" in ctx.results else 0
+
+
+def _header(info: dict, args: argparse.Namespace, duration: float) -> str:
+    return (
+        f"\n{info.get('cpu')}, {info.get('cores_logical')} cores, {info.get('ram_gb')} GB; "
+        f"Python {info.get('python')}, torch {info.get('torch')} "
+        f"({info.get('torch_threads_per_worker')} threads/worker), {info.get('database')}, "
+        f"{info.get('redis_server')}; {args.workers} workers; commit "
+        f"{(info.get('git_commit') or '?')[:10]}; {duration:.0f} s\n"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

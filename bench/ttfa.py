@@ -1,0 +1,101 @@
+"""Scenarios 1 and 4: time to first audio, cold (unique texts) and cached (texts narrated
+before), one session at a time so that nothing queues.
+
+TTFA is measured at the client, from just before the POST to the arrival of the first
+binary frame. The engine's share is the first chunk's ``engine_ms`` (stored by the worker
+around ``engine.synthesize``); the pipeline's overhead is everything else. The stage
+columns place the server's own timestamps (same machine, same clock) on that timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from bench.client import Http, Listen, Narration, listen, narrate
+from bench.db import SessionRow, fetch_sessions
+from bench.stats import summary
+
+
+async def _sequential(port: int, voice: str, texts: list[str], timeout: float) -> list[Narration]:
+    http = Http("127.0.0.1", port)
+    await http.ensure_csrf()
+    results = []
+    for text in texts:
+        results.append(await narrate(http, text, voice, timeout=timeout))
+    return results
+
+
+def run_sessions(port: int, voice: str, texts: list[str], *, timeout: float) -> list[Narration]:
+    return asyncio.run(_sequential(port, voice, texts, timeout))
+
+
+def stages(n: Narration, row: SessionRow) -> dict[str, float | None]:
+    """Milliseconds of each step from the POST to the first audio frame."""
+    first, stream = row.first, n.stream
+    if first is None or stream is None or stream.t_first is None:
+        return {}
+    synth_start = first.created_at - first.engine_ms / 1000
+    return {
+        "ttfa": (stream.t_first - n.t_post) * 1000,
+        "engine": float(first.engine_ms),
+        "overhead": (stream.t_first - n.t_post) * 1000 - first.engine_ms,
+        # client -> view saved the row
+        "post_to_row": (row.created_at - n.t_post) * 1000,
+        # the row -> the worker claimed it (commit, on_commit dispatch, Redis, worker wake-up)
+        "row_to_claim": ((row.started_at or row.created_at) - row.created_at) * 1000,
+        # claim -> synthesis starts (voice lookup, segmentation, cache lookup)
+        "claim_to_engine": (synth_start - (row.started_at or synth_start)) * 1000,
+        # chunk row -> first frame at the client (commit, group_send, consumer, socket)
+        "chunk_to_client": (stream.t_first - first.created_at) * 1000,
+        # client-side milestones
+        "post_rtt": (n.t_created - n.t_post) * 1000,
+        "ws_open": (stream.t_open - n.t_created) * 1000,
+        "ws_session_frame": ((stream.t_session or stream.t_open) - n.t_created) * 1000,
+    }
+
+
+def analyse(narrations: list[Narration], *, cached: bool = False) -> dict:
+    rows = fetch_sessions([n.session_id for n in narrations])
+    per = [stages(n, rows[n.session_id]) for n in narrations]
+    per = [p for p in per if p]
+    complete = sum(1 for n in narrations if n.stream and n.stream.complete)
+    from_storage = sum(
+        1
+        for n in narrations
+        if n.stream and n.stream.session_frame and n.stream.session_frame["completed_chunks"]
+    )
+    cached_first = sum(1 for n in narrations if (f := rows[n.session_id].first) and f.cached)
+    keys = per[0].keys() if per else []
+    result = {
+        "sessions": len(narrations),
+        "complete": complete,
+        "first_chunk_cached": cached_first,
+        "first_frame_from_storage": from_storage,
+        "chars": round(sum(len(n.text) for n in narrations) / max(1, len(narrations))),
+        **{key: summary(p[key] for p in per) for key in keys},
+    }
+    if cached and cached_first != len(narrations):
+        result["warning"] = "not every first chunk came from the cache"
+    return result
+
+
+def run_reopen(port: int, narrations: list[Narration], *, timeout: float) -> dict:
+    """Opening a finished session again (a reload, another device): every chunk comes
+    from storage. Timed from before the handshake to the first audio frame."""
+
+    async def go() -> list[Listen]:
+        out = []
+        for n in narrations:
+            http = Http("127.0.0.1", port)
+            http.cookies = dict(n.cookies)  # the owner's browser
+            out.append(await listen(http, n.session_id, timeout=timeout))
+        return out
+
+    listens = asyncio.run(go())
+    return {
+        "sessions": len(listens),
+        "complete": sum(1 for s in listens if s.complete),
+        "connect_to_first_frame": summary(
+            (s.t_first - s.t_connect) * 1000 for s in listens if s.t_first
+        ),
+    }
