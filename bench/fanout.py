@@ -10,13 +10,25 @@ first listener's arrival of that chunk.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from bench.client import Http, Listen, listen
 from bench.db import fetch_sessions
-from bench.stats import percentile, summary
+from bench.stats import summary
 
 CONNECT_TIMEOUT = 60.0
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """user+system CPU seconds so far of each named process (the client: this one)."""
+    import psutil
+
+    out = {}
+    for name, pid in pids.items():
+        times = psutil.Process(pid).cpu_times()
+        out[name] = times.user + times.system
+    return out
 
 
 async def _fanout(bench, voice: str, text: str, listeners: int, timeout: float) -> dict:
@@ -40,8 +52,17 @@ async def _fanout(bench, voice: str, text: str, listeners: int, timeout: float) 
 
 
 def run(bench, voice: str, text: str, listeners: int, *, timeout: float) -> dict:
+    pids = {
+        "client": os.getpid(),
+        "daphne": bench.daphne_pid,
+        **{f"worker{i}": pid for i, pid in enumerate(bench.worker_pids)},
+    }
+    before = cpu_seconds(pids)
     raw = asyncio.run(_fanout(bench, voice, text, listeners, timeout))
-    return analyse(raw, listeners)
+    after = cpu_seconds(pids)
+    result = analyse(raw, listeners)
+    result["cpu_s"] = {name: round(after[name] - before[name], 2) for name in pids}
+    return result
 
 
 def analyse(raw: dict, listeners: int) -> dict:
@@ -50,16 +71,16 @@ def analyse(raw: dict, listeners: int) -> dict:
     digests = {c.seq: c.digest for c in row.chunks}
     streams: list[Listen] = [s for s in raw["streams"] if isinstance(s, Listen)]
     failures = [repr(s) for s in raw["streams"] if not isinstance(s, Listen)]
-    latency, spread, per_chunk_p99 = [], [], []
+    latency, spread, first_chunk = [], [], []
     for seq, made in created.items():
         arrivals = [s.arrivals[seq] for s in streams if seq in s.arrivals]
         if not arrivals:
             continue
         first = min(arrivals)
-        chunk_latency = [(t - made) * 1000 for t in arrivals]
-        latency += chunk_latency
+        latency += [(t - made) * 1000 for t in arrivals]
         spread += [(t - first) * 1000 for t in arrivals]
-        per_chunk_p99.append(percentile(chunk_latency, 99))
+        if seq == 0:
+            first_chunk = [(t - made) * 1000 for t in arrivals]
     intact = sum(
         1
         for s in streams
@@ -75,11 +96,27 @@ def analyse(raw: dict, listeners: int) -> dict:
         "intact_listeners": intact,
         "failures": failures[:5],
         "latency_ms": summary(latency),
+        "first_chunk_latency_ms": summary(first_chunk),
         "spread_ms": summary(spread),
+        "late_chunks": sum(_late(s, row) for s in streams),
         "production_s": round(row.chunks[-1].created_at - row.chunks[0].created_at, 3)
         if row.chunks
         else None,
     }
+
+
+def _late(stream: Listen, row) -> int:
+    """Chunks that arrived after a player starting at the first chunk would have needed
+    them (their start time: the durations of the chunks before them): audible gaps."""
+    if stream.t_first is None:
+        return 0
+    late, due = 0, stream.t_first
+    for chunk in row.chunks:
+        arrived = stream.arrivals.get(chunk.seq)
+        if arrived is None or arrived > due:
+            late += 1
+        due += chunk.samples / chunk.sample_rate
+    return late
 
 
 def added_latency(results: list[dict]) -> dict:

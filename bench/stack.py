@@ -92,6 +92,7 @@ class BenchStack:
     # through bench/procs.py; empty means the stock launch of scripts/stack.py.
     patches: tuple[str, ...] = ()
     profile_dir: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # --env NAME=VALUE
     env: dict[str, str] = field(default_factory=dict)
     models: dict[str, ModelFiles] = field(default_factory=dict)
     stack: Stack | None = None
@@ -171,6 +172,7 @@ class BenchStack:
                 )
             )
             env["TTS_EXTRA_VOICES_FILE"] = str(extra)
+        env.update(self.extra_env)
         if self.patches:
             env["BENCH_PATCHES"] = ",".join(self.patches)
             env["BENCH_TIMINGS_DIR"] = str(self.log_dir / "timings")

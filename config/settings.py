@@ -233,7 +233,11 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    "loggers": {
+        "django.channels.server": {"level": "WARNING"},
+        # Coqui logs every sentence it synthesizes at INFO.
+        "TTS": {"level": env_str("COQUI_LOG_LEVEL", "WARNING")},
+    },
 }
 
 # --- Narration ------------------------------------------------------------------------

@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
+from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.db.models import F, Max, Q
 from django.db.models.functions import Coalesce
@@ -76,12 +78,20 @@ def session_create(
         owner_ip=owner.ip,
     )
     if subject is not None:
-        session.subject = subject
+        _link_subject(session, subject)
     session.save()
     limits.record_creation(owner)
     if dispatch:
         transaction.on_commit(lambda: session_dispatch(session_id=session.id))
     return session
+
+
+def _link_subject(session: TTSSession, subject: Any) -> None:
+    # Not get_for_model: its process-wide cache would outlive a content-types table that
+    # was rebuilt (a flushed test database, a restored backup) and store a dead id.
+    meta = subject._meta
+    session.subject_type = ContentType.objects.get(app_label=meta.app_label, model=meta.model_name)
+    session.subject_id = str(subject.pk)
 
 
 def voice_resolve(*, voice_id: str | None) -> Voice:

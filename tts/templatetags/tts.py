@@ -15,12 +15,12 @@ from types import SimpleNamespace
 from typing import Any
 
 from django import template
-from django.conf import settings
 from django.middleware.csrf import get_token
 from django.templatetags.static import static
 from django.urls import reverse
 from django.utils.html import format_html
 
+from tts.conf import settings
 from tts.errors import InvalidInput
 from tts.validation import clean_text
 from tts.voices import default_voice_id
@@ -58,7 +58,7 @@ def _next_dom_id(context: template.Context) -> str:
 def _is_scene(subject: object) -> bool:
     """Whether the API resolves this object by id (its ``scene`` field, TTS_SCENE_MODEL)."""
     meta = getattr(subject, "_meta", None)
-    label = getattr(settings, "TTS_SCENE_MODEL", "scenes.Scene")
+    label = settings.TTS_SCENE_MODEL or ""
     return meta is not None and meta.label_lower == label.lower()
 
 

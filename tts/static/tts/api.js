@@ -59,9 +59,17 @@ export async function requestJson(url, options) {
   return (await request(url, options)).json();
 }
 
-/** POST a new session: {text} or {scene}, plus voice. Resolves to {id, ws_url, ...}. */
+let creating = Promise.resolve();
+
+/**
+ * POST a new session: {text} or {scene}, plus voice. Resolves to {id, ws_url, ...}.
+ * One at a time: a first visitor has no session cookie yet, and two POSTs in flight together
+ * would each start a different anonymous owner, leaving one narration "someone else's".
+ */
 export function createSession(url, payload, csrf) {
-  return requestJson(url, { method: "POST", json: payload, csrf });
+  const created = creating.then(() => requestJson(url, { method: "POST", json: payload, csrf }));
+  creating = created.catch(() => {});
+  return created;
 }
 
 export function cancelSession(statusUrl, csrf) {
