@@ -35,8 +35,12 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+## Benchmarks (docs/benchmarks.md): the real stack on loopback (bench/run.py; about 8 min),
+## then the engines alone (bench/engines.py; about 2 min). Short run:
+## make bench BENCH_ARGS=--quick ENGINES_ARGS=--skip-full-size
 bench: $(STAMP) system-deps
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/engines.py $(ENGINES_ARGS) --json bench/results/engines-$$(date +%Y%m%d-%H%M%S).json
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache

@@ -388,7 +388,15 @@ def scenario_memory(ctx: Context) -> None:
     )
 
 
+def warm_up(ctx: Context) -> None:
+    """A few unmeasured sessions per fast voice: first requests pay for imports and pools."""
+    for voice in ctx.voices(fast_only=True):
+        texts = [ctx.texts.short() for _ in range(3)]
+        ttfa.run_sessions(ctx.port, VOICE_IDS[voice], texts, timeout=SHORT_TIMEOUT[voice])
+
+
 RUNNERS: dict[str, Callable[[Context], None]] = {
+    "warm_up": warm_up,
     "memory": scenario_memory,
     "ttfa": scenario_ttfa,
     "cached": scenario_cached,
@@ -401,17 +409,9 @@ RUNNERS: dict[str, Callable[[Context], None]] = {
 # Main --------------------------------------------------------------------------------------
 
 
-def warm_up(ctx: Context) -> None:
-    """A few unmeasured sessions per fast voice: first requests pay for imports and pools."""
-    for voice in ctx.voices(fast_only=True):
-        texts = [ctx.texts.short() for _ in range(3)]
-        ttfa.run_sessions(ctx.port, VOICE_IDS[voice], texts, timeout=SHORT_TIMEOUT[voice])
-
-
 def run_scenarios(ctx: Context) -> None:
-    warm_up(ctx)
-    for name in SCENARIOS:
-        if name not in ctx.args.scenarios:
+    for name in ("warm_up", *SCENARIOS):
+        if name not in ctx.args.scenarios and name != "warm_up":
             continue
         if time.monotonic() > ctx.deadline:
             ctx.notes.append(f"{name}: skipped, past --max-minutes")

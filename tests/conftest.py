@@ -90,6 +90,12 @@ def stack_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def private_stack_env(**overrides: str) -> dict[str, str]:
+    """For a stack of a test's own: a channel prefix of its own, so that the session-wide
+    live_stack's worker (same database, same Redis) never takes its sessions."""
+    return stack_env(CHANNEL_LAYER_PREFIX=f"own{uuid.uuid4().hex[:8]}", **overrides)
+
+
 @pytest.fixture(scope="session")
 def live_stack(django_db_setup, django_db_blocker):
     """daphne + one worker, for the whole session."""

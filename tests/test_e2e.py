@@ -68,11 +68,11 @@ def coqui_stack(django_db_setup, django_db_blocker, tmp_path_factory):
     """A worker that narrates with a tiny Coqui VITS (random weights), loaded and warmed
     through the real TTS(model_path=..., config_path=...) path when the worker starts."""
     from scripts.stack import Stack
-    from tests.conftest import stack_env
+    from tests.conftest import private_stack_env
     from tts.testing import build_vits
 
     model_path, config_path = build_vits(tmp_path_factory.mktemp("tiny-vits"))
-    env = stack_env(
+    env = private_stack_env(
         TTS_COQUI_MODEL_PATH=str(model_path),
         TTS_COQUI_CONFIG_PATH=str(config_path),
         TTS_PRELOAD_VOICES="coqui-local",

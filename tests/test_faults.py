@@ -10,7 +10,7 @@ import time
 import pytest
 
 from scripts.stack import EmbeddedRedis, Stack, stop_process, wait_for
-from tests.conftest import ARTIFACTS, stack_env
+from tests.conftest import ARTIFACTS, private_stack_env
 from tts.client import NarrationClient
 from tts.models import SessionStatus, TTSChunk, TTSSession
 
@@ -42,7 +42,7 @@ def make_stack(django_db_setup, django_db_blocker):
     def make(workers: int = 1, **env: str) -> Stack:
         with django_db_blocker.unblock():
             stack = Stack(
-                env=stack_env(**{**FAST_RECOVERY, **env}),
+                env=private_stack_env(**{**FAST_RECOVERY, **env}),
                 workers=workers,
                 log_dir=ARTIFACTS / "logs-faults",
             )

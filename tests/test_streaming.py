@@ -11,7 +11,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from scripts.stack import Stack
-from tests.conftest import ARTIFACTS, stack_env
+from tests.conftest import ARTIFACTS, private_stack_env
 from tts.client import NarrationClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -128,7 +128,9 @@ def tiny_capacity_stack(django_db_setup, django_db_blocker):
     events are dropped, as they are when a real listener falls behind."""
     with django_db_blocker.unblock():
         stack = Stack(
-            env=stack_env(CHANNEL_LAYER_CAPACITY="1"), workers=1, log_dir=ARTIFACTS / "logs-tiny"
+            env=private_stack_env(CHANNEL_LAYER_CAPACITY="1"),
+            workers=1,
+            log_dir=ARTIFACTS / "logs-tiny",
         ).start()
     yield stack
     stack.stop()
