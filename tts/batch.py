@@ -268,8 +268,7 @@ def holder_alive(session: TTSSession, *, now: Any = None) -> bool:
 
 def session_take_over(session: TTSSession) -> None:
     """Requeue a running session whose holder died, keeping its stored chunks."""
-    services.session_requeue_lost(session_id=session.id, worker=session.claimed_by,
-                                  dispatch=False)
+    services.session_requeue_lost(session_id=session.id, worker=session.claimed_by, dispatch=False)
 
 
 # --- Running and following ----------------------------------------------------------------

@@ -10,7 +10,6 @@ import redis
 from django.db import connection
 
 from tts import redis_client
-from tts.conf import settings
 
 logger = logging.getLogger(__name__)
 WORKER_KEY = "tts:worker:"

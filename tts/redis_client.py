@@ -23,11 +23,16 @@ def _layer_host() -> dict:
 def client() -> redis.Redis:
     host = _layer_host()
     if "sentinels" in host:
-        sentinel = Sentinel(host["sentinels"], sentinel_kwargs=host.get("sentinel_kwargs"),
-                            **TIMEOUTS)
-        return sentinel.master_for(host["master_name"], db=host.get("db", 0),
-                                   username=host.get("username"), password=host.get("password"),
-                                   **TIMEOUTS)
+        sentinel = Sentinel(
+            host["sentinels"], sentinel_kwargs=host.get("sentinel_kwargs"), **TIMEOUTS
+        )
+        return sentinel.master_for(
+            host["master_name"],
+            db=host.get("db", 0),
+            username=host.get("username"),
+            password=host.get("password"),
+            **TIMEOUTS,
+        )
     address = host.get("address", settings.REDIS_URL)
     if isinstance(address, str):
         return redis.Redis.from_url(address, **TIMEOUTS)

@@ -83,8 +83,11 @@ def resolve_subject(data: dict) -> tuple[object | None, str | None, str | None]:
     try:
         model = apps.get_model(settings.TTS_SCENE_MODEL)
     except (LookupError, ValueError):
-        raise InvalidInput("This site does not narrate scenes (TTS_SCENE_MODEL is not set).",
-                           code="scenes_disabled", fields={"scene": "not supported"}) from None
+        raise InvalidInput(
+            "This site does not narrate scenes (TTS_SCENE_MODEL is not set).",
+            code="scenes_disabled",
+            fields={"scene": "not supported"},
+        ) from None
     if isinstance(scene_id, bool) or not isinstance(scene_id, int | str):
         raise InvalidInput("scene must be an id.", code="invalid_scene", fields={"scene": "bad id"})
     try:
