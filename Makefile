@@ -35,8 +35,8 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-## Benchmarks (docs/benchmarks.md): the real stack on loopback (bench/run.py; about 8 min),
-## then the engines alone (bench/engines.py; about 2 min). Short run:
+## Benchmarks (docs/benchmarks.md): the real stack on loopback (bench/run.py; about 5 min),
+## then the engines alone (bench/engines.py; about 1.5 min). Short run:
 ## make bench BENCH_ARGS=--quick ENGINES_ARGS=--skip-full-size
 bench: $(STAMP) system-deps
 	$(PY) bench/run.py $(BENCH_ARGS)

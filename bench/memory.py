@@ -42,18 +42,27 @@ def _run(port: int, jobs: list[tuple[str, str]], timeout: float) -> int:
 
 
 def worker_growth(
-    bench, voices: list[str], texts: list[str], *, first: int, timeout: float
+    bench,
+    voices: list[str],
+    texts: list[str],
+    *,
+    first: int,
+    timeout: float,
+    checkpoints: tuple[int, ...] = (),
 ) -> dict:
+    """RSS of each worker after ``first`` sessions, after each of ``checkpoints`` (to see
+    whether growth levels off) and after all of ``texts``; growth is first -> all."""
     jobs = list(zip(itertools.cycle(voices), texts, strict=False))
-    started = time.time()
-    ok = _run(bench.port, jobs[:first], timeout)
-    time.sleep(0.5)  # let the workers settle back into their receive loop
-    after_first = {pid: rss_mb(pid) for pid in bench.worker_pids}
-    ok += _run(bench.port, jobs[first:], timeout)
-    time.sleep(0.5)
-    after_all = {pid: rss_mb(pid) for pid in bench.worker_pids}
+    marks = sorted({first, *(c for c in checkpoints if first < c < len(jobs)), len(jobs)})
+    started, done, ok, rss = time.time(), 0, 0, {}
+    for mark in marks:
+        ok += _run(bench.port, jobs[done:mark], timeout)
+        done = mark
+        time.sleep(0.5)  # let the workers settle back into their receive loop
+        rss[mark] = {str(pid): round(rss_mb(pid), 1) for pid in bench.worker_pids}
+    after_first, after_all = rss[first], rss[len(jobs)]
     growth = {
-        str(pid): round((after_all[pid] - after_first[pid]) / after_first[pid] * 100, 2)
+        pid: round((after_all[pid] - after_first[pid]) / after_first[pid] * 100, 2)
         for pid in after_first
     }
     return {
@@ -61,8 +70,9 @@ def worker_growth(
         "sessions": len(jobs),
         "completed": ok,
         "checkpoint": first,
-        "rss_mb_after_checkpoint": {str(p): round(v, 1) for p, v in after_first.items()},
-        "rss_mb_after_all": {str(p): round(v, 1) for p, v in after_all.items()},
+        "rss_mb_after_checkpoint": after_first,
+        "rss_mb_after_all": after_all,
+        "rss_mb_by_sessions": rss,
         "growth_pct": growth,
         "max_growth_pct": max(growth.values()) if growth else None,
         "wall_s": round(time.time() - started, 1),

@@ -27,6 +27,27 @@ def patch(func: Callable[[], None]) -> Callable[[], None]:
     return func
 
 
+def switched_on() -> bool:
+    """In paired A/B runs (BENCH_SWITCH_FILE set), experiments apply only while that file
+    exists, so the bench alternates sessions with and without them under the same load."""
+    flag = os.environ.get("BENCH_SWITCH_FILE")
+    return flag is None or os.path.exists(flag)
+
+
+def replace(owner: object, name: str, new: Callable) -> None:
+    """Put ``new`` in place of ``owner.name``, behind the A/B switch when there is one."""
+    original = getattr(owner, name)
+    if not os.environ.get("BENCH_SWITCH_FILE"):
+        setattr(owner, name, new)
+        return
+
+    @functools.wraps(original)
+    def switch(*args, **kwargs):
+        return (new if switched_on() else original)(*args, **kwargs)
+
+    setattr(owner, name, switch)
+
+
 def apply(names: list[str]) -> None:
     for name in names:
         if name not in PATCHES:
@@ -253,7 +274,9 @@ def _fast_generate(*, pipelined: bool) -> Callable:
                         return  # cancelled or taken over
                     total = len(segments) if seq == next_seq else None
                     args = (session, seq, segments[seq], item, worker, total)
-                    if writer is None:
+                    if writer is None or seq == next_seq:
+                        # The first chunk goes out at once: overlapping it with the next
+                        # synthesis would only slow the first audio down.
                         if store(*args) is None:
                             return
                     else:
@@ -274,7 +297,7 @@ def store_fast() -> None:
     """One commit per chunk, total_chunks with the first chunk, no SELECT in chunk_meta."""
     from tts import services
 
-    services.session_generate = _fast_generate(pipelined=False)
+    replace(services, "session_generate", _fast_generate(pipelined=False))
 
 
 @patch
@@ -282,17 +305,22 @@ def pipeline() -> None:
     """store_fast, plus storing and broadcasting chunk n while chunk n+1 is synthesized."""
     from tts import services
 
-    services.session_generate = _fast_generate(pipelined=True)
+    replace(services, "session_generate", _fast_generate(pipelined=True))
 
 
 @patch
 def sqlite_normal() -> None:
-    """config/settings.py: PRAGMA synchronous=NORMAL next to journal_mode=WAL (SQLite)."""
-    from django.conf import settings
+    """config/settings.py: PRAGMA synchronous=NORMAL next to journal_mode=WAL (SQLite):
+    a commit then waits for no fsync (WAL stays consistent; a power cut may lose the last
+    commits, which the worker's recovery sweep redoes)."""
+    from django.db.backends.signals import connection_created
 
-    options = settings.DATABASES["default"].get("OPTIONS", {})
-    if "init_command" in options:
-        options["init_command"] = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+    def pragma(sender, connection, **kwargs) -> None:
+        if connection.vendor == "sqlite":
+            level = "NORMAL" if switched_on() else "FULL"
+            connection.cursor().execute(f"PRAGMA synchronous={level}")
+
+    connection_created.connect(pragma, weak=False)
 
 
 @patch
@@ -331,4 +359,23 @@ def async_broadcast() -> None:
         group = broadcast.session_group(session_id)
         loop.call_soon_threadsafe(queue.put_nowait, (group, event))
 
-    broadcast._group_send = group_send
+    replace(broadcast, "_group_send", group_send)
+
+
+@patch
+def dispatch_first() -> None:
+    """tts/services.py session_dispatch: write dispatched_at before ringing the worker, not
+    after. Today the worker's claim (an UPDATE of the same row) races the view's
+    UPDATE ... dispatched_at; on SQLite the loser sleeps in the busy handler (1, 2, 5 ms
+    ...). If the send fails, the recovery sweep still re-dispatches after
+    TTS_QUEUED_TIMEOUT, exactly as for a lost message."""
+    from django.utils import timezone
+
+    from tts import broadcast, services
+    from tts.models import TTSSession
+
+    def session_dispatch(*, session_id) -> bool:
+        TTSSession.objects.filter(pk=session_id).update(dispatched_at=timezone.now())
+        return broadcast.dispatch_generate(session_id)
+
+    replace(services, "session_dispatch", session_dispatch)

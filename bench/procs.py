@@ -35,7 +35,8 @@ def _profile_session_run(directory: Path) -> None:
                 return original(**kwargs)
             finally:
                 profiler.disable()
-                profiler.dump_stats(path)
+                profiler.dump_stats(path.with_suffix(".tmp"))
+                os.replace(path.with_suffix(".tmp"), path)  # never a half-written file
 
     services.session_run = profiled
 

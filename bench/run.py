@@ -1,6 +1,6 @@
 """Benchmark the real stack on loopback: daphne, narration workers, Redis, a database.
 
-    make bench                          # everything (about 8 minutes on 2 CPU cores)
+    make bench                          # everything: ~5 min on a quiet 2-core machine
     .venv/bin/python bench/run.py --quick
     .venv/bin/python bench/run.py --voices espeak,tiny --scenarios ttfa,cached
     .venv/bin/python bench/run.py --database-url postgres://postgres@127.0.0.1:5432/postgres
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import concurrency, fanout, memory, streaming, ttfa  # noqa: E402
+from bench import ab, concurrency, fanout, memory, streaming, ttfa  # noqa: E402
 from bench.monitor import ForeignLoad  # noqa: E402
 from bench.report import Row, fmt, machine, table, write_json  # noqa: E402
 from bench.stack import VOICE_IDS, BenchStack  # noqa: E402
@@ -66,6 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--listeners", help="fan-out listener counts (1,10,100)")
     p.add_argument("--concurrent", type=int, default=20, help="sessions posted at once (20)")
     p.add_argument("--memory-sessions", type=int, help="sessions for worker RSS growth (500)")
+    p.add_argument(
+        "--memory-checkpoints",
+        default="",
+        help="more session counts at which to read worker RSS, e.g. 100,250 (none)",
+    )
     p.add_argument("--idle-sockets", type=int, help="idle sockets for daphne memory (200)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument(
@@ -97,6 +103,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a setting for the stack's processes, e.g. DATABASE_CONN_MAX_AGE=60 (repeatable)",
     )
     p.add_argument(
+        "--ab",
+        action="store_true",
+        help="paired A/B of the --patch experiments: sessions alternate off/on (bench/ab.py)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="cProfile the workers' session_run; .prof files in the logs folder",
@@ -119,11 +130,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in args.scenarios:
         if name not in SCENARIOS:
             p.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    if args.ab and not args.patch:
+        p.error("--ab needs at least one --patch")
     args.sessions = args.sessions or (15 if q else 50)
     args.full_sessions = args.full_sessions or (2 if q else 8)
     args.long_repeats = args.long_repeats or (1 if q else 3)
     args.listeners = [int(n) for n in (args.listeners or "1,10,100").split(",")]
     args.memory_sessions = args.memory_sessions or (60 if q else 500)
+    args.memory_checkpoints = tuple(int(n) for n in args.memory_checkpoints.split(",") if n)
     args.idle_sockets = args.idle_sockets or (50 if q else 200)
     return args
 
@@ -361,7 +375,9 @@ def scenario_memory(ctx: Context) -> None:
         ctx.bench, voices[0], ctx.texts.short(), ctx.args.idle_sockets, timeout=120
     )
     texts = [ctx.texts.short() for _ in range(ctx.args.memory_sessions)]
-    growth = memory.worker_growth(ctx.bench, voices, texts, first=10, timeout=60)
+    growth = memory.worker_growth(
+        ctx.bench, voices, texts, first=10, timeout=60, checkpoints=ctx.args.memory_checkpoints
+    )
     ctx.results["memory"] = {"idle_connections": idle, "worker_growth": growth}
     ctx.row(
         "7 memory",
@@ -395,7 +411,27 @@ def warm_up(ctx: Context) -> None:
         ttfa.run_sessions(ctx.port, VOICE_IDS[voice], texts, timeout=SHORT_TIMEOUT[voice])
 
 
+def scenario_ab(ctx: Context) -> None:
+    out = ctx.results.setdefault("ab", {})
+    switch = ab.Switch(ctx.bench.switch_file)
+    name = "A/B " + "+".join(ctx.args.patch) + " (off -> on)"
+    for voice in ctx.voices(fast_only=True):
+        n, k = ctx.args.sessions, ctx.args.long_repeats
+        res = out[VOICE_IDS[voice]] = ab.run(
+            switch,
+            ctx.port,
+            VOICE_IDS[voice],
+            short=[ctx.texts.short() for _ in range(2 * n)],
+            long=[ctx.texts.long() for _ in range(2 * k)],
+            timeout=SHORT_TIMEOUT[voice],
+            long_timeout=LONG_TIMEOUT[voice],
+        )
+        for figure, off, on in ab.figures(res):
+            ctx.row(f"{name}, n={n}/{k} per arm", VOICE_IDS[voice], figure, f"{off} -> {on}")
+
+
 RUNNERS: dict[str, Callable[[Context], None]] = {
+    "ab": scenario_ab,
     "warm_up": warm_up,
     "memory": scenario_memory,
     "ttfa": scenario_ttfa,
@@ -410,8 +446,10 @@ RUNNERS: dict[str, Callable[[Context], None]] = {
 
 
 def run_scenarios(ctx: Context) -> None:
-    for name in ("warm_up", *SCENARIOS):
-        if name not in ctx.args.scenarios and name != "warm_up":
+    for name in ("warm_up", *SCENARIOS, "ab"):
+        if name != "warm_up" and (name == "ab") != ctx.args.ab:
+            continue
+        if name not in (*ctx.args.scenarios, "warm_up", "ab"):
             continue
         if time.monotonic() > ctx.deadline:
             ctx.notes.append(f"{name}: skipped, past --max-minutes")
@@ -429,8 +467,33 @@ def run_scenarios(ctx: Context) -> None:
         print(f"[bench] {name} done in {took:.0f} s", file=sys.stderr, flush=True)
 
 
+def usable_voices(voices: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
+    """Leave out, with a note, the voices this machine cannot run (no espeak-ng; the Coqui
+    engine or coqui-tts not importable)."""
+    keep, notes = [], []
+    for voice in voices:
+        if voice == "espeak" and shutil.which("espeak-ng") is None:
+            notes.append("espeak: skipped, espeak-ng is not installed (make system-deps)")
+            continue
+        if voice != "espeak":
+            check = "import tts.engines.coqui, TTS.api, tts.testing"
+            done = subprocess.run(
+                [sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=300
+            )
+            if done.returncode != 0:
+                reason = (done.stderr.strip().splitlines() or ["?"])[-1]
+                notes.append(f"{voice}: skipped, the Coqui engine is not importable ({reason})")
+                continue
+        keep.append(voice)
+    return tuple(keep), notes
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.voices, skipped = usable_voices(args.voices)
+    if not args.voices:
+        print("\n".join(skipped) or "no voices", file=sys.stderr)
+        return 1
     started, stamp = time.monotonic(), time.strftime("%Y%m%d-%H%M%S")
     log_dir = RESULTS / f"{stamp}-logs"
     run_dir = Path(tempfile.mkdtemp(prefix="tts-bench-"))
@@ -445,8 +508,10 @@ def main(argv: list[str] | None = None) -> int:
         patches=tuple(args.patch),
         profile_dir=log_dir / "profiles" if args.profile else None,
         extra_env=dict(item.split("=", 1) for item in args.env),
+        switch_file=run_dir / "ab-on" if args.ab else None,
     )
     ctx = Context(args=args, bench=bench, deadline=started + args.max_minutes * 60)
+    ctx.notes += skipped
     info: dict = {}
     foreign = ForeignLoad()
     try:

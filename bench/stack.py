@@ -93,6 +93,7 @@ class BenchStack:
     patches: tuple[str, ...] = ()
     profile_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # --env NAME=VALUE
+    switch_file: Path | None = None  # paired A/B: experiments on while this file exists
     env: dict[str, str] = field(default_factory=dict)
     models: dict[str, ModelFiles] = field(default_factory=dict)
     stack: Stack | None = None
@@ -176,6 +177,8 @@ class BenchStack:
         if self.patches:
             env["BENCH_PATCHES"] = ",".join(self.patches)
             env["BENCH_TIMINGS_DIR"] = str(self.log_dir / "timings")
+        if self.switch_file is not None:
+            env["BENCH_SWITCH_FILE"] = str(self.switch_file)
         if self.profile_dir is not None:
             self.profile_dir.mkdir(parents=True, exist_ok=True)
             env["BENCH_PROFILE_DIR"] = str(self.profile_dir)
@@ -254,8 +257,8 @@ class BenchStack:
             os.kill(pid, signal.SIGCONT)
 
     def stop(self) -> None:
-        if self.patches:
-            time.sleep(0.6)  # bench/patches.py writes its timings every 0.25 s
+        if self.patches or self.profile_dir:
+            time.sleep(0.6)  # timings are written every 0.25 s, profiles after each session
         if self.stack is not None:
             with contextlib.suppress(ProcessLookupError):
                 self.resume_workers()
