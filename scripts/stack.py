@@ -157,6 +157,10 @@ class Stack:
         wait_for(lambda: port_open("127.0.0.1", self.port), timeout=30, what="daphne")
 
     def start_worker(self) -> subprocess.Popen:
+        if "TTS_TORCH_THREADS" not in self.env and self.workers > 1:
+            # One torch thread per core, shared out: oversubscribed workers wait on each
+            # other's descheduled threads (docs/benchmarks.md, P6).
+            self.env["TTS_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
         proc = self._spawn(
             [PYTHON, "manage.py", "runworker", "tts-generate"], f"worker-{len(self.worker_procs)}"
         )

@@ -46,8 +46,11 @@ def broadcast_status(session_id: uuid.UUID, status_frame: dict[str, Any]) -> Non
     _group_send(session_id, {**status_frame, "type": "tts.status"})
 
 
-def broadcast_done(session_id: uuid.UUID) -> None:
-    _group_send(session_id, {"type": "tts.done"})
+def broadcast_done(session_id: uuid.UUID, *, total_chunks: int, duration_ms: int) -> None:
+    # The totals ride along so that a listener that is caught up needs no database read.
+    _group_send(
+        session_id, {"type": "tts.done", "total_chunks": total_chunks, "duration_ms": duration_ms}
+    )
 
 
 def broadcast_error(session_id: uuid.UUID, *, code: str, message: str) -> None:

@@ -12,12 +12,14 @@ from tts.audio import chunk_frame
 from tts.broadcast import session_group
 from tts.models import SessionStatus
 from tts.owners import owner_from_scope
-from tts.replay import ChunkCursor, deliver_live, send_from_storage
+from tts.replay import BATCH, ChunkCursor, deliver_live, send_from_storage, stored_chunks
 
 MAX_CLIENT_MESSAGE = 4096
 
 
 class SessionConsumer(AsyncWebsocketConsumer):
+    finished = False  # done or the fatal error sent; later events are ignored
+
     async def connect(self) -> None:
         await self.accept()  # accept first, so that the close codes reach the client
         self.group = None
@@ -30,10 +32,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
         self.group = session_group(session.id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         # Joined before reading, so nothing stored from now on can slip between the two.
-        session, frames = await database_sync_to_async(self._snapshot)()
+        session, frames, stored = await database_sync_to_async(self._snapshot)()
         for frame in frames:
             await self.send_json(frame)
-        await send_from_storage(self.session_id, self.cursor, self.send_chunk)
+        for chunk in stored:
+            await self.send_chunk(chunk.meta, chunk.pcm)
+            self.cursor.advance(chunk.meta["seq"])
+        if len(stored) == BATCH:
+            await send_from_storage(self.session_id, self.cursor, self.send_chunk)
         await self._finish_if_over(session)
 
     def _load(self):
@@ -54,11 +60,16 @@ class SessionConsumer(AsyncWebsocketConsumer):
             return -1
 
     def _snapshot(self):
+        """The session's frames and its first stored chunks, in one trip to the database."""
         session = services.session_get(session_id=self.session_id)
         frames = [services.session_frame(session)]
         if session.status == SessionStatus.QUEUED:
             frames.append(services.status_frame(session))
-        return session, frames
+        stored = stored_chunks(self.session_id, after=self.cursor.last_sent)
+        contiguous = [
+            c for i, c in enumerate(stored) if c.meta["seq"] == self.cursor.last_sent + 1 + i
+        ]
+        return session, frames, contiguous
 
     async def disconnect(self, code: int) -> None:
         if self.group:
@@ -86,7 +97,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
     # Group events -------------------------------------------------------------------------
 
     async def tts_chunk(self, event: dict) -> None:
-        if getattr(self, "finished", False):
+        if self.finished:
             return
         meta = {k: v for k, v in event.items() if k not in ("type", "pcm")}
         await deliver_live(self.session_id, self.cursor, meta, event["pcm"], self.send_chunk)
@@ -95,6 +106,15 @@ class SessionConsumer(AsyncWebsocketConsumer):
         await self.send_json({**event, "type": "status"})
 
     async def tts_done(self, event: dict) -> None:
+        total = event.get("total_chunks")
+        if total is not None and self.cursor.last_sent == total - 1 and not self.finished:
+            self.finished = True  # caught up: no need to ask the database
+            await self.send_json(
+                services.done_frame(
+                    self.session_id, total_chunks=total, duration_ms=event["duration_ms"]
+                )
+            )
+            return await self.close(code=1000)
         await self._finish_if_over(
             await database_sync_to_async(services.session_get)(session_id=self.session_id)
         )
@@ -107,18 +127,15 @@ class SessionConsumer(AsyncWebsocketConsumer):
     # Frames -------------------------------------------------------------------------------
 
     async def _finish_if_over(self, session) -> None:
-        if not session.is_final or getattr(self, "finished", False):
+        if not session.is_final or self.finished:
             return
         self.finished = True
         await send_from_storage(self.session_id, self.cursor, self.send_chunk)
         if session.status == SessionStatus.COMPLETED:
             await self.send_json(
-                {
-                    "type": "done",
-                    "total_chunks": session.total_chunks,
-                    "duration_ms": session.audio_ms,
-                    "audio_url": f"/api/tts/sessions/{session.id}/audio.wav",
-                }
+                services.done_frame(
+                    session.id, total_chunks=session.total_chunks, duration_ms=session.audio_ms
+                )
             )
         else:
             await self.send_json(

@@ -13,14 +13,16 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
-from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
 from django.db.models import F, Max, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -175,7 +177,11 @@ def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
 
 
 def session_generate(*, session: TTSSession, worker: str) -> None:
-    """Synthesize a claimed session from its first missing chunk to the end."""
+    """Synthesize a claimed session from its first missing chunk to the end.
+
+    The first chunk is stored and sent at once (time to first audio); after it, chunk n
+    is stored and broadcast on a writer thread while chunk n+1 is synthesized, so the
+    engine never waits for the database or Redis."""
     voice = get_voice(session.voice)
     if voice is None:
         session_fail(
@@ -187,34 +193,82 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
     segments = session_segments(session=session, voice=voice)
     TTSSession.objects.filter(pk=session.id).update(total_chunks=len(segments))
     session.total_chunks = len(segments)
-    next_seq = stored_chunk_count(session_id=session.id)
-    with _heartbeat(session.id, worker):
-        for seq in range(next_seq, len(segments)):
+    first_seq = stored_chunk_count(session_id=session.id)
+
+    def store_and_send(seq: int, blob: AudioBlob, cached: bool, engine_ms: int) -> bool:
+        chunk = chunk_store(
+            session=session,
+            seq=seq,
+            segment=segments[seq],
+            blob=blob,
+            cached=cached,
+            engine_ms=engine_ms,
+            worker=worker,
+        )
+        if chunk is None:
+            logger.info("session %s was cancelled or taken over; stopping", session.id)
+            return False
+        broadcast.broadcast_chunk(session.id, chunk_meta(chunk), blob.pcm)
+        return True
+
+    with _heartbeat(session.id, worker), _OrderedWriter() as writer:
+        for seq in range(first_seq, len(segments)):
             try:
                 blob, cached, engine_ms = segment_audio(
                     segment=segments[seq], voice=voice, engine_model=session.model
                 )
             except EngineError as exc:
+                writer.wait()  # keep what was made before the failure
                 session_fail(
                     session_id=session.id,
                     code=exc.code,
                     message=f"Chunk {seq} failed: {exc.message}",
                 )
                 return
-            chunk = chunk_store(
-                session=session,
-                seq=seq,
-                segment=segments[seq],
-                blob=blob,
-                cached=cached,
-                engine_ms=engine_ms,
-                worker=worker,
-            )
-            if chunk is None:
-                logger.info("session %s was cancelled or taken over; stopping", session.id)
+            if not writer.wait():
                 return
-            broadcast.broadcast_chunk(session.id, chunk_meta(chunk), blob.pcm)
+            job = partial(store_and_send, seq, blob, cached, engine_ms)
+            if seq == first_seq:
+                if not job():
+                    return
+            else:
+                writer.submit(job)
+        if not writer.wait():
+            return
     session_complete(session_id=session.id, worker=worker)
+
+
+def _close_thread_connection() -> None:
+    """Close the connection a helper thread opened (not one it shares, as in tests)."""
+    with suppress(DatabaseError):
+        connection.close()
+
+
+class _OrderedWriter:
+    """One background thread that runs jobs in order, one at a time."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-store")
+        self._pending: Future[bool] | None = None
+
+    def submit(self, job: Callable[[], bool]) -> None:
+        self._pending = self._pool.submit(job)
+
+    def wait(self) -> bool:
+        """The last job's result (True when there was none); its errors are raised."""
+        pending, self._pending = self._pending, None
+        return True if pending is None else pending.result()
+
+    def __enter__(self) -> _OrderedWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._pending is not None:
+                self._pending.exception()  # let a running store finish first
+        finally:
+            self._pool.submit(_close_thread_connection).result()
+            self._pool.shutdown()
 
 
 def session_segments(*, session: TTSSession, voice: Voice) -> list[Segment]:
@@ -308,7 +362,7 @@ def chunk_store(
             if not held:
                 return None
             return TTSChunk.objects.create(
-                session_id=session.id,
+                session=session,
                 seq=seq,
                 text=segment.text,
                 char_start=segment.char_start,
@@ -351,7 +405,7 @@ def _heartbeat(session_id: uuid.UUID, worker: str) -> Iterator[None]:
                     pk=session_id, status=SessionStatus.RUNNING, claimed_by=worker
                 ).update(heartbeat_at=timezone.now())
         finally:
-            connection.close()
+            _close_thread_connection()
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{session_id}", daemon=True)
     thread.start()
@@ -374,7 +428,9 @@ def session_complete(*, session_id: uuid.UUID, worker: str) -> bool:
     if done:
         session.refresh_from_db()
         broadcast.broadcast_status(session.id, status_frame(session))
-        broadcast.broadcast_done(session.id)
+        broadcast.broadcast_done(
+            session.id, total_chunks=session.total_chunks or 0, duration_ms=session.audio_ms
+        )
     return bool(done)
 
 
@@ -498,6 +554,15 @@ def session_frame(session: TTSSession) -> dict:
         "format": "pcm_s16le",
         "total_chunks": session.total_chunks,
         "completed_chunks": session.completed_chunks,
+    }
+
+
+def done_frame(session_id: uuid.UUID, *, total_chunks: int, duration_ms: int) -> dict:
+    return {
+        "type": "done",
+        "total_chunks": total_chunks,
+        "duration_ms": duration_ms,
+        "audio_url": f"/api/tts/sessions/{session_id}/audio.wav",
     }
 
 
