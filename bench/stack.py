@@ -18,6 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlparse, urlunparse
 
 from scripts.stack import PYTHON, ROOT, EmbeddedRedis, Stack, redis_reachable, wait_for
@@ -288,38 +289,5 @@ class PatchedStack(Stack):
     """The same processes, started through bench/procs.py so that bench-only patches and
     the profiler load first."""
 
-    def start_daphne(self) -> None:
-        from scripts.stack import port_open
-
-        self.daphne = self._spawn(
-            [
-                PYTHON,
-                "-m",
-                "bench.procs",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "--websocket_timeout",
-                "86400",
-                "--ping-interval",
-                "20",
-                "--ping-timeout",
-                "30",
-                "--websocket-max-message-size",
-                str(16 * 1024 * 1024),
-                "--application-close-timeout",
-                "5",
-                "config.asgi:application",
-            ],
-            "daphne",
-        )
-        wait_for(lambda: port_open("127.0.0.1", self.port), timeout=30, what="daphne")
-
-    def start_worker(self) -> subprocess.Popen:
-        proc = self._spawn(
-            [PYTHON, "-m", "bench.procs", "worker"], f"worker-{len(self.worker_procs)}"
-        )
-        self.worker_procs.append(proc)
-        return proc
+    daphne_launcher: ClassVar[list[str]] = [PYTHON, "-m", "bench.procs", "daphne"]
+    worker_command: ClassVar[list[str]] = [PYTHON, "-m", "bench.procs", "worker"]

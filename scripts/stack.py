@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,9 +98,24 @@ class EmbeddedRedis:
             self.process.wait(timeout=10)
 
 
+# What production runs too (docker/entrypoint.sh): the socket timeouts, and a message
+# size that also bounds outgoing frames, so it stays well above the largest chunk.
+DAPHNE_FLAGS = [
+    "-b", "127.0.0.1",
+    "--websocket_timeout", "86400",
+    "--ping-interval", "20",
+    "--ping-timeout", "30",
+    "--websocket-max-message-size", str(16 * 1024 * 1024),
+    "--application-close-timeout", "5",
+]  # fmt: skip
+
+
 @dataclass
 class Stack:
     """daphne + N workers sharing one environment (database, Redis)."""
+
+    daphne_launcher: ClassVar[list[str]] = [PYTHON, "-m", "daphne"]
+    worker_command: ClassVar[list[str]] = [PYTHON, "manage.py", "runworker", "tts-generate"]
 
     env: dict[str, str]
     port: int = field(default_factory=free_port)
@@ -132,26 +148,7 @@ class Stack:
 
     def start_daphne(self) -> None:
         self.daphne = self._spawn(
-            [
-                PYTHON,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "--websocket_timeout",
-                "86400",
-                "--ping-interval",
-                "20",
-                "--ping-timeout",
-                "30",
-                "--websocket-max-message-size",
-                str(16 * 1024 * 1024),
-                "--application-close-timeout",
-                "5",
-                "config.asgi:application",
-            ],
+            [*self.daphne_launcher, *DAPHNE_FLAGS, "-p", str(self.port), "config.asgi:application"],
             "daphne",
         )
         wait_for(lambda: port_open("127.0.0.1", self.port), timeout=30, what="daphne")
@@ -161,9 +158,7 @@ class Stack:
             # One torch thread per core, shared out: oversubscribed workers wait on each
             # other's descheduled threads (docs/benchmarks.md, P6).
             self.env["TTS_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
-        proc = self._spawn(
-            [PYTHON, "manage.py", "runworker", "tts-generate"], f"worker-{len(self.worker_procs)}"
-        )
+        proc = self._spawn(self.worker_command, f"worker-{len(self.worker_procs)}")
         self.worker_procs.append(proc)
         return proc
 
