@@ -7,16 +7,53 @@ A broadcast that fails (Redis down) is logged and ignored: the database has it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 logger = logging.getLogger(__name__)
 
 GENERATE_CHANNEL = "tts-generate"
+
+
+SEND_TIMEOUT_S = 5.0
+
+
+class _SenderLoop:
+    """A process-wide event loop on its own thread for every send from sync code.
+
+    async_to_sync from a worker's consumer thread would run the send on the worker's
+    message loop, and that loop is replaced when Redis goes away: a send scheduled on the
+    old one never finishes. This loop outlives such restarts, sends in submission order,
+    and every send has a deadline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        future = asyncio.run_coroutine_threadsafe(
+            asyncio.wait_for(coro, SEND_TIMEOUT_S), self._get_loop()
+        )
+        return future.result(SEND_TIMEOUT_S + 1)
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                self._loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=self._loop.run_forever, name="tts-broadcast", daemon=True
+                )
+                thread.start()
+            return self._loop
+
+
+_sender = _SenderLoop()
 
 
 def session_group(session_id: uuid.UUID | str) -> str:
@@ -28,7 +65,7 @@ def _group_send(session_id: uuid.UUID | str, event: dict[str, Any]) -> None:
     if layer is None:
         return
     try:
-        async_to_sync(layer.group_send)(session_group(session_id), event)
+        _sender.run(layer.group_send(session_group(session_id), event))
     except Exception:  # noqa: BLE001 - listeners recover from storage
         logger.warning("broadcast of %s for %s failed", event["type"], session_id, exc_info=True)
 
@@ -64,8 +101,8 @@ def dispatch_generate(session_id: uuid.UUID) -> bool:
     if layer is None:
         return False
     try:
-        async_to_sync(layer.send)(
-            GENERATE_CHANNEL, {"type": "tts.generate", "session_id": str(session_id)}
+        _sender.run(
+            layer.send(GENERATE_CHANNEL, {"type": "tts.generate", "session_id": str(session_id)})
         )
     except Exception:  # noqa: BLE001
         logger.warning("dispatch of %s failed; the recovery sweep will retry", session_id)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -15,10 +18,15 @@ from tts.owners import owner_from_scope
 from tts.replay import BATCH, ChunkCursor, deliver_live, send_from_storage, stored_chunks
 
 MAX_CLIENT_MESSAGE = 4096
+logger = logging.getLogger(__name__)
+
+
+QUIET_POLL_S = 2.0
 
 
 class SessionConsumer(AsyncWebsocketConsumer):
     finished = False  # done or the fatal error sent; later events are ignored
+    watchdog: asyncio.Task | None = None
 
     async def connect(self) -> None:
         await self.accept()  # accept first, so that the close codes reach the client
@@ -30,7 +38,11 @@ class SessionConsumer(AsyncWebsocketConsumer):
             return await self.close(code=4403)
         self.session_id, self.cursor = session.id, ChunkCursor(self._after())
         self.group = session_group(session.id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        try:  # a Redis that just restarted can leave this call hanging: fail fast instead
+            await asyncio.wait_for(self.channel_layer.group_add(self.group, self.channel_name), 5)
+        except Exception:  # noqa: BLE001 - the client reconnects with after=
+            logger.warning("joining %s failed; closing so the client reconnects", self.group)
+            return await self.close(code=1011)
         # Joined before reading, so nothing stored from now on can slip between the two.
         session, frames, stored = await database_sync_to_async(self._snapshot)()
         for frame in frames:
@@ -41,6 +53,23 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if len(stored) == BATCH:
             await send_from_storage(self.session_id, self.cursor, self.send_chunk)
         await self._finish_if_over(session)
+        self.lock, self.last_event = asyncio.Lock(), time.monotonic()
+        if not self.finished:
+            self.watchdog = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Catch up from storage when no event came for a while: the channel layer is
+        at-most-once, and a Redis restart can leave this process deaf to its group."""
+        while not self.finished:
+            await asyncio.sleep(QUIET_POLL_S)
+            if time.monotonic() - self.last_event < QUIET_POLL_S:
+                continue
+            try:
+                async with self.lock:
+                    await send_from_storage(self.session_id, self.cursor, self.send_chunk)
+                    await self._finish_if_over(await self._session())
+            except Exception:  # noqa: BLE001 - try again on the next round
+                logger.warning("catching up %s from storage failed", self.session_id)
 
     def _load(self):
         try:
@@ -72,6 +101,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         return session, frames, contiguous
 
     async def disconnect(self, code: int) -> None:
+        if self.watchdog:
+            self.watchdog.cancel()
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -97,32 +128,37 @@ class SessionConsumer(AsyncWebsocketConsumer):
     # Group events -------------------------------------------------------------------------
 
     async def tts_chunk(self, event: dict) -> None:
-        if self.finished:
-            return
+        self.last_event = time.monotonic()
         meta = {k: v for k, v in event.items() if k not in ("type", "pcm")}
-        await deliver_live(self.session_id, self.cursor, meta, event["pcm"], self.send_chunk)
+        async with self.lock:
+            if not self.finished:
+                await deliver_live(
+                    self.session_id, self.cursor, meta, event["pcm"], self.send_chunk
+                )
 
     async def tts_status(self, event: dict) -> None:
         await self.send_json({**event, "type": "status"})
 
     async def tts_done(self, event: dict) -> None:
+        self.last_event = time.monotonic()
         total = event.get("total_chunks")
-        if total is not None and self.cursor.last_sent == total - 1 and not self.finished:
-            self.finished = True  # caught up: no need to ask the database
-            await self.send_json(
-                services.done_frame(
+        async with self.lock:
+            if total is not None and self.cursor.last_sent == total - 1 and not self.finished:
+                self.finished = True  # caught up: no need to ask the database
+                frame = services.done_frame(
                     self.session_id, total_chunks=total, duration_ms=event["duration_ms"]
                 )
-            )
-            return await self.close(code=1000)
-        await self._finish_if_over(
-            await database_sync_to_async(services.session_get)(session_id=self.session_id)
-        )
+                await self.send_json(frame)
+                return await self.close(code=1000)
+            await self._finish_if_over(await self._session())
 
     async def tts_error(self, event: dict) -> None:
-        await self._finish_if_over(
-            await database_sync_to_async(services.session_get)(session_id=self.session_id)
-        )
+        self.last_event = time.monotonic()
+        async with self.lock:
+            await self._finish_if_over(await self._session())
+
+    async def _session(self):
+        return await database_sync_to_async(services.session_get)(session_id=self.session_id)
 
     # Frames -------------------------------------------------------------------------------
 
