@@ -134,3 +134,13 @@ def test_rate_limit_answers_429_with_retry_after(client, settings):
     assert response.status_code == 429
     assert int(response["Retry-After"]) >= 1
     assert error_code(response) == "too_many_active"
+
+
+def test_a_chunk_not_made_yet_differs_from_one_that_never_will(client):
+    session_id = post(client, {"text": "One sentence only."}).json()["id"]
+    pending = client.get(f"/api/tts/sessions/{session_id}/chunks/0")
+    assert pending.status_code == 404 and error_code(pending) == "chunk_pending"
+    assert pending["Retry-After"] == "1"
+    assert client.post(f"/api/tts/sessions/{session_id}/cancel/").status_code == 200
+    gone = client.get(f"/api/tts/sessions/{session_id}/chunks/0")
+    assert gone.status_code == 410 and error_code(gone) == "chunk_gone"

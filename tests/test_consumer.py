@@ -179,3 +179,13 @@ async def test_a_live_chunk_after_a_gap_is_preceded_by_the_missing_chunks_from_s
     assert seqs == [0, 1, 2]
     assert await comm.receive_nothing(timeout=0.3)
     await comm.disconnect()
+
+
+@pytest.mark.parametrize("after", ["abc", "-5", "1.5", str(2**40)])
+async def test_a_bad_after_gets_an_error_frame_and_close_4400(after):
+    session = await make_session(run=False)
+    comm = as_staff(communicator(session.id, after=after))
+    await _connected(comm)
+    error = await comm.receive_json_from()
+    assert error["type"] == "error" and error["code"] == "bad_after"
+    assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4400}

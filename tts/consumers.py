@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -36,7 +37,11 @@ class SessionConsumer(AsyncWebsocketConsumer):
             return await self.close(code=4404)
         if not services.can_access(session, owner_from_scope(self.scope)):
             return await self.close(code=4403)
-        self.session_id, self.cursor = session.id, ChunkCursor(self._after())
+        after = self._after()
+        if after is None:
+            await self.send_error("bad_after", "after must be a chunk seq (-1 or more).")
+            return await self.close(code=4400)
+        self.session_id, self.cursor = session.id, ChunkCursor(after)
         self.group = session_group(session.id)
         try:  # a Redis that just restarted can leave this call hanging: fail fast instead
             await asyncio.wait_for(self.channel_layer.group_add(self.group, self.channel_name), 5)
@@ -60,16 +65,21 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def _watch(self) -> None:
         """Catch up from storage when no event came for a while: the channel layer is
         at-most-once, and a Redis restart can leave this process deaf to its group."""
+        wait = QUIET_POLL_S
         while not self.finished:
-            await asyncio.sleep(QUIET_POLL_S)
+            await asyncio.sleep(wait)
             if time.monotonic() - self.last_event < QUIET_POLL_S:
+                wait = QUIET_POLL_S  # events flow: the layer works
                 continue
+            sent = self.cursor.last_sent
             try:
                 async with self.lock:
                     await send_from_storage(self.session_id, self.cursor, self.send_chunk)
                     await self._finish_if_over(await self._session())
             except Exception:  # noqa: BLE001 - try again on the next round
                 logger.warning("catching up %s from storage failed", self.session_id)
+            # A slow or queued session: back off, so idle listeners cost little.
+            wait = QUIET_POLL_S if self.cursor.last_sent > sent else min(wait * 2, 16.0)
 
     def _load(self):
         try:
@@ -77,27 +87,26 @@ class SessionConsumer(AsyncWebsocketConsumer):
         except services.NotFound:
             return None
 
-    def _after(self) -> int:
-        query = dict(
-            part.partition("=")[::2]
-            for part in self.scope["query_string"].decode("latin-1").split("&")
-            if part
-        )
+    def _after(self) -> int | None:
+        """The `after` query value; None when it is not a whole number >= -1."""
+        query = parse_qs(self.scope["query_string"].decode("latin-1"))
+        raw = query.get("after", ["-1"])[-1]
         try:
-            return max(-1, int(query.get("after", -1)))
+            after = int(raw)
         except ValueError:
-            return -1
+            return None
+        return after if -1 <= after < 2**32 else None
 
     def _snapshot(self):
         """The session's frames and its first stored chunks, in one trip to the database."""
         session = services.session_get(session_id=self.session_id)
-        frames = [services.session_frame(session)]
+        stored = stored_chunks(self.session_id, after=self.cursor.last_sent)
+        first = self.cursor.last_sent + 1
+        contiguous = [c for i, c in enumerate(stored) if c.meta["seq"] == first + i]
+        rate = stored[0].meta["sample_rate"] if stored else None
+        frames = [services.session_frame(session, sample_rate=rate)]
         if session.status == SessionStatus.QUEUED:
             frames.append(services.status_frame(session))
-        stored = stored_chunks(self.session_id, after=self.cursor.last_sent)
-        contiguous = [
-            c for i, c in enumerate(stored) if c.meta["seq"] == self.cursor.last_sent + 1 + i
-        ]
         return session, frames, contiguous
 
     async def disconnect(self, code: int) -> None:

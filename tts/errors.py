@@ -6,14 +6,22 @@ from __future__ import annotations
 class ServiceError(Exception):
     status = 400
     code = "invalid"
+    retry_after: int | None = None  # seconds, sent as Retry-After when set
 
     def __init__(
-        self, message: str, *, code: str | None = None, fields: dict[str, str] | None = None
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        fields: dict[str, str] | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.code
         self.fields = fields or {}
+        if retry_after is not None:
+            self.retry_after = max(1, int(retry_after))
 
     def as_json(self) -> dict:
         return {"error": {"code": self.code, "message": self.message, "fields": self.fields}}
@@ -44,10 +52,11 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class Gone(ServiceError):
+    status = 410
+    code = "gone"
+
+
 class RateLimited(ServiceError):
     status = 429
     code = "rate_limited"
-
-    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.retry_after = max(1, int(retry_after))

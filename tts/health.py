@@ -15,20 +15,16 @@ logger = logging.getLogger(__name__)
 WORKER_KEY = "tts:worker:"
 
 
-def _redis() -> redis.Redis:
-    return redis_client.client()
-
-
 def worker_beat(name: str, *, ttl: float) -> None:
     try:
-        _redis().set(WORKER_KEY + name, "1", ex=max(1, int(ttl)))
+        redis_client.client().set(WORKER_KEY + name, "1", ex=max(1, int(ttl)))
     except redis.RedisError:
         logger.warning("could not announce worker %s", name)
 
 
 def worker_gone(name: str) -> None:
     with contextlib.suppress(redis.RedisError):
-        _redis().delete(WORKER_KEY + name)
+        redis_client.client().delete(WORKER_KEY + name)
 
 
 def check() -> dict:
@@ -40,7 +36,7 @@ def check() -> dict:
     except Exception:  # noqa: BLE001
         logger.warning("health: database unreachable", exc_info=True)
     try:
-        client = _redis()
+        client = redis_client.client()
         report["channel_layer"] = bool(client.ping())
         report["workers"] = sum(1 for _ in client.scan_iter(WORKER_KEY + "*", count=100))
     except redis.RedisError:

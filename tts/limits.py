@@ -22,10 +22,6 @@ logger = logging.getLogger(__name__)
 WINDOW_S = 60
 
 
-def _redis() -> redis.Redis:
-    return redis_client.client()
-
-
 def _keys(owner: Owner) -> list[str]:
     window = int(time.time() // WINDOW_S)
     if owner.user_id is not None:
@@ -56,7 +52,7 @@ def _rate_count(owner: Owner) -> int:
     if not keys:
         return 0
     try:
-        values = _redis().mget(keys)
+        values = redis_client.client().mget(keys)
         return max(int(v or 0) for v in values)
     except redis.RedisError:
         # Redis is down: fall back to the database so the limit still holds.
@@ -83,7 +79,7 @@ def check_owner_limits(owner: Owner) -> None:
 
 def record_creation(owner: Owner) -> None:
     try:
-        pipe = _redis().pipeline()
+        pipe = redis_client.client().pipeline()
         for key in _keys(owner):
             pipe.incr(key)
             pipe.expire(key, WINDOW_S * 2)

@@ -540,10 +540,14 @@ def status_frame(session: TTSSession) -> dict:
     return frame
 
 
-def session_frame(session: TTSSession) -> dict:
-    sample_rate = (
-        TTSChunk.objects.filter(session_id=session.id).values_list("sample_rate", flat=True).first()
-    )
+def session_frame(session: TTSSession, *, sample_rate: int | None = None) -> dict:
+    """``sample_rate``: pass it when the caller holds a chunk already (no extra query)."""
+    if sample_rate is None:
+        sample_rate = (
+            TTSChunk.objects.filter(session_id=session.id)
+            .values_list("sample_rate", flat=True)
+            .first()
+        )
     return {
         "type": "session",
         "session_id": str(session.id),

@@ -20,10 +20,11 @@ from tts.audio import wav_bytes, wav_header
 from tts.conf import settings
 from tts.errors import (
     Conflict,
+    Gone,
     InvalidInput,
     NotAllowed,
+    NotFound,
     PayloadTooLarge,
-    RateLimited,
     ServiceError,
 )
 from tts.models import SessionStatus, TTSChunk, TTSSession
@@ -35,7 +36,7 @@ STREAM_BATCH = 32
 
 def error_response(exc: ServiceError) -> JsonResponse:
     response = JsonResponse(exc.as_json(), status=exc.status)
-    if isinstance(exc, RateLimited):
+    if exc.retry_after is not None:
         response["Retry-After"] = str(exc.retry_after)
     return response
 
@@ -186,28 +187,8 @@ def chunk_audio(request: HttpRequest, session_id: uuid.UUID, seq: int) -> HttpRe
         session.total_chunks is not None and seq >= session.total_chunks
     )
     if never:
-        return JsonResponse(
-            {
-                "error": {
-                    "code": "chunk_gone",
-                    "fields": {},
-                    "message": f"Chunk {seq} will never exist.",
-                }
-            },
-            status=410,
-        )
-    response = JsonResponse(
-        {
-            "error": {
-                "code": "chunk_pending",
-                "fields": {},
-                "message": f"Chunk {seq} is not generated yet.",
-            }
-        },
-        status=404,
-    )
-    response["Retry-After"] = "1"
-    return response
+        raise Gone(f"Chunk {seq} will never exist.", code="chunk_gone")
+    raise NotFound(f"Chunk {seq} is not generated yet.", code="chunk_pending", retry_after=1)
 
 
 async def _stream_pcm(session_id: uuid.UUID) -> AsyncIterator[bytes]:
@@ -281,10 +262,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """JSON 404s under /api/, Django's page elsewhere."""
     if request.path.startswith("/api/"):
-        return JsonResponse(
-            {"error": {"code": "not_found", "fields": {}, "message": "No such resource."}},
-            status=404,
-        )
+        return error_response(NotFound("No such resource."))
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception)
