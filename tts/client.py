@@ -24,6 +24,8 @@ from websockets.sync.client import connect
 
 from tts.audio import wav_bytes
 
+SILENCE_S = 10.0
+
 
 class ClientError(Exception):
     pass
@@ -150,7 +152,7 @@ class NarrationClient:
             result.connections += 1
             received = 0
             while True:
-                message = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
+                message = self._recv(ws, deadline)
                 if isinstance(message, bytes):
                     self._on_audio(result, message)
                     received += 1
@@ -159,6 +161,21 @@ class NarrationClient:
                     continue
                 if self._on_frame(result, json.loads(message)):
                     return
+
+    @staticmethod
+    def _recv(ws, deadline: float) -> str | bytes:
+        """The next message. After SILENCE_S of quiet, ping; a connection that answers
+        nothing for another SILENCE_S is dead (TimeoutError, and the caller reconnects)."""
+        for attempt in range(2):
+            timeout = min(SILENCE_S, deadline - time.monotonic())
+            if timeout <= 0:
+                raise TimeoutError("deadline passed")
+            try:
+                return ws.recv(timeout=timeout)
+            except TimeoutError:
+                if attempt == 0:
+                    ws.send(json.dumps({"type": "ping"}))
+        raise TimeoutError("no answer to ping")
 
     @staticmethod
     def _on_audio(result: Stream, message: bytes) -> None:
