@@ -144,3 +144,12 @@ def test_a_chunk_not_made_yet_differs_from_one_that_never_will(client):
     assert client.post(f"/api/tts/sessions/{session_id}/cancel/").status_code == 200
     gone = client.get(f"/api/tts/sessions/{session_id}/chunks/0")
     assert gone.status_code == 410 and error_code(gone) == "chunk_gone"
+
+
+def test_the_per_minute_limit_is_counted_in_redis_and_answers_429(client, settings):
+    settings.TTS_RATE_LIMIT_PER_MINUTE = 2
+    assert post(client, {"text": "One."}).status_code == 201
+    assert post(client, {"text": "Two."}).status_code == 201
+    response = post(client, {"text": "Three."})
+    assert response.status_code == 429 and error_code(response) == "rate_limited"
+    assert 1 <= int(response["Retry-After"]) <= 60

@@ -23,12 +23,14 @@ WINDOW_S = 60
 
 
 def _keys(owner: Owner) -> list[str]:
+    # Under the channel layer's prefix: sites (or test runs) sharing a Redis count apart.
     window = int(time.time() // WINDOW_S)
+    base = f"{redis_client.prefix()}:tts:rate"
     if owner.user_id is not None:
-        return [f"tts:rate:user:{owner.user_id}:{window}"]
-    keys = [f"tts:rate:anon:{owner.session_key}:{window}"] if owner.session_key else []
+        return [f"{base}:user:{owner.user_id}:{window}"]
+    keys = [f"{base}:anon:{owner.session_key}:{window}"] if owner.session_key else []
     if owner.ip:
-        keys.append(f"tts:rate:ip:{owner.ip}:{window}")
+        keys.append(f"{base}:ip:{owner.ip}:{window}")
     return keys
 
 
@@ -78,6 +80,8 @@ def check_owner_limits(owner: Owner) -> None:
 
 
 def record_creation(owner: Owner) -> None:
+    if not settings.TTS_RATE_LIMIT_PER_MINUTE:
+        return
     try:
         pipe = redis_client.client().pipeline()
         for key in _keys(owner):

@@ -13,8 +13,17 @@ from tts.conf import settings
 TIMEOUTS = {"socket_timeout": 1, "socket_connect_timeout": 1}
 
 
+def _layer_config() -> dict:
+    return settings.CHANNEL_LAYERS.get("default", {}).get("CONFIG", {})
+
+
+def prefix() -> str:
+    """The channel layer's key prefix, so the app's own keys live beside the layer's."""
+    return _layer_config().get("prefix", "asgi")
+
+
 def _layer_host() -> dict:
-    hosts = settings.CHANNEL_LAYERS.get("default", {}).get("CONFIG", {}).get("hosts") or []
+    hosts = _layer_config().get("hosts") or []
     host = hosts[0] if hosts else settings.REDIS_URL
     return {"address": host} if isinstance(host, str) else host
 
