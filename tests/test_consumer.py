@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import uuid
 
 import pytest
+import pytest_asyncio
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
@@ -14,10 +16,32 @@ from config.asgi import application
 from tts import services
 from tts.services import Owner
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.asyncio,
+    pytest.mark.usefixtures("settled_tasks"),
+]
 
 HEADERS = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")]
 TEXT = "First sentence here. Second sentence follows. The third one ends it."
+
+
+@pytest_asyncio.fixture
+async def settled_tasks():
+    """End every task a test left running (a consumer still blocked on the channel layer)
+    before the loop closes. A Redis read can absorb one cancellation and go on blocking, so
+    cancel again until each has ended; the loop's own teardown cancels only once and would
+    then wait forever."""
+    yield
+    me = asyncio.current_task()
+    for _ in range(20):
+        left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        if not left:
+            return
+        for task in left:
+            task.cancel()
+        await asyncio.wait(left, timeout=0.5)
+    pytest.fail(f"tasks would not end: {left}")
 
 
 def communicator(session_id, after: int | None = None) -> WebsocketCommunicator:
