@@ -34,7 +34,7 @@ def stages(n: Narration, row: SessionRow) -> dict[str, float | None]:
     first, stream = row.first, n.stream
     if first is None or stream is None or stream.t_first is None:
         return {}
-    synth_start = first.created_at - first.engine_ms / 1000
+    claimed = row.started_at or row.created_at
     return {
         "ttfa": (stream.t_first - n.t_post) * 1000,
         "engine": float(first.engine_ms),
@@ -43,10 +43,10 @@ def stages(n: Narration, row: SessionRow) -> dict[str, float | None]:
         "post_to_row": (row.created_at - n.t_post) * 1000,
         # the row -> the worker claimed it (commit, on_commit dispatch, Redis, worker wake-up)
         "row_to_claim": ((row.started_at or row.created_at) - row.created_at) * 1000,
-        # claim -> synthesis starts (voice lookup, segmentation, cache lookup)
-        "claim_to_engine": (synth_start - (row.started_at or synth_start)) * 1000,
-        # chunk row -> first frame at the client (commit, group_send, consumer, socket)
-        "chunk_to_client": (stream.t_first - first.created_at) * 1000,
+        # claim -> the first frame at the client, less the engine's time (segmentation,
+        # cache lookup, group_send, daphne, the consumer, the socket; the chunk row is
+        # written after the broadcast, off this path)
+        "claim_to_client": (stream.t_first - claimed) * 1000 - first.engine_ms,
         # client-side milestones
         "post_rtt": (n.t_created - n.t_post) * 1000,
         "ws_open": (stream.t_open - n.t_created) * 1000,

@@ -169,19 +169,16 @@ async def test_a_live_chunk_after_a_gap_is_preceded_by_the_missing_chunks_from_s
         segments = services.session_segments(session=claimed, voice=voice)
         chunks = []
         for seq in range(3):
-            blob, cached, ms = services.segment_audio(
+            audio = services.segment_audio(
                 segment=segments[seq], voice=voice, engine_model=claimed.model
             )
-            chunk = services.chunk_store(
-                session=claimed,
-                seq=seq,
-                segment=segments[seq],
-                blob=blob,
-                cached=cached,
-                engine_ms=ms,
-                worker=worker,
+            assert services.chunk_store(
+                session=claimed, seq=seq, segment=segments[seq], audio=audio, worker=worker
             )
-            chunks.append((services.chunk_meta(chunk), bytes(blob.pcm)))
+            meta = services.chunk_meta_for(
+                seq=seq, segment=segments[seq], audio=audio, total_chunks=len(segments)
+            )
+            chunks.append((meta, audio.pcm))
         return chunks
 
     from channels.layers import get_channel_layer

@@ -422,10 +422,8 @@ def held_session(scene: Scene, *, holder: str, heartbeat_age_s: float) -> TTSSes
     services.session_claim(session_id=session.id, worker=holder)
     voice = services.voice_resolve(voice_id="en-us")
     segment = services.session_segments(session=session, voice=voice)[0]
-    blob, _, _ = services.segment_audio(segment=segment, voice=voice, engine_model=session.model)
-    services.chunk_store(
-        session=session, seq=0, segment=segment, blob=blob, cached=False, engine_ms=1, worker=holder
-    )
+    audio = services.segment_audio(segment=segment, voice=voice, engine_model=session.model)
+    services.chunk_store(session=session, seq=0, segment=segment, audio=audio, worker=holder)
     beat = timezone.now() - timedelta(seconds=heartbeat_age_s)
     TTSSession.objects.filter(pk=session.id).update(heartbeat_at=beat)
     return session

@@ -77,18 +77,8 @@ def test_a_resumed_session_continues_after_its_stored_chunks(engine_calls):
     services.session_claim(session_id=session.id, worker="w1")
     voice = services.voice_resolve(voice_id=session.voice)
     segments = services.session_segments(session=session, voice=voice)
-    blob, _, _ = services.segment_audio(
-        segment=segments[0], voice=voice, engine_model=session.model
-    )
-    services.chunk_store(
-        session=session,
-        seq=0,
-        segment=segments[0],
-        blob=blob,
-        cached=False,
-        engine_ms=1,
-        worker="w1",
-    )
+    audio = services.segment_audio(segment=segments[0], voice=voice, engine_model=session.model)
+    services.chunk_store(session=session, seq=0, segment=segments[0], audio=audio, worker="w1")
     # The worker dies; the sweep requeues; another worker resumes.
     type(session).objects.filter(pk=session.id).update(status=SessionStatus.QUEUED)
     engine_calls.clear()

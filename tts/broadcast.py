@@ -8,10 +8,12 @@ A broadcast that fails (Redis down) is logged and ignored: the database has it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import uuid
 from collections.abc import Coroutine
+from contextlib import suppress
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -22,35 +24,81 @@ GENERATE_CHANNEL = "tts-generate"
 
 
 SEND_TIMEOUT_S = 5.0
+MAX_BACKLOG = 256  # events waiting to be sent; beyond this they are dropped (and logged)
 
 
 class _SenderLoop:
     """A process-wide event loop on its own thread for every send from sync code.
 
+    Sends go out one at a time in submission order, each with a deadline. ``post`` does
+    not wait (the synthesis thread goes on at once); ``run`` waits for its send and for
+    everything posted before it.
+
     async_to_sync from a worker's consumer thread would run the send on the worker's
     message loop, and that loop is replaced when Redis goes away: a send scheduled on the
-    old one never finishes. This loop outlives such restarts, sends in submission order,
-    and every send has a deadline."""
+    old one never finishes. This loop outlives such restarts."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
+        self._backlog = 0
 
-    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        future = asyncio.run_coroutine_threadsafe(
-            asyncio.wait_for(coro, SEND_TIMEOUT_S), self._get_loop()
-        )
-        return future.result(SEND_TIMEOUT_S + 1)
+    def post(self, coro: Coroutine[Any, Any, Any], what: str) -> bool:
+        """Queue a send without waiting; False when the backlog is full (Redis is down
+        or slow): the event is dropped and listeners catch up from storage."""
+        return self._submit(coro, None, what)
 
-    def _get_loop(self) -> asyncio.AbstractEventLoop:
+    def run(self, coro: Coroutine[Any, Any, Any], what: str = "send") -> Any:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if not self._submit(coro, future, what):
+            raise TimeoutError(f"{what}: the send backlog is full")
+        return future.result(2 * SEND_TIMEOUT_S + 1)
+
+    def flush(self, timeout: float = 2 * SEND_TIMEOUT_S + 1) -> None:
+        """Wait until everything posted so far has been sent (or has failed)."""
+        with suppress(Exception):
+            self.run(asyncio.sleep(0), "flush")
+
+    def _submit(self, coro, future, what: str) -> bool:
         with self._lock:
-            if self._loop is None or self._loop.is_closed():
-                self._loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=self._loop.run_forever, name="tts-broadcast", daemon=True
-                )
-                thread.start()
-            return self._loop
+            if self._backlog >= MAX_BACKLOG:
+                coro.close()
+                logger.warning("dropping %s: %d sends are waiting", what, self._backlog)
+                return False
+            self._backlog += 1
+            loop, queue = self._get_loop()
+        loop.call_soon_threadsafe(queue.put_nowait, (coro, future, what))
+        return True
+
+    def _get_loop(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Queue]:
+        if self._loop is None or self._loop.is_closed():
+            self._loop, self._queue = asyncio.new_event_loop(), asyncio.Queue()
+            thread = threading.Thread(
+                target=self._loop.run_until_complete,
+                args=(self._drain(self._queue),),
+                name="tts-broadcast",
+                daemon=True,
+            )
+            thread.start()
+        return self._loop, self._queue
+
+    async def _drain(self, queue: asyncio.Queue) -> None:
+        while True:
+            coro, future, what = await queue.get()
+            try:
+                result = await asyncio.wait_for(coro, SEND_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - reported to the waiter, or logged
+                if future is not None:
+                    future.set_exception(exc)
+                else:
+                    logger.warning("%s failed: %r; the database has it", what, exc)
+            else:
+                if future is not None:
+                    future.set_result(result)
+            finally:
+                with self._lock:
+                    self._backlog -= 1
 
 
 _sender = _SenderLoop()
@@ -64,10 +112,15 @@ def _group_send(session_id: uuid.UUID | str, event: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    try:
-        _sender.run(layer.group_send(session_group(session_id), event))
-    except Exception:  # noqa: BLE001 - listeners recover from storage
-        logger.warning("broadcast of %s for %s failed", event["type"], session_id, exc_info=True)
+    _sender.post(
+        layer.group_send(session_group(session_id), event), f"{event['type']} for {session_id}"
+    )
+
+
+def flush() -> None:
+    """Wait until every event broadcast so far has gone out (or failed): for callers that
+    must know listeners were told, such as a process about to exit."""
+    _sender.flush()
 
 
 def chunk_event(chunk_meta: dict[str, Any], pcm: bytes) -> dict[str, Any]:
@@ -94,16 +147,19 @@ def broadcast_error(session_id: uuid.UUID, *, code: str, message: str) -> None:
     _group_send(session_id, {"type": "tts.error", "code": code, "message": message})
 
 
-def dispatch_generate(session_id: uuid.UUID) -> bool:
+def dispatch_generate(session_id: uuid.UUID, *, wait: bool = True) -> bool:
     """Ring the workers' doorbell. False when the layer is unreachable (the recovery
-    sweep re-dispatches queued sessions later)."""
+    sweep re-dispatches queued sessions later). ``wait=False`` queues the send and
+    returns at once; a failure is then only logged."""
     layer = get_channel_layer()
     if layer is None:
         return False
+    message = layer.send(GENERATE_CHANNEL, {"type": "tts.generate", "session_id": str(session_id)})
+    what = f"dispatch of {session_id}"
+    if not wait:
+        return _sender.post(message, what)
     try:
-        _sender.run(
-            layer.send(GENERATE_CHANNEL, {"type": "tts.generate", "session_id": str(session_id)})
-        )
+        _sender.run(message, what)
     except Exception:  # noqa: BLE001
         logger.warning("dispatch of %s failed; the recovery sweep will retry", session_id)
         return False

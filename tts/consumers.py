@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -32,24 +33,29 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         await self.accept()  # accept first, so that the close codes reach the client
         self.group = None
-        session = await database_sync_to_async(self._load)()
-        if session is None:
-            return await self.close(code=4404)
-        if not services.can_access(session, owner_from_scope(self.scope)):
-            return await self.close(code=4403)
         after = self._after()
         if after is None:
             await self.send_error("bad_after", "after must be a chunk seq (-1 or more).")
             return await self.close(code=4400)
-        self.session_id, self.cursor = session.id, ChunkCursor(after)
-        self.group = session_group(session.id)
+        try:
+            session_id = uuid.UUID(str(self.scope["url_route"]["kwargs"]["session_id"]))
+        except ValueError:
+            return await self.close(code=4404)
+        self.session_id, self.cursor = session_id, ChunkCursor(after)
+        # Join before reading, so that nothing stored from now on can slip between the
+        # two; the access check comes with that one read and leaves the group if refused.
+        self.group = session_group(session_id)
         try:  # a Redis that just restarted can leave this call hanging: fail fast instead
             await asyncio.wait_for(self.channel_layer.group_add(self.group, self.channel_name), 5)
         except Exception:  # noqa: BLE001 - the client reconnects with after=
             logger.warning("joining %s failed; closing so the client reconnects", self.group)
+            self.group = None
             return await self.close(code=1011)
-        # Joined before reading, so nothing stored from now on can slip between the two.
-        session, frames, stored = await database_sync_to_async(self._snapshot)()
+        refused, session, frames, stored = await database_sync_to_async(self._open)()
+        if refused:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            self.group = None
+            return await self.close(code=refused)
         for frame in frames:
             await self.send_json(frame)
         for chunk in stored:
@@ -81,12 +87,6 @@ class SessionConsumer(AsyncWebsocketConsumer):
             # A slow or queued session: back off, so idle listeners cost little.
             wait = QUIET_POLL_S if self.cursor.last_sent > sent else min(wait * 2, 16.0)
 
-    def _load(self):
-        try:
-            return services.session_get(session_id=self.scope["url_route"]["kwargs"]["session_id"])
-        except services.NotFound:
-            return None
-
     def _after(self) -> int | None:
         """The `after` query value; None when it is not a whole number >= -1."""
         query = parse_qs(self.scope["query_string"].decode("latin-1"))
@@ -97,9 +97,15 @@ class SessionConsumer(AsyncWebsocketConsumer):
             return None
         return after if -1 <= after < 2**32 else None
 
-    def _snapshot(self):
-        """The session's frames and its first stored chunks, in one trip to the database."""
-        session = services.session_get(session_id=self.session_id)
+    def _open(self):
+        """(refusal close code or None, session, first frames, first stored chunks): the
+        session, the access check and the first stored chunks in one database trip."""
+        try:
+            session = services.session_get(session_id=self.session_id)
+        except services.NotFound:
+            return 4404, None, [], []
+        if not services.can_access(session, owner_from_scope(self.scope)):
+            return 4403, None, [], []
         stored = stored_chunks(self.session_id, after=self.cursor.last_sent)
         first = self.cursor.last_sent + 1
         contiguous = [c for i, c in enumerate(stored) if c.meta["seq"] == first + i]
@@ -107,7 +113,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         frames = [services.session_frame(session, sample_rate=rate)]
         if session.status == SessionStatus.QUEUED:
             frames.append(services.status_frame(session))
-        return session, frames, contiguous
+        return None, session, frames, contiguous
 
     async def disconnect(self, code: int) -> None:
         if self.watchdog:

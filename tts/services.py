@@ -81,10 +81,14 @@ def session_create(
     )
     if subject is not None:
         _link_subject(session, subject)
+    if dispatch:
+        session.dispatched_at = timezone.now()  # in the INSERT: no second write per request
     session.save()
     limits.record_creation(owner)
     if dispatch:
-        transaction.on_commit(lambda: session_dispatch(session_id=session.id))
+        # Not waited for: the reply goes out while Redis carries the message. One that
+        # is lost is sent again by the recovery sweep, as for any lost message.
+        transaction.on_commit(lambda: broadcast.dispatch_generate(session.id, wait=False))
     return session
 
 
@@ -179,9 +183,11 @@ def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
 def session_generate(*, session: TTSSession, worker: str) -> None:
     """Synthesize a claimed session from its first missing chunk to the end.
 
-    The first chunk is stored and sent at once (time to first audio); after it, chunk n
-    is stored and broadcast on a writer thread while chunk n+1 is synthesized, so the
-    engine never waits for the database or Redis."""
+    Each chunk is broadcast as soon as it is synthesized, then stored on a writer thread
+    while the next one is synthesized, so neither the listeners nor the engine wait for
+    the database. Chunk n is broadcast only once chunk n-1 is stored, so a listener that
+    sees a seq jump can always fill the gap from storage; a chunk whose store then fails
+    (the session was cancelled or taken over) was only ever a notification."""
     voice = get_voice(session.voice)
     if voice is None:
         session_fail(
@@ -191,31 +197,34 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
         )
         return
     segments = session_segments(session=session, voice=voice)
-    TTSSession.objects.filter(pk=session.id).update(total_chunks=len(segments))
-    session.total_chunks = len(segments)
-    first_seq = stored_chunk_count(session_id=session.id)
+    total = session.total_chunks = len(segments)
+    first_seq = session.completed_chunks  # advanced with every stored chunk, atomically
+    keys = [
+        audio_key(
+            voice=voice, engine_model=session.model, text=seg.speech_text, pause_ms=seg.pause_ms
+        )
+        for seg in segments
+    ]
+    cached = cached_keys(keys[first_seq:])
 
-    def store_and_send(seq: int, blob: AudioBlob, cached: bool, engine_ms: int) -> bool:
-        chunk = chunk_store(
+    def store(seq: int, audio: SegmentAudio) -> bool:
+        stored = chunk_store(
             session=session,
             seq=seq,
             segment=segments[seq],
-            blob=blob,
-            cached=cached,
-            engine_ms=engine_ms,
+            audio=audio,
             worker=worker,
+            total_chunks=total if seq == first_seq else None,
         )
-        if chunk is None:
+        if not stored:
             logger.info("session %s was cancelled or taken over; stopping", session.id)
-            return False
-        broadcast.broadcast_chunk(session.id, chunk_meta(chunk), blob.pcm)
-        return True
+        return stored
 
     with _heartbeat(session.id, worker), _OrderedWriter() as writer:
-        for seq in range(first_seq, len(segments)):
+        for seq in range(first_seq, total):
             try:
-                blob, cached, engine_ms = segment_audio(
-                    segment=segments[seq], voice=voice, engine_model=session.model
+                audio = segment_audio(
+                    segment=segments[seq], voice=voice, key=keys[seq], cached=keys[seq] in cached
                 )
             except EngineError as exc:
                 writer.wait()  # keep what was made before the failure
@@ -225,14 +234,13 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                     message=f"Chunk {seq} failed: {exc.message}",
                 )
                 return
-            if not writer.wait():
+            # Queued before waiting, so that audio once made is stored even if this thread
+            # is interrupted now (Ctrl-C in `narrate`): nothing is synthesized twice.
+            previous = writer.submit(partial(store, seq, audio))
+            if not previous:
                 return
-            job = partial(store_and_send, seq, blob, cached, engine_ms)
-            if seq == first_seq:
-                if not job():
-                    return
-            else:
-                writer.submit(job)
+            meta = chunk_meta_for(seq=seq, segment=segments[seq], audio=audio, total_chunks=total)
+            broadcast.broadcast_chunk(session.id, meta, audio.pcm)
         if not writer.wait():
             return
     session_complete(session_id=session.id, worker=worker)
@@ -249,26 +257,27 @@ class _OrderedWriter:
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-store")
-        self._pending: Future[bool] | None = None
+        self._last: Future[bool] | None = None
 
-    def submit(self, job: Callable[[], bool]) -> None:
-        self._pending = self._pool.submit(job)
+    def submit(self, job: Callable[[], bool]) -> bool:
+        """Queue ``job``; then wait for the job queued before it and return its result
+        (True when there was none). Its errors are raised."""
+        previous, self._last = self._last, self._pool.submit(job)
+        return True if previous is None else previous.result()
 
     def wait(self) -> bool:
-        """The last job's result (True when there was none); its errors are raised."""
-        pending, self._pending = self._pending, None
-        return True if pending is None else pending.result()
+        """Wait for every queued job; the last one's result (True when there was none)."""
+        last, self._last = self._last, None
+        return True if last is None else last.result()
 
     def __enter__(self) -> _OrderedWriter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        try:
-            if self._pending is not None:
-                self._pending.exception()  # let a running store finish first
-        finally:
-            self._pool.submit(_close_thread_connection).result()
-            self._pool.shutdown()
+        # Queued stores finish first, even after an interrupt; then the thread's own
+        # database connection is closed.
+        self._pool.submit(_close_thread_connection)
+        self._pool.shutdown(wait=True)
 
 
 def session_segments(*, session: TTSSession, voice: Voice) -> list[Segment]:
@@ -295,28 +304,53 @@ def audio_key(*, voice: Voice, engine_model: str, text: str, pause_ms: int) -> s
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def cached_keys(keys: list[str], *, batch: int = 500) -> set[str]:
+    """Which of these audio keys are stored already: one query per ``batch`` keys."""
+    found: set[str] = set()
+    for i in range(0, len(keys), batch):
+        found.update(
+            AudioBlob.objects.filter(key__in=keys[i : i + batch]).values_list("key", flat=True)
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class SegmentAudio:
+    """One segment's PCM (pause included), from the cache or just synthesized."""
+
+    key: str
+    pcm: bytes
+    sample_rate: int
+    cached: bool
+    engine_ms: int
+
+    @property
+    def samples(self) -> int:
+        return len(self.pcm) // 2
+
+
 def segment_audio(
-    *, segment: Segment, voice: Voice, engine_model: str
-) -> tuple[AudioBlob, bool, int]:
-    """(blob, came from cache, engine milliseconds). Synthesizes only on a cache miss."""
-    key = audio_key(
-        voice=voice, engine_model=engine_model, text=segment.speech_text, pause_ms=segment.pause_ms
-    )
-    blob = AudioBlob.objects.filter(key=key).first()
-    if blob is not None:
-        return blob, True, 0
+    *,
+    segment: Segment,
+    voice: Voice,
+    engine_model: str = "",
+    key: str | None = None,
+    cached: bool | None = None,
+) -> SegmentAudio:
+    """The segment's audio; synthesizes only on a cache miss. ``key``: its audio_key when
+    the caller has it; ``cached``: whether the caller saw that key stored (None: look)."""
+    if key is None:
+        text, pause_ms = segment.speech_text, segment.pause_ms
+        key = audio_key(voice=voice, engine_model=engine_model, text=text, pause_ms=pause_ms)
+    if cached is not False:
+        row = AudioBlob.objects.filter(key=key).values_list("pcm", "sample_rate").first()
+        if row is not None:
+            return SegmentAudio(key, bytes(row[0]), row[1], cached=True, engine_ms=0)
     started = time.perf_counter()
     audio = _synthesize(segment.speech_text, voice)
     engine_ms = round((time.perf_counter() - started) * 1000)
     pcm = audio.pcm + silence(segment.pause_ms, audio.sample_rate)
-    try:
-        with transaction.atomic():
-            blob = AudioBlob.objects.create(
-                key=key, pcm=pcm, sample_rate=audio.sample_rate, samples=len(pcm) // 2
-            )
-    except IntegrityError:  # another worker stored the same audio meanwhile
-        blob = AudioBlob.objects.get(key=key)
-    return blob, False, engine_ms
+    return SegmentAudio(key, pcm, audio.sample_rate, cached=False, engine_ms=engine_ms)
 
 
 def _synthesize(text: str, voice: Voice) -> Audio:
@@ -338,56 +372,105 @@ def chunk_store(
     session: TTSSession,
     seq: int,
     segment: Segment,
-    blob: AudioBlob,
-    cached: bool,
-    engine_ms: int,
+    audio: SegmentAudio,
     worker: str,
-) -> TTSChunk | None:
-    """Store one chunk and advance the session, only while this worker still holds it."""
+    total_chunks: int | None = None,
+) -> bool:
+    """Store one chunk (and its audio, when new) and advance the session, in one
+    transaction, only while this worker still holds the session. False when it does not
+    (cancelled, taken over) or the chunk exists already: a seq is never stored twice."""
     now = timezone.now()
-    first = seq == 0
-    updates = {
+    updates: dict[str, Any] = {
         "completed_chunks": seq + 1,
         "heartbeat_at": now,
-        "engine_ms": F("engine_ms") + engine_ms,
-        "audio_ms": F("audio_ms") + round(blob.samples * 1000 / blob.sample_rate),
+        "engine_ms": F("engine_ms") + audio.engine_ms,
+        "audio_ms": F("audio_ms") + round(audio.samples * 1000 / audio.sample_rate),
     }
-    if first:
+    if total_chunks is not None:
+        updates["total_chunks"] = total_chunks
+    if seq == 0:
         updates["first_chunk_ms"] = max(0, round((now - session.created_at).total_seconds() * 1000))
     try:
         with transaction.atomic():
+            if not audio.cached:  # kept even when the chunk is not: nothing made twice
+                _blob_store(audio)
             held = TTSSession.objects.filter(
                 pk=session.id, status=SessionStatus.RUNNING, claimed_by=worker
             ).update(**updates)
             if not held:
-                return None
-            return TTSChunk.objects.create(
-                session=session,
+                return False
+            TTSChunk.objects.create(
+                session_id=session.id,
                 seq=seq,
                 text=segment.text,
                 char_start=segment.char_start,
                 char_end=segment.char_end,
-                samples=blob.samples,
-                sample_rate=blob.sample_rate,
-                audio=blob,
-                cached=cached,
-                engine_ms=engine_ms,
+                samples=audio.samples,
+                sample_rate=audio.sample_rate,
+                audio_id=audio.key,
+                cached=audio.cached,
+                engine_ms=audio.engine_ms,
             )
-    except IntegrityError:  # the chunk exists already: never store a seq twice
-        return None
+    except IntegrityError:  # the chunk exists already
+        return False
+    return True
+
+
+def _blob_store(audio: SegmentAudio) -> None:
+    try:
+        with transaction.atomic():  # a savepoint: another worker may store the same audio
+            AudioBlob.objects.create(
+                key=audio.key, pcm=audio.pcm, sample_rate=audio.sample_rate, samples=audio.samples
+            )
+    except IntegrityError:
+        pass  # content-addressed: the stored audio is the same
+
+
+def chunk_meta_for(*, seq: int, segment: Segment, audio: SegmentAudio, total_chunks: int) -> dict:
+    """The `chunk` frame's fields for a chunk that is being stored."""
+    return _meta(
+        seq=seq,
+        text=segment.text,
+        char_start=segment.char_start,
+        char_end=segment.char_end,
+        samples=audio.samples,
+        sample_rate=audio.sample_rate,
+        total_chunks=total_chunks,
+    )
 
 
 def chunk_meta(chunk: TTSChunk) -> dict:
-    """The `chunk` frame's fields (plus sample_rate, so a client can decode it)."""
+    """The `chunk` frame's fields for a stored chunk (plus sample_rate, to decode it)."""
+    return _meta(
+        seq=chunk.seq,
+        text=chunk.text,
+        char_start=chunk.char_start,
+        char_end=chunk.char_end,
+        samples=chunk.samples,
+        sample_rate=chunk.sample_rate,
+        total_chunks=chunk.session.total_chunks if chunk.session_id else None,
+    )
+
+
+def _meta(
+    *,
+    seq: int,
+    text: str,
+    char_start: int,
+    char_end: int,
+    samples: int,
+    sample_rate: int,
+    total_chunks: int | None,
+) -> dict:
     return {
-        "seq": chunk.seq,
-        "text": chunk.text,
-        "char_start": chunk.char_start,
-        "char_end": chunk.char_end,
-        "samples": chunk.samples,
-        "sample_rate": chunk.sample_rate,
-        "duration_ms": chunk.duration_ms,
-        "total_chunks": chunk.session.total_chunks if chunk.session_id else None,
+        "seq": seq,
+        "text": text,
+        "char_start": char_start,
+        "char_end": char_end,
+        "samples": samples,
+        "sample_rate": sample_rate,
+        "duration_ms": round(samples * 1000 / sample_rate) if sample_rate else 0,
+        "total_chunks": total_chunks,
     }
 
 
@@ -426,7 +509,7 @@ def session_complete(*, session_id: uuid.UUID, worker: str) -> bool:
         pk=session_id, status=SessionStatus.RUNNING, claimed_by=worker
     ).update(status=SessionStatus.COMPLETED, finished_at=timezone.now(), real_time_factor=rtf)
     if done:
-        session.refresh_from_db()
+        session.status = SessionStatus.COMPLETED
         broadcast.broadcast_status(session.id, status_frame(session))
         broadcast.broadcast_done(
             session.id, total_chunks=session.total_chunks or 0, duration_ms=session.audio_ms

@@ -20,7 +20,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.text import slugify
 
-from tts import batch, health
+from tts import batch, broadcast, health
 from tts.errors import InvalidInput, NotFound
 from tts.services import voice_resolve
 
@@ -109,6 +109,7 @@ class Command(BaseCommand):
         )
         with _logs_to_stderr(), self.channel_layer_checked():
             interrupted = self.execute_run(run, owner)
+            broadcast.flush()  # listeners (the admin, a player) hear the last events
         summary = self.summarize(run, interrupted=interrupted)
         self.report(summary)
         if interrupted:
