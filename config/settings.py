@@ -258,6 +258,7 @@ TTS_HEARTBEAT_TIMEOUT = env_float("TTS_HEARTBEAT_TIMEOUT", 30.0)
 TTS_SWEEP_INTERVAL = env_float("TTS_SWEEP_INTERVAL", 10.0)
 TTS_MAX_ATTEMPTS = env_int("TTS_MAX_ATTEMPTS", 3, minimum=1)
 TTS_PRELOAD_VOICES = env_list("TTS_PRELOAD_VOICES")
+TTS_WORKER_CONN_MAX_AGE = env_int("TTS_WORKER_CONN_MAX_AGE", 300, minimum=0)
 # Testing only: sleep this long before every synthesis, to widen fault-injection windows.
 TTS_FAULT_DELAY_MS = env_int("TTS_FAULT_DELAY_MS", 0, minimum=0)
 TTS_ESPEAK_BINARY = env_str("TTS_ESPEAK_BINARY", "espeak-ng")
@@ -267,6 +268,7 @@ TTS_COQUI_CACHE_DIR = env_str("TTS_COQUI_CACHE_DIR")
 TTS_COQUI_DEVICE = env_str("TTS_COQUI_DEVICE", "auto")
 TTS_COQUI_AGREE_LICENSE = env_bool("TTS_COQUI_AGREE_LICENSE", False)
 TTS_TORCH_THREADS = env_int("TTS_TORCH_THREADS", 0, minimum=0)
+TTS_ONEDNN_CACHE_CAPACITY = env_int("TTS_ONEDNN_CACHE_CAPACITY", 0, minimum=0)
 
 # The voice catalog: the app's defaults (espeak voices, a Coqui voice) plus a local Coqui
 # model when TTS_COQUI_MODEL_PATH is set. More: TTS_EXTRA_VOICES_FILE, a JSON list.

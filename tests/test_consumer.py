@@ -202,6 +202,39 @@ async def test_a_live_chunk_after_a_gap_is_preceded_by_the_missing_chunks_from_s
     await comm.disconnect()
 
 
+async def test_a_chunk_broadcast_before_this_listener_joined_arrives_once_it_is_stored():
+    """The worker broadcasts a chunk before storing it. A listener that joined after that
+    broadcast, and read storage before the commit, gets the chunk on the `stored` event."""
+    session = await make_session(run=False)
+    comm = await _connected(as_staff(communicator(session.id)))
+    assert (await comm.receive_json_from())["type"] == "session"
+    await comm.receive_json_from()  # queued status
+
+    @sync_to_async
+    def store_first_chunk() -> bytes:
+        claimed = services.session_claim(session_id=session.id, worker="late")
+        voice = services.voice_resolve(voice_id=claimed.voice)
+        segment = services.session_segments(session=claimed, voice=voice)[0]
+        audio = services.segment_audio(segment=segment, voice=voice, engine_model=claimed.model)
+        assert services.chunk_store(
+            session=claimed, seq=0, segment=segment, audio=audio, worker="late"
+        )
+        return audio.pcm
+
+    from channels.layers import get_channel_layer
+
+    from tts.broadcast import session_group
+
+    pcm = await store_first_chunk()  # its live event went out before this listener joined
+    await get_channel_layer().group_send(
+        session_group(session.id), {"type": "tts.stored", "seq": 0}
+    )
+    while (message := await comm.receive_output(timeout=5)).get("bytes") is None:
+        assert json.loads(message["text"])["type"] in ("status", "chunk")
+    assert message["bytes"] == struct.pack("<I", 0) + pcm
+    await comm.disconnect()
+
+
 @pytest.mark.parametrize("after", ["abc", "-5", "1.5", str(2**40)])
 async def test_a_bad_after_gets_an_error_frame_and_close_4400(after):
     session = await make_session(run=False)

@@ -140,3 +140,52 @@ def test_the_full_audio_is_the_concatenation_of_the_chunks():
     session.refresh_from_db()
     assert session.audio_ms == sum(c.duration_ms for c in session.chunks.all())
     assert len(pcm) == 2 * sum(c.samples for c in session.chunks.all())
+
+
+def test_a_long_texts_first_segment_is_synthesized_while_the_rest_is_cut(engine_calls):
+    """Ahead of the whole text's segmentation, on a helper thread; used because the whole
+    text's first segment is the same, so nothing is synthesized twice."""
+    import threading
+
+    threads: list[str] = []
+    engine = get_engine("espeak")
+    counting = engine.synthesize
+
+    def on_thread(text, voice):
+        threads.append(threading.current_thread().name)
+        return counting(text, voice)
+
+    engine.synthesize = on_thread
+    try:
+        text = " ".join(
+            f"Sentence number {n} walks along the quiet harbour wall." for n in range(30)
+        )
+        session = create(text)
+        services.session_run(session_id=session.id, worker="w1")
+    finally:
+        engine.synthesize = counting
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED
+    assert len(engine_calls) == session.total_chunks == session.chunks.count()
+    assert threads[0].startswith("tts-first") and not threads[1].startswith("tts-first")
+    first = session.chunks.get(seq=0)
+    assert first.char_start == 0 and text.startswith(first.text)
+
+
+def test_a_first_segment_made_ahead_for_other_text_is_not_used():
+    voice = services.voice_resolve(voice_id="en-us")
+    session = create(TEXT)
+    segment, other = services.session_segments(session=session, voice=voice)[:2]
+    audio = services.segment_audio(segment=segment, voice=voice)
+    ahead = services._FirstSegmentAhead(segment, audio.key, _done(audio))
+    assert ahead.result_for(segment, audio.key) is audio
+    assert ahead.result_for(other, audio.key) is None
+    assert ahead.result_for(segment, "another key") is None
+
+
+def _done(value):
+    from concurrent.futures import Future
+
+    future = Future()
+    future.set_result(value)
+    return future

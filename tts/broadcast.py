@@ -108,13 +108,21 @@ def session_group(session_id: uuid.UUID | str) -> str:
     return f"tts.session.{uuid.UUID(str(session_id)).hex}"
 
 
-def _group_send(session_id: uuid.UUID | str, event: dict[str, Any]) -> None:
+def _group_send(session_id: uuid.UUID | str, event: dict[str, Any], *, wait: bool = False) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    _sender.post(
-        layer.group_send(session_group(session_id), event), f"{event['type']} for {session_id}"
+    send, what = (
+        layer.group_send(session_group(session_id), event),
+        f"{event['type']} for {session_id}",
     )
+    if not wait:
+        _sender.post(send, what)
+        return
+    try:
+        _sender.run(send, what)
+    except Exception:  # noqa: BLE001 - listeners recover from storage
+        logger.warning("%s failed", what, exc_info=True)
 
 
 def flush() -> None:
@@ -128,8 +136,16 @@ def chunk_event(chunk_meta: dict[str, Any], pcm: bytes) -> dict[str, Any]:
     return {"type": "tts.chunk", **chunk_meta, "pcm": pcm}
 
 
-def broadcast_chunk(session_id: uuid.UUID, chunk_meta: dict[str, Any], pcm: bytes) -> None:
-    _group_send(session_id, chunk_event(chunk_meta, pcm))
+def broadcast_chunk(
+    session_id: uuid.UUID, chunk_meta: dict[str, Any], pcm: bytes, *, wait: bool = False
+) -> None:
+    """``wait``: return once Redis has it (or the send failed), not at once."""
+    _group_send(session_id, chunk_event(chunk_meta, pcm), wait=wait)
+
+
+def broadcast_stored(session_id: uuid.UUID, *, seq: int) -> None:
+    """Chunk ``seq`` is now in storage (its `tts.chunk` event went out before that)."""
+    _group_send(session_id, {"type": "tts.stored", "seq": seq})
 
 
 def broadcast_status(session_id: uuid.UUID, status_frame: dict[str, Any]) -> None:

@@ -94,6 +94,10 @@ DEFAULTS: dict[str, Any] = {
     "TTS_SWEEP_INTERVAL": 10.0,
     "TTS_MAX_ATTEMPTS": 3,
     "TTS_PRELOAD_VOICES": [],
+    # Seconds a worker keeps its database connection between messages (each message
+    # otherwise opens one). Web processes cannot: under ASGI every request has its own
+    # thread. 0 leaves DATABASES alone; a pooled database (OPTIONS["pool"]) is left alone.
+    "TTS_WORKER_CONN_MAX_AGE": 300,
     "TTS_FAULT_DELAY_MS": 0,
     "TTS_ESPEAK_BINARY": "espeak-ng",
 }

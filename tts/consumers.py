@@ -151,6 +151,16 @@ class SessionConsumer(AsyncWebsocketConsumer):
                     self.session_id, self.cursor, meta, event["pcm"], self.send_chunk
                 )
 
+    async def tts_stored(self, event: dict) -> None:
+        """A chunk was broadcast before it was stored: one this connection joined too late
+        to hear live, and read from storage too early to find, is there now."""
+        self.last_event = time.monotonic()
+        async with self.lock:
+            if not self.finished and self.cursor.last_sent < event["seq"]:
+                await send_from_storage(
+                    self.session_id, self.cursor, self.send_chunk, before=event["seq"] + 1
+                )
+
     async def tts_status(self, event: dict) -> None:
         await self.send_json({**event, "type": "status"})
 

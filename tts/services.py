@@ -86,9 +86,8 @@ def session_create(
     session.save()
     limits.record_creation(owner)
     if dispatch:
-        # Not waited for: the reply goes out while Redis carries the message. One that
-        # is lost is sent again by the recovery sweep, as for any lost message.
-        transaction.on_commit(lambda: broadcast.dispatch_generate(session.id, wait=False))
+        # A dispatch that fails is sent again by the recovery sweep, as any lost message.
+        transaction.on_commit(lambda: broadcast.dispatch_generate(session.id))
     return session
 
 
@@ -196,9 +195,10 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
             message=f"Voice {session.voice!r} is no longer configured.",
         )
         return
+    first_seq = session.completed_chunks  # advanced with every stored chunk, atomically
+    ahead = _FirstSegmentAhead.start(session, voice) if first_seq == 0 else _NOTHING_AHEAD
     segments = session_segments(session=session, voice=voice)
     total = session.total_chunks = len(segments)
-    first_seq = session.completed_chunks  # advanced with every stored chunk, atomically
     keys = [
         audio_key(
             voice=voice, engine_model=session.model, text=seg.speech_text, pause_ms=seg.pause_ms
@@ -218,13 +218,22 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
         )
         if not stored:
             logger.info("session %s was cancelled or taken over; stopping", session.id)
+        elif seq == first_seq:
+            # Listeners that joined between this chunk's broadcast and its commit saw it in
+            # neither; the next chunk's event would fill the gap, but that is one synthesis
+            # away. This is the moment most listeners join (right after the POST).
+            broadcast.broadcast_stored(session.id, seq=seq)
         return stored
 
     with _heartbeat(session.id, worker), _OrderedWriter() as writer:
         for seq in range(first_seq, total):
             try:
-                audio = segment_audio(
-                    segment=segments[seq], voice=voice, key=keys[seq], cached=keys[seq] in cached
+                ready = ahead.result_for(segments[seq], keys[seq]) if seq == first_seq else None
+                audio = ready or segment_audio(
+                    segment=segments[seq],
+                    voice=voice,
+                    key=keys[seq],
+                    cached=keys[seq] in cached,
                 )
             except EngineError as exc:
                 writer.wait()  # keep what was made before the failure
@@ -234,13 +243,20 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                     message=f"Chunk {seq} failed: {exc.message}",
                 )
                 return
-            # Queued before waiting, so that audio once made is stored even if this thread
-            # is interrupted now (Ctrl-C in `narrate`): nothing is synthesized twice.
-            previous = writer.submit(partial(store, seq, audio))
-            if not previous:
-                return
             meta = chunk_meta_for(seq=seq, segment=segments[seq], audio=audio, total_chunks=total)
-            broadcast.broadcast_chunk(session.id, meta, audio.pcm)
+            try:
+                held = writer.wait()  # chunk n-1 stored: a listener can fill any gap
+                if held:
+                    # The first chunk is sent before its store is queued, and waited for:
+                    # the writer thread would otherwise hold the GIL while the send waits
+                    # (5 ms switch intervals). Later ones only queue: listeners have audio
+                    # in hand by then, and the engine goes on at once.
+                    first = seq == first_seq
+                    broadcast.broadcast_chunk(session.id, meta, audio.pcm, wait=first)
+            finally:  # queued even on an interrupt (Ctrl-C in `narrate`): nothing made twice
+                writer.submit(partial(store, seq, audio))
+            if not held:
+                return
         if not writer.wait():
             return
     session_complete(session_id=session.id, worker=worker)
@@ -259,11 +275,8 @@ class _OrderedWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-store")
         self._last: Future[bool] | None = None
 
-    def submit(self, job: Callable[[], bool]) -> bool:
-        """Queue ``job``; then wait for the job queued before it and return its result
-        (True when there was none). Its errors are raised."""
-        previous, self._last = self._last, self._pool.submit(job)
-        return True if previous is None else previous.result()
+    def submit(self, job: Callable[[], bool]) -> None:
+        self._last = self._pool.submit(job)
 
     def wait(self) -> bool:
         """Wait for every queued job; the last one's result (True when there was none)."""
@@ -280,11 +293,14 @@ class _OrderedWriter:
         self._pool.shutdown(wait=True)
 
 
-def session_segments(*, session: TTSSession, voice: Voice) -> list[Segment]:
-    """Deterministic for a session's text and settings, so a resumed run cuts alike."""
+def session_segments(
+    *, session: TTSSession, voice: Voice, text: str | None = None
+) -> list[Segment]:
+    """Deterministic for a session's text and settings, so a resumed run cuts alike.
+    ``text``: a prefix of the session's text to cut instead (see _FirstSegmentAhead)."""
     engine = get_engine(voice.engine)
     return segment_text(
-        session.text,
+        session.text if text is None else text,
         language=voice.language,
         max_chars=engine.max_segment_chars,
         first_max_chars=settings.TTS_FIRST_SEGMENT_CHARS,
@@ -346,11 +362,65 @@ def segment_audio(
         row = AudioBlob.objects.filter(key=key).values_list("pcm", "sample_rate").first()
         if row is not None:
             return SegmentAudio(key, bytes(row[0]), row[1], cached=True, engine_ms=0)
+    return _synthesize_segment(segment, voice, key)
+
+
+def _synthesize_segment(segment: Segment, voice: Voice, key: str) -> SegmentAudio:
     started = time.perf_counter()
     audio = _synthesize(segment.speech_text, voice)
     engine_ms = round((time.perf_counter() - started) * 1000)
     pcm = audio.pcm + silence(segment.pause_ms, audio.sample_rate)
     return SegmentAudio(key, pcm, audio.sample_rate, cached=False, engine_ms=engine_ms)
+
+
+class _NothingAhead:
+    def result_for(self, segment: Segment, key: str) -> None:
+        return None
+
+
+_NOTHING_AHEAD = _NothingAhead()
+
+
+class _FirstSegmentAhead:
+    """Synthesize a long text's first segment while the whole text is being cut.
+
+    Cutting takes about 6 ms per 1,000 characters (pysbd), all before the first
+    synthesis; a 10,000-character scene would wait 60 ms. So the head of the text is cut
+    first, its first segment synthesized on a helper thread, and the result used only
+    if the whole text's first segment turns out identical (it practically always does:
+    sentence ends are found from nearby text). Otherwise it is thrown away."""
+
+    HEAD_CHARS = 400
+
+    def __init__(self, segment: Segment, key: str, future: Future[SegmentAudio]) -> None:
+        self.segment, self.key, self.future = segment, key, future
+
+    @classmethod
+    def start(cls, session: TTSSession, voice: Voice) -> _FirstSegmentAhead | _NothingAhead:
+        if len(session.text) <= 2 * cls.HEAD_CHARS:
+            return _NOTHING_AHEAD  # cut whole in a few milliseconds: nothing to win
+        head = session_segments(session=session, voice=voice, text=session.text[: cls.HEAD_CHARS])
+        if len(head) < 2:  # the first segment may run past the head
+            return _NOTHING_AHEAD
+        first = head[0]
+        key = audio_key(
+            voice=voice, engine_model=session.model, text=first.speech_text, pause_ms=first.pause_ms
+        )
+        if AudioBlob.objects.filter(key=key).exists():
+            return _NOTHING_AHEAD  # cached: no synthesis to start early
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-first")
+        future = pool.submit(_synthesize_segment, first, voice, key)
+        pool.shutdown(wait=False)
+        return cls(first, key, future)
+
+    def result_for(self, segment: Segment, key: str) -> SegmentAudio | None:
+        """The audio when ``segment`` is the one synthesized ahead (its errors raised),
+        else None, once the helper is done (one synthesis at a time per model)."""
+        if segment == self.segment and key == self.key:
+            return self.future.result()
+        with suppress(Exception):
+            self.future.result()
+        return None
 
 
 def _synthesize(text: str, voice: Voice) -> Audio:

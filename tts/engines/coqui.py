@@ -499,6 +499,7 @@ def unload(voice: Voice) -> None:
 
 def _load(voice: Voice, key: str) -> LoadedModel:
     _ensure_license(voice)
+    _cap_primitive_cache()
     try:
         import torch
         from TTS.api import TTS
@@ -550,6 +551,16 @@ def _model_files(voice: Voice) -> dict[str, str]:
         vocoder_path, vocoder_config = _fetch(vocoder, _model_item(vocoder) or {}, progress=False)
         files.update(vocoder_path=str(vocoder_path), vocoder_config_path=str(vocoder_config))
     return files
+
+
+def _cap_primitive_cache() -> None:
+    """Bound oneDNN's per-input-shape primitive cache (CPU inference; 1,024 by default),
+    which otherwise grows a worker by about a tenth over its first few hundred texts.
+    Read by oneDNN when it first runs, so set before the first synthesis; an
+    ONEDNN_PRIMITIVE_CACHE_CAPACITY in the environment wins."""
+    capacity = int(_setting("TTS_ONEDNN_CACHE_CAPACITY", 0) or 0)
+    if capacity > 0:
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
 
 
 def _configure_threads(torch: Any) -> None:

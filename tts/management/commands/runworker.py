@@ -8,7 +8,7 @@ import threading
 import time
 
 from channels.management.commands.runworker import Command as ChannelsRunworker
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from tts import health, services
 from tts.conf import settings
@@ -35,6 +35,16 @@ def preload_voices() -> None:
         logger.info("voice %s ready (%s)", voice_id, engine.model_id(voice))
 
 
+def keep_connections(max_age: int) -> None:
+    """Persistent connections for this worker: its messages all run on one thread."""
+    if max_age <= 0:
+        return
+    for connection in connections.all(initialized_only=False):
+        config = connection.settings_dict
+        if not config.get("CONN_MAX_AGE") and not config.get("OPTIONS", {}).get("pool"):
+            config["CONN_MAX_AGE"] = max_age
+
+
 def sweep_forever(stop: threading.Event, name: str) -> None:
     interval = settings.TTS_SWEEP_INTERVAL
     while True:
@@ -59,6 +69,7 @@ class Command(ChannelsRunworker):
     help = ChannelsRunworker.help + " Narration: warms the voices and runs the recovery sweep."
 
     def handle(self, *args, **options) -> None:
+        keep_connections(settings.TTS_WORKER_CONN_MAX_AGE)
         preload_voices()
         name, stop = worker_name(), threading.Event()
         thread = threading.Thread(
