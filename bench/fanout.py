@@ -2,9 +2,9 @@
 listeners connect, so that every chunk is produced while all of them listen; then every
 listener must receive every chunk exactly once, byte for byte what was stored.
 
-Delivery latency per chunk and listener: arrival minus the chunk row's ``created_at``
-(written just before the commit and the group_send), and the spread: arrival minus the
-first listener's arrival of that chunk.
+Delivery latency per chunk and listener: arrival minus the chunk's ``created_at`` (when
+the worker made and broadcast it; the row is written a moment later), and the spread:
+arrival minus the first listener's arrival of that chunk.
 """
 
 from __future__ import annotations

@@ -43,10 +43,12 @@ def stages(n: Narration, row: SessionRow) -> dict[str, float | None]:
         "post_to_row": (row.created_at - n.t_post) * 1000,
         # the row -> the worker claimed it (commit, on_commit dispatch, Redis, worker wake-up)
         "row_to_claim": ((row.started_at or row.created_at) - row.created_at) * 1000,
-        # claim -> the first frame at the client, less the engine's time (segmentation,
-        # cache lookup, group_send, daphne, the consumer, the socket; the chunk row is
-        # written after the broadcast, off this path)
-        "claim_to_client": (stream.t_first - claimed) * 1000 - first.engine_ms,
+        # claim -> the first chunk broadcast, less the engine's time (segmentation, cache
+        # lookup); the chunk's created_at is when it was made and broadcast
+        "claim_to_sent": (first.created_at - claimed) * 1000 - first.engine_ms,
+        # broadcast -> first frame at the client (group_send, daphne, consumer, socket;
+        # or the listener's own connect, when it joined after the broadcast)
+        "sent_to_client": (stream.t_first - first.created_at) * 1000,
         # client-side milestones
         "post_rtt": (n.t_created - n.t_post) * 1000,
         "ws_open": (stream.t_open - n.t_created) * 1000,

@@ -74,11 +74,25 @@ DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
         # 0 under ASGI: every request runs in its own thread, so persistent connections
-        # pile up; pool with PgBouncer instead (docs/deployment.md).
+        # pile up. PostgreSQL gets Django's connection pool instead (below); workers keep
+        # theirs (TTS_WORKER_CONN_MAX_AGE).
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0),
         conn_health_checks=True,
     )
 }
+if (
+    DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+    and not DATABASES["default"]["CONN_MAX_AGE"]
+    and env_bool("DATABASE_POOL", True)
+):
+    # Under ASGI every request runs on a thread of its own, so without a pool each one
+    # (and each socket's database trip) would open a new PostgreSQL connection: a forked
+    # backend, several milliseconds. Django's psycopg pool hands them back instead.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("DATABASE_POOL_MIN_SIZE", 2, minimum=0),
+        "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20, minimum=1),
+        "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0),
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web, worker and tests write concurrently: wait for the lock, never fail fast.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
@@ -268,7 +282,7 @@ TTS_COQUI_CACHE_DIR = env_str("TTS_COQUI_CACHE_DIR")
 TTS_COQUI_DEVICE = env_str("TTS_COQUI_DEVICE", "auto")
 TTS_COQUI_AGREE_LICENSE = env_bool("TTS_COQUI_AGREE_LICENSE", False)
 TTS_TORCH_THREADS = env_int("TTS_TORCH_THREADS", 0, minimum=0)
-TTS_ONEDNN_CACHE_CAPACITY = env_int("TTS_ONEDNN_CACHE_CAPACITY", 0, minimum=0)
+TTS_ONEDNN_CACHE_CAPACITY = env_int("TTS_ONEDNN_CACHE_CAPACITY", 32, minimum=0)
 
 # The voice catalog: the app's defaults (espeak voices, a Coqui voice) plus a local Coqui
 # model when TTS_COQUI_MODEL_PATH is set. More: TTS_EXTRA_VOICES_FILE, a JSON list.

@@ -92,6 +92,18 @@ async def test_a_stranger_is_closed_with_4403():
     assert (await comm.receive_output(timeout=5))["code"] == 4403
 
 
+async def test_a_stranger_cannot_cancel_while_the_access_check_runs():
+    """cancel sent the moment the handshake completes, before the 4403."""
+    session = await make_session(run=False, staff=False)
+    comm = communicator(session.id)
+    await comm.connect()
+    await comm.send_json_to({"type": "cancel"})
+    assert (await comm.receive_output(timeout=5))["code"] == 4403
+    await comm.wait(timeout=2)
+    await sync_to_async(session.refresh_from_db)()
+    assert session.status == "queued"
+
+
 async def test_a_late_client_gets_every_stored_chunk_then_done():
     session = await make_session()
     frames, audio = await receive_until_closed(await _connected(as_staff(communicator(session.id))))
@@ -233,6 +245,18 @@ async def test_a_chunk_broadcast_before_this_listener_joined_arrives_once_it_is_
         assert json.loads(message["text"])["type"] in ("status", "chunk")
     assert message["bytes"] == struct.pack("<I", 0) + pcm
     await comm.disconnect()
+
+
+async def test_a_burst_of_sockets_beyond_the_redis_pool_all_join():
+    """channels-redis fails commands beyond 100 connections per process; joins queue for
+    a gate instead, so 150 sockets connecting at once (a deploy: everyone reconnects) all
+    get their session frame."""
+    session = await make_session(run=False)
+    comms = [as_staff(communicator(session.id)) for _ in range(150)]
+    await asyncio.gather(*(c.connect() for c in comms))
+    frames = await asyncio.gather(*(c.receive_json_from(timeout=30) for c in comms))
+    assert [f["type"] for f in frames] == ["session"] * 150
+    await asyncio.gather(*(c.disconnect() for c in comms))
 
 
 @pytest.mark.parametrize("after", ["abc", "-5", "1.5", str(2**40)])

@@ -382,3 +382,19 @@ def test_a_multi_lingual_config_expands_to_speakers_and_languages(tmp_path):
 )
 def test_voice_languages_match_model_languages(wanted, expected):
     assert coqui._match_language(wanted, ["en", "fr-fr", "pt-br"]) == expected
+
+
+def test_the_onednn_cache_is_capped_unless_the_environment_says_otherwise(monkeypatch, settings):
+    from tts.engines import coqui
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    settings.TTS_ONEDNN_CACHE_CAPACITY = 32
+    coqui._cap_primitive_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "32"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "500")
+    coqui._cap_primitive_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "500"
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    settings.TTS_ONEDNN_CACHE_CAPACITY = 0
+    coqui._cap_primitive_cache()
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ

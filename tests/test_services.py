@@ -189,3 +189,46 @@ def _done(value):
     future = Future()
     future.set_result(value)
     return future
+
+
+def test_a_failed_store_leaves_no_hole(monkeypatch):
+    """Chunk 1's store fails (a database error): nothing after it is stored, so a resumed
+    run continues at chunk 1 and listeners never meet a gap they cannot fill."""
+    from django.db import OperationalError
+
+    real_store, failed = services.chunk_store, []
+
+    def flaky(**kwargs):
+        if kwargs["seq"] == 1 and not failed:
+            failed.append(1)
+            raise OperationalError("database is locked")
+        return real_store(**kwargs)
+
+    monkeypatch.setattr(services, "chunk_store", flaky)
+    session = create()
+    with pytest.raises(OperationalError):
+        services.session_run(session_id=session.id, worker="w1")
+    session.refresh_from_db()
+    assert list(session.chunks.values_list("seq", flat=True)) == [0]
+    assert session.completed_chunks == 1
+    type(session).objects.filter(pk=session.id).update(status=SessionStatus.QUEUED)
+    services.session_run(session_id=session.id, worker="w2")
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED
+    assert list(session.chunks.values_list("seq", flat=True)) == list(range(session.total_chunks))
+
+
+def test_the_sender_loop_survives_a_send_that_raises_cancelled():
+    import asyncio
+
+    from tts.broadcast import _sender
+
+    async def cancelled():
+        raise asyncio.CancelledError
+
+    async def fine():
+        return "ok"
+
+    with pytest.raises(asyncio.CancelledError):
+        _sender.run(cancelled(), "a cancelled send")
+    assert _sender.run(fine(), "the next send", timeout=2) == "ok"

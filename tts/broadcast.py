@@ -24,6 +24,7 @@ GENERATE_CHANNEL = "tts-generate"
 
 
 SEND_TIMEOUT_S = 5.0
+WAITED_SEND_S = 0.5  # the longest a broadcast that is waited for holds up its caller
 MAX_BACKLOG = 256  # events waiting to be sent; beyond this they are dropped (and logged)
 
 
@@ -42,6 +43,7 @@ class _SenderLoop:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue | None = None
+        self._thread: threading.Thread | None = None
         self._backlog = 0
 
     def post(self, coro: Coroutine[Any, Any, Any], what: str) -> bool:
@@ -49,11 +51,15 @@ class _SenderLoop:
         or slow): the event is dropped and listeners catch up from storage."""
         return self._submit(coro, None, what)
 
-    def run(self, coro: Coroutine[Any, Any, Any], what: str = "send") -> Any:
+    def run(
+        self, coro: Coroutine[Any, Any, Any], what: str = "send", timeout: float | None = None
+    ) -> Any:
+        """Send and wait, at most ``timeout`` seconds (default: the send's deadline, after
+        whatever is queued before it); a send waited for in vain still goes out."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         if not self._submit(coro, future, what):
             raise TimeoutError(f"{what}: the send backlog is full")
-        return future.result(2 * SEND_TIMEOUT_S + 1)
+        return future.result(2 * SEND_TIMEOUT_S + 1 if timeout is None else timeout)
 
     def flush(self, timeout: float = 2 * SEND_TIMEOUT_S + 1) -> None:
         """Wait until everything posted so far has been sent (or has failed)."""
@@ -62,25 +68,26 @@ class _SenderLoop:
 
     def _submit(self, coro, future, what: str) -> bool:
         with self._lock:
+            loop, queue = self._get_loop()
             if self._backlog >= MAX_BACKLOG:
                 coro.close()
                 logger.warning("dropping %s: %d sends are waiting", what, self._backlog)
                 return False
             self._backlog += 1
-            loop, queue = self._get_loop()
         loop.call_soon_threadsafe(queue.put_nowait, (coro, future, what))
         return True
 
     def _get_loop(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Queue]:
-        if self._loop is None or self._loop.is_closed():
+        if self._thread is None or not self._thread.is_alive():
             self._loop, self._queue = asyncio.new_event_loop(), asyncio.Queue()
-            thread = threading.Thread(
+            self._backlog = 0  # whatever a dead loop held is gone
+            self._thread = threading.Thread(
                 target=self._loop.run_until_complete,
                 args=(self._drain(self._queue),),
                 name="tts-broadcast",
                 daemon=True,
             )
-            thread.start()
+            self._thread.start()
         return self._loop, self._queue
 
     async def _drain(self, queue: asyncio.Queue) -> None:
@@ -88,7 +95,8 @@ class _SenderLoop:
             coro, future, what = await queue.get()
             try:
                 result = await asyncio.wait_for(coro, SEND_TIMEOUT_S)
-            except Exception as exc:  # noqa: BLE001 - reported to the waiter, or logged
+            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - one bad send
+                # must not end this loop: reported to the waiter, or logged
                 if future is not None:
                     future.set_exception(exc)
                 else:
@@ -120,9 +128,9 @@ def _group_send(session_id: uuid.UUID | str, event: dict[str, Any], *, wait: boo
         _sender.post(send, what)
         return
     try:
-        _sender.run(send, what)
+        _sender.run(send, what, timeout=WAITED_SEND_S)
     except Exception:  # noqa: BLE001 - listeners recover from storage
-        logger.warning("%s failed", what, exc_info=True)
+        logger.warning("%s failed or is slow; going on", what, exc_info=True)
 
 
 def flush() -> None:

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import uuid
+import weakref
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -24,15 +25,35 @@ logger = logging.getLogger(__name__)
 
 
 QUIET_POLL_S = 2.0
+# Group joins and leaves one process runs at once. channels-redis gives each process at
+# most 100 Redis connections and fails a command beyond that at once (MaxConnectionsError):
+# a burst of sockets (all clients reconnecting after a deploy) must queue, not fail.
+REDIS_GATE = 32
+_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def redis_gate() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    gate = _gates.get(loop)
+    if gate is None:
+        gate = _gates[loop] = asyncio.Semaphore(REDIS_GATE)
+    return gate
 
 
 class SessionConsumer(AsyncWebsocketConsumer):
     finished = False  # done or the fatal error sent; later events are ignored
+    allowed = False  # the access check passed
+    group: str | None = None
     watchdog: asyncio.Task | None = None
 
     async def connect(self) -> None:
+        # Nothing reaches this connection, and it may cancel nothing, until the access check
+        # in _open has passed: group events that came before a refusal are ignored.
+        self.allowed, self.group = False, None
+        self.lock, self.last_event = asyncio.Lock(), time.monotonic()
         await self.accept()  # accept first, so that the close codes reach the client
-        self.group = None
         after = self._after()
         if after is None:
             await self.send_error("bad_after", "after must be a chunk seq (-1 or more).")
@@ -46,16 +67,19 @@ class SessionConsumer(AsyncWebsocketConsumer):
         # two; the access check comes with that one read and leaves the group if refused.
         self.group = session_group(session_id)
         try:  # a Redis that just restarted can leave this call hanging: fail fast instead
-            await asyncio.wait_for(self.channel_layer.group_add(self.group, self.channel_name), 5)
+            async with redis_gate():
+                await asyncio.wait_for(
+                    self.channel_layer.group_add(self.group, self.channel_name), 5
+                )
         except Exception:  # noqa: BLE001 - the client reconnects with after=
             logger.warning("joining %s failed; closing so the client reconnects", self.group)
             self.group = None
             return await self.close(code=1011)
         refused, session, frames, stored = await database_sync_to_async(self._open)()
         if refused:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-            self.group = None
+            await self._leave()
             return await self.close(code=refused)
+        self.allowed = True
         for frame in frames:
             await self.send_json(frame)
         for chunk in stored:
@@ -64,7 +88,6 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if len(stored) == BATCH:
             await send_from_storage(self.session_id, self.cursor, self.send_chunk)
         await self._finish_if_over(session)
-        self.lock, self.last_event = asyncio.Lock(), time.monotonic()
         if not self.finished:
             self.watchdog = asyncio.create_task(self._watch())
 
@@ -118,8 +141,19 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.watchdog:
             self.watchdog.cancel()
-        if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self._leave()
+
+    async def _leave(self) -> None:
+        group, self.group = self.group, None
+        if group is None:
+            return
+        try:
+            async with redis_gate():
+                await asyncio.wait_for(
+                    self.channel_layer.group_discard(group, self.channel_name), 5
+                )
+        except Exception:  # noqa: BLE001 - the membership expires with the group anyway
+            logger.warning("leaving %s failed", group)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None or len(text_data) > MAX_CLIENT_MESSAGE:
@@ -136,13 +170,15 @@ class SessionConsumer(AsyncWebsocketConsumer):
         await self.send_error("unknown_type", "Known messages: ping, cancel.")
 
     async def cancel(self) -> None:
-        if not hasattr(self, "session_id"):
+        if not self.allowed:
             return
         await database_sync_to_async(services.session_cancel)(session_id=self.session_id)
 
     # Group events -------------------------------------------------------------------------
 
     async def tts_chunk(self, event: dict) -> None:
+        if not self.allowed:
+            return
         self.last_event = time.monotonic()
         meta = {k: v for k, v in event.items() if k not in ("type", "pcm")}
         async with self.lock:
@@ -154,6 +190,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def tts_stored(self, event: dict) -> None:
         """A chunk was broadcast before it was stored: one this connection joined too late
         to hear live, and read from storage too early to find, is there now."""
+        if not self.allowed:
+            return
         self.last_event = time.monotonic()
         async with self.lock:
             if not self.finished and self.cursor.last_sent < event["seq"]:
@@ -162,9 +200,13 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 )
 
     async def tts_status(self, event: dict) -> None:
+        if not self.allowed:
+            return
         await self.send_json({**event, "type": "status"})
 
     async def tts_done(self, event: dict) -> None:
+        if not self.allowed:
+            return
         self.last_event = time.monotonic()
         total = event.get("total_chunks")
         async with self.lock:
@@ -178,6 +220,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self._finish_if_over(await self._session())
 
     async def tts_error(self, event: dict) -> None:
+        if not self.allowed:
+            return
         self.last_event = time.monotonic()
         async with self.lock:
             await self._finish_if_over(await self._session())

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
+from django.utils import timezone
 
 
 class SessionStatus(models.TextChoices):
@@ -109,7 +110,8 @@ class TTSChunk(models.Model):
     audio = models.ForeignKey(AudioBlob, on_delete=models.PROTECT, related_name="chunks")
     cached = models.BooleanField(default=False)
     engine_ms = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
+    # When the chunk was made and broadcast; its row is written a moment later.
+    created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["session", "seq"]

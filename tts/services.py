@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -207,7 +207,7 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
     ]
     cached = cached_keys(keys[first_seq:])
 
-    def store(seq: int, audio: SegmentAudio) -> bool:
+    def store(seq: int, audio: SegmentAudio, sent_at: datetime) -> bool:
         stored = chunk_store(
             session=session,
             seq=seq,
@@ -215,6 +215,7 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
             audio=audio,
             worker=worker,
             total_chunks=total if seq == first_seq else None,
+            made_at=sent_at,
         )
         if not stored:
             logger.info("session %s was cancelled or taken over; stopping", session.id)
@@ -243,20 +244,18 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                     message=f"Chunk {seq} failed: {exc.message}",
                 )
                 return
-            meta = chunk_meta_for(seq=seq, segment=segments[seq], audio=audio, total_chunks=total)
-            try:
-                held = writer.wait()  # chunk n-1 stored: a listener can fill any gap
-                if held:
-                    # The first chunk is sent before its store is queued, and waited for:
-                    # the writer thread would otherwise hold the GIL while the send waits
-                    # (5 ms switch intervals). Later ones only queue: listeners have audio
-                    # in hand by then, and the engine goes on at once.
-                    first = seq == first_seq
-                    broadcast.broadcast_chunk(session.id, meta, audio.pcm, wait=first)
-            finally:  # queued even on an interrupt (Ctrl-C in `narrate`): nothing made twice
-                writer.submit(partial(store, seq, audio))
-            if not held:
+            if not writer.wait():  # chunk n-1 stored (a listener can fill any gap), or over
+                if not audio.cached:  # cancelled or taken over: keep the audio for next time
+                    _blob_store(audio)
                 return
+            meta = chunk_meta_for(seq=seq, segment=segments[seq], audio=audio, total_chunks=total)
+            # The first chunk is sent before its store is queued, and waited for (briefly):
+            # the writer thread would otherwise hold the GIL while the send waits for it
+            # (5 ms switch intervals). Later ones only queue: listeners have audio in hand
+            # by then, and the engine goes on at once.
+            first, sent_at = seq == first_seq, timezone.now()
+            broadcast.broadcast_chunk(session.id, meta, audio.pcm, wait=first)
+            writer.submit(partial(store, seq, audio, sent_at))
         if not writer.wait():
             return
     session_complete(session_id=session.id, worker=worker)
@@ -445,11 +444,13 @@ def chunk_store(
     audio: SegmentAudio,
     worker: str,
     total_chunks: int | None = None,
+    made_at: datetime | None = None,
 ) -> bool:
     """Store one chunk (and its audio, when new) and advance the session, in one
     transaction, only while this worker still holds the session. False when it does not
     (cancelled, taken over) or the chunk exists already: a seq is never stored twice."""
     now = timezone.now()
+    made_at = made_at or now
     updates: dict[str, Any] = {
         "completed_chunks": seq + 1,
         "heartbeat_at": now,
@@ -459,7 +460,9 @@ def chunk_store(
     if total_chunks is not None:
         updates["total_chunks"] = total_chunks
     if seq == 0:
-        updates["first_chunk_ms"] = max(0, round((now - session.created_at).total_seconds() * 1000))
+        updates["first_chunk_ms"] = max(
+            0, round((made_at - session.created_at).total_seconds() * 1000)
+        )
     try:
         with transaction.atomic():
             if not audio.cached:  # kept even when the chunk is not: nothing made twice
@@ -480,6 +483,7 @@ def chunk_store(
                 audio_id=audio.key,
                 cached=audio.cached,
                 engine_ms=audio.engine_ms,
+                created_at=made_at,
             )
     except IntegrityError:  # the chunk exists already
         return False

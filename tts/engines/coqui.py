@@ -555,10 +555,11 @@ def _model_files(voice: Voice) -> dict[str, str]:
 
 def _cap_primitive_cache() -> None:
     """Bound oneDNN's per-input-shape primitive cache (CPU inference; 1,024 by default),
-    which otherwise grows a worker by about a tenth over its first few hundred texts.
-    Read by oneDNN when it first runs, so set before the first synthesis; an
-    ONEDNN_PRIMITIVE_CACHE_CAPACITY in the environment wins."""
-    capacity = int(_setting("TTS_ONEDNN_CACHE_CAPACITY", 0) or 0)
+    which otherwise grows a worker by about a tenth over its first few hundred texts (every
+    text length is a new shape). 32 bounds that at no measurable speed cost
+    (docs/benchmarks.md); 0 leaves oneDNN's default. Read by oneDNN when it first runs, so
+    set before the first synthesis; ONEDNN_PRIMITIVE_CACHE_CAPACITY in the environment wins."""
+    capacity = int(_setting("TTS_ONEDNN_CACHE_CAPACITY", 32) or 0)
     if capacity > 0:
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
 

@@ -1,0 +1,101 @@
+"""Compare commits fairly on a noisy machine: their TTFA benchmarks, interleaved.
+
+Two runs taken minutes apart on a shared machine can differ by a third (other tenants,
+CPU frequency), more than most changes under test. This checks out each commit into a
+temporary worktree (sharing this checkout's .venv), then runs `bench/run.py` for each in
+turn, round after round, so that drift hits all of them alike, and prints the median of
+the rounds per commit.
+
+    .venv/bin/python bench/compare.py 990faf7 HEAD --rounds 3
+    .venv/bin/python bench/compare.py 990faf7 HEAD -- --voices tiny --sessions 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = {
+    "TTFA p50": ("ttfa", "ttfa", "p50"),
+    "overhead p50": ("ttfa", "overhead", "p50"),
+    "overhead p99": ("ttfa", "overhead", "p99"),
+    "engine p50": ("ttfa", "engine", "p50"),
+    "cached TTFA p50": ("cached", "ttfa", "p50"),
+    "POST round trip p50": ("ttfa", "post_rtt", "p50"),
+    "socket to session frame p50": ("ttfa", "ws_session_frame", "p50"),
+}
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def figures(result: dict, voice: str) -> dict[str, float]:
+    out = {}
+    for name, (scenario, key, stat) in FIGURES.items():
+        value = result.get(scenario, {}).get(voice, {}).get(key, {})
+        if isinstance(value, dict) and stat in value:
+            out[name] = value[stat]
+    reopen = result.get("cached", {}).get(voice, {}).get("reopen", {})
+    if "connect_to_first_frame" in reopen:
+        out["reopen p50"] = reopen["connect_to_first_frame"]["p50"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("commits", nargs="+", help="commits to compare (at least two)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--voice", default="en-us", help="the catalog id to report (en-us)")
+    args, bench_args = parser.parse_known_args(argv)
+    bench_args = [a for a in bench_args if a != "--"] or [
+        "--voices",
+        "espeak",
+        "--scenarios",
+        "ttfa,cached",
+        "--sessions",
+        "30",
+    ]
+    if len(args.commits) < 2:
+        parser.error("name at least two commits")
+    shas = [git("rev-parse", "--short=10", c) for c in args.commits]
+    samples: dict[str, list[dict[str, float]]] = {sha: [] for sha in shas}
+    with tempfile.TemporaryDirectory(prefix="tts-compare-") as tmp:
+        trees = {}
+        for sha in shas:
+            tree = Path(tmp) / sha
+            git("worktree", "add", "--detach", str(tree), sha)
+            (tree / ".venv").symlink_to(ROOT / ".venv")
+            trees[sha] = tree
+        try:
+            for round_ in range(1, args.rounds + 1):
+                for sha, tree in trees.items():
+                    out = Path(tmp) / f"{sha}-{round_}.json"
+                    cmd = [sys.executable, "bench/run.py", *bench_args, "--json", str(out)]
+                    subprocess.run(cmd, cwd=tree, check=True, capture_output=True)
+                    result = json.loads(out.read_text())["results"]
+                    samples[sha].append(figures(result, args.voice))
+                    print(f"round {round_} {sha}: {samples[sha][-1]}", flush=True)
+        finally:
+            for tree in trees.values():
+                git("worktree", "remove", "--force", str(tree))
+    names = [n for n in [*FIGURES, "reopen p50"] if all(n in s[0] for s in samples.values())]
+    width = max(len(n) for n in names)
+    print(f"\nmedian of {args.rounds} interleaved rounds, ms ({args.voice})")
+    print(" " * width + "".join(f"{sha:>14}" for sha in shas))
+    for name in names:
+        row = [statistics.median(s[name] for s in samples[sha]) for sha in shas]
+        print(f"{name:<{width}}" + "".join(f"{v:>14.1f}" for v in row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
