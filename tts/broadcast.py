@@ -171,19 +171,15 @@ def broadcast_error(session_id: uuid.UUID, *, code: str, message: str) -> None:
     _group_send(session_id, {"type": "tts.error", "code": code, "message": message})
 
 
-def dispatch_generate(session_id: uuid.UUID, *, wait: bool = True) -> bool:
+def dispatch_generate(session_id: uuid.UUID) -> bool:
     """Ring the workers' doorbell. False when the layer is unreachable (the recovery
-    sweep re-dispatches queued sessions later). ``wait=False`` queues the send and
-    returns at once; a failure is then only logged."""
+    sweep re-dispatches queued sessions later)."""
     layer = get_channel_layer()
     if layer is None:
         return False
     message = layer.send(GENERATE_CHANNEL, {"type": "tts.generate", "session_id": str(session_id)})
-    what = f"dispatch of {session_id}"
-    if not wait:
-        return _sender.post(message, what)
     try:
-        _sender.run(message, what)
+        _sender.run(message, f"dispatch of {session_id}")
     except Exception:  # noqa: BLE001
         logger.warning("dispatch of %s failed; the recovery sweep will retry", session_id)
         return False
