@@ -156,10 +156,8 @@ def broadcast_stored(session_id: uuid.UUID, *, seq: int) -> None:
     _group_send(session_id, {"type": "tts.stored", "seq": seq})
 
 
-def broadcast_status(
-    session_id: uuid.UUID, status_frame: dict[str, Any], *, wait: bool = False
-) -> None:
-    _group_send(session_id, {**status_frame, "type": "tts.status"}, wait=wait)
+def broadcast_status(session_id: uuid.UUID, status_frame: dict[str, Any]) -> None:
+    _group_send(session_id, {**status_frame, "type": "tts.status"})
 
 
 def broadcast_done(session_id: uuid.UUID, *, total_chunks: int, duration_ms: int) -> None:

@@ -139,9 +139,7 @@ def session_claim(*, session_id: uuid.UUID | str, worker: str) -> TTSSession | N
     if not claimed:
         return None
     session = TTSSession.objects.get(pk=session_id)
-    # Waited for (briefly): sent from the sender thread while this one cuts the text, it
-    # would trade the GIL back and forth with it in 5 ms slices before the first synthesis.
-    broadcast.broadcast_status(session.id, status_frame(session), wait=True)
+    broadcast.broadcast_status(session.id, status_frame(session))
     return session
 
 
