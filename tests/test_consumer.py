@@ -104,6 +104,36 @@ async def test_a_stranger_cannot_cancel_while_the_access_check_runs():
     assert session.status == "queued"
 
 
+async def test_a_signed_in_owner_listens_and_another_user_is_refused():
+    """Through the real cookie, session and (lazy) auth middleware."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    @sync_to_async
+    def signed_in(name: str) -> tuple[int, str]:
+        user = User.objects.create_user(name)
+        client = Client()
+        client.force_login(user)
+        return user.pk, client.cookies["sessionid"].value
+
+    owner_id, owner_cookie = await signed_in("owner")
+    _, other_cookie = await signed_in("other")
+    session = await sync_to_async(services.session_create)(
+        text=TEXT, owner=Owner(user_id=owner_id), dispatch=False
+    )
+
+    async def first_message(cookie: str) -> dict:
+        headers = [*HEADERS, (b"cookie", f"sessionid={cookie}".encode())]
+        comm = WebsocketCommunicator(application, f"/ws/tts/{session.id}/", headers=headers)
+        await comm.connect()
+        message = await comm.receive_output(timeout=5)
+        await comm.disconnect()
+        return message
+
+    assert json.loads((await first_message(owner_cookie))["text"])["type"] == "session"
+    assert (await first_message(other_cookie)) == {"type": "websocket.close", "code": 4403}
+
+
 async def test_a_late_client_gets_every_stored_chunk_then_done():
     session = await make_session()
     frames, audio = await receive_until_closed(await _connected(as_staff(communicator(session.id))))
