@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 import pytest_asyncio
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async as sync_to_async  # closes its connections
 from channels.testing import WebsocketCommunicator
 
 from config.asgi import application
