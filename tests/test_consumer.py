@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 from channels.db import database_sync_to_async as sync_to_async  # closes its connections
 from channels.testing import WebsocketCommunicator
+from django.utils import timezone
 
 from config.asgi import application
 from tts import services
@@ -217,9 +218,8 @@ async def test_a_live_chunk_after_a_gap_is_preceded_by_the_missing_chunks_from_s
             assert services.chunk_store(
                 session=claimed, seq=seq, segment=segments[seq], audio=audio, worker=worker
             )
-            meta = services.chunk_meta_for(
-                seq=seq, segment=segments[seq], audio=audio, total_chunks=len(segments)
-            )
+            row = services.chunk_row(claimed.id, seq, segments[seq], audio, timezone.now())
+            meta = services.chunk_meta(row, total_chunks=len(segments))
             chunks.append((meta, audio.pcm))
         return chunks
 

@@ -408,6 +408,33 @@ def test_bad_sentinel_addresses_are_refused():
     assert done.returncode != 0 and "host:port" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_POOL", "maybe"),
+        ("DATABASE_POOL_MAX_SIZE", "0"),
+        ("DATABASE_POOL_TIMEOUT", "soon"),
+        ("TTS_WORKER_CONN_MAX_AGE", "-1"),
+        ("TTS_ONEDNN_CACHE_CAPACITY", "many"),
+    ],
+)
+def test_bad_pool_and_worker_settings_are_refused_by_name(name, value):
+    env = production_env(
+        DATABASE_URL="postgres://narrator@127.0.0.1:5432/narrator", **{name: value}
+    )
+    done = manage(env, "check")
+    assert done.returncode != 0 and name in done.stderr
+
+
+def test_postgresql_pools_its_connections_unless_told_otherwise():
+    code = "from django.conf import settings; print(settings.DATABASES['default']['OPTIONS'])"
+    url = "postgres://narrator@127.0.0.1:5432/narrator"
+    pooled = manage(production_env(DATABASE_URL=url), "shell", "-c", code)
+    assert "'pool': {'min_size': 2, 'max_size': 20, 'timeout': 10.0}" in pooled.stdout
+    plain = manage(production_env(DATABASE_URL=url, DATABASE_POOL="0"), "shell", "-c", code)
+    assert "pool" not in plain.stdout and plain.returncode == 0
+
+
 def test_the_entrypoint_is_posix_sh():
     checker = shutil.which("dash") or shutil.which("sh")
     done = subprocess.run(

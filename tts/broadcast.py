@@ -61,7 +61,7 @@ class _SenderLoop:
             raise TimeoutError(f"{what}: the send backlog is full")
         return future.result(2 * SEND_TIMEOUT_S + 1 if timeout is None else timeout)
 
-    def flush(self, timeout: float = 2 * SEND_TIMEOUT_S + 1) -> None:
+    def flush(self) -> None:
         """Wait until everything posted so far has been sent (or has failed)."""
         with suppress(Exception):
             self.run(asyncio.sleep(0), "flush")
@@ -120,10 +120,8 @@ def _group_send(session_id: uuid.UUID | str, event: dict[str, Any], *, wait: boo
     layer = get_channel_layer()
     if layer is None:
         return
-    send, what = (
-        layer.group_send(session_group(session_id), event),
-        f"{event['type']} for {session_id}",
-    )
+    send = layer.group_send(session_group(session_id), event)
+    what = f"{event['type']} for {session_id}"
     if not wait:
         _sender.post(send, what)
         return

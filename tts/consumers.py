@@ -176,9 +176,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     # Group events -------------------------------------------------------------------------
 
-    async def tts_chunk(self, event: dict) -> None:
-        if not self.allowed:
+    async def dispatch(self, message: dict) -> None:
+        # Group events reach a connection only once its access check has passed; those
+        # that came while it ran (or before a refusal) are dropped.
+        if message["type"].startswith("tts.") and not self.allowed:
             return
+        await super().dispatch(message)
+
+    async def tts_chunk(self, event: dict) -> None:
         self.last_event = time.monotonic()
         meta = {k: v for k, v in event.items() if k not in ("type", "pcm")}
         async with self.lock:
@@ -190,8 +195,6 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def tts_stored(self, event: dict) -> None:
         """A chunk was broadcast before it was stored: one this connection joined too late
         to hear live, and read from storage too early to find, is there now."""
-        if not self.allowed:
-            return
         self.last_event = time.monotonic()
         async with self.lock:
             if not self.finished and self.cursor.last_sent < event["seq"]:
@@ -200,13 +203,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 )
 
     async def tts_status(self, event: dict) -> None:
-        if not self.allowed:
-            return
         await self.send_json({**event, "type": "status"})
 
     async def tts_done(self, event: dict) -> None:
-        if not self.allowed:
-            return
         self.last_event = time.monotonic()
         total = event.get("total_chunks")
         async with self.lock:
@@ -220,8 +219,6 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self._finish_if_over(await self._session())
 
     async def tts_error(self, event: dict) -> None:
-        if not self.allowed:
-            return
         self.last_event = time.monotonic()
         async with self.lock:
             await self._finish_if_over(await self._session())

@@ -196,7 +196,7 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
         )
         return
     first_seq = session.completed_chunks  # advanced with every stored chunk, atomically
-    ahead = _FirstSegmentAhead.start(session, voice) if first_seq == 0 else _NOTHING_AHEAD
+    ahead = _FirstSegmentAhead.start(session, voice) if first_seq == 0 else None
     segments = session_segments(session=session, voice=voice)
     total = session.total_chunks = len(segments)
     keys = [
@@ -229,7 +229,8 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
     with _heartbeat(session.id, worker), _OrderedWriter() as writer:
         for seq in range(first_seq, total):
             try:
-                ready = ahead.result_for(segments[seq], keys[seq]) if seq == first_seq else None
+                ready = ahead.result_for(segments[seq], keys[seq]) if ahead else None
+                ahead = None  # the first segment only
                 audio = ready or segment_audio(
                     segment=segments[seq],
                     voice=voice,
@@ -248,13 +249,14 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                 if not audio.cached:  # cancelled or taken over: keep the audio for next time
                     _blob_store(audio)
                 return
-            meta = chunk_meta_for(seq=seq, segment=segments[seq], audio=audio, total_chunks=total)
+            sent_at = timezone.now()
+            row = chunk_row(session.id, seq, segments[seq], audio, sent_at)
+            meta = chunk_meta(row, total_chunks=total)
             # The first chunk is sent before its store is queued, and waited for (briefly):
             # the writer thread would otherwise hold the GIL while the send waits for it
             # (5 ms switch intervals). Later ones only queue: listeners have audio in hand
             # by then, and the engine goes on at once.
-            first, sent_at = seq == first_seq, timezone.now()
-            broadcast.broadcast_chunk(session.id, meta, audio.pcm, wait=first)
+            broadcast.broadcast_chunk(session.id, meta, audio.pcm, wait=seq == first_seq)
             writer.submit(partial(store, seq, audio, sent_at))
         if not writer.wait():
             return
@@ -372,14 +374,6 @@ def _synthesize_segment(segment: Segment, voice: Voice, key: str) -> SegmentAudi
     return SegmentAudio(key, pcm, audio.sample_rate, cached=False, engine_ms=engine_ms)
 
 
-class _NothingAhead:
-    def result_for(self, segment: Segment, key: str) -> None:
-        return None
-
-
-_NOTHING_AHEAD = _NothingAhead()
-
-
 class _FirstSegmentAhead:
     """Synthesize a long text's first segment while the whole text is being cut.
 
@@ -395,18 +389,18 @@ class _FirstSegmentAhead:
         self.segment, self.key, self.future = segment, key, future
 
     @classmethod
-    def start(cls, session: TTSSession, voice: Voice) -> _FirstSegmentAhead | _NothingAhead:
+    def start(cls, session: TTSSession, voice: Voice) -> _FirstSegmentAhead | None:
         if len(session.text) <= 2 * cls.HEAD_CHARS:
-            return _NOTHING_AHEAD  # cut whole in a few milliseconds: nothing to win
+            return None  # cut whole in a few milliseconds: nothing to win
         head = session_segments(session=session, voice=voice, text=session.text[: cls.HEAD_CHARS])
         if len(head) < 2:  # the first segment may run past the head
-            return _NOTHING_AHEAD
+            return None
         first = head[0]
         key = audio_key(
             voice=voice, engine_model=session.model, text=first.speech_text, pause_ms=first.pause_ms
         )
         if AudioBlob.objects.filter(key=key).exists():
-            return _NOTHING_AHEAD  # cached: no synthesis to start early
+            return None  # cached: no synthesis to start early
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-first")
         future = pool.submit(_synthesize_segment, first, voice, key)
         pool.shutdown(wait=False)
@@ -472,19 +466,7 @@ def chunk_store(
             ).update(**updates)
             if not held:
                 return False
-            TTSChunk.objects.create(
-                session_id=session.id,
-                seq=seq,
-                text=segment.text,
-                char_start=segment.char_start,
-                char_end=segment.char_end,
-                samples=audio.samples,
-                sample_rate=audio.sample_rate,
-                audio_id=audio.key,
-                cached=audio.cached,
-                engine_ms=audio.engine_ms,
-                created_at=made_at,
-            )
+            chunk_row(session.id, seq, segment, audio, made_at).save(force_insert=True)
     except IntegrityError:  # the chunk exists already
         return False
     return True
@@ -500,50 +482,38 @@ def _blob_store(audio: SegmentAudio) -> None:
         pass  # content-addressed: the stored audio is the same
 
 
-def chunk_meta_for(*, seq: int, segment: Segment, audio: SegmentAudio, total_chunks: int) -> dict:
-    """The `chunk` frame's fields for a chunk that is being stored."""
-    return _meta(
+def chunk_row(
+    session_id: uuid.UUID, seq: int, segment: Segment, audio: SegmentAudio, made_at: datetime
+) -> TTSChunk:
+    """The chunk's row, not yet saved."""
+    return TTSChunk(
+        session_id=session_id,
         seq=seq,
         text=segment.text,
         char_start=segment.char_start,
         char_end=segment.char_end,
         samples=audio.samples,
         sample_rate=audio.sample_rate,
-        total_chunks=total_chunks,
+        audio_id=audio.key,
+        cached=audio.cached,
+        engine_ms=audio.engine_ms,
+        created_at=made_at,
     )
 
 
-def chunk_meta(chunk: TTSChunk) -> dict:
-    """The `chunk` frame's fields for a stored chunk (plus sample_rate, to decode it)."""
-    return _meta(
-        seq=chunk.seq,
-        text=chunk.text,
-        char_start=chunk.char_start,
-        char_end=chunk.char_end,
-        samples=chunk.samples,
-        sample_rate=chunk.sample_rate,
-        total_chunks=chunk.session.total_chunks if chunk.session_id else None,
-    )
-
-
-def _meta(
-    *,
-    seq: int,
-    text: str,
-    char_start: int,
-    char_end: int,
-    samples: int,
-    sample_rate: int,
-    total_chunks: int | None,
-) -> dict:
+def chunk_meta(chunk: TTSChunk, *, total_chunks: int | None = None) -> dict:
+    """The `chunk` frame's fields (plus sample_rate, so a client can decode it).
+    ``total_chunks``: the session's count when the caller has it (no read of the session)."""
+    if total_chunks is None and chunk.session_id:
+        total_chunks = chunk.session.total_chunks
     return {
-        "seq": seq,
-        "text": text,
-        "char_start": char_start,
-        "char_end": char_end,
-        "samples": samples,
-        "sample_rate": sample_rate,
-        "duration_ms": round(samples * 1000 / sample_rate) if sample_rate else 0,
+        "seq": chunk.seq,
+        "text": chunk.text,
+        "char_start": chunk.char_start,
+        "char_end": chunk.char_end,
+        "samples": chunk.samples,
+        "sample_rate": chunk.sample_rate,
+        "duration_ms": chunk.duration_ms,
         "total_chunks": total_chunks,
     }
 
