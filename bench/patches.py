@@ -66,6 +66,8 @@ TIMED = {
         "session_generate",
         "session_segments",
         "stored_chunk_count",
+        "cached_keys",
+        "chunk_row",
         "segment_audio",
         "_synthesize",
         "chunk_store",
@@ -90,7 +92,7 @@ TIMED = {
     # the consumer imported these by name
     "tts.consumers": ["send_from_storage", "deliver_live"],
 }
-CONSUMER_METHODS = ["connect", "_load", "_snapshot", "tts_chunk", "send_chunk", "_finish_if_over"]
+CONSUMER_METHODS = ["connect", "_open", "tts_chunk", "tts_stored", "send_chunk", "_finish_if_over"]
 
 _samples: dict[str, list[float]] = {}
 _lock = threading.Lock()

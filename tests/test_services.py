@@ -172,6 +172,140 @@ def test_a_long_texts_first_segment_is_synthesized_while_the_rest_is_cut(engine_
     assert first.char_start == 0 and text.startswith(first.text)
 
 
+@pytest.fixture
+def engine_threads(monkeypatch, engine_calls):
+    """The name of the thread of every engine call (engine_calls has their texts)."""
+    import threading
+
+    engine = get_engine("espeak")
+    counting, threads = engine.synthesize, []
+
+    def on_thread(text, voice):
+        threads.append(threading.current_thread().name)
+        return counting(text, voice)
+
+    monkeypatch.setattr(engine, "synthesize", on_thread)
+    return threads
+
+
+def test_a_fresh_message_starts_the_engine_before_the_claim(engine_threads, engine_calls):
+    """The generate message carries the head of the text: the first segment is
+    synthesized on a helper thread while the session is claimed and cut, and used."""
+    from tts.services import _FirstSegmentAhead
+
+    session = create()
+    head = _FirstSegmentAhead.head(session)
+    claims = []
+    real_claim = services.session_claim
+
+    def claim(**kwargs):
+        claims.append(len(engine_threads))  # engine calls begun before the claim
+        return real_claim(**kwargs)
+
+    services.session_claim = claim
+    try:
+        services.session_run(session_id=session.id, worker="w1", head=head)
+    finally:
+        services.session_claim = real_claim
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED
+    assert len(engine_calls) == session.total_chunks == session.chunks.count()
+    assert engine_threads[0].startswith("tts-first")
+    assert not any(name.startswith("tts-first") for name in engine_threads[1:])
+    assert engine_calls[0] == session.chunks.get(seq=0).text.strip()
+    assert claims  # the claim ran (the helper may or may not have called the engine yet)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"sent": -5.0},  # waited in the queue: its session is likely drained already
+        {"voice": "no-such-voice"},
+        {"text": 42},
+        {"whole": "yes"},
+        {"sent": "now"},
+    ],
+)
+def test_a_stale_or_malformed_head_starts_nothing(engine_threads, change):
+    import time
+
+    from tts.services import _FirstSegmentAhead
+
+    session = create()
+    head = _FirstSegmentAhead.head(session)
+    head.update(change)
+    if change.get("sent") == -5.0:
+        head["sent"] = time.time() - 5
+    services.session_run(session_id=session.id, worker="w1", head=head)
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED
+    assert not any(name.startswith("tts-first") for name in engine_threads)
+    assert len(engine_threads) == session.total_chunks
+
+
+def test_a_head_start_for_a_session_taken_elsewhere_is_only_cached(engine_threads):
+    """Another worker claimed the session first: the audio made ahead goes to the cache,
+    and nothing is stored for the session by this worker."""
+    from tts.services import _FirstSegmentAhead
+
+    session = create()
+    head = _FirstSegmentAhead.head(session)
+    services.session_claim(session_id=session.id, worker="w-other")
+    services.session_run(session_id=session.id, worker="w1", head=head)
+    assert engine_threads and engine_threads[0].startswith("tts-first")
+    assert len(engine_threads) == 1
+    assert not session.chunks.exists()
+    voice = services.voice_resolve(voice_id=session.voice)
+    first = services.session_segments(session=session, voice=voice)[0]
+    key = services.audio_key(
+        voice=voice, engine_model=session.model, text=first.speech_text, pause_ms=first.pause_ms
+    )
+    assert AudioBlob.objects.filter(key=key).exists()
+
+
+def test_a_head_start_for_a_resumed_session_is_not_used(engine_threads, engine_calls):
+    """A session with chunks stored already resumes after them: audio made ahead for
+    chunk 0 is not stored again as a chunk (it is only kept in the cache)."""
+    session = create()
+    services.session_run(session_id=session.id, worker="w1")
+    session.refresh_from_db()
+    total, first = session.total_chunks, session.chunks.get(seq=0)
+    session.chunks.filter(seq__gte=1).delete()
+    AudioBlob.objects.exclude(key=first.audio_id).delete()
+    type(session).objects.filter(pk=session.id).update(
+        status=SessionStatus.RUNNING, completed_chunks=1, claimed_by="w2"
+    )
+    session.refresh_from_db()
+    voice = services.voice_resolve(voice_id=session.voice)
+    made = services.segment_audio(
+        segment=services.segments_for("Other words.", voice)[0],
+        voice=voice,
+        engine_model=session.model,
+    )
+    engine_calls.clear()
+    ahead = services._FirstSegmentAhead(first, made.key, _done(made))
+    services.session_generate(session=session, worker="w2", ahead=ahead)
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED
+    assert list(session.chunks.values_list("seq", flat=True)) == list(range(total))
+    assert session.chunks.get(seq=0).audio_id == first.audio_id
+    assert len(engine_calls) == total - 1  # chunks 1..n-1 only
+    assert AudioBlob.objects.filter(key=made.key).exists()
+
+
+def test_the_view_sends_the_head_with_the_doorbell(monkeypatch):
+    from tts import broadcast
+
+    sent = []
+    monkeypatch.setattr(broadcast, "dispatch_generate", lambda sid, head=None: sent.append(head))
+    from django.db import transaction
+
+    with transaction.atomic():
+        session = services.session_create(text=TEXT, owner=OWNER)
+    assert sent and sent[0]["text"] == TEXT[:400] and sent[0]["voice"] == session.voice
+    assert sent[0]["whole"] is (len(TEXT) <= 400) and sent[0]["model"] == session.model
+
+
 def test_a_first_segment_made_ahead_for_other_text_is_not_used():
     voice = services.voice_resolve(voice_id="en-us")
     session = create(TEXT)
