@@ -169,17 +169,13 @@ def broadcast_error(session_id: uuid.UUID, *, code: str, message: str) -> None:
     _group_send(session_id, {"type": "tts.error", "code": code, "message": message})
 
 
-def dispatch_generate(session_id: uuid.UUID, *, head: dict | None = None) -> bool:
+def dispatch_generate(session_id: uuid.UUID) -> bool:
     """Ring the workers' doorbell. False when the layer is unreachable (the recovery
-    sweep re-dispatches queued sessions later). ``head``: the start of the text, so that
-    the worker that takes the message can start the engine at once."""
+    sweep re-dispatches queued sessions later)."""
     layer = get_channel_layer()
     if layer is None:
         return False
-    event = {"type": "tts.generate", "session_id": str(session_id)}
-    if head is not None:
-        event["head"] = head
-    message = layer.send(GENERATE_CHANNEL, event)
+    message = layer.send(GENERATE_CHANNEL, {"type": "tts.generate", "session_id": str(session_id)})
     try:
         _sender.run(message, f"dispatch of {session_id}")
     except Exception:  # noqa: BLE001

@@ -87,8 +87,7 @@ def session_create(
     limits.record_creation(owner)
     if dispatch:
         # A dispatch that fails is sent again by the recovery sweep, as any lost message.
-        head = _FirstSegmentAhead.head(session)
-        transaction.on_commit(lambda: broadcast.dispatch_generate(session.id, head=head))
+        transaction.on_commit(lambda: broadcast.dispatch_generate(session.id))
     return session
 
 
@@ -164,44 +163,31 @@ def session_claim_next(*, worker: str) -> TTSSession | None:
 # --- Running ------------------------------------------------------------------------------
 
 
-def session_run(*, session_id: uuid.UUID | str, worker: str, head: object = None) -> None:
+def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
     """Run this session if still queued, then drain the queue: the database is the queue,
-    the channel message only rings the bell. ``head``: what a fresh message says of the
-    session's text (see _FirstSegmentAhead.from_message), to start the engine at once."""
+    the channel message only rings the bell."""
     try:
         uuid.UUID(str(session_id))
     except ValueError:
         logger.warning("ignoring a generate message with a bad session id %r", session_id)
         return
-    ahead = _FirstSegmentAhead.from_message(head)
     session = session_claim(session_id=session_id, worker=worker)
     if session is None:
-        if ahead is not None:
-            ahead.discard()  # someone else has it: the engine is free again
-        ahead = None
         session = session_claim_next(worker=worker)
     while session is not None:
-        session_generate(session=session, worker=worker, ahead=ahead)
-        ahead = None
+        session_generate(session=session, worker=worker)
         session = session_claim_next(worker=worker)
 
 
-def session_generate(
-    *, session: TTSSession, worker: str, ahead: _FirstSegmentAhead | None = None
-) -> None:
+def session_generate(*, session: TTSSession, worker: str) -> None:
     """Synthesize a claimed session from its first missing chunk to the end.
 
     Each chunk is broadcast as soon as it is synthesized, then stored on a writer thread
     while the next one is synthesized, so neither the listeners nor the engine wait for
     the database. Chunk n is broadcast only once chunk n-1 is stored, so a listener that
     sees a seq jump can always fill the gap from storage; a chunk whose store then fails
-    (the session was cancelled or taken over) was only ever a notification.
-    ``ahead``: this session's first segment, already being synthesized."""
+    (the session was cancelled or taken over) was only ever a notification."""
     voice = get_voice(session.voice)
-    first_seq = session.completed_chunks  # advanced with every stored chunk, atomically
-    if ahead is not None and (voice is None or first_seq != 0):
-        ahead.discard()  # resumed (or unvoiced): the first segment is not needed
-        ahead = None
     if voice is None:
         session_fail(
             session_id=session.id,
@@ -209,8 +195,8 @@ def session_generate(
             message=f"Voice {session.voice!r} is no longer configured.",
         )
         return
-    if ahead is None and first_seq == 0:
-        ahead = _FirstSegmentAhead.start(session, voice)
+    first_seq = session.completed_chunks  # advanced with every stored chunk, atomically
+    ahead = _FirstSegmentAhead.start(session, voice) if first_seq == 0 else None
     segments = session_segments(session=session, voice=voice)
     total = session.total_chunks = len(segments)
     keys = [
@@ -308,15 +294,14 @@ class _OrderedWriter:
         self._pool.shutdown(wait=True)
 
 
-def session_segments(*, session: TTSSession, voice: Voice) -> list[Segment]:
-    """Deterministic for a session's text and settings, so a resumed run cuts alike."""
-    return segments_for(session.text, voice)
-
-
-def segments_for(text: str, voice: Voice) -> list[Segment]:
+def session_segments(
+    *, session: TTSSession, voice: Voice, text: str | None = None
+) -> list[Segment]:
+    """Deterministic for a session's text and settings, so a resumed run cuts alike.
+    ``text``: a prefix of the session's text to cut instead (see _FirstSegmentAhead)."""
     engine = get_engine(voice.engine)
     return segment_text(
-        text,
+        session.text if text is None else text,
         language=voice.language,
         max_chars=engine.max_segment_chars,
         first_max_chars=settings.TTS_FIRST_SEGMENT_CHARS,
@@ -390,75 +375,29 @@ def _synthesize_segment(segment: Segment, voice: Voice, key: str) -> SegmentAudi
 
 
 class _FirstSegmentAhead:
-    """Synthesize a session's first segment while the work before it is still being done.
+    """Synthesize a long text's first segment while the whole text is being cut.
 
-    Two head starts, each cutting only the head of the text:
-
-    - the doorbell: the view's generate message carries the head of the text, so a worker
-      that takes it at once starts the engine before claiming the session (an UPDATE and
-      a read), cutting the whole text and looking up the cache, about 6 ms here;
-    - a long text (no fresh message: a requeued or queued session): cutting takes about
-      6 ms per 1,000 characters (pysbd), so its first segment starts while the rest is cut.
-
-    The audio is used only if the whole text's first segment turns out identical (sentence
-    ends are found from nearby text, so it practically always is); otherwise, or when the
-    session is someone else's by then, it is only kept in the audio cache."""
+    Cutting takes about 6 ms per 1,000 characters (pysbd), all before the first
+    synthesis; a 10,000-character scene would wait 60 ms. So the head of the text is cut
+    first, its first segment synthesized on a helper thread, and the result used only
+    if the whole text's first segment turns out identical (it practically always does:
+    sentence ends are found from nearby text). Otherwise it is thrown away."""
 
     HEAD_CHARS = 400
-    # A message older than this waited in the queue: its session has likely been drained
-    # by a worker's claim of the oldest queued session already, and a head start would
-    # synthesize for nothing. (Clocks of web and worker hosts must agree to about this.)
-    FRESH_S = 1.0
 
     def __init__(self, segment: Segment, key: str, future: Future[SegmentAudio]) -> None:
         self.segment, self.key, self.future = segment, key, future
 
     @classmethod
-    def head(cls, session: TTSSession) -> dict:
-        """The part of a generate message that lets a worker start at once."""
-        return {
-            "text": session.text[: cls.HEAD_CHARS],
-            "whole": len(session.text) <= cls.HEAD_CHARS,
-            "voice": session.voice,
-            "model": session.model,
-            "sent": time.time(),
-        }
-
-    @classmethod
-    def from_message(cls, head: object) -> _FirstSegmentAhead | None:
-        if not isinstance(head, dict):
-            return None
-        text, voice_id, model, whole, sent = (
-            head.get(k) for k in ("text", "voice", "model", "whole", "sent")
-        )
-        fields = (isinstance(text, str), isinstance(voice_id, str), isinstance(model, str))
-        if not all(fields) or not isinstance(sent, int | float) or not isinstance(whole, bool):
-            return None
-        if abs(time.time() - sent) > cls.FRESH_S:
-            return None
-        voice = get_voice(voice_id)
-        if voice is None:
-            return None
-        return cls.begin(text[: cls.HEAD_CHARS], whole=whole, voice=voice, model=model)
-
-    @classmethod
     def start(cls, session: TTSSession, voice: Voice) -> _FirstSegmentAhead | None:
         if len(session.text) <= 2 * cls.HEAD_CHARS:
             return None  # cut whole in a few milliseconds: nothing to win
-        return cls.begin(
-            session.text[: cls.HEAD_CHARS], whole=False, voice=voice, model=session.model
-        )
-
-    @classmethod
-    def begin(
-        cls, text: str, *, whole: bool, voice: Voice, model: str
-    ) -> _FirstSegmentAhead | None:
-        segments = segments_for(text, voice)
-        if not segments or (len(segments) < 2 and not whole):
-            return None  # the first segment may run past the head
-        first = segments[0]
+        head = session_segments(session=session, voice=voice, text=session.text[: cls.HEAD_CHARS])
+        if len(head) < 2:  # the first segment may run past the head
+            return None
+        first = head[0]
         key = audio_key(
-            voice=voice, engine_model=model, text=first.speech_text, pause_ms=first.pause_ms
+            voice=voice, engine_model=session.model, text=first.speech_text, pause_ms=first.pause_ms
         )
         if AudioBlob.objects.filter(key=key).exists():
             return None  # cached: no synthesis to start early
@@ -472,16 +411,9 @@ class _FirstSegmentAhead:
         else None, once the helper is done (one synthesis at a time per model)."""
         if segment == self.segment and key == self.key:
             return self.future.result()
-        self.discard()
+        with suppress(Exception):
+            self.future.result()
         return None
-
-    def discard(self) -> None:
-        """Wait for the helper (one synthesis at a time per model); keep its audio."""
-        try:
-            audio = self.future.result()
-        except Exception:  # noqa: BLE001 - the session's own synthesis reports engine errors
-            return
-        _blob_store(audio)
 
 
 def _synthesize(text: str, voice: Voice) -> Audio:

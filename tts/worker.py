@@ -21,8 +21,6 @@ class GenerateConsumer(SyncConsumer):
     def tts_generate(self, message: dict) -> None:
         session_id = message.get("session_id")
         try:
-            services.session_run(
-                session_id=str(session_id), worker=worker_name(), head=message.get("head")
-            )
+            services.session_run(session_id=str(session_id), worker=worker_name())
         except Exception:  # noqa: BLE001 - one bad session must not kill the worker
             logger.exception("generation of %s crashed", session_id)
