@@ -12,6 +12,7 @@ import asyncio
 import json
 import struct
 import time
+import uuid
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 
@@ -102,8 +103,11 @@ class Http:
         if "csrftoken" not in self.cookies:
             await self.request("GET", "/api/tts/voices/")
 
-    async def create(self, text: str, voice: str) -> dict:
-        response = await self.request("POST", "/api/tts/sessions/", {"text": text, "voice": voice})
+    async def create(self, text: str, voice: str, session_id: str | None = None) -> dict:
+        body = {"text": text, "voice": voice}
+        if session_id is not None:
+            body["id"] = session_id
+        response = await self.request("POST", "/api/tts/sessions/", body)
         if response.status != 201:
             raise BenchError(f"POST -> {response.status}: {response.body[:300]!r}")
         return response.json()
@@ -136,8 +140,9 @@ class Listen:
         return total is not None and sorted(self.arrivals) == list(range(total))
 
 
-def ws_url(http: Http, session_id: str, after: int = -1) -> str:
-    return f"ws://{http.host}:{http.port}/ws/tts/{session_id}/?after={after}"
+def ws_url(http: Http, session_id: str, after: int = -1, *, pending: bool = False) -> str:
+    query = f"after={after}" + ("&pending=1" if pending else "")
+    return f"ws://{http.host}:{http.port}/ws/tts/{session_id}/?{query}"
 
 
 async def listen(
@@ -148,14 +153,16 @@ async def listen(
     ready: asyncio.Event | None = None,
     keep_pcm: bool = False,
     on_first: asyncio.Event | None = None,
+    pending: bool = False,
 ) -> Listen:
     """Follow a session to ``done`` (or a fatal error). ``ready`` is set once the session
-    frame arrived (the consumer has joined the group)."""
+    frame arrived (the consumer has joined the group). ``pending``: the session may not
+    exist yet (its POST is in flight)."""
     result = Listen(session_id)
     result.t_connect = time.time()
     async with asyncio.timeout(timeout):
         async with websockets.connect(
-            ws_url(http, session_id),
+            ws_url(http, session_id, pending=pending),
             origin=http.origin,
             additional_headers={"Cookie": http.cookie_header},
             max_size=None,
@@ -213,11 +220,21 @@ class Narration:
 
 
 async def narrate(http: Http, text: str, voice: str, *, timeout: float) -> Narration:
-    """POST, then open the socket at once (as the player does), then follow to the end."""
+    """As the player does: choose the session's id, open its socket (?pending=1) and POST at
+    once, then follow to the end. A socket refused before the POST's reply (a browser
+    with no session cookie yet: the POST gives it one) is opened again after it."""
     result = Narration(voice=voice, text=text)
     result.t_post = time.time()
-    created = await http.create(text, voice)
+    session_id = str(uuid.uuid4())
+    early = asyncio.create_task(listen(http, session_id, timeout=timeout, pending=True))
+    try:
+        created = await http.create(text, voice, session_id)
+    except BaseException:
+        early.cancel()
+        raise
     result.t_created = time.time()
     result.session_id, result.cookies = created["id"], dict(http.cookies)
-    result.stream = await listen(http, result.session_id, timeout=timeout)
+    result.stream = await early
+    if result.stream.session_frame is None:  # refused: not this browser's yet
+        result.stream = await listen(http, result.session_id, timeout=timeout)
     return result

@@ -28,7 +28,7 @@ FIGURES = {
     "engine p50": ("ttfa", "engine", "p50"),
     "cached TTFA p50": ("cached", "ttfa", "p50"),
     "POST round trip p50": ("ttfa", "post_rtt", "p50"),
-    "socket to session frame p50": ("ttfa", "ws_session_frame", "p50"),
+    "session frame p50": ("ttfa", "ws_session_frame", "p50"),
 }
 
 

@@ -49,10 +49,10 @@ def stages(n: Narration, row: SessionRow) -> dict[str, float | None]:
         # broadcast -> first frame at the client (group_send, daphne, consumer, socket;
         # or the listener's own connect, when it joined after the broadcast)
         "sent_to_client": (stream.t_first - first.created_at) * 1000,
-        # client-side milestones
+        # client-side milestones, from the POST (the socket opens while the POST is in flight)
         "post_rtt": (n.t_created - n.t_post) * 1000,
-        "ws_open": (stream.t_open - n.t_created) * 1000,
-        "ws_session_frame": ((stream.t_session or stream.t_open) - n.t_created) * 1000,
+        "ws_open": (stream.t_open - n.t_post) * 1000,
+        "ws_session_frame": ((stream.t_session or stream.t_open) - n.t_post) * 1000,
     }
 
 

@@ -57,6 +57,25 @@ def test_bad_input_gets_a_json_400(client, body, code):
     assert response.json()["error"]["message"]
 
 
+def test_a_client_may_choose_the_id_once(client):
+    """So that it can open the session's socket (?pending=1) while the POST is in flight."""
+    chosen = uuid.uuid4()
+    response = post(client, {"text": "Hello there.", "id": str(chosen)})
+    assert response.status_code == 201 and response.json()["id"] == str(chosen)
+    assert TTSSession.objects.filter(pk=chosen).exists()
+    again = post(client, {"text": "Something else.", "id": str(chosen)})
+    assert again.status_code == 409 and error_code(again) == "id_taken"
+    assert TTSSession.objects.get(pk=chosen).text == "Hello there."
+
+
+@pytest.mark.parametrize("bad", ["not-a-uuid", str(uuid.UUID(int=0)), 42, ["x"], "1234"])
+def test_a_bad_chosen_id_gets_a_400(client, bad):
+    response = post(client, {"text": "Hello there.", "id": bad})
+    assert response.status_code == 400 and error_code(response) == "invalid_id"
+    assert response.json()["error"]["fields"] == {"id": "must be a UUID"}
+    assert not TTSSession.objects.exists()
+
+
 def test_text_over_the_limit_is_refused(client, settings):
     settings.TTS_MAX_CHARS = 50
     response = post(client, {"text": "word " * 20})

@@ -297,3 +297,76 @@ async def test_a_bad_after_gets_an_error_frame_and_close_4400(after):
     error = await comm.receive_json_from()
     assert error["type"] == "error" and error["code"] == "bad_after"
     assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4400}
+
+
+# A socket opened before its session exists (?pending=1: the client chose the id and opened
+# the socket while its POST was in flight) -------------------------------------------------
+
+
+def pending_communicator(session_id, query: str = "pending=1") -> WebsocketCommunicator:
+    path = f"/ws/tts/{session_id}/?{query}"
+    return as_staff(WebsocketCommunicator(application, path, headers=HEADERS))
+
+
+@sync_to_async
+def make_session_with_id(session_id, *, run: bool = True, staff: bool = True):
+    owner = Owner(user_id=None, session_key="", is_staff=staff)
+    session = services.session_create(text=TEXT, owner=owner, dispatch=False, session_id=session_id)
+    if run:
+        services.session_run(session_id=session.id, worker="test")
+    return session
+
+
+async def test_a_pending_socket_hears_its_session_from_the_first_chunk():
+    """Connected before the row exists; the worker's first event opens it, and every chunk
+    arrives exactly once, in order, then done."""
+    session_id = uuid.uuid4()
+    comm = pending_communicator(session_id)
+    await _connected(comm)
+    await asyncio.sleep(0.2)  # the socket has joined and found nothing
+    session = await make_session_with_id(session_id)
+    frames, audio = await receive_until_closed(comm)
+    assert frames[0]["type"] == "session" and frames[0]["session_id"] == str(session.id)
+    seqs = [f["seq"] for f in frames if f["type"] == "chunk"]
+    assert seqs == list(range(frames[-1]["total_chunks"])) and frames[-1]["type"] == "done"
+    assert [struct.unpack("<I", a[:4])[0] for a in audio] == seqs
+
+
+async def test_a_pending_socket_finds_a_queued_session_by_polling():
+    """No worker event comes (the session waits in the queue): the poll opens it."""
+    session_id = uuid.uuid4()
+    comm = pending_communicator(session_id)
+    await _connected(comm)
+    await make_session_with_id(session_id, run=False)
+    frame = await comm.receive_json_from(timeout=5)
+    assert frame["type"] == "session" and frame["status"] == "queued"
+    await comm.disconnect()
+
+
+async def test_a_pending_socket_for_a_session_never_created_closes_with_4404(settings):
+    settings.TTS_PENDING_SOCKET_S = 0.3
+    comm = pending_communicator(uuid.uuid4())
+    await _connected(comm)
+    assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4404}
+
+
+async def test_a_pending_socket_for_someone_elses_session_closes_with_4403():
+    session_id = uuid.uuid4()
+    comm = WebsocketCommunicator(application, f"/ws/tts/{session_id}/?pending=1", headers=HEADERS)
+    await _connected(comm)
+    await make_session_with_id(session_id, staff=False)
+    assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4403}
+
+
+async def test_pending_on_an_existing_session_changes_nothing():
+    session = await make_session()
+    frames, _ = await receive_until_closed(await _connected(pending_communicator(session.id)))
+    assert frames[0]["type"] == "session" and frames[-1]["type"] == "done"
+
+
+async def test_a_bad_pending_gets_an_error_frame_and_close_4400():
+    comm = pending_communicator(uuid.uuid4(), query="pending=maybe")
+    await _connected(comm)
+    error = await comm.receive_json_from()
+    assert error["type"] == "error" and error["code"] == "bad_pending"
+    assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4400}

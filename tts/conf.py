@@ -98,6 +98,9 @@ DEFAULTS: dict[str, Any] = {
     # otherwise opens one). Web processes cannot: under ASGI every request has its own
     # thread. 0 leaves DATABASES alone; a pooled database (OPTIONS["pool"]) is left alone.
     "TTS_WORKER_CONN_MAX_AGE": 300,
+    # Seconds a socket opened with ?pending=1 waits for its session to be created (the
+    # client chose the id and opened the socket while its POST was in flight).
+    "TTS_PENDING_SOCKET_S": 10.0,
     "TTS_FAULT_DELAY_MS": 0,
     "TTS_ESPEAK_BINARY": "espeak-ng",
 }

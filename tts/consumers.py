@@ -16,6 +16,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from tts import services
 from tts.audio import chunk_frame
 from tts.broadcast import session_group
+from tts.conf import settings
 from tts.models import SessionStatus
 from tts.owners import owner_from_scope
 from tts.replay import BATCH, ChunkCursor, deliver_live, send_from_storage, stored_chunks
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 QUIET_POLL_S = 2.0
+PENDING_FIRST_POLL_S = 0.05
 # Group joins and leaves one process runs at once. channels-redis gives each process at
 # most 100 Redis connections and fails a command beyond that at once (MaxConnectionsError):
 # a burst of sockets (all clients reconnecting after a deploy) must queue, not fail.
@@ -45,8 +47,10 @@ def redis_gate() -> asyncio.Semaphore:
 class SessionConsumer(AsyncWebsocketConsumer):
     finished = False  # done or the fatal error sent; later events are ignored
     allowed = False  # the access check passed
+    pending = False  # ?pending=1 and the session does not exist yet: waiting for it
     group: str | None = None
     watchdog: asyncio.Task | None = None
+    waiter: asyncio.Task | None = None
 
     async def connect(self) -> None:
         # Nothing reaches this connection, and it may cancel nothing, until the access check
@@ -54,9 +58,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
         self.allowed, self.group = False, None
         self.lock, self.last_event = asyncio.Lock(), time.monotonic()
         await self.accept()  # accept first, so that the close codes reach the client
-        after = self._after()
+        after, pending = self._after(), self._pending()
         if after is None:
             await self.send_error("bad_after", "after must be a chunk seq (-1 or more).")
+            return await self.close(code=4400)
+        if pending is None:
+            await self.send_error("bad_pending", "pending must be 1 or 0.")
             return await self.close(code=4400)
         try:
             session_id = uuid.UUID(str(self.scope["url_route"]["kwargs"]["session_id"]))
@@ -75,7 +82,17 @@ class SessionConsumer(AsyncWebsocketConsumer):
             logger.warning("joining %s failed; closing so the client reconnects", self.group)
             self.group = None
             return await self.close(code=1011)
-        refused, session, frames, stored = await database_sync_to_async(self._open)()
+        opened = await database_sync_to_async(self._open)()
+        if opened[0] == 4404 and pending:
+            # Its POST is still in flight: wait for the session (the worker's first event,
+            # or a poll), then go on as if it had existed at connect.
+            self.pending = True
+            self.waiter = asyncio.create_task(self._await_creation())
+            return
+        await self._begin(*opened)
+
+    async def _begin(self, refused, session, frames, stored) -> None:
+        """Refuse, or send the first frames and the stored chunks, then follow live."""
         if refused:
             await self._leave()
             return await self.close(code=refused)
@@ -110,6 +127,39 @@ class SessionConsumer(AsyncWebsocketConsumer):
             # A slow or queued session: back off, so idle listeners cost little.
             wait = QUIET_POLL_S if self.cursor.last_sent > sent else min(wait * 2, 16.0)
 
+    async def _await_creation(self) -> None:
+        """Poll for the pending session, backing off; 4404 once TTS_PENDING_SOCKET_S passed."""
+        deadline = time.monotonic() + settings.TTS_PENDING_SOCKET_S
+        wait = PENDING_FIRST_POLL_S
+        while self.pending and time.monotonic() < deadline:
+            await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+            wait = min(wait * 2, 1.0)
+            try:
+                await self._created()
+            except Exception:  # noqa: BLE001 - a failed read: poll again
+                logger.warning("waiting for session %s: the read failed", self.session_id)
+        if self.pending:
+            self.pending = False
+            await self._leave()
+            await self.close(code=4404)
+
+    async def _created(self) -> None:
+        """Open the pending session if it exists now (once, whoever asks first)."""
+        async with self.lock:
+            if not self.pending:
+                return
+            opened = await database_sync_to_async(self._open)()
+            if opened[0] == 4404:
+                return
+            self.pending = False
+            await self._begin(*opened)
+
+    def _pending(self) -> bool | None:
+        """The `pending` query value; None when it is not 0 or 1."""
+        query = parse_qs(self.scope["query_string"].decode("latin-1"))
+        raw = query.get("pending", ["0"])[-1].lower()
+        return {"1": True, "true": True, "0": False, "false": False, "": False}.get(raw)
+
     def _after(self) -> int | None:
         """The `after` query value; None when it is not a whole number >= -1."""
         query = parse_qs(self.scope["query_string"].decode("latin-1"))
@@ -139,8 +189,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
         return None, session, frames, contiguous
 
     async def disconnect(self, code: int) -> None:
-        if self.watchdog:
-            self.watchdog.cancel()
+        self.pending = False
+        for task in (self.watchdog, self.waiter):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         await self._leave()
 
     async def _leave(self) -> None:
@@ -178,9 +230,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def dispatch(self, message: dict) -> None:
         # Group events reach a connection only once its access check has passed; those
-        # that came while it ran (or before a refusal) are dropped.
-        if message["type"].startswith("tts.") and not self.allowed:
-            return
+        # that came while it ran (or before a refusal) are dropped. An event for a pending
+        # session means it exists now: it is opened first (its replay covers the event's
+        # chunk, or the event delivers it; the cursor sends each chunk once).
+        if message["type"].startswith("tts."):
+            if self.pending:
+                await self._created()
+            if not self.allowed:
+                return
         await super().dispatch(message)
 
     async def tts_chunk(self, event: dict) -> None:

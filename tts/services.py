@@ -31,7 +31,7 @@ from tts import broadcast, limits
 from tts.audio import silence
 from tts.conf import settings
 from tts.engines import Audio, EngineError, EngineUnavailable, Voice, get_engine
-from tts.errors import InvalidInput, NotFound
+from tts.errors import Conflict, InvalidInput, NotFound
 from tts.models import AudioBlob, SessionStatus, TTSChunk, TTSSession
 from tts.segmentation import Segment, segment_text
 from tts.validation import clean_text
@@ -64,12 +64,16 @@ def session_create(
     voice_id: str | None = None,
     subject: object | None = None,
     dispatch: bool = True,
+    session_id: uuid.UUID | None = None,
 ) -> TTSSession:
-    """Validate, create a queued session and dispatch it once the transaction commits."""
+    """Validate, create a queued session and dispatch it once the transaction commits.
+    ``session_id``: the id the client chose (so that it could open the session's socket
+    while this request was in flight); Conflict when it is taken."""
     text = clean_text(text)
     voice = voice_resolve(voice_id=voice_id)
     limits.check_owner_limits(owner)
     session = TTSSession(
+        **({"id": session_id} if session_id is not None else {}),
         text=text,
         voice=voice.id,
         engine=voice.engine,
@@ -83,12 +87,27 @@ def session_create(
         _link_subject(session, subject)
     if dispatch:
         session.dispatched_at = timezone.now()  # in the INSERT: no second write per request
-    session.save()
+    if session_id is None:
+        session.save(force_insert=True)
+    else:
+        _insert_chosen_id(session)
     limits.record_creation(owner)
     if dispatch:
         # A dispatch that fails is sent again by the recovery sweep, as any lost message.
         transaction.on_commit(lambda: broadcast.dispatch_generate(session.id))
     return session
+
+
+def _insert_chosen_id(session: TTSSession) -> None:
+    try:
+        with transaction.atomic():  # a savepoint: a taken id must not break the caller's
+            session.save(force_insert=True)
+    except IntegrityError:
+        if not TTSSession.objects.filter(pk=session.pk).exists():
+            raise
+        raise Conflict(
+            "A narration with this id exists already.", code="id_taken", fields={"id": "taken"}
+        ) from None
 
 
 def _link_subject(session: TTSSession, subject: Any) -> None:

@@ -100,6 +100,23 @@ def resolve_subject(data: dict) -> tuple[object | None, str | None, str | None]:
     return subject, subject.get_narration_text(), getattr(subject, "voice", "") or None
 
 
+def parse_session_id(value: object) -> uuid.UUID | None:
+    """The id a client chose for its new session (optional): a UUID, not the nil one."""
+    if value in (None, ""):
+        return None
+    try:
+        session_id = uuid.UUID(value) if isinstance(value, str) else None
+    except ValueError:
+        session_id = None
+    if session_id is None or session_id.int == 0:
+        raise InvalidInput(
+            "id must be a UUID (a random one: crypto.randomUUID() in a browser).",
+            code="invalid_id",
+            fields={"id": "must be a UUID"},
+        )
+    return session_id
+
+
 def session_urls(request: HttpRequest, session: TTSSession) -> dict:
     scheme = "wss" if request.is_secure() else "ws"
     return {
@@ -125,6 +142,7 @@ def session_create(request: HttpRequest) -> JsonResponse:
         voice_id=voice,
         owner=owner_from_request(request, create_session=True),
         subject=subject,
+        session_id=parse_session_id(data.get("id")),
     )
     body = {
         "id": str(session.id),
