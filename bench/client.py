@@ -234,7 +234,10 @@ async def narrate(http: Http, text: str, voice: str, *, timeout: float) -> Narra
         raise
     result.t_created = time.time()
     result.session_id, result.cookies = created["id"], dict(http.cookies)
-    result.stream = await early
-    if result.stream.session_frame is None:  # refused: not this browser's yet
+    try:
+        result.stream = await early
+    except websockets.ConnectionClosedError as exc:  # refused: not this browser's yet
+        if exc.rcvd is None or exc.rcvd.code not in (4403, 4404):
+            raise
         result.stream = await listen(http, result.session_id, timeout=timeout)
     return result
