@@ -36,11 +36,19 @@ class Response:
 
 
 class Http:
-    """One browser: cookies (CSRF token, session) shared by its requests and sockets."""
+    """One browser: cookies (CSRF token, session) shared by its requests and sockets.
+    ``keep_alive``: its requests share one connection, as a browser's do with the page's
+    server (what a round trip costs matters once there is one: see bench/netdelay.py)."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, *, keep_alive: bool = False) -> None:
+        self.host, self.port, self.keep_alive = host, port, keep_alive
         self.cookies: dict[str, str] = {}
+        self._connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            self._connection[1].close()
+            self._connection = None
 
     @property
     def origin(self) -> str:
@@ -55,7 +63,7 @@ class Http:
         lines = [
             f"{method} {path} HTTP/1.1",
             f"Host: {self.host}:{self.port}",
-            "Connection: close",
+            "Connection: keep-alive" if self.keep_alive else "Connection: close",
             f"Content-Length: {len(data)}",
         ]
         if body is not None:
@@ -64,13 +72,30 @@ class Http:
             lines.append(f"Cookie: {self.cookie_header}")
         if method != "GET" and "csrftoken" in self.cookies:
             lines.append(f"X-CSRFToken: {self.cookies['csrftoken']}")
-        reader, writer = await asyncio.open_connection(self.host, self.port)
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+        if self._connection is not None:
+            try:
+                return await self._exchange(*self._connection, raw)
+            except (ConnectionError, asyncio.IncompleteReadError, IndexError):
+                self._connection = None  # the server closed the idle connection: reopen
+        return await self._exchange(*await asyncio.open_connection(self.host, self.port), raw)
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes
+    ) -> Response:
+        keep = False
         try:
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
+            writer.write(raw)
             await writer.drain()
-            return await asyncio.wait_for(self._read(reader), HTTP_TIMEOUT)
+            response = await asyncio.wait_for(self._read(reader), HTTP_TIMEOUT)
+            keep = self.keep_alive and response.headers.get("connection", "") != "close"
+            return response
         finally:
-            writer.close()
+            if keep:
+                self._connection = (reader, writer)
+            else:
+                self._connection = None
+                writer.close()
 
     async def _read(self, reader: asyncio.StreamReader) -> Response:
         status = int((await reader.readline()).split()[1])
@@ -219,23 +244,32 @@ class Narration:
         return None if first is None else (first - self.t_post) * 1000
 
 
-async def narrate(http: Http, text: str, voice: str, *, timeout: float) -> Narration:
+async def narrate(
+    http: Http, text: str, voice: str, *, timeout: float, early: bool = True
+) -> Narration:
     """As the player does: choose the session's id, open its socket (?pending=1) and POST at
     once, then follow to the end. A socket refused before the POST's reply (a browser
-    with no session cookie yet: the POST gives it one) is opened again after it."""
+    with no session cookie yet: the POST gives it one) is opened again after it.
+    ``early=False``: POST, then open the socket once the reply is in (the older flow)."""
     result = Narration(voice=voice, text=text)
     result.t_post = time.time()
+    if not early:
+        created = await http.create(text, voice)
+        result.t_created = time.time()
+        result.session_id, result.cookies = created["id"], dict(http.cookies)
+        result.stream = await listen(http, result.session_id, timeout=timeout)
+        return result
     session_id = str(uuid.uuid4())
-    early = asyncio.create_task(listen(http, session_id, timeout=timeout, pending=True))
+    opened = asyncio.create_task(listen(http, session_id, timeout=timeout, pending=True))
     try:
         created = await http.create(text, voice, session_id)
     except BaseException:
-        early.cancel()
+        opened.cancel()
         raise
     result.t_created = time.time()
     result.session_id, result.cookies = created["id"], dict(http.cookies)
     try:
-        result.stream = await early
+        result.stream = await opened
     except websockets.ConnectionClosedError as exc:  # refused: not this browser's yet
         if exc.rcvd is None or exc.rcvd.code not in (4403, 4404):
             raise

@@ -34,7 +34,7 @@ from bench.report import Row, fmt, machine, table, write_json  # noqa: E402
 from bench.stack import VOICE_IDS, BenchStack  # noqa: E402
 from bench.texts import REFERENCE_TEXT, TextSource  # noqa: E402
 
-SCENARIOS = ("memory", "ttfa", "cached", "streaming", "fanout", "concurrency")
+SCENARIOS = ("memory", "ttfa", "cached", "flows", "streaming", "fanout", "concurrency")
 RESULTS = ROOT / "bench" / "results"
 SHORT_TIMEOUT = {"espeak": 60.0, "tiny": 60.0, "full": 300.0}
 LONG_TIMEOUT = {"espeak": 120.0, "tiny": 120.0, "full": 900.0}
@@ -63,6 +63,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--long-repeats",
         type=int,
         help="~2,000-character sessions per fast voice (3; the full VITS: 1)",
+    )
+    p.add_argument(
+        "--rtt-ms",
+        default="0,20,80",
+        help="flows: network round trips to add, ms (0,20,80; bench/netdelay.py)",
     )
     p.add_argument("--listeners", help="fan-out listener counts (1,10,100)")
     p.add_argument("--concurrent", type=int, default=20, help="sessions posted at once (20)")
@@ -237,6 +242,27 @@ def _baseline_engine(ctx: Context, voice: str):
     if voice == "espeak":
         return "espeak", None
     return "coqui", ctx.bench.models[voice]
+
+
+def scenario_flows(ctx: Context) -> None:
+    """1b: the socket opened with the POST (?pending=1, the player's flow) or after its
+    reply, on loopback and over simulated network round trips."""
+    out = ctx.results.setdefault("flows", {})
+    rtts = [float(x) for x in ctx.args.rtt_ms.split(",") if x.strip()]
+    for voice in ctx.voices(fast_only=True):
+        count = 1 + 3 * len(rtts) * len(ttfa.FLOWS) * max(1, ctx.count(voice) // 10)
+        texts = [ctx.texts.short() for _ in range(count)]
+        res = out[VOICE_IDS[voice]] = ttfa.run_flows(
+            ctx.port, VOICE_IDS[voice], texts, rtt_ms=rtts, rounds=3, timeout=SHORT_TIMEOUT[voice]
+        )
+        for key, flows in res.items():
+            late, early = flows["after the reply"], flows["early"]
+            ctx.row(
+                f"1b socket flow, {key} (n={early['n']})",
+                VOICE_IDS[voice],
+                "TTFA p50: socket after the reply / with the POST; saved",
+                f"{fmt(late['p50'])} / {fmt(early['p50'])}; {fmt(late['p50'] - early['p50'])}",
+            )
 
 
 def scenario_streaming(ctx: Context) -> None:
@@ -436,6 +462,7 @@ RUNNERS: dict[str, Callable[[Context], None]] = {
     "memory": scenario_memory,
     "ttfa": scenario_ttfa,
     "cached": scenario_cached,
+    "flows": scenario_flows,
     "streaming": scenario_streaming,
     "fanout": scenario_fanout,
     "concurrency": scenario_concurrency,

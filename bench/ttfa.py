@@ -13,20 +13,75 @@ import asyncio
 
 from bench.client import Http, Listen, Narration, listen, narrate
 from bench.db import SessionRow, fetch_sessions
+from bench.netdelay import DelayProxy
 from bench.stats import summary
 
 
-async def _sequential(port: int, voice: str, texts: list[str], timeout: float) -> list[Narration]:
+async def _sequential(
+    port: int, voice: str, texts: list[str], timeout: float, early: bool
+) -> list[Narration]:
     http = Http("127.0.0.1", port)
     await http.ensure_csrf()
     results = []
     for text in texts:
-        results.append(await narrate(http, text, voice, timeout=timeout))
+        results.append(await narrate(http, text, voice, timeout=timeout, early=early))
     return results
 
 
-def run_sessions(port: int, voice: str, texts: list[str], *, timeout: float) -> list[Narration]:
-    return asyncio.run(_sequential(port, voice, texts, timeout))
+def run_sessions(
+    port: int, voice: str, texts: list[str], *, timeout: float, early: bool = True
+) -> list[Narration]:
+    return asyncio.run(_sequential(port, voice, texts, timeout, early))
+
+
+FLOWS = {"after the reply": False, "early": True}
+
+
+def run_flows(
+    port: int, voice: str, texts: list[str], *, rtt_ms: list[float], rounds: int, timeout: float
+) -> dict:
+    """TTFA of both socket flows (opened after the POST's reply, or with it: ?pending=1),
+    on loopback and through DelayProxy round trips, interleaved round by round so that the
+    machine's drift hits all alike. One browser per round trip, with its session cookie
+    and a kept-alive connection, as a page's own."""
+
+    async def go() -> dict[tuple[float, str], list[float]]:
+        samples: dict[tuple[float, str], list[float]] = {}
+        browsers: dict[float, Http] = {}
+        proxies = []
+        try:
+            for rtt in rtt_ms:
+                target = port
+                if rtt:
+                    proxies.append(await DelayProxy(port, rtt).__aenter__())
+                    target = proxies[-1].port
+                browsers[rtt] = Http("127.0.0.1", target, keep_alive=True)
+                await browsers[rtt].ensure_csrf()
+                await narrate(browsers[rtt], texts[0], voice, timeout=timeout, early=False)
+            per = max(1, (len(texts) - 1) // (rounds * len(rtt_ms) * len(FLOWS)))
+            queue = iter(texts[1:])
+            for _ in range(rounds):
+                for rtt in rtt_ms:
+                    for name, early in FLOWS.items():
+                        for _ in range(per):
+                            text = next(queue)
+                            n = await narrate(
+                                browsers[rtt], text, voice, timeout=timeout, early=early
+                            )
+                            if n.ttfa_ms is not None:
+                                samples.setdefault((rtt, name), []).append(n.ttfa_ms)
+        finally:
+            for http in browsers.values():
+                await http.close()
+            for proxy in proxies:
+                await proxy.__aexit__(None, None, None)
+        return samples
+
+    samples = asyncio.run(go())
+    return {
+        f"rtt {rtt:g} ms": {name: summary(samples.get((rtt, name), [])) for name in FLOWS}
+        for rtt in rtt_ms
+    }
 
 
 def stages(n: Narration, row: SessionRow) -> dict[str, float | None]:

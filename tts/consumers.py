@@ -82,7 +82,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             logger.warning("joining %s failed; closing so the client reconnects", self.group)
             self.group = None
             return await self.close(code=1011)
-        opened = await database_sync_to_async(self._open)()
+        opened = await self._read(self._open, pending)
         if opened[0] == 4404 and pending:
             # Its POST is still in flight: wait for the session (the worker's first event,
             # or a poll), then go on as if it had existed at connect.
@@ -90,6 +90,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
             self.waiter = asyncio.create_task(self._await_creation())
             return
         await self._begin(*opened)
+
+    @staticmethod
+    async def _read(func, pending: bool):
+        # A pending socket reads on a thread of its own: in the process's one thread for
+        # sync code its read would queue before its own POST's view, which is in flight.
+        return await database_sync_to_async(func, thread_sensitive=not pending)()
 
     async def _begin(self, refused, session, frames, stored) -> None:
         """Refuse, or send the first frames and the stored chunks, then follow live."""
@@ -148,7 +154,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         async with self.lock:
             if not self.pending:
                 return
-            opened = await database_sync_to_async(self._open)()
+            opened = await self._read(self._open, True)
             if opened[0] == 4404:
                 return
             self.pending = False

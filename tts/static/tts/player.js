@@ -11,7 +11,7 @@ import { bindPlaylists } from "./playlist.js";
 import { ProgressBar } from "./progress.js";
 import { players, playerFor, register } from "./registry.js";
 import { Scheduler } from "./scheduler.js";
-import { ChunkStream } from "./stream.js";
+import { ChunkStream, newSessionId } from "./stream.js";
 import { normaliseText, TextView } from "./text-view.js";
 import { fillVoicePicker } from "./voice-picker.js";
 
@@ -223,11 +223,18 @@ export class NarrationPlayer {
     this.discardSession();
     const key = this.currentKey();
     this.sessionKey = key;
+    // The page chooses the id and opens the socket while the POST is in flight, so the
+    // first chunk can come the moment it is made, not a round trip and a handshake later.
+    const id = newSessionId();
+    if (id) this.openStream(this.expectedSession(id), { pending: true });
     let session;
     try {
-      session = await createSession(this.config.sessionsUrl, this.payload(), this.config.csrf);
+      const payload = id ? { ...this.payload(), id } : this.payload();
+      session = await createSession(this.config.sessionsUrl, payload, this.config.csrf);
     } catch (error) {
       if (this.sessionKey !== key) return;
+      this.stream?.close();
+      this.stream = null;
       this.sessionKey = null;
       this.scheduler?.pause();
       this.fail(describeError(error));
@@ -240,10 +247,17 @@ export class NarrationPlayer {
     this.session = session;
     this.audioUrl = session.audio_url;
     if (this.state === "starting") this.setState("buffering");
-    this.openStream(session);
+    if (this.stream) this.stream.confirm(session);
+    else this.openStream(session);
   }
 
-  openStream(session) {
+  /** The URLs a session with this id will have (the API's reply confirms them). */
+  expectedSession(id) {
+    const base = this.config.sessionsUrl.replace(/\/?$/, "/");
+    return { id, ws_url: `/ws/tts/${id}/`, status_url: `${base}${id}/` };
+  }
+
+  openStream(session, options = {}) {
     this.stream = new ChunkStream(
       session,
       {
@@ -254,7 +268,7 @@ export class NarrationPlayer {
         error: (frame) => this.onStreamError(frame),
         transport: (transport) => this.onTransport(transport),
       },
-      this.streamOptions,
+      { ...this.streamOptions, ...options },
     );
     this.stream.start();
   }
@@ -263,7 +277,11 @@ export class NarrationPlayer {
   discardSession() {
     const { stream, session } = this;
     if (stream) {
-      if (!stream.finished && !stream.cancel()) cancelSession(session.status_url, this.config.csrf);
+      // Before the POST's reply there is no session to cancel by HTTP: the superseded
+      // reply is cancelled when it comes (startSession).
+      if (!stream.finished && !stream.cancel() && session) {
+        cancelSession(session.status_url, this.config.csrf);
+      }
       stream.close();
     }
     Object.assign(this, {

@@ -3,6 +3,8 @@
 // with exponential backoff and jitter; an application ping and a silence watchdog catch
 // connections that died without a close (a laptop lid, a lost Wi-Fi). After repeated
 // failures to open a socket, the same chunks come over HTTP instead (poll.js).
+// A stream may start before its session exists (pending: the page chose the id and opens
+// the socket while the POST is in flight); confirm() gives it the API's reply.
 
 import { HttpPoller } from "./poll.js";
 import { parseChunkFrame } from "./pcm.js";
@@ -25,21 +27,35 @@ export function backoffDelay(attempt, { base, max }, random = Math.random) {
 }
 
 /** The socket URL: ws: or wss: from this page's protocol, the path from the API. */
-export function socketUrl(wsUrl, after) {
+export function socketUrl(wsUrl, after, pending = false) {
   const path = new URL(wsUrl, window.location.href).pathname;
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${window.location.host}${path}?after=${after}`;
+  return `${scheme}//${window.location.host}${path}?after=${after}${pending ? "&pending=1" : ""}`;
+}
+
+/** A random session id for the POST's `id` (null where the browser has no crypto). */
+export function newSessionId(crypto = globalThis.crypto) {
+  if (typeof crypto?.randomUUID === "function") return crypto.randomUUID();
+  if (typeof crypto?.getRandomValues !== "function") return null;
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40; // version 4
+  b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+  const hex = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
 export class ChunkStream {
   /**
    * @param {{id: string, ws_url: string, status_url: string}} session the API's reply
+   *   (with options.pending: the chosen id and the URLs it will have)
    * @param {{session, chunk, status, done, error, transport}} handlers callbacks
    */
   constructor(session, handlers, options = {}) {
     this.session = session;
     this.handlers = handlers;
     this.options = { ...STREAM_DEFAULTS, ...options };
+    this.confirmed = !this.options.pending; // the session exists (its POST succeeded)
+    this.waitingForConfirm = false; // refused before the POST's reply: retry after it
     this.lastSeq = -1; // last contiguous seq delivered
     this.sampleRate = null;
     this.pendingMeta = new Map(); // seq -> chunk frame, waiting for its binary frame
@@ -62,6 +78,16 @@ export class ChunkStream {
   start() {
     window.addEventListener("online", this.onOnline);
     document.addEventListener("visibilitychange", this.onVisible);
+    this.connect();
+  }
+
+  /** The POST succeeded: its reply. A socket refused before it (a first visit has no
+   * session cookie until this reply sets it; a slow POST) is opened again now. */
+  confirm(session) {
+    this.session = session;
+    this.confirmed = true;
+    if (!this.waitingForConfirm || this.stopped || this.finished) return;
+    this.waitingForConfirm = false;
     this.connect();
   }
 
@@ -90,7 +116,7 @@ export class ChunkStream {
     this.setTransport(this.stats.sockets ? "reconnecting" : "connecting");
     let ws;
     try {
-      ws = new WebSocket(socketUrl(this.session.ws_url, this.lastSeq));
+      ws = new WebSocket(socketUrl(this.session.ws_url, this.lastSeq, !this.confirmed));
     } catch {
       this.socketClosed({ code: 1006 }, false);
       return;
@@ -122,6 +148,10 @@ export class ChunkStream {
     this.clearTimers();
     if (this.stopped || this.finished) return;
     const fatal = FATAL_CLOSES[event.code];
+    if (fatal && !this.confirmed) {
+      this.waitingForConfirm = true; // not (yet) this browser's: ask again after the POST
+      return;
+    }
     if (fatal) {
       this.finish();
       this.handlers.error({ code: fatal, fatal: true, message: "" });
@@ -244,6 +274,10 @@ export class ChunkStream {
   // --- HTTP fallback -----------------------------------------------------------------
 
   fallBack() {
+    if (!this.confirmed) {
+      this.waitingForConfirm = true; // nothing to poll before the session exists
+      return;
+    }
     this.setTransport("http");
     this.poller = new HttpPoller(this.session.status_url, {
       after: this.lastSeq,
