@@ -5,6 +5,7 @@ check the schedule itself: every chunk once, each one starting where the previou
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,20 @@ window.WebSocket = class extends NativeWebSocket {
     this.addEventListener('message', (event) => {
       if (typeof event.data !== 'string' && ++audioFrames === 2) this.close();
     });
+  }
+};
+"""
+
+# Every socket's URL and close code, in order.
+RECORD_SOCKETS = """
+window.__sockets = [];
+const RecordedWebSocket = window.WebSocket;
+window.WebSocket = class extends RecordedWebSocket {
+  constructor(url, protocols) {
+    super(url, protocols);
+    const record = { url, code: null };
+    window.__sockets.push(record);
+    this.addEventListener('close', (event) => { record.code = event.code; });
   }
 };
 """
@@ -288,6 +303,50 @@ def test_the_narrate_page_plays_typed_text(page: Page):
     assert state["received"] == state["total"] >= 2
     assert page.locator(".tts-chunk").first.inner_text().startswith("Hello there.")
     assert page.get_by_role("button", name="Edit text").is_visible()
+
+
+def test_once_the_browser_has_a_session_the_socket_opens_with_the_post(page: Page):
+    """The first Play of a new visitor opens the socket after the POST's reply (which sets
+    its session cookie); from then on each session's socket opens with its POST
+    (?pending=1, the page chose the id) and is let in at once."""
+    page.add_init_script(RECORD_SOCKETS)
+    page.goto("/narrate/")
+    page.wait_for_function("window.__narrator && window.__narrator.players.length === 1")
+    page.get_by_label("Text to narrate").fill("Hello there. This is typed text.")
+    page.get_by_role("button", name="Play: Your text").click()
+    first = wait_for_state(page, "ended")
+    page.get_by_role("button", name="Edit text").click()
+    page.get_by_label("Text to narrate").fill("A second text. It opens its socket early.")
+    page.get_by_role("button", name=re.compile(r"^Play( again)?: Your text$")).click()
+    second = wait_for_state(page, "ended")
+
+    sockets = page.evaluate("window.__sockets")
+    assert [s["url"].split("/ws/tts/")[1] for s in sockets] == [
+        f"{first['sessionId']}/?after=-1",
+        f"{second['sessionId']}/?after=-1&pending=1",
+    ]
+    assert [s["code"] for s in sockets] == [1000, 1000]
+    assert second["stream"]["sockets"] == 1 and second["stream"]["reconnects"] == 0
+    assert second["received"] == second["total"] >= 2
+    assert_gapless(page.evaluate("window.__starts")[-second["total"] :], session_chunks(page))
+
+
+def test_an_early_socket_refused_before_the_reply_opens_again_after_it(page: Page):
+    """The page believed the browser had a session (it expired, or the user signed out in
+    another tab): its early socket is refused with 4403, and the stream opens again once
+    the POST's reply has set the new session cookie."""
+    page.add_init_script(RECORD_SOCKETS)
+    scene = make_story(SCENE_TEXT).scenes.get()
+    open_scene(page, scene)
+    page.evaluate("window.__narrator.players[0].earlySockets = true")
+    page.get_by_role("button", name="Play: Scene 1").click()
+    state = wait_for_state(page, "ended")
+
+    sockets = page.evaluate("window.__sockets")
+    assert [s["code"] for s in sockets] == [4403, 1000]
+    assert sockets[0]["url"].endswith(f"{state['sessionId']}/?after=-1&pending=1")
+    assert sockets[1]["url"].endswith(f"{state['sessionId']}/?after=-1")
+    assert_gapless(page.evaluate("window.__starts"), session_chunks(page))
 
 
 def test_play_all_plays_the_scenes_in_order_and_prepares_the_next(page: Page):

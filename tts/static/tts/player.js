@@ -37,6 +37,7 @@ function readConfig(root) {
     voice: data.ttsVoice || "",
     subject: data.ttsSubject || "",
     csrf: data.ttsCsrf || "",
+    early: "ttsEarly" in data, // the browser has a session cookie (or a user) already
     title: data.ttsTitle || "",
     problem: data.ttsProblem || "",
     text: textScript ? JSON.parse(textScript.textContent) : "",
@@ -72,6 +73,9 @@ export class NarrationPlayer {
     this.audioUrl = null;
     this.completed = false;
     this.streamOptions = {};
+    // Open each session's socket while its POST is in flight. Not before this browser has
+    // a session cookie (the first POST sets it): the socket would be refused.
+    this.earlySockets = this.config.early;
     this.textLength = 1;
     this.view = new TextView(this.ui.text, this.config.text, (seq) => this.pick(seq));
     this.measureText();
@@ -225,7 +229,7 @@ export class NarrationPlayer {
     this.sessionKey = key;
     // The page chooses the id and opens the socket while the POST is in flight, so the
     // first chunk can come the moment it is made, not a round trip and a handshake later.
-    const id = newSessionId();
+    const id = this.earlySockets ? newSessionId() : null;
     if (id) this.openStream(this.expectedSession(id), { pending: true });
     let session;
     try {
@@ -240,6 +244,7 @@ export class NarrationPlayer {
       this.fail(describeError(error));
       return;
     }
+    this.earlySockets = true; // the reply set the session cookie
     if (this.sessionKey !== key) {
       cancelSession(session.status_url, this.config.csrf); // superseded while it was created
       return;

@@ -55,6 +55,8 @@ export class ChunkStream {
     this.handlers = handlers;
     this.options = { ...STREAM_DEFAULTS, ...options };
     this.confirmed = !this.options.pending; // the session exists (its POST succeeded)
+    this.earlyRefused = false; // a socket opened before the reply was refused
+    this.sessionSeen = false; // a `session` frame came: the session exists and is ours
     this.waitingForConfirm = false; // refused before the POST's reply: retry after it
     this.lastSeq = -1; // last contiguous seq delivered
     this.sampleRate = null;
@@ -81,8 +83,8 @@ export class ChunkStream {
     this.connect();
   }
 
-  /** The POST succeeded: its reply. A socket refused before it (a first visit has no
-   * session cookie until this reply sets it; a slow POST) is opened again now. */
+  /** The POST succeeded: its reply. A socket refused before it (the session cookie the
+   * page counted on had expired: this reply sets a new one) is opened again now. */
   confirm(session) {
     this.session = session;
     this.confirmed = true;
@@ -114,11 +116,14 @@ export class ChunkStream {
   connect() {
     if (this.stopped || this.finished) return;
     this.setTransport(this.stats.sockets ? "reconnecting" : "connecting");
+    // Opened before the session surely exists: a refusal may mean "not yet this
+    // browser's", so it is not final until a socket opened after the reply agrees.
+    const early = this.options.pending && !this.earlyRefused && !this.sessionSeen;
     let ws;
     try {
-      ws = new WebSocket(socketUrl(this.session.ws_url, this.lastSeq, !this.confirmed));
+      ws = new WebSocket(socketUrl(this.session.ws_url, this.lastSeq, early));
     } catch {
-      this.socketClosed({ code: 1006 }, false);
+      this.socketClosed({ code: 1006 }, false, early);
       return;
     }
     this.stats.sockets += 1;
@@ -139,17 +144,19 @@ export class ChunkStream {
     };
     ws.onclose = (event) => {
       if (ws !== this.ws) return;
-      this.socketClosed(event, opened);
+      this.socketClosed(event, opened, early);
     };
   }
 
-  socketClosed(event, opened) {
+  socketClosed(event, opened, early = false) {
     this.ws = null;
     this.clearTimers();
     if (this.stopped || this.finished) return;
     const fatal = FATAL_CLOSES[event.code];
-    if (fatal && !this.confirmed) {
-      this.waitingForConfirm = true; // not (yet) this browser's: ask again after the POST
+    if (fatal && early) {
+      this.earlyRefused = true; // ask again once the POST's reply is in
+      if (this.confirmed) this.connect();
+      else this.waitingForConfirm = true;
       return;
     }
     if (fatal) {
@@ -249,6 +256,7 @@ export class ChunkStream {
   receiveFrame(frame) {
     switch (frame.type) {
       case "session":
+        this.sessionSeen = true;
         this.sampleRate = frame.sample_rate || this.sampleRate;
         this.handlers.session(frame);
         break;
