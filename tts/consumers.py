@@ -241,7 +241,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
         # chunk, or the event delivers it; the cursor sends each chunk once).
         if message["type"].startswith("tts."):
             if self.pending:
-                await self._created()
+                try:
+                    await self._created()
+                except Exception:  # noqa: BLE001 - the waiter polls again; so may the next event
+                    logger.warning("opening session %s failed", self.session_id)
             if not self.allowed:
                 return
         await super().dispatch(message)
