@@ -370,3 +370,25 @@ async def test_a_bad_pending_gets_an_error_frame_and_close_4400():
     error = await comm.receive_json_from()
     assert error["type"] == "error" and error["code"] == "bad_pending"
     assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4400}
+
+
+async def test_a_pending_socket_whose_opening_fails_closes_so_the_client_resumes(monkeypatch):
+    """The session exists, but sending its first frames fails (a database error while
+    reading stored chunks): nothing would retry, so the socket closes with 1011 and the
+    client reconnects with after=, instead of waiting for events that may never come."""
+    from tts import consumers
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("the database went away")
+
+    session_id = uuid.uuid4()
+    comm = pending_communicator(session_id)
+    await _connected(comm)
+    await asyncio.sleep(0.2)  # the socket has joined and found nothing
+    monkeypatch.setattr(consumers.SessionConsumer, "_finish_if_over", broken)
+    await make_session_with_id(session_id, run=False)
+    outputs = []
+    while not outputs or outputs[-1]["type"] != "websocket.close":
+        outputs.append(await comm.receive_output(timeout=5))
+    assert json.loads(outputs[0]["text"])["type"] == "session"
+    assert outputs[-1] == {"type": "websocket.close", "code": 1011}

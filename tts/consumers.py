@@ -82,7 +82,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             logger.warning("joining %s failed; closing so the client reconnects", self.group)
             self.group = None
             return await self.close(code=1011)
-        opened = await self._read(self._open, pending)
+        opened = await database_sync_to_async(self._open)()
         if opened[0] == 4404 and pending:
             # Its POST is still in flight: wait for the session (the worker's first event,
             # or a poll), then go on as if it had existed at connect.
@@ -90,12 +90,6 @@ class SessionConsumer(AsyncWebsocketConsumer):
             self.waiter = asyncio.create_task(self._await_creation())
             return
         await self._begin(*opened)
-
-    @staticmethod
-    async def _read(func, pending: bool):
-        # A pending socket reads on a thread of its own: in the process's one thread for
-        # sync code its read would queue before its own POST's view, which is in flight.
-        return await database_sync_to_async(func, thread_sensitive=not pending)()
 
     async def _begin(self, refused, session, frames, stored) -> None:
         """Refuse, or send the first frames and the stored chunks, then follow live."""
@@ -154,11 +148,16 @@ class SessionConsumer(AsyncWebsocketConsumer):
         async with self.lock:
             if not self.pending:
                 return
-            opened = await self._read(self._open, True)
+            opened = await database_sync_to_async(self._open)()
             if opened[0] == 4404:
                 return
             self.pending = False
-            await self._begin(*opened)
+            try:
+                await self._begin(*opened)
+            except Exception:  # noqa: BLE001 - nothing would retry: let the client resume
+                logger.warning("opening session %s failed; closing", self.session_id)
+                await self._leave()
+                await self.close(code=1011)
 
     def _pending(self) -> bool | None:
         """The `pending` query value; None when it is not 0 or 1."""
@@ -269,7 +268,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 )
 
     async def tts_status(self, event: dict) -> None:
-        await self.send_json({**event, "type": "status"})
+        async with self.lock:  # after the first frames of a socket being opened
+            if not self.finished:
+                await self.send_json({**event, "type": "status"})
 
     async def tts_done(self, event: dict) -> None:
         self.last_event = time.monotonic()

@@ -130,6 +130,7 @@ def session_urls(request: HttpRequest, session: TTSSession) -> dict:
 @api
 def session_create(request: HttpRequest) -> JsonResponse:
     data = parse_body(request)
+    session_id = parse_session_id(data.get("id"))
     subject, subject_text, subject_voice = resolve_subject(data)
     text = data.get("text") if data.get("text") not in (None, "") or subject is None else None
     voice = data.get("voice") or subject_voice
@@ -142,7 +143,7 @@ def session_create(request: HttpRequest) -> JsonResponse:
         voice_id=voice,
         owner=owner_from_request(request, create_session=True),
         subject=subject,
-        session_id=parse_session_id(data.get("id")),
+        session_id=session_id,
     )
     body = {
         "id": str(session.id),

@@ -225,8 +225,9 @@ export class NarrationPlayer {
 
   async startSession() {
     this.discardSession();
-    const key = this.currentKey();
-    this.sessionKey = key;
+    this.sessionKey = this.currentKey();
+    const attempt = {}; // this call's: a later startSession or discardSession supersedes it
+    this.creating = attempt;
     // The page chooses the id and opens the socket while the POST is in flight, so the
     // first chunk can come the moment it is made, not a round trip and a handshake later.
     const id = this.earlySockets ? newSessionId() : null;
@@ -236,7 +237,9 @@ export class NarrationPlayer {
       const payload = id ? { ...this.payload(), id } : this.payload();
       session = await createSession(this.config.sessionsUrl, payload, this.config.csrf);
     } catch (error) {
-      if (this.sessionKey !== key) return;
+      if (this.creating !== attempt) return;
+      this.creating = null;
+      this.stream?.cancel(); // a reply lost after the session was made (a proxy's 504)
       this.stream?.close();
       this.stream = null;
       this.sessionKey = null;
@@ -245,15 +248,20 @@ export class NarrationPlayer {
       return;
     }
     this.earlySockets = true; // the reply set the session cookie
-    if (this.sessionKey !== key) {
+    if (this.creating !== attempt) {
       cancelSession(session.status_url, this.config.csrf); // superseded while it was created
       return;
     }
+    this.creating = null;
     this.session = session;
     this.audioUrl = session.audio_url;
     if (this.state === "starting") this.setState("buffering");
-    if (this.stream) this.stream.confirm(session);
-    else this.openStream(session);
+    if (this.stream?.session.id === session.id) {
+      this.stream.confirm(session);
+    } else {
+      this.stream?.close(); // a server that did not take the chosen id (an older one)
+      this.openStream(session);
+    }
   }
 
   /** The URLs a session with this id will have (the API's reply confirms them). */
@@ -290,8 +298,9 @@ export class NarrationPlayer {
       stream.close();
     }
     Object.assign(this, {
-      stream: null, session: null, sessionKey: null, broken: false, chunks: [], total: null,
-      audioUrl: null, completed: false, serverStatus: "", notice: "", transport: "idle",
+      stream: null, session: null, sessionKey: null, creating: null, broken: false, chunks: [],
+      total: null, audioUrl: null, completed: false, serverStatus: "", notice: "",
+      transport: "idle",
     });
     this.scheduler?.reset();
     this.view.setText(this.config.text);
