@@ -109,3 +109,22 @@ def live_stack(django_db_setup, django_db_blocker):
 def _no_limits(settings):
     settings.TTS_RATE_LIMIT_PER_MINUTE = 0
     settings.TTS_MAX_ACTIVE_PER_OWNER = 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_database_pools(django_db_setup, django_db_blocker):
+    """Close every connection before the test database is dropped: PostgreSQL's pool
+    keeps idle ones, and asgiref's thread for thread-sensitive code keeps its own; either
+    kept the database "accessed by other users" and its drop failed (a warning)."""
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        # asgiref's one thread for thread-sensitive sync code (the consumers' queries)
+        # keeps a connection of its own; close it there, then the pool.
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+        for connection in connections.all(initialized_only=True):
+            connection.close()
+            if hasattr(connection, "close_pool"):
+                connection.close_pool()

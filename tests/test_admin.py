@@ -70,6 +70,17 @@ def generate(session: TTSSession) -> None:
     services.session_generate(session=claimed, worker="test")
 
 
+def generate_on_a_thread(session: TTSSession) -> None:
+    """generate() as a worker thread runs it: the thread's connection is closed at the end
+    (an open one would keep PostgreSQL's test database from being dropped)."""
+    from django.db import connections
+
+    try:
+        generate(session)
+    finally:
+        connections.close_all()
+
+
 def narrated(text: str = TEXT, **kwargs) -> TTSSession:
     session = create(text, **kwargs)
     generate(session)
@@ -529,7 +540,7 @@ def test_a_running_session_page_follows_the_narration_live(admin_stack, admin_us
         page.goto(f"{SESSIONS}{session.id}/change/")
         assert page.locator('[data-tts-field="status"]').inner_text() == "Queued"
 
-        worker = threading.Thread(target=generate, args=(session,))
+        worker = threading.Thread(target=generate_on_a_thread, args=(session,))
         worker.start()
         page.wait_for_function(f"{rows} >= 2", timeout=30_000)
         assert page.locator('[data-tts-field="status"]').inner_text() == "Running"

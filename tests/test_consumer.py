@@ -9,7 +9,9 @@ import uuid
 
 import pytest
 import pytest_asyncio
+from channels import DEFAULT_CHANNEL_LAYER
 from channels.db import database_sync_to_async as sync_to_async  # closes its connections
+from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
@@ -35,14 +37,20 @@ async def settled_tasks():
     then wait forever."""
     yield
     me = asyncio.current_task()
-    for _ in range(20):
-        left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
-        if not left:
-            return
-        for task in left:
-            task.cancel()
-        await asyncio.wait(left, timeout=0.5)
-    pytest.fail(f"tasks would not end: {left}")
+    try:
+        for _ in range(20):
+            left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+            if not left:
+                return
+            for task in left:
+                task.cancel()
+            await asyncio.wait(left, timeout=0.5)
+        pytest.fail(f"tasks would not end: {left}")
+    finally:
+        # The next test runs on another event loop: give it a layer of its own. The shared
+        # one keeps receive state bound to this loop (a lock a cancelled read may still
+        # hold), which made a later test's consumer fail with "bound to a different loop".
+        channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
 
 
 def communicator(session_id, after: int | None = None) -> WebsocketCommunicator:
