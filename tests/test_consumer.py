@@ -359,11 +359,30 @@ async def test_a_pending_socket_for_a_session_never_created_closes_with_4404(set
 
 
 async def test_a_pending_socket_for_someone_elses_session_closes_with_4403():
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    @sync_to_async
+    def stranger_cookie() -> str:
+        client = Client()
+        client.force_login(User.objects.create_user("stranger"))
+        return client.cookies["sessionid"].value
+
+    cookie = await stranger_cookie()
     session_id = uuid.uuid4()
-    comm = WebsocketCommunicator(application, f"/ws/tts/{session_id}/?pending=1", headers=HEADERS)
+    headers = [*HEADERS, (b"cookie", f"sessionid={cookie}".encode())]
+    comm = WebsocketCommunicator(application, f"/ws/tts/{session_id}/?pending=1", headers=headers)
     await _connected(comm)
+    await asyncio.sleep(0.2)  # pending: nothing yet
     await make_session_with_id(session_id, staff=False)
     assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4403}
+
+
+async def test_a_pending_socket_with_no_cookie_and_no_user_is_refused_at_once():
+    """No session could ever be its own: no ten seconds of polling for a made-up id."""
+    comm = WebsocketCommunicator(application, f"/ws/tts/{uuid.uuid4()}/?pending=1", headers=HEADERS)
+    await _connected(comm)
+    assert (await comm.receive_output(timeout=1)) == {"type": "websocket.close", "code": 4403}
 
 
 async def test_pending_on_an_existing_session_changes_nothing():

@@ -83,6 +83,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
             self.group = None
             return await self.close(code=1011)
         opened = await database_sync_to_async(self._open)()
+        if opened[0] == 4404 and pending and self._nobody():
+            # No user and no session cookie: no session can be this socket's, now or once
+            # created. Refuse at once rather than poll for ten seconds.
+            return await self._begin(4403, None, [], [])
         if opened[0] == 4404 and pending:
             # Its POST is still in flight: wait for the session (the worker's first event,
             # or a poll), then go on as if it had existed at connect.
@@ -158,6 +162,13 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 logger.warning("opening session %s failed; closing", self.session_id)
                 await self._leave()
                 await self.close(code=1011)
+
+    def _nobody(self) -> bool:
+        """No session cookie and no signed-in user (found without a database read: with
+        no session key the lazy user resolves to the anonymous one by itself)."""
+        if getattr(self.scope.get("session"), "session_key", None):
+            return False
+        return not getattr(self.scope.get("user"), "is_authenticated", False)
 
     def _pending(self) -> bool | None:
         """The `pending` query value; None when it is not 0 or 1."""
