@@ -270,8 +270,6 @@ async def narrate(
     result.session_id, result.cookies = created["id"], dict(http.cookies)
     try:
         result.stream = await opened
-    except websockets.ConnectionClosedError as exc:  # refused: not this browser's yet
-        if exc.rcvd is None or exc.rcvd.code not in (4403, 4404):
-            raise
+    except websockets.WebSocketException:  # refused (not this browser's yet), or dropped
         result.stream = await listen(http, result.session_id, timeout=timeout)
     return result
