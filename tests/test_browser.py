@@ -57,24 +57,8 @@ AudioBufferSourceNode.prototype.start = function (when = 0, offset = 0, ...rest)
 };
 """
 
-# The first socket is cut (as a dropped network would) right after its second audio frame.
-CUT_FIRST_SOCKET = """
-window.__sockets = [];
-const NativeWebSocket = window.WebSocket;
-window.WebSocket = class extends NativeWebSocket {
-  constructor(url, protocols) {
-    super(url, protocols);
-    const index = window.__sockets.push(url) - 1;
-    if (index !== 0) return;
-    let audioFrames = 0;
-    this.addEventListener('message', (event) => {
-      if (typeof event.data !== 'string' && ++audioFrames === 2) this.close();
-    });
-  }
-};
-"""
-
-# Every socket's URL and close code, in order.
+# Every socket's URL and close code, in order (window.__sockets). CUT_FIRST_SOCKET also
+# cuts the first one (as a dropped network would) right after its second audio frame.
 RECORD_SOCKETS = """
 window.__sockets = [];
 const RecordedWebSocket = window.WebSocket;
@@ -82,11 +66,17 @@ window.WebSocket = class extends RecordedWebSocket {
   constructor(url, protocols) {
     super(url, protocols);
     const record = { url, code: null };
-    window.__sockets.push(record);
+    const index = window.__sockets.push(record) - 1;
     this.addEventListener('close', (event) => { record.code = event.code; });
+    let audioFrames = 0;
+    this.addEventListener('message', (event) => {
+      const cut = window.__cutFirstSocket && index === 0;
+      if (cut && typeof event.data !== 'string' && ++audioFrames === 2) this.close();
+    });
   }
 };
 """
+CUT_FIRST_SOCKET = "window.__cutFirstSocket = true;" + RECORD_SOCKETS
 
 # No socket ever opens: a proxy that blocks WebSockets.
 BLOCK_SOCKETS = """
@@ -230,7 +220,7 @@ def test_a_socket_cut_mid_stream_resumes_with_no_gap_and_no_duplicate(page: Page
     page.get_by_role("button", name="Play: Scene 1").click()
     state = wait_for_state(page, "ended")
 
-    sockets = page.evaluate("window.__sockets")
+    sockets = [s["url"] for s in page.evaluate("window.__sockets")]
     assert len(sockets) >= 2
     assert sockets[0].endswith("?after=-1")
     assert sockets[1].endswith("?after=1")  # resumed after the last chunk it had
