@@ -13,7 +13,6 @@ from channels import DEFAULT_CHANNEL_LAYER
 from channels.db import database_sync_to_async as sync_to_async  # closes its connections
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
-from django.utils import timezone
 
 from config.asgi import application
 from tts import services
@@ -223,10 +222,8 @@ async def test_a_live_chunk_after_a_gap_is_preceded_by_the_missing_chunks_from_s
             audio = services.segment_audio(
                 segment=segments[seq], voice=voice, engine_model=claimed.model
             )
-            assert services.chunk_store(
-                session=claimed, seq=seq, segment=segments[seq], audio=audio, worker=worker
-            )
-            row = services.chunk_row(claimed.id, seq, segments[seq], audio, timezone.now())
+            row = services.chunk_row(claimed.id, seq, segments[seq], audio)
+            assert services.chunk_store(session=claimed, chunk=row, audio=audio, worker=worker)
             meta = services.chunk_meta(row, total_chunks=len(segments))
             chunks.append((meta, audio.pcm))
         return chunks
@@ -266,9 +263,8 @@ async def test_a_chunk_broadcast_before_this_listener_joined_arrives_once_it_is_
         voice = services.voice_resolve(voice_id=claimed.voice)
         segment = services.session_segments(session=claimed, voice=voice)[0]
         audio = services.segment_audio(segment=segment, voice=voice, engine_model=claimed.model)
-        assert services.chunk_store(
-            session=claimed, seq=0, segment=segment, audio=audio, worker="late"
-        )
+        row = services.chunk_row(claimed.id, 0, segment, audio)
+        assert services.chunk_store(session=claimed, chunk=row, audio=audio, worker="late")
         return audio.pcm
 
     from channels.layers import get_channel_layer

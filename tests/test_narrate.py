@@ -423,7 +423,8 @@ def held_session(scene: Scene, *, holder: str, heartbeat_age_s: float) -> TTSSes
     voice = services.voice_resolve(voice_id="en-us")
     segment = services.session_segments(session=session, voice=voice)[0]
     audio = services.segment_audio(segment=segment, voice=voice, engine_model=session.model)
-    services.chunk_store(session=session, seq=0, segment=segment, audio=audio, worker=holder)
+    row = services.chunk_row(session.id, 0, segment, audio)
+    services.chunk_store(session=session, chunk=row, audio=audio, worker=holder)
     beat = timezone.now() - timedelta(seconds=heartbeat_age_s)
     TTSSession.objects.filter(pk=session.id).update(heartbeat_at=beat)
     return session

@@ -78,7 +78,8 @@ def test_a_resumed_session_continues_after_its_stored_chunks(engine_calls):
     voice = services.voice_resolve(voice_id=session.voice)
     segments = services.session_segments(session=session, voice=voice)
     audio = services.segment_audio(segment=segments[0], voice=voice, engine_model=session.model)
-    services.chunk_store(session=session, seq=0, segment=segments[0], audio=audio, worker="w1")
+    row = services.chunk_row(session.id, 0, segments[0], audio)
+    services.chunk_store(session=session, chunk=row, audio=audio, worker="w1")
     # The worker dies; the sweep requeues; another worker resumes.
     type(session).objects.filter(pk=session.id).update(status=SessionStatus.QUEUED)
     engine_calls.clear()
@@ -199,7 +200,7 @@ def test_a_failed_store_leaves_no_hole(monkeypatch):
     real_store, failed = services.chunk_store, []
 
     def flaky(**kwargs):
-        if kwargs["seq"] == 1 and not failed:
+        if kwargs["chunk"].seq == 1 and not failed:
             failed.append(1)
             raise OperationalError("database is locked")
         return real_store(**kwargs)

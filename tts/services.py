@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -226,15 +226,14 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
     ]
     cached = cached_keys(keys[first_seq:])
 
-    def store(seq: int, audio: SegmentAudio, sent_at: datetime) -> bool:
+    def store(row: TTSChunk, audio: SegmentAudio) -> bool:
+        seq = row.seq
         stored = chunk_store(
             session=session,
-            seq=seq,
-            segment=segments[seq],
+            chunk=row,
             audio=audio,
             worker=worker,
             total_chunks=total if seq == first_seq else None,
-            made_at=sent_at,
         )
         if not stored:
             logger.info("session %s was cancelled or taken over; stopping", session.id)
@@ -268,15 +267,14 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                 if not audio.cached:  # cancelled or taken over: keep the audio for next time
                     _blob_store(audio)
                 return
-            sent_at = timezone.now()
-            row = chunk_row(session.id, seq, segments[seq], audio, sent_at)
+            row = chunk_row(session.id, seq, segments[seq], audio)  # made and sent now
             meta = chunk_meta(row, total_chunks=total)
             # The first chunk is sent before its store is queued, and waited for (briefly):
             # the writer thread would otherwise hold the GIL while the send waits for it
             # (5 ms switch intervals). Later ones only queue: listeners have audio in hand
             # by then, and the engine goes on at once.
             broadcast.broadcast_chunk(session.id, meta, audio.pcm, wait=seq == first_seq)
-            writer.submit(partial(store, seq, audio, sent_at))
+            writer.submit(partial(store, row, audio))
         if not writer.wait():
             return
     session_complete(session_id=session.id, worker=worker)
@@ -452,18 +450,16 @@ def _synthesize(text: str, voice: Voice) -> Audio:
 def chunk_store(
     *,
     session: TTSSession,
-    seq: int,
-    segment: Segment,
+    chunk: TTSChunk,
     audio: SegmentAudio,
     worker: str,
     total_chunks: int | None = None,
-    made_at: datetime | None = None,
 ) -> bool:
-    """Store one chunk (and its audio, when new) and advance the session, in one
-    transaction, only while this worker still holds the session. False when it does not
-    (cancelled, taken over) or the chunk exists already: a seq is never stored twice."""
-    now = timezone.now()
-    made_at = made_at or now
+    """Store one chunk (its row from chunk_row, and its audio when new) and advance the
+    session, in one transaction, only while this worker still holds the session. False
+    when it does not (cancelled, taken over) or the chunk exists already: a seq is never
+    stored twice."""
+    now, seq = timezone.now(), chunk.seq
     updates: dict[str, Any] = {
         "completed_chunks": seq + 1,
         "heartbeat_at": now,
@@ -474,7 +470,7 @@ def chunk_store(
         updates["total_chunks"] = total_chunks
     if seq == 0:
         updates["first_chunk_ms"] = max(
-            0, round((made_at - session.created_at).total_seconds() * 1000)
+            0, round((chunk.created_at - session.created_at).total_seconds() * 1000)
         )
     try:
         with transaction.atomic():
@@ -485,7 +481,7 @@ def chunk_store(
             ).update(**updates)
             if not held:
                 return False
-            chunk_row(session.id, seq, segment, audio, made_at).save(force_insert=True)
+            chunk.save(force_insert=True)
     except IntegrityError:  # the chunk exists already
         return False
     return True
@@ -501,10 +497,8 @@ def _blob_store(audio: SegmentAudio) -> None:
         pass  # content-addressed: the stored audio is the same
 
 
-def chunk_row(
-    session_id: uuid.UUID, seq: int, segment: Segment, audio: SegmentAudio, made_at: datetime
-) -> TTSChunk:
-    """The chunk's row, not yet saved."""
+def chunk_row(session_id: uuid.UUID, seq: int, segment: Segment, audio: SegmentAudio) -> TTSChunk:
+    """The chunk's row, not yet saved; its created_at is now, when it was made."""
     return TTSChunk(
         session_id=session_id,
         seq=seq,
@@ -516,7 +510,6 @@ def chunk_row(
         audio_id=audio.key,
         cached=audio.cached,
         engine_ms=audio.engine_ms,
-        created_at=made_at,
     )
 
 
