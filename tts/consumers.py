@@ -18,7 +18,7 @@ from tts.audio import chunk_frame
 from tts.broadcast import session_group
 from tts.conf import settings
 from tts.models import SessionStatus
-from tts.owners import owner_from_scope
+from tts.owners import known_visitor, owner_from_scope
 from tts.replay import BATCH, ChunkCursor, deliver_live, send_from_storage, stored_chunks
 
 MAX_CLIENT_MESSAGE = 4096
@@ -58,7 +58,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         self.allowed, self.group = False, None
         self.lock, self.last_event = asyncio.Lock(), time.monotonic()
         await self.accept()  # accept first, so that the close codes reach the client
-        after, pending = self._after(), self._pending()
+        query = parse_qs(self.scope["query_string"].decode("latin-1"))
+        after, pending = self._after(query), self._pending(query)
         if after is None:
             await self.send_error("bad_after", "after must be a chunk seq (-1 or more).")
             return await self.close(code=4400)
@@ -83,11 +84,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
             self.group = None
             return await self.close(code=1011)
         opened = await database_sync_to_async(self._open)()
-        if opened[0] == 4404 and pending and self._nobody():
-            # No user and no session cookie: no session can be this socket's, now or once
-            # created. Refuse at once rather than poll for ten seconds.
-            return await self._begin(4403, None, [], [])
         if opened[0] == 4404 and pending:
+            if not known_visitor(self.scope.get("user"), self.scope.get("session")):
+                # No session could ever be this socket's: refuse now, not in ten seconds.
+                return await self._refuse(4403)
             # Its POST is still in flight: wait for the session (the worker's first event,
             # or a poll), then go on as if it had existed at connect.
             self.pending = True
@@ -95,11 +95,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
             return
         await self._begin(*opened)
 
+    async def _refuse(self, code: int) -> None:
+        await self._leave()
+        await self.close(code=code)
+
     async def _begin(self, refused, session, frames, stored) -> None:
         """Refuse, or send the first frames and the stored chunks, then follow live."""
         if refused:
-            await self._leave()
-            return await self.close(code=refused)
+            return await self._refuse(refused)
         self.allowed = True
         for frame in frames:
             await self.send_json(frame)
@@ -138,47 +141,41 @@ class SessionConsumer(AsyncWebsocketConsumer):
         while self.pending and time.monotonic() < deadline:
             await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
             wait = min(wait * 2, 1.0)
-            try:
-                await self._created()
-            except Exception:  # noqa: BLE001 - a failed read: poll again
-                logger.warning("waiting for session %s: the read failed", self.session_id)
+            await self._created()
         if self.pending:
             self.pending = False
-            await self._leave()
-            await self.close(code=4404)
+            await self._refuse(4404)
 
     async def _created(self) -> None:
-        """Open the pending session if it exists now (once, whoever asks first)."""
+        """Open the pending session if it exists now (once, whoever asks first: the waiter's
+        poll or a group event). A failed read is left to the next poll; a failure once the
+        opening has begun closes with 1011, for nothing would retry it."""
         async with self.lock:
             if not self.pending:
                 return
-            opened = await database_sync_to_async(self._open)()
+            try:
+                opened = await database_sync_to_async(self._open)()
+            except Exception:  # noqa: BLE001
+                logger.warning("waiting for session %s: the read failed", self.session_id)
+                return
             if opened[0] == 4404:
                 return
             self.pending = False
             try:
                 await self._begin(*opened)
-            except Exception:  # noqa: BLE001 - nothing would retry: let the client resume
+            except Exception:  # noqa: BLE001 - the client resumes with after=
                 logger.warning("opening session %s failed; closing", self.session_id)
-                await self._leave()
-                await self.close(code=1011)
+                await self._refuse(1011)
 
-    def _nobody(self) -> bool:
-        """No session cookie and no signed-in user (found without a database read: with
-        no session key the lazy user resolves to the anonymous one by itself)."""
-        if getattr(self.scope.get("session"), "session_key", None):
-            return False
-        return not getattr(self.scope.get("user"), "is_authenticated", False)
-
-    def _pending(self) -> bool | None:
+    @staticmethod
+    def _pending(query: dict[str, list[str]]) -> bool | None:
         """The `pending` query value; None when it is not 0 or 1."""
-        query = parse_qs(self.scope["query_string"].decode("latin-1"))
         raw = query.get("pending", ["0"])[-1].lower()
         return {"1": True, "true": True, "0": False, "false": False, "": False}.get(raw)
 
-    def _after(self) -> int | None:
+    @staticmethod
+    def _after(query: dict[str, list[str]]) -> int | None:
         """The `after` query value; None when it is not a whole number >= -1."""
-        query = parse_qs(self.scope["query_string"].decode("latin-1"))
         raw = query.get("after", ["-1"])[-1]
         try:
             after = int(raw)
@@ -251,10 +248,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         # chunk, or the event delivers it; the cursor sends each chunk once).
         if message["type"].startswith("tts."):
             if self.pending:
-                try:
-                    await self._created()
-                except Exception:  # noqa: BLE001 - the waiter polls again; so may the next event
-                    logger.warning("opening session %s failed", self.session_id)
+                await self._created()
             if not self.allowed:
                 return
         await super().dispatch(message)

@@ -24,3 +24,12 @@ def owner_from_scope(scope: dict) -> Owner:
     session = scope.get("session")
     key = getattr(session, "session_key", None) or ""
     return Owner(session_key=key, ip=client[0])
+
+
+def known_visitor(user: object, session: object) -> bool:
+    """Signed in, or with a session cookie: someone a narration can belong to. The session
+    key is looked at first, so a lazy user is not loaded (no database read) when it is
+    there; without one, a lazy user resolves to the anonymous one by itself."""
+    return bool(getattr(session, "session_key", None)) or bool(
+        getattr(user, "is_authenticated", False)
+    )

@@ -15,7 +15,6 @@ from types import SimpleNamespace
 from typing import Any
 
 from django import template
-from django.http import HttpRequest
 from django.middleware.csrf import get_token
 from django.templatetags.static import static
 from django.urls import reverse
@@ -23,6 +22,7 @@ from django.utils.html import format_html
 
 from tts.conf import settings
 from tts.errors import InvalidInput
+from tts.owners import known_visitor
 from tts.validation import clean_text
 from tts.voices import default_voice_id
 
@@ -38,16 +38,6 @@ def _page_state(context: template.Context) -> Any:
     if request is not None:
         return request
     return context.render_context.setdefault("tts_page", SimpleNamespace())
-
-
-def _has_owner(request: HttpRequest | None) -> bool:
-    """Whether this browser is already someone a session can belong to (signed in, or with
-    a session cookie): then its socket, opened before the POST's reply, will be let in."""
-    if request is None:
-        return False
-    user = getattr(request, "user", None)
-    session = getattr(request, "session", None)
-    return bool(getattr(user, "is_authenticated", False) or getattr(session, "session_key", None))
 
 
 def _take_assets(context: template.Context) -> bool:
@@ -136,7 +126,9 @@ def tts_player(
         "editable": editable,
         "problem": problem,
         "csrf_token": get_token(request) if request is not None else "",
-        "early": _has_owner(request),
+        # Its socket can be opened with the POST and be let in (docs/protocol.md).
+        "early": request is not None
+        and known_visitor(getattr(request, "user", None), getattr(request, "session", None)),
         "sessions_url": reverse("tts:sessions"),
         "voices_url": reverse("tts:voices"),
         "include_assets": _take_assets(context),
