@@ -6,8 +6,12 @@ from tts.broadcast import GENERATE_CHANNEL
 from tts.consumers import SessionConsumer
 from tts.worker import GenerateConsumer
 
+# A session's socket is SOCKETS_PATH + "<id>/"; the API's ws_url and the player (which opens
+# a socket before the POST's reply) build it from this.
+SOCKETS_PATH = "/ws/tts/"
+
 websocket_urlpatterns = [
-    path("ws/tts/<str:session_id>/", SessionConsumer.as_asgi()),
+    path(f"{SOCKETS_PATH.lstrip('/')}<str:session_id>/", SessionConsumer.as_asgi()),
 ]
 
 channel_routes = {GENERATE_CHANNEL: GenerateConsumer.as_asgi()}

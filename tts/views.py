@@ -29,6 +29,7 @@ from tts.errors import (
 )
 from tts.models import SessionStatus, TTSChunk, TTSSession
 from tts.owners import owner_from_request
+from tts.routing import SOCKETS_PATH
 from tts.voices import all_voices, default_voice_id, voice_as_json
 
 STREAM_BATCH = 32
@@ -120,7 +121,7 @@ def parse_session_id(value: object) -> uuid.UUID | None:
 def session_urls(request: HttpRequest, session: TTSSession) -> dict:
     scheme = "wss" if request.is_secure() else "ws"
     return {
-        "ws_url": f"{scheme}://{request.get_host()}/ws/tts/{session.id}/",
+        "ws_url": f"{scheme}://{request.get_host()}{SOCKETS_PATH}{session.id}/",
         "status_url": reverse("tts:session", args=[session.id]),
         "audio_url": reverse("tts:audio", args=[session.id]),
     }

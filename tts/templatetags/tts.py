@@ -23,6 +23,7 @@ from django.utils.html import format_html
 from tts.conf import settings
 from tts.errors import InvalidInput
 from tts.owners import known_visitor
+from tts.routing import SOCKETS_PATH
 from tts.validation import clean_text
 from tts.voices import default_voice_id
 
@@ -130,6 +131,7 @@ def tts_player(
         "early": request is not None
         and known_visitor(getattr(request, "user", None), getattr(request, "session", None)),
         "sessions_url": reverse("tts:sessions"),
+        "sockets_url": SOCKETS_PATH,
         "voices_url": reverse("tts:voices"),
         "include_assets": _take_assets(context),
     }

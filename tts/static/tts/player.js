@@ -33,6 +33,7 @@ function readConfig(root) {
   const textScript = document.getElementById(data.ttsTextId);
   return {
     sessionsUrl: data.ttsSessionsUrl,
+    socketsUrl: data.ttsSocketsUrl || "/ws/tts/",
     voicesUrl: data.ttsVoicesUrl,
     voice: data.ttsVoice || "",
     subject: data.ttsSubject || "",
@@ -267,7 +268,7 @@ export class NarrationPlayer {
   /** The URLs a session with this id will have (the API's reply confirms them). */
   expectedSession(id) {
     const base = this.config.sessionsUrl.replace(/\/?$/, "/");
-    return { id, ws_url: `/ws/tts/${id}/`, status_url: `${base}${id}/` };
+    return { id, ws_url: `${this.config.socketsUrl}${id}/`, status_url: `${base}${id}/` };
   }
 
   openStream(session, options = {}) {
