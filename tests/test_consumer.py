@@ -52,15 +52,34 @@ async def settled_tasks():
         channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
 
 
-def communicator(session_id, after: int | None = None) -> WebsocketCommunicator:
-    query = f"?after={after}" if after is not None else ""
-    return WebsocketCommunicator(application, f"/ws/tts/{session_id}/{query}", headers=HEADERS)
+def communicator(
+    session_id, after: object = None, *, pending: object = None, cookie: str | None = None
+) -> WebsocketCommunicator:
+    """A socket on the session; ``after``/``pending``: query values; ``cookie``: a
+    sessionid cookie to send."""
+    params = {"after": after, "pending": pending}
+    query = "&".join(f"{k}={v}" for k, v in params.items() if v is not None)
+    headers = HEADERS + ([(b"cookie", f"sessionid={cookie}".encode())] if cookie else [])
+    path = f"/ws/tts/{session_id}/" + (f"?{query}" if query else "")
+    return WebsocketCommunicator(application, path, headers=headers)
 
 
 @sync_to_async
-def make_session(text: str = TEXT, *, run: bool = True, staff: bool = True):
+def signed_in(name: str) -> tuple[int, str]:
+    """A new user's id and the sessionid cookie of a browser signed in as them."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    user = User.objects.create_user(name)
+    client = Client()
+    client.force_login(user)
+    return user.pk, client.cookies["sessionid"].value
+
+
+@sync_to_async
+def make_session(text: str = TEXT, *, run: bool = True, staff: bool = True, session_id=None):
     owner = Owner(user_id=None, session_key="", is_staff=staff)
-    session = services.session_create(text=text, owner=owner, dispatch=False)
+    session = services.session_create(text=text, owner=owner, dispatch=False, session_id=session_id)
     if run:
         services.session_run(session_id=session.id, worker="test")
     return session
@@ -114,16 +133,6 @@ async def test_a_stranger_cannot_cancel_while_the_access_check_runs():
 
 async def test_a_signed_in_owner_listens_and_another_user_is_refused():
     """Through the real cookie, session and (lazy) auth middleware."""
-    from django.contrib.auth.models import User
-    from django.test import Client
-
-    @sync_to_async
-    def signed_in(name: str) -> tuple[int, str]:
-        user = User.objects.create_user(name)
-        client = Client()
-        client.force_login(user)
-        return user.pk, client.cookies["sessionid"].value
-
     owner_id, owner_cookie = await signed_in("owner")
     _, other_cookie = await signed_in("other")
     session = await sync_to_async(services.session_create)(
@@ -131,8 +140,7 @@ async def test_a_signed_in_owner_listens_and_another_user_is_refused():
     )
 
     async def first_message(cookie: str) -> dict:
-        headers = [*HEADERS, (b"cookie", f"sessionid={cookie}".encode())]
-        comm = WebsocketCommunicator(application, f"/ws/tts/{session.id}/", headers=headers)
+        comm = communicator(session.id, cookie=cookie)
         await comm.connect()
         message = await comm.receive_output(timeout=5)
         await comm.disconnect()
@@ -307,18 +315,8 @@ async def test_a_bad_after_gets_an_error_frame_and_close_4400(after):
 # the socket while its POST was in flight) -------------------------------------------------
 
 
-def pending_communicator(session_id, query: str = "pending=1") -> WebsocketCommunicator:
-    path = f"/ws/tts/{session_id}/?{query}"
-    return as_staff(WebsocketCommunicator(application, path, headers=HEADERS))
-
-
-@sync_to_async
-def make_session_with_id(session_id, *, run: bool = True, staff: bool = True):
-    owner = Owner(user_id=None, session_key="", is_staff=staff)
-    session = services.session_create(text=TEXT, owner=owner, dispatch=False, session_id=session_id)
-    if run:
-        services.session_run(session_id=session.id, worker="test")
-    return session
+def pending_communicator(session_id, pending: object = 1) -> WebsocketCommunicator:
+    return as_staff(communicator(session_id, pending=pending))
 
 
 async def test_a_pending_socket_hears_its_session_from_the_first_chunk():
@@ -328,7 +326,7 @@ async def test_a_pending_socket_hears_its_session_from_the_first_chunk():
     comm = pending_communicator(session_id)
     await _connected(comm)
     await asyncio.sleep(0.2)  # the socket has joined and found nothing
-    session = await make_session_with_id(session_id)
+    session = await make_session(session_id=session_id)
     frames, audio = await receive_until_closed(comm)
     assert frames[0]["type"] == "session" and frames[0]["session_id"] == str(session.id)
     seqs = [f["seq"] for f in frames if f["type"] == "chunk"]
@@ -341,7 +339,7 @@ async def test_a_pending_socket_finds_a_queued_session_by_polling():
     session_id = uuid.uuid4()
     comm = pending_communicator(session_id)
     await _connected(comm)
-    await make_session_with_id(session_id, run=False)
+    await make_session(session_id=session_id, run=False)
     frame = await comm.receive_json_from(timeout=5)
     assert frame["type"] == "session" and frame["status"] == "queued"
     await comm.disconnect()
@@ -355,28 +353,18 @@ async def test_a_pending_socket_for_a_session_never_created_closes_with_4404(set
 
 
 async def test_a_pending_socket_for_someone_elses_session_closes_with_4403():
-    from django.contrib.auth.models import User
-    from django.test import Client
-
-    @sync_to_async
-    def stranger_cookie() -> str:
-        client = Client()
-        client.force_login(User.objects.create_user("stranger"))
-        return client.cookies["sessionid"].value
-
-    cookie = await stranger_cookie()
+    _, cookie = await signed_in("stranger")
     session_id = uuid.uuid4()
-    headers = [*HEADERS, (b"cookie", f"sessionid={cookie}".encode())]
-    comm = WebsocketCommunicator(application, f"/ws/tts/{session_id}/?pending=1", headers=headers)
+    comm = communicator(session_id, pending=1, cookie=cookie)
     await _connected(comm)
     await asyncio.sleep(0.2)  # pending: nothing yet
-    await make_session_with_id(session_id, staff=False)
+    await make_session(session_id=session_id, staff=False)
     assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4403}
 
 
 async def test_a_pending_socket_with_no_cookie_and_no_user_is_refused_at_once():
     """No session could ever be its own: no ten seconds of polling for a made-up id."""
-    comm = WebsocketCommunicator(application, f"/ws/tts/{uuid.uuid4()}/?pending=1", headers=HEADERS)
+    comm = communicator(uuid.uuid4(), pending=1)
     await _connected(comm)
     assert (await comm.receive_output(timeout=1)) == {"type": "websocket.close", "code": 4403}
 
@@ -388,7 +376,7 @@ async def test_pending_on_an_existing_session_changes_nothing():
 
 
 async def test_a_bad_pending_gets_an_error_frame_and_close_4400():
-    comm = pending_communicator(uuid.uuid4(), query="pending=maybe")
+    comm = pending_communicator(uuid.uuid4(), pending="maybe")
     await _connected(comm)
     error = await comm.receive_json_from()
     assert error["type"] == "error" and error["code"] == "bad_pending"
@@ -409,7 +397,7 @@ async def test_a_pending_socket_whose_opening_fails_closes_so_the_client_resumes
     await _connected(comm)
     await asyncio.sleep(0.2)  # the socket has joined and found nothing
     monkeypatch.setattr(consumers.SessionConsumer, "_finish_if_over", broken)
-    await make_session_with_id(session_id, run=False)
+    await make_session(session_id=session_id, run=False)
     outputs = []
     while not outputs or outputs[-1]["type"] != "websocket.close":
         outputs.append(await comm.receive_output(timeout=5))
