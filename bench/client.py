@@ -9,6 +9,7 @@ Times are ``time.time()`` so that they compare with the timestamps the server st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 import time
@@ -253,23 +254,21 @@ async def narrate(
     ``early=False``: POST, then open the socket once the reply is in (the older flow)."""
     result = Narration(voice=voice, text=text)
     result.t_post = time.time()
-    if not early:
-        created = await http.create(text, voice)
-        result.t_created = time.time()
-        result.session_id, result.cookies = created["id"], dict(http.cookies)
-        result.stream = await listen(http, result.session_id, timeout=timeout)
-        return result
-    session_id = str(uuid.uuid4())
-    opened = asyncio.create_task(listen(http, session_id, timeout=timeout, pending=True))
+    chosen = str(uuid.uuid4()) if early else None
+    opened = (
+        asyncio.create_task(listen(http, chosen, timeout=timeout, pending=True)) if early else None
+    )
     try:
-        created = await http.create(text, voice, session_id)
+        created = await http.create(text, voice, chosen)
     except BaseException:
-        opened.cancel()
+        if opened is not None:
+            opened.cancel()
         raise
     result.t_created = time.time()
     result.session_id, result.cookies = created["id"], dict(http.cookies)
-    try:
-        result.stream = await opened
-    except websockets.WebSocketException:  # refused (not this browser's yet), or dropped
+    if opened is not None:
+        with contextlib.suppress(websockets.WebSocketException):  # refused, or dropped
+            result.stream = await opened
+    if result.stream is None:
         result.stream = await listen(http, result.session_id, timeout=timeout)
     return result

@@ -250,10 +250,14 @@ def scenario_flows(ctx: Context) -> None:
     out = ctx.results.setdefault("flows", {})
     rtts = [float(x) for x in ctx.args.rtt_ms.split(",") if x.strip()]
     for voice in ctx.voices(fast_only=True):
-        count = 1 + 3 * len(rtts) * len(ttfa.FLOWS) * max(1, ctx.count(voice) // 10)
-        texts = [ctx.texts.short() for _ in range(count)]
         res = out[VOICE_IDS[voice]] = ttfa.run_flows(
-            ctx.port, VOICE_IDS[voice], texts, rtt_ms=rtts, rounds=3, timeout=SHORT_TIMEOUT[voice]
+            ctx.port,
+            VOICE_IDS[voice],
+            ctx.texts.short,
+            rtt_ms=rtts,
+            per_cell=max(1, ctx.count(voice) // 10),
+            rounds=3,
+            timeout=SHORT_TIMEOUT[voice],
         )
         for key, flows in res.items():
             late, early = flows["after the reply"], flows["early"]

@@ -10,6 +10,8 @@ columns place the server's own timestamps (same machine, same clock) on that tim
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 
 from bench.client import Http, Listen, Narration, listen, narrate
 from bench.db import SessionRow, fetch_sessions
@@ -38,43 +40,42 @@ FLOWS = {"after the reply": False, "early": True}
 
 
 def run_flows(
-    port: int, voice: str, texts: list[str], *, rtt_ms: list[float], rounds: int, timeout: float
+    port: int,
+    voice: str,
+    next_text: Callable[[], str],
+    *,
+    rtt_ms: list[float],
+    per_cell: int,
+    rounds: int,
+    timeout: float,
 ) -> dict:
     """TTFA of both socket flows (opened after the POST's reply, or with it: ?pending=1),
-    on loopback and through DelayProxy round trips, interleaved round by round so that the
-    machine's drift hits all alike. One browser per round trip, with its session cookie
-    and a kept-alive connection, as a page's own."""
+    on loopback and through DelayProxy round trips, ``per_cell`` sessions per round trip,
+    flow and round, the rounds interleaved so that the machine's drift hits all alike. One
+    browser per round trip, with its session cookie and a kept-alive connection, as a
+    page's own."""
 
     async def go() -> dict[tuple[float, str], list[float]]:
         samples: dict[tuple[float, str], list[float]] = {}
-        browsers: dict[float, Http] = {}
-        proxies = []
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            browsers: dict[float, Http] = {}
             for rtt in rtt_ms:
-                target = port
-                if rtt:
-                    proxies.append(await DelayProxy(port, rtt).__aenter__())
-                    target = proxies[-1].port
-                browsers[rtt] = Http("127.0.0.1", target, keep_alive=True)
-                await browsers[rtt].ensure_csrf()
-                await narrate(browsers[rtt], texts[0], voice, timeout=timeout, early=False)
-            per = max(1, (len(texts) - 1) // (rounds * len(rtt_ms) * len(FLOWS)))
-            queue = iter(texts[1:])
+                target = (
+                    (await stack.enter_async_context(DelayProxy(port, rtt))).port if rtt else port
+                )
+                http = browsers[rtt] = Http("127.0.0.1", target, keep_alive=True)
+                stack.push_async_callback(http.close)
+                await http.ensure_csrf()
+                await narrate(http, next_text(), voice, timeout=timeout, early=False)  # the cookie
             for _ in range(rounds):
-                for rtt in rtt_ms:
+                for rtt, http in browsers.items():
                     for name, early in FLOWS.items():
-                        for _ in range(per):
-                            text = next(queue)
+                        for _ in range(per_cell):
                             n = await narrate(
-                                browsers[rtt], text, voice, timeout=timeout, early=early
+                                http, next_text(), voice, timeout=timeout, early=early
                             )
                             if n.ttfa_ms is not None:
                                 samples.setdefault((rtt, name), []).append(n.ttfa_ms)
-        finally:
-            for http in browsers.values():
-                await http.close()
-            for proxy in proxies:
-                await proxy.__aexit__(None, None, None)
         return samples
 
     samples = asyncio.run(go())
