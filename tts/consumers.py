@@ -281,7 +281,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
         self.last_event = time.monotonic()
         total = event.get("total_chunks")
         async with self.lock:
-            if total is not None and self.cursor.last_sent == total - 1 and not self.finished:
+            if self.finished:  # already ended (its opening replayed to the end): no read
+                return
+            if total is not None and self.cursor.last_sent == total - 1:
                 self.finished = True  # caught up: no need to ask the database
                 frame = services.done_frame(
                     self.session_id, total_chunks=total, duration_ms=event["duration_ms"]
@@ -293,7 +295,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def tts_error(self, event: dict) -> None:
         self.last_event = time.monotonic()
         async with self.lock:
-            await self._finish_if_over(await self._session())
+            if not self.finished:
+                await self._finish_if_over(await self._session())
 
     async def _session(self):
         return await database_sync_to_async(services.session_get)(session_id=self.session_id)
