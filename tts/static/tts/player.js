@@ -33,12 +33,13 @@ function readConfig(root) {
   const textScript = document.getElementById(data.ttsTextId);
   return {
     sessionsUrl: data.ttsSessionsUrl,
-    socketsUrl: data.ttsSocketsUrl || "/ws/tts/",
+    socketsUrl: data.ttsSocketsUrl || "",
     voicesUrl: data.ttsVoicesUrl,
     voice: data.ttsVoice || "",
     subject: data.ttsSubject || "",
     csrf: data.ttsCsrf || "",
-    early: "ttsEarly" in data, // the browser has a session cookie (or a user) already
+    // The browser has a session cookie (or a user) already, and the page says where sockets are.
+    early: "ttsEarly" in data && Boolean(data.ttsSocketsUrl),
     title: data.ttsTitle || "",
     problem: data.ttsProblem || "",
     text: textScript ? JSON.parse(textScript.textContent) : "",
