@@ -137,6 +137,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     if args.ab and not args.patch:
         p.error("--ab needs at least one --patch")
+    try:
+        args.rtt_ms = [float(x) for x in args.rtt_ms.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--rtt-ms must be comma-separated milliseconds, got {args.rtt_ms!r}")
+    if not args.rtt_ms or any(not 0 <= ms <= 10_000 for ms in args.rtt_ms):
+        p.error("--rtt-ms: give one or more round trips from 0 to 10000 ms")
     args.sessions = args.sessions or (15 if q else 50)
     args.full_sessions = args.full_sessions or (2 if q else 8)
     args.long_repeats = args.long_repeats or (1 if q else 3)
@@ -248,13 +254,12 @@ def scenario_flows(ctx: Context) -> None:
     """1b: the socket opened with the POST (?pending=1, the player's flow) or after its
     reply, on loopback and over simulated network round trips."""
     out = ctx.results.setdefault("flows", {})
-    rtts = [float(x) for x in ctx.args.rtt_ms.split(",") if x.strip()]
     for voice in ctx.voices(fast_only=True):
         res = out[VOICE_IDS[voice]] = ttfa.run_flows(
             ctx.port,
             VOICE_IDS[voice],
             ctx.texts.short,
-            rtt_ms=rtts,
+            rtt_ms=ctx.args.rtt_ms,
             per_cell=max(1, ctx.count(voice) // 10),
             rounds=3,
             timeout=SHORT_TIMEOUT[voice],

@@ -375,8 +375,9 @@ async def test_pending_on_an_existing_session_changes_nothing():
     assert frames[0]["type"] == "session" and frames[-1]["type"] == "done"
 
 
-async def test_a_bad_pending_gets_an_error_frame_and_close_4400():
-    comm = pending_communicator(uuid.uuid4(), pending="maybe")
+@pytest.mark.parametrize("pending", ["maybe", "2", "-1", "yes please"])
+async def test_a_bad_pending_gets_an_error_frame_and_close_4400(pending):
+    comm = pending_communicator(uuid.uuid4(), pending=pending.replace(" ", "%20"))
     await _connected(comm)
     error = await comm.receive_json_from()
     assert error["type"] == "error" and error["code"] == "bad_pending"

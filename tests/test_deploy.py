@@ -416,6 +416,9 @@ def test_bad_sentinel_addresses_are_refused():
         ("DATABASE_POOL_TIMEOUT", "soon"),
         ("TTS_WORKER_CONN_MAX_AGE", "-1"),
         ("TTS_ONEDNN_CACHE_CAPACITY", "many"),
+        ("TTS_PENDING_SOCKET_S", "soon"),
+        ("TTS_PENDING_SOCKET_S", "-1"),
+        ("TTS_PENDING_SOCKET_S", "nan"),
     ],
 )
 def test_bad_pool_and_worker_settings_are_refused_by_name(name, value):
