@@ -112,7 +112,7 @@ def _no_limits(settings):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _close_database_pools(django_db_setup, django_db_blocker):
+def _close_connections_before_the_drop(django_db_setup, django_db_blocker):
     """Close every connection before the test database is dropped: PostgreSQL's pool
     keeps idle ones, and asgiref's thread for thread-sensitive code keeps its own; either
     kept the database "accessed by other users" and its drop failed (a warning)."""
