@@ -83,7 +83,8 @@ def generate_on_a_thread(session: TTSSession) -> None:
 
 def narrated(text: str = TEXT, **kwargs) -> TTSSession:
     session = create(text, **kwargs)
-    generate(session)
+    if session.status == SessionStatus.QUEUED:  # not replayed from an earlier narration
+        generate(session)
     session.refresh_from_db()
     assert session.status == SessionStatus.COMPLETED
     return session

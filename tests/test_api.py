@@ -68,6 +68,22 @@ def test_a_client_may_choose_the_id_once(client):
     assert TTSSession.objects.get(pk=chosen).text == "Hello there."
 
 
+@pytest.mark.django_db(transaction=True)  # the worker stores on a thread of its own
+def test_a_text_narrated_before_is_answered_completed_with_its_audio(client):
+    from tts import services
+
+    first_id = post(client, {"text": "Hello there. How are you?"}).json()["id"]
+    services.session_run(session_id=first_id, worker="test")
+    response = post(client, {"text": "Hello there. How are you?"})
+    assert response.status_code == 201 and response.json()["status"] == "completed"
+    detail = client.get(response.json()["status_url"]).json()
+    assert detail["completed_chunks"] == detail["total_chunks"] == len(detail["chunks"]) > 1
+    for seq in range(detail["total_chunks"]):
+        replayed = client.get(f"{response.json()['status_url']}chunks/{seq}")
+        assert replayed.status_code == 200
+        assert replayed.content == client.get(f"/api/tts/sessions/{first_id}/chunks/{seq}").content
+
+
 @pytest.mark.parametrize("bad", ["not-a-uuid", str(uuid.UUID(int=0)), 42, ["x"], "1234"])
 def test_a_bad_chosen_id_gets_a_400(client, bad):
     response = post(client, {"text": "Hello there.", "id": bad})

@@ -334,6 +334,26 @@ async def test_a_pending_socket_hears_its_session_from_the_first_chunk():
     assert [struct.unpack("<I", a[:4])[0] for a in audio] == seqs
 
 
+async def test_a_pending_socket_hears_a_replayed_narration_without_waiting_for_a_poll(
+    monkeypatch,
+):
+    """A text narrated before is complete the moment its POST commits; the `done` event
+    that the creation rings opens the waiting socket, and the audio is the first one's."""
+    monkeypatch.setattr("tts.consumers.PENDING_FIRST_POLL_S", 30.0)  # only the event can
+    first = await make_session()
+    _, first_audio = await receive_until_closed(await _connected(as_staff(communicator(first.id))))
+    session_id = uuid.uuid4()
+    comm = pending_communicator(session_id)
+    await _connected(comm)
+    await asyncio.sleep(0.2)  # the socket has joined and found nothing
+    replayed = await make_session(session_id=session_id, run=False)
+    assert replayed.status == "completed"
+    frames, audio = await receive_until_closed(comm)
+    assert frames[0]["type"] == "session" and frames[0]["status"] == "completed"
+    assert frames[-1]["type"] == "done" and len(audio) == frames[-1]["total_chunks"]
+    assert audio == first_audio
+
+
 async def test_a_pending_socket_finds_a_queued_session_by_polling():
     """No worker event comes (the session waits in the queue): the poll opens it."""
     session_id = uuid.uuid4()

@@ -233,3 +233,94 @@ def test_the_sender_loop_survives_a_send_that_raises_cancelled():
     with pytest.raises(asyncio.CancelledError):
         _sender.run(cancelled(), "a cancelled send")
     assert _sender.run(fine(), "the next send", timeout=2) == "ok"
+
+
+# Replay: a text narrated before is not narrated again --------------------------------------
+
+CHUNK_FIELDS = ("seq", "text", "char_start", "char_end", "samples", "sample_rate", "audio_id")
+
+
+def narrated(text: str = TEXT, **kwargs):
+    session = create(text, **kwargs)
+    services.session_run(session_id=session.id, worker="w1")
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED
+    return session
+
+
+def chunk_rows(session) -> list[tuple]:
+    return list(session.chunks.order_by("seq").values_list(*CHUNK_FIELDS))
+
+
+@pytest.fixture
+def notices(monkeypatch):
+    """What session_create rang once its transaction committed: the workers' doorbell,
+    or the `done` event a socket opened with the POST waits for."""
+    from tts import broadcast
+
+    rung: list[tuple] = []
+    monkeypatch.setattr(broadcast, "dispatch_generate", lambda sid: rung.append(("generate", sid)))
+    monkeypatch.setattr(
+        broadcast, "broadcast_done", lambda sid, **totals: rung.append(("done", sid, totals))
+    )
+    return rung
+
+
+def test_a_text_narrated_before_is_replayed_at_creation(engine_calls, notices):
+    first = narrated()
+    calls = len(engine_calls)
+    notices.clear()  # the first one's own `done`
+    second = services.session_create(text=TEXT, owner=OWNER)  # dispatch=True, as the API
+
+    assert len(engine_calls) == calls  # no synthesis, and no worker asked for any
+    stored = type(second).objects.get(pk=second.id)
+    assert stored.status == SessionStatus.COMPLETED == second.status
+    assert stored.total_chunks == stored.completed_chunks == first.total_chunks
+    assert stored.audio_ms == first.audio_ms and stored.engine_ms == 0
+    assert stored.first_chunk_ms == 0 and stored.real_time_factor == 0.0
+    assert stored.dispatched_at is None and stored.claimed_by == ""
+    assert chunk_rows(stored) == chunk_rows(first)
+    assert all(chunk.cached and chunk.engine_ms == 0 for chunk in stored.chunks.all())
+    totals = {"total_chunks": first.total_chunks, "duration_ms": first.audio_ms}
+    assert notices == [("done", second.id, totals)]
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["another voice", "another first segment length", "a chunk deleted", "cancelled", "running"],
+)
+def test_only_a_whole_completed_narration_of_the_same_settings_is_replayed(
+    change, notices, settings
+):
+    from tts.models import TTSSession
+
+    first = narrated()
+    kwargs = {}
+    if change == "another voice":
+        kwargs["voice_id"] = "en-gb"
+    elif change == "another first segment length":
+        settings.TTS_FIRST_SEGMENT_CHARS = 30
+    elif change == "a chunk deleted":
+        first.chunks.filter(seq=1).delete()
+    else:
+        TTSSession.objects.filter(pk=first.pk).update(status=change)
+    notices.clear()
+    second = services.session_create(text=TEXT, owner=OWNER, **kwargs)
+    assert type(second).objects.get(pk=second.id).status == SessionStatus.QUEUED
+    assert not second.chunks.exists()
+    assert notices == [("generate", second.id)]
+
+
+def test_a_replay_keeps_a_chosen_id_and_refuses_a_taken_one():
+    import uuid
+
+    from tts.errors import Conflict
+
+    first = narrated()
+    chosen = uuid.uuid4()
+    second = create(session_id=chosen)
+    assert second.id == chosen and second.status == SessionStatus.COMPLETED
+    assert chunk_rows(second) == chunk_rows(first)
+    with pytest.raises(Conflict):
+        create(session_id=chosen)
+    assert second.chunks.count() == first.total_chunks

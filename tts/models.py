@@ -45,6 +45,9 @@ class TTSSession(models.Model):
     subject_id = models.CharField(max_length=64, blank=True, db_index=True)
     subject = GenericForeignKey("subject_type", "subject_id")
     text = models.TextField()
+    # sha256 of everything that decides the audio (voice settings, model, text, how it is
+    # cut): a completed session with the same key is replayed, not synthesized again.
+    narration_key = models.CharField(max_length=64, blank=True, db_index=True, editable=False)
     voice = models.CharField(max_length=100)
     engine = models.CharField(max_length=30)
     model = models.CharField(max_length=300, blank=True)

@@ -83,19 +83,104 @@ def session_create(
         owner_session_key=owner.session_key if owner.is_anonymous else "",
         owner_ip=owner.ip,
     )
+    session.narration_key = narration_key(voice=voice, engine_model=session.model, text=text)
     if subject is not None:
         _link_subject(session, subject)
-    if dispatch:
-        session.dispatched_at = timezone.now()  # in the INSERT: no second write per request
-    if session_id is None:
-        session.save(force_insert=True)
-    else:
-        _insert_chosen_id(session)
+    chosen = session_id is not None
+    replayed = _insert_replay(session, chosen=chosen)
+    if not replayed:
+        if dispatch:
+            session.dispatched_at = timezone.now()  # in the INSERT: no second write
+        _insert(session, chosen=chosen)
     limits.record_creation(owner)
-    if dispatch:
+    if replayed:  # wakes a socket opened with the POST (?pending=1)
+        total, duration = session.total_chunks or 0, session.audio_ms
+        transaction.on_commit(
+            lambda: broadcast.broadcast_done(session.id, total_chunks=total, duration_ms=duration)
+        )
+    elif dispatch:
         # A dispatch that fails is sent again by the recovery sweep, as any lost message.
         transaction.on_commit(lambda: broadcast.dispatch_generate(session.id))
     return session
+
+
+def narration_key(*, voice: Voice, engine_model: str, text: str) -> str:
+    """What decides a whole narration's audio: the voice's settings, the model, the text
+    and how it is cut. Two sessions with the same key have the same chunks."""
+    cutting = {
+        "max_chars": get_engine(voice.engine).max_segment_chars,
+        "first_max_chars": settings.TTS_FIRST_SEGMENT_CHARS,
+        "pauses": [
+            settings.TTS_SENTENCE_PAUSE_MS,
+            settings.TTS_CLAUSE_PAUSE_MS,
+            settings.TTS_PARAGRAPH_PAUSE_MS,
+        ],
+    }
+    payload = {**voice.cache_fields(), "model_id": engine_model, "text": text, "cut": cutting}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+_REPLAY_FIELDS = ("seq", "text", "char_start", "char_end", "samples", "sample_rate", "audio_id")
+
+
+def _insert_replay(session: TTSSession, *, chosen: bool) -> bool:
+    """Insert the session completed, with the chunks of a completed session that has its
+    narration_key: a text narrated before is replayed at once, with no worker and no
+    synthesis. False, with nothing inserted, when there is no such session whole."""
+    source = (
+        TTSSession.objects.filter(
+            narration_key=session.narration_key, status=SessionStatus.COMPLETED
+        )
+        .values_list("pk", "total_chunks", "audio_ms")
+        .first()
+    )
+    if source is None:
+        return False
+    source_id, total, audio_ms = source
+    chunks = list(
+        TTSChunk.objects.filter(session_id=source_id).order_by("seq").values_list(*_REPLAY_FIELDS)
+    )
+    if not total or [chunk[0] for chunk in chunks] != list(range(total)):
+        return False  # chunks were deleted by hand: narrate it (from the audio cache)
+    now = timezone.now()
+    replay = {
+        "status": SessionStatus.COMPLETED,
+        "total_chunks": total,
+        "completed_chunks": total,
+        "started_at": now,
+        "finished_at": now,
+        "first_chunk_ms": 0,
+        "audio_ms": audio_ms,
+        "real_time_factor": 0.0,
+    }
+    before = {name: getattr(session, name) for name in replay}
+    for name, value in replay.items():
+        setattr(session, name, value)
+    try:
+        with transaction.atomic():
+            _insert(session, chosen=chosen)
+            TTSChunk.objects.bulk_create(
+                TTSChunk(
+                    session=session,
+                    **dict(zip(_REPLAY_FIELDS, chunk, strict=True)),
+                    cached=True,
+                    engine_ms=0,
+                    created_at=now,
+                )
+                for chunk in chunks
+            )
+    except IntegrityError:  # its audio was purged in between (its session deleted)
+        for name, value in before.items():
+            setattr(session, name, value)
+        return False
+    return True
+
+
+def _insert(session: TTSSession, *, chosen: bool) -> None:
+    if chosen:
+        _insert_chosen_id(session)
+    else:
+        session.save(force_insert=True)
 
 
 def _insert_chosen_id(session: TTSSession) -> None:
