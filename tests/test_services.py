@@ -324,3 +324,48 @@ def test_a_replay_keeps_a_chosen_id_and_refuses_a_taken_one():
     with pytest.raises(Conflict):
         create(session_id=chosen)
     assert second.chunks.count() == first.total_chunks
+
+
+def test_a_slow_store_holds_up_neither_the_engine_nor_the_order_of_announcements(monkeypatch):
+    """Chunk 0's commit takes 300 ms (a checkpoint, a busy disk): chunks 1 and 2 are
+    synthesized meanwhile, and each is announced only once the one before it is stored."""
+    import time
+
+    from tts import broadcast
+
+    engine, events = get_engine("espeak"), []
+    real_synthesize, real_store, real_broadcast = (
+        engine.synthesize,
+        services.chunk_store,
+        broadcast.broadcast_chunk,
+    )
+
+    def synthesize(text, voice):
+        events.append(("synthesized", text, time.monotonic()))
+        return real_synthesize(text, voice)
+
+    def store(**kwargs):
+        if kwargs["chunk"].seq == 0:
+            time.sleep(0.3)
+        stored = real_store(**kwargs)
+        events.append(("stored", kwargs["chunk"].seq, time.monotonic()))
+        return stored
+
+    def announce(session_id, meta, pcm, **kwargs):
+        events.append(("announced", meta["seq"], time.monotonic()))
+        return real_broadcast(session_id, meta, pcm, **kwargs)
+
+    monkeypatch.setattr(engine, "synthesize", synthesize)
+    monkeypatch.setattr(services, "chunk_store", store)
+    monkeypatch.setattr(broadcast, "broadcast_chunk", announce)
+    session = create()
+    services.session_run(session_id=session.id, worker="w1")
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED and session.total_chunks >= 3
+
+    when = {(kind, key): at for kind, key, at in events}
+    synthesized = [at for kind, _, at in events if kind == "synthesized"]
+    assert synthesized[2] < when["stored", 0]  # the engine went on during the slow store
+    for seq in range(1, session.total_chunks):
+        assert when["stored", seq - 1] <= when["announced", seq]
+    assert [key for kind, key, _ in events if kind == "stored"] == list(range(session.total_chunks))

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -287,10 +288,12 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
     """Synthesize a claimed session from its first missing chunk to the end.
 
     Each chunk is broadcast as soon as it is synthesized, then stored on a writer thread
-    while the next one is synthesized, so neither the listeners nor the engine wait for
+    while the next ones are synthesized, so neither the listeners nor the engine wait for
     the database. Chunk n is broadcast only once chunk n-1 is stored, so a listener that
-    sees a seq jump can always fill the gap from storage; a chunk whose store then fails
-    (the session was cancelled or taken over) was only ever a notification."""
+    sees a seq jump can always fill the gap from storage: when the writer is behind (a
+    slow commit), chunk n goes into its queue and the writer announces it after storing
+    n-1. A chunk whose store then fails (the session was cancelled or taken over) was only
+    ever a notification, and nothing after it is stored."""
     voice = get_voice(session.voice)
     if voice is None:
         session_fail(
@@ -329,6 +332,10 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
             broadcast.broadcast_stored(session.id, seq=seq)
         return stored
 
+    def announce_and_store(row: TTSChunk, meta: dict, audio: SegmentAudio) -> bool:
+        broadcast.broadcast_chunk(session.id, meta, audio.pcm)  # chunk n-1 is stored
+        return store(row, audio)
+
     with _heartbeat(session.id, worker), _OrderedWriter() as writer:
         for seq in range(first_seq, total):
             try:
@@ -348,18 +355,21 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                     message=f"Chunk {seq} failed: {exc.message}",
                 )
                 return
-            if not writer.wait():  # chunk n-1 stored (a listener can fill any gap), or over
-                if not audio.cached:  # cancelled or taken over: keep the audio for next time
+            if not writer.healthy():  # a store failed: cancelled or taken over (or raised)
+                if not audio.cached:  # keep the audio for next time
                     _blob_store(audio)
                 return
-            row = chunk_row(session.id, seq, segments[seq], audio)  # made and sent now
+            row = chunk_row(session.id, seq, segments[seq], audio)  # made now
             meta = chunk_meta(row, total_chunks=total)
-            # The first chunk is sent before its store is queued, and waited for (briefly):
-            # the writer thread would otherwise hold the GIL while the send waits for it
-            # (5 ms switch intervals). Later ones only queue: listeners have audio in hand
-            # by then, and the engine goes on at once.
-            broadcast.broadcast_chunk(session.id, meta, audio.pcm, wait=seq == first_seq)
-            writer.submit(partial(store, row, audio))
+            if writer.idle():  # every chunk before it is stored: send it now
+                # The first chunk is sent before its store is queued, and waited for
+                # (briefly): the writer thread would otherwise hold the GIL while the send
+                # waits for it (5 ms switch intervals). Later ones only queue: listeners
+                # have audio in hand by then, and the engine goes on at once.
+                broadcast.broadcast_chunk(session.id, meta, audio.pcm, wait=seq == first_seq)
+                writer.submit(partial(store, row, audio))
+            else:
+                writer.submit(partial(announce_and_store, row, meta, audio))
         if not writer.wait():
             return
     session_complete(session_id=session.id, worker=worker)
@@ -372,19 +382,55 @@ def _close_thread_connection() -> None:
 
 
 class _OrderedWriter:
-    """One background thread that runs jobs in order, one at a time."""
+    """One background thread that runs jobs in order, one at a time. Once a job fails
+    (returns False or raises), the jobs after it are skipped: nothing is stored after a
+    chunk that was not. At most MAX_QUEUED jobs wait; submit blocks beyond that."""
+
+    MAX_QUEUED = 8
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-store")
-        self._last: Future[bool] | None = None
+        self._queued: deque[Future[bool]] = deque()
+        self._failed = False  # set on the writer thread, read on the caller's
+
+    def _run(self, job: Callable[[], bool]) -> bool:
+        if self._failed:
+            return False
+        try:
+            done = job()
+        except BaseException:
+            self._failed = True
+            raise
+        if not done:
+            self._failed = True
+        return done
 
     def submit(self, job: Callable[[], bool]) -> None:
-        self._last = self._pool.submit(job)
+        self._queued.append(self._pool.submit(self._run, job))
+        while len(self._queued) > self.MAX_QUEUED:
+            self._queued.popleft().result()
+
+    def _reap(self) -> None:
+        """Forget the jobs that have run; a job's exception is raised here."""
+        while self._queued and self._queued[0].done():
+            self._queued.popleft().result()
+
+    def healthy(self) -> bool:
+        """False once a job has failed (a failed job's exception is raised)."""
+        self._reap()
+        return not self._failed
+
+    def idle(self) -> bool:
+        """Every job so far has run, and succeeded."""
+        self._reap()
+        return not self._queued and not self._failed
 
     def wait(self) -> bool:
-        """Wait for every queued job; the last one's result (True when there was none)."""
-        last, self._last = self._last, None
-        return True if last is None else last.result()
+        """Wait for every queued job: True when all of them succeeded (else False, or the
+        first failed job's exception)."""
+        while self._queued:
+            self._queued.popleft().result()
+        return not self._failed
 
     def __enter__(self) -> _OrderedWriter:
         return self
