@@ -354,27 +354,6 @@ async def test_a_pending_socket_hears_a_replayed_narration_without_waiting_for_a
     assert audio == first_audio
 
 
-async def test_a_session_replayed_by_this_process_opens_its_waiting_socket_without_redis(
-    monkeypatch,
-):
-    """The POST's view and the socket in one daphne: the replay's `done` reaches the
-    socket in this process directly (no poll, and here no channel layer to carry it)."""
-    monkeypatch.setattr("tts.consumers.PENDING_FIRST_POLL_S", 30.0)
-    await make_session()
-    session_id = uuid.uuid4()
-    comm = pending_communicator(session_id)
-    await _connected(comm)
-    await asyncio.sleep(0.2)  # the socket has joined and found nothing
-    monkeypatch.setattr("tts.broadcast.get_channel_layer", lambda: None)
-    await make_session(session_id=session_id, run=False)
-    frames, audio = await receive_until_closed(comm)
-    assert frames[0]["type"] == "session" and frames[-1]["type"] == "done"
-    assert len(audio) == frames[-1]["total_chunks"] > 0
-    from tts.consumers import _waiting
-
-    assert session_id not in _waiting  # it stopped waiting
-
-
 async def test_a_pending_socket_finds_a_queued_session_by_polling():
     """No worker event comes (the session waits in the queue): the poll opens it."""
     session_id = uuid.uuid4()

@@ -12,7 +12,7 @@ import concurrent.futures
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from contextlib import suppress
 from typing import Any
 
@@ -116,22 +116,7 @@ def session_group(session_id: uuid.UUID | str) -> str:
     return f"tts.session.{uuid.UUID(str(session_id)).hex}"
 
 
-# Called with (session id, event) for every event this process sends, before it goes to
-# Redis: the sockets of this process that wait for a session hear of it at once.
-_local_hooks: list[Callable[[uuid.UUID | str, dict[str, Any]], None]] = []
-
-
-def on_local_send(hook: Callable[[uuid.UUID | str, dict[str, Any]], None]) -> None:
-    if hook not in _local_hooks:
-        _local_hooks.append(hook)
-
-
 def _group_send(session_id: uuid.UUID | str, event: dict[str, Any], *, wait: bool = False) -> None:
-    for hook in _local_hooks:
-        try:
-            hook(session_id, event)
-        except Exception:  # noqa: BLE001 - the event still goes out
-            logger.warning("a local hook failed on %s", event["type"], exc_info=True)
     layer = get_channel_layer()
     if layer is None:
         return

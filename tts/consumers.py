@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import logging
-import threading
 import time
 import uuid
 import weakref
@@ -15,7 +13,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from tts import broadcast, services
+from tts import services
 from tts.audio import chunk_frame
 from tts.broadcast import session_group
 from tts.conf import settings
@@ -46,38 +44,6 @@ def redis_gate() -> asyncio.Semaphore:
     return gate
 
 
-# The sockets of this process waiting for their session (?pending=1), by session id. An
-# event this process sends for one of them (the `done` of a narration replayed by the
-# POST's view, in this same process) opens it at once: no trip through Redis and back.
-_waiting: dict[uuid.UUID, set[SessionConsumer]] = {}
-_waiting_lock = threading.Lock()
-
-
-def _wait_here(consumer: SessionConsumer, waiting: bool) -> None:
-    with _waiting_lock:
-        if waiting:
-            _waiting.setdefault(consumer.session_id, set()).add(consumer)
-        elif consumer.session_id in _waiting:
-            _waiting[consumer.session_id].discard(consumer)
-            if not _waiting[consumer.session_id]:
-                del _waiting[consumer.session_id]
-
-
-def _wake_waiting(session_id: uuid.UUID | str, event: dict) -> None:
-    """A broadcast hook (any thread): hand the event's news to waiting sockets' loops."""
-    if not _waiting:  # the usual case, and always in workers
-        return
-    with _waiting_lock:
-        consumers = list(_waiting.get(uuid.UUID(str(session_id)), ()))
-    for consumer in consumers:
-        # In the socket's own context, not the sender's: that one belongs to a request's
-        # thread (asgiref would run the socket's database calls on it, or refuse to).
-        consumer.loop.call_soon_threadsafe(consumer.wake, context=consumer.context.copy())
-
-
-broadcast.on_local_send(_wake_waiting)
-
-
 class SessionConsumer(AsyncWebsocketConsumer):
     finished = False  # done or the fatal error sent; later events are ignored
     allowed = False  # the access check passed
@@ -85,7 +51,6 @@ class SessionConsumer(AsyncWebsocketConsumer):
     group: str | None = None
     watchdog: asyncio.Task | None = None
     waiter: asyncio.Task | None = None
-    waking: asyncio.Task | None = None
 
     async def connect(self) -> None:
         # Nothing reaches this connection, and it may cancel nothing, until the access check
@@ -125,9 +90,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 return await self._refuse(4403)
             # Its POST is still in flight: wait for the session (the worker's first event,
             # or a poll), then go on as if it had existed at connect.
-            self.pending, self.loop = True, asyncio.get_running_loop()
-            self.context = contextvars.copy_context()
-            _wait_here(self, True)
+            self.pending = True
             self.waiter = asyncio.create_task(self._await_creation())
             return
         await self._begin(*opened)
@@ -181,13 +144,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self._created()
         if self.pending:
             self.pending = False
-            _wait_here(self, False)
             await self._refuse(4404)
-
-    def wake(self) -> None:
-        """On this socket's loop: an event for its session was sent by this process."""
-        if self.pending and (self.waking is None or self.waking.done()):
-            self.waking = asyncio.create_task(self._created())
 
     async def _created(self) -> None:
         """Open the pending session if it exists now (once, whoever asks first: the waiter's
@@ -204,7 +161,6 @@ class SessionConsumer(AsyncWebsocketConsumer):
             if opened[0] == 4404:
                 return
             self.pending = False
-            _wait_here(self, False)
             try:
                 await self._begin(*opened)
             except Exception:  # noqa: BLE001 - the client resumes with after=
@@ -246,10 +202,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         return None, session, frames, contiguous
 
     async def disconnect(self, code: int) -> None:
-        if self.pending:
-            self.pending = False
-            _wait_here(self, False)
-        for task in (self.watchdog, self.waiter, self.waking):
+        self.pending = False
+        for task in (self.watchdog, self.waiter):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
         await self._leave()
