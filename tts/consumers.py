@@ -186,11 +186,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
     def _open(self):
         """(refusal close code or None, session, first frames, first stored chunks): the
         session, the access check and the first stored chunks in one database trip."""
+        # The owner first (its lazy user loads the browser's session): a socket opened with
+        # the POST pays for that while the POST is in flight, not once its session exists.
+        owner = owner_from_scope(self.scope)
         try:
             session = services.session_get(session_id=self.session_id)
         except services.NotFound:
             return 4404, None, [], []
-        if not services.can_access(session, owner_from_scope(self.scope)):
+        if not services.can_access(session, owner):
             return 4403, None, [], []
         stored = stored_chunks(self.session_id, after=self.cursor.last_sent)
         first = self.cursor.last_sent + 1
@@ -307,7 +310,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if not session.is_final or self.finished:
             return
         self.finished = True
-        await send_from_storage(self.session_id, self.cursor, self.send_chunk)
+        if self.cursor.last_sent < session.completed_chunks - 1:  # stored, and not yet sent
+            await send_from_storage(self.session_id, self.cursor, self.send_chunk)
         if session.status == SessionStatus.COMPLETED:
             await self.send_json(
                 services.done_frame(
