@@ -182,3 +182,62 @@ def dispatch_first() -> None:
         return broadcast.dispatch_generate(session_id)
 
     replace(services, "session_dispatch", session_dispatch)
+
+
+# Trace -------------------------------------------------------------------------------------
+
+_trace: list[tuple[float, str]] = []
+
+
+def _traced(label: str, func: Callable) -> Callable:
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def traced_async(*args, **kwargs):
+            _trace.append((time.time(), f"{label} >"))
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                _trace.append((time.time(), f"{label} <"))
+
+        return traced_async
+
+    @functools.wraps(func)
+    def traced(*args, **kwargs):
+        _trace.append((time.time(), f"{label} >"))
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _trace.append((time.time(), f"{label} <"))
+
+    return traced
+
+
+def _dump_trace_forever() -> None:
+    directory = Path(os.environ.get("BENCH_TIMINGS_DIR", "/tmp"))
+    directory.mkdir(parents=True, exist_ok=True)
+    while True:
+        time.sleep(0.5)
+        path = directory / f"trace-{os.getpid()}.json"
+        path.with_suffix(".tmp").write_text(json.dumps(list(_trace)))
+        path.with_suffix(".tmp").replace(path)
+
+
+@patch
+def trace() -> None:
+    """A timeline (wall clock) of the steps of a request and a socket in daphne, into
+    ``$BENCH_TIMINGS_DIR/trace-<pid>.json``: where a replayed POST's time goes."""
+    threading.Thread(target=_dump_trace_forever, name="bench-trace", daemon=True).start()
+    from django.core.handlers import asgi as django_asgi
+
+    from tts import broadcast, services, views
+    from tts.consumers import SessionConsumer
+
+    views.session_create = _traced("view", views.session_create)
+    services.session_create = _traced("service", services.session_create)
+    broadcast._group_send = _traced("group_send", broadcast._group_send)
+    handler = django_asgi.ASGIHandler
+    handler.handle = _traced("asgi.handle", handler.handle)
+    handler.send_response = _traced("asgi.send_response", handler.send_response)
+    for name in ["connect", "_open", "_created", "dispatch", "send_chunk", "_finish_if_over"]:
+        setattr(SessionConsumer, name, _traced(f"consumer.{name}", getattr(SessionConsumer, name)))

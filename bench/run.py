@@ -28,13 +28,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import ab, concurrency, fanout, memory, streaming, ttfa  # noqa: E402
+from bench import ab, concurrency, fanout, memory, roundtrips, streaming, ttfa  # noqa: E402
 from bench.monitor import ForeignLoad  # noqa: E402
 from bench.report import Row, fmt, machine, table, write_json  # noqa: E402
 from bench.stack import VOICE_IDS, BenchStack  # noqa: E402
 from bench.texts import REFERENCE_TEXT, TextSource  # noqa: E402
 
-SCENARIOS = ("memory", "ttfa", "cached", "flows", "streaming", "fanout", "concurrency")
+SCENARIOS = (
+    "memory",
+    "ttfa",
+    "cached",
+    "http",
+    "flows",
+    "streaming",
+    "fanout",
+    "concurrency",
+)
 RESULTS = ROOT / "bench" / "results"
 SHORT_TIMEOUT = {"espeak": 60.0, "tiny": 60.0, "full": 300.0}
 LONG_TIMEOUT = {"espeak": 120.0, "tiny": 120.0, "full": 900.0}
@@ -241,6 +250,28 @@ def scenario_cached(ctx: Context) -> None:
         )
         ctx.row(
             name, VOICE_IDS[voice], "reopen finished session: connect->audio p50 ms", fmt(r["p50"])
+        )
+
+
+def scenario_http(ctx: Context) -> None:
+    """1c: one request at a time, no socket beside it (the first voice only)."""
+    voice = ctx.voices()[0]
+    cold = ctx.narrated.get(voice) or []
+    narrated = [n.text for n in cold if n.stream and n.stream.done][: ctx.args.sessions]
+    if not narrated:  # narrate some first (one at a time), so that the POSTs replay them
+        texts = [ctx.texts.short() for _ in range(min(ctx.args.sessions, 20))]
+        cold = ttfa.run_sessions(ctx.port, VOICE_IDS[voice], texts, timeout=SHORT_TIMEOUT[voice])
+        narrated = [n.text for n in cold if n.stream and n.stream.done]
+    new = [ctx.texts.short() for _ in range(ctx.args.sessions)]
+    res = ctx.results.setdefault("http", {})[VOICE_IDS[voice]] = roundtrips.run(
+        ctx.port, VOICE_IDS[voice], new, narrated
+    )
+    for figure, times in res.items():
+        ctx.row(
+            f"1c HTTP round trip (n={times['n']})",
+            VOICE_IDS[voice],
+            f"{figure} p50 / p99 ms",
+            f"{fmt(times['p50'])} / {fmt(times['p99'])}",
         )
 
 
@@ -471,6 +502,7 @@ RUNNERS: dict[str, Callable[[Context], None]] = {
     "memory": scenario_memory,
     "ttfa": scenario_ttfa,
     "cached": scenario_cached,
+    "http": scenario_http,
     "flows": scenario_flows,
     "streaming": scenario_streaming,
     "fanout": scenario_fanout,
