@@ -57,7 +57,9 @@ def test_a_second_session_of_the_same_text_makes_no_engine_calls(engine_calls):
     first = create()
     services.session_run(session_id=first.id, worker="w1")
     calls_for_first = len(engine_calls)
+    first.delete()  # its audio stays; with its session gone there is no narration to replay
     second = create()
+    assert second.status == SessionStatus.QUEUED
     services.session_run(session_id=second.id, worker="w1")
     second.refresh_from_db()
     assert second.status == SessionStatus.COMPLETED
@@ -327,7 +329,7 @@ def test_a_replay_keeps_a_chosen_id_and_refuses_a_taken_one():
 
 
 def test_a_slow_store_holds_up_neither_the_engine_nor_the_order_of_announcements(monkeypatch):
-    """Chunk 0's commit takes 300 ms (a checkpoint, a busy disk): chunks 1 and 2 are
+    """Chunk 0's commit takes 600 ms (a checkpoint, a busy disk): chunks 1 and 2 are
     synthesized meanwhile, and each is announced only once the one before it is stored."""
     import time
 
@@ -346,7 +348,7 @@ def test_a_slow_store_holds_up_neither_the_engine_nor_the_order_of_announcements
 
     def store(**kwargs):
         if kwargs["chunk"].seq == 0:
-            time.sleep(0.3)
+            time.sleep(0.6)
         stored = real_store(**kwargs)
         events.append(("stored", kwargs["chunk"].seq, time.monotonic()))
         return stored
@@ -369,3 +371,52 @@ def test_a_slow_store_holds_up_neither_the_engine_nor_the_order_of_announcements
     for seq in range(1, session.total_chunks):
         assert when["stored", seq - 1] <= when["announced", seq]
     assert [key for kind, key, _ in events if kind == "stored"] == list(range(session.total_chunks))
+
+
+def test_a_narration_is_keyed_by_the_settings_its_worker_used(settings, notices):
+    """Created under one pause setting, narrated by a worker that runs another (a rolling
+    deploy): it is replayed only for requests made under the worker's settings."""
+    first = create()
+    settings.TTS_SENTENCE_PAUSE_MS = 500
+    services.session_run(session_id=first.id, worker="w1")
+    first.refresh_from_db()
+    assert first.status == SessionStatus.COMPLETED
+    assert create().status == SessionStatus.COMPLETED  # made with 500: replayed
+    settings.TTS_SENTENCE_PAUSE_MS = 350
+    assert create().status == SessionStatus.QUEUED  # asks for 350: narrated afresh
+
+
+def test_the_writer_skips_every_job_after_a_failed_one_and_raises_its_error():
+    import threading
+
+    from django.db import OperationalError
+
+    ran, skipped, gate = [], [], threading.Event()
+
+    def job(name, result=True):
+        def run():
+            gate.wait(5)
+            ran.append(name)
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        return run
+
+    with services._OrderedWriter() as writer:
+        writer.submit(job("a"))
+        writer.submit(job("b", OperationalError("disk I/O error")), skipped=lambda: None)
+        writer.submit(job("c"), skipped=lambda: skipped.append("c"))
+        assert writer.healthy() and not writer.idle()  # nothing has run yet
+        gate.set()
+        with pytest.raises(OperationalError):
+            while writer.healthy():
+                pass
+        assert not writer.healthy() and not writer.wait()
+    assert ran == ["a", "b"] and skipped == ["c"]
+
+    with services._OrderedWriter() as writer:
+        writer.submit(lambda: False)
+        writer.submit(lambda: ran.append("d") or True, skipped=lambda: skipped.append("d"))
+        assert writer.wait() is False and not writer.healthy()
+    assert "d" not in ran and skipped == ["c", "d"]

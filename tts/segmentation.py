@@ -26,7 +26,11 @@ except ImportError:  # pragma: no cover - pysbd is a runtime dependency
     pysbd = None
     _PYSBD_LANGUAGES = {}
 
-__all__ = ["Boundary", "Segment", "segment_text"]
+__all__ = ["VERSION", "Boundary", "Segment", "segment_text"]
+
+# Bump when a change here cuts some text differently: whole narrations are replayed by a
+# key that includes it (tts.services.narration_key), never across two ways of cutting.
+VERSION = 1
 
 Boundary = Literal["sentence", "clause", "word", "end"]
 

@@ -34,6 +34,7 @@ from tts.conf import settings
 from tts.engines import Audio, EngineError, EngineUnavailable, Voice, get_engine
 from tts.errors import Conflict, InvalidInput, NotFound
 from tts.models import AudioBlob, SessionStatus, TTSChunk, TTSSession
+from tts.segmentation import VERSION as SEGMENTATION_VERSION
 from tts.segmentation import Segment, segment_text
 from tts.validation import clean_text
 from tts.voices import default_voice_id, get_voice, voice_availability
@@ -107,8 +108,11 @@ def session_create(
 
 def narration_key(*, voice: Voice, engine_model: str, text: str) -> str:
     """What decides a whole narration's audio: the voice's settings, the model, the text
-    and how it is cut. Two sessions with the same key have the same chunks."""
+    and how it is cut. Two sessions with the same key have the same chunks. A session
+    gets the key of what its worker used when it completes (a worker that runs other
+    settings than the web process, in a rolling deploy, writes its own)."""
     cutting = {
+        "version": SEGMENTATION_VERSION,
         "max_chars": get_engine(voice.engine).max_segment_chars,
         "first_max_chars": settings.TTS_FIRST_SEGMENT_CHARS,
         "pauses": [
@@ -127,7 +131,11 @@ _REPLAY_FIELDS = ("seq", "text", "char_start", "char_end", "samples", "sample_ra
 def _insert_replay(session: TTSSession, *, chosen: bool) -> bool:
     """Insert the session completed, with the chunks of a completed session that has its
     narration_key: a text narrated before is replayed at once, with no worker and no
-    synthesis. False, with nothing inserted, when there is no such session whole."""
+    synthesis. False, with nothing inserted, when there is no such session whole.
+
+    Its fallback to narrating covers audio purged in between (the source session deleted
+    meanwhile) when this is the outermost transaction, as in the API's view; inside a
+    caller's transaction that rare race fails the caller's commit instead."""
     source = (
         TTSSession.objects.filter(
             narration_key=session.narration_key, status=SessionStatus.COMPLETED
@@ -361,18 +369,20 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                 return
             row = chunk_row(session.id, seq, segments[seq], audio)  # made now
             meta = chunk_meta(row, total_chunks=total)
+            keep = None if audio.cached else partial(_blob_store, audio)  # if never stored
             if writer.idle():  # every chunk before it is stored: send it now
                 # The first chunk is sent before its store is queued, and waited for
                 # (briefly): the writer thread would otherwise hold the GIL while the send
                 # waits for it (5 ms switch intervals). Later ones only queue: listeners
                 # have audio in hand by then, and the engine goes on at once.
                 broadcast.broadcast_chunk(session.id, meta, audio.pcm, wait=seq == first_seq)
-                writer.submit(partial(store, row, audio))
+                writer.submit(partial(store, row, audio), skipped=keep)
             else:
-                writer.submit(partial(announce_and_store, row, meta, audio))
+                writer.submit(partial(announce_and_store, row, meta, audio), skipped=keep)
         if not writer.wait():
             return
-    session_complete(session_id=session.id, worker=worker)
+    used = narration_key(voice=voice, engine_model=session.model, text=session.text)
+    session_complete(session_id=session.id, worker=worker, key=used)
 
 
 def _close_thread_connection() -> None:
@@ -383,18 +393,24 @@ def _close_thread_connection() -> None:
 
 class _OrderedWriter:
     """One background thread that runs jobs in order, one at a time. Once a job fails
-    (returns False or raises), the jobs after it are skipped: nothing is stored after a
-    chunk that was not. At most MAX_QUEUED jobs wait; submit blocks beyond that."""
+    (returns False or raises), the jobs after it are skipped (their ``skipped`` callbacks
+    run instead): nothing is stored after a chunk that was not. At most MAX_QUEUED jobs
+    wait; submit blocks beyond that."""
 
-    MAX_QUEUED = 8
+    MAX_QUEUED = 4
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-store")
         self._queued: deque[Future[bool]] = deque()
         self._failed = False  # set on the writer thread, read on the caller's
 
-    def _run(self, job: Callable[[], bool]) -> bool:
+    def _run(self, job: Callable[[], bool], skipped: Callable[[], None] | None) -> bool:
         if self._failed:
+            if skipped is not None:
+                try:
+                    skipped()
+                except Exception:  # noqa: BLE001 - the failure before it is what matters
+                    logger.warning("a skipped job's clean-up failed", exc_info=True)
             return False
         try:
             done = job()
@@ -405,8 +421,8 @@ class _OrderedWriter:
             self._failed = True
         return done
 
-    def submit(self, job: Callable[[], bool]) -> None:
-        self._queued.append(self._pool.submit(self._run, job))
+    def submit(self, job: Callable[[], bool], *, skipped: Callable[[], None] | None = None) -> None:
+        self._queued.append(self._pool.submit(self._run, job, skipped))
         while len(self._queued) > self.MAX_QUEUED:
             self._queued.popleft().result()
 
@@ -416,9 +432,13 @@ class _OrderedWriter:
             self._queued.popleft().result()
 
     def healthy(self) -> bool:
-        """False once a job has failed (a failed job's exception is raised)."""
+        """False once a job has failed; a failed job's exception is raised (after the
+        jobs queued behind it were skipped)."""
         self._reap()
-        return not self._failed
+        if self._failed:
+            self.wait()  # the failed job may not have handed its exception over yet
+            return False
+        return True
 
     def idle(self) -> bool:
         """Every job so far has run, and succeeded."""
@@ -689,12 +709,19 @@ def _heartbeat(session_id: uuid.UUID, worker: str) -> Iterator[None]:
 # --- Endings ------------------------------------------------------------------------------
 
 
-def session_complete(*, session_id: uuid.UUID, worker: str) -> bool:
+def session_complete(*, session_id: uuid.UUID, worker: str, key: str | None = None) -> bool:
+    """running -> completed; ``key``: the narration_key of what was used to make it."""
     session = TTSSession.objects.get(pk=session_id)
     rtf = session.engine_ms / session.audio_ms if session.audio_ms else None
+    updates: dict[str, Any] = {"narration_key": key} if key is not None else {}
     done = TTSSession.objects.filter(
         pk=session_id, status=SessionStatus.RUNNING, claimed_by=worker
-    ).update(status=SessionStatus.COMPLETED, finished_at=timezone.now(), real_time_factor=rtf)
+    ).update(
+        status=SessionStatus.COMPLETED,
+        finished_at=timezone.now(),
+        real_time_factor=rtf,
+        **updates,
+    )
     if done:
         session.status = SessionStatus.COMPLETED
         broadcast.broadcast_status(session.id, status_frame(session))
