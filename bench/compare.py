@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
                 for sha, tree in trees.items():
                     out = Path(tmp) / f"{sha}-{round_}.json"
                     cmd = [sys.executable, "bench/run.py", *bench_args, "--json", str(out)]
-                    subprocess.run(cmd, cwd=tree, check=True, capture_output=True)
+                    done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
+                    if done.returncode != 0:
+                        tail = "\n".join(done.stderr.splitlines()[-30:])
+                        raise SystemExit(f"round {round_} of {sha} failed:\n{tail}")
                     result = json.loads(out.read_text())["results"]
                     samples[sha].append(figures(result, args.voice))
                     print(f"round {round_} {sha}: {samples[sha][-1]}", flush=True)
