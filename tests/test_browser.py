@@ -321,6 +321,33 @@ def test_once_the_browser_has_a_session_the_socket_opens_with_the_post(page: Pag
     assert_gapless(page.evaluate("window.__starts")[-second["total"] :], session_chunks(page))
 
 
+def test_a_text_narrated_before_plays_from_the_replay_the_post_made(page: Page):
+    """Back to a text this site narrated before: its POST creates the session completed
+    (no worker), and the socket opened with it plays every chunk, gaplessly."""
+    page.add_init_script(RECORD_SOCKETS)
+    page.goto("/narrate/")
+    page.wait_for_function("window.__narrator && window.__narrator.players.length === 1")
+    texts = ["Hello there. This is typed text.", "A second text. It opens its socket early."]
+    states = []
+    for text in [*texts, texts[0]]:
+        if states:
+            page.get_by_role("button", name="Edit text").click()
+        page.get_by_label("Text to narrate").fill(text)
+        page.get_by_role("button", name=re.compile(r"^Play( again)?: Your text$")).click()
+        states.append(wait_for_state(page, "ended"))
+
+    first, replayed = states[0], states[2]
+    assert replayed["sessionId"] != first["sessionId"]
+    detail = page.evaluate(
+        "async (id) => (await fetch(`/api/tts/sessions/${id}/`)).json()", replayed["sessionId"]
+    )
+    assert detail["status"] == "completed" and detail["engine"] == "espeak"
+    assert detail["first_chunk_ms"] == 0 and detail["started_at"] == detail["finished_at"]
+    assert page.evaluate("window.__sockets")[-1]["url"].endswith("&pending=1")
+    assert replayed["received"] == replayed["total"] == first["total"] >= 2
+    assert_gapless(page.evaluate("window.__starts")[-replayed["total"] :], session_chunks(page))
+
+
 def test_an_early_socket_refused_before_the_reply_opens_again_after_it(page: Page):
     """The page believed the browser had a session (it expired, or the user signed out in
     another tab): its early socket is refused with 4403, and the stream opens again once
