@@ -96,7 +96,7 @@ def session_create(
         _insert(session, chosen=chosen)
     limits.record_creation(owner)
     if replayed:  # wakes a socket opened with the POST (?pending=1)
-        total, duration = session.total_chunks or 0, session.audio_ms
+        total, duration = session.total_chunks, session.audio_ms
         transaction.on_commit(
             lambda: broadcast.broadcast_done(session.id, total_chunks=total, duration_ms=duration)
         )
@@ -111,18 +111,8 @@ def narration_key(*, voice: Voice, engine_model: str, text: str) -> str:
     and how it is cut. Two sessions with the same key have the same chunks. A session
     gets the key of what its worker used when it completes (a worker that runs other
     settings than the web process, in a rolling deploy, writes its own)."""
-    cutting = {
-        "version": SEGMENTATION_VERSION,
-        "max_chars": get_engine(voice.engine).max_segment_chars,
-        "first_max_chars": settings.TTS_FIRST_SEGMENT_CHARS,
-        "pauses": [
-            settings.TTS_SENTENCE_PAUSE_MS,
-            settings.TTS_CLAUSE_PAUSE_MS,
-            settings.TTS_PARAGRAPH_PAUSE_MS,
-        ],
-    }
-    payload = {**voice.cache_fields(), "model_id": engine_model, "text": text, "cut": cutting}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    cut = {"version": SEGMENTATION_VERSION, **_cutting(voice)}
+    return _digest({**voice.cache_fields(), "model_id": engine_model, "text": text, "cut": cut})
 
 
 _REPLAY_FIELDS = ("seq", "text", "char_start", "char_end", "samples", "sample_rate", "audio_id")
@@ -467,16 +457,19 @@ def session_segments(
 ) -> list[Segment]:
     """Deterministic for a session's text and settings, so a resumed run cuts alike.
     ``text``: a prefix of the session's text to cut instead (see _FirstSegmentAhead)."""
-    engine = get_engine(voice.engine)
-    return segment_text(
-        session.text if text is None else text,
-        language=voice.language,
-        max_chars=engine.max_segment_chars,
-        first_max_chars=settings.TTS_FIRST_SEGMENT_CHARS,
-        sentence_pause_ms=settings.TTS_SENTENCE_PAUSE_MS,
-        clause_pause_ms=settings.TTS_CLAUSE_PAUSE_MS,
-        paragraph_pause_ms=settings.TTS_PARAGRAPH_PAUSE_MS,
-    )
+    text = session.text if text is None else text
+    return segment_text(text, language=voice.language, **_cutting(voice))
+
+
+def _cutting(voice: Voice) -> dict[str, int]:
+    """How a text is cut for this voice (segment_text's settings; part of narration_key)."""
+    return {
+        "max_chars": get_engine(voice.engine).max_segment_chars,
+        "first_max_chars": settings.TTS_FIRST_SEGMENT_CHARS,
+        "sentence_pause_ms": settings.TTS_SENTENCE_PAUSE_MS,
+        "clause_pause_ms": settings.TTS_CLAUSE_PAUSE_MS,
+        "paragraph_pause_ms": settings.TTS_PARAGRAPH_PAUSE_MS,
+    }
 
 
 def stored_chunk_count(*, session_id: uuid.UUID) -> int:
@@ -485,7 +478,13 @@ def stored_chunk_count(*, session_id: uuid.UUID) -> int:
 
 
 def audio_key(*, voice: Voice, engine_model: str, text: str, pause_ms: int) -> str:
-    payload = {**voice.cache_fields(), "model_id": engine_model, "text": text, "pause": pause_ms}
+    return _digest(
+        {**voice.cache_fields(), "model_id": engine_model, "text": text, "pause": pause_ms}
+    )
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    """The content address of a JSON-able description (audio_key, narration_key)."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -709,18 +708,17 @@ def _heartbeat(session_id: uuid.UUID, worker: str) -> Iterator[None]:
 # --- Endings ------------------------------------------------------------------------------
 
 
-def session_complete(*, session_id: uuid.UUID, worker: str, key: str | None = None) -> bool:
+def session_complete(*, session_id: uuid.UUID, worker: str, key: str) -> bool:
     """running -> completed; ``key``: the narration_key of what was used to make it."""
     session = TTSSession.objects.get(pk=session_id)
     rtf = session.engine_ms / session.audio_ms if session.audio_ms else None
-    updates: dict[str, Any] = {"narration_key": key} if key is not None else {}
     done = TTSSession.objects.filter(
         pk=session_id, status=SessionStatus.RUNNING, claimed_by=worker
     ).update(
         status=SessionStatus.COMPLETED,
         finished_at=timezone.now(),
         real_time_factor=rtf,
-        **updates,
+        narration_key=key,
     )
     if done:
         session.status = SessionStatus.COMPLETED
