@@ -103,49 +103,66 @@ def _record(name: str, seconds: float) -> None:
         _samples.setdefault(name, []).append(seconds * 1000)
 
 
-def _dump_forever() -> None:
-    while True:
-        time.sleep(0.25)
-        _dump()
-
-
-def _dump() -> None:
+def _dump_forever(filename: str, snapshot: Callable[[], object]) -> None:
+    """Every 0.25 s, write ``snapshot()`` as JSON to $BENCH_TIMINGS_DIR/<filename>, whole
+    (written aside, then renamed): the bench reads it while the process still runs."""
     directory = Path(os.environ.get("BENCH_TIMINGS_DIR", "/tmp"))
     directory.mkdir(parents=True, exist_ok=True)
+    path = directory / filename
+    while True:
+        time.sleep(0.25)
+        path.with_suffix(".tmp").write_text(json.dumps(snapshot()))
+        path.with_suffix(".tmp").replace(path)
+
+
+def _start_dumping(filename: str, snapshot: Callable[[], object]) -> None:
+    threading.Thread(
+        target=_dump_forever, args=(filename, snapshot), name="bench-dump", daemon=True
+    ).start()
+
+
+def _samples_now() -> dict[str, list[float]]:
     with _lock:
-        data = {name: list(values) for name, values in _samples.items()}
-    path = directory / f"{os.getpid()}.json"
-    path.with_suffix(".tmp").write_text(json.dumps(data))
-    path.with_suffix(".tmp").replace(path)
+        return {name: list(values) for name, values in _samples.items()}
 
 
-def _timed(name: str, func: Callable) -> Callable:
+def _around(func: Callable, enter: Callable[[], Callable[[], None]]) -> Callable:
+    """``func`` (sync or async), with ``enter()`` called before each call; what it returns
+    is called after the call, however the call ends."""
     if inspect.iscoroutinefunction(func):
 
         @functools.wraps(func)
-        async def timed_async(*args, **kwargs):
-            started = time.perf_counter()
+        async def wrapped_async(*args, **kwargs):
+            leave = enter()
             try:
                 return await func(*args, **kwargs)
             finally:
-                _record(name, time.perf_counter() - started)
+                leave()
 
-        return timed_async
+        return wrapped_async
 
     @functools.wraps(func)
-    def timed(*args, **kwargs):
-        started = time.perf_counter()
+    def wrapped(*args, **kwargs):
+        leave = enter()
         try:
             return func(*args, **kwargs)
         finally:
-            _record(name, time.perf_counter() - started)
+            leave()
 
-    return timed
+    return wrapped
+
+
+def _timed(name: str, func: Callable) -> Callable:
+    def enter() -> Callable[[], None]:
+        started = time.perf_counter()
+        return lambda: _record(name, time.perf_counter() - started)
+
+    return _around(func, enter)
 
 
 @patch
 def timings() -> None:
-    threading.Thread(target=_dump_forever, name="bench-timings", daemon=True).start()
+    _start_dumping(f"{os.getpid()}.json", _samples_now)
     for module_name, names in TIMED.items():
         module = importlib.import_module(module_name)
         for name in names:
@@ -190,44 +207,18 @@ _trace: list[tuple[float, str]] = []
 
 
 def _traced(label: str, func: Callable) -> Callable:
-    if inspect.iscoroutinefunction(func):
-
-        @functools.wraps(func)
-        async def traced_async(*args, **kwargs):
-            _trace.append((time.time(), f"{label} >"))
-            try:
-                return await func(*args, **kwargs)
-            finally:
-                _trace.append((time.time(), f"{label} <"))
-
-        return traced_async
-
-    @functools.wraps(func)
-    def traced(*args, **kwargs):
+    def enter() -> Callable[[], None]:
         _trace.append((time.time(), f"{label} >"))
-        try:
-            return func(*args, **kwargs)
-        finally:
-            _trace.append((time.time(), f"{label} <"))
+        return lambda: _trace.append((time.time(), f"{label} <"))
 
-    return traced
-
-
-def _dump_trace_forever() -> None:
-    directory = Path(os.environ.get("BENCH_TIMINGS_DIR", "/tmp"))
-    directory.mkdir(parents=True, exist_ok=True)
-    while True:
-        time.sleep(0.5)
-        path = directory / f"trace-{os.getpid()}.json"
-        path.with_suffix(".tmp").write_text(json.dumps(list(_trace)))
-        path.with_suffix(".tmp").replace(path)
+    return _around(func, enter)
 
 
 @patch
 def trace() -> None:
     """A timeline (wall clock) of the steps of a request and a socket in daphne, into
     ``$BENCH_TIMINGS_DIR/trace-<pid>.json``: where a replayed POST's time goes."""
-    threading.Thread(target=_dump_trace_forever, name="bench-trace", daemon=True).start()
+    _start_dumping(f"trace-{os.getpid()}.json", lambda: list(_trace))
     from django.core.handlers import asgi as django_asgi
 
     from tts import broadcast, services, views
