@@ -313,6 +313,37 @@ def test_only_a_whole_completed_narration_of_the_same_settings_is_replayed(
     assert notices == [("generate", second.id)]
 
 
+def test_the_replay_lookup_searches_the_key_index_not_the_completed_sessions():
+    """The lookup runs on every POST: with the key alone indexed, SQLite (which has no
+    statistics) chose the status index and scanned every completed session."""
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    narrated()
+    with CaptureQueriesContext(connection) as queries:
+        create("A text nobody narrated before.")
+    lookup = next(
+        q["sql"] for q in queries if q["sql"].startswith("SELECT") and "narration_key" in q["sql"]
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("EXPLAIN QUERY PLAN " + lookup)
+        else:  # PostgreSQL: a table this small is scanned anyway, unless told not to
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("EXPLAIN " + lookup)
+        plan = " ".join(str(row) for row in cursor.fetchall())
+    assert "tts_session_replay_idx" in plan, plan
+
+
+def test_a_replay_is_replayed_in_turn():
+    first = narrated()
+    replays = [create() for _ in range(3)]
+    assert all(r.status == SessionStatus.COMPLETED for r in replays)
+    assert all(chunk_rows(r) == chunk_rows(first) for r in replays)
+    first.delete()  # the original goes (retention); its replays still serve
+    assert create().status == SessionStatus.COMPLETED
+
+
 def test_a_replay_keeps_a_chosen_id_and_refuses_a_taken_one():
     import uuid
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
-from django.db.models import F, Max, Q
+from django.db.models import F, Max, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -126,19 +126,20 @@ def _insert_replay(session: TTSSession, *, chosen: bool) -> bool:
     Its fallback to narrating covers audio purged in between (the source session deleted
     meanwhile) when this is the outermost transaction, as in the API's view; inside a
     caller's transaction that rare race fails the caller's commit instead."""
-    source = (
-        TTSSession.objects.filter(
-            narration_key=session.narration_key, status=SessionStatus.COMPLETED
-        )
-        .values_list("pk", "total_chunks", "audio_ms")
-        .first()
+    # Any completed session with the key will do (replays carry it too): no ORDER BY, so
+    # the key's index finds one however many there are. One trip: its chunks, its totals.
+    source = TTSSession.objects.filter(
+        narration_key=session.narration_key, status=SessionStatus.COMPLETED
+    ).order_by()
+    rows = list(
+        TTSChunk.objects.filter(session_id=Subquery(source.values("pk")[:1]))
+        .order_by("seq")
+        .values_list("session__total_chunks", "session__audio_ms", *_REPLAY_FIELDS)
     )
-    if source is None:
-        return False
-    source_id, total, audio_ms = source
-    chunks = list(
-        TTSChunk.objects.filter(session_id=source_id).order_by("seq").values_list(*_REPLAY_FIELDS)
-    )
+    if not rows:
+        return False  # none (or one without chunks)
+    total, audio_ms = rows[0][:2]
+    chunks = [row[2:] for row in rows]
     if not total or [chunk[0] for chunk in chunks] != list(range(total)):
         return False  # chunks were deleted by hand: narrate it (from the audio cache)
     now = timezone.now()
