@@ -94,7 +94,8 @@ def session_create(
         if dispatch:
             session.dispatched_at = timezone.now()  # in the INSERT: no second write
         _insert(session, chosen=chosen)
-    limits.record_creation(owner)
+    # Outside a transaction (the API's view) on_commit runs at once: the worker's bell and
+    # the replay's event go out before the rate counter's own trip to Redis.
     if replayed:  # wakes a socket opened with the POST (?pending=1)
         total, duration = session.total_chunks, session.audio_ms
         transaction.on_commit(
@@ -103,6 +104,7 @@ def session_create(
     elif dispatch:
         # A dispatch that fails is sent again by the recovery sweep, as any lost message.
         transaction.on_commit(lambda: broadcast.dispatch_generate(session.id))
+    limits.record_creation(owner)
     return session
 
 
