@@ -273,6 +273,7 @@ TTS_SWEEP_INTERVAL = env_float("TTS_SWEEP_INTERVAL", 10.0)
 TTS_MAX_ATTEMPTS = env_int("TTS_MAX_ATTEMPTS", 3, minimum=1)
 TTS_PRELOAD_VOICES = env_list("TTS_PRELOAD_VOICES")
 TTS_WORKER_CONN_MAX_AGE = env_int("TTS_WORKER_CONN_MAX_AGE", 300, minimum=0)
+TTS_SOCKET_CONN_MAX_AGE = env_int("TTS_SOCKET_CONN_MAX_AGE", 60, minimum=0)
 TTS_PENDING_SOCKET_S = env_float("TTS_PENDING_SOCKET_S", 10.0, minimum=0)
 # Testing only: sleep this long before every synthesis, to widen fault-injection windows.
 TTS_FAULT_DELAY_MS = env_int("TTS_FAULT_DELAY_MS", 0, minimum=0)

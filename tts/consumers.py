@@ -10,13 +10,13 @@ import uuid
 import weakref
 from urllib.parse import parse_qs
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from tts import services
 from tts.audio import chunk_frame
 from tts.broadcast import session_group
 from tts.conf import settings
+from tts.db import socket_database_sync_to_async
 from tts.models import SessionStatus
 from tts.owners import known_visitor, owner_from_scope
 from tts.replay import BATCH, ChunkCursor, deliver_live, send_from_storage, stored_chunks
@@ -83,7 +83,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             logger.warning("joining %s failed; closing so the client reconnects", self.group)
             self.group = None
             return await self.close(code=1011)
-        opened = await database_sync_to_async(self._open)()
+        opened = await socket_database_sync_to_async(self._open)()
         if opened[0] == 4404 and pending:
             if not known_visitor(self.scope.get("user"), self.scope.get("session")):
                 # No session could ever be this socket's: refuse now, not in ten seconds.
@@ -154,7 +154,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             if not self.pending:
                 return
             try:
-                opened = await database_sync_to_async(self._open)()
+                opened = await socket_database_sync_to_async(self._open)()
             except Exception:  # noqa: BLE001
                 logger.warning("waiting for session %s: the read failed", self.session_id)
                 return
@@ -240,7 +240,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def cancel(self) -> None:
         if not self.allowed:
             return
-        await database_sync_to_async(services.session_cancel)(session_id=self.session_id)
+        await socket_database_sync_to_async(services.session_cancel)(session_id=self.session_id)
 
     # Group events -------------------------------------------------------------------------
 
@@ -302,7 +302,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 await self._finish_if_over(await self._session())
 
     async def _session(self):
-        return await database_sync_to_async(services.session_get)(session_id=self.session_id)
+        return await socket_database_sync_to_async(services.session_get)(session_id=self.session_id)
 
     # Frames -------------------------------------------------------------------------------
 

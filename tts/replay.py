@@ -10,8 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from channels.db import database_sync_to_async
-
+from tts.db import socket_database_sync_to_async
 from tts.models import TTSChunk
 
 BATCH = 16
@@ -59,7 +58,7 @@ async def send_from_storage(
 ) -> None:
     """Send every stored chunk after the cursor (and before ``before``), batch by batch,
     so a long session never sits in memory whole. Stops at the first missing seq."""
-    fetch = database_sync_to_async(stored_chunks)
+    fetch = socket_database_sync_to_async(stored_chunks)
     while True:
         batch = await fetch(session_id, after=cursor.last_sent, before=before)
         for chunk in batch:
