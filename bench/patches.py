@@ -201,6 +201,51 @@ def dispatch_first() -> None:
     replace(services, "session_dispatch", session_dispatch)
 
 
+@patch
+def blob_upsert() -> None:
+    """tts/services.py _blob_store: insert the audio with INSERT ... ON CONFLICT DO NOTHING
+    (``bulk_create(ignore_conflicts=True)``) instead of a savepoint around a plain INSERT:
+    one statement per new chunk instead of three, on the writer thread."""
+    from tts import services
+    from tts.models import AudioBlob
+
+    def _blob_store(audio) -> None:
+        AudioBlob.objects.bulk_create(
+            [
+                AudioBlob(
+                    key=audio.key,
+                    pcm=audio.pcm,
+                    sample_rate=audio.sample_rate,
+                    samples=audio.samples,
+                )
+            ],
+            ignore_conflicts=True,
+        )
+
+    replace(services, "_blob_store", _blob_store)
+
+
+@patch
+def switch_interval() -> None:
+    """The worker's GIL hand-over every 0.5 ms instead of 5 while a session runs: the
+    synthesis thread, back from the engine, waits less for the writer and sender threads."""
+    import sys
+
+    from tts import services
+
+    original = services.session_generate
+
+    def session_generate(**kwargs):
+        before = sys.getswitchinterval()
+        sys.setswitchinterval(0.0005)
+        try:
+            return original(**kwargs)
+        finally:
+            sys.setswitchinterval(before)
+
+    replace(services, "session_generate", session_generate)
+
+
 # Trace -------------------------------------------------------------------------------------
 
 _trace: list[tuple[float, str]] = []
@@ -216,14 +261,26 @@ def _traced(label: str, func: Callable) -> Callable:
 
 @patch
 def trace() -> None:
-    """A timeline (wall clock) of the steps of a request and a socket in daphne, into
-    ``$BENCH_TIMINGS_DIR/trace-<pid>.json``: where a replayed POST's time goes."""
+    """A timeline (wall clock) of the steps of a request and a socket in daphne, and of a
+    dispatch in the worker (its receive, claim, cut, cache query, synthesis, broadcast),
+    into ``$BENCH_TIMINGS_DIR/trace-<pid>.json`` per process: where a POST's time goes
+    (``bench/trace.py`` lines the processes up, session by session)."""
     _start_dumping(f"trace-{os.getpid()}.json", lambda: list(_trace))
+    from channels_redis.core import RedisChannelLayer
     from django.core.handlers import asgi as django_asgi
 
-    from tts import broadcast, services, views
+    from tts import broadcast, services, views, worker
     from tts.consumers import SessionConsumer
 
+    # the worker's side of a dispatch: its receive, the consumer, the claim
+    RedisChannelLayer.receive = _traced("layer.receive", RedisChannelLayer.receive)
+    worker.GenerateConsumer.tts_generate = _traced(
+        "worker.tts_generate", worker.GenerateConsumer.tts_generate
+    )
+    for name in ["session_claim", "session_segments", "cached_keys", "_synthesize"]:
+        setattr(services, name, _traced(f"services.{name}", getattr(services, name)))
+    broadcast.dispatch_generate = _traced("dispatch_generate", broadcast.dispatch_generate)
+    broadcast.broadcast_chunk = _traced("broadcast_chunk", broadcast.broadcast_chunk)
     views.session_create = _traced("view", views.session_create)
     services.session_create = _traced("service", services.session_create)
     broadcast._group_send = _traced("group_send", broadcast._group_send)
