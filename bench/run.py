@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import ab, concurrency, fanout, memory, roundtrips, streaming, ttfa  # noqa: E402
+from bench.cpu import CpuMeter  # noqa: E402
 from bench.monitor import ForeignLoad  # noqa: E402
 from bench.report import Row, fmt, machine, table, write_json  # noqa: E402
 from bench.stack import VOICE_IDS, BenchStack  # noqa: E402
@@ -186,6 +187,21 @@ class Context:
     def row(self, *args, **kwargs) -> None:
         self.rows.append(Row(*args, **kwargs))
 
+    def cpu_meter(self) -> CpuMeter:
+        redis = self.bench.redis.process.pid if self.bench.redis else None
+        return CpuMeter(self.bench.daphne_pid, self.bench.worker_pids, redis)
+
+
+def cpu_row(ctx: Context, name: str, voice: str, cpu: dict[str, float], wall_ms: float) -> None:
+    """CPU per session by process, against the cores' share of a session's wall time."""
+    roles = [r for r in ("client", "daphne", "workers", "engine processes", "redis") if r in cpu]
+    ctx.row(
+        name,
+        voice,
+        "CPU ms per session: " + " / ".join(roles) + "; all (wall)",
+        " / ".join(fmt(cpu[r]) for r in roles) + f"; {fmt(cpu['all'])} ({fmt(wall_ms)})",
+    )
+
 
 # Scenarios ---------------------------------------------------------------------------------
 
@@ -194,11 +210,16 @@ def scenario_ttfa(ctx: Context) -> None:
     out = ctx.results.setdefault("ttfa", {})
     for voice in ctx.voices():
         texts = [ctx.texts.short() for _ in range(ctx.count(voice))]
+        meter = ctx.cpu_meter()
+        before, started = meter.read(), time.perf_counter()
         narrations = ttfa.run_sessions(
             ctx.port, VOICE_IDS[voice], texts, timeout=SHORT_TIMEOUT[voice]
         )
+        wall_ms = (time.perf_counter() - started) * 1000 / len(texts)
         ctx.narrated[voice] = narrations
         res = out[VOICE_IDS[voice]] = ttfa.analyse(narrations)
+        res["cpu_ms_per_session"] = cpu = meter.per_session_ms(before, len(texts))
+        res["wall_ms_per_session"] = round(wall_ms, 1)
         label, n = VOICE_IDS[voice], res["sessions"]
         t, e, o = res["ttfa"], res["engine"], res["overhead"]
         ctx.row(
@@ -221,6 +242,7 @@ def scenario_ttfa(ctx: Context) -> None:
             "<= 10 / <= 30",
             o["p50"] <= 10 and o["p99"] <= 30,
         )
+        cpu_row(ctx, f"1 TTFA cold (n={n})", label, cpu, wall_ms)
 
 
 def scenario_cached(ctx: Context) -> None:
@@ -232,10 +254,15 @@ def scenario_cached(ctx: Context) -> None:
             cold = ttfa.run_sessions(
                 ctx.port, VOICE_IDS[voice], texts, timeout=SHORT_TIMEOUT[voice]
             )
+        meter = ctx.cpu_meter()
+        before, started = meter.read(), time.perf_counter()
         again = ttfa.run_sessions(
             ctx.port, VOICE_IDS[voice], [n.text for n in cold], timeout=SHORT_TIMEOUT[voice]
         )
+        wall_ms = (time.perf_counter() - started) * 1000 / len(cold)
         res = ttfa.analyse(again, cached=True)
+        res["cpu_ms_per_session"] = cpu = meter.per_session_ms(before, len(cold))
+        res["wall_ms_per_session"] = round(wall_ms, 1)
         res["reopen"] = ttfa.run_reopen(ctx.port, again, timeout=SHORT_TIMEOUT[voice])
         out[VOICE_IDS[voice]] = res
         t, r = res["ttfa"], res["reopen"]["connect_to_first_frame"]
@@ -248,6 +275,7 @@ def scenario_cached(ctx: Context) -> None:
             "p50 <= 15",
             t["p50"] <= 15,
         )
+        cpu_row(ctx, name, VOICE_IDS[voice], cpu, wall_ms)
         ctx.row(
             name, VOICE_IDS[voice], "reopen finished session: connect->audio p50 ms", fmt(r["p50"])
         )

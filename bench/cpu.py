@@ -1,0 +1,54 @@
+"""CPU time each process of the stack spends over a stretch of the bench.
+
+Everything runs on the same few cores: the client, daphne, the workers, their engine
+processes (espeak-ng is one process per chunk) and Redis. When their CPU time per
+session adds up to most of what the cores can give in a session's wall time, the
+pipeline's latency is queueing for a core, not any one step: this is how
+docs/benchmarks.md tells the two apart. Times are user + system, from /proc (psutil);
+an engine process counts once it has exited (its worker reaps it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import psutil
+
+
+def _seconds(pid: int, *, children: bool = False) -> float:
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    if children:
+        return times.children_user + times.children_system
+    return times.user + times.system
+
+
+@dataclass
+class CpuMeter:
+    """``roles``: role name -> the pids in it; workers' reaped children are the engine."""
+
+    daphne: int
+    workers: list[int]
+    redis: int | None = None  # the embedded server; None for an external one
+    client: int = field(default_factory=os.getpid)
+
+    def read(self) -> dict[str, float]:
+        out = {
+            "client": _seconds(self.client),
+            "daphne": _seconds(self.daphne),
+            "workers": sum(_seconds(pid) for pid in self.workers),
+            "engine processes": sum(_seconds(pid, children=True) for pid in self.workers),
+        }
+        if self.redis is not None:
+            out["redis"] = _seconds(self.redis)
+        return out
+
+    def per_session_ms(self, before: dict[str, float], sessions: int) -> dict[str, float]:
+        """Milliseconds of CPU per session since ``before`` (a read()), per role, and in all."""
+        after = self.read()
+        per = {role: (after[role] - before[role]) * 1000 / max(1, sessions) for role in after}
+        per["all"] = sum(per.values())
+        return {role: round(ms, 1) for role, ms in per.items()}
