@@ -14,6 +14,7 @@ from tts.db import socket_database_sync_to_async
 from tts.models import TTSChunk
 
 BATCH = 16
+_FRAME_FIELDS = ("seq", "text", "char_start", "char_end", "samples", "sample_rate")
 
 
 @dataclass
@@ -29,10 +30,16 @@ def stored_chunks(
     query = TTSChunk.objects.filter(session_id=session_id, seq__gt=after)
     if before is not None:
         query = query.filter(seq__lt=before)
-    rows = query.select_related("audio", "session").order_by("seq")[:limit]
+    # Plain values, not model instances of the chunk, its audio and its whole session: on
+    # the path of every socket that opens (a third of its database trip's time).
+    rows = query.order_by("seq").values_list(*_FRAME_FIELDS, "session__total_chunks", "audio__pcm")
     from tts.services import chunk_meta
 
-    return [StoredChunk(meta=chunk_meta(row), pcm=bytes(row.audio.pcm)) for row in rows]
+    out = []
+    for *fields, total, pcm in rows[:limit]:
+        chunk = TTSChunk(**dict(zip(_FRAME_FIELDS, fields, strict=True)))
+        out.append(StoredChunk(meta=chunk_meta(chunk, total_chunks=total), pcm=bytes(pcm)))
+    return out
 
 
 class ChunkCursor:
