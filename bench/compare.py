@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -50,6 +51,16 @@ def figures(result: dict, voice: str) -> dict[str, float]:
     return out
 
 
+def keep_logs(tree: Path, name: str) -> Path | None:
+    """Copy a failed run's process logs (daphne, workers) out of its worktree, which goes."""
+    runs = sorted((tree / "bench" / "results").glob("*-logs"))
+    if not runs:
+        return None
+    target = ROOT / "bench" / "results" / name
+    shutil.copytree(runs[-1], target, dirs_exist_ok=True)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("commits", nargs="+", help="commits to compare (at least two)")
@@ -83,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                     done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
                     if done.returncode != 0:
                         tail = "\n".join(done.stderr.splitlines()[-30:])
-                        raise SystemExit(f"round {round_} of {sha} failed:\n{tail}")
+                        kept = keep_logs(tree, f"failed-{sha}-round{round_}")
+                        raise SystemExit(f"round {round_} of {sha} failed (logs: {kept}):\n{tail}")
                     result = json.loads(out.read_text())["results"]
                     samples[sha].append(figures(result, args.voice))
                     print(f"round {round_} {sha}: {samples[sha][-1]}", flush=True)
