@@ -11,6 +11,7 @@ from asgiref.sync import SyncToAsync
 from asgiref.testing import ApplicationCommunicator
 
 from config.asgi import application
+from tts.asgi import RequestThreads, SyncChainASGIHandler
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -34,7 +35,8 @@ def thread_hops(monkeypatch):
 class Browser:
     """Cookies kept between requests, and the CSRF token sent back, as a page's script does."""
 
-    def __init__(self) -> None:
+    def __init__(self, app=application) -> None:
+        self.app = app
         self.cookies: dict[str, str] = {}
 
     async def request(self, method: str, path: str, body: dict | None = None) -> dict:
@@ -46,9 +48,7 @@ class Browser:
         if "csrftoken" in self.cookies:
             headers.append((b"x-csrftoken", self.cookies["csrftoken"].encode()))
         scope = {"type": "http", "http_version": "1.1", "method": method, "path": path}
-        comm = ApplicationCommunicator(
-            application, {**scope, "query_string": b"", "headers": headers}
-        )
+        comm = ApplicationCommunicator(self.app, {**scope, "query_string": b"", "headers": headers})
         await comm.send_input({"type": "http.request", "body": data})
         response = await comm.receive_output(10)
         response["body"] = b""
@@ -57,6 +57,7 @@ class Browser:
             response["body"] += part.get("body", b"")
             if not part.get("more_body"):
                 break
+        await comm.wait(10)  # the request's end too (its request_finished, its thread back)
         for name, value in response["headers"]:
             if name.lower() == b"set-cookie":
                 for morsel in SimpleCookie(value.decode()).values():
@@ -96,3 +97,93 @@ async def test_errors_and_streamed_audio_go_through_the_sync_chain():
     await database_sync_to_async(services.session_run)(session_id=session["id"], worker="test")
     wav = await browser.request("GET", session["audio_url"])  # an async streaming response
     assert wav["status"] == 200 and wav["body"][:4] == b"RIFF" and len(wav["body"]) > 1000
+
+
+# Long-lived request threads, and their database connections ------------------------------
+
+
+@pytest.fixture
+def request_threads_seen(monkeypatch):
+    """The thread each request ran on, and every database connection opened meanwhile."""
+    import threading
+
+    from django.core.signals import request_started
+    from django.db.backends.signals import connection_created
+
+    seen = {"threads": [], "connections": 0}
+
+    def started(**kwargs):
+        seen["threads"].append(threading.current_thread())
+
+    def opened(**kwargs):
+        seen["connections"] += 1
+
+    request_started.connect(started)
+    connection_created.connect(opened)
+    yield seen
+    request_started.disconnect(started)
+    connection_created.disconnect(opened)
+
+
+def _own_connections() -> bool:
+    """Not pooled and no CONN_MAX_AGE of its own: tts keeps the threads' connections."""
+    from django.db import connection
+
+    config = connection.settings_dict
+    return config.get("CONN_MAX_AGE") == 0 and not config.get("OPTIONS", {}).get("pool")
+
+
+async def _posts(browser: Browser, n: int) -> None:
+    for i in range(n):
+        response = await browser.request("POST", "/api/tts/sessions/", {"text": f"Take {i}."})
+        assert response["status"] == 201, response["body"]
+
+
+async def test_requests_run_on_long_lived_threads_that_keep_their_connection(
+    settings, request_threads_seen
+):
+    settings.TTS_REQUEST_THREADS, settings.TTS_WEB_CONN_MAX_AGE = 2, 60
+    browser = Browser(SyncChainASGIHandler())
+    await browser.request("GET", "/api/tts/voices/")  # the CSRF cookie
+    request_threads_seen.update(threads=[], connections=0)
+    await _posts(browser, 5)
+    threads = request_threads_seen["threads"]
+    assert len(threads) == 5 and len(set(threads)) == 1  # one at a time: the same thread
+    assert threads[0].name.startswith("django-request") and threads[0].is_alive()
+    if _own_connections():
+        assert request_threads_seen["connections"] <= 1  # opened once, then kept
+
+
+async def test_without_request_threads_every_request_gets_a_fresh_thread(
+    settings, request_threads_seen
+):
+    settings.TTS_REQUEST_THREADS = 0  # Django's own behaviour
+    browser = Browser(SyncChainASGIHandler())
+    await browser.request("GET", "/api/tts/voices/")
+    request_threads_seen.update(threads=[], connections=0)
+    await _posts(browser, 3)
+    threads = request_threads_seen["threads"]
+    assert len(set(threads)) == 3  # made for the request, shut down after it
+    assert not any(t.name.startswith("django-request") for t in threads)
+    if _own_connections():
+        assert request_threads_seen["connections"] == 3  # each request opened its own
+
+
+async def test_a_kept_connection_ends_with_its_max_age(settings, request_threads_seen):
+    settings.TTS_REQUEST_THREADS, settings.TTS_WEB_CONN_MAX_AGE = 1, 0
+    browser = Browser(SyncChainASGIHandler())
+    await browser.request("GET", "/api/tts/voices/")
+    request_threads_seen.update(threads=[], connections=0)
+    await _posts(browser, 3)
+    assert len(set(request_threads_seen["threads"])) == 1
+    if _own_connections():
+        assert request_threads_seen["connections"] == 3  # 0: closed after every request
+
+
+async def test_request_threads_are_lent_one_request_at_a_time_and_never_waited_for():
+    threads = RequestThreads(2)
+    first, second = threads.take(), threads.take()
+    assert first is not None and second is not None and first is not second
+    assert threads.take() is None  # all lent out: the caller runs as Django would
+    threads.give_back(first)
+    assert threads.take() is first

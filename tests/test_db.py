@@ -1,4 +1,4 @@
-"""tts.db: the sockets' one database thread keeps its connection (TTS_SOCKET_CONN_MAX_AGE)."""
+"""tts.db: the sockets' one database thread keeps its connection (TTS_WEB_CONN_MAX_AGE)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def shared_thread_closed():
 
 @pytest.mark.usefixtures("shared_thread_closed")
 async def test_the_shared_thread_keeps_its_connection_between_trips(settings):
-    settings.TTS_SOCKET_CONN_MAX_AGE = 60
+    settings.TTS_WEB_CONN_MAX_AGE = 60
     handler, first = await socket_database_sync_to_async(_query)()
     _, second = await socket_database_sync_to_async(_query)()
     if _pooled_or_persistent():  # its own settings decide: nothing kept by tts.db
@@ -51,7 +51,7 @@ async def test_the_shared_thread_keeps_its_connection_between_trips(settings):
 async def test_a_kept_connection_is_replaced_once_it_is_old(settings):
     if _pooled_or_persistent():
         pytest.skip("the database's own CONN_MAX_AGE or pool decides")
-    settings.TTS_SOCKET_CONN_MAX_AGE = 1
+    settings.TTS_WEB_CONN_MAX_AGE = 1
     _, first = await socket_database_sync_to_async(_query)()
     _, again = await socket_database_sync_to_async(_query)()
     assert again is first  # use does not renew it ...
@@ -63,7 +63,7 @@ async def test_a_kept_connection_is_replaced_once_it_is_old(settings):
 
 @pytest.mark.usefixtures("shared_thread_closed")
 async def test_zero_means_a_connection_per_trip(settings):
-    settings.TTS_SOCKET_CONN_MAX_AGE = 0
+    settings.TTS_WEB_CONN_MAX_AGE = 0
     handler, first = await socket_database_sync_to_async(_query)()
     if _pooled_or_persistent():
         pytest.skip("the database's own CONN_MAX_AGE or pool decides")
@@ -73,7 +73,7 @@ async def test_zero_means_a_connection_per_trip(settings):
 
 
 async def test_other_threads_close_theirs(settings):
-    settings.TTS_SOCKET_CONN_MAX_AGE = 60
+    settings.TTS_WEB_CONN_MAX_AGE = 60
     handler, _ = await socket_database_sync_to_async(_query, thread_sensitive=False)()
     if _pooled_or_persistent():
         pytest.skip("the database's own CONN_MAX_AGE or pool decides")

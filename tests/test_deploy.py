@@ -415,7 +415,7 @@ def test_bad_sentinel_addresses_are_refused():
         ("DATABASE_POOL_MAX_SIZE", "0"),
         ("DATABASE_POOL_TIMEOUT", "soon"),
         ("TTS_WORKER_CONN_MAX_AGE", "-1"),
-        ("TTS_SOCKET_CONN_MAX_AGE", "-1"),
+        ("TTS_WEB_CONN_MAX_AGE", "-1"),
         ("TTS_ONEDNN_CACHE_CAPACITY", "many"),
         ("TTS_PENDING_SOCKET_S", "soon"),
         ("TTS_PENDING_SOCKET_S", "-1"),

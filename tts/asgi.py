@@ -1,4 +1,5 @@
-"""Django's HTTP handling under ASGI with one thread hop per request, not one per middleware.
+"""Django's HTTP handling under ASGI with one thread hop per request, not one per
+middleware, on threads that live as long as the process.
 
 Django's ``ASGIHandler`` builds its middleware chain in async mode whenever every
 middleware can run async, and the stock ones can: each ``MiddlewareMixin`` then runs its
@@ -8,22 +9,93 @@ anyway (all of this project's are). That is the larger part of what a request co
 here (docs/benchmarks.md, P16). ``get_asgi_application`` below builds the chain in sync
 mode, as Django's WSGI handler does, and enters it once, on the request's own thread.
 
+That thread is Django's one per request (a ``ThreadSensitiveContext``): made for the
+request and gone after it, with the database connection it opened. Here a request
+borrows one of ``TTS_REQUEST_THREADS`` long-lived threads instead (asgiref's
+``ThreadSensitiveContext(executor=...)``, which leaves the executor running), and that
+thread keeps its connection for ``TTS_WEB_CONN_MAX_AGE`` seconds (``tts/db.py``), as a
+WSGI server's threads do with ``CONN_MAX_AGE``: a request no longer opens a connection
+first (P23). When every such thread is busy (slow downloads of long narrations), a
+request gets a fresh thread of its own, exactly as under Django's handler, so a request
+never waits for a thread.
+
 Async views still work (Django runs them through ``async_to_sync`` in a sync chain), and
 so do async streaming responses. A project whose middleware is async-only gains nothing.
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import django
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
+
+from tts.conf import settings
+from tts.db import keep_thread_connections
+
+_lent = threading.local()  # marks the threads of RequestThreads
+
+
+def _mark_thread() -> None:
+    _lent.request_thread = True
+
+
+def _on_a_request_thread() -> bool:
+    return getattr(_lent, "request_thread", False)
+
+
+class RequestThreads:
+    """Long-lived one-thread executors, lent to one request at a time (on the event
+    loop's thread only: no locking)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self._made = size, 0
+        self._idle: list[ThreadPoolExecutor] = []
+
+    def take(self) -> ThreadPoolExecutor | None:
+        if self._idle:
+            return self._idle.pop()
+        if self._made >= self.size:
+            return None  # all lent out: the request gets a fresh thread, as in Django
+        self._made += 1
+        return ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="django-request", initializer=_mark_thread
+        )
+
+    def give_back(self, executor: ThreadPoolExecutor) -> None:
+        self._idle.append(executor)
 
 
 class SyncChainASGIHandler(ASGIHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads = RequestThreads(settings.TTS_REQUEST_THREADS)
+
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
-        # Runs on the thread of the request's ThreadSensitiveContext (one per request).
-        self._middleware_chain = sync_to_async(self._middleware_chain, thread_sensitive=True)
+        chain = self._middleware_chain
+
+        def run_chain(request):
+            try:
+                return chain(request)
+            finally:  # before request_finished, which would close it
+                if _on_a_request_thread():
+                    keep_thread_connections(settings.TTS_WEB_CONN_MAX_AGE)
+
+        # Runs on the thread of the request's ThreadSensitiveContext (see __call__).
+        self._middleware_chain = sync_to_async(run_chain, thread_sensitive=True)
+
+    async def __call__(self, scope, receive, send) -> None:
+        executor = self.threads.take() if scope["type"] == "http" else None
+        if executor is None:  # Django's own: a fresh thread (or its error for non-HTTP)
+            return await super().__call__(scope, receive, send)
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.handle(scope, receive, send)
+        finally:
+            self.threads.give_back(executor)
 
 
 def get_asgi_application() -> ASGIHandler:

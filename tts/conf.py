@@ -98,9 +98,13 @@ DEFAULTS: dict[str, Any] = {
     # otherwise opens one). Web processes cannot: under ASGI every request has its own
     # thread. 0 leaves DATABASES alone; a pooled database (OPTIONS["pool"]) is left alone.
     "TTS_WORKER_CONN_MAX_AGE": 300,
-    # Seconds the sockets' one database thread per web process keeps its connection
-    # (tts/db.py). 0: a connection per trip, as DATABASES says.
-    "TTS_SOCKET_CONN_MAX_AGE": 60,
+    # Seconds a web process's long-lived threads (the sockets' one, and the request
+    # threads of tts.asgi) keep their database connection (tts/db.py). 0: as DATABASES
+    # says (a connection per request or socket trip).
+    "TTS_WEB_CONN_MAX_AGE": 60,
+    # Long-lived request threads per web process (tts.asgi); busy beyond them, a request
+    # gets a fresh thread of its own, as under Django's handler. 0: always a fresh one.
+    "TTS_REQUEST_THREADS": 8,
     # Seconds a socket opened with ?pending=1 waits for its session to be created (the
     # client chose the id and opened the socket while its POST was in flight).
     "TTS_PENDING_SOCKET_S": 10.0,

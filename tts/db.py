@@ -1,20 +1,20 @@
-"""Database access from the sockets' async code: ``socket_database_sync_to_async``.
+"""Database connections kept by a web process's long-lived threads.
 
-Channels' ``database_sync_to_async`` runs the sockets' queries on asgiref's one thread
-for thread-sensitive code and closes that thread's connection after every call unless
-``CONN_MAX_AGE`` says otherwise. With ``CONN_MAX_AGE = 0`` (the default: under ASGI every
-HTTP request has a thread of its own, and a persistent connection would stay with each)
-a socket's every database trip opened a connection first; on SQLite that also
-registers Django's SQL functions, about 0.7 ms on an idle machine and several on a busy
-one, on the path of every socket that opens (docs/benchmarks.md, P21).
+With ``CONN_MAX_AGE = 0`` (the default, and right under Django's ASGI handler, where
+every HTTP request has a thread of its own that a kept connection would outlive) every
+request and every socket trip opened a connection first; on SQLite that also registers
+Django's SQL functions, about 0.7 ms on an idle machine and several on a busy one, on
+the path of every POST and every socket that opens (docs/benchmarks.md, P21 and P23).
 
-That thread is one per process and lives as long as the process, so keeping its one
-connection is what a worker does with its own (``TTS_WORKER_CONN_MAX_AGE``): it is
-reused for ``TTS_SOCKET_CONN_MAX_AGE`` seconds from its opening, then closed and opened
-anew at the next trip. Django's health check (``CONN_HEALTH_CHECKS``) still runs before
-a kept connection is reused, and a connection with unrecoverable errors is still closed.
-Left alone: a database with a pool (``OPTIONS["pool"]``, which hands connections back to
-it) or a ``CONN_MAX_AGE`` of its own, and any thread other than asgiref's one.
+Two kinds of threads here live as long as the process: asgiref's one thread for
+thread-sensitive code, where ``socket_database_sync_to_async`` runs the sockets' queries,
+and the request threads of ``tts.asgi``. They keep their connection as a worker keeps
+its own (``TTS_WORKER_CONN_MAX_AGE``): for ``TTS_WEB_CONN_MAX_AGE`` seconds from its
+opening, then it is closed and opened anew at the next use. Django's health check
+(``CONN_HEALTH_CHECKS``) still runs before a kept connection is reused, and one with
+unrecoverable errors is still closed. Left alone: a database with a pool
+(``OPTIONS["pool"]``, which takes connections back) or a ``CONN_MAX_AGE`` of its own,
+and every other thread.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def keep_thread_connections(max_age: float) -> None:
 
 
 class SocketDatabaseSyncToAsync(DatabaseSyncToAsync):
-    """``database_sync_to_async`` that keeps the shared thread's connection (see above)."""
+    """``database_sync_to_async`` for the sockets: it keeps the shared thread's connection
+    (see above)."""
 
     def thread_handler(self, loop, *args, **kwargs):
         close_old_connections()
@@ -59,7 +60,7 @@ class SocketDatabaseSyncToAsync(DatabaseSyncToAsync):
             return SyncToAsync.thread_handler(self, loop, *args, **kwargs)
         finally:
             if _on_the_shared_thread():
-                keep_thread_connections(settings.TTS_SOCKET_CONN_MAX_AGE)
+                keep_thread_connections(settings.TTS_WEB_CONN_MAX_AGE)
             close_old_connections()
 
 
