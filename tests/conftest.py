@@ -106,6 +106,27 @@ def live_stack(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture(autouse=True)
+def _live_sessions_settle(request):
+    """A test on the shared stack ends once its worker has stopped writing: the next
+    test's flush (TRUNCATE on PostgreSQL) deadlocked with a chunk store still in flight.
+    Waits for no running session (queued ones are not being written), at most 10 s."""
+    if "live_stack" not in request.fixturenames or not request.node.get_closest_marker("django_db"):
+        yield
+        return
+    request.getfixturevalue("_django_db_helper")  # torn down after this one: the flush
+    yield
+    import time
+
+    from tts.models import SessionStatus, TTSSession
+
+    deadline = time.monotonic() + 10
+    while TTSSession.objects.filter(status=SessionStatus.RUNNING).exists():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
 def _no_limits(settings):
     settings.TTS_RATE_LIMIT_PER_MINUTE = 0
     settings.TTS_MAX_ACTIVE_PER_OWNER = 0
