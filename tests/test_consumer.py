@@ -289,6 +289,39 @@ async def test_a_chunk_broadcast_before_this_listener_joined_arrives_once_it_is_
     await comm.disconnect()
 
 
+async def test_live_chunks_reach_an_open_socket_without_a_trip_to_a_thread(monkeypatch):
+    """Channels' own dispatch first sent every message to asgiref's one sync thread (to
+    close stale connections), where each chunk of each listener queued behind the other
+    sockets' database trips; this consumer's trips close their own."""
+    from asgiref.sync import SyncToAsync
+    from channels.layers import get_channel_layer
+
+    from tts.broadcast import chunk_event, session_group
+
+    session = await make_session(run=False)
+    comm = await _connected(as_staff(communicator(session.id)))
+    assert (await comm.receive_json_from())["type"] == "session"
+    await comm.receive_json_from()  # queued status
+    hops: list[str] = []
+    original = SyncToAsync.__call__
+
+    async def counted(self, *args, **kwargs):
+        hops.append(getattr(self.func, "__qualname__", repr(self.func)))
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    pcm = b"\x01\x00" * 2205
+    for seq in range(3):
+        meta = {"seq": seq, "text": f"Part {seq}.", "char_start": 0, "char_end": 7}
+        meta |= {"samples": 2205, "sample_rate": 22050, "duration_ms": 100, "total_chunks": 9}
+        await get_channel_layer().group_send(session_group(session.id), chunk_event(meta, pcm))
+        assert (await comm.receive_json_from())["seq"] == seq
+        assert (await comm.receive_output(timeout=5))["bytes"][4:] == pcm
+    assert hops == []
+    monkeypatch.undo()
+    await comm.disconnect()
+
+
 async def test_a_burst_of_sockets_beyond_the_redis_pool_all_join():
     """channels-redis fails commands beyond 100 connections per process; joins queue for
     a gate instead, so 150 sockets connecting at once (a deploy: everyone reconnects) all

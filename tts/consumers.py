@@ -10,6 +10,7 @@ import uuid
 import weakref
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from tts import services
@@ -254,7 +255,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 await self._created()
             if not self.allowed:
                 return
-        await super().dispatch(message)
+        # Not Channels' own dispatch, which sends every message (each live chunk, to each
+        # listener) to asgiref's one sync thread first, to close stale connections, where
+        # it queued behind other sockets' database trips. This consumer reaches the
+        # database only through socket_database_sync_to_async, which does that itself.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def tts_chunk(self, event: dict) -> None:
         self.last_event = time.monotonic()
