@@ -103,3 +103,17 @@ def test_an_unavailable_default_voice_is_a_warning_with_the_fix(settings):
 def test_a_broken_voice_catalog_is_an_error(settings):
     settings.TTS_VOICES = [{"id": "x", "engine": "nonesuch"}]
     assert "tts.E002" in tts_ids()
+
+
+def test_espeak_is_looked_for_until_found_then_remembered(tmp_path):
+    """Asked on every POST: found once, no PATH walk again; installed later, found
+    without a restart."""
+    from tts.engines.espeak import _installed
+
+    binary = tmp_path / "espeak-later"
+    assert not _installed(str(binary))
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    assert _installed(str(binary))
+    binary.unlink()
+    assert _installed(str(binary))  # remembered: its synthesis reports it gone

@@ -20,6 +20,19 @@ def _binary() -> str:
     return getattr(settings, "TTS_ESPEAK_BINARY", "espeak-ng")
 
 
+_found: set[str] = set()
+
+
+def _installed(binary: str) -> bool:
+    """Whether the program is on PATH. Asked on every POST (the voice's availability):
+    once found, it is not looked for again (a PATH walk per request); until then, it is,
+    so that installing it needs no restart. One removed later fails its synthesis with
+    EngineUnavailable, as before."""
+    if binary not in _found and shutil.which(binary) is not None:
+        _found.add(binary)
+    return binary in _found
+
+
 @functools.lru_cache(maxsize=4)
 def installed_voices(binary: str) -> frozenset[str]:
     """Voice names espeak-ng knows (``en-us``, ``en-gb-x-rp``, ...), plus their files."""
@@ -43,7 +56,7 @@ class EspeakEngine(Engine):
 
     def availability(self, voice: Voice) -> tuple[bool, str]:
         binary = _binary()
-        if shutil.which(binary) is None:
+        if not _installed(binary):
             return False, f"The espeak-ng program is not installed. Install it: {INSTALL_HINT}"
         if voice.name and voice.name not in installed_voices(binary):
             return False, f"espeak-ng has no voice {voice.name!r}. Install espeak-ng-data."
