@@ -11,6 +11,7 @@ import weakref
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from tts import services
@@ -204,6 +205,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if session.status == SessionStatus.QUEUED:
             frames.append(services.status_frame(session))
         return None, session, frames, contiguous
+
+    async def websocket_disconnect(self, message: dict) -> None:
+        # Channels' own also goes to the sync thread to close stale connections (see
+        # dispatch); this consumer's groups are its own (self.group), left in disconnect.
+        await self.disconnect(message.get("code", 1000))
+        raise StopConsumer()
 
     async def disconnect(self, code: int) -> None:
         self.pending = False
