@@ -30,6 +30,10 @@ FIGURES = {
     "cached TTFA p50": ("cached", "ttfa", "p50"),
     "POST round trip p50": ("ttfa", "post_rtt", "p50"),
     "session frame p50": ("ttfa", "ws_session_frame", "p50"),
+    # with --scenarios ...,http: one request at a time
+    "GET voices p50": ("http", "GET voices", "p50"),
+    "POST new text p50": ("http", "POST new text", "p50"),
+    "POST narrated text p50": ("http", "POST narrated text", "p50"),
 }
 
 

@@ -171,6 +171,23 @@ def test_rate_limit_answers_429_with_retry_after(client, settings):
     assert error_code(response) == "too_many_active"
 
 
+@pytest.mark.django_db(transaction=True)  # the worker's writer thread has its own connection
+def test_a_replay_is_not_held_back_by_the_active_limit(client, settings):
+    """The active limit guards the workers; a text narrated before takes none."""
+    from tts import services
+
+    settings.TTS_RATE_LIMIT_PER_MINUTE = 0
+    settings.TTS_MAX_ACTIVE_PER_OWNER = 1
+    earlier = services.Owner(session_key="e" * 32)
+    done = services.session_create(text="Told before.", owner=earlier, dispatch=False)
+    services.session_run(session_id=done.id, worker="w")
+    assert post(client, {"text": "Queued."}).status_code == 201  # takes the one slot
+    replay = post(client, {"text": "Told before."})
+    assert replay.status_code == 201 and replay.json()["status"] == "completed"
+    refused = post(client, {"text": "Something new."})
+    assert refused.status_code == 429 and error_code(refused) == "too_many_active"
+
+
 def test_a_chunk_not_made_yet_differs_from_one_that_never_will(client):
     session_id = post(client, {"text": "One sentence only."}).json()["id"]
     pending = client.get(f"/api/tts/sessions/{session_id}/chunks/0")

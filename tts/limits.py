@@ -62,6 +62,12 @@ def _rate_count(owner: Owner) -> int:
 
 
 def check_owner_limits(owner: Owner) -> None:
+    check_rate_limit(owner)
+    check_active_limit(owner)
+
+
+def check_rate_limit(owner: Owner) -> None:
+    """Sessions created per minute: every new session counts, a replayed one too."""
     if owner.is_staff:
         return
     per_minute = settings.TTS_RATE_LIMIT_PER_MINUTE
@@ -70,6 +76,12 @@ def check_owner_limits(owner: Owner) -> None:
         raise RateLimited(
             f"At most {per_minute} narrations a minute; try again in {retry} s.", retry_after=retry
         )
+
+
+def check_active_limit(owner: Owner) -> None:
+    """Sessions queued or running at once: what holds workers (a replay never does)."""
+    if owner.is_staff:
+        return
     active = settings.TTS_MAX_ACTIVE_PER_OWNER
     if active and _active_count(owner) >= active:
         raise RateLimited(

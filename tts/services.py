@@ -73,7 +73,7 @@ def session_create(
     while this request was in flight); Conflict when it is taken."""
     text = clean_text(text)
     voice = voice_resolve(voice_id=voice_id)
-    limits.check_owner_limits(owner)
+    limits.check_rate_limit(owner)
     session = TTSSession(
         **({"id": session_id} if session_id is not None else {}),
         text=text,
@@ -91,6 +91,7 @@ def session_create(
     chosen = session_id is not None
     replayed = _insert_replay(session, chosen=chosen)
     if not replayed:
+        limits.check_active_limit(owner)  # a replay holds no worker: not counted
         if dispatch:
             session.dispatched_at = timezone.now()  # in the INSERT: no second write
         _insert(session, chosen=chosen)
