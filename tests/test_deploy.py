@@ -416,6 +416,7 @@ def test_bad_sentinel_addresses_are_refused():
         ("DATABASE_POOL_TIMEOUT", "soon"),
         ("TTS_WORKER_CONN_MAX_AGE", "-1"),
         ("TTS_WEB_CONN_MAX_AGE", "-1"),
+        ("TTS_REQUEST_THREADS", "many"),
         ("TTS_ONEDNN_CACHE_CAPACITY", "many"),
         ("TTS_PENDING_SOCKET_S", "soon"),
         ("TTS_PENDING_SOCKET_S", "-1"),
