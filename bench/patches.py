@@ -85,7 +85,7 @@ TIMED = {
         "audio_key",
     ],
     "tts.broadcast": ["broadcast_chunk", "broadcast_status", "broadcast_done", "dispatch_generate"],
-    "tts.limits": ["check_owner_limits", "record_creation"],
+    "tts.limits": ["check_rate_limit", "check_active_limit", "record_creation"],
     # web
     "tts.views": ["session_create"],
     "tts.replay": ["stored_chunks", "send_from_storage"],

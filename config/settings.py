@@ -73,9 +73,10 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
-        # 0 under ASGI: every request runs in its own thread, so persistent connections
-        # pile up. PostgreSQL gets Django's connection pool instead (below); workers keep
-        # theirs (TTS_WORKER_CONN_MAX_AGE).
+        # 0: a request that finds every long-lived request thread busy runs on a thread
+        # of its own, where a persistent connection would outlive it. The long-lived
+        # threads keep theirs (TTS_WEB_CONN_MAX_AGE), workers theirs
+        # (TTS_WORKER_CONN_MAX_AGE); PostgreSQL gets Django's connection pool (below).
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0),
         conn_health_checks=True,
     )
@@ -85,9 +86,10 @@ if (
     and not DATABASES["default"]["CONN_MAX_AGE"]
     and env_bool("DATABASE_POOL", True)
 ):
-    # Under ASGI every request runs on a thread of its own, so without a pool each one
-    # (and each socket's database trip) would open a new PostgreSQL connection: a forked
-    # backend, several milliseconds. Django's psycopg pool hands them back instead.
+    # Every web process runs requests and socket trips on several threads, and a worker's
+    # writer and heartbeat threads have their own: without a pool each would open its own
+    # PostgreSQL connection (a forked backend, several milliseconds). Django's psycopg
+    # pool hands them back instead.
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env_int("DATABASE_POOL_MIN_SIZE", 2, minimum=0),
         "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20, minimum=1),

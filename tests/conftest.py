@@ -122,6 +122,9 @@ def _live_sessions_settle(request):
     deadline = time.monotonic() + 10
     while TTSSession.objects.filter(status=SessionStatus.RUNNING).exists():
         if time.monotonic() > deadline:
+            import warnings
+
+            warnings.warn("a session is still running 10 s after its test ended", stacklevel=1)
             break
         time.sleep(0.05)
 

@@ -187,3 +187,37 @@ async def test_request_threads_are_lent_one_request_at_a_time_and_never_waited_f
     assert threads.take() is None  # all lent out: the caller runs as Django would
     threads.give_back(first)
     assert threads.take() is first
+
+
+async def test_a_cancelled_request_lends_its_thread_again_only_once_it_is_idle(
+    settings, monkeypatch
+):
+    """A request cancelled while its view runs (its client gone, a shutdown): asgiref
+    cannot stop the view, so its thread must not go to the next request until it ends."""
+    import asyncio
+    import threading
+    import time
+
+    from asgiref.sync import sync_to_async
+
+    settings.TTS_REQUEST_THREADS = 1
+    handler = SyncChainASGIHandler()
+    started = threading.Event()
+
+    def slow_view():
+        started.set()
+        time.sleep(0.5)
+
+    async def handle(scope, receive, send):
+        await sync_to_async(slow_view)()  # on the request's lent thread
+
+    monkeypatch.setattr(handler, "handle", handle)
+    request = asyncio.ensure_future(handler({"type": "http"}, None, None))
+    while not started.is_set():
+        await asyncio.sleep(0.01)
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert handler.threads.take() is None  # still running the view: not lent
+    await asyncio.sleep(0.7)
+    assert handler.threads.take() is not None  # idle again: lent

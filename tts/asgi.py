@@ -47,25 +47,33 @@ def _on_a_request_thread() -> bool:
 
 
 class RequestThreads:
-    """Long-lived one-thread executors, lent to one request at a time (on the event
-    loop's thread only: no locking)."""
+    """Long-lived one-thread executors, lent to one request at a time."""
 
     def __init__(self, size: int) -> None:
         self.size, self._made = size, 0
         self._idle: list[ThreadPoolExecutor] = []
+        self._lock = threading.Lock()  # one event loop per process, but nothing relies on it
 
     def take(self) -> ThreadPoolExecutor | None:
-        if self._idle:
-            return self._idle.pop()
-        if self._made >= self.size:
-            return None  # all lent out: the request gets a fresh thread, as in Django
-        self._made += 1
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+            if self._made >= self.size:
+                return None  # all lent out: the request gets a fresh thread, as in Django
+            self._made += 1
         return ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="django-request", initializer=_mark_thread
         )
 
     def give_back(self, executor: ThreadPoolExecutor) -> None:
-        self._idle.append(executor)
+        with self._lock:
+            self._idle.append(executor)
+
+    def give_back_once_idle(self, executor: ThreadPoolExecutor) -> None:
+        """For a request that was cancelled (its client gone, a shutdown) or failed: a
+        sync call may still run on its thread, for asgiref cannot stop one, so the
+        thread is lent again only once that call has ended."""
+        executor.submit(lambda: None).add_done_callback(lambda _: self.give_back(executor))
 
 
 class SyncChainASGIHandler(ASGIHandler):
@@ -94,8 +102,10 @@ class SyncChainASGIHandler(ASGIHandler):
         try:
             async with ThreadSensitiveContext(executor=executor):
                 await self.handle(scope, receive, send)
-        finally:
-            self.threads.give_back(executor)
+        except BaseException:
+            self.threads.give_back_once_idle(executor)
+            raise
+        self.threads.give_back(executor)  # handle() awaited every sync call it made
 
 
 def get_asgi_application() -> ASGIHandler:

@@ -95,8 +95,8 @@ DEFAULTS: dict[str, Any] = {
     "TTS_MAX_ATTEMPTS": 3,
     "TTS_PRELOAD_VOICES": [],
     # Seconds a worker keeps its database connection between messages (each message
-    # otherwise opens one). Web processes cannot: under ASGI every request has its own
-    # thread. 0 leaves DATABASES alone; a pooled database (OPTIONS["pool"]) is left alone.
+    # otherwise opens one). 0 leaves DATABASES alone; a pooled database (OPTIONS["pool"])
+    # is left alone. Web processes: TTS_WEB_CONN_MAX_AGE, below.
     "TTS_WORKER_CONN_MAX_AGE": 300,
     # Seconds a web process's long-lived threads (the sockets' one, and the request
     # threads of tts.asgi) keep their database connection (tts/db.py). 0: as DATABASES

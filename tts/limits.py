@@ -61,11 +61,6 @@ def _rate_count(owner: Owner) -> int:
         return _created_last_minute(owner)
 
 
-def check_owner_limits(owner: Owner) -> None:
-    check_rate_limit(owner)
-    check_active_limit(owner)
-
-
 def check_rate_limit(owner: Owner) -> None:
     """Sessions created per minute: every new session counts, a replayed one too."""
     if owner.is_staff:
