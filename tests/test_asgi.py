@@ -221,3 +221,38 @@ async def test_a_cancelled_request_lends_its_thread_again_only_once_it_is_idle(
     assert handler.threads.take() is None  # still running the view: not lent
     await asyncio.sleep(0.7)
     assert handler.threads.take() is not None  # idle again: lent
+
+
+async def test_a_request_finding_every_thread_busy_runs_on_a_fresh_one_at_once(
+    settings, monkeypatch
+):
+    import asyncio
+    import threading
+    import time
+
+    from asgiref.sync import sync_to_async
+
+    settings.TTS_REQUEST_THREADS = 1
+    handler = SyncChainASGIHandler()
+    ran_on: dict[str, str] = {}
+    started = threading.Event()
+
+    def view(name: str, seconds: float) -> None:
+        ran_on[name] = threading.current_thread().name
+        started.set()
+        time.sleep(seconds)
+
+    async def handle(scope, receive, send):
+        await sync_to_async(view)(scope["name"], scope["seconds"])
+
+    monkeypatch.setattr(handler, "handle", handle)
+    slow = asyncio.ensure_future(handler({"type": "http", "name": "slow", "seconds": 0.6}, 0, 0))
+    while not started.is_set():
+        await asyncio.sleep(0.01)
+    begun = time.monotonic()
+    await handler({"type": "http", "name": "quick", "seconds": 0}, None, None)
+    assert time.monotonic() - begun < 0.4  # did not wait for the busy thread
+    assert not slow.done()
+    assert ran_on["slow"].startswith("django-request")
+    assert not ran_on["quick"].startswith("django-request")  # Django's own fresh thread
+    await slow
