@@ -103,6 +103,21 @@ async def test_errors_and_streamed_audio_go_through_the_sync_chain():
 
 
 @pytest.fixture
+def new_handler():
+    """A handler of its own (its TTS_REQUEST_THREADS read now); its threads' kept
+    connections are closed afterwards, not left to the garbage collector."""
+    made: list[SyncChainASGIHandler] = []
+
+    def make() -> SyncChainASGIHandler:
+        made.append(SyncChainASGIHandler())
+        return made[-1]
+
+    yield make
+    for handler in made:
+        handler.threads.close_connections()
+
+
+@pytest.fixture
 def request_threads_seen(monkeypatch):
     """The thread each request ran on, and every database connection opened meanwhile."""
     import threading
@@ -140,10 +155,10 @@ async def _posts(browser: Browser, n: int) -> None:
 
 
 async def test_requests_run_on_long_lived_threads_that_keep_their_connection(
-    settings, request_threads_seen
+    settings, request_threads_seen, new_handler
 ):
     settings.TTS_REQUEST_THREADS, settings.TTS_WEB_CONN_MAX_AGE = 2, 60
-    browser = Browser(SyncChainASGIHandler())
+    browser = Browser(new_handler())
     await browser.request("GET", "/api/tts/voices/")  # the CSRF cookie
     request_threads_seen.update(threads=[], connections=0)
     await _posts(browser, 5)
@@ -155,10 +170,10 @@ async def test_requests_run_on_long_lived_threads_that_keep_their_connection(
 
 
 async def test_without_request_threads_every_request_gets_a_fresh_thread(
-    settings, request_threads_seen
+    settings, request_threads_seen, new_handler
 ):
     settings.TTS_REQUEST_THREADS = 0  # Django's own behaviour
-    browser = Browser(SyncChainASGIHandler())
+    browser = Browser(new_handler())
     await browser.request("GET", "/api/tts/voices/")
     request_threads_seen.update(threads=[], connections=0)
     await _posts(browser, 3)
@@ -169,9 +184,9 @@ async def test_without_request_threads_every_request_gets_a_fresh_thread(
         assert request_threads_seen["connections"] == 3  # each request opened its own
 
 
-async def test_a_kept_connection_ends_with_its_max_age(settings, request_threads_seen):
+async def test_a_kept_connection_ends_with_its_max_age(settings, request_threads_seen, new_handler):
     settings.TTS_REQUEST_THREADS, settings.TTS_WEB_CONN_MAX_AGE = 1, 0
-    browser = Browser(SyncChainASGIHandler())
+    browser = Browser(new_handler())
     await browser.request("GET", "/api/tts/voices/")
     request_threads_seen.update(threads=[], connections=0)
     await _posts(browser, 3)
@@ -190,7 +205,7 @@ async def test_request_threads_are_lent_one_request_at_a_time_and_never_waited_f
 
 
 async def test_a_cancelled_request_lends_its_thread_again_only_once_it_is_idle(
-    settings, monkeypatch
+    settings, monkeypatch, new_handler
 ):
     """A request cancelled while its view runs (its client gone, a shutdown): asgiref
     cannot stop the view, so its thread must not go to the next request until it ends."""
@@ -201,7 +216,7 @@ async def test_a_cancelled_request_lends_its_thread_again_only_once_it_is_idle(
     from asgiref.sync import sync_to_async
 
     settings.TTS_REQUEST_THREADS = 1
-    handler = SyncChainASGIHandler()
+    handler = new_handler()
     started = threading.Event()
 
     def slow_view():
@@ -224,7 +239,7 @@ async def test_a_cancelled_request_lends_its_thread_again_only_once_it_is_idle(
 
 
 async def test_a_request_finding_every_thread_busy_runs_on_a_fresh_one_at_once(
-    settings, monkeypatch
+    settings, monkeypatch, new_handler
 ):
     import asyncio
     import threading
@@ -233,7 +248,7 @@ async def test_a_request_finding_every_thread_busy_runs_on_a_fresh_one_at_once(
     from asgiref.sync import sync_to_async
 
     settings.TTS_REQUEST_THREADS = 1
-    handler = SyncChainASGIHandler()
+    handler = new_handler()
     ran_on: dict[str, str] = {}
     started = threading.Event()
 

@@ -26,11 +26,13 @@ so do async streaming responses. A project whose middleware is async-only gains 
 from __future__ import annotations
 
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
+from django.db import connections
 
 from tts.conf import settings
 from tts.db import keep_thread_connections
@@ -46,6 +48,9 @@ def _on_a_request_thread() -> bool:
     return getattr(_lent, "request_thread", False)
 
 
+_every: weakref.WeakSet[RequestThreads] = weakref.WeakSet()
+
+
 class RequestThreads:
     """Long-lived one-thread executors, lent to one request at a time."""
 
@@ -53,6 +58,14 @@ class RequestThreads:
         self.size, self._made = size, 0
         self._idle: list[ThreadPoolExecutor] = []
         self._lock = threading.Lock()  # one event loop per process, but nothing relies on it
+        _every.add(self)
+
+    def close_connections(self) -> None:
+        """Close the database connections the idle threads keep."""
+        with self._lock:
+            idle = list(self._idle)
+        for executor in idle:
+            executor.submit(connections.close_all).result(timeout=10)
 
     def take(self) -> ThreadPoolExecutor | None:
         with self._lock:
@@ -106,6 +119,13 @@ class SyncChainASGIHandler(ASGIHandler):
             self.threads.give_back_once_idle(executor)
             raise
         self.threads.give_back(executor)  # handle() awaited every sync call it made
+
+
+def close_request_thread_connections() -> None:
+    """Close what every idle request thread of this process keeps: before a database is
+    dropped (a test run's) or the process ends."""
+    for threads in list(_every):
+        threads.close_connections()
 
 
 def get_asgi_application() -> ASGIHandler:
