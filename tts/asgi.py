@@ -35,18 +35,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
 
 from tts.conf import settings
-from tts.db import keep_thread_connections
-
-_lent = threading.local()  # marks the threads of RequestThreads
-
-
-def _mark_thread() -> None:
-    _lent.request_thread = True
-
-
-def _on_a_request_thread() -> bool:
-    return getattr(_lent, "request_thread", False)
-
+from tts.db import keep_thread_connections, mark_long_lived
 
 _every: weakref.WeakSet[RequestThreads] = weakref.WeakSet()
 
@@ -75,7 +64,7 @@ class RequestThreads:
                 return None  # all lent out: the request gets a fresh thread, as in Django
             self._made += 1
         return ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="django-request", initializer=_mark_thread
+            max_workers=1, thread_name_prefix="django-request", initializer=mark_long_lived
         )
 
     def give_back(self, executor: ThreadPoolExecutor) -> None:
@@ -102,8 +91,7 @@ class SyncChainASGIHandler(ASGIHandler):
             try:
                 return chain(request)
             finally:  # before request_finished, which would close it
-                if _on_a_request_thread():
-                    keep_thread_connections(settings.TTS_WEB_CONN_MAX_AGE)
+                keep_thread_connections()  # on a lent thread (not a fresh one)
 
         # Runs on the thread of the request's ThreadSensitiveContext (see __call__).
         self._middleware_chain = sync_to_async(run_chain, thread_sensitive=True)

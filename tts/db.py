@@ -28,16 +28,31 @@ from django.db import close_old_connections, connections
 
 from tts.conf import settings
 
-
-def _on_the_shared_thread() -> bool:
-    executor = SyncToAsync.single_thread_executor
-    return threading.current_thread() in getattr(executor, "_threads", ())
+_long_lived = threading.local()
 
 
-def keep_thread_connections(max_age: float) -> None:
-    """Give this thread's connections opened since the last call ``max_age`` seconds of
-    life from now (counted once per connection, not renewed by use)."""
-    if max_age <= 0:
+def mark_long_lived() -> None:
+    """Mark the calling thread as one that lives as long as the process (an executor's
+    initializer: tts.asgi's request threads)."""
+    _long_lived.marked = True
+
+
+def _on_a_long_lived_thread() -> bool:
+    if getattr(_long_lived, "marked", False):
+        return True
+    if threading.current_thread() in getattr(SyncToAsync.single_thread_executor, "_threads", ()):
+        mark_long_lived()  # asgiref's one thread: found once, then remembered
+        return True
+    return False
+
+
+def keep_thread_connections() -> None:
+    """On a long-lived thread, give its connections opened since the last call
+    ``TTS_WEB_CONN_MAX_AGE`` seconds of life from now (counted once per connection, not
+    renewed by use). Anywhere else, nothing: those threads end, and their connections
+    are closed as DATABASES says."""
+    max_age = settings.TTS_WEB_CONN_MAX_AGE
+    if max_age <= 0 or not _on_a_long_lived_thread():
         return
     for conn in connections.all(initialized_only=True):
         config = conn.settings_dict
@@ -59,8 +74,7 @@ class SocketDatabaseSyncToAsync(DatabaseSyncToAsync):
         try:
             return SyncToAsync.thread_handler(self, loop, *args, **kwargs)
         finally:
-            if _on_the_shared_thread():
-                keep_thread_connections(settings.TTS_WEB_CONN_MAX_AGE)
+            keep_thread_connections()
             close_old_connections()
 
 
