@@ -105,6 +105,22 @@ def live_stack(django_db_setup, django_db_blocker):
     stack.stop()
 
 
+@pytest.fixture
+def thread_hops(monkeypatch):
+    """Every trip from the event loop to a thread (asgiref's sync_to_async), by name."""
+    from asgiref.sync import SyncToAsync
+
+    hops: list[str] = []
+    original = SyncToAsync.__call__
+
+    async def counted(self, *args, **kwargs):
+        hops.append(getattr(self.func, "__qualname__", repr(self.func)))
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    return hops
+
+
 @pytest.fixture(autouse=True)
 def _live_sessions_settle(request):
     """A test on the shared stack ends once its worker has stopped writing: the next

@@ -7,7 +7,6 @@ import uuid
 from http.cookies import SimpleCookie
 
 import pytest
-from asgiref.sync import SyncToAsync
 from asgiref.testing import ApplicationCommunicator
 
 from config.asgi import application
@@ -16,20 +15,6 @@ from tts.asgi import RequestThreads, SyncChainASGIHandler
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 HEADERS = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
-
-
-@pytest.fixture
-def thread_hops(monkeypatch):
-    """Every trip from the event loop to a thread (asgiref's sync_to_async), by name."""
-    hops: list[str] = []
-    original = SyncToAsync.__call__
-
-    async def counted(self, *args, **kwargs):
-        hops.append(getattr(self.func, "__qualname__", repr(self.func)))
-        return await original(self, *args, **kwargs)
-
-    monkeypatch.setattr(SyncToAsync, "__call__", counted)
-    return hops
 
 
 class Browser:

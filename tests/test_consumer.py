@@ -289,11 +289,10 @@ async def test_a_chunk_broadcast_before_this_listener_joined_arrives_once_it_is_
     await comm.disconnect()
 
 
-async def test_live_chunks_and_the_leaving_take_no_trip_to_a_thread(monkeypatch):
+async def test_live_chunks_and_the_leaving_take_no_trip_to_a_thread(thread_hops):
     """Channels' own dispatch first sent every message to asgiref's one sync thread (to
     close stale connections), where each chunk of each listener queued behind the other
     sockets' database trips; this consumer's trips close their own."""
-    from asgiref.sync import SyncToAsync
     from channels.layers import get_channel_layer
 
     from tts.broadcast import chunk_event, session_group
@@ -302,14 +301,7 @@ async def test_live_chunks_and_the_leaving_take_no_trip_to_a_thread(monkeypatch)
     comm = await _connected(as_staff(communicator(session.id)))
     assert (await comm.receive_json_from())["type"] == "session"
     await comm.receive_json_from()  # queued status
-    hops: list[str] = []
-    original = SyncToAsync.__call__
-
-    async def counted(self, *args, **kwargs):
-        hops.append(getattr(self.func, "__qualname__", repr(self.func)))
-        return await original(self, *args, **kwargs)
-
-    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    thread_hops.clear()  # its opening went to the database: counted from here
     pcm = b"\x01\x00" * 2205
     for seq in range(3):
         meta = {"seq": seq, "text": f"Part {seq}.", "char_start": 0, "char_end": 7}
@@ -318,7 +310,7 @@ async def test_live_chunks_and_the_leaving_take_no_trip_to_a_thread(monkeypatch)
         assert (await comm.receive_json_from())["seq"] == seq
         assert (await comm.receive_output(timeout=5))["bytes"][4:] == pcm
     await comm.disconnect()  # leaving takes no trip either
-    assert hops == []
+    assert thread_hops == []
 
 
 async def test_a_burst_of_sockets_beyond_the_redis_pool_all_join():
