@@ -11,6 +11,7 @@ an engine process counts once it has exited (its worker reaps it).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 
 import psutil
@@ -28,12 +29,18 @@ def _seconds(pid: int, *, children: bool = False) -> float:
 
 @dataclass
 class CpuMeter:
-    """``roles``: role name -> the pids in it; workers' reaped children are the engine."""
+    """Counts from its making: the stack's processes (a worker's reaped children are its
+    engine processes), and this one, the client."""
 
     daphne: int
     workers: list[int]
     redis: int | None = None  # the embedded server; None for an external one
     client: int = field(default_factory=os.getpid)
+    _before: dict[str, float] = field(init=False, repr=False)
+    _started: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._before, self._started = self.read(), time.perf_counter()
 
     def read(self) -> dict[str, float]:
         out = {
@@ -46,9 +53,11 @@ class CpuMeter:
             out["redis"] = _seconds(self.redis)
         return out
 
-    def per_session_ms(self, before: dict[str, float], sessions: int) -> dict[str, float]:
-        """Milliseconds of CPU per session since ``before`` (a read()), per role, and in all."""
-        after = self.read()
-        per = {role: (after[role] - before[role]) * 1000 / max(1, sessions) for role in after}
+    def per_session_ms(self, sessions: int) -> dict[str, float]:
+        """Milliseconds per session since the meter was made: CPU per role, in ``all``,
+        and the ``wall`` time."""
+        after, n = self.read(), max(1, sessions)
+        per = {role: (after[role] - self._before[role]) * 1000 / n for role in after}
         per["all"] = sum(per.values())
+        per["wall"] = (time.perf_counter() - self._started) * 1000 / n
         return {role: round(ms, 1) for role, ms in per.items()}
