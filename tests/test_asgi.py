@@ -129,8 +129,9 @@ def _own_connections() -> bool:
     """Not pooled and no CONN_MAX_AGE of its own: tts keeps the threads' connections."""
     from django.db import connection
 
-    config = connection.settings_dict
-    return config.get("CONN_MAX_AGE") == 0 and not config.get("OPTIONS", {}).get("pool")
+    from tts.db import left_to_its_settings
+
+    return not left_to_its_settings(connection.settings_dict)
 
 
 async def _posts(browser: Browser, n: int) -> None:

@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import SyncToAsync
 from django.db import connection, connections
 
-from tts.db import socket_database_sync_to_async
+from tts.db import left_to_its_settings, socket_database_sync_to_async
 from tts.models import TTSSession
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -23,8 +23,7 @@ def _query():
 
 
 def _pooled_or_persistent() -> bool:
-    config = connection.settings_dict
-    return config.get("CONN_MAX_AGE") != 0 or bool(config.get("OPTIONS", {}).get("pool"))
+    return left_to_its_settings(connection.settings_dict)
 
 
 @pytest.fixture

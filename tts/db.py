@@ -46,6 +46,12 @@ def _on_a_long_lived_thread() -> bool:
     return False
 
 
+def left_to_its_settings(config: dict) -> bool:
+    """A database whose own settings keep its connections (a ``CONN_MAX_AGE``) or pool
+    them: nothing here touches those."""
+    return config.get("CONN_MAX_AGE") != 0 or bool(config.get("OPTIONS", {}).get("pool"))
+
+
 def keep_thread_connections() -> None:
     """On a long-lived thread, give its connections opened since the last call
     ``TTS_WEB_CONN_MAX_AGE`` seconds of life from now (counted once per connection, not
@@ -55,9 +61,8 @@ def keep_thread_connections() -> None:
     if max_age <= 0 or not _on_a_long_lived_thread():
         return
     for conn in connections.all(initialized_only=True):
-        config = conn.settings_dict
-        if config.get("CONN_MAX_AGE") != 0 or config.get("OPTIONS", {}).get("pool"):
-            continue  # persistent (or pooled) already: its own settings decide
+        if left_to_its_settings(conn.settings_dict):
+            continue
         if conn.connection is None or conn.in_atomic_block:
             continue
         if getattr(conn, "_tts_kept", None) is not conn.connection:
