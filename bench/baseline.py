@@ -58,7 +58,7 @@ def espeak_synthesizer(name: str) -> Synthesize:
     engine, voice = EspeakEngine(), Voice(id=name, label=name, engine="espeak", name=name)
 
     def synthesize(text: str) -> bytes:
-        audio = engine.synthesize(text, voice)  # the whole text, one espeak-ng run
+        audio = engine.synthesize(text, voice)  # the whole text in one synthesis
         return wav_bytes(audio.pcm, audio.sample_rate)
 
     return synthesize

@@ -1,7 +1,7 @@
 """CPU time each process of the stack spends over a stretch of the bench.
 
 Everything runs on the same few cores: the client, daphne, the workers, their engine
-processes (espeak-ng is one process per chunk) and Redis. When their CPU time per
+processes (espeak-ng's, one per chunk, when it runs as a program) and Redis. When their CPU time per
 session adds up to most of what the cores can give in a session's wall time, the
 pipeline's latency is queueing for a core, not any one step: this is how
 docs/benchmarks.md tells the two apart. Times are user + system, from /proc (psutil);

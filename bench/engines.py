@@ -153,28 +153,36 @@ def bench_coqui(voice: Any, device: str) -> Result:
             coqui.unload(voice)
 
 
-def bench_espeak() -> Result | None:
+def bench_espeak() -> list[Result]:
+    """espeak-ng in-process (libespeak-ng, the default) and as a program per segment
+    (TTS_ESPEAK_LIBRARY="")."""
     if importlib.util.find_spec("tts.engines.espeak") is None:
         print("espeak: tts.engines.espeak not found, skipped", file=sys.stderr)
-        return None
+        return []
+    from django.test import override_settings
+
     from tts.engines.base import Voice
     from tts.engines.espeak import EspeakEngine
 
     engine = EspeakEngine()
-    voice = Voice(id="espeak-en-us", label="espeak-ng en-us", engine="espeak", name="en-us")
-    available, reason = engine.availability(voice)
-    if not available:
-        print(f"espeak: skipped ({reason})", file=sys.stderr)
-        return None
+    results = []
+    for mode, library in (("library", "auto"), ("program", "")):
+        voice = Voice(id=f"en-us {mode}", label="en-us", engine="espeak", name="en-us")
+        available, reason = engine.availability(voice)
+        if not available:
+            print(f"espeak: skipped ({reason})", file=sys.stderr)
+            return []
 
-    def load() -> tuple[float, float]:
-        started = time.perf_counter()
-        engine.load(voice)
-        loaded = time.perf_counter()
-        engine.synthesize("Hello there.", voice)
-        return loaded - started, time.perf_counter() - loaded
+        def load(voice: Voice = voice) -> tuple[float, float]:
+            started = time.perf_counter()
+            engine.load(voice)
+            loaded = time.perf_counter()
+            engine.synthesize("Hello there.", voice)
+            return loaded - started, time.perf_counter() - loaded
 
-    return measure(engine, voice, "cpu", load)
+        with override_settings(TTS_ESPEAK_LIBRARY=library):
+            results.append(measure(engine, voice, "cpu", load))
+    return results
 
 
 def coqui_voice(voice_id: str, directory: Path, *, full_size: bool) -> Any:
@@ -249,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         for voice in voices:
             for device in devices:
                 results.append(bench_coqui(voice, device))
-    if (espeak := bench_espeak()) is not None:
-        results.append(espeak)
+    results += bench_espeak()
     info = machine()
     print(
         f"{len(TEXT)} characters, {len(sentences(TEXT))} sentences; first segment: "

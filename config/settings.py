@@ -281,6 +281,8 @@ TTS_PENDING_SOCKET_S = env_float("TTS_PENDING_SOCKET_S", 10.0, minimum=0)
 # Testing only: sleep this long before every synthesis, to widen fault-injection windows.
 TTS_FAULT_DELAY_MS = env_int("TTS_FAULT_DELAY_MS", 0, minimum=0)
 TTS_ESPEAK_BINARY = env_str("TTS_ESPEAK_BINARY", "espeak-ng")
+# libespeak-ng in-process ("auto": the system's; a path; empty: run the program per segment).
+TTS_ESPEAK_LIBRARY = env_str("TTS_ESPEAK_LIBRARY", "auto")
 TTS_COQUI_MODEL_PATH = env_str("TTS_COQUI_MODEL_PATH")
 TTS_COQUI_CONFIG_PATH = env_str("TTS_COQUI_CONFIG_PATH")
 TTS_COQUI_CACHE_DIR = env_str("TTS_COQUI_CACHE_DIR")

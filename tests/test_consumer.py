@@ -15,7 +15,7 @@ from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 
 from config.asgi import application
-from tts import services
+from tts import broadcast, services
 from tts.services import Owner
 
 pytestmark = [
@@ -234,6 +234,7 @@ async def test_a_live_chunk_after_a_gap_is_preceded_by_the_missing_chunks_from_s
             assert services.chunk_store(session=claimed, chunk=row, audio=audio, worker=worker)
             meta = services.chunk_meta(row, total_chunks=len(segments))
             chunks.append((meta, audio.pcm))
+        broadcast.flush()  # the claim's status event goes out before the chunks below
         return chunks
 
     from channels.layers import get_channel_layer

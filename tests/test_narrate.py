@@ -81,6 +81,7 @@ class SlowEngine:
         self.log.touch()
         self.env = stack_env(
             TTS_ESPEAK_BINARY=str(self.binary),
+            TTS_ESPEAK_LIBRARY="",  # the wrapper runs once per segment
             ENGINE_LOG=str(self.log),
             CHANNEL_LAYER_PREFIX=prefix,
         )

@@ -451,3 +451,64 @@ def test_the_writer_skips_every_job_after_a_failed_one_and_raises_its_error():
         writer.submit(lambda: ran.append("d") or True, skipped=lambda: skipped.append("d"))
         assert writer.wait() is False and not writer.healthy()
     assert "d" not in ran and skipped == ["c", "d"]
+
+
+@pytest.fixture
+def sent(monkeypatch) -> dict[int, bytes]:
+    """The audio each chunk was broadcast with, by seq."""
+    from tts import broadcast
+
+    audio: dict[int, bytes] = {}
+    real = broadcast.broadcast_chunk
+
+    def record(session_id, meta, pcm, **kwargs):
+        audio[meta["seq"]] = pcm
+        return real(session_id, meta, pcm, **kwargs)
+
+    monkeypatch.setattr(broadcast, "broadcast_chunk", record)
+    return audio
+
+
+def stored_audio(session) -> dict[int, bytes]:
+    return {c.seq: bytes(c.audio.pcm) for c in session.chunks.select_related("audio")}
+
+
+def test_a_segment_that_comes_again_is_made_once_and_stored_as_it_was_sent(engine_calls, sent):
+    """Engines need not make the same bytes twice (libespeak-ng carries state from one
+    utterance to the next; a VITS samples noise): a repeated segment is the same audio
+    live and from storage."""
+    refrain = "Row, row, row the boat."
+    session = narrated(f"{refrain} The sea was calm that night. {refrain} The stars came out.")
+    texts = [c.text.strip() for c in session.chunks.order_by("seq")]
+    assert texts.count(refrain) == 2
+    assert [text.strip() for text in engine_calls].count(refrain) == 1
+    assert sent == stored_audio(session)
+
+
+@pytest.mark.parametrize("same_bytes", [True, False])
+def test_a_chunk_stores_the_audio_it_was_sent_with_when_another_worker_stored_its_key(
+    monkeypatch, sent, same_bytes
+):
+    """Another worker narrating the same segment stores its audio under the key first:
+    the chunk refers to the bytes its listeners got, and the key keeps the other's."""
+    from tts.models import AudioBlob
+
+    real, raced = services._blob_create, []
+
+    def another_worker_first(key, audio):
+        if not raced:  # the first segment: the other worker's audio lands just before
+            raced.append(key)
+            pcm = audio.pcm if same_bytes else bytes(len(audio.pcm))
+            AudioBlob.objects.create(
+                key=key, pcm=pcm, sample_rate=audio.sample_rate, samples=audio.samples
+            )
+        return real(key, audio)
+
+    monkeypatch.setattr(services, "_blob_create", another_worker_first)
+    session = narrated()
+    assert sent == stored_audio(session)
+    first = session.chunks.get(seq=0)
+    assert (first.audio_id == raced[0]) is same_bytes
+    assert bytes(AudioBlob.objects.get(key=raced[0]).pcm) == (
+        sent[0] if same_bytes else bytes(len(sent[0]))
+    )

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -338,17 +338,24 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
         broadcast.broadcast_chunk(session.id, meta, audio.pcm)  # chunk n-1 is stored
         return store(row, audio)
 
+    # This session's audio by key: a segment that comes again is sent as the same bytes
+    # (engines need not make the same twice), and stored by chunk_store under the key
+    # those bytes lie under.
+    made: dict[str, SegmentAudio] = {}
     with _heartbeat(session.id, worker), _OrderedWriter() as writer:
         for seq in range(first_seq, total):
             try:
                 ready = ahead.result_for(segments[seq], keys[seq]) if ahead else None
                 ahead = None  # the first segment only
+                if keys[seq] in made:
+                    ready = replace(made[keys[seq]], engine_ms=0)
                 audio = ready or segment_audio(
                     segment=segments[seq],
                     voice=voice,
                     key=keys[seq],
                     cached=keys[seq] in cached,
                 )
+                made[keys[seq]] = audio
             except EngineError as exc:
                 writer.wait()  # keep what was made before the failure
                 session_fail(
@@ -359,11 +366,12 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                 return
             if not writer.healthy():  # a store failed: cancelled or taken over (or raised)
                 if not audio.cached:  # keep the audio for next time
-                    _blob_store(audio)
+                    _blob_create(audio.key, audio)
                 return
             row = chunk_row(session.id, seq, segments[seq], audio)  # made now
             meta = chunk_meta(row, total_chunks=total)
-            keep = None if audio.cached else partial(_blob_store, audio)  # if never stored
+            # If it is never stored, its audio is still kept for the cache.
+            keep = None if audio.cached else partial(_blob_create, audio.key, audio)
             if writer.idle():  # every chunk before it is stored: send it now
                 # The first chunk is sent before its store is queued, and waited for
                 # (briefly): the writer thread would otherwise hold the GIL while the send
@@ -629,7 +637,7 @@ def chunk_store(
     try:
         with transaction.atomic():
             if not audio.cached:  # kept even when the chunk is not: nothing made twice
-                _blob_store(audio)
+                chunk.audio_id = _blob_store(audio)
             held = TTSSession.objects.filter(
                 pk=session.id, status=SessionStatus.RUNNING, claimed_by=worker
             ).update(**updates)
@@ -641,14 +649,35 @@ def chunk_store(
     return True
 
 
-def _blob_store(audio: SegmentAudio) -> None:
+def _blob_store(audio: SegmentAudio) -> str:
+    """Store the audio under its key; return the key it now lies under.
+
+    Another worker may have stored the same key meanwhile (the same segment, narrated at
+    the same moment). Engines need not make the same bytes twice (a VITS samples noise;
+    libespeak-ng carries a little state from one utterance to the next), and listeners
+    already have these bytes: so unless the stored ones are the same, these go under a
+    key of their own (the key and their digest), which their chunk refers to. The key's
+    blob stays what the cache serves."""
+    if _blob_create(audio.key, audio):
+        return audio.key
+    stored = AudioBlob.objects.filter(key=audio.key).values_list("pcm", flat=True).first()
+    if stored is not None and bytes(stored) == audio.pcm:
+        return audio.key
+    own = hashlib.sha256(f"{audio.key}:{hashlib.sha256(audio.pcm).hexdigest()}".encode())
+    _blob_create(own.hexdigest(), audio)
+    return own.hexdigest()
+
+
+def _blob_create(key: str, audio: SegmentAudio) -> bool:
+    """False when the key is stored already."""
     try:
-        with transaction.atomic():  # a savepoint: another worker may store the same audio
+        with transaction.atomic():  # a savepoint: another worker may store the same key
             AudioBlob.objects.create(
-                key=audio.key, pcm=audio.pcm, sample_rate=audio.sample_rate, samples=audio.samples
+                key=key, pcm=audio.pcm, sample_rate=audio.sample_rate, samples=audio.samples
             )
     except IntegrityError:
-        pass  # content-addressed: the stored audio is the same
+        return False
+    return True
 
 
 def chunk_row(session_id: uuid.UUID, seq: int, segment: Segment, audio: SegmentAudio) -> TTSChunk:

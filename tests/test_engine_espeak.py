@@ -1,0 +1,123 @@
+"""The espeak-ng engine: libespeak-ng in-process, and the program as the fallback."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+
+from tts.conf import DEFAULT_VOICES
+from tts.engines import EngineUnavailable
+from tts.engines import espeak as espeak_module
+from tts.engines.base import Voice
+from tts.engines.espeak import EspeakEngine
+
+ESPEAK_VOICES = [Voice(**v) for v in DEFAULT_VOICES if v["engine"] == "espeak"]
+TEXT = "The old lighthouse keeper climbed the stairs each night, counting every step."
+EN_US = Voice(id="en-us", label="English", engine="espeak", name="en-us")
+FR = Voice(id="fr-fr", label="French", engine="espeak", name="fr-fr")
+
+# The program behind a wrapper that logs each run, to tell the two paths apart.
+LOGGING_ESPEAK = """#!/bin/sh
+printf 'run\\n' >> "{log}"
+exec espeak-ng "$@"
+"""
+
+pytestmark = pytest.mark.skipif(
+    espeak_module._library() is None, reason="libespeak-ng is not installed here"
+)
+
+
+@pytest.fixture
+def program_log(tmp_path, settings) -> Path:
+    """TTS_ESPEAK_BINARY is a wrapper that logs each run of the program."""
+    log = tmp_path / "runs.log"
+    log.touch()
+    wrapper = tmp_path / "espeak-logged"
+    wrapper.write_text(LOGGING_ESPEAK.format(log=log))
+    wrapper.chmod(0o755)
+    settings.TTS_ESPEAK_BINARY = str(wrapper)
+    return log
+
+
+def runs(log: Path) -> int:
+    return len(log.read_text().splitlines())
+
+
+def test_speech_is_made_in_process_without_a_program(program_log):
+    audio = EspeakEngine().synthesize(TEXT, EN_US)
+    assert audio.sample_rate == 22050
+    assert 3000 < audio.duration_ms < 8000
+    assert runs(program_log) == 0
+
+
+def test_without_the_library_every_segment_runs_the_program(program_log, settings):
+    settings.TTS_ESPEAK_LIBRARY = ""
+    audio = EspeakEngine().synthesize(TEXT, EN_US)
+    assert audio.sample_rate == 22050 and audio.duration_ms > 3000
+    assert runs(program_log) == 1
+
+
+def test_a_library_that_does_not_load_falls_back_to_the_program(
+    program_log, settings, tmp_path, caplog
+):
+    settings.TTS_ESPEAK_LIBRARY = str(tmp_path / "libespeak-ng-missing.so")
+    with caplog.at_level(logging.WARNING, logger="tts.engines.espeak"):
+        audio = EspeakEngine().synthesize(TEXT, EN_US)
+    assert audio.duration_ms > 3000
+    assert runs(program_log) == 1
+    assert "libespeak-ng-missing.so" in caplog.text
+
+
+@pytest.mark.parametrize("voice", ESPEAK_VOICES, ids=lambda v: v.id)
+def test_the_library_and_the_program_make_the_same_speech(voice, settings):
+    """Same voice, rate and options (`-b 1 -z`): the same length to a few samples (espeak
+    carries a little state from one utterance to the next, so not to the sample)."""
+    engine = EspeakEngine()
+    in_process = engine.synthesize(TEXT, voice)
+    settings.TTS_ESPEAK_LIBRARY = ""
+    program = engine.synthesize(TEXT, voice)
+    assert in_process.sample_rate == program.sample_rate
+    assert abs(in_process.samples - program.samples) < 0.01 * program.samples
+
+
+def test_an_unknown_voice_is_unavailable_and_the_next_one_still_speaks():
+    engine = EspeakEngine()
+    with pytest.raises(EngineUnavailable, match="no voice 'zz-qq'"):
+        engine.synthesize(TEXT, Voice(id="zz", label="zz", engine="espeak", name="zz-qq"))
+    assert engine.synthesize(TEXT, EN_US).duration_ms > 3000
+
+
+def test_syntheses_from_many_threads_do_not_mix():
+    """One synthesizer per process: threads take turns, and each gets its own voice and
+    its own audio, whole."""
+    engine = EspeakEngine()
+    texts = [f"{TEXT} Step {n}." for n in range(6)]
+    voices = [EN_US, FR]
+    expected = {
+        (text, voice.id): engine.synthesize(text, voice).samples
+        for text in texts
+        for voice in voices
+    }
+    got: dict[tuple[str, str], list[int]] = {key: [] for key in expected}
+    errors: list[BaseException] = []
+
+    def speak(voice: Voice) -> None:
+        try:
+            for text in texts:
+                got[(text, voice.id)].append(engine.synthesize(text, voice).samples)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=speak, args=(voices[n % 2],)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    for key, samples in got.items():
+        assert len(samples) == 2
+        for n in samples:
+            assert abs(n - expected[key]) < 0.01 * expected[key], key
