@@ -155,7 +155,9 @@ def _channel_layer_host() -> dict:
 # group_expiry must outlast the longest socket (DAPHNE_WEBSOCKET_TIMEOUT).
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels-redis's core layer, with one round trip per send and two per group
+        # send instead of four (tts/layers.py)
+        "BACKEND": "tts.layers.RedisChannelLayer",
         "CONFIG": {
             "hosts": [_channel_layer_host()],
             "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000, minimum=1),

@@ -1,0 +1,135 @@
+"""tts.layers.RedisChannelLayer against the real Redis: fewer round trips, and the same
+stored messages as channels-redis's own layer (each receives what the other sends)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import pytest
+from channels.exceptions import ChannelFull
+from channels_redis.core import RedisChannelLayer as CoreLayer
+from django.conf import settings
+
+from tts.layers import RedisChannelLayer
+
+HOSTS = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]
+
+
+@pytest.fixture
+def layers():
+    """Ours and channels-redis's, on one private prefix; flushed afterwards."""
+    prefix = f"layertest{uuid.uuid4().hex[:8]}"
+    options = {"hosts": HOSTS, "prefix": prefix, "capacity": 3, "expiry": 60}
+    ours, core = RedisChannelLayer(**options), CoreLayer(**options)
+    yield ours, core
+    asyncio.run(_flush(ours, core))
+
+
+async def _flush(*layers) -> None:
+    for layer in layers:
+        await layer.flush()
+
+
+def round_trips(layer, monkeypatch) -> list[str]:
+    """The commands the layer's connection sends (each is one round trip)."""
+    sent: list[str] = []
+    connection = layer.connection(0)
+    real = connection.execute_command
+
+    async def counting(*args, **options):
+        sent.append(str(args[0]))
+        return await real(*args, **options)
+
+    monkeypatch.setattr(connection, "execute_command", counting)
+    return sent
+
+
+def test_a_send_is_one_round_trip_and_reaches_a_channels_redis_receiver(layers, monkeypatch):
+    ours, core = layers
+
+    async def run():
+        trips = round_trips(ours, monkeypatch)
+        await ours.send("tts-generate", {"type": "tts.generate", "session_id": "a"})
+        assert trips == ["EVALSHA"]
+        assert await core.receive("tts-generate") == {"type": "tts.generate", "session_id": "a"}
+        local = await core.new_channel()
+        await ours.send(local, {"type": "hello"})
+        assert await core.receive(local) == {"type": "hello"}
+        await _flush(ours, core)
+
+    asyncio.run(run())
+
+
+def test_a_group_send_is_two_round_trips_and_reaches_every_member(layers, monkeypatch):
+    ours, core = layers
+
+    async def run():
+        # two process-local channels share one Redis key; a general one has its own
+        first, second = await core.new_channel(), await core.new_channel()
+        for channel in (first, second, "general.listener"):
+            await core.group_add("readers", channel)
+        trips = round_trips(ours, monkeypatch)
+        await ours.group_send("readers", {"type": "tts.chunk", "pcm": b"\x01\x02"})
+        assert trips == ["EVALSHA", "EVALSHA"]
+        for channel in (first, second, "general.listener"):
+            assert await core.receive(channel) == {"type": "tts.chunk", "pcm": b"\x01\x02"}
+        await _flush(ours, core)
+
+    asyncio.run(run())
+
+
+def test_what_channels_redis_sends_our_layer_receives(layers):
+    ours, core = layers
+
+    async def run():
+        local = await ours.new_channel()
+        await ours.group_add("readers", local)
+        await core.group_send("readers", {"type": "a"})
+        await core.send(local, {"type": "b"})
+        assert [await ours.receive(local) for _ in range(2)] == [{"type": "a"}, {"type": "b"}]
+        await _flush(ours, core)
+
+    asyncio.run(run())
+
+
+def test_a_full_channel_refuses_a_send_and_drops_a_group_send(layers, caplog):
+    ours, core = layers
+
+    async def run():
+        for n in range(3):
+            await ours.send("full", {"n": n})
+        with pytest.raises(ChannelFull):
+            await ours.send("full", {"n": 3})
+        for channel in ("full", "roomy"):
+            await core.group_add("readers", channel)
+        with caplog.at_level(logging.INFO, logger="channels_redis.core"):
+            await ours.group_send("readers", {"n": "group"})
+        assert "1 of 2 channels over capacity in group readers" in caplog.text
+        assert await core.receive("roomy") == {"n": "group"}
+        assert [(await core.receive("full"))["n"] for _ in range(3)] == [0, 1, 2]
+        await _flush(ours, core)
+
+    asyncio.run(run())
+
+
+def test_expired_messages_and_members_are_dropped_as_channels_redis_drops_them(layers):
+    ours, core = layers
+
+    async def run():
+        connection = ours.connection(0)
+        long_ago = time.time() - 2 * ours.group_expiry  # past both expiries
+        # an expired message on the channel, and a member of the group that expired
+        await connection.zadd(ours.prefix + "old", {core.serialize({"n": "stale"}): long_ago})
+        await connection.zadd(ours._group_key("readers"), {"gone": long_ago, "here": time.time()})
+        await ours.send("old", {"n": "fresh"})
+        assert await connection.zcard(ours.prefix + "old") == 1
+        await ours.group_send("readers", {"n": "group"})
+        assert await connection.zrange(ours._group_key("readers"), 0, -1) == [b"here"]
+        assert not await connection.exists(ours.prefix + "gone")
+        assert await core.receive("old") == {"n": "fresh"}
+        await _flush(ours, core)
+
+    asyncio.run(run())

@@ -1,0 +1,127 @@
+"""channels-redis's core layer, with fewer trips to Redis per message.
+
+channels-redis 4 makes four round trips for a ``send`` (drop expired messages, count,
+add, set the expiry) and four for a ``group_send`` (drop expired members, list them,
+drop expired messages in a pipeline, add in a script). Every POST sends one (the
+workers' doorbell) and every chunk one group_send, each on its path to first audio.
+
+``RedisChannelLayer`` here does the same work in Lua: a ``send`` is one round trip, a
+``group_send`` two (the members, then one script per Redis server that checks capacity,
+drops expired messages and adds the message for each member's channel). What is stored,
+and where, is exactly what channels-redis stores (the same keys, scores, expiries and
+serialized messages, ``__asgi_channel__`` included), so receiving is channels-redis's
+own, and processes on either class talk to each other (a rolling deploy). Sharding over
+several hosts and Sentinel work as in channels-redis: the connections are its own.
+
+    CHANNEL_LAYERS = {"default": {"BACKEND": "tts.layers.RedisChannelLayer", ...}}
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from channels.exceptions import ChannelFull
+from channels_redis.core import RedisChannelLayer as CoreRedisChannelLayer
+
+logger = logging.getLogger("channels_redis.core")  # where channels-redis logs the same
+
+# KEYS[1]: the channel's key. ARGV: message, capacity, now, expired-before, expiry (s).
+# Returns 1 when the channel is full (nothing added), else 0.
+SEND_LUA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[4])
+if redis.call('ZCOUNT', KEYS[1], '-inf', '+inf') >= tonumber(ARGV[2]) then
+    return 1
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 0
+"""
+
+# KEYS[1]: the group's key. ARGV[1]: members added before this have expired.
+MEMBERS_LUA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+# KEYS: n channel keys. ARGV: n messages, n capacities, now, expired-before, expiry (s).
+# Returns how many channels were full (their message dropped, as channels-redis does).
+GROUP_SEND_LUA = """
+local n = #KEYS
+local now, expired, expiry = ARGV[2 * n + 1], ARGV[2 * n + 2], ARGV[2 * n + 3]
+local over_capacity = 0
+for i = 1, n do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, expired)
+    if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[n + i]) then
+        redis.call('ZADD', KEYS[i], now, ARGV[i])
+        redis.call('EXPIRE', KEYS[i], expiry)
+    else
+        over_capacity = over_capacity + 1
+    end
+end
+return over_capacity
+"""
+
+
+class RedisChannelLayer(CoreRedisChannelLayer):
+    """channels-redis's core layer; ``send`` in one round trip, ``group_send`` in two."""
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        assert isinstance(message, dict), "message is not a dict"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        assert "__asgi_channel__" not in message
+        channel_non_local_name = channel
+        if "!" in channel:  # process-local: the full name rides in the message
+            message = {**message, "__asgi_channel__": channel}
+            channel_non_local_name = self.non_local_name(channel)
+            index = self.consistent_hash(channel)
+        else:
+            index = next(self._send_index_generator)
+        now = time.time()
+        full = await self._script(index, SEND_LUA)(
+            keys=[self.prefix + channel_non_local_name],
+            args=[
+                self.serialize(message),
+                self.get_capacity(channel),
+                now,
+                int(now) - int(self.expiry),
+                int(self.expiry),
+            ],
+        )
+        if full:
+            raise ChannelFull()
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        assert self.require_valid_group_name(group), "Group name not valid"
+        members = await self._script(self.consistent_hash(group), MEMBERS_LUA)(
+            keys=[self._group_key(group)], args=[int(time.time()) - self.group_expiry]
+        )
+        channel_names = [name.decode("utf8") for name in members]
+        by_connection, messages, capacities = self._map_channel_keys_to_connection(
+            channel_names, message
+        )
+        for index, channel_keys in by_connection.items():
+            now = time.time()
+            over_capacity = await self._script(index, GROUP_SEND_LUA)(
+                keys=channel_keys,
+                args=[
+                    *(messages[key] for key in channel_keys),
+                    *(capacities[key] for key in channel_keys),
+                    now,
+                    int(now) - int(self.expiry),
+                    int(self.expiry),
+                ],
+            )
+            if over_capacity > 0:
+                logger.info(
+                    "%s of %s channels over capacity in group %s",
+                    over_capacity,
+                    len(channel_names),
+                    group,
+                )
+
+    def _script(self, index: int, source: str) -> Any:
+        """The script on connection ``index``, run by its digest (EVALSHA; redis-py loads
+        it again after a Redis restart)."""
+        return self.connection(index).register_script(source)
