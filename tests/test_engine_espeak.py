@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tts.conf import DEFAULT_VOICES
-from tts.engines import EngineUnavailable
+from tts.engines import EngineError, EngineUnavailable
 from tts.engines import espeak as espeak_module
 from tts.engines.base import Voice
 from tts.engines.espeak import EspeakEngine
@@ -25,7 +25,7 @@ printf 'run\\n' >> "{log}"
 exec espeak-ng "$@"
 """
 
-pytestmark = pytest.mark.skipif(
+needs_library = pytest.mark.skipif(
     espeak_module._library() is None, reason="libespeak-ng is not installed here"
 )
 
@@ -46,6 +46,7 @@ def runs(log: Path) -> int:
     return len(log.read_text().splitlines())
 
 
+@needs_library
 def test_speech_is_made_in_process_without_a_program(program_log):
     audio = EspeakEngine().synthesize(TEXT, EN_US)
     assert audio.sample_rate == 22050
@@ -71,6 +72,7 @@ def test_a_library_that_does_not_load_falls_back_to_the_program(
     assert "libespeak-ng-missing.so" in caplog.text
 
 
+@needs_library
 @pytest.mark.parametrize("voice", ESPEAK_VOICES, ids=lambda v: v.id)
 def test_the_library_and_the_program_make_the_same_speech(voice, settings):
     """Same voice, rate and options (`-b 1 -z`): the same length to a few samples (espeak
@@ -83,6 +85,7 @@ def test_the_library_and_the_program_make_the_same_speech(voice, settings):
     assert abs(in_process.samples - program.samples) < 0.01 * program.samples
 
 
+@needs_library
 def test_an_unknown_voice_is_unavailable_and_the_next_one_still_speaks():
     engine = EspeakEngine()
     with pytest.raises(EngineUnavailable, match="no voice 'zz-qq'"):
@@ -90,6 +93,7 @@ def test_an_unknown_voice_is_unavailable_and_the_next_one_still_speaks():
     assert engine.synthesize(TEXT, EN_US).duration_ms > 3000
 
 
+@needs_library
 def test_syntheses_from_many_threads_do_not_mix():
     """One synthesizer per process: threads take turns, and each gets its own voice and
     its own audio, whole."""
@@ -121,3 +125,30 @@ def test_syntheses_from_many_threads_do_not_mix():
         assert len(samples) == 2
         for n in samples:
             assert abs(n - expected[key]) < 0.01 * expected[key], key
+
+
+@needs_library
+def test_a_synthesis_past_its_deadline_is_an_engine_timeout(monkeypatch):
+    monkeypatch.setattr(espeak_module, "TIMEOUT_S", 0)
+    with pytest.raises(EngineError) as raised:
+        EspeakEngine().synthesize(TEXT, EN_US)
+    assert raised.value.code == "engine_timeout"
+    monkeypatch.undo()
+    assert EspeakEngine().synthesize(TEXT, EN_US).duration_ms > 3000
+
+
+@needs_library
+def test_a_voice_that_does_not_warm_up_does_not_stop_the_worker(caplog):
+    with caplog.at_level(logging.WARNING, logger="tts.engines.espeak"):
+        EspeakEngine().load(Voice(id="zz", label="zz", engine="espeak", name="zz-qq"))
+    assert "did not warm up" in caplog.text
+
+
+@needs_library
+def test_one_library_file_is_one_synthesizer_whatever_it_is_called(settings):
+    """libespeak-ng keeps one synthesizer per process: two names of the same file must
+    not make two instances (the second would take the first's callback)."""
+    first = espeak_module._library()
+    settings.TTS_ESPEAK_LIBRARY = "libespeak-ng.so.1"
+    assert espeak_module._library() is first
+    assert EspeakEngine().synthesize(TEXT, EN_US).duration_ms > 3000

@@ -33,6 +33,13 @@ async def _flush(*layers) -> None:
         await layer.flush()
 
 
+async def warm(layer) -> None:
+    """Redis has the layer's scripts (a fresh Redis makes the first call of each load it)."""
+    await layer.group_add("warm-up", "warm-up")
+    await layer.send("warm-up", {"type": "warm"})
+    await layer.group_send("warm-up", {"type": "warm"})
+
+
 def round_trips(layer, monkeypatch) -> list[str]:
     """The commands the layer's connection sends (each is one round trip)."""
     sent: list[str] = []
@@ -51,6 +58,7 @@ def test_a_send_is_one_round_trip_and_reaches_a_channels_redis_receiver(layers, 
     ours, core = layers
 
     async def run():
+        await warm(ours)
         trips = round_trips(ours, monkeypatch)
         await ours.send("tts-generate", {"type": "tts.generate", "session_id": "a"})
         assert trips == ["EVALSHA"]
@@ -71,6 +79,7 @@ def test_a_group_send_is_two_round_trips_and_reaches_every_member(layers, monkey
         first, second = await core.new_channel(), await core.new_channel()
         for channel in (first, second, "general.listener"):
             await core.group_add("readers", channel)
+        await warm(ours)
         trips = round_trips(ours, monkeypatch)
         await ours.group_send("readers", {"type": "tts.chunk", "pcm": b"\x01\x02"})
         assert trips == ["EVALSHA", "EVALSHA"]
@@ -124,12 +133,32 @@ def test_expired_messages_and_members_are_dropped_as_channels_redis_drops_them(l
         # an expired message on the channel, and a member of the group that expired
         await connection.zadd(ours.prefix + "old", {core.serialize({"n": "stale"}): long_ago})
         await connection.zadd(ours._group_key("readers"), {"gone": long_ago, "here": time.time()})
+        await connection.zadd(ours.prefix + "here", {core.serialize({"n": "stale"}): long_ago})
         await ours.send("old", {"n": "fresh"})
         assert await connection.zcard(ours.prefix + "old") == 1
         await ours.group_send("readers", {"n": "group"})
         assert await connection.zrange(ours._group_key("readers"), 0, -1) == [b"here"]
+        assert await core.receive("here") == {"n": "group"}  # the stale one was dropped
+        assert await connection.zcard(ours.prefix + "here") == 0
         assert not await connection.exists(ours.prefix + "gone")
         assert await core.receive("old") == {"n": "fresh"}
+        await _flush(ours, core)
+
+    asyncio.run(run())
+
+
+def test_the_scripts_are_loaded_again_after_redis_forgets_them(layers):
+    """A restarted Redis has no scripts: the next send and group send load them."""
+    ours, core = layers
+
+    async def run():
+        await warm(ours)
+        await ours.connection(0).script_flush()
+        await core.group_add("readers", "listener")
+        await ours.send("after", {"n": 1})
+        await ours.group_send("readers", {"n": 2})
+        assert await core.receive("after") == {"n": 1}
+        assert await core.receive("listener") == {"n": 2}
         await _flush(ours, core)
 
     asyncio.run(run())

@@ -483,6 +483,35 @@ def test_a_segment_that_comes_again_is_made_once_and_stored_as_it_was_sent(engin
     assert texts.count(refrain) == 2
     assert [text.strip() for text in engine_calls].count(refrain) == 1
     assert sent == stored_audio(session)
+    first, again = session.chunks.filter(text__startswith=refrain).order_by("seq")
+    assert (first.cached, again.cached) == (False, True)
+    assert again.audio_id == first.audio_id
+
+
+def test_a_segment_that_comes_again_refers_to_the_audio_its_first_chunk_stored(monkeypatch, sent):
+    """Another worker stored the refrain's key first, with other bytes: both chunks of it
+    refer to this session's own bytes, which is what their listeners got."""
+    from tts.models import AudioBlob
+
+    real, raced = services._blob_create, []
+
+    def another_worker_first(key, audio):
+        if not raced:
+            raced.append(key)
+            AudioBlob.objects.create(
+                key=key,
+                pcm=bytes(len(audio.pcm)),
+                sample_rate=audio.sample_rate,
+                samples=audio.samples,
+            )
+        return real(key, audio)
+
+    monkeypatch.setattr(services, "_blob_create", another_worker_first)
+    refrain = "Row, row, row the boat."
+    session = narrated(f"{refrain} The sea was calm that night. {refrain} The stars came out.")
+    assert sent == stored_audio(session)
+    first, again = session.chunks.filter(text__startswith=refrain).order_by("seq")
+    assert first.audio_id == again.audio_id != raced[0]
 
 
 @pytest.mark.parametrize("same_bytes", [True, False])

@@ -110,6 +110,8 @@ DEFAULTS: dict[str, Any] = {
     "TTS_PENDING_SOCKET_S": 10.0,
     "TTS_FAULT_DELAY_MS": 0,
     "TTS_ESPEAK_BINARY": "espeak-ng",
+    # libespeak-ng in the worker's process: "auto", a path, or "" (the program per segment)
+    "TTS_ESPEAK_LIBRARY": "auto",
 }
 
 

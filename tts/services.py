@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -316,8 +316,12 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
     ]
     cached = cached_keys(keys[first_seq:])
 
+    landed: dict[str, str] = {}  # audio key -> the blob its new audio was stored as
+    # (_blob_store): a segment that comes again refers to it. Writer thread only.
+
     def store(row: TTSChunk, audio: SegmentAudio) -> bool:
         seq = row.seq
+        row.audio_id = landed.get(row.audio_id, row.audio_id)  # a repeat: where it lies
         stored = chunk_store(
             session=session,
             chunk=row,
@@ -325,6 +329,8 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
             worker=worker,
             total_chunks=total if seq == first_seq else None,
         )
+        if stored and not audio.cached:
+            landed[audio.key] = row.audio_id
         if not stored:
             logger.info("session %s was cancelled or taken over; stopping", session.id)
         elif seq == first_seq:
@@ -339,23 +345,28 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
         return store(row, audio)
 
     # This session's audio by key: a segment that comes again is sent as the same bytes
-    # (engines need not make the same twice), and stored by chunk_store under the key
-    # those bytes lie under.
+    # (engines need not make the same twice), made once, and stored as a cached chunk
+    # of the blob those bytes lie under (landed).
     made: dict[str, SegmentAudio] = {}
+    to_come = Counter(keys[first_seq:])  # only what comes again is kept, until then
     with _heartbeat(session.id, worker), _OrderedWriter() as writer:
         for seq in range(first_seq, total):
             try:
                 ready = ahead.result_for(segments[seq], keys[seq]) if ahead else None
                 ahead = None  # the first segment only
-                if keys[seq] in made:
-                    ready = replace(made[keys[seq]], engine_ms=0)
+                if keys[seq] in made:  # its first chunk is stored before it: in order
+                    ready = replace(made[keys[seq]], cached=True, engine_ms=0)
                 audio = ready or segment_audio(
                     segment=segments[seq],
                     voice=voice,
                     key=keys[seq],
                     cached=keys[seq] in cached,
                 )
-                made[keys[seq]] = audio
+                to_come[keys[seq]] -= 1
+                if to_come[keys[seq]]:
+                    made[keys[seq]] = audio
+                else:
+                    made.pop(keys[seq], None)
             except EngineError as exc:
                 writer.wait()  # keep what was made before the failure
                 session_fail(

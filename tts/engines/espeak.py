@@ -15,6 +15,7 @@ import logging
 import shutil
 import subprocess
 import threading
+import time
 
 from tts.audio import parse_wav
 from tts.conf import settings
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 BASE_WPM = 160
 INSTALL_HINT = "apt-get install espeak-ng"
 WARM_UP_TEXT = "Ready."
+TIMEOUT_S = 60  # one segment, either way
 
 
 def _binary() -> str:
@@ -122,6 +124,7 @@ class _Library:
         self._lock = threading.Lock()
         self._voice = b""
         self._parts: list[bytes] = []
+        self._deadline = 0.0
         self._callback = _SYNTH_CALLBACK(self._collect)  # kept alive as long as the library
         rate = cdll.espeak_Initialize(
             _AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, None, _INITIALIZE_DONT_EXIT
@@ -134,7 +137,7 @@ class _Library:
     def _collect(self, wav, samples: int, events) -> int:  # noqa: ANN001 - C pointers
         if samples > 0:
             self._parts.append(ctypes.string_at(wav, samples * 2))
-        return 0  # go on
+        return 1 if time.monotonic() > self._deadline else 0  # 1: stop there
 
     def _select(self, name: bytes) -> bool:
         """The voice by its name, else by language (``fr-fr``), as the program's -v."""
@@ -156,16 +159,21 @@ class _Library:
                 self._voice = name
             self._lib.espeak_SetParameter(_RATE, wpm, 0)
             self._parts = []
+            self._deadline = time.monotonic() + TIMEOUT_S
             status = self._lib.espeak_Synth(
                 encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _PHONEMES, None, None
             )
             parts, self._parts = self._parts, []
+            late = time.monotonic() > self._deadline
+        if late:
+            raise EngineError(f"espeak-ng took longer than {TIMEOUT_S} s", code="engine_timeout")
         if status != _EE_OK:
             raise EngineError(f"espeak-ng failed (status {status})", code="engine_error")
         return b"".join(parts)
 
 
-_libraries: dict[str, _Library | None] = {}
+_libraries: dict[str, _Library | None] = {}  # by setting
+_by_handle: dict[int, _Library] = {}  # libespeak-ng has one synthesizer per process
 _libraries_lock = threading.Lock()
 
 
@@ -173,7 +181,7 @@ def _library() -> _Library | None:
     """The in-process library named by TTS_ESPEAK_LIBRARY ("auto": the system's), or None
     (off, not installed, or it failed to start: the program is used). Loaded once per
     process, on first use."""
-    wanted = getattr(settings, "TTS_ESPEAK_LIBRARY", "auto")
+    wanted = settings.TTS_ESPEAK_LIBRARY
     if not wanted:
         return None
     with _libraries_lock:
@@ -187,7 +195,10 @@ def _load_library(wanted: str) -> _Library | None:
     try:
         if not path:
             raise OSError("libespeak-ng not found")
-        return _Library(ctypes.CDLL(path))
+        cdll = ctypes.CDLL(path)  # the same file twice is the same handle: one instance
+        if cdll._handle not in _by_handle:
+            _by_handle[cdll._handle] = _Library(cdll)
+        return _by_handle[cdll._handle]
     except (OSError, AttributeError) as exc:
         log = logger.info if wanted == "auto" else logger.warning
         log("espeak-ng runs as a program per segment: the library did not load (%s)", exc)
@@ -212,8 +223,12 @@ class EspeakEngine(Engine):
     def load(self, voice: Voice) -> None:
         """Start the library (its phoneme data) and the voice's dictionary now, not on the
         first session."""
-        if _library() is not None:
+        if _library() is None:
+            return
+        try:
             self.synthesize(WARM_UP_TEXT, voice)
+        except EngineError as exc:  # the voice's sessions will say so; the worker starts
+            logger.warning("espeak-ng voice %r did not warm up: %s", voice.name, exc.message)
 
     def synthesize(self, text: str, voice: Voice) -> Audio:
         wpm = max(80, min(450, round(BASE_WPM * (voice.speed or 1.0))))
@@ -238,11 +253,15 @@ class EspeakEngine(Engine):
             "--stdout",
         ]
         try:
-            done = subprocess.run(command, input=text.encode(), capture_output=True, timeout=60)
+            done = subprocess.run(
+                command, input=text.encode(), capture_output=True, timeout=TIMEOUT_S
+            )
         except FileNotFoundError:
             raise EngineUnavailable(f"espeak-ng is not installed. {INSTALL_HINT}") from None
         except subprocess.TimeoutExpired:
-            raise EngineError("espeak-ng took longer than 60 s", code="engine_timeout") from None
+            raise EngineError(
+                f"espeak-ng took longer than {TIMEOUT_S} s", code="engine_timeout"
+            ) from None
         if done.returncode != 0:
             reason = done.stderr.decode(errors="replace").strip()[:200]
             raise EngineError(f"espeak-ng failed: {reason}", code="engine_error")
