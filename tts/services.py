@@ -316,8 +316,13 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
     ]
     cached = cached_keys(keys[first_seq:])
 
-    landed: dict[str, str] = {}  # audio key -> the blob its new audio was stored as
-    # (_blob_store): a segment that comes again refers to it. Writer thread only.
+    # A segment that comes again in this session (engines need not make the same bytes
+    # twice) is made once: ``made`` holds its audio for the synthesis thread, to send the
+    # same bytes again, and ``landed`` the blob its first chunk was stored as
+    # (_blob_store), for the writer thread to refer to.
+    repeats = {key for key, n in Counter(keys[first_seq:]).items() if n > 1}
+    made: dict[str, SegmentAudio] = {}
+    landed: dict[str, str] = {}
 
     def store(row: TTSChunk, audio: SegmentAudio) -> bool:
         seq = row.seq
@@ -329,7 +334,7 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
             worker=worker,
             total_chunks=total if seq == first_seq else None,
         )
-        if stored and not audio.cached:
+        if stored and audio.key in repeats and not audio.cached:
             landed[audio.key] = row.audio_id
         if not stored:
             logger.info("session %s was cancelled or taken over; stopping", session.id)
@@ -344,11 +349,6 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
         broadcast.broadcast_chunk(session.id, meta, audio.pcm)  # chunk n-1 is stored
         return store(row, audio)
 
-    # This session's audio by key: a segment that comes again is sent as the same bytes
-    # (engines need not make the same twice), made once, and stored as a cached chunk
-    # of the blob those bytes lie under (landed).
-    made: dict[str, SegmentAudio] = {}
-    to_come = Counter(keys[first_seq:])  # only what comes again is kept, until then
     with _heartbeat(session.id, worker), _OrderedWriter() as writer:
         for seq in range(first_seq, total):
             try:
@@ -362,11 +362,8 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                     key=keys[seq],
                     cached=keys[seq] in cached,
                 )
-                to_come[keys[seq]] -= 1
-                if to_come[keys[seq]]:
-                    made[keys[seq]] = audio
-                else:
-                    made.pop(keys[seq], None)
+                if keys[seq] in repeats:
+                    made.setdefault(keys[seq], audio)
             except EngineError as exc:
                 writer.wait()  # keep what was made before the failure
                 session_fail(

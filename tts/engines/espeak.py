@@ -31,6 +31,14 @@ WARM_UP_TEXT = "Ready."
 TIMEOUT_S = 60  # one segment, either way
 
 
+def _no_voice(name: str) -> str:
+    return f"espeak-ng has no voice {name!r}. Install espeak-ng-data."
+
+
+def _timed_out() -> EngineError:
+    return EngineError(f"espeak-ng took longer than {TIMEOUT_S} s", code="engine_timeout")
+
+
 def _binary() -> str:
     return getattr(settings, "TTS_ESPEAK_BINARY", "espeak-ng")
 
@@ -98,7 +106,7 @@ _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
 class _Library:
     """libespeak-ng, initialized once per process. It keeps one global synthesizer, so
     one synthesis runs at a time (a lock); the GIL is released while it runs (ctypes),
-    and taken back once per ``_BUFFER_MS`` of audio to collect it."""
+    and taken back to collect the audio once per clause (or ``_BUFFER_MS`` of audio)."""
 
     def __init__(self, cdll: ctypes.CDLL) -> None:
         cdll.espeak_Initialize.argtypes = [
@@ -153,9 +161,7 @@ class _Library:
             if name != self._voice:
                 self._voice = b""
                 if not self._select(name):
-                    raise EngineUnavailable(
-                        f"espeak-ng has no voice {voice_name!r}. Install espeak-ng-data."
-                    )
+                    raise EngineUnavailable(_no_voice(voice_name))
                 self._voice = name
             self._lib.espeak_SetParameter(_RATE, wpm, 0)
             self._parts = []
@@ -166,7 +172,7 @@ class _Library:
             parts, self._parts = self._parts, []
             late = time.monotonic() > self._deadline
         if late:
-            raise EngineError(f"espeak-ng took longer than {TIMEOUT_S} s", code="engine_timeout")
+            raise _timed_out()
         if status != _EE_OK:
             raise EngineError(f"espeak-ng failed (status {status})", code="engine_error")
         return b"".join(parts)
@@ -214,7 +220,7 @@ class EspeakEngine(Engine):
         if not _installed(binary):
             return False, f"The espeak-ng program is not installed. Install it: {INSTALL_HINT}"
         if voice.name and voice.name not in installed_voices(binary):
-            return False, f"espeak-ng has no voice {voice.name!r}. Install espeak-ng-data."
+            return False, _no_voice(voice.name)
         return True, ""
 
     def model_id(self, voice: Voice) -> str:
@@ -259,9 +265,7 @@ class EspeakEngine(Engine):
         except FileNotFoundError:
             raise EngineUnavailable(f"espeak-ng is not installed. {INSTALL_HINT}") from None
         except subprocess.TimeoutExpired:
-            raise EngineError(
-                f"espeak-ng took longer than {TIMEOUT_S} s", code="engine_timeout"
-            ) from None
+            raise _timed_out() from None
         if done.returncode != 0:
             reason = done.stderr.decode(errors="replace").strip()[:200]
             raise EngineError(f"espeak-ng failed: {reason}", code="engine_error")
