@@ -49,6 +49,13 @@ def figures(result: dict, voice: str) -> dict[str, float]:
         value = result.get(scenario, {}).get(voice, {}).get(key, {})
         if isinstance(value, dict) and stat in value:
             out[name] = value[stat]
+    throughput = result.get("streaming", {}).get(voice, {}).get("throughput", {})
+    for name, key in [
+        ("wall / engine p50", "worker_ratio"),
+        ("ms per chunk p50", "overhead_per_chunk_ms"),
+    ]:
+        if "p50" in throughput.get(key, {}):  # with --scenarios ...,streaming
+            out[name] = throughput[key]["p50"]
     reopen = result.get("cached", {}).get(voice, {}).get("reopen", {})
     if "connect_to_first_frame" in reopen:
         out["reopen p50"] = reopen["connect_to_first_frame"]["p50"]
@@ -106,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for tree in trees.values():
                 git("worktree", "remove", "--force", str(tree))
-    names = [n for n in [*FIGURES, "reopen p50"] if all(n in s[0] for s in samples.values())]
+    extra = ["wall / engine p50", "ms per chunk p50", "reopen p50"]
+    names = [n for n in [*FIGURES, *extra] if all(n in s[0] for s in samples.values())]
     width = max(len(n) for n in names)
     print(f"\nmedian of {args.rounds} interleaved rounds, ms ({args.voice})")
     print(" " * width + "".join(f"{sha:>14}" for sha in shas))

@@ -279,6 +279,9 @@ def trace() -> None:
     )
     for name in ["session_claim", "session_segments", "cached_keys", "_synthesize"]:
         setattr(services, name, _traced(f"services.{name}", getattr(services, name)))
+    services.segment_text = _traced("segment_text", services.segment_text)
+    ahead = services._HeadAhead
+    ahead.start = classmethod(_traced("ahead.start", ahead.start.__func__))
     broadcast.dispatch_generate = _traced("dispatch_generate", broadcast.dispatch_generate)
     broadcast.broadcast_chunk = _traced("broadcast_chunk", broadcast.broadcast_chunk)
     views.session_create = _traced("view", views.session_create)
