@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import pytest
 
 from tts import services
@@ -145,50 +147,104 @@ def test_the_full_audio_is_the_concatenation_of_the_chunks():
     assert len(pcm) == 2 * sum(c.samples for c in session.chunks.all())
 
 
-def test_a_long_texts_first_segment_is_synthesized_while_the_rest_is_cut(engine_calls):
-    """Ahead of the whole text's segmentation, on a helper thread; used because the whole
-    text's first segment is the same, so nothing is synthesized twice."""
+def test_a_long_texts_head_is_synthesized_while_the_rest_is_cut(engine_calls, monkeypatch):
+    """The head's segments are on the engine thread before the whole text is cut; they
+    are used because the whole text's first segments are the same, so nothing is
+    synthesized twice, and every synthesis runs on the engine thread, in order."""
     import threading
 
-    threads: list[str] = []
+    calls: list[tuple[str, str]] = []
     engine = get_engine("espeak")
     counting = engine.synthesize
+    cutting = services.segment_text
+    synthesizing, waited = threading.Event(), []
 
     def on_thread(text, voice):
-        threads.append(threading.current_thread().name)
+        calls.append((threading.current_thread().name, text))
+        synthesizing.set()
         return counting(text, voice)
 
-    engine.synthesize = on_thread
-    try:
-        text = " ".join(
-            f"Sentence number {n} walks along the quiet harbour wall." for n in range(30)
-        )
-        session = create(text)
-        services.session_run(session_id=session.id, worker="w1")
-    finally:
-        engine.synthesize = counting
+    def cut(text, **kwargs):
+        if len(text) > services._HeadAhead.HEAD_CHARS:  # the whole text: the head is on
+            waited.append(synthesizing.wait(5))  # the engine already (or it never comes)
+        return cutting(text, **kwargs)
+
+    monkeypatch.setattr(engine, "synthesize", on_thread)
+    monkeypatch.setattr(services, "segment_text", cut)
+    text = " ".join(f"Sentence number {n} walks along the quiet harbour wall." for n in range(30))
+    session = create(text)
+    services.session_run(session_id=session.id, worker="w1")
     session.refresh_from_db()
     assert session.status == SessionStatus.COMPLETED
     assert len(engine_calls) == session.total_chunks == session.chunks.count()
-    assert threads[0].startswith("tts-first") and not threads[1].startswith("tts-first")
-    first = session.chunks.get(seq=0)
-    assert first.char_start == 0 and text.startswith(first.text)
+    assert waited == [True]
+    assert all(name.startswith("tts-engine") for name, _ in calls)
+    chunks = list(session.chunks.order_by("seq").values_list("text", flat=True))
+    assert [text.strip() for _, text in calls] == [c.strip() for c in chunks]  # in order
 
 
-def test_a_first_segment_made_ahead_for_other_text_is_not_used():
+def test_the_engine_works_ahead_while_a_chunk_is_delivered(monkeypatch):
+    """The first segment is made on the loop's own thread (no hand-over on the way to
+    first audio); from then on the engine thread synthesizes the next segments while the
+    loop is still broadcasting the chunk before them, and a cancel meanwhile keeps what
+    was made for the cache."""
+    import threading
+
+    engine = get_engine("espeak")
+    original, broadcast_chunk = engine.synthesize, services.broadcast.broadcast_chunk
+    events: list[tuple[str, str]] = []
+    second_made = threading.Event()
+
+    def synthesize(text, voice):
+        audio = original(text, voice)
+        events.append(("made", threading.current_thread().name))
+        if [kind for kind, _ in events].count("made") == 2:
+            second_made.set()
+        return audio
+
+    def slow_broadcast(session_id, meta, pcm, **kwargs):
+        if meta["seq"] == 0:  # a slow listener-side send: the engine must not wait for it
+            events.append(("sending 0", ""))
+            assert second_made.wait(5), "the engine waited for the broadcast"
+            services.session_cancel(session_id=session_id)  # and the next ones are kept
+        broadcast_chunk(session_id, meta, pcm, **kwargs)
+
+    monkeypatch.setattr(engine, "synthesize", synthesize)
+    monkeypatch.setattr(services.broadcast, "broadcast_chunk", slow_broadcast)
+    session = create(TEXT)  # four segments
+    services.session_run(session_id=session.id, worker="w1")
+    session.refresh_from_db()
+    assert session.status == SessionStatus.CANCELLED
+    assert events[0] == ("made", threading.current_thread().name)
+    assert events[1] == ("sending 0", "") and events[2][1].startswith("tts-engine")
+    voice = services.voice_resolve(voice_id="en-us")
+    segments = services.session_segments(session=session, voice=voice)
+    made_ahead = [
+        services.audio_key(
+            voice=voice, engine_model=session.model, text=seg.speech_text, pause_ms=seg.pause_ms
+        )
+        for seg in segments[1 : 1 + services.SYNTHESIS_AHEAD]
+    ]
+    assert AudioBlob.objects.filter(key__in=made_ahead).count() >= 1  # kept, not lost
+
+
+def test_a_head_cut_otherwise_than_the_whole_text_is_not_used():
     voice = services.voice_resolve(voice_id="en-us")
     session = create(TEXT)
-    segment, other = services.session_segments(session=session, voice=voice)[:2]
-    audio = services.segment_audio(segment=segment, voice=voice)
-    ahead = services._FirstSegmentAhead(segment, audio.key, _done(audio))
-    assert ahead.result_for(segment, audio.key) is audio
-    assert ahead.result_for(other, audio.key) is None
-    assert ahead.result_for(segment, "another key") is None
+    segments = services.session_segments(session=session, voice=voice)
+    audio = services.segment_audio(segment=segments[0], voice=voice)
+    head = [(segments[0], audio.key, _done(audio)), (segments[1], "a key", _done(audio))]
+    ahead = services._HeadAhead(head)
+    keys = [audio.key, "a key"]
+    assert list(ahead.take(segments[:2], keys)) == [0, 1]
+    assert list(ahead.take(segments[:2], [audio.key, "another key"])) == [0]
+    assert ahead.take(segments[1:2], keys) == {}
+    waiting = Future()
+    ahead = services._HeadAhead([(segments[1], "a key", waiting)])
+    assert ahead.take(segments[:1], keys) == {} and waiting.cancelled()
 
 
 def _done(value):
-    from concurrent.futures import Future
-
     future = Future()
     future.set_result(value)
     return future

@@ -305,7 +305,7 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
         )
         return
     first_seq = session.completed_chunks  # advanced with every stored chunk, atomically
-    ahead = _FirstSegmentAhead.start(session, voice) if first_seq == 0 else None
+    ahead = _HeadAhead.start(session, voice) if first_seq == 0 else None
     segments = session_segments(session=session, voice=voice)
     total = session.total_chunks = len(segments)
     keys = [
@@ -323,6 +323,24 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
     repeats = {key for key, n in Counter(keys[first_seq:]).items() if n > 1}
     made: dict[str, SegmentAudio] = {}
     landed: dict[str, str] = {}
+    # Past the first chunk, the engine works ahead on the worker's engine thread: once
+    # segment n is made, n+1 and n+2 are queued for synthesis (SYNTHESIS_AHEAD) while
+    # chunk n is broadcast and queued for storage (the GIL is released while an engine
+    # runs), so the engine waits neither for this loop nor for a slow store. The first
+    # segment is made here, with no hand-over between threads on the way to first audio
+    # (unless the head went ahead, below). Only first occurrences that are not cached
+    # are synthesized.
+    first_of: dict[str, int] = {}
+    for i in range(first_seq, total):
+        first_of.setdefault(keys[i], i)
+    synthesizing = ahead.take(segments, keys) if ahead is not None else {}
+
+    def synthesize_ahead(seq: int) -> None:
+        if seq >= total or seq in synthesizing or keys[seq] in cached:
+            return
+        if first_of[keys[seq]] == seq:  # a repeat is sent as its first occurrence's audio
+            args = (segments[seq], voice, keys[seq])
+            synthesizing[seq] = _engine_pool().submit(_synthesize_segment, *args)
 
     def store(row: TTSChunk, audio: SegmentAudio) -> bool:
         seq = row.seq
@@ -349,11 +367,14 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
         broadcast.broadcast_chunk(session.id, meta, audio.pcm)  # chunk n-1 is stored
         return store(row, audio)
 
-    with _heartbeat(session.id, worker), _OrderedWriter() as writer:
+    with (
+        _heartbeat(session.id, worker),
+        _OrderedWriter() as writer,
+        _keeping_what_is_made(synthesizing),
+    ):
         for seq in range(first_seq, total):
             try:
-                ready = ahead.result_for(segments[seq], keys[seq]) if ahead else None
-                ahead = None  # the first segment only
+                ready = synthesizing.pop(seq).result() if seq in synthesizing else None
                 if keys[seq] in made:  # its first chunk is stored before it: in order
                     ready = replace(made[keys[seq]], cached=True, engine_ms=0)
                 audio = ready or segment_audio(
@@ -376,6 +397,8 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                 if not audio.cached:  # keep the audio for next time
                     _blob_create(audio.key, audio)
                 return
+            for n in range(seq + 1, seq + 1 + SYNTHESIS_AHEAD):  # in order, back to back
+                synthesize_ahead(n)
             row = chunk_row(session.id, seq, segments[seq], audio)  # made now
             meta = chunk_meta(row, total_chunks=total)
             # If it is never stored, its audio is still kept for the cache.
@@ -393,6 +416,29 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
             return
     used = narration_key(voice=voice, engine_model=session.model, text=session.text)
     session_complete(session_id=session.id, worker=worker, key=used)
+
+
+@contextmanager
+def _keeping_what_is_made(synthesizing: dict[int, Future[SegmentAudio]]) -> Iterator[None]:
+    """On the way out before the end (a cancel, a failure, an interrupt), syntheses not
+    begun are dropped, and what was made ahead (or is being made) is kept for the cache,
+    as a chunk whose store was skipped is: nothing made is made again."""
+    try:
+        yield
+    finally:
+        for future in synthesizing.values():
+            future.cancel()
+        for future in synthesizing.values():
+            if not future.cancelled():
+                with suppress(EngineError):  # nobody waits for this segment
+                    audio = future.result()
+                    _blob_create(audio.key, audio)
+
+
+# Segments queued for synthesis beyond the one a session's loop waits for. They cost
+# nothing on a cancel or a failure: only the one the engine is running is finished (and
+# kept for the cache).
+SYNTHESIS_AHEAD = 2
 
 
 def _close_thread_connection() -> None:
@@ -476,7 +522,7 @@ def session_segments(
     *, session: TTSSession, voice: Voice, text: str | None = None
 ) -> list[Segment]:
     """Deterministic for a session's text and settings, so a resumed run cuts alike.
-    ``text``: a prefix of the session's text to cut instead (see _FirstSegmentAhead)."""
+    ``text``: a prefix of the session's text to cut instead (see _HeadAhead)."""
     text = session.text if text is None else text
     return segment_text(text, language=voice.language, **_cutting(voice))
 
@@ -561,46 +607,70 @@ def _synthesize_segment(segment: Segment, voice: Voice, key: str) -> SegmentAudi
     return SegmentAudio(key, pcm, audio.sample_rate, cached=False, engine_ms=engine_ms)
 
 
-class _FirstSegmentAhead:
-    """Synthesize a long text's first segment while the whole text is being cut.
+class _HeadAhead:
+    """A long text's first segments, on the engine while the whole text is cut.
 
     Cutting takes about 6 ms per 1,000 characters (pysbd), all before the first
     synthesis; a 10,000-character scene would wait 60 ms. So the head of the text is cut
-    first, its first segment synthesized on a helper thread, and the result used only
-    if the whole text's first segment turns out identical (it practically always does:
-    sentence ends are found from nearby text). Otherwise it is thrown away."""
+    first and its first segments queued on the engine thread. They are used as far as
+    the whole text's cut turns out identical (it practically always does: sentence ends
+    are found from nearby text); the rest are cancelled, or finish unused."""
 
     HEAD_CHARS = 400
 
-    def __init__(self, segment: Segment, key: str, future: Future[SegmentAudio]) -> None:
-        self.segment, self.key, self.future = segment, key, future
+    def __init__(self, head: list[tuple[Segment, str, Future[SegmentAudio] | None]]) -> None:
+        self.head = head  # (segment, its audio key, its synthesis unless stored or repeated)
 
     @classmethod
-    def start(cls, session: TTSSession, voice: Voice) -> _FirstSegmentAhead | None:
+    def start(cls, session: TTSSession, voice: Voice) -> _HeadAhead | None:
         if len(session.text) <= 2 * cls.HEAD_CHARS:
             return None  # cut whole in a few milliseconds: nothing to win
-        head = session_segments(session=session, voice=voice, text=session.text[: cls.HEAD_CHARS])
-        if len(head) < 2:  # the first segment may run past the head
+        cut = session_segments(session=session, voice=voice, text=session.text[: cls.HEAD_CHARS])
+        usable = cut[:-1][: 1 + SYNTHESIS_AHEAD]  # the last one may run past the head
+        if not usable:
             return None
-        first = head[0]
-        key = audio_key(
-            voice=voice, engine_model=session.model, text=first.speech_text, pause_ms=first.pause_ms
-        )
-        if AudioBlob.objects.filter(key=key).exists():
-            return None  # cached: no synthesis to start early
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-first")
-        future = pool.submit(_synthesize_segment, first, voice, key)
-        pool.shutdown(wait=False)
-        return cls(first, key, future)
+        keys = [
+            audio_key(
+                voice=voice, engine_model=session.model, text=seg.speech_text, pause_ms=seg.pause_ms
+            )
+            for seg in usable
+        ]
+        stored, seen, head = cached_keys(keys), set(), []
+        for segment, key in zip(usable, keys, strict=True):
+            future = None
+            if key not in stored and key not in seen:
+                future = _engine_pool().submit(_synthesize_segment, segment, voice, key)
+            seen.add(key)
+            head.append((segment, key, future))
+        return cls(head)
 
-    def result_for(self, segment: Segment, key: str) -> SegmentAudio | None:
-        """The audio when ``segment`` is the one synthesized ahead (its errors raised),
-        else None, once the helper is done (one synthesis at a time per model)."""
-        if segment == self.segment and key == self.key:
-            return self.future.result()
-        with suppress(Exception):
-            self.future.result()
-        return None
+    def take(self, segments: list[Segment], keys: list[str]) -> dict[int, Future[SegmentAudio]]:
+        """The syntheses of the head's segments, by seq, as far as the whole text's cut
+        (``segments`` and their ``keys``) agrees with the head's; the rest are cancelled."""
+        taken: dict[int, Future[SegmentAudio]] = {}
+        for seq, (segment, key, future) in enumerate(self.head):
+            if seq >= len(segments) or (segments[seq], keys[seq]) != (segment, key):
+                for _, _, later in self.head[seq:]:
+                    if later is not None:
+                        later.cancel()
+                break
+            if future is not None:
+                taken[seq] = future
+        return taken
+
+
+_engine_executor: ThreadPoolExecutor | None = None
+_engine_executor_lock = threading.Lock()
+
+
+def _engine_pool() -> ThreadPoolExecutor:
+    """The worker's one engine thread: every synthesis of a session runs there, in the
+    order submitted (it touches no database)."""
+    global _engine_executor
+    with _engine_executor_lock:
+        if _engine_executor is None:
+            _engine_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-engine")
+        return _engine_executor
 
 
 def _synthesize(text: str, voice: Voice) -> Audio:
