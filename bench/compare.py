@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     print(" " * width + "".join(f"{sha:>14}" for sha in shas))
     for name in names:
         row = [statistics.median(s[name] for s in samples[sha]) for sha in shas]
-        print(f"{name:<{width}}" + "".join(f"{v:>14.1f}" for v in row))
+        digits = 3 if name.startswith("wall / engine") else 1
+        print(f"{name:<{width}}" + "".join(f"{v:>14.{digits}f}" for v in row))
     return 0
 
 
