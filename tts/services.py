@@ -323,13 +323,13 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
     repeats = {key for key, n in Counter(keys[first_seq:]).items() if n > 1}
     made: dict[str, SegmentAudio] = {}
     landed: dict[str, str] = {}
-    # Past the first chunk, the engine works ahead on the worker's engine thread: once
-    # segment n is made, n+1 and n+2 are queued for synthesis (SYNTHESIS_AHEAD) while
-    # chunk n is broadcast and queued for storage (the GIL is released while an engine
-    # runs), so the engine waits neither for this loop nor for a slow store. The first
-    # segment is made here, with no hand-over between threads on the way to first audio
-    # (unless the head went ahead, below). Only first occurrences that are not cached
-    # are synthesized.
+    # Past the first chunk, the engine works ahead on the worker's engine thread: while
+    # chunk n is broadcast and queued for storage here, segment n+1 is being made, and
+    # n+2 is queued behind it once chunk n is sent (SYNTHESIS_AHEAD; the GIL is released
+    # while an engine runs), so the engine waits neither for this loop nor for a slow
+    # store. The first segment is made here, with no hand-over between threads on the
+    # way to first audio (unless a long text's head went ahead, below). Only first
+    # occurrences that are not cached are synthesized.
     first_of: dict[str, int] = {}
     for i in range(first_seq, total):
         first_of.setdefault(keys[i], i)
@@ -397,8 +397,6 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                 if not audio.cached:  # keep the audio for next time
                     _blob_create(audio.key, audio)
                 return
-            for n in range(seq + 1, seq + 1 + SYNTHESIS_AHEAD):  # in order, back to back
-                synthesize_ahead(n)
             row = chunk_row(session.id, seq, segments[seq], audio)  # made now
             meta = chunk_meta(row, total_chunks=total)
             # If it is never stored, its audio is still kept for the cache.
@@ -412,6 +410,11 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                 writer.submit(partial(store, row, audio), skipped=keep)
             else:
                 writer.submit(partial(announce_and_store, row, meta, audio), skipped=keep)
+            # Queued once this chunk is sent: the first chunk's way to its listeners does
+            # not share the cores with the next synthesis, and from the second chunk on
+            # the engine still has the one queued before to make meanwhile.
+            for n in range(seq + 1, seq + 1 + SYNTHESIS_AHEAD):  # in order, back to back
+                synthesize_ahead(n)
         if not writer.wait():
             return
     used = narration_key(voice=voice, engine_model=session.model, text=session.text)
