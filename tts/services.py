@@ -306,15 +306,20 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
         return
     first_seq = session.completed_chunks  # advanced with every stored chunk, atomically
     ahead = _HeadAhead.start(session, voice) if first_seq == 0 else None
-    segments = session_segments(session=session, voice=voice)
-    total = session.total_chunks = len(segments)
-    keys = [
-        audio_key(
-            voice=voice, engine_model=session.model, text=seg.speech_text, pause_ms=seg.pause_ms
-        )
-        for seg in segments
-    ]
-    cached = cached_keys(keys[first_seq:])
+    try:
+        segments = session_segments(session=session, voice=voice)
+        total = session.total_chunks = len(segments)
+        keys = [
+            audio_key(
+                voice=voice, engine_model=session.model, text=seg.speech_text, pause_ms=seg.pause_ms
+            )
+            for seg in segments
+        ]
+        cached = cached_keys(keys[first_seq:])
+    except BaseException:
+        if ahead is not None:
+            ahead.abandon()  # nothing will wait for the head: the engine is not held up
+        raise
 
     # A segment that comes again in this session (engines need not make the same bytes
     # twice) is made once: ``made`` holds its audio for the synthesis thread, to send the
@@ -374,7 +379,8 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
     ):
         for seq in range(first_seq, total):
             try:
-                ready = synthesizing.pop(seq).result() if seq in synthesizing else None
+                ready = synthesizing[seq].result() if seq in synthesizing else None
+                synthesizing.pop(seq, None)  # made (one interrupted is kept on the way out)
                 if keys[seq] in made:  # its first chunk is stored before it: in order
                     ready = replace(made[keys[seq]], cached=True, engine_ms=0)
                 audio = ready or segment_audio(
@@ -411,8 +417,9 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
             else:
                 writer.submit(partial(announce_and_store, row, meta, audio), skipped=keep)
             # Queued once this chunk is sent: the first chunk's way to its listeners does
-            # not share the cores with the next synthesis, and from the second chunk on
-            # the engine still has the one queued before to make meanwhile.
+            # not share the cores with the next synthesis (unless a long text's head is
+            # on the engine already), and from the second chunk on the engine still has
+            # the one queued before to make meanwhile.
             for n in range(seq + 1, seq + 1 + SYNTHESIS_AHEAD):  # in order, back to back
                 synthesize_ahead(n)
         if not writer.wait():
@@ -424,23 +431,29 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
 @contextmanager
 def _keeping_what_is_made(synthesizing: dict[int, Future[SegmentAudio]]) -> Iterator[None]:
     """On the way out before the end (a cancel, a failure, an interrupt), syntheses not
-    begun are dropped, and what was made ahead (or is being made) is kept for the cache,
-    as a chunk whose store was skipped is: nothing made is made again."""
+    begun are dropped, and what was made ahead, or is being made, is kept for the cache,
+    as the audio of a chunk whose store was skipped is: the next run does not make it
+    again. A failure here is logged: it must not hide the one on its way out."""
     try:
         yield
     finally:
         for future in synthesizing.values():
             future.cancel()
         for future in synthesizing.values():
-            if not future.cancelled():
-                with suppress(EngineError):  # nobody waits for this segment
-                    audio = future.result()
-                    _blob_create(audio.key, audio)
+            if future.cancelled():
+                continue
+            try:
+                audio = future.result()
+                _blob_create(audio.key, audio)
+            except EngineError:
+                pass  # nobody waits for this segment
+            except Exception:  # noqa: BLE001
+                logger.warning("keeping audio made ahead failed", exc_info=True)
 
 
-# Segments queued for synthesis beyond the one a session's loop waits for. They cost
-# nothing on a cancel or a failure: only the one the engine is running is finished (and
-# kept for the cache).
+# Segments queued on the engine thread once a chunk is sent: the one the loop waits for
+# next, and those after it. They cost nothing on a cancel or a failure: only the one the
+# engine is running is finished (and kept for the cache).
 SYNTHESIS_AHEAD = 2
 
 
@@ -617,7 +630,8 @@ class _HeadAhead:
     synthesis; a 10,000-character scene would wait 60 ms. So the head of the text is cut
     first and its first segments queued on the engine thread. They are used as far as
     the whole text's cut turns out identical (it practically always does: sentence ends
-    are found from nearby text); the rest are cancelled, or finish unused."""
+    are found from nearby text); the rest are cancelled, or, when already running,
+    finish unused (as before the engine thread: nothing waits for them)."""
 
     HEAD_CHARS = 400
 
@@ -667,8 +681,9 @@ _engine_executor_lock = threading.Lock()
 
 
 def _engine_pool() -> ThreadPoolExecutor:
-    """The worker's one engine thread: every synthesis of a session runs there, in the
-    order submitted (it touches no database)."""
+    """The worker's one engine thread: a session's syntheses after its first run there, in
+    the order submitted (it touches no database). The loop's own thread makes the first
+    segment, and one whose stored audio vanished meanwhile."""
     global _engine_executor
     with _engine_executor_lock:
         if _engine_executor is None:
