@@ -222,9 +222,7 @@ def test_the_engine_works_ahead_while_a_chunk_is_delivered(monkeypatch):
     assert all(name.startswith("tts-engine") for kind, name in events[2:] if kind != "sending")
     voice = services.voice_resolve(voice_id="en-us")
     third = services.session_segments(session=session, voice=voice)[2]
-    key = services.audio_key(
-        voice=voice, engine_model=session.model, text=third.speech_text, pause_ms=third.pause_ms
-    )
+    key = services.segment_key(third, voice=voice, engine_model=session.model)
     assert AudioBlob.objects.filter(key=key).exists()  # made ahead, kept, not lost
 
 

@@ -309,12 +309,7 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
     try:
         segments = session_segments(session=session, voice=voice)
         total = session.total_chunks = len(segments)
-        keys = [
-            audio_key(
-                voice=voice, engine_model=session.model, text=seg.speech_text, pause_ms=seg.pause_ms
-            )
-            for seg in segments
-        ]
+        keys = [segment_key(seg, voice=voice, engine_model=session.model) for seg in segments]
         cached = cached_keys(keys[first_seq:])
     except BaseException:
         if ahead is not None:
@@ -565,6 +560,13 @@ def audio_key(*, voice: Voice, engine_model: str, text: str, pause_ms: int) -> s
     )
 
 
+def segment_key(segment: Segment, *, voice: Voice, engine_model: str) -> str:
+    """The audio_key of a segment: what it says, and the pause after it."""
+    return audio_key(
+        voice=voice, engine_model=engine_model, text=segment.speech_text, pause_ms=segment.pause_ms
+    )
+
+
 def _digest(payload: dict[str, Any]) -> str:
     """The content address of a JSON-able description (audio_key, narration_key)."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -606,8 +608,7 @@ def segment_audio(
     """The segment's audio; synthesizes only on a cache miss. ``key``: its audio_key when
     the caller has it; ``cached``: whether the caller saw that key stored (None: look)."""
     if key is None:
-        text, pause_ms = segment.speech_text, segment.pause_ms
-        key = audio_key(voice=voice, engine_model=engine_model, text=text, pause_ms=pause_ms)
+        key = segment_key(segment, voice=voice, engine_model=engine_model)
     if cached is not False:
         row = AudioBlob.objects.filter(key=key).values_list("pcm", "sample_rate").first()
         if row is not None:
@@ -646,12 +647,7 @@ class _HeadAhead:
         usable = cut[:-1][: 1 + SYNTHESIS_AHEAD]  # the last one may run past the head
         if not usable:
             return None
-        keys = [
-            audio_key(
-                voice=voice, engine_model=session.model, text=seg.speech_text, pause_ms=seg.pause_ms
-            )
-            for seg in usable
-        ]
+        keys = [segment_key(seg, voice=voice, engine_model=session.model) for seg in usable]
         stored, seen, head = cached_keys(keys), set(), []
         for segment, key in zip(usable, keys, strict=True):
             future = None
