@@ -277,7 +277,14 @@ def trace() -> None:
     worker.GenerateConsumer.tts_generate = _traced(
         "worker.tts_generate", worker.GenerateConsumer.tts_generate
     )
-    for name in ["session_claim", "session_segments", "cached_keys", "_synthesize"]:
+    for name in [
+        "session_claim",
+        "session_segments",
+        "cached_keys",
+        "_synthesize",
+        "chunk_store",
+        "session_complete",
+    ]:
         setattr(services, name, _traced(f"services.{name}", getattr(services, name)))
     services.segment_text = _traced("segment_text", services.segment_text)
     ahead = services._HeadAhead
