@@ -635,6 +635,9 @@ class _HeadAhead:
     finish unused (as before the engine thread: nothing waits for them)."""
 
     HEAD_CHARS = 400
+    # How long to wait for the engine thread to begin the head: at once, unless it is
+    # still finishing a synthesis that an earlier session (cancelled) left on it.
+    HAND_OVER_S = 0.005
 
     def __init__(self, head: list[tuple[Segment, str, Future[SegmentAudio] | None]]) -> None:
         self.head = head  # (segment, its audio key, its synthesis unless stored or repeated)
@@ -649,12 +652,22 @@ class _HeadAhead:
             return None
         keys = [segment_key(seg, voice=voice, engine_model=session.model) for seg in usable]
         stored, seen, head = cached_keys(keys), set(), []
+        begun, queued = threading.Event(), False
         for segment, key in zip(usable, keys, strict=True):
             future = None
             if key not in stored and key not in seen:
+                if not queued:
+                    _engine_pool().submit(begun.set)
+                    queued = True
                 future = _engine_pool().submit(_synthesize_segment, segment, voice, key)
             seen.add(key)
             head.append((segment, key, future))
+        # Cutting the whole text comes next, holding the GIL for milliseconds at a stretch:
+        # the engine thread would wait for it (a switch interval, 5 ms, or longer while
+        # the cores are busy) before it could begin. Let it in first: it hands the GIL
+        # back as soon as the engine runs.
+        if queued:
+            begun.wait(cls.HAND_OVER_S)
         return cls(head)
 
     def take(self, segments: list[Segment], keys: list[str]) -> dict[int, Future[SegmentAudio]]:
