@@ -53,6 +53,7 @@ def figures(result: dict, voice: str) -> dict[str, float]:
     for name, key in [
         ("wall / engine p50", "worker_ratio"),
         ("ms per chunk p50", "overhead_per_chunk_ms"),
+        ("long text TTFA p50", "ttfa_ms"),
     ]:
         if "p50" in throughput.get(key, {}):  # with --scenarios ...,streaming
             out[name] = throughput[key]["p50"]
