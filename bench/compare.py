@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for tree in trees.values():
                 git("worktree", "remove", "--force", str(tree))
-    extra = ["wall / engine p50", "ms per chunk p50", "reopen p50"]
+    extra = ["wall / engine p50", "ms per chunk p50", "long text TTFA p50", "reopen p50"]
     names = [n for n in [*FIGURES, *extra] if all(n in s[0] for s in samples.values())]
     width = max(len(n) for n in names)
     print(f"\nmedian of {args.rounds} interleaved rounds, ms ({args.voice})")
