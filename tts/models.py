@@ -7,7 +7,7 @@ import uuid
 from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
-from django.db import models
+from django.db import connections, models
 from django.utils import timezone
 
 
@@ -23,6 +23,27 @@ ACTIVE_STATUSES = (SessionStatus.QUEUED, SessionStatus.RUNNING)
 FINAL_STATUSES = (SessionStatus.COMPLETED, SessionStatus.FAILED, SessionStatus.CANCELLED)
 
 
+class AudioBlobManager(models.Manager):
+    def add(self, *, key: str, pcm: bytes, sample_rate: int, samples: int) -> bool:
+        """Store the audio unless its key is stored already (False then), in one statement:
+        INSERT ... ON CONFLICT DO NOTHING (SQLite 3.35+ and PostgreSQL), where a plain
+        INSERT would need a savepoint around it to survive the conflict inside a
+        transaction: three round trips to the database for every chunk a worker stores."""
+        db = self.db
+        conn = connections[db]
+        quote = conn.ops.quote_name
+        table, now = self.model._meta.db_table, timezone.now()
+        columns = ", ".join(quote(c) for c in ("key", "pcm", "sample_rate", "samples", "created_at"))
+        sql = (
+            f"INSERT INTO {quote(table)} ({columns}) VALUES (%s, %s, %s, %s, %s) "
+            f"ON CONFLICT ({quote('key')}) DO NOTHING RETURNING {quote('key')}"
+        )
+        params = [key, pcm, sample_rate, samples, conn.ops.adapt_datetimefield_value(now)]
+        with conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone() is not None
+
+
 class AudioBlob(models.Model):
     """PCM synthesized once for a (voice settings, segment text, pause) key and reused."""
 
@@ -31,6 +52,8 @@ class AudioBlob(models.Model):
     sample_rate = models.PositiveIntegerField()
     samples = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = AudioBlobManager()
 
     def __str__(self) -> str:
         return f"{self.key[:12]} ({self.samples} samples)"

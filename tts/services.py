@@ -774,15 +774,10 @@ def _blob_store(audio: SegmentAudio) -> str:
 
 
 def _blob_create(key: str, audio: SegmentAudio) -> bool:
-    """False when the key is stored already."""
-    try:
-        with transaction.atomic():  # a savepoint: another worker may store the same key
-            AudioBlob.objects.create(
-                key=key, pcm=audio.pcm, sample_rate=audio.sample_rate, samples=audio.samples
-            )
-    except IntegrityError:
-        return False
-    return True
+    """False when the key is stored already (another worker may store the same key)."""
+    return AudioBlob.objects.add(
+        key=key, pcm=audio.pcm, sample_rate=audio.sample_rate, samples=audio.samples
+    )
 
 
 def chunk_row(session_id: uuid.UUID, seq: int, segment: Segment, audio: SegmentAudio) -> TTSChunk:
