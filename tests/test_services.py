@@ -306,15 +306,15 @@ def test_a_failed_store_leaves_no_hole(monkeypatch):
     run continues at chunk 1 and listeners never meet a gap they cannot fill."""
     from django.db import OperationalError
 
-    real_store, failed = services.chunk_store, []
+    real_store, failed = services.chunks_store, []
 
     def flaky(**kwargs):
-        if kwargs["chunk"].seq == 1 and not failed:
+        if any(chunk.seq == 1 for chunk, _ in kwargs["chunks"]) and not failed:
             failed.append(1)
             raise OperationalError("database is locked")
         return real_store(**kwargs)
 
-    monkeypatch.setattr(services, "chunk_store", flaky)
+    monkeypatch.setattr(services, "chunks_store", flaky)
     session = create()
     with pytest.raises(OperationalError):
         services.session_run(session_id=session.id, worker="w1")
@@ -476,7 +476,7 @@ def test_a_slow_store_holds_up_neither_the_engine_nor_the_order_of_announcements
     engine, events = get_engine("espeak"), []
     real_synthesize, real_store, real_broadcast = (
         engine.synthesize,
-        services.chunk_store,
+        services.chunks_store,
         broadcast.broadcast_chunk,
     )
 
@@ -485,10 +485,10 @@ def test_a_slow_store_holds_up_neither_the_engine_nor_the_order_of_announcements
         return real_synthesize(text, voice)
 
     def store(**kwargs):
-        if kwargs["chunk"].seq == 0:
+        if kwargs["chunks"][0][0].seq == 0:
             time.sleep(0.6)
         stored = real_store(**kwargs)
-        events.append(("stored", kwargs["chunk"].seq, time.monotonic()))
+        events.extend(("stored", chunk.seq, time.monotonic()) for chunk, _ in kwargs["chunks"])
         return stored
 
     def announce(session_id, meta, pcm, **kwargs):
@@ -496,7 +496,7 @@ def test_a_slow_store_holds_up_neither_the_engine_nor_the_order_of_announcements
         return real_broadcast(session_id, meta, pcm, **kwargs)
 
     monkeypatch.setattr(engine, "synthesize", synthesize)
-    monkeypatch.setattr(services, "chunk_store", store)
+    monkeypatch.setattr(services, "chunks_store", store)
     monkeypatch.setattr(broadcast, "broadcast_chunk", announce)
     session = create()
     services.session_run(session_id=session.id, worker="w1")
@@ -524,40 +524,84 @@ def test_a_narration_is_keyed_by_the_settings_its_worker_used(settings, notices)
     assert create().status == SessionStatus.QUEUED  # asks for 350: narrated afresh
 
 
-def test_the_writer_skips_every_job_after_a_failed_one_and_raises_its_error():
+def test_the_writer_stores_what_queued_up_meanwhile_in_one_batch_in_order():
+    import threading
+
+    batches, entered, gate = [], threading.Event(), threading.Event()
+
+    def store(batch):
+        entered.set()
+        gate.wait(5)
+        batches.append(batch)
+        return True
+
+    with services._OrderedWriter(store) as writer:
+        assert writer.idle()
+        writer.submit("a")
+        assert entered.wait(5)  # "a" is being stored
+        writer.submit("b")
+        writer.submit("c")
+        assert not writer.idle()
+        gate.set()
+        assert writer.wait() and writer.idle()
+    assert batches == [["a"], ["b", "c"]]
+
+
+def test_the_writer_holds_back_a_caller_that_runs_too_far_ahead():
+    import threading
+
+    gate = threading.Event()
+    writer = services._OrderedWriter(lambda batch: gate.wait(5))
+    with writer:
+        for item in range(writer.MAX_QUEUED):
+            writer.submit(item)
+        submitting = threading.Thread(target=writer.submit, args=(writer.MAX_QUEUED,))
+        submitting.start()
+        submitting.join(0.2)
+        assert submitting.is_alive()  # one too many: it waits for the writer
+        gate.set()
+        submitting.join(5)
+        assert not submitting.is_alive() and writer.wait()
+
+
+def test_the_writer_skips_everything_after_a_failed_batch_and_raises_its_error():
+    """A batch that raised was rolled back: its items are skipped too (their audio is
+    kept). One that returned False (the session is no longer held) stored its audio."""
     import threading
 
     from django.db import OperationalError
 
-    ran, skipped, gate = [], [], threading.Event()
+    stored, skipped, entered, gate = [], [], threading.Event(), threading.Event()
 
-    def job(name, result=True):
-        def run():
-            gate.wait(5)
-            ran.append(name)
-            if isinstance(result, Exception):
-                raise result
-            return result
+    def store(batch):
+        entered.set()
+        gate.wait(5)
+        if "b" in batch:
+            raise OperationalError("disk I/O error")
+        stored.extend(batch)
+        return True
 
-        return run
-
-    with services._OrderedWriter() as writer:
-        writer.submit(job("a"))
-        writer.submit(job("b", OperationalError("disk I/O error")), skipped=lambda: None)
-        writer.submit(job("c"), skipped=lambda: skipped.append("c"))
-        assert writer.healthy() and not writer.idle()  # nothing has run yet
+    with services._OrderedWriter(store, skipped=skipped.append) as writer:
+        writer.submit("a")
+        assert entered.wait(5)
+        writer.submit("b")
+        writer.submit("c")  # stored with "b", and skipped with it
+        assert writer.healthy() and not writer.idle()  # nothing has failed yet
         gate.set()
         with pytest.raises(OperationalError):
             while writer.healthy():
                 pass
-        assert not writer.healthy() and not writer.wait()
-    assert ran == ["a", "b"] and skipped == ["c"]
+        writer.submit("d")
+        assert not writer.healthy() and not writer.wait()  # raised once
+    assert stored == ["a"] and skipped == ["b", "c", "d"]
 
-    with services._OrderedWriter() as writer:
-        writer.submit(lambda: False)
-        writer.submit(lambda: ran.append("d") or True, skipped=lambda: skipped.append("d"))
-        assert writer.wait() is False and not writer.healthy()
-    assert "d" not in ran and skipped == ["c", "d"]
+    skipped.clear()
+    with services._OrderedWriter(lambda batch: "e" not in batch, skipped=skipped.append) as w:
+        w.submit("e")
+        assert w.wait() is False and not w.healthy()
+        w.submit("f")
+        assert w.wait() is False
+    assert skipped == ["f"]
 
 
 @pytest.fixture

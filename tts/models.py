@@ -33,7 +33,8 @@ class AudioBlobManager(models.Manager):
         conn = connections[db]
         quote = conn.ops.quote_name
         table, now = self.model._meta.db_table, timezone.now()
-        columns = ", ".join(quote(c) for c in ("key", "pcm", "sample_rate", "samples", "created_at"))
+        names = ("key", "pcm", "sample_rate", "samples", "created_at")
+        columns = ", ".join(quote(name) for name in names)
         sql = (
             f"INSERT INTO {quote(table)} ({columns}) VALUES (%s, %s, %s, %s, %s) "
             f"ON CONFLICT ({quote('key')}) DO NOTHING RETURNING {quote('key')}"

@@ -19,8 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from functools import partial
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
@@ -342,34 +341,38 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
             args = (segments[seq], voice, keys[seq])
             synthesizing[seq] = _engine_pool().submit(_synthesize_segment, *args)
 
-    def store(row: TTSChunk, audio: SegmentAudio) -> bool:
-        seq = row.seq
-        row.audio_id = landed.get(row.audio_id, row.audio_id)  # a repeat: where it lies
-        stored = chunk_store(
+    def store(batch: list[_Unstored]) -> bool:
+        """Store the chunks that queued up while the one before them was being stored, in
+        one transaction; announce each once the one before it is stored."""
+        if batch[0].meta is not None:  # the chunk before it is stored
+            broadcast.broadcast_chunk(session.id, batch[0].meta, batch[0].audio.pcm)
+        for chunk in batch:  # a repeat refers to where its first chunk's audio landed
+            chunk.row.audio_id = landed.get(chunk.row.audio_id, chunk.row.audio_id)
+        stored = chunks_store(
             session=session,
-            chunk=row,
-            audio=audio,
+            chunks=[(chunk.row, chunk.audio) for chunk in batch],
             worker=worker,
-            total_chunks=total if seq == first_seq else None,
+            total_chunks=total if batch[0].row.seq == first_seq else None,
         )
-        if stored and audio.key in repeats and not audio.cached:
-            landed[audio.key] = row.audio_id
         if not stored:
             logger.info("session %s was cancelled or taken over; stopping", session.id)
-        elif seq == first_seq:
+            return False
+        for chunk in batch:
+            if chunk.audio.key in repeats and not chunk.audio.cached:
+                landed[chunk.audio.key] = chunk.row.audio_id
+        for chunk in batch[1:]:
+            if chunk.meta is not None:
+                broadcast.broadcast_chunk(session.id, chunk.meta, chunk.audio.pcm)
+        if batch[0].row.seq == first_seq:
             # Listeners that joined between this chunk's broadcast and its commit saw it in
             # neither; the next chunk's event would fill the gap, but that is one synthesis
             # away. This is the moment most listeners join (right after the POST).
-            broadcast.broadcast_stored(session.id, seq=seq)
-        return stored
-
-    def announce_and_store(row: TTSChunk, meta: dict, audio: SegmentAudio) -> bool:
-        broadcast.broadcast_chunk(session.id, meta, audio.pcm)  # chunk n-1 is stored
-        return store(row, audio)
+            broadcast.broadcast_stored(session.id, seq=first_seq)
+        return True
 
     with (
         _heartbeat(session.id, worker),
-        _OrderedWriter() as writer,
+        _OrderedWriter(store, skipped=_keep_unstored) as writer,
         _keeping_what_is_made(synthesizing),
     ):
         for seq in range(first_seq, total):
@@ -400,17 +403,15 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                 return
             row = chunk_row(session.id, seq, segments[seq], audio)  # made now
             meta = chunk_meta(row, total_chunks=total)
-            # If it is never stored, its audio is still kept for the cache.
-            keep = None if audio.cached else partial(_blob_create, audio.key, audio)
             if writer.idle():  # every chunk before it is stored: send it now
                 # The first chunk is sent before its store is queued, and waited for
                 # (briefly): the writer thread would otherwise hold the GIL while the send
                 # waits for it (5 ms switch intervals). Later ones only queue: listeners
                 # have audio in hand by then, and the engine goes on at once.
                 broadcast.broadcast_chunk(session.id, meta, audio.pcm, wait=seq == first_seq)
-                writer.submit(partial(store, row, audio), skipped=keep)
-            else:
-                writer.submit(partial(announce_and_store, row, meta, audio), skipped=keep)
+                writer.submit(_Unstored(row, audio, meta=None))
+            else:  # announced by the writer once the chunk before it is stored
+                writer.submit(_Unstored(row, audio, meta=meta))
             # Queued once this chunk is sent: the first chunk's way to its listeners does
             # not share the cores with the next synthesis (unless a long text's head is
             # on the engine already), and from the second chunk on the engine still has
@@ -458,75 +459,131 @@ def _close_thread_connection() -> None:
         connection.close()
 
 
-class _OrderedWriter:
-    """One background thread that runs jobs in order, one at a time. Once a job fails
-    (returns False or raises), the jobs after it are skipped (their ``skipped`` callbacks
-    run instead): nothing is stored after a chunk that was not. At most MAX_QUEUED jobs
-    wait; submit blocks beyond that."""
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Unstored:
+    """A chunk on its way to storage; ``meta``: its event, when not yet sent."""
+
+    row: TTSChunk
+    audio: SegmentAudio
+    meta: dict | None
+
+
+def _keep_unstored(chunk: _Unstored) -> None:
+    """A chunk that will not be stored: its audio is still kept for the cache."""
+    if not chunk.audio.cached:
+        _blob_create(chunk.audio.key, chunk.audio)
+
+
+class _OrderedWriter(Generic[T]):
+    """One background thread that hands the items submitted to ``store`` in order, all
+    those that queued up while it was busy at once (a batch: several chunks in one
+    transaction, when the database is slower than the engine). Once a batch fails
+    (``store`` returns False or raises), ``skipped`` is called for each item after it
+    instead, and for those of a batch that raised (its transaction was rolled back):
+    nothing is stored after a chunk that was not. At most MAX_QUEUED items are on their
+    way; submit blocks beyond that."""
 
     MAX_QUEUED = 4
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-store")
-        self._queued: deque[Future[bool]] = deque()
-        self._failed = False  # set on the writer thread, read on the caller's
+    def __init__(
+        self,
+        store: Callable[[list[T]], bool],
+        *,
+        skipped: Callable[[T], None] | None = None,
+    ) -> None:
+        self._store, self._skipped = store, skipped
+        self._changed = threading.Condition()
+        self._queued: deque[T] = deque()
+        self._running = 0  # items in the batch being stored
+        self._failed = False
+        self._error: BaseException | None = None  # raised once, on the caller's thread
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="tts-store", daemon=True)
+        self._thread.start()
 
-    def _run(self, job: Callable[[], bool], skipped: Callable[[], None] | None) -> bool:
-        if self._failed:
-            if skipped is not None:
-                try:
-                    skipped()
-                except Exception:  # noqa: BLE001 - the failure before it is what matters
-                    logger.warning("a skipped job's clean-up failed", exc_info=True)
-            return False
+    def _run(self) -> None:
         try:
-            done = job()
-        except BaseException:
-            self._failed = True
-            raise
-        if not done:
-            self._failed = True
-        return done
+            while batch := self._next_batch():
+                error = None
+                try:
+                    done = not self._failed and self._store(batch)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    done, error = False, exc
+                if not done:
+                    self._skip(batch if error is not None or self._failed else [])
+                with self._changed:
+                    self._failed = self._failed or not done
+                    self._error = self._error or error
+                    self._running = 0
+                    self._changed.notify_all()
+        finally:
+            _close_thread_connection()
 
-    def submit(self, job: Callable[[], bool], *, skipped: Callable[[], None] | None = None) -> None:
-        self._queued.append(self._pool.submit(self._run, job, skipped))
-        while len(self._queued) > self.MAX_QUEUED:
-            self._queued.popleft().result()
+    def _next_batch(self) -> list[T]:
+        with self._changed:
+            while not self._queued and not self._closing:
+                self._changed.wait()
+            batch = list(self._queued)
+            self._queued.clear()
+            self._running = len(batch)
+            return batch
 
-    def _reap(self) -> None:
-        """Forget the jobs that have run; a job's exception is raised here."""
-        while self._queued and self._queued[0].done():
-            self._queued.popleft().result()
+    def _skip(self, items: list[T]) -> None:
+        for item in items:
+            if self._skipped is None:
+                continue
+            try:
+                self._skipped(item)
+            except Exception:  # noqa: BLE001 - the failure before it is what matters
+                logger.warning("a skipped item's clean-up failed", exc_info=True)
+
+    def submit(self, item: T) -> None:
+        with self._changed:
+            self._queued.append(item)
+            self._changed.notify_all()
+            while len(self._queued) + self._running > self.MAX_QUEUED and not self._failed:
+                self._changed.wait()
+
+    def _raise_error(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
     def healthy(self) -> bool:
-        """False once a job has failed; a failed job's exception is raised (after the
-        jobs queued behind it were skipped)."""
-        self._reap()
+        """False once a batch has failed; a failed batch's exception is raised (after the
+        items queued behind it were skipped)."""
         if self._failed:
-            self.wait()  # the failed job may not have handed its exception over yet
+            self.wait()
             return False
         return True
 
     def idle(self) -> bool:
-        """Every job so far has run, and succeeded."""
-        self._reap()
-        return not self._queued and not self._failed
+        """Every item so far is stored."""
+        with self._changed:
+            return not self._queued and not self._running and not self._failed
 
     def wait(self) -> bool:
-        """Wait for every queued job: True when all of them succeeded (else False, or the
-        first failed job's exception)."""
-        while self._queued:
-            self._queued.popleft().result()
-        return not self._failed
+        """Wait for every item submitted: True when all of them were stored (else False,
+        or the failed batch's exception)."""
+        with self._changed:
+            while self._queued or self._running:
+                self._changed.wait()
+            self._raise_error()
+            return not self._failed
 
-    def __enter__(self) -> _OrderedWriter:
+    def __enter__(self) -> _OrderedWriter[T]:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        # Queued stores finish first, even after an interrupt; then the thread's own
+        # Queued items are stored first, even after an interrupt; then the thread's own
         # database connection is closed.
-        self._pool.submit(_close_thread_connection)
-        self._pool.shutdown(wait=True)
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join()
 
 
 def session_segments(
@@ -722,34 +779,52 @@ def chunk_store(
     worker: str,
     total_chunks: int | None = None,
 ) -> bool:
-    """Store one chunk (its row from chunk_row, and its audio when new) and advance the
-    session, in one transaction, only while this worker still holds the session. False
-    when it does not (cancelled, taken over) or the chunk exists already: a seq is never
-    stored twice."""
-    now, seq = timezone.now(), chunk.seq
+    """Store one chunk: chunks_store with one."""
+    return chunks_store(
+        session=session, chunks=[(chunk, audio)], worker=worker, total_chunks=total_chunks
+    )
+
+
+def chunks_store(
+    *,
+    session: TTSSession,
+    chunks: list[tuple[TTSChunk, SegmentAudio]],
+    worker: str,
+    total_chunks: int | None = None,
+) -> bool:
+    """Store chunks that follow each other (their rows from chunk_row, and their audio when
+    new) and advance the session, in one transaction, only while this worker still holds
+    the session. False when it does not (cancelled, taken over) or a chunk exists
+    already: a seq is never stored twice."""
+    first, last = chunks[0][0], chunks[-1][0]
     updates: dict[str, Any] = {
-        "completed_chunks": seq + 1,
-        "heartbeat_at": now,
-        "engine_ms": F("engine_ms") + audio.engine_ms,
-        "audio_ms": F("audio_ms") + round(audio.samples * 1000 / audio.sample_rate),
+        "completed_chunks": last.seq + 1,
+        "heartbeat_at": timezone.now(),
+        "engine_ms": F("engine_ms") + sum(audio.engine_ms for _, audio in chunks),
+        "audio_ms": F("audio_ms")
+        + sum(round(audio.samples * 1000 / audio.sample_rate) for _, audio in chunks),
     }
     if total_chunks is not None:
         updates["total_chunks"] = total_chunks
-    if seq == 0:
+    if first.seq == 0:
         updates["first_chunk_ms"] = max(
-            0, round((chunk.created_at - session.created_at).total_seconds() * 1000)
+            0, round((first.created_at - session.created_at).total_seconds() * 1000)
         )
     try:
         with transaction.atomic():
-            if not audio.cached:  # kept even when the chunk is not: nothing made twice
-                chunk.audio_id = _blob_store(audio)
+            landed: dict[str, str] = {}  # a key whose audio went under a key of its own
+            for chunk, audio in chunks:  # kept even when the chunks are not: nothing made twice
+                if not audio.cached:
+                    chunk.audio_id = landed[audio.key] = _blob_store(audio)
+                else:  # the same audio as a chunk before it in this batch, maybe
+                    chunk.audio_id = landed.get(chunk.audio_id, chunk.audio_id)
             held = TTSSession.objects.filter(
                 pk=session.id, status=SessionStatus.RUNNING, claimed_by=worker
             ).update(**updates)
             if not held:
                 return False
-            chunk.save(force_insert=True)
-    except IntegrityError:  # the chunk exists already
+            TTSChunk.objects.bulk_create([chunk for chunk, _ in chunks])
+    except IntegrityError:  # a chunk exists already
         return False
     return True
 
