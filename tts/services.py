@@ -501,8 +501,7 @@ class _OrderedWriter(Generic[T]):
         self._failed = False
         self._error: BaseException | None = None  # raised once, on the caller's thread
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name="tts-store", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None  # started with the first item
 
     def _run(self) -> None:
         try:
@@ -541,6 +540,9 @@ class _OrderedWriter(Generic[T]):
                 logger.warning("a skipped item's clean-up failed", exc_info=True)
 
     def submit(self, item: T) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tts-store", daemon=True)
+            self._thread.start()
         with self._changed:
             self._queued.append(item)
             self._changed.notify_all()
@@ -583,7 +585,8 @@ class _OrderedWriter(Generic[T]):
         with self._changed:
             self._closing = True
             self._changed.notify_all()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def session_segments(
