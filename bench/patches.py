@@ -70,7 +70,7 @@ TIMED = {
         "chunk_row",
         "segment_audio",
         "_synthesize",
-        "chunk_store",
+        "chunks_store",
         "chunk_meta",
         "session_complete",
         "status_frame",
@@ -282,7 +282,7 @@ def trace() -> None:
         "session_segments",
         "cached_keys",
         "_synthesize",
-        "chunk_store",
+        "chunks_store",
         "session_complete",
     ]:
         setattr(services, name, _traced(f"services.{name}", getattr(services, name)))
