@@ -90,6 +90,35 @@ def test_a_group_send_is_two_round_trips_and_reaches_every_member(layers, monkey
     asyncio.run(run())
 
 
+def test_a_blocking_send_stores_what_a_send_stores_on_the_calling_thread(layers):
+    """The workers' doorbell from a request's thread: no event loop, one round trip, the
+    same message for channels-redis's receive, and the same refusal when full."""
+    ours, core = layers
+    redis = ours._blocking_script(0).registered_client
+    real, trips = redis.execute_command, []
+
+    def counting(*args, **options):
+        trips.append(str(args[0]))
+        return real(*args, **options)
+
+    ours._blocking_script(0).registered_client.execute_command = counting
+    ours.send_blocking("tts-generate", {"type": "tts.generate", "session_id": "a"})
+    assert trips in (["EVALSHA"], ["EVALSHA", "SCRIPT LOAD", "EVALSHA"])  # a fresh Redis
+    for n in range(2):
+        ours.send_blocking("tts-generate", {"n": n})
+    with pytest.raises(ChannelFull):
+        ours.send_blocking("tts-generate", {"n": 2})
+    with pytest.raises(AssertionError):
+        ours.send_blocking("local!abc", {"n": 3})
+
+    async def run():
+        received = [await core.receive("tts-generate") for _ in range(3)]
+        assert received == [{"type": "tts.generate", "session_id": "a"}, {"n": 0}, {"n": 1}]
+        await _flush(ours, core)
+
+    asyncio.run(run())
+
+
 def test_what_channels_redis_sends_our_layer_receives(layers):
     ours, core = layers
 

@@ -175,9 +175,12 @@ def dispatch_generate(session_id: uuid.UUID) -> bool:
     layer = get_channel_layer()
     if layer is None:
         return False
-    message = layer.send(GENERATE_CHANNEL, {"type": "tts.generate", "session_id": str(session_id)})
+    message = {"type": "tts.generate", "session_id": str(session_id)}
     try:
-        _sender.run(message, f"dispatch of {session_id}")
+        if hasattr(layer, "send_blocking"):  # tts.layers: on this thread, no hand-over
+            layer.send_blocking(GENERATE_CHANNEL, message)
+        else:
+            _sender.run(layer.send(GENERATE_CHANNEL, message), f"dispatch of {session_id}")
     except Exception:  # noqa: BLE001
         logger.warning("dispatch of %s failed; the recovery sweep will retry", session_id)
         return False

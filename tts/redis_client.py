@@ -30,7 +30,12 @@ def _layer_host() -> dict:
 
 @functools.cache
 def client() -> redis.Redis:
-    host = _layer_host()
+    return client_for(_layer_host())
+
+
+def client_for(host: dict) -> redis.Redis:
+    """A blocking client for one of the channel layer's hosts (its CONFIG form: an
+    ``address``, or ``sentinels`` and a ``master_name``), with short timeouts."""
     if "sentinels" in host:
         sentinel = Sentinel(
             host["sentinels"], sentinel_kwargs=host.get("sentinel_kwargs"), **TIMEOUTS
