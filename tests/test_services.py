@@ -55,6 +55,41 @@ def test_it_synthesizes_every_segment_in_order(engine_calls):
     assert len(engine_calls) == len(chunks)
 
 
+def test_the_last_chunks_complete_the_session_in_their_own_transaction(monkeypatch):
+    """No trip of its own to the database for the completion: the last store completes
+    the session, and `done` follows the last chunk's event. A session whose every chunk an
+    earlier run stored is still completed."""
+    from tts import broadcast
+
+    events, real = [], broadcast._group_send
+    monkeypatch.setattr(
+        broadcast,
+        "_group_send",
+        lambda sid, event, **kw: events.append(event) or real(sid, event, **kw),
+    )
+    monkeypatch.setattr(services, "session_complete", lambda **kwargs: pytest.fail("a trip"))
+    session = create()
+    services.session_run(session_id=session.id, worker="w1")
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED and session.finished_at is not None
+    assert session.real_time_factor == pytest.approx(session.engine_ms / session.audio_ms)
+    assert session.narration_key
+    kinds = [(e["type"], e.get("seq", e.get("status"))) for e in events]
+    last = ("tts.chunk", session.total_chunks - 1)
+    assert kinds[kinds.index(last) + 1 :] == [("tts.status", "completed"), ("tts.done", None)]
+    assert events[-1]["total_chunks"] == session.total_chunks
+    assert events[-1]["duration_ms"] == session.audio_ms > 0
+
+    monkeypatch.undo()  # a worker died after storing every chunk, before completing
+    type(session).objects.filter(pk=session.id).update(
+        status=SessionStatus.QUEUED, claimed_by="", finished_at=None
+    )
+    services.session_run(session_id=session.id, worker="w2")
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED and session.claimed_by == "w2"
+    assert session.finished_at is not None
+
+
 def test_a_second_session_of_the_same_text_makes_no_engine_calls(engine_calls):
     first = create()
     services.session_run(session_id=first.id, worker="w1")

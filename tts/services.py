@@ -23,8 +23,8 @@ from typing import Any, Generic, TypeVar
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
-from django.db.models import F, Max, Q, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import F, FloatField, Max, Q, Subquery
+from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
 
 from tts import broadcast, limits
@@ -341,18 +341,26 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
             args = (segments[seq], voice, keys[seq])
             synthesizing[seq] = _engine_pool().submit(_synthesize_segment, *args)
 
+    used = narration_key(voice=voice, engine_model=session.model, text=session.text)
+    stored_ms = session.audio_ms  # the audio stored so far (by an earlier run too)
+    completed = False
+
     def store(batch: list[_Unstored]) -> bool:
         """Store the chunks that queued up while the one before them was being stored, in
-        one transaction; announce each once the one before it is stored."""
+        one transaction; announce each once the one before it is stored. The last ones
+        complete the session in the same transaction."""
+        nonlocal stored_ms, completed
         if batch[0].meta is not None:  # the chunk before it is stored
             broadcast.broadcast_chunk(session.id, batch[0].meta, batch[0].audio.pcm)
         for chunk in batch:  # a repeat refers to where its first chunk's audio landed
             chunk.row.audio_id = landed.get(chunk.row.audio_id, chunk.row.audio_id)
+        last = batch[-1].row.seq == total - 1
         stored = chunks_store(
             session=session,
             chunks=[(chunk.row, chunk.audio) for chunk in batch],
             worker=worker,
             total_chunks=total if batch[0].row.seq == first_seq else None,
+            complete_key=used if last else None,
         )
         if not stored:
             logger.info("session %s was cancelled or taken over; stopping", session.id)
@@ -368,6 +376,10 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
             # neither; the next chunk's event would fill the gap, but that is one synthesis
             # away. This is the moment most listeners join (right after the POST).
             broadcast.broadcast_stored(session.id, seq=first_seq)
+        stored_ms += sum(_duration_ms(chunk.audio) for chunk in batch)
+        if last:
+            completed = True
+            _announce_completed(session.id, total_chunks=total, duration_ms=stored_ms)
         return True
 
     with (
@@ -420,8 +432,8 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                 synthesize_ahead(n)
         if not writer.wait():
             return
-    used = narration_key(voice=voice, engine_model=session.model, text=session.text)
-    session_complete(session_id=session.id, worker=worker, key=used)
+    if not completed:  # every chunk was stored by an earlier run
+        session_complete(session_id=session.id, worker=worker, key=used)
 
 
 @contextmanager
@@ -794,21 +806,33 @@ def chunks_store(
     chunks: list[tuple[TTSChunk, SegmentAudio]],
     worker: str,
     total_chunks: int | None = None,
+    complete_key: str | None = None,
 ) -> bool:
     """Store chunks that follow each other (their rows from chunk_row, and their audio when
     new) and advance the session, in one transaction, only while this worker still holds
     the session. False when it does not (cancelled, taken over) or a chunk exists
-    already: a seq is never stored twice."""
+    already: a seq is never stored twice. ``complete_key``: the last chunks, so the
+    session is completed in the same transaction (session_complete's work, without its
+    own trip to the database), keyed by it."""
     first, last = chunks[0][0], chunks[-1][0]
+    now, engine_ms = timezone.now(), sum(audio.engine_ms for _, audio in chunks)
+    audio_ms = sum(_duration_ms(audio) for _, audio in chunks)
     updates: dict[str, Any] = {
         "completed_chunks": last.seq + 1,
-        "heartbeat_at": timezone.now(),
-        "engine_ms": F("engine_ms") + sum(audio.engine_ms for _, audio in chunks),
-        "audio_ms": F("audio_ms")
-        + sum(round(audio.samples * 1000 / audio.sample_rate) for _, audio in chunks),
+        "heartbeat_at": now,
+        "engine_ms": F("engine_ms") + engine_ms,
+        "audio_ms": F("audio_ms") + audio_ms,
     }
     if total_chunks is not None:
         updates["total_chunks"] = total_chunks
+    if complete_key is not None:  # every expression reads the row as it was
+        updates |= {
+            "status": SessionStatus.COMPLETED,
+            "finished_at": now,
+            "narration_key": complete_key,
+            "real_time_factor": Cast(F("engine_ms") + engine_ms, FloatField())
+            / NullIf(F("audio_ms") + audio_ms, 0),
+        }
     if first.seq == 0:
         updates["first_chunk_ms"] = max(
             0, round((first.created_at - session.created_at).total_seconds() * 1000)
@@ -830,6 +854,10 @@ def chunks_store(
     except IntegrityError:  # a chunk exists already
         return False
     return True
+
+
+def _duration_ms(audio: SegmentAudio) -> int:
+    return round(audio.samples * 1000 / audio.sample_rate)
 
 
 def _blob_store(audio: SegmentAudio) -> str:
@@ -932,12 +960,22 @@ def session_complete(*, session_id: uuid.UUID, worker: str, key: str) -> bool:
         narration_key=key,
     )
     if done:
-        session.status = SessionStatus.COMPLETED
-        broadcast.broadcast_status(session.id, status_frame(session))
-        broadcast.broadcast_done(
+        _announce_completed(
             session.id, total_chunks=session.total_chunks or 0, duration_ms=session.audio_ms
         )
     return bool(done)
+
+
+def _announce_completed(session_id: uuid.UUID, *, total_chunks: int, duration_ms: int) -> None:
+    frame = status_frame(
+        TTSSession(
+            status=SessionStatus.COMPLETED,
+            completed_chunks=total_chunks,
+            total_chunks=total_chunks,
+        )
+    )
+    broadcast.broadcast_status(session_id, frame)
+    broadcast.broadcast_done(session_id, total_chunks=total_chunks, duration_ms=duration_ms)
 
 
 def session_fail(*, session_id: uuid.UUID, code: str, message: str) -> bool:
