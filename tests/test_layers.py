@@ -94,16 +94,14 @@ def test_a_blocking_send_stores_what_a_send_stores_on_the_calling_thread(layers)
     """The workers' doorbell from a request's thread: no event loop, one round trip, the
     same message for channels-redis's receive, and the same refusal when full."""
     ours, core = layers
-    from tts.layers import SEND_LUA
-
-    redis = ours._blocking(0, SEND_LUA).registered_client
+    redis = ours._blocking_script(0).registered_client
     real, trips = redis.execute_command, []
 
     def counting(*args, **options):
         trips.append(str(args[0]))
         return real(*args, **options)
 
-    redis.execute_command = counting
+    ours._blocking_script(0).registered_client.execute_command = counting
     ours.send_blocking("tts-generate", {"type": "tts.generate", "session_id": "a"})
     assert trips in (["EVALSHA"], ["EVALSHA", "SCRIPT LOAD", "EVALSHA"])  # a fresh Redis
     for n in range(2):
@@ -119,73 +117,6 @@ def test_a_blocking_send_stores_what_a_send_stores_on_the_calling_thread(layers)
         await _flush(ours, core)
 
     asyncio.run(run())
-
-
-def test_a_blocking_group_send_reaches_every_member_in_two_round_trips(layers):
-
-    ours, core = layers
-
-    async def join() -> list[str]:
-        channels = [await core.new_channel(), await core.new_channel(), "general.listener"]
-        for channel in channels:
-            await core.group_add("readers", channel)
-        return channels
-
-    channels = asyncio.run(join())
-    ours.group_send_blocking("nobody", {"type": "warm"})  # a fresh Redis loads the scripts
-    redis, trips = ours._blocking_clients[0], []
-    real = redis.execute_command
-    redis.execute_command = lambda *args, **kw: trips.append(str(args[0])) or real(*args, **kw)
-    ours.group_send_blocking("readers", {"type": "hello"})
-    assert trips == ["EVALSHA", "EVALSHA"]
-
-    async def run():
-        assert [await core.receive(c) for c in channels] == [{"type": "hello"}] * 3
-        await _flush(ours, core)
-
-    asyncio.run(run())
-
-
-def test_a_waited_broadcast_goes_out_on_its_own_thread_unless_a_post_is_on_its_way(
-    monkeypatch,
-):
-    """The first chunk's event, waited for, is sent on the session loop's thread; it never
-    overtakes an event posted before it that the sender loop has not sent yet."""
-    import threading
-    import uuid
-
-    from channels.layers import get_channel_layer
-
-    from tts import broadcast
-
-    layer, session_id = get_channel_layer(), uuid.uuid4()
-    group, threads, real = broadcast.session_group(session_id), [], layer.group_send_blocking
-
-    def blocking(group_name, message):
-        threads.append(threading.current_thread())
-        return real(group_name, message)
-
-    monkeypatch.setattr(layer, "group_send_blocking", blocking)
-
-    async def listen() -> str:
-        channel = await layer.new_channel()
-        await layer.group_add(group, channel)
-        return channel
-
-    async def slowly(message):
-        await asyncio.sleep(0.2)
-        await layer.group_send(group, message)
-
-    async def received(channel, n):
-        return [(await layer.receive(channel))["type"] for _ in range(n)]
-
-    channel = asyncio.run(listen())
-    broadcast._group_send(session_id, {"type": "tts.first"}, wait=True)
-    assert threads == [threading.current_thread()]  # nothing was on its way
-    broadcast._sender.post(slowly({"type": "tts.second"}), "a slow send")
-    broadcast._group_send(session_id, {"type": "tts.third"}, wait=True)
-    assert len(threads) == 1  # it waited for the sender loop, behind the slow send
-    assert asyncio.run(received(channel, 3)) == ["tts.first", "tts.second", "tts.third"]
 
 
 def test_what_channels_redis_sends_our_layer_receives(layers):

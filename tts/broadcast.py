@@ -61,11 +61,6 @@ class _SenderLoop:
             raise TimeoutError(f"{what}: the send backlog is full")
         return future.result(2 * SEND_TIMEOUT_S + 1 if timeout is None else timeout)
 
-    def idle(self) -> bool:
-        """Every send posted so far has gone out (or failed)."""
-        with self._lock:
-            return self._backlog == 0
-
     def flush(self) -> None:
         """Wait until everything posted so far has been sent (or has failed)."""
         with suppress(Exception):
@@ -125,17 +120,13 @@ def _group_send(session_id: uuid.UUID | str, event: dict[str, Any], *, wait: boo
     layer = get_channel_layer()
     if layer is None:
         return
-    group, what = session_group(session_id), f"{event['type']} for {session_id}"
+    send = layer.group_send(session_group(session_id), event)
+    what = f"{event['type']} for {session_id}"
     if not wait:
-        _sender.post(layer.group_send(group, event), what)
+        _sender.post(send, what)
         return
     try:
-        if hasattr(layer, "group_send_blocking") and _sender.idle():
-            # Nothing posted is still on its way, so this cannot overtake it: send on
-            # this thread, without the hand-over to the sender loop's thread and back.
-            layer.group_send_blocking(group, event)
-        else:
-            _sender.run(layer.group_send(group, event), what, timeout=WAITED_SEND_S)
+        _sender.run(send, what, timeout=WAITED_SEND_S)
     except Exception:  # noqa: BLE001 - listeners recover from storage
         logger.warning("%s failed or is slow; going on", what, exc_info=True)
 

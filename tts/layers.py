@@ -13,11 +13,6 @@ serialized messages, ``__asgi_channel__`` included), so receiving is channels-re
 own, and processes on either class talk to each other (a rolling deploy). Sharding over
 several hosts and Sentinel work as in channels-redis: the connections are its own.
 
-Sync code (a request's thread, a worker's session loop) can also send on the calling
-thread, over a blocking connection to the same hosts (``send_blocking``,
-``group_send_blocking``), where ``async_to_sync`` or a loop on another thread would hand
-the send to that loop's thread and back.
-
     CHANNEL_LAYERS = {"default": {"BACKEND": "tts.layers.RedisChannelLayer", ...}}
 """
 
@@ -26,7 +21,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from channels.exceptions import ChannelFull
@@ -74,13 +68,12 @@ return over_capacity
 
 
 class RedisChannelLayer(CoreRedisChannelLayer):
-    """channels-redis's core layer; ``send`` in one round trip, ``group_send`` in two; and
-    both from sync code without an event loop (``send_blocking``, ``group_send_blocking``)."""
+    """channels-redis's core layer; ``send`` in one round trip, ``group_send`` in two, and
+    ``send_blocking`` for sync code."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._blocking_clients: dict[int, Any] = {}  # by host index
-        self._blocking_scripts: dict[tuple[int, str], Any] = {}  # by (host index, source)
+        self._blocking_sends: dict[int, Any] = {}  # host index -> its send script
         self._blocking_lock = threading.Lock()
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
@@ -113,34 +106,15 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         members = await self._script(self.consistent_hash(group), MEMBERS_LUA)(
             keys=[self._group_key(group)], args=[int(time.time()) - self.group_expiry]
         )
-        for index, keys, args in self._group_sends(members, message):
-            over_capacity = await self._script(index, GROUP_SEND_LUA)(keys=keys, args=args)
-            self._log_over_capacity(over_capacity, len(members), group)
-
-    def group_send_blocking(self, group: str, message: dict[str, Any]) -> None:
-        """``group_send``, from sync code on the calling thread (see send_blocking)."""
-        assert self.require_valid_group_name(group), "Group name not valid"
-        members = self._blocking(self.consistent_hash(group), MEMBERS_LUA)(
-            keys=[self._group_key(group)], args=[int(time.time()) - self.group_expiry]
-        )
-        for index, keys, args in self._group_sends(members, message):
-            over_capacity = self._blocking(index, GROUP_SEND_LUA)(keys=keys, args=args)
-            self._log_over_capacity(over_capacity, len(members), group)
-
-    def _group_sends(
-        self, members: list[bytes], message: dict[str, Any]
-    ) -> Iterator[tuple[int, list[str], list[Any]]]:
-        """(connection index, its channel keys, the script's arguments) per Redis server."""
         channel_names = [name.decode("utf8") for name in members]
         by_connection, messages, capacities = self._map_channel_keys_to_connection(
             channel_names, message
         )
         for index, channel_keys in by_connection.items():
             now = time.time()
-            yield (
-                index,
-                channel_keys,
-                [
+            over_capacity = await self._script(index, GROUP_SEND_LUA)(
+                keys=channel_keys,
+                args=[
                     *(messages[key] for key in channel_keys),
                     *(capacities[key] for key in channel_keys),
                     now,
@@ -148,13 +122,13 @@ class RedisChannelLayer(CoreRedisChannelLayer):
                     int(self.expiry),
                 ],
             )
-
-    @staticmethod
-    def _log_over_capacity(over_capacity: int, members: int, group: str) -> None:
-        if over_capacity > 0:
-            logger.info(
-                "%s of %s channels over capacity in group %s", over_capacity, members, group
-            )
+            if over_capacity > 0:
+                logger.info(
+                    "%s of %s channels over capacity in group %s",
+                    over_capacity,
+                    len(channel_names),
+                    group,
+                )
 
     def send_blocking(self, channel: str, message: dict[str, Any]) -> None:
         """``send``, from sync code on the calling thread, to a channel that any process
@@ -167,7 +141,7 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         assert "!" not in channel, "a process-local channel is sent to with send()"
         index = next(self._send_index_generator)  # any host: receivers take turns at all
         now = time.time()
-        full = self._blocking(index, SEND_LUA)(
+        full = self._blocking_script(index)(
             keys=[self.prefix + channel],
             args=[
                 self.serialize(message),
@@ -180,15 +154,12 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         if full:
             raise ChannelFull()
 
-    def _blocking(self, index: int, source: str) -> Any:
-        """The script on a blocking connection to host ``index`` (short timeouts)."""
+    def _blocking_script(self, index: int) -> Any:
         with self._blocking_lock:
-            if index not in self._blocking_clients:
-                self._blocking_clients[index] = redis_client.client_for(self.hosts[index])
-            if (index, source) not in self._blocking_scripts:
-                script = self._blocking_clients[index].register_script(source)
-                self._blocking_scripts[index, source] = script
-            return self._blocking_scripts[index, source]
+            if index not in self._blocking_sends:
+                client = redis_client.client_for(self.hosts[index])
+                self._blocking_sends[index] = client.register_script(SEND_LUA)
+            return self._blocking_sends[index]
 
     def _script(self, index: int, source: str) -> Any:
         """The script on connection ``index``, run by its digest (EVALSHA; redis-py loads
