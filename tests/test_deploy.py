@@ -412,6 +412,7 @@ def test_bad_sentinel_addresses_are_refused():
     ("name", "value"),
     [
         ("DATABASE_POOL", "maybe"),
+        ("DATABASE_SERVER_SIDE_BINDING", "maybe"),
         ("DATABASE_POOL_MAX_SIZE", "0"),
         ("DATABASE_POOL_TIMEOUT", "soon"),
         ("TTS_WORKER_CONN_MAX_AGE", "-1"),
@@ -438,6 +439,19 @@ def test_postgresql_pools_its_connections_unless_told_otherwise():
     assert "'pool': {'min_size': 2, 'max_size': 20, 'timeout': 10.0}" in pooled.stdout
     plain = manage(production_env(DATABASE_URL=url, DATABASE_POOL="0"), "shell", "-c", code)
     assert "pool" not in plain.stdout and plain.returncode == 0
+
+
+def test_postgresql_binds_parameters_on_the_server_unless_told_otherwise():
+    code = "from django.conf import settings; print(settings.DATABASES['default']['OPTIONS'])"
+    url = "postgres://narrator@127.0.0.1:5432/narrator"
+    default = manage(production_env(DATABASE_URL=url), "shell", "-c", code)
+    assert "'server_side_binding': True" in default.stdout
+    off = manage(
+        production_env(DATABASE_URL=url, DATABASE_SERVER_SIDE_BINDING="0"), "shell", "-c", code
+    )
+    assert "server_side_binding" not in off.stdout and off.returncode == 0
+    sqlite = manage(production_env(), "shell", "-c", code)
+    assert "server_side_binding" not in sqlite.stdout
 
 
 def test_the_entrypoint_is_posix_sh():
