@@ -87,16 +87,8 @@ class RedisChannelLayer(CoreRedisChannelLayer):
             index = self.consistent_hash(channel)
         else:
             index = next(self._send_index_generator)
-        now = time.time()
         full = await self._script(index, SEND_LUA)(
-            keys=[self.prefix + channel_non_local_name],
-            args=[
-                self.serialize(message),
-                self.get_capacity(channel),
-                now,
-                int(now) - int(self.expiry),
-                int(self.expiry),
-            ],
+            keys=[self.prefix + channel_non_local_name], args=self._send_args(channel, message)
         )
         if full:
             raise ChannelFull()
@@ -140,19 +132,23 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         assert self.require_valid_channel_name(channel), "Channel name not valid"
         assert "!" not in channel, "a process-local channel is sent to with send()"
         index = next(self._send_index_generator)  # any host: receivers take turns at all
-        now = time.time()
         full = self._blocking_script(index)(
-            keys=[self.prefix + channel],
-            args=[
-                self.serialize(message),
-                self.get_capacity(channel),
-                now,
-                int(now) - int(self.expiry),
-                int(self.expiry),
-            ],
+            keys=[self.prefix + channel], args=self._send_args(channel, message)
         )
         if full:
             raise ChannelFull()
+
+    def _send_args(self, channel: str, message: dict[str, Any]) -> list[Any]:
+        """SEND_LUA's arguments: the message, the channel's capacity, the time, and where
+        expiry begins."""
+        now = time.time()
+        return [
+            self.serialize(message),
+            self.get_capacity(channel),
+            now,
+            int(now) - int(self.expiry),
+            int(self.expiry),
+        ]
 
     def _blocking_script(self, index: int) -> Any:
         with self._blocking_lock:
