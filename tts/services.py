@@ -376,7 +376,7 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
             # neither; the next chunk's event would fill the gap, but that is one synthesis
             # away. This is the moment most listeners join (right after the POST).
             broadcast.broadcast_stored(session.id, seq=first_seq)
-        stored_ms += sum(_duration_ms(chunk.audio) for chunk in batch)
+        stored_ms += sum(chunk.row.duration_ms for chunk in batch)
         if last:
             completed = True
             _announce_completed(session.id, total_chunks=total, duration_ms=stored_ms)
@@ -543,9 +543,9 @@ class _OrderedWriter(Generic[T]):
             return batch
 
     def _skip(self, items: list[T]) -> None:
+        if self._skipped is None:
+            return
         for item in items:
-            if self._skipped is None:
-                continue
             try:
                 self._skipped(item)
             except Exception:  # noqa: BLE001 - the failure before it is what matters
@@ -816,7 +816,7 @@ def chunks_store(
     own trip to the database), keyed by it."""
     first, last = chunks[0][0], chunks[-1][0]
     now, engine_ms = timezone.now(), sum(audio.engine_ms for _, audio in chunks)
-    audio_ms = sum(_duration_ms(audio) for _, audio in chunks)
+    audio_ms = sum(chunk.duration_ms for chunk, _ in chunks)
     updates: dict[str, Any] = {
         "completed_chunks": last.seq + 1,
         "heartbeat_at": now,
@@ -854,10 +854,6 @@ def chunks_store(
     except IntegrityError:  # a chunk exists already
         return False
     return True
-
-
-def _duration_ms(audio: SegmentAudio) -> int:
-    return round(audio.samples * 1000 / audio.sample_rate)
 
 
 def _blob_store(audio: SegmentAudio) -> str:
