@@ -111,6 +111,30 @@ def test_claiming_is_atomic():
     assert services.session_claim(session_id=session.id, worker="b") is None
 
 
+def test_a_claim_is_one_statement_that_returns_the_claimed_session(django_assert_num_queries):
+    session = create()
+    with django_assert_num_queries(1):
+        claimed = services.session_claim(session_id=session.id, worker="a")
+    stored = type(session).objects.get(pk=session.id)
+    assert claimed is not None and claimed.pk == session.id
+    for name in ["status", "claimed_by", "attempts", "started_at", "heartbeat_at", "text"]:
+        assert getattr(claimed, name) == getattr(stored, name), name
+    assert (claimed.status, claimed.claimed_by, claimed.attempts) == ("running", "a", 1)
+    assert claimed.started_at is not None and claimed.started_at == claimed.heartbeat_at
+
+
+def test_update_returning_applies_expressions_and_returns_only_the_matched_rows():
+    from django.db.models import F
+
+    first, second = create(), create(text="Another text, to be left alone.")
+    sessions = type(first).objects
+    updated = sessions.filter(pk=first.pk).update_returning(attempts=F("attempts") + 2)
+    assert [(row.pk, row.attempts) for row in updated] == [(first.pk, 2)]
+    assert sessions.get(pk=second.pk).attempts == 0
+    assert sessions.filter(pk=first.pk, status="failed").update_returning(attempts=9) == []
+    assert sessions.get(pk=first.pk).attempts == 2
+
+
 def test_a_resumed_session_continues_after_its_stored_chunks(engine_calls):
     session = create()
     services.session_claim(session_id=session.id, worker="w1")

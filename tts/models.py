@@ -8,6 +8,7 @@ from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.db import connections, models
+from django.db.models import sql
 from django.utils import timezone
 
 
@@ -60,6 +61,28 @@ class AudioBlob(models.Model):
         return f"{self.key[:12]} ({self.samples} samples)"
 
 
+class TTSSessionQuerySet(models.QuerySet):
+    def update_returning(self, **values) -> list[TTSSession]:
+        """``update(**values)``, returning the updated rows as they now are, in one
+        statement (UPDATE ... RETURNING, SQLite 3.35+ and PostgreSQL): where ``update``
+        then a read would take two trips to the database. The SQL is Django's own for
+        the update (expressions such as ``F()`` work), with a RETURNING clause of every
+        column; the rows are built as a raw query builds them."""
+        query = self.query.chain(sql.UpdateQuery)
+        query.add_update_values(values)
+        compiler = query.get_compiler(self.db)
+        compiler.pre_sql_setup()
+        statement, params = compiler.as_sql()
+        if not statement:
+            return []
+        quote = connections[self.db].ops.quote_name
+        columns = ", ".join(quote(field.column) for field in self.model._meta.concrete_fields)
+        raw = self.model._default_manager.db_manager(self.db).raw(
+            f"{statement} RETURNING {columns}", params
+        )
+        return list(raw)
+
+
 class TTSSession(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # What is narrated, generically (a scene here; any model in another project).
@@ -104,6 +127,8 @@ class TTSSession(models.Model):
     engine_ms = models.PositiveIntegerField(default=0)
     audio_ms = models.PositiveIntegerField(default=0)
     real_time_factor = models.FloatField(null=True, blank=True)
+
+    objects = TTSSessionQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

@@ -235,7 +235,7 @@ def session_dispatch(*, session_id: uuid.UUID) -> bool:
 def session_claim(*, session_id: uuid.UUID | str, worker: str) -> TTSSession | None:
     """queued -> running, atomically. None when someone else has it (or it is over)."""
     now = timezone.now()
-    claimed = TTSSession.objects.filter(pk=session_id, status=SessionStatus.QUEUED).update(
+    claimed = TTSSession.objects.filter(pk=session_id, status=SessionStatus.QUEUED).update_returning(
         status=SessionStatus.RUNNING,
         claimed_by=worker,
         started_at=Coalesce(F("started_at"), now),
@@ -244,7 +244,7 @@ def session_claim(*, session_id: uuid.UUID | str, worker: str) -> TTSSession | N
     )
     if not claimed:
         return None
-    session = TTSSession.objects.get(pk=session_id)
+    session = claimed[0]
     broadcast.broadcast_status(session.id, status_frame(session))
     return session
 
