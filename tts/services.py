@@ -235,7 +235,8 @@ def session_dispatch(*, session_id: uuid.UUID) -> bool:
 def session_claim(*, session_id: uuid.UUID | str, worker: str) -> TTSSession | None:
     """queued -> running, atomically. None when someone else has it (or it is over)."""
     now = timezone.now()
-    claimed = TTSSession.objects.filter(pk=session_id, status=SessionStatus.QUEUED).update_returning(
+    queued = TTSSession.objects.filter(pk=session_id, status=SessionStatus.QUEUED)
+    claimed = queued.update_returning(
         status=SessionStatus.RUNNING,
         claimed_by=worker,
         started_at=Coalesce(F("started_at"), now),
