@@ -751,3 +751,31 @@ def test_a_chunk_stores_the_audio_it_was_sent_with_when_another_worker_stored_it
     assert bytes(AudioBlob.objects.get(key=raced[0]).pcm) == (
         sent[0] if same_bytes else bytes(len(sent[0]))
     )
+
+
+def test_one_heartbeat_thread_beats_for_every_running_session_until_it_leaves(settings):
+    import threading
+    import time
+
+    settings.TTS_HEARTBEAT_TIMEOUT = 1.5  # a beat every 0.5 s
+    sessions = type(create()).objects
+    first, second, stopped = create(), create(text="A second text."), create(text="A third.")
+    for session, worker in [(first, "w1"), (second, "w2"), (stopped, "w3")]:
+        services.session_claim(session_id=session.id, worker=worker)
+    claimed_at = {s.pk: sessions.get(pk=s.pk).heartbeat_at for s in (first, second, stopped)}
+    sessions.filter(pk=stopped.pk).update(status=SessionStatus.CANCELLED)
+    beats = services._heartbeats
+    with (
+        beats.beating(first.id, "w1"),
+        beats.beating(second.id, "w2"),
+        beats.beating(stopped.id, "w3"),
+    ):
+        threads = [t for t in threading.enumerate() if t.name == "tts-heartbeat"]
+        time.sleep(0.8)
+    assert len(threads) == 1
+    assert sessions.get(pk=first.pk).heartbeat_at > claimed_at[first.pk]
+    assert sessions.get(pk=second.pk).heartbeat_at > claimed_at[second.pk]
+    assert sessions.get(pk=stopped.pk).heartbeat_at == claimed_at[stopped.pk]  # not running
+    left = sessions.get(pk=first.pk).heartbeat_at
+    time.sleep(0.7)
+    assert sessions.get(pk=first.pk).heartbeat_at == left  # no beats once it has left

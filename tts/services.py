@@ -384,7 +384,7 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
         return True
 
     with (
-        _heartbeat(session.id, worker),
+        _heartbeats.beating(session.id, worker),
         _OrderedWriter(store, skipped=_keep_unstored) as writer,
         _keeping_what_is_made(synthesizing),
     ):
@@ -916,29 +916,67 @@ def chunk_meta(chunk: TTSChunk, *, total_chunks: int | None = None) -> dict:
     }
 
 
-@contextmanager
-def _heartbeat(session_id: uuid.UUID, worker: str) -> Iterator[None]:
-    """Beat between chunks too, so a long segment or a slow model load is not mistaken
-    for a dead worker."""
-    stop = threading.Event()
-    interval = max(0.5, settings.TTS_HEARTBEAT_TIMEOUT / 3)
+class _Heartbeats:
+    """One thread per process beats for every session the process runs, between chunks
+    too, so that a long segment or a slow model load is not mistaken for a dead worker:
+    every ``TTS_HEARTBEAT_TIMEOUT / 3`` seconds, one UPDATE per worker name for all of its
+    sessions (a claim beats first). A session joins and leaves with a dict operation: no
+    thread is started or joined on its way to first audio or after its last chunk. With
+    nothing to beat for, the thread closes its connection and sleeps until a session
+    comes."""
 
-    def beat() -> None:
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._beating: dict[uuid.UUID, str] = {}  # session id -> the worker that claimed it
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def beating(self, session_id: uuid.UUID, worker: str) -> Iterator[None]:
+        with self._changed:
+            if not self._beating:  # the thread is idle (or not there yet)
+                self._changed.notify_all()
+            self._beating[session_id] = worker
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="tts-heartbeat", daemon=True)
+                self._thread.start()
         try:
-            while not stop.wait(interval):
-                TTSSession.objects.filter(
-                    pk=session_id, status=SessionStatus.RUNNING, claimed_by=worker
-                ).update(heartbeat_at=timezone.now())
+            yield
         finally:
-            _close_thread_connection()
+            with self._changed:
+                self._beating.pop(session_id, None)
+                if not self._beating:  # let the thread close its connection
+                    self._changed.notify_all()
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{session_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+    def _run(self) -> None:
+        while True:
+            _close_thread_connection()  # idle: hold no connection
+            with self._changed:
+                while not self._beating:
+                    self._changed.wait()
+            self._beat_while_busy()
+
+    def _beat_while_busy(self) -> None:
+        while True:
+            with self._changed:
+                deadline = time.monotonic() + max(0.5, settings.TTS_HEARTBEAT_TIMEOUT / 3)
+                while self._beating and (left := deadline - time.monotonic()) > 0:
+                    self._changed.wait(left)
+                if not self._beating:
+                    return
+                by_worker: dict[str, list[uuid.UUID]] = {}
+                for session_id, worker in self._beating.items():
+                    by_worker.setdefault(worker, []).append(session_id)
+            try:
+                for worker, session_ids in by_worker.items():
+                    TTSSession.objects.filter(
+                        pk__in=session_ids, status=SessionStatus.RUNNING, claimed_by=worker
+                    ).update(heartbeat_at=timezone.now())
+            except DatabaseError:  # the next beat tries again; the sweep allows for two
+                logger.warning("heartbeat failed", exc_info=True)
+                _close_thread_connection()
+
+
+_heartbeats = _Heartbeats()
 
 
 # --- Endings ------------------------------------------------------------------------------
