@@ -764,15 +764,16 @@ def test_one_heartbeat_thread_beats_for_every_running_session_until_it_leaves(se
         services.session_claim(session_id=session.id, worker=worker)
     claimed_at = {s.pk: sessions.get(pk=s.pk).heartbeat_at for s in (first, second, stopped)}
     sessions.filter(pk=stopped.pk).update(status=SessionStatus.CANCELLED)
-    beats = services._heartbeats
+    beats = services._Heartbeats()  # its thread starts with the interval above
+    before = {t for t in threading.enumerate() if t.name == "tts-heartbeat"}
     with (
         beats.beating(first.id, "w1"),
         beats.beating(second.id, "w2"),
         beats.beating(stopped.id, "w3"),
     ):
-        threads = [t for t in threading.enumerate() if t.name == "tts-heartbeat"]
+        threads = {t for t in threading.enumerate() if t.name == "tts-heartbeat"} - before
         time.sleep(0.8)
-    assert len(threads) == 1
+    assert len(threads) == 1  # one thread for the three sessions
     assert sessions.get(pk=first.pk).heartbeat_at > claimed_at[first.pk]
     assert sessions.get(pk=second.pk).heartbeat_at > claimed_at[second.pk]
     assert sessions.get(pk=stopped.pk).heartbeat_at == claimed_at[stopped.pk]  # not running

@@ -920,21 +920,18 @@ class _Heartbeats:
     """One thread per process beats for every session the process runs, between chunks
     too, so that a long segment or a slow model load is not mistaken for a dead worker:
     every ``TTS_HEARTBEAT_TIMEOUT / 3`` seconds, one UPDATE per worker name for all of its
-    sessions (a claim beats first). A session joins and leaves with a dict operation: no
-    thread is started or joined on its way to first audio or after its last chunk. With
-    nothing to beat for, the thread closes its connection and sleeps until a session
-    comes."""
+    sessions (the claim is the first beat). A session joins and leaves with a dict
+    operation under a lock: no thread is started, woken or joined on its way to first
+    audio or after its last chunk. The thread holds a connection only while it beats."""
 
     def __init__(self) -> None:
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
         self._beating: dict[uuid.UUID, str] = {}  # session id -> the worker that claimed it
         self._thread: threading.Thread | None = None
 
     @contextmanager
     def beating(self, session_id: uuid.UUID, worker: str) -> Iterator[None]:
-        with self._changed:
-            if not self._beating:  # the thread is idle (or not there yet)
-                self._changed.notify_all()
+        with self._lock:
             self._beating[session_id] = worker
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="tts-heartbeat", daemon=True)
@@ -942,27 +939,13 @@ class _Heartbeats:
         try:
             yield
         finally:
-            with self._changed:
+            with self._lock:
                 self._beating.pop(session_id, None)
-                if not self._beating:  # let the thread close its connection
-                    self._changed.notify_all()
 
     def _run(self) -> None:
         while True:
-            _close_thread_connection()  # idle: hold no connection
-            with self._changed:
-                while not self._beating:
-                    self._changed.wait()
-            self._beat_while_busy()
-
-    def _beat_while_busy(self) -> None:
-        while True:
-            with self._changed:
-                deadline = time.monotonic() + max(0.5, settings.TTS_HEARTBEAT_TIMEOUT / 3)
-                while self._beating and (left := deadline - time.monotonic()) > 0:
-                    self._changed.wait(left)
-                if not self._beating:
-                    return
+            time.sleep(max(0.5, settings.TTS_HEARTBEAT_TIMEOUT / 3))
+            with self._lock:
                 by_worker: dict[str, list[uuid.UUID]] = {}
                 for session_id, worker in self._beating.items():
                     by_worker.setdefault(worker, []).append(session_id)
@@ -973,6 +956,7 @@ class _Heartbeats:
                     ).update(heartbeat_at=timezone.now())
             except DatabaseError:  # the next beat tries again; the sweep allows for two
                 logger.warning("heartbeat failed", exc_info=True)
+            finally:
                 _close_thread_connection()
 
 
