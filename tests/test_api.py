@@ -68,6 +68,24 @@ def test_a_client_may_choose_the_id_once(client):
     assert TTSSession.objects.get(pk=chosen).text == "Hello there."
 
 
+@pytest.mark.django_db(transaction=True)  # the view's own autocommit, as in production
+def test_a_chosen_id_is_inserted_without_a_transaction_around_it_and_refused_when_taken(client):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    chosen = uuid.uuid4()
+    post(client, {"text": "A warm-up, for the browser's session row."})
+    with CaptureQueriesContext(connection) as queries:
+        response = post(client, {"text": "Hello there.", "id": str(chosen)})
+    assert response.status_code == 201
+    statements = [query["sql"].split()[0].upper() for query in queries.captured_queries]
+    assert "SAVEPOINT" not in statements and "BEGIN" not in statements, statements
+    again = post(client, {"text": "Something else.", "id": str(chosen)})
+    assert again.status_code == 409 and error_code(again) == "id_taken"
+    assert TTSSession.objects.get(pk=chosen).text == "Hello there."
+    assert TTSSession.objects.count() == 2
+
+
 @pytest.mark.django_db(transaction=True)  # the worker stores on a thread of its own
 def test_a_text_narrated_before_is_answered_completed_with_its_audio(client):
     from tts import services

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -14,7 +15,7 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from tts import services
+from tts import services, waiting
 from tts.audio import chunk_frame
 from tts.broadcast import session_group
 from tts.conf import settings
@@ -137,13 +138,20 @@ class SessionConsumer(AsyncWebsocketConsumer):
             wait = QUIET_POLL_S if self.cursor.last_sent > sent else min(wait * 2, 16.0)
 
     async def _await_creation(self) -> None:
-        """Poll for the pending session, backing off; 4404 once TTS_PENDING_SOCKET_S passed."""
+        """Poll for the pending session, backing off, or read at once when this process's
+        POST has committed it (tts.waiting); 4404 once TTS_PENDING_SOCKET_S passed."""
         deadline = time.monotonic() + settings.TTS_PENDING_SOCKET_S
         wait = PENDING_FIRST_POLL_S
-        while self.pending and time.monotonic() < deadline:
-            await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
-            wait = min(wait * 2, 1.0)
-            await self._created()
+        woken = waiting.expect(self.session_id)  # by its POST, when this process answers it
+        try:
+            while self.pending and time.monotonic() < deadline:
+                timeout = min(wait, max(0.0, deadline - time.monotonic()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), timeout)
+                wait = min(wait * 2, 1.0)
+                await self._created()
+        finally:
+            waiting.forget(self.session_id, woken)
         if self.pending:
             self.pending = False
             await self._refuse(4404)

@@ -27,7 +27,7 @@ from django.db.models import F, FloatField, Max, Q, Subquery
 from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
 
-from tts import broadcast, limits
+from tts import broadcast, limits, waiting
 from tts.audio import silence
 from tts.conf import settings
 from tts.engines import Audio, EngineError, EngineUnavailable, Voice, get_engine
@@ -104,6 +104,8 @@ def session_create(
     elif dispatch:
         # A dispatch that fails is sent again by the recovery sweep, as any lost message.
         transaction.on_commit(lambda: broadcast.dispatch_generate(session.id))
+    if not replayed:  # a socket of this process opened with the POST reads it now
+        transaction.on_commit(lambda: waiting.created(session.id))
     limits.record_creation(owner)
     return session
 
@@ -187,7 +189,11 @@ def _insert(session: TTSSession, *, chosen: bool) -> None:
 
 def _insert_chosen_id(session: TTSSession) -> None:
     try:
-        with transaction.atomic():  # a savepoint: a taken id must not break the caller's
+        if transaction.get_connection().in_atomic_block:
+            with transaction.atomic():  # a savepoint: a taken id must not break the caller's
+                session.save(force_insert=True)
+        else:  # on its own (the API's view): a failed INSERT leaves nothing to undo, and a
+            # transaction around it would be two more trips to the database on every POST
             session.save(force_insert=True)
     except IntegrityError:
         if not TTSSession.objects.filter(pk=session.pk).exists():
