@@ -390,6 +390,23 @@ async def test_a_pending_socket_finds_a_queued_session_by_polling():
     await comm.disconnect()
 
 
+async def test_a_pending_socket_is_opened_at_once_by_a_post_this_process_answers(monkeypatch):
+    """No worker runs and the first poll is 30 s away: the session's commit wakes it."""
+    from tts import waiting
+
+    monkeypatch.setattr("tts.consumers.PENDING_FIRST_POLL_S", 30.0)
+    session_id = uuid.uuid4()
+    comm = pending_communicator(session_id)
+    await _connected(comm)
+    await asyncio.sleep(0.2)  # the socket has joined and found nothing
+    assert session_id in waiting._waiting
+    await make_session(session_id=session_id, run=False)
+    frame = await comm.receive_json_from(timeout=5)
+    assert frame["type"] == "session" and frame["status"] == "queued"
+    await comm.disconnect()
+    assert session_id not in waiting._waiting  # nothing is left behind
+
+
 async def test_a_pending_socket_for_a_session_never_created_closes_with_4404(settings):
     settings.TTS_PENDING_SOCKET_S = 0.3
     comm = pending_communicator(uuid.uuid4())
