@@ -336,6 +336,27 @@ async def test_a_bad_after_gets_an_error_frame_and_close_4400(after):
     assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4400}
 
 
+async def test_a_running_status_sent_with_the_first_chunk_comes_right_before_it(monkeypatch):
+    """A quick voice's `running` status rides in the first chunk's event (one event less on
+    the way to first audio); the socket still sends it as its own frame, first."""
+    monkeypatch.setitem(services._first_segment_ms, "en-us", 1)
+    session = await make_session(run=False)
+    comm = await _connected(as_staff(communicator(session.id)))
+    opening = [await comm.receive_json_from(), await comm.receive_json_from()]
+    await sync_to_async(services.session_run)(session_id=session.id, worker="test")
+    later, audio = await receive_until_closed(comm)
+    frames = opening + later
+    kinds = [(frame["type"], frame.get("status"), frame.get("seq")) for frame in frames]
+    assert kinds[:4] == [
+        ("session", "queued", None),
+        ("status", "queued", None),
+        ("status", "running", None),
+        ("chunk", None, 0),
+    ]
+    assert [kind for kind in kinds if kind[0] == "status"][2:] == [("status", "completed", None)]
+    assert "status" not in frames[3] and len(audio) == frames[-1]["total_chunks"]
+
+
 # A socket opened before its session exists (?pending=1: the client chose the id and opened
 # the socket while its POST was in flight) -------------------------------------------------
 

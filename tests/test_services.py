@@ -90,6 +90,62 @@ def test_the_last_chunks_complete_the_session_in_their_own_transaction(monkeypat
     assert session.finished_at is not None
 
 
+def recorded_events(monkeypatch) -> list[dict]:
+    from tts import broadcast
+
+    events, real = [], broadcast._group_send
+    monkeypatch.setattr(
+        broadcast,
+        "_group_send",
+        lambda sid, event, **kw: events.append(event) or real(sid, event, **kw),
+    )
+    return events
+
+
+def test_running_rides_with_the_first_chunk_once_the_voice_is_known_to_be_quick(monkeypatch):
+    """The first session of a voice announces `running` on its own (its speed is not
+    known yet); once its first segment took at most RUNNING_WITH_FIRST_CHUNK_MS, the
+    status goes in the first chunk's event: one event less, and still first."""
+    monkeypatch.setattr(services, "_first_segment_ms", {})
+    events = recorded_events(monkeypatch)
+    services.session_run(session_id=create().id, worker="w1")
+    assert [e["type"] for e in events][:2] == ["tts.status", "tts.chunk"]
+    assert events[0]["status"] == "running" and "status" not in events[1]
+    assert services._first_segment_ms["en-us"] <= services.RUNNING_WITH_FIRST_CHUNK_MS
+
+    events.clear()
+    session = create(text="A new text, so that the engine makes its first segment.")
+    services.session_run(session_id=session.id, worker="w1")
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "tts.chunk" and events[0]["seq"] == 0
+    assert events[0]["status"]["status"] == "running"
+    assert events[0]["status"]["total_chunks"] is None  # the claim's frame, as it was
+    assert ("tts.status", "running") not in [(e["type"], e.get("status")) for e in events]
+
+    monkeypatch.setitem(services._first_segment_ms, "en-us", 5_000)  # a slow voice
+    events.clear()
+    services.session_run(session_id=create(text="A slow voice's turn.").id, worker="w1")
+    assert events[0]["type"] == "tts.status" and events[0]["status"] == "running"
+    assert all("status" not in e for e in events if e["type"] == "tts.chunk")
+
+
+def test_a_held_running_status_goes_out_before_a_failure(monkeypatch):
+    """A session that fails before its first chunk still says it ran, then failed."""
+    monkeypatch.setitem(services._first_segment_ms, "en-us", 1)
+    engine = get_engine("espeak")
+
+    def broken(text, voice):
+        raise EngineError("the engine is gone", code="engine_error")
+
+    monkeypatch.setattr(engine, "synthesize", broken)
+    events = recorded_events(monkeypatch)
+    session = create()
+    services.session_run(session_id=session.id, worker="w1")
+    statuses = [e["status"] for e in events if e["type"] == "tts.status"]
+    assert statuses == ["running", "failed"]
+    assert not [e for e in events if e["type"] == "tts.chunk"]
+
+
 def test_a_second_session_of_the_same_text_makes_no_engine_calls(engine_calls):
     first = create()
     services.session_run(session_id=first.id, worker="w1")

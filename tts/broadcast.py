@@ -137,16 +137,27 @@ def flush() -> None:
     _sender.flush()
 
 
-def chunk_event(chunk_meta: dict[str, Any], pcm: bytes) -> dict[str, Any]:
+def chunk_event(
+    chunk_meta: dict[str, Any], pcm: bytes, *, status: dict[str, Any] | None = None
+) -> dict[str, Any]:
     # The event carries the audio so that no listener has to read the database for it.
-    return {"type": "tts.chunk", **chunk_meta, "pcm": pcm}
+    event = {"type": "tts.chunk", **chunk_meta, "pcm": pcm}
+    if status is not None:  # a status frame that goes out right before this chunk's
+        event["status"] = status
+    return event
 
 
 def broadcast_chunk(
-    session_id: uuid.UUID, chunk_meta: dict[str, Any], pcm: bytes, *, wait: bool = False
+    session_id: uuid.UUID,
+    chunk_meta: dict[str, Any],
+    pcm: bytes,
+    *,
+    wait: bool = False,
+    status: dict[str, Any] | None = None,
 ) -> None:
-    """``wait``: return once Redis has it (or the send failed), not at once."""
-    _group_send(session_id, chunk_event(chunk_meta, pcm), wait=wait)
+    """``wait``: return once Redis has it (or the send failed), not at once. ``status``:
+    a status frame for listeners to get first (see services.session_generate)."""
+    _group_send(session_id, chunk_event(chunk_meta, pcm, status=status), wait=wait)
 
 
 def broadcast_stored(session_id: uuid.UUID, *, seq: int) -> None:

@@ -281,9 +281,11 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def tts_chunk(self, event: dict) -> None:
         self.last_event = time.monotonic()
-        meta = {k: v for k, v in event.items() if k not in ("type", "pcm")}
+        meta = {k: v for k, v in event.items() if k not in ("type", "pcm", "status")}
         async with self.lock:
             if not self.finished:
+                if event.get("status") is not None:  # the claim's, sent with the first chunk
+                    await self.send_json({**event["status"], "type": "status"})
                 await deliver_live(
                     self.session_id, self.cursor, meta, event["pcm"], self.send_chunk
                 )

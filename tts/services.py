@@ -238,8 +238,11 @@ def session_dispatch(*, session_id: uuid.UUID) -> bool:
 # --- Claiming -----------------------------------------------------------------------------
 
 
-def session_claim(*, session_id: uuid.UUID | str, worker: str) -> TTSSession | None:
-    """queued -> running, atomically. None when someone else has it (or it is over)."""
+def session_claim(
+    *, session_id: uuid.UUID | str, worker: str, announce: bool = True
+) -> TTSSession | None:
+    """queued -> running, atomically. None when someone else has it (or it is over).
+    ``announce=False``: the caller broadcasts the `running` status (session_generate)."""
     now = timezone.now()
     queued = TTSSession.objects.filter(pk=session_id, status=SessionStatus.QUEUED)
     claimed = queued.update_returning(
@@ -252,11 +255,12 @@ def session_claim(*, session_id: uuid.UUID | str, worker: str) -> TTSSession | N
     if not claimed:
         return None
     session = claimed[0]
-    broadcast.broadcast_status(session.id, status_frame(session))
+    if announce:
+        broadcast.broadcast_status(session.id, status_frame(session))
     return session
 
 
-def session_claim_next(*, worker: str) -> TTSSession | None:
+def session_claim_next(*, worker: str, announce: bool = True) -> TTSSession | None:
     """The oldest queued session, claimed; None when the queue is empty."""
     for _ in range(5):
         candidate = (
@@ -267,7 +271,7 @@ def session_claim_next(*, worker: str) -> TTSSession | None:
         )
         if candidate is None:
             return None
-        session = session_claim(session_id=candidate, worker=worker)
+        session = session_claim(session_id=candidate, worker=worker, announce=announce)
         if session is not None:
             return session
     return None
@@ -284,15 +288,15 @@ def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
     except ValueError:
         logger.warning("ignoring a generate message with a bad session id %r", session_id)
         return
-    session = session_claim(session_id=session_id, worker=worker)
+    session = session_claim(session_id=session_id, worker=worker, announce=False)
     if session is None:
-        session = session_claim_next(worker=worker)
+        session = session_claim_next(worker=worker, announce=False)
     while session is not None:
-        session_generate(session=session, worker=worker)
-        session = session_claim_next(worker=worker)
+        session_generate(session=session, worker=worker, announced=False)
+        session = session_claim_next(worker=worker, announce=False)
 
 
-def session_generate(*, session: TTSSession, worker: str) -> None:
+def session_generate(*, session: TTSSession, worker: str, announced: bool = True) -> None:
     """Synthesize a claimed session from its first missing chunk to the end.
 
     Each chunk is broadcast as soon as it is synthesized, then stored on a writer thread
@@ -301,9 +305,51 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
     sees a seq jump can always fill the gap from storage: when the writer is behind (a
     slow commit), chunk n goes into its queue and the writer announces it after storing
     n-1. A chunk whose store then fails (the session was cancelled or taken over) was only
-    ever a notification, and nothing after it is stored."""
+    ever a notification, and nothing after it is stored.
+
+    ``announced=False``: the claim did not broadcast the `running` status. With a voice
+    whose last first segment took at most RUNNING_WITH_FIRST_CHUNK_MS, it rides in the
+    first chunk's event instead (listeners get it right before that chunk): one event less
+    for the worker, Redis, the web process and the client on every session's way to first
+    audio. With a slower voice (or one not yet seen) it goes out at once, as before."""
+    running = _RunningStatus(session.id, None if announced else status_frame(session))
+    last = _first_segment_ms.get(session.voice)
+    if last is None or last > RUNNING_WITH_FIRST_CHUNK_MS:
+        running.send()
+    try:
+        _generate(session, worker, running)
+    finally:
+        running.send()  # nothing was sent (an exception): the session is still running
+
+
+# The longest first segment (ms) after which the `running` status may still wait for the
+# first chunk; see session_generate. Per voice, the worker's last one (not from the cache).
+RUNNING_WITH_FIRST_CHUNK_MS = 50
+_first_segment_ms: dict[str, int] = {}
+
+
+class _RunningStatus:
+    """A session's `running` status frame, sent once: on its own (``send``), or taken to
+    ride in the first chunk's event (``take``)."""
+
+    def __init__(self, session_id: uuid.UUID, frame: dict | None) -> None:
+        self.session_id, self.frame = session_id, frame
+
+    def take(self) -> dict | None:
+        frame, self.frame = self.frame, None
+        return frame
+
+    def send(self) -> None:
+        if (frame := self.take()) is not None:
+            broadcast.broadcast_status(self.session_id, frame)
+
+
+def _generate(session: TTSSession, worker: str, running: _RunningStatus) -> None:
+    """session_generate's work; ``running``: the status to send with the first chunk, or
+    on its own before the session ends (or fails) without one."""
     voice = get_voice(session.voice)
     if voice is None:
+        running.send()
         session_fail(
             session_id=session.id,
             code="voice_unavailable",
@@ -408,8 +454,11 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                 )
                 if keys[seq] in repeats:
                     made.setdefault(keys[seq], audio)
+                if seq == first_seq and not audio.cached:
+                    _first_segment_ms[session.voice] = audio.engine_ms
             except EngineError as exc:
                 writer.wait()  # keep what was made before the failure
+                running.send()
                 session_fail(
                     session_id=session.id,
                     code=exc.code,
@@ -427,9 +476,12 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
                 # (briefly): the writer thread would otherwise hold the GIL while the send
                 # waits for it (5 ms switch intervals). Later ones only queue: listeners
                 # have audio in hand by then, and the engine goes on at once.
-                broadcast.broadcast_chunk(session.id, meta, audio.pcm, wait=seq == first_seq)
+                broadcast.broadcast_chunk(
+                    session.id, meta, audio.pcm, wait=seq == first_seq, status=running.take()
+                )
                 writer.submit(_Unstored(row, audio, meta=None))
             else:  # announced by the writer once the chunk before it is stored
+                running.send()
                 writer.submit(_Unstored(row, audio, meta=meta))
             # Queued once this chunk is sent: the first chunk's way to its listeners does
             # not share the cores with the next synthesis (unless a long text's head is
@@ -440,6 +492,7 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
         if not writer.wait():
             return
     if not completed:  # every chunk was stored by an earlier run
+        running.send()
         session_complete(session_id=session.id, worker=worker, key=used)
 
 
