@@ -191,3 +191,52 @@ def test_the_scripts_are_loaded_again_after_redis_forgets_them(layers):
         await _flush(ours, core)
 
     asyncio.run(run())
+
+
+def test_a_receive_is_one_round_trip_and_hears_a_channels_redis_sender(layers, monkeypatch):
+    """channels-redis backs a popped message up before handing it over (and restores and
+    empties that backup around every pop): three more round trips per message. Here a
+    receive is the pop alone, for a general channel (the workers' doorbell) and for a
+    process-local one (a socket's)."""
+    ours, core = layers
+
+    async def run():
+        await warm(ours)
+        local = await ours.new_channel()
+        await core.send("tts-generate", {"type": "first"})
+        await core.send(local, {"type": "first"})
+        assert await ours.receive("tts-generate") == {"type": "first"}  # restores, once
+        assert await ours.receive(local) == {"type": "first"}
+        await core.send("tts-generate", {"type": "tts.generate", "session_id": "a"})
+        await core.group_add("readers", local)
+        await core.group_send("readers", {"type": "tts.chunk", "pcm": b"\x00\x01" * 100})
+        await asyncio.sleep(0.05)  # the cleaner tasks of the receives above have run
+        trips = round_trips(ours, monkeypatch)
+        message = await ours.receive("tts-generate")
+        assert message == {"type": "tts.generate", "session_id": "a"}
+        assert await ours.receive(local) == {"type": "tts.chunk", "pcm": b"\x00\x01" * 100}
+        await asyncio.sleep(0.05)
+        assert trips == ["BZPOPMIN", "BZPOPMIN"]
+        await _flush(ours, core)
+
+    asyncio.run(run())
+
+
+def test_a_message_a_channels_redis_receiver_left_backed_up_is_received(layers):
+    """A channels-redis process cancelled between its pop and its hand-over leaves the
+    message in the channel's backup; this layer's first receive on the channel puts it
+    back, as channels-redis's own receive would."""
+    ours, core = layers
+
+    async def run():
+        key = core.prefix + "tts-generate"
+        backup = core._backup_channel_name(key)
+        await core.send("tts-generate", {"type": "left"})
+        connection = core.connection(0)
+        _, member, score = await connection.bzpopmin(key, timeout=1)
+        await connection.zadd(backup, {member: score})  # what core's receive does first
+        assert await ours.receive("tts-generate") == {"type": "left"}
+        assert await connection.exists(backup) == 0
+        await _flush(ours, core)
+
+    asyncio.run(run())

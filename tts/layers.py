@@ -9,9 +9,18 @@ workers' doorbell) and every chunk one group_send, each on its path to first aud
 ``group_send`` two (the members, then one script per Redis server that checks capacity,
 drops expired messages and adds the message for each member's channel). What is stored,
 and where, is exactly what channels-redis stores (the same keys, scores, expiries and
-serialized messages, ``__asgi_channel__`` included), so receiving is channels-redis's
-own, and processes on either class talk to each other (a rolling deploy). Sharding over
-several hosts and Sentinel work as in channels-redis: the connections are its own.
+serialized messages, ``__asgi_channel__`` included), so processes on either class talk
+to each other (a rolling deploy). Sharding over several hosts and Sentinel work as in
+channels-redis: the connections are its own.
+
+Receiving, channels-redis backs every popped message up in a second sorted set before
+it hands it over (and restores such backups before every pop, and empties the backup
+after): three more round trips per message, one of them between the message's arrival
+and its delivery (the worker's doorbell; every chunk on its way to a socket). Here a
+receive is the pop alone: once its reply is read nothing is awaited before the message
+is returned, so there is no moment left for a cancellation to lose it in (one during
+the pop itself loses it in channels-redis too). Backups that a channels-redis process
+left behind are restored at this layer's first receive on that channel.
 
     CHANNEL_LAYERS = {"default": {"BACKEND": "tts.layers.RedisChannelLayer", ...}}
 """
@@ -67,6 +76,17 @@ return over_capacity
 """
 
 
+# channels-redis's own (RedisChannelLayer._brpop_with_clean): back into the channel with
+# whatever a receive backed up and never handed over. ARGV: the channel's key, its backup's.
+RESTORE_LUA = """
+local backed_up = redis.call('ZRANGE', ARGV[2], 0, -1, 'WITHSCORES')
+for i = #backed_up, 1, -2 do
+    redis.call('ZADD', ARGV[1], backed_up[i], backed_up[i - 1])
+end
+redis.call('DEL', ARGV[2])
+"""
+
+
 class RedisChannelLayer(CoreRedisChannelLayer):
     """channels-redis's core layer; ``send`` in one round trip, ``group_send`` in two, and
     ``send_blocking`` for sync code."""
@@ -75,6 +95,7 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         super().__init__(*args, **kwargs)
         self._blocking_sends: dict[int, Any] = {}  # host index -> its send script
         self._blocking_lock = threading.Lock()
+        self._restored: set[str] = set()  # channel keys whose backups were restored
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         assert isinstance(message, dict), "message is not a dict"
@@ -121,6 +142,18 @@ class RedisChannelLayer(CoreRedisChannelLayer):
                     len(channel_names),
                     group,
                 )
+
+    async def _brpop_with_clean(self, index: int, channel: str, timeout: int) -> bytes | None:
+        """The next message on ``channel`` (its Redis key), or None after ``timeout``."""
+        connection = self.connection(index)
+        if channel not in self._restored:  # what a channels-redis receiver left backed up
+            await connection.eval(RESTORE_LUA, 0, channel, self._backup_channel_name(channel))
+            self._restored.add(channel)
+        result = await connection.bzpopmin(channel, timeout=timeout)
+        return None if result is None else result[1]
+
+    async def _clean_receive_backup(self, index: int, channel: str) -> None:
+        """Nothing was backed up (see _brpop_with_clean)."""
 
     def send_blocking(self, channel: str, message: dict[str, Any]) -> None:
         """``send``, from sync code on the calling thread, to a channel that any process
