@@ -16,11 +16,15 @@ channels-redis: the connections are its own.
 Receiving, channels-redis backs every popped message up in a second sorted set before
 it hands it over (and restores such backups before every pop, and empties the backup
 after): three more round trips per message, one of them between the message's arrival
-and its delivery (the worker's doorbell; every chunk on its way to a socket). Here a
-receive is the pop alone: once its reply is read nothing is awaited before the message
-is returned, so there is no moment left for a cancellation to lose it in (one during
-the pop itself loses it in channels-redis too). Backups that a channels-redis process
-left behind are restored at this layer's first receive on that channel.
+and its delivery. On a general channel (the workers' doorbell, on every session's way
+to first audio) a receive here is the pop alone: once its reply is read nothing is
+awaited before the message is returned, so there is no moment left for a cancellation
+to lose it in (one during the pop itself loses it in channels-redis too), and the
+worker's receive loop is never cancelled anyway. Backups that a channels-redis process
+left behind are restored at this layer's first receive on that channel. A web
+process's channel (its sockets') keeps channels-redis's own receive: there a socket
+that closes cancels the receive it may be running, and the pop alone measured worse
+(every closed socket cost a new Redis connection, docs/benchmarks.md, round 9).
 
     CHANNEL_LAYERS = {"default": {"BACKEND": "tts.layers.RedisChannelLayer", ...}}
 """
@@ -145,6 +149,8 @@ class RedisChannelLayer(CoreRedisChannelLayer):
 
     async def _brpop_with_clean(self, index: int, channel: str, timeout: int) -> bytes | None:
         """The next message on ``channel`` (its Redis key), or None after ``timeout``."""
+        if channel.endswith("!"):  # a process's sockets: channels-redis's own (see above)
+            return await super()._brpop_with_clean(index, channel, timeout)
         connection = self.connection(index)
         if channel not in self._restored:  # what a channels-redis receiver left backed up
             await connection.eval(RESTORE_LUA, 0, channel, self._backup_channel_name(channel))
@@ -153,7 +159,9 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         return None if result is None else result[1]
 
     async def _clean_receive_backup(self, index: int, channel: str) -> None:
-        """Nothing was backed up (see _brpop_with_clean)."""
+        """Nothing was backed up on a general channel (see _brpop_with_clean)."""
+        if channel.endswith("!"):
+            await super()._clean_receive_backup(index, channel)
 
     def send_blocking(self, channel: str, message: dict[str, Any]) -> None:
         """``send``, from sync code on the calling thread, to a channel that any process
