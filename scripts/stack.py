@@ -166,7 +166,29 @@ class Stack:
         self.start_daphne()
         for _ in range(self.workers):
             self.start_worker()
+        self.wait_for_workers()
         return self
+
+    def wait_for_workers(self, timeout: float = 60) -> None:
+        """Until every worker has loaded its voices and announced itself (the key its
+        sweep sets right before its message loop starts): work posted earlier would all
+        go to whichever came up first."""
+        url = self.env.get("REDIS_URL")
+        if not url or not self.worker_procs:
+            return
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=1)
+        host = socket.gethostname()
+        keys = [f"tts:worker:{host}:{proc.pid}" for proc in self.worker_procs]
+
+        def announced() -> bool:
+            try:
+                return client.exists(*keys) == len(keys)
+            except redis.RedisError:
+                return False
+
+        wait_for(announced, timeout=timeout, what=f"{len(keys)} worker(s)")
 
     def stop(self) -> None:
         for proc in [*self.worker_procs, self.daphne]:
