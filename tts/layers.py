@@ -16,21 +16,23 @@ channels-redis: the connections are its own.
 Receiving, channels-redis backs every popped message up in a second sorted set before
 it hands it over (and restores such backups before every pop, and empties the backup
 after): three more round trips per message, one of them between the message's arrival
-and its delivery. On a general channel (the workers' doorbell, on every session's way
-to first audio) a receive here is the pop alone: once its reply is read nothing is
-awaited before the message is returned, so there is no moment left for a cancellation
-to lose it in (one during the pop itself loses it in channels-redis too), and the
-worker's receive loop is never cancelled anyway. Backups that a channels-redis process
-left behind are restored at this layer's first receive on that channel. A web
-process's channel (its sockets') keeps channels-redis's own receive: there a socket
-that closes cancels the receive it may be running, and the pop alone measured worse
-(every closed socket cost a new Redis connection, docs/benchmarks.md, round 9).
+and its delivery (the workers' doorbell on every session's way to first audio; every
+chunk on its way to a socket). Here a receive is the pop alone: once its reply is read
+nothing is awaited before the message is returned, so there is no moment left for a
+cancellation to lose it in. On a web process's own channel (its sockets') the pop runs
+as a task of its own that a caller's cancellation does not stop (a socket that closes
+cancels the receive it may be running for the whole process): its message goes to the
+next receive, where a pop cancelled while it waits would lose it, and its Redis
+connection with it. Backups that a channels-redis process left behind on a general
+channel are restored at this layer's first receive on it (a process's own channel is
+its alone).
 
     CHANNEL_LAYERS = {"default": {"BACKEND": "tts.layers.RedisChannelLayer", ...}}
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -91,6 +93,11 @@ redis.call('DEL', ARGV[2])
 """
 
 
+def _failed(task: asyncio.Task) -> bool:
+    """A pop that ended without a message (its connection failed, or it was stopped)."""
+    return task.done() and (task.cancelled() or task.exception() is not None)
+
+
 class RedisChannelLayer(CoreRedisChannelLayer):
     """channels-redis's core layer; ``send`` in one round trip, ``group_send`` in two, and
     ``send_blocking`` for sync code."""
@@ -100,6 +107,7 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         self._blocking_sends: dict[int, Any] = {}  # host index -> its send script
         self._blocking_lock = threading.Lock()
         self._restored: set[str] = set()  # channel keys whose backups were restored
+        self._pops: dict[str, asyncio.Task] = {}  # this process's channel -> its pop
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         assert isinstance(message, dict), "message is not a dict"
@@ -148,9 +156,8 @@ class RedisChannelLayer(CoreRedisChannelLayer):
                 )
 
     async def _brpop_with_clean(self, index: int, channel: str, timeout: int) -> bytes | None:
-        """The next message on ``channel`` (its Redis key), or None after ``timeout``."""
-        if channel.endswith("!"):  # a process's sockets: channels-redis's own (see above)
-            return await super()._brpop_with_clean(index, channel, timeout)
+        """The next message on a general ``channel`` (its Redis key), or None after
+        ``timeout``: the pop alone."""
         connection = self.connection(index)
         if channel not in self._restored:  # what a channels-redis receiver left backed up
             await connection.eval(RESTORE_LUA, 0, channel, self._backup_channel_name(channel))
@@ -159,9 +166,48 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         return None if result is None else result[1]
 
     async def _clean_receive_backup(self, index: int, channel: str) -> None:
-        """Nothing was backed up on a general channel (see _brpop_with_clean)."""
-        if channel.endswith("!"):
-            await super()._clean_receive_backup(index, channel)
+        """Nothing was backed up (see _brpop_with_clean)."""
+
+    async def receive_single(self, channel: str) -> tuple[Any, dict[str, Any]]:
+        """The next message on ``channel``; on this process's own channel (its sockets',
+        ``specific.<prefix>!``) from a pop that a caller's cancellation does not stop.
+
+        A socket that closes cancels the receive it may be running for its whole process,
+        and a pop cancelled while it waits closes its Redis connection (the reply may be on
+        its way): every closed socket cost a new connection (docs/benchmarks.md, round
+        9). Here that pop goes on, and the next receive takes its message."""
+        if not channel.endswith("!"):
+            return await super().receive_single(channel)
+        loop = asyncio.get_running_loop()
+        pop = self._pops.get(channel)
+        if pop is None or pop.get_loop() is not loop or _failed(pop):
+            pop = self._pops[channel] = loop.create_task(self._pop(channel))
+        content = await asyncio.shield(pop)  # a cancellation leaves the pop running
+        self._pops.pop(channel, None)
+        message = self.deserialize(content)
+        if "__asgi_channel__" in message:  # as channels-redis's receive_single does
+            channel = message.pop("__asgi_channel__")
+        return channel, message
+
+    async def _pop(self, channel: str) -> bytes:
+        index, key = self.consistent_hash(channel), self.prefix + channel
+        while True:
+            result = await self.connection(index).bzpopmin(key, timeout=self.brpop_timeout)
+            if result is not None:
+                return result[1]
+
+    async def flush(self) -> None:
+        self._stop_pops()
+        await super().flush()
+
+    async def close_pools(self) -> None:
+        self._stop_pops()
+        await super().close_pools()
+
+    def _stop_pops(self) -> None:
+        for pop in self._pops.values():
+            pop.cancel()
+        self._pops.clear()
 
     def send_blocking(self, channel: str, message: dict[str, Any]) -> None:
         """``send``, from sync code on the calling thread, to a channel that any process
