@@ -63,6 +63,76 @@ def test_a_client_that_drops_resumes_with_after(live_stack):
     assert result.pcm == b"".join(stored_pcm(session_id))
 
 
+def _frames(sock) -> list[tuple[int, bytes]]:
+    """Every WebSocket frame the server has sent so far, (opcode, payload), up to its close."""
+    import struct
+
+    data, frames = b"", []
+    while not frames or frames[-1][0] != 0x8:
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+        while len(data) >= 2:
+            size, start = data[1] & 0x7F, 2
+            if size == 126:
+                size, start = struct.unpack(">H", data[2:4])[0], 4
+            elif size == 127:
+                size, start = struct.unpack(">Q", data[2:10])[0], 10
+            if len(data) < start + size:
+                break
+            frames.append((data[0] & 0x0F, data[start : start + size]))
+            data = data[start + size :]
+    return frames
+
+
+def test_a_client_slow_to_answer_the_close_gets_the_whole_stream_and_a_clean_close(live_stack):
+    """The server closes after `done` and waits for the client's answer. autobahn's timers
+    round a deadline down to a whole second, so daphne's 1 s wait used to end anywhere
+    from 0 to 1 s after its close frame, with a TCP reset: a client that had not read the
+    end of the stream yet lost it (a browser saw 1006). This client reads nothing for
+    1.2 s after the handshake, then finds everything, and the connection still open."""
+    import base64
+    import os
+    import socket as sockets
+    import struct
+    import time
+    from urllib.parse import urlparse
+
+    client = NarrationClient(live_stack.base_url)
+    session_id = client.create(text=TEXT)["id"]
+    assert client.stream(session_id, timeout=60).done is not None  # completed: a reopen
+    url = urlparse(live_stack.base_url)
+    sock = sockets.create_connection((url.hostname, url.port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /ws/tts/{session_id}/?after=-1 HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nOrigin: {live_stack.base_url}\r\n"
+            f"Cookie: sessionid={client._cookie('sessionid')}\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    time.sleep(1.2)  # the server has sent everything and its close frame by now
+    sock.settimeout(2)
+    frames = _frames(sock)  # a reset server: ConnectionResetError
+    texts = [json.loads(payload) for opcode, payload in frames if opcode == 0x1]
+    assert texts[0]["type"] == "session" and texts[-1]["type"] == "done"
+    assert len([1 for opcode, _ in frames if opcode == 0x2]) == texts[-1]["total_chunks"]
+    assert frames[-1][0] == 0x8 and struct.unpack(">H", frames[-1][1][:2])[0] == 1000
+    mask = os.urandom(4)
+    reply = bytes(b ^ mask[i % 4] for i, b in enumerate(struct.pack(">H", 1000)))
+    sock.sendall(bytes([0x88, 0x80 | 2]) + mask + reply)  # the client's answer, masked
+    sock.close()
+
+
 @pytest.fixture(scope="module")
 def coqui_stack(django_db_setup, django_db_blocker, tmp_path_factory):
     """A worker that narrates with a tiny Coqui VITS (random weights), loaded and warmed

@@ -7,4 +7,11 @@ class TtsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        import sys
+
         from tts import checks  # noqa: F401  (registers system checks)
+
+        if "daphne.ws_protocol" in sys.modules:  # served by daphne (its CLI imports it first)
+            from tts.asgi import steady_close_handshake
+
+            steady_close_handshake()

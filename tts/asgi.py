@@ -120,3 +120,38 @@ def get_asgi_application() -> ASGIHandler:
     """``django.core.asgi.get_asgi_application``, with the middleware chain entered once."""
     django.setup(set_prefix=False)
     return SyncChainASGIHandler()
+
+
+# How long daphne waits for a client to answer its close frame before it drops the TCP
+# connection; see steady_close_handshake.
+CLOSE_HANDSHAKE_TIMEOUT_S = 5
+
+
+def steady_close_handshake() -> None:
+    """Under daphne, give a client CLOSE_HANDSHAKE_TIMEOUT_S to answer the server's close
+    frame, where it had between 0 and 1 s.
+
+    daphne leaves autobahn's close handshake timeout at its default, 1 s, and autobahn's
+    timers round a deadline down to a whole second of the clock (txaio's batched timer:
+    ``int(now + delay)``): a close frame sent at 12.95 s had its deadline at 13.00 s. A
+    client that took longer than that to answer (a browser busy with audio, a slow
+    network, a reader still taking in the chunks before it) had its TCP connection reset:
+    the end of the stream it had not read yet (the last chunks, `done`, the close frame)
+    was lost, and a browser reported 1006 instead of 1000 (tests/test_e2e.py). With 5 s
+    the deadline falls 4 to 5 s after the close frame. Called by the app's ready() in a
+    process that daphne serves: daphne imports the application (and so sets Django up)
+    before it makes its WebSocket factory. Anywhere else, nothing."""
+    try:
+        from daphne.ws_protocol import WebSocketFactory
+    except ImportError:  # not served by daphne
+        return
+    if getattr(WebSocketFactory, "_tts_steady_close", False):
+        return
+    made = WebSocketFactory.__init__
+
+    def __init__(self, *args, **kwargs) -> None:
+        made(self, *args, **kwargs)
+        self.setProtocolOptions(closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT_S)
+
+    WebSocketFactory.__init__ = __init__
+    WebSocketFactory._tts_steady_close = True
