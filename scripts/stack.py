@@ -183,6 +183,9 @@ class Stack:
         keys = [f"tts:worker:{host}:{proc.pid}" for proc in self.worker_procs]
 
         def announced() -> bool:
+            for proc in self.worker_procs:
+                if proc.poll() is not None:  # it will never announce itself: say so now
+                    raise RuntimeError(f"a worker exited with code {proc.returncode} at start")
             try:
                 return client.exists(*keys) == len(keys)
             except redis.RedisError:
