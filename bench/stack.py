@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -21,11 +20,10 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlparse, urlunparse
 
-from scripts.stack import PYTHON, ROOT, EmbeddedRedis, Stack, redis_reachable, wait_for
+from scripts.stack import PYTHON, ROOT, EmbeddedRedis, Stack, redis_reachable
 
 # The bench's names for the three voices, and the catalog ids they get in the stack.
 VOICE_IDS = {"espeak": "en-us", "tiny": "coqui-tiny", "full": "coqui-vits-full"}
-WORKER_KEY = "tts:worker:"  # tts.health.WORKER_KEY, read without importing Django first
 
 
 @dataclass
@@ -212,25 +210,8 @@ class BenchStack:
     def start(self) -> BenchStack:
         stack_class = PatchedStack if (self.patches or self.profile_dir) else Stack
         self.stack = stack_class(env=self.env, workers=self.workers, log_dir=self.log_dir)
-        self.stack.start()
-        self.wait_ready()
+        self.stack.start()  # returns once every worker has loaded and warmed its voices
         return self
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        """Every worker has loaded and warmed its voices: its sweep announces it."""
-        import redis
-
-        client = redis.Redis.from_url(self.env["REDIS_URL"], socket_timeout=2)
-        host = socket.gethostname()
-        keys = [f"{WORKER_KEY}{host}:{proc.pid}" for proc in self.stack.worker_procs]
-
-        def ready() -> bool:
-            for proc in self.stack.worker_procs:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"a worker exited early; see {self.log_dir}")
-            return all(client.exists(key) for key in keys)
-
-        wait_for(ready, timeout=timeout, what="the workers (voice preload)")
 
     @property
     def base_url(self) -> str:

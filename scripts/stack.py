@@ -169,23 +169,26 @@ class Stack:
         self.wait_for_workers()
         return self
 
-    def wait_for_workers(self, timeout: float = 60) -> None:
-        """Until every worker has loaded its voices and announced itself (the key its
-        sweep sets right before its message loop starts): work posted earlier would all
-        go to whichever came up first."""
+    def wait_for_workers(self, timeout: float = 300) -> None:
+        """Until every worker has loaded and warmed its voices and announced itself (the
+        key its sweep sets right before its message loop starts): work posted earlier
+        would all go to whichever came up first."""
         url = self.env.get("REDIS_URL")
         if not url or not self.worker_procs:
             return
         import redis
 
+        from tts.health import WORKER_KEY  # + tts.worker.worker_name(): host:pid
+
         client = redis.Redis.from_url(url, socket_timeout=1)
         host = socket.gethostname()
-        keys = [f"tts:worker:{host}:{proc.pid}" for proc in self.worker_procs]
+        keys = [f"{WORKER_KEY}{host}:{proc.pid}" for proc in self.worker_procs]
 
         def announced() -> bool:
             for proc in self.worker_procs:
                 if proc.poll() is not None:  # it will never announce itself: say so now
-                    raise RuntimeError(f"a worker exited with code {proc.returncode} at start")
+                    where = f"; see {self.log_dir}" if self.log_dir else ""
+                    raise RuntimeError(f"a worker exited with code {proc.returncode}{where}")
             try:
                 return client.exists(*keys) == len(keys)
             except redis.RedisError:

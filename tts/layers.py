@@ -23,9 +23,8 @@ cancellation to lose it in. On a web process's own channel (its sockets') the po
 as a task of its own that a caller's cancellation does not stop (a socket that closes
 cancels the receive it may be running for the whole process): its message goes to the
 next receive, where a pop cancelled while it waits would lose it, and its Redis
-connection with it. Backups that a channels-redis process left behind on a general
-channel are restored at this layer's first receive on it (a process's own channel is
-its alone).
+connection with it. Backups that a channels-redis process left behind are restored at
+this layer's first receive on a channel.
 
     CHANNEL_LAYERS = {"default": {"BACKEND": "tts.layers.RedisChannelLayer", ...}}
 """
@@ -156,8 +155,8 @@ class RedisChannelLayer(CoreRedisChannelLayer):
                 )
 
     async def _brpop_with_clean(self, index: int, channel: str, timeout: int) -> bytes | None:
-        """The next message on a general ``channel`` (its Redis key), or None after
-        ``timeout``: the pop alone."""
+        """The next message on ``channel`` (its Redis key), or None after ``timeout``: the
+        pop alone."""
         connection = self.connection(index)
         if channel not in self._restored:  # what a channels-redis receiver left backed up
             await connection.eval(RESTORE_LUA, 0, channel, self._backup_channel_name(channel))
@@ -192,9 +191,9 @@ class RedisChannelLayer(CoreRedisChannelLayer):
     async def _pop(self, channel: str) -> bytes:
         index, key = self.consistent_hash(channel), self.prefix + channel
         while True:
-            result = await self.connection(index).bzpopmin(key, timeout=self.brpop_timeout)
-            if result is not None:
-                return result[1]
+            content = await self._brpop_with_clean(index, key, self.brpop_timeout)
+            if content is not None:
+                return content
 
     async def flush(self) -> None:
         self._stop_pops()

@@ -16,7 +16,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
@@ -188,12 +188,12 @@ def _insert(session: TTSSession, *, chosen: bool) -> None:
 
 
 def _insert_chosen_id(session: TTSSession) -> None:
+    # Inside a caller's transaction, a savepoint: a taken id must not break it. On its own
+    # (the API's view) a failed INSERT leaves nothing to undo, and a transaction around it
+    # would be two more trips to the database on every POST.
+    nested = transaction.get_connection().in_atomic_block
     try:
-        if transaction.get_connection().in_atomic_block:
-            with transaction.atomic():  # a savepoint: a taken id must not break the caller's
-                session.save(force_insert=True)
-        else:  # on its own (the API's view): a failed INSERT leaves nothing to undo, and a
-            # transaction around it would be two more trips to the database on every POST
+        with transaction.atomic() if nested else nullcontext():
             session.save(force_insert=True)
     except IntegrityError:
         if not TTSSession.objects.filter(pk=session.pk).exists():
@@ -238,11 +238,9 @@ def session_dispatch(*, session_id: uuid.UUID) -> bool:
 # --- Claiming -----------------------------------------------------------------------------
 
 
-def session_claim(
-    *, session_id: uuid.UUID | str, worker: str, announce: bool = True
-) -> TTSSession | None:
+def session_claim(*, session_id: uuid.UUID | str, worker: str) -> TTSSession | None:
     """queued -> running, atomically. None when someone else has it (or it is over).
-    ``announce=False``: the caller broadcasts the `running` status (session_generate)."""
+    session_generate, which follows every claim, tells listeners it is running."""
     now = timezone.now()
     queued = TTSSession.objects.filter(pk=session_id, status=SessionStatus.QUEUED)
     claimed = queued.update_returning(
@@ -254,13 +252,10 @@ def session_claim(
     )
     if not claimed:
         return None
-    session = claimed[0]
-    if announce:
-        broadcast.broadcast_status(session.id, status_frame(session))
-    return session
+    return claimed[0]
 
 
-def session_claim_next(*, worker: str, announce: bool = True) -> TTSSession | None:
+def session_claim_next(*, worker: str) -> TTSSession | None:
     """The oldest queued session, claimed; None when the queue is empty."""
     for _ in range(5):
         candidate = (
@@ -271,7 +266,7 @@ def session_claim_next(*, worker: str, announce: bool = True) -> TTSSession | No
         )
         if candidate is None:
             return None
-        session = session_claim(session_id=candidate, worker=worker, announce=announce)
+        session = session_claim(session_id=candidate, worker=worker)
         if session is not None:
             return session
     return None
@@ -288,15 +283,15 @@ def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
     except ValueError:
         logger.warning("ignoring a generate message with a bad session id %r", session_id)
         return
-    session = session_claim(session_id=session_id, worker=worker, announce=False)
+    session = session_claim(session_id=session_id, worker=worker)
     if session is None:
-        session = session_claim_next(worker=worker, announce=False)
+        session = session_claim_next(worker=worker)
     while session is not None:
-        session_generate(session=session, worker=worker, announced=False)
-        session = session_claim_next(worker=worker, announce=False)
+        session_generate(session=session, worker=worker)
+        session = session_claim_next(worker=worker)
 
 
-def session_generate(*, session: TTSSession, worker: str, announced: bool = True) -> None:
+def session_generate(*, session: TTSSession, worker: str) -> None:
     """Synthesize a claimed session from its first missing chunk to the end.
 
     Each chunk is broadcast as soon as it is synthesized, then stored on a writer thread
@@ -307,12 +302,12 @@ def session_generate(*, session: TTSSession, worker: str, announced: bool = True
     n-1. A chunk whose store then fails (the session was cancelled or taken over) was only
     ever a notification, and nothing after it is stored.
 
-    ``announced=False``: the claim did not broadcast the `running` status. With a voice
-    whose last first segment took at most RUNNING_WITH_FIRST_CHUNK_MS, it rides in the
-    first chunk's event instead (listeners get it right before that chunk): one event less
-    for the worker, Redis, the web process and the client on every session's way to first
-    audio. With a slower voice (or one not yet seen) it goes out at once, as before."""
-    running = _RunningStatus(session.id, None if announced else status_frame(session))
+    It also tells listeners that the claimed session is running. With a voice whose last
+    first segment took at most RUNNING_WITH_FIRST_CHUNK_MS, the `running` status rides in
+    the first chunk's event (listeners get it right before that chunk): one event less for
+    the worker, Redis, the web process and the client on every session's way to first
+    audio. With a slower voice (or one not yet seen) it goes out at once."""
+    running = _RunningStatus(session.id, status_frame(session))
     last = _first_segment_ms.get(session.voice)
     if last is None or last > RUNNING_WITH_FIRST_CHUNK_MS:
         running.send()
@@ -481,7 +476,6 @@ def _generate(session: TTSSession, worker: str, running: _RunningStatus) -> None
                 )
                 writer.submit(_Unstored(row, audio, meta=None))
             else:  # announced by the writer once the chunk before it is stored
-                running.send()
                 writer.submit(_Unstored(row, audio, meta=meta))
             # Queued once this chunk is sent: the first chunk's way to its listeners does
             # not share the cores with the next synthesis (unless a long text's head is

@@ -31,9 +31,10 @@ def expect(session_id: uuid.UUID) -> asyncio.Event:
 
 
 def forget(session_id: uuid.UUID, event: asyncio.Event) -> None:
+    """Stop waiting (from the loop that called ``expect``)."""
     with _lock:
         waiters = _waiting.get(session_id, set())
-        waiters.difference_update({entry for entry in waiters if entry[1] is event})
+        waiters.discard((asyncio.get_running_loop(), event))
         if not waiters:
             _waiting.pop(session_id, None)
 
