@@ -428,6 +428,31 @@ async def test_a_pending_socket_is_opened_at_once_by_a_post_this_process_answers
     assert session_id not in waiting._waiting  # nothing is left behind
 
 
+async def test_a_pending_socket_whose_read_fails_after_its_wake_up_backs_off(monkeypatch, settings):
+    """Woken by its POST, but the read fails (the database is away): it tries again at the
+    poll's pace, not in a loop as fast as the reads fail."""
+    from tts import waiting
+    from tts.consumers import SessionConsumer
+
+    settings.TTS_PENDING_SOCKET_S = 0.5
+    reads = []
+
+    def failing_open(self):
+        reads.append(1)
+        if len(reads) > 1:  # the first read, at connect, finds nothing; then the database fails
+            raise RuntimeError("the database is away")
+        return 4404, None, [], []
+
+    monkeypatch.setattr(SessionConsumer, "_open", failing_open)
+    session_id = uuid.uuid4()
+    comm = pending_communicator(session_id)
+    await _connected(comm)
+    await asyncio.sleep(0.05)
+    waiting.created(session_id)
+    assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4404}
+    assert len(reads) <= 8  # the wake-up, then polls at 0.1, 0.2, ... s: not thousands
+
+
 async def test_a_pending_socket_for_a_session_never_created_closes_with_4404(settings):
     settings.TTS_PENDING_SOCKET_S = 0.3
     comm = pending_communicator(uuid.uuid4())

@@ -148,6 +148,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 timeout = min(wait, max(0.0, deadline - time.monotonic()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), timeout)
+                woken.clear()  # woken once: a read that fails then waits like a poll
                 wait = min(wait * 2, 1.0)
                 await self._created()
         finally:
