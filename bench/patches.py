@@ -299,3 +299,21 @@ def trace() -> None:
     handler.send_response = _traced("asgi.send_response", handler.send_response)
     for name in ["connect", "_open", "_created", "dispatch", "send_chunk", "_finish_if_over"]:
         setattr(SessionConsumer, name, _traced(f"consumer.{name}", getattr(SessionConsumer, name)))
+    # daphne's side: a request fully read by twisted, a socket's handshake (a window can
+    # start there: bench/trace.py --start "http.post >")
+    from daphne.http_protocol import WebRequest
+    from daphne.ws_protocol import WebSocketProtocol
+
+    process = WebRequest.process
+
+    def traced_process(self):
+        label = f"http.{self.method.decode('latin-1').lower()}"  # a socket's: http.get
+        _trace.append((time.time(), f"{label} >"))
+        try:
+            return process(self)
+        finally:
+            _trace.append((time.time(), f"{label} <"))
+
+    WebRequest.process = traced_process
+    WebSocketProtocol.onConnect = _traced("ws.handshake", WebSocketProtocol.onConnect)
+    WebSocketProtocol.onOpen = _traced("ws.open", WebSocketProtocol.onOpen)
