@@ -84,6 +84,30 @@ async def test_errors_and_streamed_audio_go_through_the_sync_chain():
     assert wav["status"] == 200 and wav["body"][:4] == b"RIFF" and len(wav["body"]) > 1000
 
 
+async def test_a_post_is_known_to_be_in_flight_while_it_is_answered():
+    """Pending sockets wait for the POSTs their process is answering (tts.waiting)."""
+    from django.core.signals import request_started
+
+    from tts import waiting
+
+    seen = []
+
+    def started(**kwargs):
+        seen.append(waiting.posts_in_flight())
+
+    request_started.connect(started)
+    try:
+        browser = Browser()
+        await browser.request("GET", "/api/tts/voices/")
+        bad = await browser.request("POST", "/api/tts/sessions/", {"text": ""})
+        created = await browser.request("POST", "/api/tts/sessions/", {"text": "Hello there."})
+    finally:
+        request_started.disconnect(started)
+    assert (bad["status"], created["status"]) == (400, 201)
+    assert seen == [False, True, True]
+    assert not waiting.posts_in_flight()  # answered, refused or not
+
+
 # Long-lived request threads, and their database connections ------------------------------
 
 

@@ -428,6 +428,63 @@ async def test_a_pending_socket_is_opened_at_once_by_a_post_this_process_answers
     assert session_id not in waiting._waiting  # nothing is left behind
 
 
+@pytest.fixture
+def reads(monkeypatch):
+    """Every database read of a socket's session (SessionConsumer._open)."""
+    from tts.consumers import SessionConsumer
+
+    seen, original = [], SessionConsumer._open
+
+    def counted(self):
+        seen.append(self.session_id)
+        return original(self)
+
+    monkeypatch.setattr(SessionConsumer, "_open", counted)
+    return seen
+
+
+async def test_a_pending_socket_reads_once_the_post_its_process_answers_has_committed(
+    monkeypatch, reads
+):
+    """Not beside the POST it waits for, in the same process (docs/benchmarks.md, P43):
+    one read, after the commit, and no poll needed."""
+    from tts import waiting
+
+    monkeypatch.setattr("tts.consumers.PENDING_FIRST_POLL_S", 30.0)
+    session_id = uuid.uuid4()
+    with waiting.answering_post("POST"):
+        comm = pending_communicator(session_id)
+        await _connected(comm)
+        await asyncio.sleep(0.2)
+        assert reads == []  # nothing read while the POST runs
+        await make_session(session_id=session_id, run=False)  # its commit wakes the socket
+        frame = await comm.receive_json_from(timeout=5)
+        assert frame["type"] == "session" and frame["status"] == "queued"
+        assert reads == [session_id]
+    await comm.disconnect()
+
+
+async def test_a_pending_socket_reads_when_a_post_of_its_process_ends(monkeypatch, reads):
+    """The POST it waited for was another's (its own went to another process, which made
+    the session): it reads when that POST ends, not at the next poll."""
+    from tts import waiting
+
+    monkeypatch.setattr("tts.consumers.PENDING_FIRST_POLL_S", 30.0)
+    session_id = uuid.uuid4()
+    with waiting.answering_post("POST"):
+        comm = pending_communicator(session_id)
+        await _connected(comm)
+        with monkeypatch.context() as elsewhere:  # made by another process: no wake-up here
+            elsewhere.setattr(waiting, "created", lambda session_id: None)
+            await make_session(session_id=session_id, run=False)
+        await asyncio.sleep(0.2)
+        assert reads == []
+    frame = await comm.receive_json_from(timeout=5)
+    assert frame["type"] == "session" and reads == [session_id]
+    await comm.disconnect()
+    assert not waiting.posts_in_flight() and session_id not in waiting._waiting
+
+
 async def test_a_pending_socket_whose_read_fails_after_its_wake_up_backs_off(monkeypatch, settings):
     """Woken by its POST, but the read fails (the database is away): it tries again at the
     poll's pace, not in a loop as fast as the reads fail."""
@@ -477,7 +534,9 @@ async def test_a_pending_socket_with_no_cookie_and_no_user_is_refused_at_once():
     assert (await comm.receive_output(timeout=1)) == {"type": "websocket.close", "code": 4403}
 
 
-async def test_pending_on_an_existing_session_changes_nothing():
+async def test_pending_on_an_existing_session_changes_nothing(monkeypatch):
+    """With no POST in this process to wait for, the socket reads at once (no poll)."""
+    monkeypatch.setattr("tts.consumers.PENDING_FIRST_POLL_S", 30.0)
     session = await make_session()
     frames, _ = await receive_until_closed(await _connected(pending_communicator(session.id)))
     assert frames[0]["type"] == "session" and frames[-1]["type"] == "done"

@@ -34,6 +34,7 @@ from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
 
+from tts import waiting
 from tts.conf import settings
 from tts.db import keep_thread_connections, mark_long_lived
 
@@ -97,6 +98,11 @@ class SyncChainASGIHandler(ASGIHandler):
         self._middleware_chain = sync_to_async(run_chain, thread_sensitive=True)
 
     async def __call__(self, scope, receive, send) -> None:
+        # A pending socket waits for this process's POSTs before it reads (tts.waiting).
+        with waiting.answering_post(scope.get("method", "")):
+            await self._answer(scope, receive, send)
+
+    async def _answer(self, scope, receive, send) -> None:
         executor = self.threads.take() if scope["type"] == "http" else None
         if executor is None:  # Django's own: a fresh thread (or its error for non-HTTP)
             return await super().__call__(scope, receive, send)

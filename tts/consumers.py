@@ -86,17 +86,16 @@ class SessionConsumer(AsyncWebsocketConsumer):
             logger.warning("joining %s failed; closing so the client reconnects", self.group)
             self.group = None
             return await self.close(code=1011)
-        opened = await socket_database_sync_to_async(self._open)()
-        if opened[0] == 4404 and pending:
+        if pending:
             if not known_visitor(self.scope.get("user"), self.scope.get("session")):
                 # No session could ever be this socket's: refuse now, not in ten seconds.
                 return await self._refuse(4403)
-            # Its POST is still in flight: wait for the session (the worker's first event,
-            # or a poll), then go on as if it had existed at connect.
+            # Its POST may still be in flight: wait for the session (its commit, the
+            # worker's first event, or a poll), then go on as if it had existed at connect.
             self.pending = True
             self.waiter = asyncio.create_task(self._await_creation())
             return
-        await self._begin(*opened)
+        await self._begin(*await socket_database_sync_to_async(self._open)())
 
     async def _refuse(self, code: int) -> None:
         await self._leave()
@@ -138,18 +137,21 @@ class SessionConsumer(AsyncWebsocketConsumer):
             wait = QUIET_POLL_S if self.cursor.last_sent > sent else min(wait * 2, 16.0)
 
     async def _await_creation(self) -> None:
-        """Poll for the pending session, backing off, or read at once when this process's
-        POST has committed it (tts.waiting); 4404 once TTS_PENDING_SOCKET_S passed."""
+        """Read the pending session at once, unless this process is answering a POST (its
+        own, most likely: the read then waits for it, see tts.waiting); then poll for it,
+        backing off, or read at once when this process's POST has committed it. 4404 once
+        TTS_PENDING_SOCKET_S passed."""
         deadline = time.monotonic() + settings.TTS_PENDING_SOCKET_S
-        wait = PENDING_FIRST_POLL_S
         woken = waiting.expect(self.session_id)  # by its POST, when this process answers it
+        wait = PENDING_FIRST_POLL_S if waiting.posts_in_flight() else 0.0
         try:
             while self.pending and time.monotonic() < deadline:
                 timeout = min(wait, max(0.0, deadline - time.monotonic()))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), timeout)
+                if timeout:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(woken.wait(), timeout)
                 woken.clear()  # woken once: a read that fails then waits like a poll
-                wait = min(wait * 2, 1.0)
+                wait = min(max(wait * 2, PENDING_FIRST_POLL_S), 1.0)
                 await self._created()
         finally:
             waiting.forget(self.session_id, woken)
