@@ -8,10 +8,11 @@ and consecutive sessions alternate between off and on: both arms see the same lo
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from bench import streaming, ttfa
-from bench.client import Narration
+from bench.client import Http, Narration, narrate
 
 
 class Switch:
@@ -28,13 +29,29 @@ class Switch:
 def _alternate(
     switch: Switch, port: int, voice: str, texts: list[str], timeout: float
 ) -> dict[bool, list[Narration]]:
-    arms: dict[bool, list[Narration]] = {False: [], True: []}
-    for i, text in enumerate(texts):
-        on = i % 2 == 1
-        switch.set(on)
-        arms[on] += ttfa.run_sessions(port, voice, [text], timeout=timeout)
-    switch.set(False)
-    return arms
+    """Consecutive sessions off and on, from one browser, as the TTFA scenario's: its
+    session cookie (from a first POST) lets each socket open with its POST (?pending=1),
+    the player's flow. A browser per session would have no cookie, and every socket
+    would be refused and opened after the POST's reply."""
+
+    async def go() -> dict[bool, list[Narration]]:
+        http = Http("127.0.0.1", port)
+        await http.ensure_csrf()
+        await narrate(http, COOKIE_TEXT, voice, timeout=timeout)  # the session cookie
+        arms: dict[bool, list[Narration]] = {False: [], True: []}
+        for i, text in enumerate(texts):
+            on = i % 2 == 1
+            switch.set(on)
+            arms[on].append(await narrate(http, text, voice, timeout=timeout))
+        return arms
+
+    try:
+        return asyncio.run(go())
+    finally:
+        switch.set(False)
+
+
+COOKIE_TEXT = "A browser's first narration gives it its session cookie."
 
 
 def run(

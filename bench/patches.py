@@ -202,6 +202,15 @@ def dispatch_first() -> None:
 
 
 @patch
+def pending_reads_at_once() -> None:
+    """P43 off: a pending socket reads at once, even while its process answers a POST
+    (its own, most likely), as before round 10. For paired A/B runs of P43 itself."""
+    from tts import waiting
+
+    replace(waiting, "posts_in_flight", lambda: False)
+
+
+@patch
 def blob_upsert() -> None:
     """tts/services.py _blob_store: insert the audio with INSERT ... ON CONFLICT DO NOTHING
     (``bulk_create(ignore_conflicts=True)``) instead of a savepoint around a plain INSERT:
