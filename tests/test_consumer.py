@@ -443,11 +443,28 @@ def reads(monkeypatch):
     return seen
 
 
-async def test_a_pending_socket_reads_once_the_post_its_process_answers_has_committed(
-    monkeypatch, reads
+@pytest.fixture
+def joins(monkeypatch):
+    """The group of every group_add a socket makes."""
+    from channels.layers import get_channel_layer
+
+    seen, layer = [], get_channel_layer()
+    original = layer.group_add
+
+    async def counted(group, channel):
+        seen.append(group)
+        return await original(group, channel)
+
+    monkeypatch.setattr(layer, "group_add", counted)
+    return seen
+
+
+async def test_a_pending_socket_joins_and_reads_once_the_post_its_process_answers_has_committed(
+    monkeypatch, reads, joins
 ):
-    """Not beside the POST it waits for, in the same process (docs/benchmarks.md, P43):
-    one read, after the commit, and no poll needed."""
+    """Not beside the POST it waits for, in the same process (docs/benchmarks.md, P43,
+    P44): no Redis trip and no read while it runs; one join and one read after its
+    commit, with no poll needed; then the session as usual."""
     from tts import waiting
 
     monkeypatch.setattr("tts.consumers.PENDING_FIRST_POLL_S", 30.0)
@@ -456,12 +473,14 @@ async def test_a_pending_socket_reads_once_the_post_its_process_answers_has_comm
         comm = pending_communicator(session_id)
         await _connected(comm)
         await asyncio.sleep(0.2)
-        assert reads == []  # nothing read while the POST runs
+        assert (reads, joins) == ([], [])  # nothing while the POST runs
         await make_session(session_id=session_id, run=False)  # its commit wakes the socket
         frame = await comm.receive_json_from(timeout=5)
         assert frame["type"] == "session" and frame["status"] == "queued"
-        assert reads == [session_id]
-    await comm.disconnect()
+        assert (reads, joins) == ([session_id], [broadcast.session_group(session_id)])
+    await sync_to_async(services.session_run)(session_id=session_id, worker="test")
+    frames, audio = await receive_until_closed(comm)
+    assert frames[-1]["type"] == "done" and len(audio) == frames[-1]["total_chunks"]
 
 
 async def test_a_pending_socket_reads_when_a_post_of_its_process_ends(monkeypatch, reads):

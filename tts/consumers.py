@@ -74,9 +74,23 @@ class SessionConsumer(AsyncWebsocketConsumer):
         except ValueError:
             return await self.close(code=4404)
         self.session_id, self.cursor = session_id, ChunkCursor(after)
-        # Join before reading, so that nothing stored from now on can slip between the
-        # two; the access check comes with that one read and leaves the group if refused.
-        self.group = session_group(session_id)
+        if pending:
+            if not known_visitor(self.scope.get("user"), self.scope.get("session")):
+                # No session could ever be this socket's: refuse now, not in ten seconds.
+                return await self.close(code=4403)
+            # Its POST may still be in flight: wait for the session (its commit, the
+            # worker's first event, or a poll), then go on as if it had existed at connect.
+            self.pending = True
+            self.waiter = asyncio.create_task(self._await_creation())
+            return
+        if await self._join():
+            await self._begin(*await socket_database_sync_to_async(self._open)())
+
+    async def _join(self) -> bool:
+        """Join the session's group. Always before reading the session, so that nothing
+        stored from then on can slip between the two; the access check comes with that
+        read and leaves the group if refused. False (and closed, 1011) when Redis fails."""
+        self.group = session_group(self.session_id)
         try:  # a Redis that just restarted can leave this call hanging: fail fast instead
             async with redis_gate():
                 await asyncio.wait_for(
@@ -85,17 +99,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
         except Exception:  # noqa: BLE001 - the client reconnects with after=
             logger.warning("joining %s failed; closing so the client reconnects", self.group)
             self.group = None
-            return await self.close(code=1011)
-        if pending:
-            if not known_visitor(self.scope.get("user"), self.scope.get("session")):
-                # No session could ever be this socket's: refuse now, not in ten seconds.
-                return await self._refuse(4403)
-            # Its POST may still be in flight: wait for the session (its commit, the
-            # worker's first event, or a poll), then go on as if it had existed at connect.
-            self.pending = True
-            self.waiter = asyncio.create_task(self._await_creation())
-            return
-        await self._begin(*await socket_database_sync_to_async(self._open)())
+            await self.close(code=1011)
+            return False
+        return True
 
     async def _refuse(self, code: int) -> None:
         await self._leave()
@@ -152,6 +158,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
                         await asyncio.wait_for(woken.wait(), timeout)
                 woken.clear()  # woken once: a read that fails then waits like a poll
                 wait = min(max(wait * 2, PENDING_FIRST_POLL_S), 1.0)
+                # Joined only now when its POST was in flight here: not beside it either.
+                if self.group is None and not await self._join():
+                    self.pending = False
+                    return
                 await self._created()
         finally:
             waiting.forget(self.session_id, woken)

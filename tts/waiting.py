@@ -9,9 +9,10 @@ reads the session once the POST has committed it, woken by that commit, not befo
   its commit and its dispatch is the first audio's way too (docs/benchmarks.md, P43).
 - So a pending socket whose process is answering a POST at the time waits for the first
   of: its own session's commit, the end of one of those POSTs (it may have been its own,
-  refused, or another browser's), or the first poll. Only then does it read.
-- A socket whose process answers no POST reads at once, as before: its POST went to
-  another process, or has not arrived yet.
+  refused, or another browser's), or the first poll. Only then does it join its
+  session's group (a Redis trip, P44) and read.
+- A socket whose process answers no POST joins and reads at once, as before: its POST
+  went to another process, or has not arrived yet.
 
 Nothing is shared between processes; a socket whose POST went elsewhere is opened by
 the worker's first event or a poll (``tts.consumers``).
