@@ -211,6 +211,15 @@ def pending_reads_at_once() -> None:
 
 
 @patch
+def uncompiled() -> None:
+    """P45 off: the hot queries of tts.compiled (the POST's replay lookup, the worker's
+    claim) built and compiled by the ORM on every call, as before round 10."""
+    from tts.compiled import Compiled
+
+    replace(Compiled, "_statement", lambda self, using: self._compiled(using))
+
+
+@patch
 def join_at_connect() -> None:
     """P44 off: a pending socket joins its session's group as it connects, even while its
     process answers a POST (as in round 9), though it reads only once that POST is done."""

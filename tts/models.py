@@ -8,8 +8,9 @@ from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.db import connections, models
-from django.db.models import sql
 from django.utils import timezone
+
+from tts import compiled
 
 
 class SessionStatus(models.TextChoices):
@@ -67,20 +68,9 @@ class TTSSessionQuerySet(models.QuerySet):
         statement (UPDATE ... RETURNING, SQLite 3.35+ and PostgreSQL): where ``update``
         then a read would take two trips to the database. The SQL is Django's own for
         the update (expressions such as ``F()`` work), with a RETURNING clause of every
-        column; the rows are built as a raw query builds them."""
-        query = self.query.chain(sql.UpdateQuery)
-        query.add_update_values(values)
-        compiler = query.get_compiler(self.db)
-        compiler.pre_sql_setup()
-        statement, params = compiler.as_sql()
-        if not statement:
-            return []
-        quote = connections[self.db].ops.quote_name
-        columns = ", ".join(quote(field.column) for field in self.model._meta.concrete_fields)
-        raw = self.model._default_manager.db_manager(self.db).raw(
-            f"{statement} RETURNING {columns}", params
-        )
-        return list(raw)
+        column; the rows come back converted as the ORM converts them. On a hot path,
+        ``tts.compiled.Compiled.update_returning`` also keeps the SQL."""
+        return compiled.update_returning(self, values)
 
 
 class TTSSession(models.Model):

@@ -23,12 +23,13 @@ from typing import Any, Generic, TypeVar
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
-from django.db.models import F, FloatField, Max, Q, Subquery
+from django.db.models import F, FloatField, Max, Q, QuerySet, Subquery
 from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
 
 from tts import broadcast, limits, waiting
 from tts.audio import silence
+from tts.compiled import Compiled
 from tts.conf import settings
 from tts.engines import Audio, EngineError, EngineUnavailable, Voice, get_engine
 from tts.errors import Conflict, InvalidInput, NotFound
@@ -130,16 +131,7 @@ def _insert_replay(session: TTSSession, *, chosen: bool) -> bool:
     Its fallback to narrating covers audio purged in between (the source session deleted
     meanwhile) when this is the outermost transaction, as in the API's view; inside a
     caller's transaction that rare race fails the caller's commit instead."""
-    # Any completed session with the key will do (replays carry it too): no ORDER BY, so
-    # the key's index finds one however many there are. One trip: its chunks, its totals.
-    source = TTSSession.objects.filter(
-        narration_key=session.narration_key, status=SessionStatus.COMPLETED
-    ).order_by()
-    rows = list(
-        TTSChunk.objects.filter(session_id=Subquery(source.values("pk")[:1]))
-        .order_by("seq")
-        .values_list("session__total_chunks", "session__audio_ms", *_REPLAY_FIELDS)
-    )
+    rows = _REPLAY_SOURCE.run(key=session.narration_key)
     if not rows:
         return False  # none (or one without chunks)
     total, audio_ms = rows[0][:2]
@@ -178,6 +170,23 @@ def _insert_replay(session: TTSSession, *, chosen: bool) -> bool:
             setattr(session, name, value)
         return False
     return True
+
+
+def _replay_source(key: str) -> QuerySet:
+    # Any completed session with the key will do (replays carry it too): no ORDER BY, so
+    # the key's index finds one however many there are. One trip: its chunks, its totals.
+    source = TTSSession.objects.filter(narration_key=key, status=SessionStatus.COMPLETED)
+    return (
+        TTSChunk.objects.filter(session_id=Subquery(source.order_by().values("pk")[:1]))
+        .order_by("seq")
+        .values_list("session__total_chunks", "session__audio_ms", *_REPLAY_FIELDS)
+    )
+
+
+# On every POST's way to its dispatch (P45).
+_REPLAY_SOURCE = Compiled.values_list(
+    _replay_source, key=TTSSession._meta.get_field("narration_key")
+)
 
 
 def _insert(session: TTSSession, *, chosen: bool) -> None:
@@ -241,18 +250,25 @@ def session_dispatch(*, session_id: uuid.UUID) -> bool:
 def session_claim(*, session_id: uuid.UUID | str, worker: str) -> TTSSession | None:
     """queued -> running, atomically. None when someone else has it (or it is over).
     session_generate, which follows every claim, tells listeners it is running."""
-    now = timezone.now()
-    queued = TTSSession.objects.filter(pk=session_id, status=SessionStatus.QUEUED)
-    claimed = queued.update_returning(
-        status=SessionStatus.RUNNING,
-        claimed_by=worker,
-        started_at=Coalesce(F("started_at"), now),
-        heartbeat_at=now,
-        attempts=F("attempts") + 1,
-    )
-    if not claimed:
-        return None
-    return claimed[0]
+    claimed = _CLAIM.run(session_id=uuid.UUID(str(session_id)), worker=worker, now=timezone.now())
+    return claimed[0] if claimed else None
+
+
+_CLAIM = Compiled.update_returning(  # on every session's way to first audio (P45)
+    lambda session_id, worker, now: (
+        TTSSession.objects.filter(pk=session_id, status=SessionStatus.QUEUED),
+        {
+            "status": SessionStatus.RUNNING,
+            "claimed_by": worker,
+            "started_at": Coalesce(F("started_at"), now),
+            "heartbeat_at": now,
+            "attempts": F("attempts") + 1,
+        },
+    ),
+    session_id=TTSSession._meta.pk,
+    worker=TTSSession._meta.get_field("claimed_by"),
+    now=TTSSession._meta.get_field("heartbeat_at"),
+)
 
 
 def session_claim_next(*, worker: str) -> TTSSession | None:

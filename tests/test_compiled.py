@@ -1,0 +1,110 @@
+"""Hot queries compiled once (tts.compiled): the same rows as the ORM's, on SQLite and on
+PostgreSQL (make test-postgres), for any values, from any thread."""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import uuid
+
+import pytest
+from django.db import connection, models
+from django.db.models import F
+from django.utils import timezone
+
+from tts import services
+from tts.compiled import Compiled
+from tts.models import SessionStatus, TTSSession
+from tts.services import Owner
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OWNER = Owner(session_key="k" * 32, ip="127.0.0.1")
+
+
+def narrated(text: str) -> TTSSession:
+    session = services.session_create(text=text, owner=OWNER, dispatch=False)
+    services.session_run(session_id=session.id, worker="test")
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED
+    return session
+
+
+def test_the_replay_lookup_returns_what_the_orm_returns():
+    first = narrated("The first text. It has two sentences.")
+    second = narrated("Another text, narrated too.")
+    for session in (first, second):
+        rows = services._REPLAY_SOURCE.run(key=session.narration_key)
+        assert rows == list(services._replay_source(session.narration_key))
+        assert [row[2] for row in rows] == list(range(session.total_chunks))  # seq, ordered
+    assert services._REPLAY_SOURCE.run(key="0" * 64) == []
+
+
+def test_the_claim_returns_the_claimed_session_as_a_read_does(django_assert_num_queries):
+    sessions = [
+        services.session_create(text=f"Text {n}.", owner=OWNER, dispatch=False) for n in (1, 2)
+    ]
+    now = timezone.now()
+    for session in sessions:  # the SQL is reused; the values are each call's own
+        with django_assert_num_queries(1):
+            [claimed] = services._CLAIM.run(session_id=session.id, worker="w", now=now)
+        stored = TTSSession.objects.get(pk=session.id)
+        for field in TTSSession._meta.concrete_fields:
+            assert getattr(claimed, field.attname) == getattr(stored, field.attname), field.name
+        assert (claimed.status, claimed.claimed_by, claimed.attempts) == ("running", "w", 1)
+        assert claimed.heartbeat_at == now and isinstance(claimed.id, uuid.UUID)
+        assert claimed._state.db == "default" and not claimed._state.adding
+    later = now + datetime.timedelta(seconds=5)
+    assert services._CLAIM.run(session_id=sessions[0].id, worker="w", now=later) == []
+
+
+def test_a_compiled_query_runs_from_many_threads_at_once():
+    sessions = [
+        services.session_create(text=f"Text {n}.", owner=OWNER, dispatch=False) for n in range(8)
+    ]
+    query = Compiled.values_list(
+        lambda session_id: TTSSession.objects.filter(pk=session_id).values_list("text"),
+        session_id=TTSSession._meta.pk,
+    )
+    found, errors = {}, []
+
+    def read(session):
+        try:
+            found[session.id] = query.run(session_id=session.id)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=read, args=(s,)) for s in sessions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert errors == []
+    assert found == {s.id: [(s.text,)] for s in sessions}
+
+
+def test_a_value_that_is_not_a_parameter_of_the_sql_fails_at_once():
+    query = Compiled.values_list(
+        lambda text: TTSSession.objects.filter(status="queued").values_list("pk"),
+        text=TTSSession._meta.get_field("text"),
+    )
+    with pytest.raises(ValueError, match="text is not a parameter of the compiled SQL"):
+        query.run(text="anything")
+
+
+def test_values_are_checked():
+    query = Compiled.update_returning(
+        lambda session_id: (TTSSession.objects.filter(pk=session_id), {"attempts": F("attempts")}),
+        session_id=TTSSession._meta.pk,
+    )
+    with pytest.raises(ValueError, match="None"):  # the ORM would have made it IS NULL
+        query.run(session_id=None)
+    with pytest.raises(TypeError, match="expected the values"):
+        query.run(session=uuid.uuid4())
+    with pytest.raises(TypeError, match="no stand-in"):
+        Compiled.values_list(
+            lambda data: TTSSession.objects.filter(pk=data).values_list("pk"),
+            data=models.BinaryField(),
+        ).run(data=b"x")

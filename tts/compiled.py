@@ -1,0 +1,213 @@
+"""Hot queries whose SQL the ORM builds once per database, then runs with new values.
+
+Building a queryset and compiling it to SQL is pure Python, and on a session's way to
+its first audio it costs more than running the query: on an idle core about 1 ms for
+the POST's replay lookup (a join through a subquery) and 0.5 ms for a worker's claim,
+where SQLite answers either in 0.05 ms; on two busy cores, two to three times that
+(docs/benchmarks.md, P45). A ``Compiled`` query asks the ORM once per database alias,
+with stand-in values, and keeps the SQL, its parameters (the stand-ins located among
+them) and the result converters. Each call prepares its own values as the ORM would
+(the field's ``get_db_prep_value``), puts them where the stand-ins were, and runs that
+SQL; the rows come back converted as the ORM converts them.
+
+Only for queries whose SQL does not depend on the values: no ``__in`` list, no
+``None`` (which the ORM turns into ``IS NULL``; refused here), no value that chooses
+an expression. Every named value must be a parameter of the SQL: the first call fails
+loudly when a stand-in cannot be found there.
+
+    claim = Compiled.update_returning(
+        lambda session_id, now: (
+            TTSSession.objects.filter(pk=session_id, status="queued"),
+            {"status": "running", "heartbeat_at": now},
+        ),
+        session_id=TTSSession._meta.pk,
+        now=TTSSession._meta.get_field("heartbeat_at"),
+    )
+    sessions = claim.run(session_id=some_id, now=timezone.now())
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, connections, models
+from django.db.models import sql
+
+_serial = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class _Statement:
+    sql: str
+    params: list
+    slots: dict[str, list[int]]  # value name -> the positions of its parameter
+    converters: dict[int, tuple[list, Any]]  # column -> (converters, expression)
+    model: type[models.Model] | None  # rows become its instances (update_returning)
+    attnames: list[str]
+
+
+class Compiled:
+    """See the module's docstring. Build with ``values_list`` or ``update_returning``."""
+
+    def __init__(
+        self,
+        compile_: Callable[[str, dict[str, Any]], _Statement],
+        build: Callable[..., Any],
+        fields: dict[str, models.Field],
+    ) -> None:
+        self._compile, self._build, self._fields = compile_, build, fields
+        self._statements: dict[str, _Statement] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def values_list(cls, build: Callable[..., models.QuerySet], **fields: models.Field):
+        """``build(**values)`` returns a ``values_list`` queryset; ``run`` returns its
+        rows as tuples."""
+        return cls(_compile_select, build, fields)
+
+    @classmethod
+    def update_returning(
+        cls,
+        build: Callable[..., tuple[models.QuerySet, dict[str, Any]]],
+        **fields: models.Field,
+    ):
+        """``build(**values)`` returns ``(queryset, values to set)``; ``run`` updates the
+        queryset's rows and returns them as they now are (model instances), in one
+        statement: UPDATE ... RETURNING (SQLite 3.35+ and PostgreSQL)."""
+        return cls(_compile_update_returning, build, fields)
+
+    def run(self, *, using: str = DEFAULT_DB_ALIAS, **values: Any) -> list:
+        if values.keys() != self._fields.keys():
+            raise TypeError(f"expected the values {sorted(self._fields)}, got {sorted(values)}")
+        statement = self._statement(using)
+        connection = connections[using]
+        params = list(statement.params)
+        for name, value in values.items():
+            if value is None:
+                raise ValueError(f"{name} is None: the compiled SQL compares it with =")
+            prepared = self._fields[name].get_db_prep_value(value, connection)
+            for position in statement.slots[name]:
+                params[position] = prepared
+        return _execute(statement, params, using)
+
+    def _statement(self, using: str) -> _Statement:
+        statement = self._statements.get(using)
+        if statement is None:
+            with self._lock:
+                statement = self._statements.get(using)
+                if statement is None:
+                    statement = self._statements[using] = self._compiled(using)
+        return statement
+
+    def _compiled(self, using: str) -> _Statement:
+        connection = connections[using]
+        standins = {name: _standin(name, field) for name, field in self._fields.items()}
+        statement = self._compile(using, self._build(**standins))
+        slots: dict[str, list[int]] = {}
+        for name, standin in standins.items():
+            prepared = self._fields[name].get_db_prep_value(standin, connection)
+            slots[name] = [i for i, p in enumerate(statement.params) if _same(p, prepared)]
+            if not slots[name]:
+                raise ValueError(
+                    f"{name} is not a parameter of the compiled SQL (prepared as "
+                    f"{prepared!r}): {statement.sql}"
+                )
+        return _Statement(**{**statement.__dict__, "slots": slots})
+
+
+def update_returning(queryset: models.QuerySet, values: dict[str, Any]) -> list:
+    """``queryset.update(**values)``, returning the updated rows as they now are, compiled
+    for this call only (``TTSSessionQuerySet.update_returning``)."""
+    statement = _compile_update_returning(queryset.db, (queryset, values))
+    if not statement.sql:
+        return []
+    return _execute(statement, statement.params, queryset.db)
+
+
+def _execute(statement: _Statement, params: list, using: str) -> list:
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        cursor.execute(statement.sql, params)
+        rows = cursor.fetchall()
+    rows = [_converted(row, statement.converters, connection) for row in rows]
+    if statement.model is None:
+        return rows
+    return [statement.model.from_db(using, statement.attnames, row) for row in rows]
+
+
+def _same(param: Any, prepared: Any) -> bool:
+    return type(param) is type(prepared) and param == prepared
+
+
+def _standin(name: str, field: models.Field) -> Any:
+    """A value of the field's kind that nothing else in a query would hold."""
+    serial = next(_serial)
+    if isinstance(field, models.UUIDField):
+        return uuid.uuid4()
+    if isinstance(field, models.DateTimeField):
+        moment = datetime.datetime(1901, 1, 1, tzinfo=datetime.UTC)
+        return moment + datetime.timedelta(seconds=serial, microseconds=serial % 999_983 + 1)
+    if isinstance(field, models.IntegerField):
+        return -(10**15) - serial
+    if isinstance(field, models.CharField | models.TextField):
+        return f"\ue000{name}:{serial}:{uuid.uuid4().hex}\ue000"
+    raise TypeError(f"no stand-in for a {type(field).__name__} ({name})")
+
+
+def _converted(row: tuple, converters: dict[int, tuple[list, Any]], connection) -> tuple:
+    if not converters:
+        return row
+    row = list(row)
+    for position, (functions, expression) in converters.items():
+        value = row[position]
+        for function in functions:
+            value = function(value, expression, connection)
+        row[position] = value
+    return tuple(row)
+
+
+def _compile_select(using: str, queryset: models.QuerySet) -> _Statement:
+    compiler = queryset.query.get_compiler(using)
+    statement, params = compiler.as_sql()
+    columns = [select[0] for select in compiler.select[: compiler.col_count]]
+    return _Statement(
+        sql=statement,
+        params=list(params),
+        slots={},
+        converters=compiler.get_converters(columns),
+        model=None,
+        attnames=[],
+    )
+
+
+def _compile_update_returning(
+    using: str, built: tuple[models.QuerySet, dict[str, Any]]
+) -> _Statement:
+    queryset, values = built
+    model = queryset.model
+    query = queryset.query.chain(sql.UpdateQuery)
+    query.add_update_values(values)
+    compiler = query.get_compiler(using)
+    compiler.pre_sql_setup()
+    statement, params = compiler.as_sql()
+    if not statement:  # nothing to set
+        return _Statement("", [], {}, {}, model, [])
+    connection = connections[using]
+    fields = model._meta.concrete_fields
+    table, quote = model._meta.db_table, connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in fields)
+    reader = connection.ops.compiler("SQLCompiler")(sql.Query(model), connection, using)
+    return _Statement(
+        sql=f"{statement} RETURNING {columns}",
+        params=list(params),
+        slots={},
+        converters=reader.get_converters([field.get_col(table) for field in fields]),
+        model=model,
+        attnames=[field.attname for field in fields],
+    )
