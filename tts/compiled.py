@@ -72,6 +72,12 @@ class Compiled:
         return cls(_compile_select, build, fields)
 
     @classmethod
+    def instances(cls, build: Callable[..., models.QuerySet], **fields: models.Field):
+        """``build(**values)`` returns a queryset of a model's rows, all their fields (no
+        ``only``, ``defer`` or ``select_related``); ``run`` returns them as instances."""
+        return cls(_compile_instances, build, fields)
+
+    @classmethod
     def update_returning(
         cls,
         build: Callable[..., tuple[models.QuerySet, dict[str, Any]]],
@@ -107,7 +113,7 @@ class Compiled:
 
     def _compiled(self, using: str) -> _Statement:
         connection = connections[using]
-        standins = {name: _standin(name, field) for name, field in self._fields.items()}
+        standins = {name: _standin(name, field, connection) for name, field in self._fields.items()}
         statement = self._compile(using, self._build(**standins))
         slots: dict[str, list[int]] = {}
         for name, standin in standins.items():
@@ -145,16 +151,21 @@ def _same(param: Any, prepared: Any) -> bool:
     return type(param) is type(prepared) and param == prepared
 
 
-def _standin(name: str, field: models.Field) -> Any:
+def _standin(name: str, field: models.Field, connection) -> Any:
     """A value of the field's kind that nothing else in a query would hold."""
     serial = next(_serial)
+    if field.is_relation:  # a foreign key's value is its target's
+        field = field.target_field
     if isinstance(field, models.UUIDField):
         return uuid.uuid4()
     if isinstance(field, models.DateTimeField):
         moment = datetime.datetime(1901, 1, 1, tzinfo=datetime.UTC)
         return moment + datetime.timedelta(seconds=serial, microseconds=serial % 999_983 + 1)
     if isinstance(field, models.IntegerField):
-        return -(10**15) - serial
+        # Inside the column's range: the ORM drops or empties a comparison with a value
+        # outside it (seq > -10**15 is always true), and the stand-in would vanish.
+        _, high = connection.ops.integer_field_range(field.get_internal_type())
+        return (high if high is not None else 2**31 - 1) - serial
     if isinstance(field, models.CharField | models.TextField):
         return f"\ue000{name}:{serial}:{uuid.uuid4().hex}\ue000"
     raise TypeError(f"no stand-in for a {type(field).__name__} ({name})")
@@ -184,6 +195,13 @@ def _compile_select(using: str, queryset: models.QuerySet) -> _Statement:
         model=None,
         attnames=[],
     )
+
+
+def _compile_instances(using: str, queryset: models.QuerySet) -> _Statement:
+    fields = queryset.model._meta.concrete_fields
+    attnames = [field.attname for field in fields]
+    statement = _compile_select(using, queryset.values_list(*attnames))
+    return _Statement(**{**statement.__dict__, "model": queryset.model, "attnames": attnames})
 
 
 def _compile_update_returning(

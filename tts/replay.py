@@ -10,6 +10,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from django.db.models import QuerySet
+
+from tts.compiled import Compiled
 from tts.db import socket_database_sync_to_async
 from tts.models import TTSChunk
 
@@ -27,19 +30,43 @@ def stored_chunks(
     session_id: uuid.UUID, *, after: int, before: int | None = None, limit: int = BATCH
 ) -> list[StoredChunk]:
     """Up to ``limit`` stored chunks with after < seq < before, in seq order."""
+    if limit != BATCH:
+        rows = list(_stored(session_id, after, before)[:limit])
+    elif before is None:
+        rows = _STORED.run(session_id=session_id, after=after)
+    else:
+        rows = _STORED_BEFORE.run(session_id=session_id, after=after, before=before)
+    from tts.services import chunk_meta
+
+    out = []
+    for *fields, total, pcm in rows:
+        chunk = TTSChunk(**dict(zip(_FRAME_FIELDS, fields, strict=True)))
+        out.append(StoredChunk(meta=chunk_meta(chunk, total_chunks=total), pcm=bytes(pcm)))
+    return out
+
+
+def _stored(session_id, after, before=None) -> QuerySet:
     query = TTSChunk.objects.filter(session_id=session_id, seq__gt=after)
     if before is not None:
         query = query.filter(seq__lt=before)
     # Plain values, not model instances of the chunk, its audio and its whole session: on
     # the path of every socket that opens (a third of its database trip's time).
-    rows = query.order_by("seq").values_list(*_FRAME_FIELDS, "session__total_chunks", "audio__pcm")
-    from tts.services import chunk_meta
+    return query.order_by("seq").values_list(*_FRAME_FIELDS, "session__total_chunks", "audio__pcm")
 
-    out = []
-    for *fields, total, pcm in rows[:limit]:
-        chunk = TTSChunk(**dict(zip(_FRAME_FIELDS, fields, strict=True)))
-        out.append(StoredChunk(meta=chunk_meta(chunk, total_chunks=total), pcm=bytes(pcm)))
-    return out
+
+# Every socket's opening and catching up (P45); a `before` is another query.
+_SEQ = TTSChunk._meta.get_field("seq")
+_STORED = Compiled.values_list(
+    lambda session_id, after: _stored(session_id, after)[:BATCH],
+    session_id=TTSChunk._meta.get_field("session"),
+    after=_SEQ,
+)
+_STORED_BEFORE = Compiled.values_list(
+    lambda session_id, after, before: _stored(session_id, after, before)[:BATCH],
+    session_id=TTSChunk._meta.get_field("session"),
+    after=_SEQ,
+    before=_SEQ,
+)
 
 
 class ChunkCursor:

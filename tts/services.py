@@ -1144,9 +1144,15 @@ def _announce_end(session_id: uuid.UUID, *, code: str, message: str) -> None:
 
 def session_get(*, session_id: str | uuid.UUID) -> TTSSession:
     try:
-        return TTSSession.objects.get(pk=uuid.UUID(str(session_id)))
-    except (ValueError, TTSSession.DoesNotExist):
+        [session] = _SESSION.run(session_id=uuid.UUID(str(session_id)))
+    except ValueError:  # not an id, or no such row
         raise NotFound("No such session.", code="no_such_session") from None
+    return session
+
+
+_SESSION = Compiled.instances(  # every socket's opening (P45)
+    lambda session_id: TTSSession.objects.filter(pk=session_id), session_id=TTSSession._meta.pk
+)
 
 
 def queue_position(session: TTSSession) -> int | None:
@@ -1175,11 +1181,8 @@ def status_frame(session: TTSSession) -> dict:
 def session_frame(session: TTSSession, *, sample_rate: int | None = None) -> dict:
     """``sample_rate``: pass it when the caller holds a chunk already (no extra query)."""
     if sample_rate is None:
-        sample_rate = (
-            TTSChunk.objects.filter(session_id=session.id)
-            .values_list("sample_rate", flat=True)
-            .first()
-        )
+        rates = _SAMPLE_RATE.run(session_id=session.id)
+        sample_rate = rates[0][0] if rates else None
     return {
         "type": "session",
         "session_id": str(session.id),
@@ -1191,6 +1194,16 @@ def session_frame(session: TTSSession, *, sample_rate: int | None = None) -> dic
         "total_chunks": session.total_chunks,
         "completed_chunks": session.completed_chunks,
     }
+
+
+_SAMPLE_RATE = Compiled.values_list(  # a socket's opening, before any chunk is stored (P45)
+    lambda session_id: (
+        TTSChunk.objects.filter(session_id=session_id)
+        .order_by("seq")
+        .values_list("sample_rate")[:1]
+    ),
+    session_id=TTSChunk._meta.get_field("session"),
+)
 
 
 def done_frame(session_id: uuid.UUID, *, total_chunks: int, duration_ms: int) -> dict:
