@@ -235,6 +235,9 @@ WHITENOISE_USE_FINDERS = not STATIC_MANIFEST
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 256 * 1024, minimum=1024)
 
+# Django's database sessions, their read compiled once (tts/sessions.py).
+SESSION_ENGINE = "tts.sessions"
+
 # Security. HTTPS=1 turns on what `check --deploy` asks for; plain http on loopback still works.
 SESSION_COOKIE_SECURE = HTTPS
 CSRF_COOKIE_SECURE = HTTPS

@@ -128,3 +128,21 @@ def test_a_sockets_reads_return_what_the_orm_returns():
         services.session_get(session_id=uuid.uuid4())
     with pytest.raises(services.NotFound):
         services.session_get(session_id="not-an-id")
+
+
+def test_the_session_engine_reads_what_djangos_reads():
+    from django.contrib.sessions.backends.db import SessionStore as Djangos
+    from django.contrib.sessions.models import Session
+
+    from tts.sessions import SessionStore
+
+    store = SessionStore()
+    store["owner"] = "someone"
+    store.create()
+    for reader in (SessionStore, Djangos):
+        assert reader(store.session_key).load() == {"owner": "someone"}
+    expired = Session.objects.filter(pk=store.session_key)
+    expired.update(expire_date=timezone.now() - datetime.timedelta(seconds=1))
+    for key in (store.session_key, "x" * 32, None):
+        again = SessionStore(key)
+        assert again.load() == {} and again.session_key is None
