@@ -146,3 +146,12 @@ def test_the_session_engine_reads_what_djangos_reads():
     for key in (store.session_key, "x" * 32, None):
         again = SessionStore(key)
         assert again.load() == {} and again.session_key is None
+
+
+def test_stored_audio_keys_are_found_by_lists_of_any_length():
+    session = narrated("One sentence here. And a second one there.")
+    keys = list(session.chunks.values_list("audio_id", flat=True))
+    unknown = [f"{n:064x}" for n in range(70)]
+    for ask in ([], keys[:1], keys, [*keys, *keys], [*unknown[:3], *keys], [*unknown, *keys]):
+        assert services.cached_keys(ask) == set(keys) & set(ask)
+    assert services.cached_keys([*unknown, *keys], batch=2) == set(keys)

@@ -718,10 +718,33 @@ def cached_keys(keys: list[str], *, batch: int = 500) -> set[str]:
     """Which of these audio keys are stored already: one query per ``batch`` keys."""
     found: set[str] = set()
     for i in range(0, len(keys), batch):
-        found.update(
-            AudioBlob.objects.filter(key__in=keys[i : i + batch]).values_list("key", flat=True)
-        )
+        part = keys[i : i + batch]
+        if len(part) <= _COMPILED_KEYS:  # a session's first query, on its way to first audio
+            rows = _stored_keys(len(part)).run(**{f"key{n}": key for n, key in enumerate(part)})
+            found.update(key for (key,) in rows)
+        else:
+            found.update(AudioBlob.objects.filter(key__in=part).values_list("key", flat=True))
     return found
+
+
+# Lists of up to this many keys are looked up by SQL compiled once per length (P45).
+_COMPILED_KEYS = 64
+_by_length: dict[int, Compiled] = {}
+
+
+def _stored_keys(length: int) -> Compiled:
+    query = _by_length.get(length)
+    if query is None:
+        query = _by_length.setdefault(
+            length,
+            Compiled.values_list(
+                lambda **keys: AudioBlob.objects.filter(key__in=list(keys.values())).values_list(
+                    "key"
+                ),
+                **{f"key{n}": AudioBlob._meta.pk for n in range(length)},
+            ),
+        )
+    return query
 
 
 @dataclass(frozen=True)
