@@ -207,16 +207,24 @@ def pending_reads_at_once() -> None:
     (its own, most likely), as before round 10. For paired A/B runs of P43 itself."""
     from tts import waiting
 
-    replace(waiting, "posts_in_flight", lambda: False)
+    replace(waiting, "until_no_posts", lambda event: False)
 
 
 @patch
 def uncompiled() -> None:
-    """P45 off: the hot queries of tts.compiled (the POST's replay lookup, the worker's
-    claim) built and compiled by the ORM on every call, as before round 10."""
-    from tts.compiled import Compiled
+    """P45 off: every tts.compiled query (the POST's replay lookup and session read, the
+    worker's claim and audio-key lookup, a socket's reads) built and run by the ORM on
+    every call, as before round 10."""
+    from tts import compiled
 
-    replace(Compiled, "_statement", lambda self, using: self._compiled(using))
+    def orm_run(self, *, using="default", **values):
+        built = self._build(**values)
+        if self._compile is compiled._compile_update_returning:
+            queryset, updates = built
+            return queryset.using(using).update_returning(**updates)
+        return list(built.using(using))
+
+    replace(compiled.Compiled, "run", orm_run)
 
 
 @patch

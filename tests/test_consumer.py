@@ -483,25 +483,56 @@ async def test_a_pending_socket_joins_and_reads_once_the_post_its_process_answer
     assert frames[-1]["type"] == "done" and len(audio) == frames[-1]["total_chunks"]
 
 
-async def test_a_pending_socket_reads_when_a_post_of_its_process_ends(monkeypatch, reads):
-    """The POST it waited for was another's (its own went to another process, which made
-    the session): it reads when that POST ends, not at the next poll."""
+async def test_a_pending_socket_reads_when_its_process_answers_no_post_any_more(monkeypatch, reads):
+    """The POSTs it waited for were others' (its own went to another process, which made
+    the session): it reads once the last of them has ended, not at the next poll, and
+    not as each one ends."""
     from tts import waiting
 
     monkeypatch.setattr("tts.consumers.PENDING_FIRST_POLL_S", 30.0)
     session_id = uuid.uuid4()
     with waiting.answering_post("POST"):
-        comm = pending_communicator(session_id)
-        await _connected(comm)
-        with monkeypatch.context() as elsewhere:  # made by another process: no wake-up here
-            elsewhere.setattr(waiting, "created", lambda session_id: None)
-            await make_session(session_id=session_id, run=False)
+        with waiting.answering_post("POST"):
+            comm = pending_communicator(session_id)
+            await _connected(comm)
+            with monkeypatch.context() as elsewhere:  # made by another process: no wake-up
+                elsewhere.setattr(waiting, "created", lambda session_id: None)
+                await make_session(session_id=session_id, run=False)
         await asyncio.sleep(0.2)
-        assert reads == []
+        assert reads == []  # one POST ended, another is still answered
     frame = await comm.receive_json_from(timeout=5)
     assert frame["type"] == "session" and reads == [session_id]
     await comm.disconnect()
     assert not waiting.posts_in_flight() and session_id not in waiting._waiting
+
+
+async def test_a_pending_socket_hears_its_replayed_narration_at_its_posts_commit(monkeypatch):
+    """A text narrated before is complete when its POST commits; the socket, which has not
+    joined beside that POST, is woken by the commit all the same (no poll, no POST end)."""
+    from tts import waiting
+
+    monkeypatch.setattr("tts.consumers.PENDING_FIRST_POLL_S", 30.0)
+    first = await make_session()
+    session_id = uuid.uuid4()
+    with waiting.answering_post("POST"):
+        comm = pending_communicator(session_id)
+        await _connected(comm)
+        replayed = await make_session(session_id=session_id, run=False, text=first.text)
+        assert replayed.status == "completed"
+        frames, audio = await receive_until_closed(comm)
+    assert frames[0]["type"] == "session" and frames[-1]["type"] == "done"
+    assert len(audio) == frames[-1]["total_chunks"] == replayed.total_chunks
+
+
+async def test_a_pending_socket_closed_at_once_leaves_nothing_waiting():
+    from tts import waiting
+
+    session_id = uuid.uuid4()
+    with waiting.answering_post("POST"):
+        comm = pending_communicator(session_id)
+        await _connected(comm)
+        await comm.disconnect()
+        assert session_id not in waiting._waiting and not waiting._until_no_posts
 
 
 async def test_a_pending_socket_whose_read_fails_after_its_wake_up_backs_off(monkeypatch, settings):

@@ -28,6 +28,7 @@ loudly when a stand-in cannot be found there.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import itertools
 import threading
@@ -124,7 +125,7 @@ class Compiled:
                     f"{name} is not a parameter of the compiled SQL (prepared as "
                     f"{prepared!r}): {statement.sql}"
                 )
-        return _Statement(**{**statement.__dict__, "slots": slots})
+        return dataclasses.replace(statement, slots=slots)
 
 
 def update_returning(queryset: models.QuerySet, values: dict[str, Any]) -> list:
@@ -201,7 +202,7 @@ def _compile_instances(using: str, queryset: models.QuerySet) -> _Statement:
     fields = queryset.model._meta.concrete_fields
     attnames = [field.attname for field in fields]
     statement = _compile_select(using, queryset.values_list(*attnames))
-    return _Statement(**{**statement.__dict__, "model": queryset.model, "attnames": attnames})
+    return dataclasses.replace(statement, model=queryset.model, attnames=attnames)
 
 
 def _compile_update_returning(

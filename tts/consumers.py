@@ -54,6 +54,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
     group: str | None = None
     watchdog: asyncio.Task | None = None
     waiter: asyncio.Task | None = None
+    woken: asyncio.Event | None = None  # set by tts.waiting while pending
 
     async def connect(self) -> None:
         # Nothing reaches this connection, and it may cancel nothing, until the access check
@@ -78,10 +79,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
             if not known_visitor(self.scope.get("user"), self.scope.get("session")):
                 # No session could ever be this socket's: refuse now, not in ten seconds.
                 return await self.close(code=4403)
-            # Its POST may still be in flight: wait for the session (its commit, the
-            # worker's first event, or a poll), then go on as if it had existed at connect.
+            # Its POST may still be in flight: wait for the session (its commit, a poll,
+            # or once joined the worker's first event), then go on as if it had existed.
             self.pending = True
-            self.waiter = asyncio.create_task(self._await_creation())
+            self.woken = woken = waiting.expect(session_id)  # a commit from now on wakes it
+            first_wait = PENDING_FIRST_POLL_S if waiting.until_no_posts(woken) else 0.0
+            self.waiter = asyncio.create_task(self._await_creation(woken, first_wait))
             return
         if await self._join():
             await self._begin(*await socket_database_sync_to_async(self._open)())
@@ -142,14 +145,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
             # A slow or queued session: back off, so idle listeners cost little.
             wait = QUIET_POLL_S if self.cursor.last_sent > sent else min(wait * 2, 16.0)
 
-    async def _await_creation(self) -> None:
-        """Read the pending session at once, unless this process is answering a POST (its
-        own, most likely: the read then waits for it, see tts.waiting); then poll for it,
-        backing off, or read at once when this process's POST has committed it. 4404 once
-        TTS_PENDING_SOCKET_S passed."""
+    async def _await_creation(self, woken: asyncio.Event, wait: float) -> None:
+        """Join and read the pending session after ``wait`` (0 when this process answers
+        no POST; else until its session's commit or the end of those POSTs wakes it: see
+        tts.waiting); then poll for it, backing off, or read at once when this process's
+        POST has committed it. 4404 once TTS_PENDING_SOCKET_S passed."""
         deadline = time.monotonic() + settings.TTS_PENDING_SOCKET_S
-        woken = waiting.expect(self.session_id)  # by its POST, when this process answers it
-        wait = PENDING_FIRST_POLL_S if waiting.posts_in_flight() else 0.0
         try:
             while self.pending and time.monotonic() < deadline:
                 timeout = min(wait, max(0.0, deadline - time.monotonic()))
@@ -235,9 +236,13 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.pending = False
-        for task in (self.watchdog, self.waiter):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
+        tasks = [t for t in (self.watchdog, self.waiter) if t and t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        # Ended before leaving: a waiter's join still on its way must not come after it.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.woken is not None:  # a waiter cancelled before it began has not forgotten
+            waiting.forget(self.session_id, self.woken)
         await self._leave()
 
     async def _leave(self) -> None:

@@ -97,7 +97,7 @@ def session_create(
         _insert(session, chosen=chosen)
     # Outside a transaction (the API's view) on_commit runs at once: the worker's bell and
     # the replay's event go out before the rate counter's own trip to Redis.
-    if replayed:  # wakes a socket opened with the POST (?pending=1)
+    if replayed:  # wakes a socket opened with the POST (?pending=1) that has joined
         total, duration = session.total_chunks, session.audio_ms
         transaction.on_commit(
             lambda: broadcast.broadcast_done(session.id, total_chunks=total, duration_ms=duration)
@@ -105,8 +105,8 @@ def session_create(
     elif dispatch:
         # A dispatch that fails is sent again by the recovery sweep, as any lost message.
         transaction.on_commit(lambda: broadcast.dispatch_generate(session.id))
-    if not replayed:  # a socket of this process opened with the POST reads it now
-        transaction.on_commit(lambda: waiting.created(session.id))
+    # A socket of this process opened with the POST reads it now (it waited to join).
+    transaction.on_commit(lambda: waiting.created(session.id))
     limits.record_creation(owner)
     return session
 
@@ -734,7 +734,7 @@ _by_length: dict[int, Compiled] = {}
 
 def _stored_keys(length: int) -> Compiled:
     query = _by_length.get(length)
-    if query is None:
+    if query is None:  # two threads may both build one: either will do
         query = _by_length.setdefault(
             length,
             Compiled.values_list(
@@ -1167,10 +1167,13 @@ def _announce_end(session_id: uuid.UUID, *, code: str, message: str) -> None:
 
 def session_get(*, session_id: str | uuid.UUID) -> TTSSession:
     try:
-        [session] = _SESSION.run(session_id=uuid.UUID(str(session_id)))
-    except ValueError:  # not an id, or no such row
+        session_id = uuid.UUID(str(session_id))
+    except ValueError:
         raise NotFound("No such session.", code="no_such_session") from None
-    return session
+    found = _SESSION.run(session_id=session_id)
+    if not found:
+        raise NotFound("No such session.", code="no_such_session")
+    return found[0]
 
 
 _SESSION = Compiled.instances(  # every socket's opening (P45)

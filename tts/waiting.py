@@ -8,9 +8,10 @@ reads the session once the POST has committed it, woken by that commit, not befo
   request it waited for (same process, same GIL) and slowed it down: the POST's way to
   its commit and its dispatch is the first audio's way too (docs/benchmarks.md, P43).
 - So a pending socket whose process is answering a POST at the time waits for the first
-  of: its own session's commit, the end of one of those POSTs (it may have been its own,
-  refused, or another browser's), or the first poll. Only then does it join its
-  session's group (a Redis trip, P44) and read.
+  of: its own session's commit, the moment this process answers no POST any more (its
+  own may have been refused, or gone to another process), or the first poll. Only then
+  does it join its session's group (a Redis trip, P44) and read. Each socket is woken
+  that way once, whatever the number of POSTs: no reads in step with other browsers'.
 - A socket whose process answers no POST joins and reads at once, as before: its POST
   went to another process, or has not arrived yet.
 
@@ -26,26 +27,40 @@ import threading
 import uuid
 
 _lock = threading.Lock()
-_waiting: dict[uuid.UUID, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+_Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Event]
+_waiting: dict[uuid.UUID, set[_Waiter]] = {}
 _posts = 0  # POST requests this process is answering now
+_until_no_posts: set[_Waiter] = set()  # woken once, when _posts drops to 0
 
 
 def expect(session_id: uuid.UUID) -> asyncio.Event:
-    """An event set once ``created(session_id)`` is called in this process, or a POST
-    that it answers ends; from the socket's event loop. ``forget`` it when done waiting."""
+    """An event set once ``created(session_id)`` is called in this process; from the
+    socket's event loop. ``forget`` it when done waiting."""
     event = asyncio.Event()
     with _lock:
         _waiting.setdefault(session_id, set()).add((asyncio.get_running_loop(), event))
     return event
 
 
+def until_no_posts(event: asyncio.Event) -> bool:
+    """Also set ``event`` (once) when this process answers no POST any more. False, and
+    nothing to wait for, when it answers none now."""
+    with _lock:
+        if not _posts:
+            return False
+        _until_no_posts.add((asyncio.get_running_loop(), event))
+        return True
+
+
 def forget(session_id: uuid.UUID, event: asyncio.Event) -> None:
     """Stop waiting (from the loop that called ``expect``)."""
+    waiter = (asyncio.get_running_loop(), event)
     with _lock:
         waiters = _waiting.get(session_id, set())
-        waiters.discard((asyncio.get_running_loop(), event))
+        waiters.discard(waiter)
         if not waiters:
             _waiting.pop(session_id, None)
+        _until_no_posts.discard(waiter)
 
 
 def created(session_id: uuid.UUID) -> None:
@@ -57,15 +72,14 @@ def created(session_id: uuid.UUID) -> None:
 
 
 def posts_in_flight() -> bool:
-    """Whether this process is answering a POST now: a pending socket's own may be one."""
+    """Whether this process is answering a POST now."""
     return _posts > 0
 
 
 @contextlib.contextmanager
 def answering_post(method: str):
-    """Around the answer to one HTTP request (``tts.asgi``): while a POST is answered,
-    pending sockets wait for it; when it ends, every waiting socket reads (its session
-    may be there now, whichever request made it)."""
+    """Around the answer to one HTTP request (``tts.asgi``): while POSTs are answered,
+    pending sockets wait for them (``until_no_posts``)."""
     global _posts
     if method != "POST":
         yield
@@ -77,11 +91,13 @@ def answering_post(method: str):
     finally:
         with _lock:
             _posts -= 1
-            waiters = [w for ws in _waiting.values() for w in ws]
+            waiters = list(_until_no_posts) if not _posts else []
+            if waiters:
+                _until_no_posts.clear()
         _wake(waiters)
 
 
-def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]) -> None:
+def _wake(waiters: list[_Waiter]) -> None:
     for loop, event in waiters:
         with contextlib.suppress(RuntimeError):  # that loop is closed: its socket is gone
             loop.call_soon_threadsafe(event.set)
