@@ -228,6 +228,14 @@ def uncompiled() -> None:
 
 
 @patch
+def pysbd_always() -> None:
+    """P47 off: every block of text goes through pysbd, plain sentences too."""
+    from tts import segmentation
+
+    replace(segmentation, "_plain_sentence_ends", lambda block: None)
+
+
+@patch
 def join_at_connect() -> None:
     """P44 off: a pending socket joins its session's group as it connects, even while its
     process answers a POST (as in round 9), though it reads only once that POST is done."""
@@ -380,6 +388,11 @@ def trace() -> None:
     ahead.start = classmethod(_traced("ahead.start", ahead.start.__func__))
     broadcast.dispatch_generate = _traced("dispatch_generate", broadcast.dispatch_generate)
     broadcast.broadcast_chunk = _traced("broadcast_chunk", broadcast.broadcast_chunk)
+    # the view's own steps, up to the service's insert and its dispatch
+    for name in ["owner_from_request", "parse_body"]:
+        setattr(views, name, _traced(f"views.{name}", getattr(views, name)))
+    for name in ["voice_resolve", "narration_key", "_insert_replay", "_insert"]:
+        setattr(services, name, _traced(f"services.{name}", getattr(services, name)))
     views.session_create = _traced("view", views.session_create)
     services.session_create = _traced("service", services.session_create)
     broadcast._group_send = _traced("group_send", broadcast._group_send)

@@ -484,3 +484,92 @@ def test_segment_limits_ramp_up_from_the_first() -> None:
     lengths = [len(s.speech_text) for s in segments]
     assert lengths[0] <= 60 and lengths[1] <= 120 and lengths[2] <= 240
     assert max(lengths) <= 250 and max(lengths[3:]) > 200
+
+
+# --- plain sentences without pysbd (P47) ----------------------------------------------
+
+WORDS = " ".join(
+    [
+        "the a harbour master old fisherman boat counted ships at dusk and Mara said no",
+        "art Fig ave one two three it's didn't John Smith London NASA USA Inc Co St Jr Sr",
+        "etc vs am pm Ms Mrs Mr Dr Prof Gen Sept Oct No Vol p e i I OK TV UK Mt Ltd Corp",
+        "Jan approx al",
+    ]
+).split()
+
+
+def _plain_text(rng) -> str:
+    sentences = []
+    count = rng.randint(1, 6)
+    for n in range(count):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(1, 14))]
+        sentence = " ".join([words[0].capitalize(), *words[1:]])
+        if rng.random() < 0.3:
+            sentence = sentence.replace(" ", ", ", 1)
+        if rng.random() < 0.1:
+            sentence += f" {rng.randint(1, 99)}"
+        ends = [".", ".", ".", "!", "?", ""] if n < count - 1 else [".", "!", "?", ""]
+        sentences.append(sentence + rng.choice(ends))
+    return (" " if rng.random() < 0.9 else "  ").join(sentences)
+
+
+def _pysbd_ends(block: str) -> list[int]:
+    from tts import segmentation
+
+    return segmentation._block_sentence_ends(block, segmentation._pysbd_segmenter("en"))
+
+
+def test_plain_sentences_end_where_pysbd_ends_them():
+    """Generated sentences full of abbreviations, numbers, commas and apostrophes: wherever
+    the plain path takes a block, it finds exactly pysbd's sentence ends."""
+    import random
+
+    from tts.segmentation import _plain_sentence_ends
+
+    rng, taken = random.Random(20261201), 0
+    for _ in range(3000):
+        text = _plain_text(rng)
+        ends = _plain_sentence_ends(text)
+        if ends is not None:
+            taken += 1
+            assert ends == _pysbd_ends(text), text
+    assert taken > 500  # the plain path was tried often enough to mean something
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        'He said "stop." Then he left.',
+        "Dr. Smith arrived. He sat down.",
+        "It cost 3.5 pounds. Nobody paid.",
+        "We met in 1999. It rained.",
+        "Bring fruit, e.g. apples. And bread.",
+        "The U.S. fleet sailed. It was late.",
+        "Wait... what happened? Nothing.",
+        "It ended. then it began again.",
+        "J. K. Rowling wrote it. We read it.",
+        "She left (quietly). He stayed.",
+        "He paid no. Then he left.",
+        "I. Then you.",
+        "A line\nbroken. Here.",
+        "Where?! Nowhere.",
+        "   ",
+    ],
+)
+def test_anything_but_plain_sentences_goes_to_pysbd(block):
+    from tts.segmentation import _plain_sentence_ends
+
+    assert _plain_sentence_ends(block) is None
+
+
+def test_segments_are_the_same_with_or_without_the_plain_path(monkeypatch):
+    import random
+
+    from tts import segmentation
+
+    rng = random.Random(7)
+    texts = [_plain_text(rng) for _ in range(300)]
+    texts += [" ".join(_plain_text(rng) for _ in range(8)) + "\n\n" + _plain_text(rng)]
+    fast = [segment_text(text) for text in texts]
+    monkeypatch.setattr(segmentation, "_plain_sentence_ends", lambda block: None)
+    assert fast == [segment_text(text) for text in texts]

@@ -213,9 +213,11 @@ def _sentence_ends(source: _Source, language: str) -> list[_Sentence]:
     """
     text = source.text
     segmenter = _pysbd_segmenter(language)
+    english = _language_code(language) == "en"
     cores: set[int] = {len(text.rstrip())}
     for start, end, keep_last in _blocks(source):
-        ends = _block_sentence_ends(text[start:end], segmenter)
+        block = text[start:end]
+        ends = (english and _plain_sentence_ends(block)) or _block_sentence_ends(block, segmenter)
         if ends and not keep_last:
             ends.pop()
         cores.update(start + offset for offset in ends)
@@ -225,11 +227,15 @@ def _sentence_ends(source: _Source, language: str) -> list[_Sentence]:
     return [(core, source.skip_space(core)) for core in valid]
 
 
+def _language_code(language: str) -> str:
+    return re.split(r"[-_]", str(language or "en"), maxsplit=1)[0].lower()
+
+
 def _pysbd_segmenter(language: str) -> Any:
     """A fresh segmenter per call: pysbd keeps per-call state, so sharing one is unsafe."""
     if pysbd is None:
         return None
-    code = re.split(r"[-_]", str(language or "en"), maxsplit=1)[0].lower()
+    code = _language_code(language)
     try:
         return pysbd.Segmenter(language=code if code in _PYSBD_LANGUAGES else "en", clean=False)
     except Exception:  # noqa: BLE001 - without pysbd the regex splitter takes over
@@ -269,6 +275,53 @@ def _last_match(pattern: re.Pattern[str], text: str, start: int, end: int) -> re
     for match in pattern.finditer(text, start, end):  # noqa: B007 - we want the last one
         pass
     return match
+
+
+# English blocks of plain sentences skip pysbd, which costs about 0.5 ms for even two
+# short sentences (a hundred regular expressions run over the block), on every session's
+# way to first audio (docs/benchmarks.md, P47). Plain: letters, digits, spaces and , ; : '
+# - only, and every . ! ? alone, after a word of two letters or more that is none of
+# pysbd's abbreviations, and followed by the block's end or by one space and a capital.
+# There pysbd ends a sentence at every . ! ? and nowhere else (tests/test_segmentation.py
+# compares the two on generated text); anything else (quotes, brackets, "...", numbers
+# or initials at a full stop, "Dr.", a lower-case word after a full stop) goes to pysbd.
+_PLAIN_BLOCK = re.compile(r"[A-Za-z0-9 ,;:'\-.!?]*")
+_PLAIN_END = re.compile(r"[.!?]")
+if pysbd is not None:
+    from pysbd.lang.english import English as _English
+
+    _ABBREVIATIONS = frozenset(
+        word.lower()
+        for word in (
+            *_English.Abbreviation.ABBREVIATIONS,
+            *_English.Abbreviation.PREPOSITIVE_ABBREVIATIONS,
+            *_English.Abbreviation.NUMBER_ABBREVIATIONS,
+        )
+    )
+else:  # pragma: no cover
+    _ABBREVIATIONS = frozenset()
+
+
+def _plain_sentence_ends(block: str) -> list[int] | None:
+    """`_block_sentence_ends` for a block of plain English sentences; None otherwise."""
+    if pysbd is None or not block.strip() or not _PLAIN_BLOCK.fullmatch(block):
+        return None
+    ends = []
+    for match in _PLAIN_END.finditer(block):
+        at = match.start()
+        after = block[at + 1 : at + 3]
+        if after and not (len(after) == 2 and after[0] == " " and after[1].isupper()):
+            return None
+        word = block[block.rfind(" ", 0, at) + 1 : at]
+        if len(word) < 2 or not word.isalpha():
+            return None
+        if block[at] == "." and word.lower() in _ABBREVIATIONS:
+            return None
+        ends.append(at + 1)
+    tail = len(block.rstrip())
+    if not ends or ends[-1] < tail:
+        ends.append(tail)
+    return ends
 
 
 def _block_sentence_ends(block: str, segmenter: Any) -> list[int]:
