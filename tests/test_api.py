@@ -223,3 +223,21 @@ def test_the_per_minute_limit_is_counted_in_redis_and_answers_429(client, settin
     response = post(client, {"text": "Three."})
     assert response.status_code == 429 and error_code(response) == "rate_limited"
     assert 1 <= int(response["Retry-After"]) <= 60
+
+
+def test_the_voice_catalog_follows_its_settings_and_extra_voices_file(client, settings, tmp_path):
+    """Built once (every POST and worker looks a voice up), and built again when a TTS_
+    setting or the extra voices file changes."""
+    extra = tmp_path / "voices.json"
+    voice = {"id": "extra-one", "engine": "espeak", "name": "en-us", "language": "en-us"}
+    extra.write_text(json.dumps([voice]))
+    settings.TTS_EXTRA_VOICES_FILE = str(extra)
+
+    def ids() -> set[str]:
+        return {v["id"] for v in client.get("/api/tts/voices/").json()["voices"]}
+
+    assert "extra-one" in ids()
+    extra.write_text(json.dumps([{**voice, "id": "extra-second"}]))
+    assert {"extra-one", "extra-second"} & ids() == {"extra-second"}
+    settings.TTS_VOICES = [{"id": "only-this", "engine": "espeak", "name": "en-us"}]
+    assert ids() == {"only-this", "extra-second"}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from tts.conf import settings
 from tts.engines import ENGINE_NAMES, EngineUnavailable, Voice, get_engine
@@ -38,12 +41,45 @@ def configured_voices() -> list[Voice]:
 
 def all_voices() -> list[Voice]:
     """Configured voices, each expanded by its engine (speakers, languages)."""
-    voices: dict[str, Voice] = {}
-    for voice in configured_voices():
-        voices.setdefault(voice.id, voice)
-        for found in _expand(voice):
-            voices.setdefault(found.id, found)
-    return list(voices.values())
+    return list(_catalog().values())
+
+
+# The catalog, built once: every POST and every session's worker looks its voice up, and
+# building it (reading TTS_EXTRA_VOICES_FILE, making the voices) cost more than the
+# lookup. Built again when a TTS_* setting changes or the extra voices file does.
+_built: tuple[tuple, dict[str, Voice]] | None = None
+
+
+def _catalog() -> dict[str, Voice]:
+    global _built
+    key = _catalog_key()
+    built = _built
+    if built is None or built[0] != key:
+        voices: dict[str, Voice] = {}
+        for voice in configured_voices():  # an error is raised, never kept
+            voices.setdefault(voice.id, voice)
+            for found in _expand(voice):
+                voices.setdefault(found.id, found)
+        built = _built = (key, voices)
+    return built[1]
+
+
+def _catalog_key() -> tuple:
+    extra = getattr(settings, "TTS_EXTRA_VOICES_FILE", "")
+    if not extra:
+        return ("",)
+    try:
+        stat = os.stat(extra)
+    except OSError:
+        return (extra, None)  # configured_voices says what is wrong
+    return (extra, stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+@receiver(setting_changed)
+def _forget_catalog(*, setting: str, **kwargs: Any) -> None:
+    global _built
+    if setting.startswith("TTS_"):
+        _built = None
 
 
 def _expand(voice: Voice) -> list[Voice]:
@@ -64,10 +100,7 @@ def default_voice_id() -> str:
 
 
 def get_voice(voice_id: str) -> Voice | None:
-    for voice in all_voices():
-        if voice.id == voice_id:
-            return voice
-    return None
+    return _catalog().get(voice_id)
 
 
 def voice_availability(voice: Voice) -> tuple[bool, str]:
