@@ -236,22 +236,6 @@ def pysbd_always() -> None:
 
 
 @patch
-def join_at_connect() -> None:
-    """P44 off: a pending socket joins its session's group as it connects, even while its
-    process answers a POST (as in round 9), though it reads only once that POST is done."""
-    from tts.consumers import SessionConsumer
-
-    connect = SessionConsumer.connect
-
-    async def joining(self) -> None:
-        await connect(self)
-        if self.pending and self.group is None and switched_on():
-            await self._join()
-
-    SessionConsumer.connect = joining
-
-
-@patch
 def started_in_chain() -> None:
     """tts/asgi.py: Django's ``request_started`` signal sent on the request's thread as the
     middleware chain begins, not through a thread hop of its own (Django's ``handle``

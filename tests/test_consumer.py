@@ -459,12 +459,12 @@ def joins(monkeypatch):
     return seen
 
 
-async def test_a_pending_socket_joins_and_reads_once_the_post_its_process_answers_has_committed(
+async def test_a_pending_socket_reads_once_the_post_its_process_answers_has_committed(
     monkeypatch, reads, joins
 ):
-    """Not beside the POST it waits for, in the same process (docs/benchmarks.md, P43,
-    P44): no Redis trip and no read while it runs; one join and one read after its
-    commit, with no poll needed; then the session as usual."""
+    """Not beside the POST it waits for, in the same process (docs/benchmarks.md, P43):
+    joined at once (no live chunk can slip by), but no read while the POST runs; one read
+    after its commit, with no poll needed; then the session as usual."""
     from tts import waiting
 
     monkeypatch.setattr("tts.consumers.PENDING_FIRST_POLL_S", 30.0)
@@ -473,11 +473,11 @@ async def test_a_pending_socket_joins_and_reads_once_the_post_its_process_answer
         comm = pending_communicator(session_id)
         await _connected(comm)
         await asyncio.sleep(0.2)
-        assert (reads, joins) == ([], [])  # nothing while the POST runs
+        assert (reads, joins) == ([], [broadcast.session_group(session_id)])
         await make_session(session_id=session_id, run=False)  # its commit wakes the socket
         frame = await comm.receive_json_from(timeout=5)
         assert frame["type"] == "session" and frame["status"] == "queued"
-        assert (reads, joins) == ([session_id], [broadcast.session_group(session_id)])
+        assert reads == [session_id]
     await sync_to_async(services.session_run)(session_id=session_id, worker="test")
     frames, audio = await receive_until_closed(comm)
     assert frames[-1]["type"] == "done" and len(audio) == frames[-1]["total_chunks"]
@@ -507,8 +507,8 @@ async def test_a_pending_socket_reads_when_its_process_answers_no_post_any_more(
 
 
 async def test_a_pending_socket_hears_its_replayed_narration_at_its_posts_commit(monkeypatch):
-    """A text narrated before is complete when its POST commits; the socket, which has not
-    joined beside that POST, is woken by the commit all the same (no poll, no POST end)."""
+    """A text narrated before is complete when its POST commits: the commit wakes the
+    socket (no poll, no POST end), which reads it whole."""
     from tts import waiting
 
     monkeypatch.setattr("tts.consumers.PENDING_FIRST_POLL_S", 30.0)

@@ -75,19 +75,21 @@ class SessionConsumer(AsyncWebsocketConsumer):
         except ValueError:
             return await self.close(code=4404)
         self.session_id, self.cursor = session_id, ChunkCursor(after)
-        if pending:
-            if not known_visitor(self.scope.get("user"), self.scope.get("session")):
-                # No session could ever be this socket's: refuse now, not in ten seconds.
-                return await self.close(code=4403)
-            # Its POST may still be in flight: wait for the session (its commit, a poll,
-            # or once joined the worker's first event), then go on as if it had existed.
-            self.pending = True
-            self.woken = woken = waiting.expect(session_id)  # a commit from now on wakes it
-            first_wait = PENDING_FIRST_POLL_S if waiting.until_no_posts(woken) else 0.0
-            self.waiter = asyncio.create_task(self._await_creation(woken, first_wait))
+        if pending and not known_visitor(self.scope.get("user"), self.scope.get("session")):
+            # No session could ever be this socket's: refuse now, not in ten seconds.
+            return await self.close(code=4403)
+        if pending:  # a commit from now on wakes it
+            self.woken = waiting.expect(session_id)
+        if not await self._join():
             return
-        if await self._join():
-            await self._begin(*await socket_database_sync_to_async(self._open)())
+        if pending:
+            # Its POST may still be in flight: wait for the session (its commit, the
+            # worker's first event, or a poll), then go on as if it had existed at connect.
+            self.pending = True
+            first_wait = PENDING_FIRST_POLL_S if waiting.until_no_posts(self.woken) else 0.0
+            self.waiter = asyncio.create_task(self._await_creation(self.woken, first_wait))
+            return
+        await self._begin(*await socket_database_sync_to_async(self._open)())
 
     async def _join(self) -> bool:
         """Join the session's group. Always before reading the session, so that nothing
@@ -146,8 +148,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
             wait = QUIET_POLL_S if self.cursor.last_sent > sent else min(wait * 2, 16.0)
 
     async def _await_creation(self, woken: asyncio.Event, wait: float) -> None:
-        """Join and read the pending session after ``wait`` (0 when this process answers
-        no POST; else until its session's commit or the end of those POSTs wakes it: see
+        """Read the pending session after ``wait`` (0 when this process answers no POST;
+        else until its session's commit or the end of those POSTs wakes it: see
         tts.waiting); then poll for it, backing off, or read at once when this process's
         POST has committed it. 4404 once TTS_PENDING_SOCKET_S passed."""
         deadline = time.monotonic() + settings.TTS_PENDING_SOCKET_S
@@ -159,10 +161,6 @@ class SessionConsumer(AsyncWebsocketConsumer):
                         await asyncio.wait_for(woken.wait(), timeout)
                 woken.clear()  # woken once: a read that fails then waits like a poll
                 wait = min(max(wait * 2, PENDING_FIRST_POLL_S), 1.0)
-                # Joined only now when its POST was in flight here: not beside it either.
-                if self.group is None and not await self._join():
-                    self.pending = False
-                    return
                 await self._created()
         finally:
             waiting.forget(self.session_id, woken)
@@ -236,11 +234,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.pending = False
-        tasks = [t for t in (self.watchdog, self.waiter) if t and t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        # Ended before leaving: a waiter's join still on its way must not come after it.
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in (self.watchdog, self.waiter):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         if self.woken is not None:  # a waiter cancelled before it began has not forgotten
             waiting.forget(self.session_id, self.woken)
         await self._leave()

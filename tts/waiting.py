@@ -10,8 +10,11 @@ reads the session once the POST has committed it, woken by that commit, not befo
 - So a pending socket whose process is answering a POST at the time waits for the first
   of: its own session's commit, the moment this process answers no POST any more (its
   own may have been refused, or gone to another process), or the first poll. Only then
-  does it join its session's group (a Redis trip, P44) and read. Each socket is woken
-  that way once, whatever the number of POSTs: no reads in step with other browsers'.
+  does it read. Each socket is woken that way once, whatever the number of POSTs: no
+  reads in step with other browsers'. It joins its session's group at once, as before:
+  a socket that joined only after the commit missed a quick first chunk now and then
+  (a long text's head goes to the engine within milliseconds), which then came from
+  storage after its store (P44, rejected).
 - A socket whose process answers no POST joins and reads at once, as before: its POST
   went to another process, or has not arrived yet.
 
