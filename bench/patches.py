@@ -217,12 +217,12 @@ def uncompiled() -> None:
     every call, as before round 10."""
     from tts import compiled
 
-    def orm_run(self, *, using="default", **values):
+    def orm_run(self, *, using=None, **values):
         built = self._build(**values)
         if self._compile is compiled._compile_update_returning:
             queryset, updates = built
-            return queryset.using(using).update_returning(**updates)
-        return list(built.using(using))
+            return (queryset.using(using) if using else queryset).update_returning(**updates)
+        return list(built.using(using) if using else built)
 
     replace(compiled.Compiled, "run", orm_run)
 

@@ -155,3 +155,29 @@ def test_stored_audio_keys_are_found_by_lists_of_any_length():
     for ask in ([], keys[:1], keys, [*keys, *keys], [*unknown[:3], *keys], [*unknown, *keys]):
         assert services.cached_keys(ask) == set(keys) & set(ask)
     assert services.cached_keys([*unknown, *keys], batch=2) == set(keys)
+
+
+class _ElsewhereRouter:
+    """Sends sessions to a database alias of their own (not configured: any query there
+    fails, which shows where it went)."""
+
+    def db_for_read(self, model, **hints):
+        return "elsewhere" if model is TTSSession else None
+
+    db_for_write = db_for_read
+
+
+def test_a_compiled_query_goes_where_the_routers_send_its_model(settings):
+    from django.utils.connection import ConnectionDoesNotExist
+
+    query = Compiled.instances(
+        lambda session_id: TTSSession.objects.filter(pk=session_id), session_id=TTSSession._meta.pk
+    )
+    assert query.run(session_id=uuid.uuid4()) == []  # the default database
+    settings.DATABASE_ROUTERS = [f"{__name__}._ElsewhereRouter"]  # Django reloads them
+    try:
+        with pytest.raises(ConnectionDoesNotExist):
+            query.run(session_id=uuid.uuid4())
+        assert query.run(session_id=uuid.uuid4(), using="default") == []
+    finally:
+        settings.DATABASE_ROUTERS = []

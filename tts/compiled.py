@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections, models
+from django.db import DEFAULT_DB_ALIAS, connections, models, router
 from django.db.models import sql
 
 _serial = itertools.count(1)
@@ -65,6 +65,7 @@ class Compiled:
         self._compile, self._build, self._fields = compile_, build, fields
         self._statements: dict[str, _Statement] = {}
         self._lock = threading.Lock()
+        self._model: type[models.Model] | None = None  # the query's, once known
 
     @classmethod
     def values_list(cls, build: Callable[..., models.QuerySet], **fields: models.Field):
@@ -89,9 +90,12 @@ class Compiled:
         statement: UPDATE ... RETURNING (SQLite 3.35+ and PostgreSQL)."""
         return cls(_compile_update_returning, build, fields)
 
-    def run(self, *, using: str = DEFAULT_DB_ALIAS, **values: Any) -> list:
+    def run(self, *, using: str | None = None, **values: Any) -> list:
+        """The query's rows for these values, on ``using`` (by default the database the
+        ORM would use: the routers' choice for the query's model)."""
         if values.keys() != self._fields.keys():
             raise TypeError(f"expected the values {sorted(self._fields)}, got {sorted(values)}")
+        using = using or self._routed()
         statement = self._statement(using)
         connection = connections[using]
         params = list(statement.params)
@@ -102,6 +106,18 @@ class Compiled:
             for position in statement.slots[name]:
                 params[position] = prepared
         return _execute(statement, params, using)
+
+    def _routed(self) -> str:
+        model = self._model
+        if model is None:  # built once with stand-ins, only to learn the model
+            connection = connections[DEFAULT_DB_ALIAS]
+            built = self._build(
+                **{name: _standin(name, field, connection) for name, field in self._fields.items()}
+            )
+            model = self._model = (built[0] if isinstance(built, tuple) else built).model
+        if self._compile is _compile_update_returning:
+            return router.db_for_write(model)
+        return router.db_for_read(model)
 
     def _statement(self, using: str) -> _Statement:
         statement = self._statements.get(using)
