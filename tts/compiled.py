@@ -10,10 +10,11 @@ them) and the result converters. Each call prepares its own values as the ORM wo
 (the field's ``get_db_prep_value``), puts them where the stand-ins were, and runs that
 SQL; the rows come back converted as the ORM converts them.
 
-Only for queries whose SQL does not depend on the values: no ``__in`` list, no
-``None`` (which the ORM turns into ``IS NULL``; refused here), no value that chooses
-an expression. Every named value must be a parameter of the SQL: the first call fails
-loudly when a stand-in cannot be found there.
+Only for queries whose SQL does not depend on the values: no ``__in`` list of varying
+length (one ``Compiled`` per length will do), no ``None`` (which the ORM turns into
+``IS NULL``; refused here), no value that chooses an expression. Every named value must
+be a parameter of the SQL: the first call fails loudly when a stand-in cannot be found
+there.
 
     claim = Compiled.update_returning(
         lambda session_id, now: (
@@ -54,7 +55,8 @@ class _Statement:
 
 
 class Compiled:
-    """See the module's docstring. Build with ``values_list`` or ``update_returning``."""
+    """See the module's docstring. Build with ``values_list``, ``instances`` or
+    ``update_returning``."""
 
     def __init__(
         self,

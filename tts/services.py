@@ -1177,7 +1177,8 @@ def session_get(*, session_id: str | uuid.UUID) -> TTSSession:
 
 
 _SESSION = Compiled.instances(  # every socket's opening (P45)
-    lambda session_id: TTSSession.objects.filter(pk=session_id), session_id=TTSSession._meta.pk
+    lambda session_id: TTSSession.objects.filter(pk=session_id).order_by(),
+    session_id=TTSSession._meta.pk,
 )
 
 
