@@ -111,13 +111,19 @@ def test_values_are_checked():
 
 
 def test_a_sockets_reads_return_what_the_orm_returns():
-    from tts.replay import BATCH, _stored, stored_chunks
+    from tts.models import TTSChunk
+    from tts.replay import BATCH, stored_chunks
 
     session = narrated(" ".join(f"Sentence number {n} is here." for n in range(40)))
     assert session.total_chunks > BATCH  # a second batch, and a batch before a seq
     for after, before in [(-1, None), (2, None), (BATCH, None), (-1, 3), (5, 9), (7, 8)]:
         got = stored_chunks(session.id, after=after, before=before)
-        rows = list(_stored(session.id, after, before)[:BATCH])
+        bounds = {"seq__gt": after} | ({} if before is None else {"seq__lt": before})
+        rows = list(
+            TTSChunk.objects.filter(session_id=session.id, **bounds)
+            .order_by("seq")
+            .values_list("seq", "audio__pcm")[:BATCH]
+        )
         assert [(c.meta["seq"], c.pcm) for c in got] == [(r[0], bytes(r[-1])) for r in rows]
         assert len(got) == min(BATCH, len(rows)) and (not got or got[0].meta["seq"] == after + 1)
     assert services.session_get(session_id=session.id).__dict__.keys() >= {"text", "status"}

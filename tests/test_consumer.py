@@ -503,7 +503,7 @@ async def test_a_pending_socket_reads_when_its_process_answers_no_post_any_more(
     frame = await comm.receive_json_from(timeout=5)
     assert frame["type"] == "session" and reads == [session_id]
     await comm.disconnect()
-    assert not waiting.posts_in_flight() and session_id not in waiting._waiting
+    assert waiting._posts == 0 and session_id not in waiting._waiting
 
 
 async def test_a_pending_socket_hears_its_replayed_narration_at_its_posts_commit(monkeypatch):

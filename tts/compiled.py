@@ -60,7 +60,7 @@ class Compiled:
 
     def __init__(
         self,
-        compile_: Callable[[str, dict[str, Any]], _Statement],
+        compile_: Callable[[str, Any], _Statement],  # (alias, what build returned)
         build: Callable[..., Any],
         fields: dict[str, models.Field],
     ) -> None:

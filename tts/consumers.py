@@ -75,21 +75,20 @@ class SessionConsumer(AsyncWebsocketConsumer):
         except ValueError:
             return await self.close(code=4404)
         self.session_id, self.cursor = session_id, ChunkCursor(after)
-        if pending and not known_visitor(self.scope.get("user"), self.scope.get("session")):
-            # No session could ever be this socket's: refuse now, not in ten seconds.
-            return await self.close(code=4403)
-        if pending:  # a commit from now on wakes it
-            self.woken = waiting.expect(session_id)
+        if pending:
+            if not known_visitor(self.scope.get("user"), self.scope.get("session")):
+                # No session could ever be this socket's: refuse now, not in ten seconds.
+                return await self.close(code=4403)
+            self.woken = waiting.expect(session_id)  # a commit from now on wakes it
         if not await self._join():
             return
-        if pending:
-            # Its POST may still be in flight: wait for the session (its commit, the
-            # worker's first event, or a poll), then go on as if it had existed at connect.
-            self.pending = True
-            first_wait = PENDING_FIRST_POLL_S if waiting.until_no_posts(self.woken) else 0.0
-            self.waiter = asyncio.create_task(self._await_creation(self.woken, first_wait))
-            return
-        await self._begin(*await socket_database_sync_to_async(self._open)())
+        if not pending:
+            return await self._begin(*await socket_database_sync_to_async(self._open)())
+        # Its POST may still be in flight: wait for the session (its commit, the worker's
+        # first event, or a poll), then go on as if it had existed at connect.
+        self.pending = True
+        first_wait = PENDING_FIRST_POLL_S if waiting.until_no_posts(self.woken) else 0.0
+        self.waiter = asyncio.create_task(self._await_creation(first_wait))
 
     async def _join(self) -> bool:
         """Join the session's group. Always before reading the session, so that nothing
@@ -147,12 +146,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
             # A slow or queued session: back off, so idle listeners cost little.
             wait = QUIET_POLL_S if self.cursor.last_sent > sent else min(wait * 2, 16.0)
 
-    async def _await_creation(self, woken: asyncio.Event, wait: float) -> None:
+    async def _await_creation(self, wait: float) -> None:
         """Read the pending session after ``wait`` (0 when this process answers no POST;
         else until its session's commit or the end of those POSTs wakes it: see
         tts.waiting); then poll for it, backing off, or read at once when this process's
         POST has committed it. 4404 once TTS_PENDING_SOCKET_S passed."""
-        deadline = time.monotonic() + settings.TTS_PENDING_SOCKET_S
+        deadline, woken = time.monotonic() + settings.TTS_PENDING_SOCKET_S, self.woken
         try:
             while self.pending and time.monotonic() < deadline:
                 timeout = min(wait, max(0.0, deadline - time.monotonic()))

@@ -27,15 +27,11 @@ class StoredChunk:
 
 
 def stored_chunks(
-    session_id: uuid.UUID, *, after: int, before: int | None = None, limit: int = BATCH
+    session_id: uuid.UUID, *, after: int, before: int | None = None
 ) -> list[StoredChunk]:
-    """Up to ``limit`` stored chunks with after < seq < before, in seq order."""
-    if limit != BATCH:
-        rows = list(_stored(session_id, after, before)[:limit])
-    elif before is None:
-        rows = _STORED.run(session_id=session_id, after=after)
-    else:
-        rows = _STORED_BEFORE.run(session_id=session_id, after=after, before=before)
+    """Up to BATCH stored chunks with after < seq < before, in seq order."""
+    before = _NO_SEQ if before is None else before
+    rows = _STORED.run(session_id=session_id, after=after, before=before)
     from tts.services import chunk_meta
 
     out = []
@@ -45,27 +41,22 @@ def stored_chunks(
     return out
 
 
-def _stored(session_id, after, before=None) -> QuerySet:
-    query = TTSChunk.objects.filter(session_id=session_id, seq__gt=after)
-    if before is not None:
-        query = query.filter(seq__lt=before)
+def _stored(session_id, after, before) -> QuerySet:
     # Plain values, not model instances of the chunk, its audio and its whole session: on
     # the path of every socket that opens (a third of its database trip's time).
-    return query.order_by("seq").values_list(*_FRAME_FIELDS, "session__total_chunks", "audio__pcm")
+    return (
+        TTSChunk.objects.filter(session_id=session_id, seq__gt=after, seq__lt=before)
+        .order_by("seq")
+        .values_list(*_FRAME_FIELDS, "session__total_chunks", "audio__pcm")[:BATCH]
+    )
 
 
-# Every socket's opening and catching up (P45); a `before` is another query.
+# Every socket's opening and catching up (P45). Without a `before`, one that no chunk
+# reaches (the largest seq the column holds), so that one query serves both.
 _SEQ = TTSChunk._meta.get_field("seq")
+_NO_SEQ = 2**31 - 1
 _STORED = Compiled.values_list(
-    lambda session_id, after: _stored(session_id, after)[:BATCH],
-    session_id=TTSChunk._meta.get_field("session"),
-    after=_SEQ,
-)
-_STORED_BEFORE = Compiled.values_list(
-    lambda session_id, after, before: _stored(session_id, after, before)[:BATCH],
-    session_id=TTSChunk._meta.get_field("session"),
-    after=_SEQ,
-    before=_SEQ,
+    _stored, session_id=TTSChunk._meta.get_field("session"), after=_SEQ, before=_SEQ
 )
 
 

@@ -7,6 +7,7 @@ worker consumer and commands parse input and call these functions.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -729,22 +730,14 @@ def cached_keys(keys: list[str], *, batch: int = 500) -> set[str]:
 
 # Lists of up to this many keys are looked up by SQL compiled once per length (P45).
 _COMPILED_KEYS = 64
-_by_length: dict[int, Compiled] = {}
 
 
+@functools.cache
 def _stored_keys(length: int) -> Compiled:
-    query = _by_length.get(length)
-    if query is None:  # two threads may both build one: either will do
-        query = _by_length.setdefault(
-            length,
-            Compiled.values_list(
-                lambda **keys: AudioBlob.objects.filter(key__in=list(keys.values())).values_list(
-                    "key"
-                ),
-                **{f"key{n}": AudioBlob._meta.pk for n in range(length)},
-            ),
-        )
-    return query
+    return Compiled.values_list(
+        lambda **keys: AudioBlob.objects.filter(key__in=list(keys.values())).values_list("key"),
+        **{f"key{n}": AudioBlob._meta.pk for n in range(length)},
+    )
 
 
 @dataclass(frozen=True)

@@ -8,27 +8,22 @@ running it. Everything else is Django's ``db`` backend.
 
 from __future__ import annotations
 
+import functools
+
 from django.contrib.sessions.backends import db
 from django.utils import timezone
 
 from tts.compiled import Compiled
 
-_live: dict[type, Compiled] = {}
 
-
+@functools.cache
 def _live_session(model: type) -> Compiled:
     """The unexpired session with a key, of this session model."""
-    query = _live.get(model)
-    if query is None:  # two threads may both build one: either will do
-        query = _live.setdefault(
-            model,
-            Compiled.instances(
-                lambda key, now: model.objects.filter(session_key=key, expire_date__gt=now),
-                key=model._meta.get_field("session_key"),
-                now=model._meta.get_field("expire_date"),
-            ),
-        )
-    return query
+    return Compiled.instances(
+        lambda key, now: model.objects.filter(session_key=key, expire_date__gt=now),
+        key=model._meta.get_field("session_key"),
+        now=model._meta.get_field("expire_date"),
+    )
 
 
 class SessionStore(db.SessionStore):

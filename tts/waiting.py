@@ -74,11 +74,6 @@ def created(session_id: uuid.UUID) -> None:
     _wake(waiters)
 
 
-def posts_in_flight() -> bool:
-    """Whether this process is answering a POST now."""
-    return _posts > 0
-
-
 @contextlib.contextmanager
 def answering_post(method: str):
     """Around the answer to one HTTP request (``tts.asgi``): while POSTs are answered,
