@@ -241,3 +241,15 @@ def test_the_voice_catalog_follows_its_settings_and_extra_voices_file(client, se
     assert {"extra-one", "extra-second"} & ids() == {"extra-second"}
     settings.TTS_VOICES = [{"id": "only-this", "engine": "espeak", "name": "en-us"}]
     assert ids() == {"only-this", "extra-second"}
+
+
+def test_a_garbage_session_cookie_is_just_a_new_visitor(client):
+    """The session engine's compiled read (tts.sessions) with keys no session has."""
+    for key in ("x" * 5000, "'; DROP TABLE django_session; --", "short"):
+        client.cookies["sessionid"] = key
+        assert client.get("/api/tts/voices/").status_code == 200
+        created = client.post(
+            "/api/tts/sessions/", {"text": "Hello there."}, content_type="application/json"
+        )
+        assert created.status_code == 201, created.content
+        assert client.cookies["sessionid"].value != key  # a fresh session of its own

@@ -149,7 +149,7 @@ def test_the_session_engine_reads_what_djangos_reads():
         assert reader(store.session_key).load() == {"owner": "someone"}
     expired = Session.objects.filter(pk=store.session_key)
     expired.update(expire_date=timezone.now() - datetime.timedelta(seconds=1))
-    for key in (store.session_key, "x" * 32, None):
+    for key in (store.session_key, "x" * 32, "x" * 5000, "'; DROP TABLE x; --", None):
         again = SessionStore(key)
         assert again.load() == {} and again.session_key is None
 
