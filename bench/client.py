@@ -21,6 +21,10 @@ import websockets
 
 HTTP_TIMEOUT = 60.0
 
+# With `--patch trace`, the client's own steps (time.time(), label), written beside the
+# server's timelines (bench/trace.py --start "client.post >").
+TRACE: list[tuple[float, str]] | None = None
+
 
 class BenchError(Exception):
     pass
@@ -87,6 +91,8 @@ class Http:
         keep = False
         try:
             writer.write(raw)
+            if TRACE is not None and raw.startswith(b"POST"):
+                TRACE.append((time.time(), "client.sent"))
             await writer.drain()
             response = await asyncio.wait_for(self._read(reader), HTTP_TIMEOUT)
             keep = self.keep_alive and response.headers.get("connection", "") != "close"
@@ -271,4 +277,11 @@ async def narrate(
             result.stream = await opened
     if result.stream is None:
         result.stream = await listen(http, result.session_id, timeout=timeout)
+    if TRACE is not None:
+        stream = result.stream
+        TRACE.append((result.t_post, "client.post >"))
+        TRACE.append((result.t_created, "client.created"))
+        TRACE.append((stream.t_open, "client.ws_open"))
+        if stream.t_first is not None:
+            TRACE.append((stream.t_first, "client.frame"))
     return result

@@ -382,6 +382,13 @@ def trace() -> None:
     broadcast._group_send = _traced("group_send", broadcast._group_send)
     handler = django_asgi.ASGIHandler
     handler.handle = _traced("asgi.handle", handler.handle)
+    handler.create_request = _traced("asgi.create_request", handler.create_request)
+    # the middleware chain: its first middleware's entry, the view's lookup after the rest
+    from django.core.handlers.base import BaseHandler
+    from django.middleware.security import SecurityMiddleware
+
+    SecurityMiddleware.__call__ = _traced("chain", SecurityMiddleware.__call__)
+    BaseHandler._get_response = _traced("chain.get_response", BaseHandler._get_response)
     handler.send_response = _traced("asgi.send_response", handler.send_response)
     for name in ["connect", "_open", "_created", "dispatch", "send_chunk", "_finish_if_over"]:
         setattr(SessionConsumer, name, _traced(f"consumer.{name}", getattr(SessionConsumer, name)))

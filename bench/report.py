@@ -146,7 +146,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-def write_json(payload: dict, *paths: Path) -> None:
+def write_json(payload: dict | list, *paths: Path) -> None:
     text = json.dumps(payload, indent=2, default=str) + "\n"
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import ab, concurrency, fanout, memory, roundtrips, streaming, ttfa  # noqa: E402
+from bench import ab, client, concurrency, fanout, memory, roundtrips, streaming, ttfa  # noqa: E402
 from bench.cpu import CpuMeter  # noqa: E402
 from bench.monitor import ForeignLoad  # noqa: E402
 from bench.report import Row, fmt, machine, table, write_json  # noqa: E402
@@ -614,8 +614,12 @@ def main(argv: list[str] | None = None) -> int:
         bench.start()
         ctx.results["startup_s"] = round(time.monotonic() - started, 1)
         info = machine(bench.env)
+        if "trace" in args.patch:
+            client.TRACE = []
         with foreign:
             run_scenarios(ctx)
+        if client.TRACE is not None:
+            write_json(client.TRACE, log_dir / "timings" / "trace-client.json")
         info["other_processes_cpu"] = load = foreign.summary()
         if load.get("mean_cores", 0) > 0.2:
             ctx.notes.append(

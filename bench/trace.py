@@ -7,7 +7,9 @@
 Sessions run one at a time in the ttfa and cached scenarios, so each POST's view opens a
 window that holds its socket's and its worker's steps too (``--start "http.post >"``
 opens windows where daphne has read the POST instead, so that the socket's handshake and
-the request's way to the view show as well). Every step is placed at its first (then
+the request's way to the view show as well; ``--start "client.post >"`` opens them at
+the client's POST, with its own steps: ``client.sent``, the request written;
+``client.ws_open``; ``client.frame``, the first audio). Every step is placed at its first (then
 second) occurrence in the window, in milliseconds from the window's start, and
 the median over the sessions is printed in time order; the first ``--skip`` windows (the
 warm-up's) are left out, and steps seen in fewer than 80 % of the windows are not shown.
