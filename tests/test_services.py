@@ -836,3 +836,40 @@ def test_one_heartbeat_thread_beats_for_every_running_session_until_it_leaves(se
     left = sessions.get(pk=first.pk).heartbeat_at
     time.sleep(0.7)
     assert sessions.get(pk=first.pk).heartbeat_at == left  # no beats once it has left
+
+
+def _pcm_storage() -> str:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attstorage FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s",
+            [AudioBlob._meta.db_table, AudioBlob._meta.get_field("pcm").column],
+        )
+        return cursor.fetchone()[0]
+
+
+def test_postgresql_stores_the_audio_without_trying_to_compress_it():
+    """Migration 0005: the PCM column's storage is EXTERNAL (out of line, no pglz attempt,
+    which cost 4 ms a chunk on speech), EXTENDED again on the way back; the audio reads
+    back byte for byte."""
+    import importlib
+
+    from django.apps import apps
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("a PostgreSQL column setting; other databases have none")
+    migration = importlib.import_module("tts.migrations.0005_audio_stored_uncompressed")
+    assert _pcm_storage() == "e"  # x: EXTENDED, the default for bytea
+    try:
+        with connection.schema_editor() as editor:
+            migration._set_storage("EXTENDED")(apps, editor)
+        assert _pcm_storage() == "x"
+    finally:
+        with connection.schema_editor() as editor:
+            migration._set_storage("EXTERNAL")(apps, editor)
+    assert _pcm_storage() == "e"
+    pcm = bytes(range(256)) * 800  # compressible, and stored as it is
+    assert AudioBlob.objects.add(key="k" * 64, pcm=pcm, sample_rate=22050, samples=len(pcm) // 2)
+    assert bytes(AudioBlob.objects.get(key="k" * 64).pcm) == pcm
