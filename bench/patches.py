@@ -422,3 +422,27 @@ def worker_nice() -> None:
     level = int(os.environ.get("BENCH_NICE", "10"))
     for tid in os.listdir("/proc/self/task"):
         os.setpriority(os.PRIO_PROCESS, int(tid), level)
+
+
+@patch
+def pg_async_commit() -> None:
+    """PostgreSQL: a worker's claim and stores commit without waiting for the disk
+    (``synchronous_commit`` off for them). Both arms of an A/B set the setting, on or
+    off, before each claim and store: the same statements, one setting apart."""
+    from django.db import connection
+
+    from tts import services
+
+    def setting() -> None:
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(f"SET synchronous_commit TO {'off' if switched_on() else 'on'}")
+
+    for name in ["session_claim", "chunks_store"]:
+        original = getattr(services, name)
+
+        def wrapped(*args, _original=original, **kwargs):
+            setting()
+            return _original(*args, **kwargs)
+
+        setattr(services, name, wrapped)

@@ -422,6 +422,7 @@ def test_bad_sentinel_addresses_are_refused():
         ("TTS_PENDING_SOCKET_S", "soon"),
         ("TTS_PENDING_SOCKET_S", "-1"),
         ("TTS_PENDING_SOCKET_S", "nan"),
+        ("TTS_WORKER_ASYNC_COMMIT", "sometimes"),
     ],
 )
 def test_bad_pool_and_worker_settings_are_refused_by_name(name, value):
@@ -452,6 +453,34 @@ def test_postgresql_binds_parameters_on_the_server_unless_told_otherwise():
     assert "server_side_binding" not in off.stdout and off.returncode == 0
     sqlite = manage(production_env(), "shell", "-c", code)
     assert "server_side_binding" not in sqlite.stdout
+
+
+def test_a_worker_on_postgresql_commits_without_waiting_for_the_disk():
+    """runworker's commit_without_waiting_for_disk, in a process of its own (it closes the
+    connection pool and reopens it with synchronous_commit=off): a connection before it
+    waits for the disk, every one after it does not; called twice, it adds the option
+    once. A web process's connections are left as PostgreSQL sets them."""
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        pytest.skip("PostgreSQL's synchronous_commit (make test-postgres)")
+    code = "\n".join(
+        [
+            "from django.db import connection",
+            "from tts.management.commands.runworker import commit_without_waiting_for_disk",
+            "def show():",
+            "    with connection.cursor() as cursor:",
+            "        cursor.execute('SHOW synchronous_commit')",
+            "        return cursor.fetchone()[0]",
+            "before = show()",
+            "commit_without_waiting_for_disk()",
+            "commit_without_waiting_for_disk()",
+            "print(before, show(), repr(connection.settings_dict['OPTIONS']['options']))",
+        ]
+    )
+    done = manage(production_env(DATABASE_URL=url), "shell", "-c", code)
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1]  # after the shell's own lines
+    assert last.split() == ["on", "off", "'-c", "synchronous_commit=off'"]
 
 
 def test_the_entrypoint_is_posix_sh():

@@ -98,6 +98,10 @@ DEFAULTS: dict[str, Any] = {
     # otherwise opens one). 0 leaves DATABASES alone; a pooled database (OPTIONS["pool"])
     # is left alone. Web processes: TTS_WEB_CONN_MAX_AGE, below.
     "TTS_WORKER_CONN_MAX_AGE": 300,
+    # PostgreSQL: a worker's commits do not wait for the disk (synchronous_commit=off on
+    # its connections). What a crash of the database may lose of them, the recovery sweep
+    # redoes; the web processes' commits (a session's creation) still wait.
+    "TTS_WORKER_ASYNC_COMMIT": True,
     # Seconds a web process's long-lived threads (the sockets' one, and the request
     # threads of tts.asgi) keep their database connection (tts/db.py). 0: as DATABASES
     # says (a connection per request or socket trip).

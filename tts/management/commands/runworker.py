@@ -45,6 +45,30 @@ def keep_connections(max_age: int) -> None:
             config["CONN_MAX_AGE"] = max_age
 
 
+def commit_without_waiting_for_disk() -> None:
+    """PostgreSQL: this process's commits return once PostgreSQL has them, before they
+    reach the disk (``synchronous_commit=off`` on every connection it opens): one disk
+    sync less on every session's way to first audio (its claim), and one per stored batch.
+
+    A crash of the database server (not of a worker: PostgreSQL has the commits) may then
+    lose the last of them, about 0.6 s worth, in order and never half of one: a claim, a
+    batch of chunks, a completion. The recovery sweep redoes each, as for a worker that
+    died (a session left queued is dispatched again; one left running resumes from its
+    last stored chunk). The web processes' commits, which record what users asked for,
+    still wait for the disk, and since the log is written in order, each of them makes
+    every commit before it durable too: a replay never refers to audio a crash lost."""
+    for connection in connections.all(initialized_only=False):
+        if connection.vendor != "postgresql":
+            continue
+        options = connection.settings_dict.setdefault("OPTIONS", {})
+        if "synchronous_commit=off" in options.get("options", ""):
+            continue
+        options["options"] = f"{options.get('options', '')} -c synchronous_commit=off".strip()
+        connection.close()  # any connection (or pool) made before goes: new ones get these
+        if options.get("pool"):
+            connection.close_pool()
+
+
 def sweep_forever(stop: threading.Event, name: str) -> None:
     interval = settings.TTS_SWEEP_INTERVAL
     while True:
@@ -69,6 +93,8 @@ class Command(ChannelsRunworker):
     help = ChannelsRunworker.help + " Narration: warms the voices and runs the recovery sweep."
 
     def handle(self, *args, **options) -> None:
+        if settings.TTS_WORKER_ASYNC_COMMIT:
+            commit_without_waiting_for_disk()
         keep_connections(settings.TTS_WORKER_CONN_MAX_AGE)
         preload_voices()
         name, stop = worker_name(), threading.Event()
