@@ -427,8 +427,11 @@ def worker_nice() -> None:
 @patch
 def pg_async_commit() -> None:
     """PostgreSQL: a worker's claim and stores commit without waiting for the disk
-    (``synchronous_commit`` off for them). Both arms of an A/B set the setting, on or
-    off, before each claim and store: the same statements, one setting apart."""
+    (``synchronous_commit`` off for them; P50, now the workers' default). Both arms of an
+    A/B set the setting on their connection, on or off, before each claim and store: the
+    same statements, one setting apart (not ``replace``, which would add the statement to
+    one arm only). The worker's pool serves the worker alone, so the session-level SET
+    leaks nowhere else."""
     from django.db import connection
 
     from tts import services

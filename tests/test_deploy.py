@@ -483,6 +483,33 @@ def test_a_worker_on_postgresql_commits_without_waiting_for_the_disk():
     assert last.split() == ["on", "off", "'-c", "synchronous_commit=off'"]
 
 
+@pytest.mark.parametrize("setting, options", [("1", "'-c synchronous_commit=off'"), ("0", "None")])
+def test_runworker_asks_postgresql_not_to_wait_for_the_disk_unless_told_otherwise(setting, options):
+    """The worker command, up to its message loop (stopped there): with
+    TTS_WORKER_ASYNC_COMMIT on, the narration tables' PostgreSQL connections open with
+    synchronous_commit=off; off, as DATABASES says. No database needs to be reachable."""
+    code = "\n".join(
+        [
+            "from unittest import mock",
+            "from django.db import connections",
+            "from tts.management.commands import runworker",
+            "def loop(self, *args, **kwargs):",
+            "    print('options', repr(connections['default'].settings_dict['OPTIONS']"
+            ".get('options')))",
+            "with mock.patch.object(runworker.Command, '_run_until_stopped', loop), "
+            "mock.patch.object(runworker, 'preload_voices', lambda: None), "
+            "mock.patch.object(runworker, 'sweep_forever', lambda stop, name: None), "
+            "mock.patch.object(runworker.health, 'worker_gone', lambda name: None):",
+            "    runworker.Command().handle()",
+        ]
+    )
+    url = "postgres://narrator@127.0.0.1:9/narrator"  # nothing listens there
+    env = production_env(DATABASE_URL=url, TTS_WORKER_ASYNC_COMMIT=setting)
+    done = manage(env, "shell", "-c", code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == f"options {options}"
+
+
 def test_the_entrypoint_is_posix_sh():
     checker = shutil.which("dash") or shutil.which("sh")
     done = subprocess.run(

@@ -6,8 +6,9 @@ before it is moved out of line. 16-bit speech repeats itself enough in its first
 enough to come out a quarter smaller, pglz's bar: the value is compressed, then stored as
 it was. That was about 4 ms for each 200 KB chunk a worker stores, three times the insert
 itself (docs/benchmarks.md, P49). EXTERNAL keeps the out-of-line storage and skips the
-attempt. Rows stored before keep whatever form they
-have; both read the same. Other databases have no such setting: nothing to do there.
+attempt. Rows stored before keep whatever form they have; both read the same. The
+ALTER TABLE takes the table's exclusive lock for a moment (docs/deployment.md). Other
+databases have no such setting: nothing to do there.
 """
 
 from django.db import migrations

@@ -8,11 +8,12 @@ import threading
 import time
 
 from channels.management.commands.runworker import Command as ChannelsRunworker
-from django.db import close_old_connections, connections
+from django.db import close_old_connections, connections, router
 
 from tts import health, services
 from tts.conf import settings
 from tts.engines import get_engine
+from tts.models import AudioBlob, TTSChunk, TTSSession
 from tts.voices import default_voice_id, get_voice
 from tts.worker import worker_name
 
@@ -46,25 +47,37 @@ def keep_connections(max_age: int) -> None:
 
 
 def commit_without_waiting_for_disk() -> None:
-    """PostgreSQL: this process's commits return once PostgreSQL has them, before they
-    reach the disk (``synchronous_commit=off`` on every connection it opens): one disk
-    sync less on every session's way to first audio (its claim), and one per stored batch.
+    """PostgreSQL: this process's commits to the narration tables' database return once
+    PostgreSQL has them, before they reach the disk (``synchronous_commit=off`` in the
+    ``options`` every connection to that alias opens with): one disk sync less on every
+    session's way to first audio (its claim), and one per stored batch. Anything else
+    this worker process writes there (a consumer of a project's own, routed to the same
+    ``runworker``) commits so too.
 
-    A crash of the database server (not of a worker: PostgreSQL has the commits) may then
-    lose the last of them, about 0.6 s worth, in order and never half of one: a claim, a
-    batch of chunks, a completion. The recovery sweep redoes each, as for a worker that
-    died (a session left queued is dispatched again; one left running resumes from its
-    last stored chunk). The web processes' commits, which record what users asked for,
-    still wait for the disk, and since the log is written in order, each of them makes
-    every commit before it durable too: a replay never refers to audio a crash lost."""
-    for connection in connections.all(initialized_only=False):
+    A crash of the database server (not of a worker: PostgreSQL has what it was sent) may
+    then lose the last of them, up to three times ``wal_writer_delay`` (0.6 s by default),
+    in order and never half of one: a claim, a batch of chunks with the session's
+    progress (and, for the last batch, its completion). The recovery sweep handles each
+    as it handles a worker that died at that moment: a session left queued is dispatched
+    again, one left running resumes from its last stored chunk (within
+    ``TTS_MAX_ATTEMPTS``). The web processes' commits, which record what users asked for,
+    still wait for the disk, and since the log is written in order, each makes every
+    commit before it durable too: a replay never refers to audio a crash lost.
+
+    Called at the start of ``handle``, before any other thread: only this thread's
+    connection is closed, and the pool, so that every connection after this one gets the
+    option. Behind PgBouncer, which does not pass ``options`` on, set
+    ``TTS_WORKER_ASYNC_COMMIT=0`` (docs/deployment.md)."""
+    aliases = {router.db_for_write(model) for model in (TTSSession, TTSChunk, AudioBlob)}
+    for alias in sorted(aliases):
+        connection = connections[alias]
         if connection.vendor != "postgresql":
             continue
         options = connection.settings_dict.setdefault("OPTIONS", {})
         if "synchronous_commit=off" in options.get("options", ""):
             continue
         options["options"] = f"{options.get('options', '')} -c synchronous_commit=off".strip()
-        connection.close()  # any connection (or pool) made before goes: new ones get these
+        connection.close()  # a connection (or pool) made before goes: new ones get this
         if options.get("pool"):
             connection.close_pool()
 
