@@ -449,3 +449,43 @@ def pg_async_commit() -> None:
             return _original(*args, **kwargs)
 
         setattr(services, name, wrapped)
+
+
+@patch
+def direct_generate() -> None:
+    """The worker's `tts-generate` listener hands each message straight to a thread of
+    its own and waits for it before it takes the next (none held in memory while busy),
+    instead of Channels' way: the application instance's queue, its consumer's dispatch
+    and ``database_sync_to_async``'s thread."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from channels.worker import Worker
+    from django.db import close_old_connections
+
+    from tts.broadcast import GENERATE_CHANNEL
+    from tts.worker import GenerateConsumer
+
+    original = Worker.listener
+    executor = ThreadPoolExecutor(1, thread_name_prefix="tts-generate")
+
+    def run(message: dict) -> None:
+        close_old_connections()
+        try:
+            GenerateConsumer.tts_generate(None, message)
+        finally:
+            close_old_connections()
+
+    async def listener(self, channel):
+        if channel != GENERATE_CHANNEL:
+            return await original(self, channel)
+        loop = asyncio.get_running_loop()
+        scope = {"type": "channel", "channel": channel}
+        while True:
+            message = await self.channel_layer.receive(channel)
+            if switched_on():
+                await loop.run_in_executor(executor, run, message)
+            else:
+                await self.get_or_create_application_instance(channel, scope).put(message)
+
+    Worker.listener = listener
