@@ -11,15 +11,17 @@ ALTER TABLE takes the table's exclusive lock for a moment (docs/deployment.md). 
 databases have no such setting: nothing to do there.
 """
 
-from django.db import migrations
+from django.db import migrations, router
 
 
 def _set_storage(storage: str):
     def run(apps, schema_editor) -> None:
         connection = schema_editor.connection
+        model = apps.get_model("tts", "AudioBlob")
         if connection.vendor != "postgresql":
             return
-        model = apps.get_model("tts", "AudioBlob")
+        if not router.allow_migrate_model(connection.alias, model):
+            return  # the audio lives in another database (a project's router)
         quote = schema_editor.quote_name
         column = model._meta.get_field("pcm").column
         schema_editor.execute(
