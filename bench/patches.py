@@ -436,19 +436,14 @@ def pg_async_commit() -> None:
 
     from tts import services
 
-    def setting() -> None:
+    def setting() -> Callable[[], None]:
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute(f"SET synchronous_commit TO {'off' if switched_on() else 'on'}")
+        return lambda: None
 
     for name in ["session_claim", "chunks_store"]:
-        original = getattr(services, name)
-
-        def wrapped(*args, _original=original, **kwargs):
-            setting()
-            return _original(*args, **kwargs)
-
-        setattr(services, name, wrapped)
+        setattr(services, name, _around(getattr(services, name), setting))
 
 
 @patch
