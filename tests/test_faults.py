@@ -81,6 +81,44 @@ def test_a_worker_killed_mid_session_is_replaced_and_listeners_get_the_rest(make
     assert_complete_and_identical(client, session_id, stream.pcm)
 
 
+def test_a_worker_running_two_sessions_at_once_killed_and_both_listeners_get_the_rest(
+    make_stack,
+):
+    """One worker takes a second session on beside a long one (tts.scheduling); the
+    second's first audio comes before the first ends. Killed with both under way, the
+    worker is replaced; each listener, still connected, gets every chunk once."""
+    stack = make_stack(workers=1, TTS_FAULT_DELAY_MS="100", TTS_WORKER_SESSIONS="2")
+    client = NarrationClient(stack.base_url)
+    first = client.create(text=story(40, "first"))["id"]
+    wait_for(lambda: TTSChunk.objects.filter(session_id=first).exists(), timeout=30, what="a chunk")
+    second = client.create(text=story(30, "second"))["id"]
+    results: dict = {}
+    listeners = [
+        threading.Thread(target=lambda s=s: results.update({s: client.stream(s, timeout=120)}))
+        for s in (first, second)
+    ]
+    for listener in listeners:
+        listener.start()
+    wait_for(
+        lambda: TTSChunk.objects.filter(session_id=second).count() >= 2,
+        timeout=30,
+        what="the second session's first chunks",
+    )
+    assert TTSSession.objects.get(pk=first).status == SessionStatus.RUNNING  # side by side
+    stop_process(stack.worker_procs[0], sig=signal.SIGKILL)
+    stored_at_kill = {s: TTSChunk.objects.filter(session_id=s).count() for s in (first, second)}
+    stack.start_worker()
+    for listener in listeners:
+        listener.join(timeout=150)
+    for session_id in (first, second):
+        stream = results[session_id]
+        assert stream.done is not None and stream.duplicates == 0
+        assert stream.connections == 1
+        assert stored_at_kill[session_id] < stream.done["total_chunks"]
+        assert TTSSession.objects.get(pk=session_id).attempts == 2
+        assert_complete_and_identical(client, session_id, stream.pcm)
+
+
 def test_a_session_created_with_no_worker_completes_once_one_starts(make_stack):
     # The message expires (expiry shortened from 60 s to 1 s), as it would over two minutes.
     stack = make_stack(workers=0, CHANNEL_LAYER_EXPIRY="1")

@@ -874,3 +874,113 @@ def test_postgresql_stores_the_audio_without_trying_to_compress_it():
     pcm = bytes(range(256)) * 800  # compressible, and stored as it is
     assert AudioBlob.objects.add(key="k" * 64, pcm=pcm, sample_rate=22050, samples=len(pcm) // 2)
     assert bytes(AudioBlob.objects.get(key="k" * 64).pcm) == pcm
+
+
+# --- Several sessions on one worker (tts.scheduling) --------------------------------------
+
+
+def _chunks_made(session) -> list:
+    return list(session.chunks.order_by("seq").values_list("created_at", flat=True))
+
+
+@pytest.fixture
+def slow_engine(settings):
+    """A segment takes 20 ms more: a long narration keeps the worker busy for a while."""
+    settings.TTS_FAULT_DELAY_MS = 20
+
+
+def test_a_busy_worker_gives_a_waiting_session_its_first_audio_before_it_finishes(
+    settings, slow_engine
+):
+    settings.TTS_WORKER_SESSIONS = 2
+    long, short = create(text=TEXT * 6), create(text="A short scene. It is over quickly.")
+    services.session_run(session_id=long.id, worker="w1")
+    long.refresh_from_db()
+    short.refresh_from_db()
+    assert long.status == short.status == SessionStatus.COMPLETED
+    assert long.claimed_by == short.claimed_by == "w1"
+    for session in (long, short):
+        assert list(session.chunks.values_list("seq", flat=True)) == list(
+            range(session.total_chunks)
+        )
+    long_made, short_made = _chunks_made(long), _chunks_made(short)
+    assert long_made[0] < short_made[0] < long_made[-1]  # in between, not after
+    assert short.finished_at < long.finished_at
+    assert short.first_chunk_ms < long.total_chunks * 20  # not the long one's whole time
+
+
+def test_with_one_session_per_worker_a_waiting_session_waits_for_the_one_before(
+    settings, slow_engine
+):
+    settings.TTS_WORKER_SESSIONS = 1
+    long, short = create(text=TEXT * 3), create(text="A short scene. It is over quickly.")
+    services.session_run(session_id=long.id, worker="w1")
+    long.refresh_from_db()
+    short.refresh_from_db()
+    assert long.status == short.status == SessionStatus.COMPLETED
+    assert _chunks_made(long)[-1] < _chunks_made(short)[0]
+
+
+def test_a_session_whose_store_fails_beside_another_lets_that_one_finish_then_raises(
+    monkeypatch, settings, slow_engine
+):
+    """The failing session is left to the recovery sweep, as on its own; the one beside
+    it completes; no further session is taken before the error reaches the worker."""
+    from django.db import OperationalError
+
+    settings.TTS_WORKER_SESSIONS = 2
+    long = create(text=TEXT * 6)
+    failing = create(text="This one fails. Its second chunk cannot be stored. Then more.")
+    later = create(text="Queued after both.")
+    real_store = services.chunks_store
+
+    def flaky(**kwargs):
+        if kwargs["session"].id == failing.id and any(c.seq == 1 for c, _ in kwargs["chunks"]):
+            raise OperationalError("disk I/O error")
+        return real_store(**kwargs)
+
+    monkeypatch.setattr(services, "chunks_store", flaky)
+    with pytest.raises(OperationalError, match="disk I/O error"):
+        services.session_run(session_id=long.id, worker="w1")
+    for session in (long, failing, later):
+        session.refresh_from_db()
+    assert long.status == SessionStatus.COMPLETED
+    assert long.completed_chunks == long.total_chunks
+    assert failing.status == SessionStatus.RUNNING and failing.completed_chunks == 1
+    assert _chunks_made(failing)[0] < _chunks_made(long)[-1]  # it ran beside the long one
+    assert later.status == SessionStatus.QUEUED
+
+
+def test_an_interrupt_closes_every_session_on_the_worker_with_what_it_made_stored(
+    monkeypatch, settings, slow_engine
+):
+    """A worker stopped (KeyboardInterrupt, SystemExit) with two sessions under way: each
+    keeps a gapless run of stored chunks and stays running, for the recovery sweep to
+    resume; resumed, each completes."""
+    settings.TTS_WORKER_SESSIONS = 2
+    long, short = create(text=TEXT * 6), create(text="A short scene. It stops in the middle.")
+    engine = get_engine("espeak")
+    real = engine.synthesize
+
+    def interrupted(text, voice):
+        if "middle" in text:
+            raise KeyboardInterrupt
+        return real(text, voice)
+
+    monkeypatch.setattr(engine, "synthesize", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        services.session_run(session_id=long.id, worker="w1")
+    for session in (long, short):
+        session.refresh_from_db()
+        assert session.status == SessionStatus.RUNNING
+        assert list(session.chunks.values_list("seq", flat=True)) == list(
+            range(session.completed_chunks)
+        )
+    assert 0 < long.completed_chunks < long.total_chunks
+    monkeypatch.setattr(engine, "synthesize", real)
+    type(long).objects.filter(pk__in=[long.pk, short.pk]).update(status=SessionStatus.QUEUED)
+    services.session_run(session_id=long.id, worker="w2")
+    for session in (long, short):
+        session.refresh_from_db()
+        assert session.status == SessionStatus.COMPLETED
+        assert session.completed_chunks == session.total_chunks

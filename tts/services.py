@@ -28,13 +28,14 @@ from django.db.models import F, FloatField, Max, Q, QuerySet, Subquery
 from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
 
-from tts import broadcast, limits, waiting
+from tts import broadcast, limits, scheduling, waiting
 from tts.audio import silence
 from tts.compiled import Compiled
 from tts.conf import settings
 from tts.engines import Audio, EngineError, EngineUnavailable, Voice, get_engine
 from tts.errors import Conflict, InvalidInput, NotFound
 from tts.models import AudioBlob, SessionStatus, TTSChunk, TTSSession
+from tts.scheduling import Made, Schedule
 from tts.segmentation import VERSION as SEGMENTATION_VERSION
 from tts.segmentation import Segment, segment_text
 from tts.validation import clean_text
@@ -294,7 +295,14 @@ def session_claim_next(*, worker: str) -> TTSSession | None:
 
 def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
     """Run this session if still queued, then drain the queue: the database is the queue,
-    the channel message only rings the bell."""
+    the channel message only rings the bell.
+
+    With ``TTS_WORKER_SESSIONS`` above 1, a session that has waited in the queue is taken
+    on between two chunks when the engine has time for it beside the others, and the
+    sessions make their chunks earliest deadline first (tts.scheduling): a session queued
+    behind a long narration gets its first audio within a chunk or two, not at that
+    narration's end. A session that raises is logged and the others finish; no further
+    session is then taken, and the first such error is raised at the end."""
     try:
         uuid.UUID(str(session_id))
     except ValueError:
@@ -303,13 +311,62 @@ def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
     session = session_claim(session_id=session_id, worker=worker)
     if session is None:
         session = session_claim_next(worker=worker)
-    while session is not None:
-        session_generate(session=session, worker=worker)
-        session = session_claim_next(worker=worker)
+    schedule = Schedule(slots=settings.TTS_WORKER_SESSIONS)
+    error: Exception | None = None
+    try:
+        while session is not None:
+            schedule.add(session.id, session.voice, session_steps(session=session, worker=worker))
+            while (run := schedule.next()) is not None:
+                try:
+                    schedule.made(run, next(run.steps))
+                except StopIteration:
+                    schedule.finished(run)
+                except Exception as exc:  # noqa: BLE001 - the others go on; raised below
+                    schedule.finished(run)
+                    schedule.taking = False
+                    if error is not None:
+                        logger.exception("generation of %s crashed", run.session_id)
+                    error = error or exc
+                if schedule.time_to_look():
+                    _take_waiting(schedule, worker)
+            session = session_claim_next(worker=worker) if error is None else None
+    finally:
+        schedule.close()  # an interrupt: the runs left store what they queued
+    if error is not None:
+        raise error
+
+
+def _take_waiting(schedule: Schedule, worker: str) -> None:
+    """Claim the oldest session that has waited past WAIT_S, if this worker can run it
+    beside its others in real time (else it stays for another worker, or for later)."""
+    oldest = (
+        TTSSession.objects.filter(
+            status=SessionStatus.QUEUED,
+            created_at__lte=timezone.now() - timedelta(seconds=scheduling.WAIT_S),
+        )
+        .order_by("created_at")
+        .values_list("pk", "voice")
+        .first()
+    )
+    if oldest is None or not schedule.fits(oldest[1]):
+        return
+    session = session_claim(session_id=oldest[0], worker=worker)
+    if session is not None:
+        schedule.add(session.id, session.voice, session_steps(session=session, worker=worker))
 
 
 def session_generate(*, session: TTSSession, worker: str) -> None:
-    """Synthesize a claimed session from its first missing chunk to the end.
+    """Synthesize a claimed session from its first missing chunk to the end (its
+    session_steps, all at once)."""
+    for _ in session_steps(session=session, worker=worker):
+        pass
+
+
+def session_steps(*, session: TTSSession, worker: str) -> Iterator[Made]:
+    """Synthesize a claimed session from its first missing chunk to the end, yielding
+    after each chunk is handed on (sent, or queued behind the chunk before it), so that
+    a worker can make another session's chunk in between (session_run). Closing it early
+    stores what was queued and leaves the session running, for the recovery sweep.
 
     Each chunk is broadcast as soon as it is synthesized, then stored on a writer thread
     while the next ones are synthesized, so neither the listeners nor the engine wait for
@@ -329,7 +386,7 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
     if last is None or last > RUNNING_WITH_FIRST_CHUNK_MS:
         running.send()
     try:
-        _generate(session, worker, running)
+        yield from _generate(session, worker, running)
     finally:
         running.send()  # nothing was sent (an exception): the session is still running
 
@@ -356,7 +413,7 @@ class _RunningStatus:
             broadcast.broadcast_status(self.session_id, frame)
 
 
-def _generate(session: TTSSession, worker: str, running: _RunningStatus) -> None:
+def _generate(session: TTSSession, worker: str, running: _RunningStatus) -> Iterator[Made]:
     """session_generate's work; ``running``: the status to send with the first chunk, or
     on its own before the session ends (or fails) without one."""
     voice = get_voice(session.voice)
@@ -494,6 +551,9 @@ def _generate(session: TTSSession, worker: str, running: _RunningStatus) -> None
                 writer.submit(_Unstored(row, audio, meta=None))
             else:  # announced by the writer once the chunk before it is stored
                 writer.submit(_Unstored(row, audio, meta=meta))
+            # Another session's chunk may come next (session_run); this one's next
+            # syntheses are queued when it goes on, behind the other's.
+            yield Made(row.duration_ms, audio.engine_ms, audio.cached)
             # Queued once this chunk is sent: the first chunk's way to its listeners does
             # not share the cores with the next synthesis (unless a long text's head is
             # on the engine already), and from the second chunk on the engine still has
