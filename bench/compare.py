@@ -34,6 +34,10 @@ FIGURES = {
     "GET voices p50": ("http", "GET voices", "p50"),
     "POST new text p50": ("http", "POST new text", "p50"),
     "POST narrated text p50": ("http", "POST narrated text", "p50"),
+    # with --scenarios ...,concurrency: sessions posted at once (fairness)
+    "burst TTFA p50": ("concurrency", "ttfa_ms", "p50"),
+    "burst TTFA p95": ("concurrency", "ttfa_ms", "p95"),
+    "burst TTFA max": ("concurrency", "ttfa_ms", "max"),
 }
 
 
@@ -57,6 +61,10 @@ def figures(result: dict, voice: str) -> dict[str, float]:
     ]:
         if "p50" in throughput.get(key, {}):  # with --scenarios ...,streaming
             out[name] = throughput[key]["p50"]
+    burst = result.get("concurrency", {}).get(voice, {})
+    if "audio_s_per_wall_s" in burst:
+        out["burst audio s per wall s"] = burst["audio_s_per_wall_s"]
+        out["burst: nothing lost"] = float(burst["nothing_lost"])
     reopen = result.get("cached", {}).get(voice, {}).get("reopen", {})
     if "connect_to_first_frame" in reopen:
         out["reopen p50"] = reopen["connect_to_first_frame"]["p50"]
@@ -114,7 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for tree in trees.values():
                 git("worktree", "remove", "--force", str(tree))
-    extra = ["wall / engine p50", "ms per chunk p50", "long text TTFA p50", "reopen p50"]
+    extra = [
+        "wall / engine p50",
+        "ms per chunk p50",
+        "long text TTFA p50",
+        "reopen p50",
+        "burst audio s per wall s",
+        "burst: nothing lost",
+    ]
     names = [n for n in [*FIGURES, *extra] if all(n in s[0] for s in samples.values())]
     width = max(len(n) for n in names)
     print(f"\nmedian of {args.rounds} interleaved rounds, ms ({args.voice})")

@@ -889,24 +889,25 @@ def slow_engine(settings):
     settings.TTS_FAULT_DELAY_MS = 20
 
 
-def test_a_busy_worker_gives_a_waiting_session_its_first_audio_before_it_finishes(
+def test_a_busy_worker_gives_waiting_sessions_their_first_audio_before_it_finishes(
     settings, slow_engine
 ):
-    settings.TTS_WORKER_SESSIONS = 2
-    long, short = create(text=TEXT * 6), create(text="A short scene. It is over quickly.")
+    settings.TTS_WORKER_SESSIONS = 3
+    long = create(text=TEXT * 6)
+    shorts = [create(text=f"A short scene, number {n}. It is over quickly.") for n in (1, 2)]
     services.session_run(session_id=long.id, worker="w1")
     long.refresh_from_db()
-    short.refresh_from_db()
-    assert long.status == short.status == SessionStatus.COMPLETED
-    assert long.claimed_by == short.claimed_by == "w1"
-    for session in (long, short):
+    for session in (long, *shorts):
+        session.refresh_from_db()
+        assert session.status == SessionStatus.COMPLETED and session.claimed_by == "w1"
         assert list(session.chunks.values_list("seq", flat=True)) == list(
             range(session.total_chunks)
         )
-    long_made, short_made = _chunks_made(long), _chunks_made(short)
-    assert long_made[0] < short_made[0] < long_made[-1]  # in between, not after
-    assert short.finished_at < long.finished_at
-    assert short.first_chunk_ms < long.total_chunks * 20  # not the long one's whole time
+    long_made = _chunks_made(long)
+    for short in shorts:
+        assert long_made[0] < _chunks_made(short)[0] < long_made[-1]  # in between, not after
+        assert short.finished_at < long.finished_at
+        assert short.first_chunk_ms < long.total_chunks * 20  # not the long one's whole time
 
 
 def test_with_one_session_per_worker_a_waiting_session_waits_for_the_one_before(

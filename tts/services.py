@@ -337,22 +337,23 @@ def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
 
 
 def _take_waiting(schedule: Schedule, worker: str) -> None:
-    """Claim the oldest session that has waited past WAIT_S, if this worker can run it
-    beside its others in real time (else it stays for another worker, or for later)."""
-    oldest = (
+    """Claim the sessions that have waited past WAIT_S, oldest first, while this worker
+    can run each beside its others in real time; the first that does not fit, and those
+    after it, stay for another worker, or for later (one query, and a claim for each)."""
+    waiting = (
         TTSSession.objects.filter(
             status=SessionStatus.QUEUED,
             created_at__lte=timezone.now() - timedelta(seconds=scheduling.WAIT_S),
         )
         .order_by("created_at")
-        .values_list("pk", "voice")
-        .first()
+        .values_list("pk", "voice")[: schedule.slots - len(schedule.runs)]
     )
-    if oldest is None or not schedule.fits(oldest[1]):
-        return
-    session = session_claim(session_id=oldest[0], worker=worker)
-    if session is not None:
-        schedule.add(session.id, session.voice, session_steps(session=session, worker=worker))
+    for session_id, voice in waiting:
+        if not schedule.fits(voice):
+            return
+        session = session_claim(session_id=session_id, worker=worker)
+        if session is not None:  # else another worker was quicker
+            schedule.add(session.id, session.voice, session_steps(session=session, worker=worker))
 
 
 def session_generate(*, session: TTSSession, worker: str) -> None:
