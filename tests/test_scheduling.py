@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from tts import scheduling
-from tts.scheduling import LOAD_LIMIT, LOOK_EVERY_S, Made, Schedule
+from tts.scheduling import LOAD_LIMIT, LOOK_EVERY_S, SAFE_S, Made, Schedule
 
 
 class Clock:
@@ -38,18 +38,47 @@ def test_a_session_with_no_chunk_yet_goes_first_then_the_one_whose_listener_runs
 ):
     plan = schedule(clock, en=0.1)
     old = plan.add(uuid.uuid4(), "en", steps())
-    plan.made(old, Made(4000, 40, cached=False))  # 4 s ahead of its listener
+    plan.made(old, Made(1500, 40, cached=False))  # 1.5 s ahead of its listener
     new = plan.add(uuid.uuid4(), "en", steps())
     assert plan.next() is new
-    clock.now += 1
-    plan.made(new, Made(2000, 20, cached=False))  # due at 1003, the old one at 1004
+    plan.made(new, Made(1000, 20, cached=False))  # due at 1001, the old one at 1001.5
     assert plan.next() is new
-    plan.made(new, Made(2000, 20, cached=False))  # due at 1005
+    plan.made(new, Made(1000, 20, cached=False))  # due at 1002: enough in hand
     assert plan.next() is old
     plan.finished(old)
     assert plan.next() is new
     plan.finished(new)
     assert plan.next() is None
+
+
+def test_once_every_listener_has_enough_in_hand_the_earliest_claimed_goes_on_to_its_end(
+    clock,
+):
+    """So that sessions end in the order they came and free their place for the next,
+    instead of all ending together."""
+    plan = schedule(clock, en=0.1)
+    old = plan.add(uuid.uuid4(), "en", steps())
+    plan.made(old, Made(int(SAFE_S * 1000) + 3000, 40, cached=False))  # 5 s in hand
+    new = plan.add(uuid.uuid4(), "en", steps())
+    assert plan.next() is new  # its first chunk first
+    plan.made(new, Made(int(SAFE_S * 1000), 40, cached=False))  # 2 s in hand
+    assert plan.next() is old  # both safe: the earlier claimed, though due later
+    plan.made(old, Made(30_000, 40, cached=False))
+    assert plan.next() is old
+    clock.now += 0.5  # the new one's listener is down to 1.5 s
+    assert plan.next() is new
+
+
+def test_enough_in_hand_is_twice_the_time_to_come_round_every_session(clock):
+    """A slow engine's chunk keeps the others waiting: a listener needs more in hand."""
+    plan = schedule(clock, en=0.3)
+    old = plan.add(uuid.uuid4(), "en", steps())
+    plan.made(old, Made(12_000, 2_000, cached=False))  # 12 s in hand, a chunk took 2 s
+    new = plan.add(uuid.uuid4(), "en", steps())
+    plan.made(new, Made(5_000, 1_000, cached=False))  # 5 s in hand, a chunk took 1 s
+    assert plan.next() is new  # 5 s < 2 * (2 + 1) s: not enough
+    plan.made(new, Made(5_000, 1_000, cached=False))  # 10 s
+    assert plan.next() is old  # both have enough: the earlier claimed
 
 
 def test_two_sessions_with_no_chunk_yet_go_in_the_order_they_were_claimed(clock):

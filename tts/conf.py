@@ -102,9 +102,10 @@ DEFAULTS: dict[str, Any] = {
     # its connections). What a crash of the database may lose of them, the recovery sweep
     # redoes; the web processes' commits (a session's creation) still wait.
     "TTS_WORKER_ASYNC_COMMIT": True,
-    # The most sessions a worker runs at once, chunk by chunk, earliest deadline first,
-    # while its engine keeps up with all of them (tts.scheduling). 1: one at a time.
-    "TTS_WORKER_SESSIONS": 4,
+    # The most sessions a worker runs at once, chunk by chunk, while its engine keeps up
+    # with all of them (tts.scheduling). Each holds a database connection for its writer
+    # thread. 1: one at a time, from start to end.
+    "TTS_WORKER_SESSIONS": 8,
     # Seconds a web process's long-lived threads (the sockets' one, and the request
     # threads of tts.asgi) keep their database connection (tts/db.py). 0: as DATABASES
     # says (a connection per request or socket trip).

@@ -4,18 +4,26 @@ A worker used to finish one session before it claimed the next, so a session que
 behind a full-size model's 2,000-character narration waited a minute and more for its
 first sound, while the engine could have kept both listeners supplied. Now, between two
 chunks, a busy worker may take on a session that has waited in the queue and that it
-has the engine time for, and it runs its sessions chunk by chunk, earliest deadline
-first. A session's deadline is the moment its listener runs out of audio if playback
-began when its first chunk went out (that chunk's time plus the audio made since); a
-session with no chunk yet is due at once, so its first segment comes next.
+has the engine time for, and it chooses the session that makes the next chunk:
+
+- a session whose listener has too little audio in hand goes first, the one that runs
+  dry soonest first of all (earliest deadline first). Too little is less than twice
+  the time the worker takes to come round to every session once (the engine time of
+  each one's latest chunk), and at least ``SAFE_S``. A session's
+  deadline is the moment its listener runs out of audio if playback began when its
+  first chunk went out (that moment plus the audio made since); a session with no
+  chunk yet is due at once, so its first segment comes next;
+- when every listener has enough in hand, the session claimed first goes on, so that
+  sessions end in the order they came and free their place for the next (under
+  earliest deadline first alone, they would all end together, late).
 
 The engine time a session needs is its voice's real-time factor (engine time over audio
 time), measured on this worker's own syntheses. A session is taken on only while the
 real-time factors of all of them add up to at most ``LOAD_LIMIT``: then the engine
-makes audio faster than every listener plays it, and earliest deadline first lets none
-of them run dry. A voice this worker has not yet synthesized is not taken on beside
-others. A session stays in the queue for ``WAIT_S`` before a busy worker takes it, so
-that an idle worker, rung at once, gets it first.
+makes audio faster than every listener plays it, and none of them runs dry. A voice this
+worker has not yet synthesized is not taken on beside others. A session stays in the
+queue for ``WAIT_S`` before a busy worker takes it, so that an idle worker, rung at
+once, gets it first.
 
 This module decides; ``tts.services.session_run`` claims, and advances each session's
 ``session_steps`` as told. Nothing here touches the database.
@@ -41,6 +49,9 @@ LOAD_LIMIT = 0.8
 WAIT_S = 0.05
 # Seconds between a busy worker's looks at the queue (one indexed query each).
 LOOK_EVERY_S = 0.1
+# Seconds of audio a listener has in hand beyond which its session may yield to the
+# others' first chunks and to the oldest session's end, at the least (see Schedule.next).
+SAFE_S = 2.0
 # Weight of a voice's latest chunk in its real-time factor.
 _RTF_WEIGHT = 0.3
 
@@ -64,6 +75,7 @@ class Run:
     order: int
     first_at: float | None = None  # when its first chunk (of this run) went out
     made_ms: int = 0  # audio made since
+    chunk_s: float = 0.0  # the engine time of its latest chunk synthesized
 
     def due(self) -> float:
         """When its listener runs out of audio; at once when it has none yet."""
@@ -97,14 +109,22 @@ class Schedule:
         return run
 
     def next(self) -> Run | None:
-        """The run whose listener runs out of audio first (the earlier claimed on a tie)."""
-        return min(self.runs, key=lambda run: (run.due(), run.order), default=None)
+        """The run whose listener runs dry first among those without enough audio in
+        hand (the earlier claimed on a tie); else the earliest claimed."""
+        safe = self.clock() + max(SAFE_S, 2 * sum(run.chunk_s for run in self.runs))
+
+        def urgency(run: Run) -> tuple[bool, float, int]:
+            due = run.due()
+            return (due >= safe, due if due < safe else 0.0, run.order)
+
+        return min(self.runs, key=urgency, default=None)
 
     def made(self, run: Run, chunk: Made) -> None:
         if run.first_at is None:
             run.first_at = self.clock()
         run.made_ms += chunk.duration_ms
         if not chunk.cached and chunk.duration_ms > 0:
+            run.chunk_s = chunk.engine_ms / 1000
             rtf = chunk.engine_ms / chunk.duration_ms
             before = self.rtf.get(run.voice)
             self.rtf[run.voice] = rtf if before is None else before + _RTF_WEIGHT * (rtf - before)

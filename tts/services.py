@@ -299,10 +299,11 @@ def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
 
     With ``TTS_WORKER_SESSIONS`` above 1, a session that has waited in the queue is taken
     on between two chunks when the engine has time for it beside the others, and the
-    sessions make their chunks earliest deadline first (tts.scheduling): a session queued
-    behind a long narration gets its first audio within a chunk or two, not at that
-    narration's end. A session that raises is logged and the others finish; no further
-    session is then taken, and the first such error is raised at the end."""
+    sessions take turns chunk by chunk (tts.scheduling): a session queued behind a long
+    narration gets its first audio within a chunk or two, not at that narration's end.
+    A session that raises (its database went away) is logged and left running, for the
+    recovery sweep, as a crashed worker's would be; the others finish, and no further
+    session is taken until the next message."""
     try:
         uuid.UUID(str(session_id))
     except ValueError:
@@ -312,7 +313,6 @@ def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
     if session is None:
         session = session_claim_next(worker=worker)
     schedule = Schedule(slots=settings.TTS_WORKER_SESSIONS)
-    error: Exception | None = None
     try:
         while session is not None:
             schedule.add(session.id, session.voice, session_steps(session=session, worker=worker))
@@ -321,19 +321,15 @@ def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
                     schedule.made(run, next(run.steps))
                 except StopIteration:
                     schedule.finished(run)
-                except Exception as exc:  # noqa: BLE001 - the others go on; raised below
+                except Exception:  # noqa: BLE001 - one session's crash: the others go on
+                    logger.exception("generation of %s crashed", run.session_id)
                     schedule.finished(run)
                     schedule.taking = False
-                    if error is not None:
-                        logger.exception("generation of %s crashed", run.session_id)
-                    error = error or exc
                 if schedule.time_to_look():
                     _take_waiting(schedule, worker)
-            session = session_claim_next(worker=worker) if error is None else None
+            session = session_claim_next(worker=worker) if schedule.taking else None
     finally:
         schedule.close()  # an interrupt: the runs left store what they queued
-    if error is not None:
-        raise error
 
 
 def _take_waiting(schedule: Schedule, worker: str) -> None:
