@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("commits", nargs="+", help="commits to compare (at least two)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--voice", default="en-us", help="the catalog id to report (en-us)")
+    parser.add_argument(
+        "--voice", default="en-us", help="the catalog ids to report, comma-separated (en-us)"
+    )
     args, bench_args = parser.parse_known_args(argv)
     bench_args = [a for a in bench_args if a != "--"] or [
         "--voices",
@@ -98,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.commits) < 2:
         parser.error("name at least two commits")
     shas = [git("rev-parse", "--short=10", c) for c in args.commits]
-    samples: dict[str, list[dict[str, float]]] = {sha: [] for sha in shas}
+    voices = args.voice.split(",")
+    samples = {(sha, v): [] for sha in shas for v in voices}
     with tempfile.TemporaryDirectory(prefix="tts-compare-") as tmp:
         trees = {}
         for sha in shas:
@@ -117,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
                         kept = keep_logs(tree, f"failed-{sha}-round{round_}")
                         raise SystemExit(f"round {round_} of {sha} failed (logs: {kept}):\n{tail}")
                     result = json.loads(out.read_text())["results"]
-                    samples[sha].append(figures(result, args.voice))
-                    print(f"round {round_} {sha}: {samples[sha][-1]}", flush=True)
+                    for voice in voices:
+                        figs = samples[sha, voice]
+                        figs.append(figures(result, voice))
+                        print(f"round {round_} {sha} {voice}: {figs[-1]}", flush=True)
         finally:
             for tree in trees.values():
                 git("worktree", "remove", "--force", str(tree))
@@ -130,14 +135,18 @@ def main(argv: list[str] | None = None) -> int:
         "burst audio s per wall s",
         "burst: nothing lost",
     ]
-    names = [n for n in [*FIGURES, *extra] if all(n in s[0] for s in samples.values())]
-    width = max(len(n) for n in names)
-    print(f"\nmedian of {args.rounds} interleaved rounds, ms ({args.voice})")
-    print(" " * width + "".join(f"{sha:>14}" for sha in shas))
-    for name in names:
-        row = [statistics.median(s[name] for s in samples[sha]) for sha in shas]
-        digits = 3 if name.startswith("wall / engine") else 1
-        print(f"{name:<{width}}" + "".join(f"{v:>14.{digits}f}" for v in row))
+    for voice in voices:
+        mine = {sha: samples[sha, voice] for sha in shas}
+        names = [n for n in [*FIGURES, *extra] if all(n in s[0] for s in mine.values())]
+        if not names:
+            continue
+        width = max(len(n) for n in names)
+        print(f"\nmedian of {args.rounds} interleaved rounds, ms ({voice})")
+        print(" " * width + "".join(f"{sha:>14}" for sha in shas))
+        for name in names:
+            row = [statistics.median(s[name] for s in mine[sha]) for sha in shas]
+            digits = 3 if name.startswith("wall / engine") else 1
+            print(f"{name:<{width}}" + "".join(f"{v:>14.{digits}f}" for v in row))
     return 0
 
 
