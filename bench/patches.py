@@ -63,7 +63,7 @@ TIMED = {
         "session_run",
         "session_claim",
         "session_claim_next",
-        "session_generate",
+        "_take_waiting",
         "session_segments",
         "stored_chunk_count",
         "cached_keys",
@@ -314,9 +314,9 @@ def switch_interval() -> None:
 
     from tts import services
 
-    original = services.session_generate
+    original = services.session_run
 
-    def session_generate(**kwargs):
+    def session_run(**kwargs):
         before = sys.getswitchinterval()
         sys.setswitchinterval(0.0005)
         try:
@@ -324,7 +324,7 @@ def switch_interval() -> None:
         finally:
             sys.setswitchinterval(before)
 
-    replace(services, "session_generate", session_generate)
+    replace(services, "session_run", session_run)
 
 
 # Trace -------------------------------------------------------------------------------------
