@@ -146,6 +146,15 @@ def _live_sessions_settle(request):
 
 
 @pytest.fixture(autouse=True)
+def _speeds_measured_afresh():
+    """Each test's worker measures its voices' speed anew (tts.scheduling), as a worker
+    process does from its start: no test runs sessions side by side on another's figures."""
+    from tts import scheduling
+
+    scheduling._measured.clear()
+
+
+@pytest.fixture(autouse=True)
 def _no_limits(settings):
     settings.TTS_RATE_LIMIT_PER_MINUTE = 0
     settings.TTS_MAX_ACTIVE_PER_OWNER = 0

@@ -117,3 +117,20 @@ def test_espeak_is_looked_for_until_found_then_remembered(tmp_path):
     assert _installed(str(binary))
     binary.unlink()
     assert _installed(str(binary))  # remembered: its synthesis reports it gone
+
+
+def test_a_worker_pool_smaller_than_its_sessions_need_is_a_warning(settings, monkeypatch):
+    from django.db import connection
+
+    options = {**connection.settings_dict.get("OPTIONS", {}), "pool": {"max_size": 10}}
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", options)
+    settings.TTS_WORKER_SESSIONS = 8  # and the worker's own three threads: 11 > 10
+    (message,) = [m for m in run_checks() if m.id == "tts.W006"]
+    assert "TTS_WORKER_SESSIONS=8" in message.msg and "holds 10" in message.msg
+    assert "DATABASE_POOL_MAX_SIZE" in message.hint
+    settings.TTS_WORKER_SESSIONS = 7  # 10: enough
+    assert "tts.W006" not in tts_ids()
+    options["pool"] = True  # psycopg_pool's default size: 4
+    assert "tts.W006" in tts_ids()
+    settings.TTS_WORKER_SESSIONS = 1  # 1 + 3: enough
+    assert "tts.W006" not in tts_ids()

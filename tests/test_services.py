@@ -879,6 +879,10 @@ def test_postgresql_stores_the_audio_without_trying_to_compress_it():
 # --- Several sessions on one worker (tts.scheduling) --------------------------------------
 
 
+# Thirty sentences, each its own segment: none is a repeat that the worker makes once.
+LONG = " ".join(f"Sentence {n} of the long tale rolls on toward its end." for n in range(30))
+
+
 def _chunks_made(session) -> list:
     return list(session.chunks.order_by("seq").values_list("created_at", flat=True))
 
@@ -893,7 +897,7 @@ def test_a_busy_worker_gives_waiting_sessions_their_first_audio_before_it_finish
     settings, slow_engine
 ):
     settings.TTS_WORKER_SESSIONS = 3
-    long = create(text=TEXT * 6)
+    long = create(text=LONG)
     shorts = [create(text=f"A short scene, number {n}. It is over quickly.") for n in (1, 2)]
     services.session_run(session_id=long.id, worker="w1")
     long.refresh_from_db()
@@ -905,15 +909,17 @@ def test_a_busy_worker_gives_waiting_sessions_their_first_audio_before_it_finish
         )
     long_made = _chunks_made(long)
     for short in shorts:
-        assert long_made[0] < _chunks_made(short)[0] < long_made[-1]  # in between, not after
-        assert short.first_chunk_ms < long.total_chunks * 20  # not the long one's whole time
+        short_made = _chunks_made(short)
+        assert long_made[0] < short_made[0] < long_made[-1]  # in between, not after
+        # within the first half of the long one's run, not at its end
+        assert short_made[0] - short.created_at < (long_made[-1] - long.created_at) / 2
 
 
 def test_with_one_session_per_worker_a_waiting_session_waits_for_the_one_before(
     settings, slow_engine
 ):
     settings.TTS_WORKER_SESSIONS = 1
-    long, short = create(text=TEXT * 3), create(text="A short scene. It is over quickly.")
+    long, short = create(text=LONG), create(text="A short scene. It is over quickly.")
     services.session_run(session_id=long.id, worker="w1")
     long.refresh_from_db()
     short.refresh_from_db()
@@ -929,7 +935,7 @@ def test_a_session_whose_store_fails_beside_another_is_logged_and_that_one_finis
     from django.db import OperationalError
 
     settings.TTS_WORKER_SESSIONS = 2
-    long = create(text=TEXT * 6)
+    long = create(text=LONG)
     failing = create(text="This one fails. Its second chunk cannot be stored. Then more.")
     real_store = services.chunks_store
 
@@ -957,7 +963,7 @@ def test_an_interrupt_closes_every_session_on_the_worker_with_what_it_made_store
     keeps a gapless run of stored chunks and stays running, for the recovery sweep to
     resume; resumed, each completes."""
     settings.TTS_WORKER_SESSIONS = 2
-    long, short = create(text=TEXT * 6), create(text="A short scene. It stops in the middle.")
+    long, short = create(text=LONG), create(text="A short scene. It stops in the middle.")
     engine = get_engine("espeak")
     real = engine.synthesize
 
@@ -983,3 +989,42 @@ def test_an_interrupt_closes_every_session_on_the_worker_with_what_it_made_store
         session.refresh_from_db()
         assert session.status == SessionStatus.COMPLETED
         assert session.completed_chunks == session.total_chunks
+
+
+def test_a_failed_look_at_the_queue_lets_the_sessions_under_way_finish(
+    monkeypatch, settings, slow_engine, caplog
+):
+    from django.db import OperationalError
+
+    settings.TTS_WORKER_SESSIONS = 2
+    long, waiting = create(text=LONG), create(text="Waiting for a look that fails.")
+
+    def broken(limit):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "_waiting", broken)
+    services.session_run(session_id=long.id, worker="w1")
+    assert "looking for waiting sessions failed" in caplog.text
+    long.refresh_from_db()
+    waiting.refresh_from_db()
+    assert long.status == SessionStatus.COMPLETED
+    assert waiting.status == SessionStatus.QUEUED  # taken by the next message, or the sweep
+
+
+def test_the_engine_thread_makes_first_segments_before_the_others_queued():
+    import threading
+
+    engine = services._EngineThread()
+    gate, order = threading.Event(), []
+    engine.submit(gate.wait)  # busy: everything below queues
+    rest = [engine.submit(order.append, f"rest {n}") for n in range(3)]
+    cancelled = engine.submit(order.append, "cancelled")
+    assert cancelled.cancel()
+    first = [engine.submit_first(order.append, f"first {n}") for n in range(2)]
+    failing = engine.submit_first(lambda: 1 / 0)
+    gate.set()
+    for future in [*rest, *first]:
+        future.result(timeout=5)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(timeout=5)
+    assert order == ["first 0", "first 1", "rest 0", "rest 1", "rest 2"]

@@ -10,6 +10,7 @@
     tts.W003  the ASGI application does not route the worker channel
     tts.W004  the ASGI application does not route the narration socket
     tts.W005  channels' own runworker shadows the narration worker's
+    tts.W006  a worker's sessions at once need more connections than its pool holds
 
 Routes are found by walking the routers and middleware that Channels provides; a project
 that routes in a way this cannot see silences the warning with SILENCED_SYSTEM_CHECKS.
@@ -194,3 +195,34 @@ def default_voice_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
             )
         ]
     return []
+
+
+@register()
+def worker_pool_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """A worker holds a database connection per session it runs (its writer thread),
+    besides its own thread's, its heartbeat's and its recovery sweep's."""
+    from django.db import connections, router
+
+    from tts.conf import settings as tts_settings
+    from tts.models import TTSChunk
+
+    alias = router.db_for_write(TTSChunk)
+    pool = connections[alias].settings_dict.get("OPTIONS", {}).get("pool")
+    if not pool:
+        return []
+    # psycopg_pool's defaults: min_size 4, max_size min_size
+    options = pool if isinstance(pool, dict) else {}
+    max_size = options.get("max_size") or options.get("min_size", 4)
+    needed = tts_settings.TTS_WORKER_SESSIONS + 3
+    if max_size >= needed:
+        return []
+    return [
+        Warning(
+            f"A worker runs up to TTS_WORKER_SESSIONS={tts_settings.TTS_WORKER_SESSIONS} "
+            f"sessions at once and may need {needed} connections to {alias!r}, whose pool "
+            f"holds {max_size}: a session's store then waits for a connection, and fails "
+            "after the pool's timeout.",
+            hint="Raise the pool's max_size (DATABASE_POOL_MAX_SIZE) or lower TTS_WORKER_SESSIONS.",
+            id="tts.W006",
+        )
+    ]

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -303,7 +303,7 @@ def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
     narration gets its first audio within a chunk or two, not at that narration's end.
     A session that raises (its database went away) is logged and left running, for the
     recovery sweep, as a crashed worker's would be; the others finish, and no further
-    session is taken until the next message."""
+    session is taken until the next message. So does a look at the queue that raises."""
     try:
         uuid.UUID(str(session_id))
     except ValueError:
@@ -325,8 +325,14 @@ def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
                     logger.exception("generation of %s crashed", run.session_id)
                     schedule.finished(run)
                     schedule.taking = False
+                    connection.close_if_unusable_or_obsolete()  # the others' next query
                 if schedule.time_to_look():
-                    _take_waiting(schedule, worker)
+                    try:
+                        _take_waiting(schedule, worker)
+                    except Exception:  # noqa: BLE001 - the sessions under way go on
+                        logger.exception("looking for waiting sessions failed")
+                        schedule.taking = False
+                        connection.close_if_unusable_or_obsolete()
             session = session_claim_next(worker=worker) if schedule.taking else None
     finally:
         schedule.close()  # an interrupt: the runs left store what they queued
@@ -342,13 +348,14 @@ def _take_waiting(schedule: Schedule, worker: str) -> None:
             return
         session = session_claim(session_id=session_id, worker=worker)
         if session is not None:  # else another worker was quicker
-            schedule.add(session.id, session.voice, session_steps(session=session, worker=worker))
+            steps = session_steps(session=session, worker=worker, beside_others=True)
+            schedule.add(session.id, session.voice, steps)
 
 
 @functools.cache
 def _waiting(limit: int) -> Compiled:
     """The oldest sessions queued before ``waited``: a busy worker's look, every
-    LOOK_EVERY_S (0.05 ms compiled, 0.5 through the ORM: a share of a long espeak
+    LOOK_EVERY_S (0.07 ms compiled on SQLite, 0.5 through the ORM: a share of a long espeak
     session's time)."""
     return Compiled.values_list(
         lambda waited: (
@@ -367,11 +374,15 @@ def session_generate(*, session: TTSSession, worker: str) -> None:
         pass
 
 
-def session_steps(*, session: TTSSession, worker: str) -> Iterator[Made]:
+def session_steps(
+    *, session: TTSSession, worker: str, beside_others: bool = False
+) -> Iterator[Made]:
     """Synthesize a claimed session from its first missing chunk to the end, yielding
     after each chunk is handed on (sent, or queued behind the chunk before it), so that
     a worker can make another session's chunk in between (session_run). Closing it early
     stores what was queued and leaves the session running, for the recovery sweep.
+    ``beside_others``: the worker runs other sessions, whose syntheses queue on its
+    engine thread; this one's first segments go before them.
 
     Each chunk is broadcast as soon as it is synthesized, then stored on a writer thread
     while the next ones are synthesized, so neither the listeners nor the engine wait for
@@ -391,7 +402,7 @@ def session_steps(*, session: TTSSession, worker: str) -> Iterator[Made]:
     if last is None or last > RUNNING_WITH_FIRST_CHUNK_MS:
         running.send()
     try:
-        yield from _generate(session, worker, running)
+        yield from _generate(session, worker, running, urgent=beside_others)
     finally:
         running.send()  # nothing was sent (an exception): the session is still running
 
@@ -418,9 +429,12 @@ class _RunningStatus:
             broadcast.broadcast_status(self.session_id, frame)
 
 
-def _generate(session: TTSSession, worker: str, running: _RunningStatus) -> Iterator[Made]:
-    """session_generate's work; ``running``: the status to send with the first chunk, or
-    on its own before the session ends (or fails) without one."""
+def _generate(
+    session: TTSSession, worker: str, running: _RunningStatus, *, urgent: bool = False
+) -> Iterator[Made]:
+    """session_steps' work; ``running``: the status to send with the first chunk, or on
+    its own before the session ends (or fails) without one; ``urgent``: its first segments
+    go before the syntheses queued on the engine thread (session_steps)."""
     voice = get_voice(session.voice)
     if voice is None:
         running.send()
@@ -431,7 +445,7 @@ def _generate(session: TTSSession, worker: str, running: _RunningStatus) -> Iter
         )
         return
     first_seq = session.completed_chunks  # advanced with every stored chunk, atomically
-    ahead = _HeadAhead.start(session, voice) if first_seq == 0 else None
+    ahead = _HeadAhead.start(session, voice, urgent=urgent) if first_seq == 0 else None
     try:
         segments = session_segments(session=session, voice=voice)
         total = session.total_chunks = len(segments)
@@ -460,6 +474,11 @@ def _generate(session: TTSSession, worker: str, running: _RunningStatus) -> Iter
     for i in range(first_seq, total):
         first_of.setdefault(keys[i], i)
     synthesizing = ahead.take(segments, keys) if ahead is not None else {}
+    stored_or_under_way = first_seq >= total or first_seq in synthesizing
+    if urgent and not stored_or_under_way and keys[first_seq] not in cached:
+        # made on the engine thread, ahead of the syntheses the other sessions queued there
+        args = (segments[first_seq], voice, keys[first_seq])
+        synthesizing[first_seq] = _engine_pool().submit_first(_synthesize_segment, *args)
 
     def synthesize_ahead(seq: int) -> None:
         if seq >= total or seq in synthesizing or keys[seq] in cached:
@@ -866,7 +885,7 @@ class _HeadAhead:
         self.head = head  # (segment, its audio key, its synthesis unless stored or repeated)
 
     @classmethod
-    def start(cls, session: TTSSession, voice: Voice) -> _HeadAhead | None:
+    def start(cls, session: TTSSession, voice: Voice, *, urgent: bool = False) -> _HeadAhead | None:
         if len(session.text) <= 2 * cls.HEAD_CHARS:
             return None  # cut whole in a few milliseconds: nothing to win
         cut = session_segments(session=session, voice=voice, text=session.text[: cls.HEAD_CHARS])
@@ -876,13 +895,15 @@ class _HeadAhead:
         keys = [segment_key(seg, voice=voice, engine_model=session.model) for seg in usable]
         stored, seen, head = cached_keys(keys), set(), []
         begun, queued = threading.Event(), False
+        engine = _engine_pool()
+        submit = engine.submit_first if urgent else engine.submit
         for segment, key in zip(usable, keys, strict=True):
             future = None
             if key not in stored and key not in seen:
                 if not queued:
-                    _engine_pool().submit(begun.set)
+                    submit(begun.set)
                     queued = True
-                future = _engine_pool().submit(_synthesize_segment, segment, voice, key)
+                future = submit(_synthesize_segment, segment, voice, key)
             seen.add(key)
             head.append((segment, key, future))
         # Cutting the whole text comes next, holding the GIL for milliseconds at a stretch:
@@ -908,19 +929,63 @@ class _HeadAhead:
         return taken
 
 
-_engine_executor: ThreadPoolExecutor | None = None
-_engine_executor_lock = threading.Lock()
+class _EngineThread:
+    """The worker's one engine thread: syntheses in the order submitted, except that those
+    submitted with ``submit_first`` (a session's first segments, taken on beside others)
+    go before every one queued with ``submit``, in their own order. It touches no
+    database. The loop's own thread makes a session's first segment when the worker runs
+    nothing else, and one whose stored audio vanished meanwhile."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._first: deque[tuple[Future, Callable[..., Any], tuple]] = deque()
+        self._rest: deque[tuple[Future, Callable[..., Any], tuple]] = deque()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        return self._queue(self._rest, fn, args)
+
+    def submit_first(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        return self._queue(self._first, fn, args)
+
+    def _queue(self, queue: deque, fn: Callable[..., T], args: tuple) -> Future[T]:
+        future: Future[T] = Future()
+        with self._changed:
+            queue.append((future, fn, args))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tts-engine", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not (self._first or self._rest):
+                    self._changed.wait()
+                future, fn, args = (self._first or self._rest).popleft()
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - the waiting thread raises it
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            del future, fn, args  # not kept alive while the thread waits
 
 
-def _engine_pool() -> ThreadPoolExecutor:
-    """The worker's one engine thread: a session's syntheses after its first run there, in
-    the order submitted (it touches no database). The loop's own thread makes the first
-    segment, and one whose stored audio vanished meanwhile."""
-    global _engine_executor
-    with _engine_executor_lock:
-        if _engine_executor is None:
-            _engine_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-engine")
-        return _engine_executor
+_engine_thread: _EngineThread | None = None
+_engine_thread_lock = threading.Lock()
+
+
+def _engine_pool() -> _EngineThread:
+    """The worker's one engine thread (_EngineThread), started with its first synthesis."""
+    global _engine_thread
+    with _engine_thread_lock:
+        if _engine_thread is None:
+            _engine_thread = _EngineThread()
+        return _engine_thread
 
 
 def _synthesize(text: str, voice: Voice) -> Audio:
