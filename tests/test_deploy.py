@@ -423,6 +423,8 @@ def test_bad_sentinel_addresses_are_refused():
         ("TTS_PENDING_SOCKET_S", "-1"),
         ("TTS_PENDING_SOCKET_S", "nan"),
         ("TTS_WORKER_ASYNC_COMMIT", "sometimes"),
+        ("TTS_WORKER_SESSIONS", "0"),
+        ("TTS_WORKER_SESSIONS", "many"),
     ],
 )
 def test_bad_pool_and_worker_settings_are_refused_by_name(name, value):

@@ -322,20 +322,24 @@ def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
                 except StopIteration:
                     schedule.finished(run)
                 except Exception:  # noqa: BLE001 - one session's crash: the others go on
-                    logger.exception("generation of %s crashed", run.session_id)
                     schedule.finished(run)
-                    schedule.taking = False
-                    connection.close_if_unusable_or_obsolete()  # the others' next query
+                    _stop_taking(schedule, "generation of %s crashed", run.session_id)
                 if schedule.time_to_look():
                     try:
                         _take_waiting(schedule, worker)
                     except Exception:  # noqa: BLE001 - the sessions under way go on
-                        logger.exception("looking for waiting sessions failed")
-                        schedule.taking = False
-                        connection.close_if_unusable_or_obsolete()
+                        _stop_taking(schedule, "looking for waiting sessions failed")
             session = session_claim_next(worker=worker) if schedule.taking else None
     finally:
         schedule.close()  # an interrupt: the runs left store what they queued
+
+
+def _stop_taking(schedule: Schedule, message: str, *args: Any) -> None:
+    """After a failure (logged here): finish the sessions under way, take no more, and
+    drop this thread's connection if the failure broke it (their next query)."""
+    logger.exception(message, *args)
+    schedule.taking = False
+    connection.close_if_unusable_or_obsolete()
 
 
 def _take_waiting(schedule: Schedule, worker: str) -> None:
@@ -474,18 +478,16 @@ def _generate(
     for i in range(first_seq, total):
         first_of.setdefault(keys[i], i)
     synthesizing = ahead.take(segments, keys) if ahead is not None else {}
-    stored_or_under_way = first_seq >= total or first_seq in synthesizing
-    if urgent and not stored_or_under_way and keys[first_seq] not in cached:
-        # made on the engine thread, ahead of the syntheses the other sessions queued there
-        args = (segments[first_seq], voice, keys[first_seq])
-        synthesizing[first_seq] = _engine_pool().submit_first(_synthesize_segment, *args)
 
-    def synthesize_ahead(seq: int) -> None:
+    def synthesize_ahead(seq: int, *, first: bool = False) -> None:
         if seq >= total or seq in synthesizing or keys[seq] in cached:
             return
         if first_of[keys[seq]] == seq:  # a repeat is sent as its first occurrence's audio
-            args = (segments[seq], voice, keys[seq])
-            synthesizing[seq] = _engine_pool().submit(_synthesize_segment, *args)
+            submit = _engine.submit_first if first else _engine.submit
+            synthesizing[seq] = submit(_synthesize_segment, segments[seq], voice, keys[seq])
+
+    if urgent:  # on the engine thread, before the syntheses the other sessions queued there
+        synthesize_ahead(first_seq, first=True)
 
     used = narration_key(voice=voice, engine_model=session.model, text=session.text)
     stored_ms = session.audio_ms  # the audio stored so far (by an earlier run too)
@@ -895,8 +897,7 @@ class _HeadAhead:
         keys = [segment_key(seg, voice=voice, engine_model=session.model) for seg in usable]
         stored, seen, head = cached_keys(keys), set(), []
         begun, queued = threading.Event(), False
-        engine = _engine_pool()
-        submit = engine.submit_first if urgent else engine.submit
+        submit = _engine.submit_first if urgent else _engine.submit
         for segment, key in zip(usable, keys, strict=True):
             future = None
             if key not in stored and key not in seen:
@@ -975,17 +976,7 @@ class _EngineThread:
             del future, fn, args  # not kept alive while the thread waits
 
 
-_engine_thread: _EngineThread | None = None
-_engine_thread_lock = threading.Lock()
-
-
-def _engine_pool() -> _EngineThread:
-    """The worker's one engine thread (_EngineThread), started with its first synthesis."""
-    global _engine_thread
-    with _engine_thread_lock:
-        if _engine_thread is None:
-            _engine_thread = _EngineThread()
-        return _engine_thread
+_engine = _EngineThread()  # the worker's one engine thread, started with its first synthesis
 
 
 def _synthesize(text: str, voice: Voice) -> Audio:
