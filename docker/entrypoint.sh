@@ -2,7 +2,7 @@
 # Container entry point: one image, two roles (docs/deployment.md).
 #
 #   web      apply migrations (unless MIGRATE_ON_START=0), then serve HTTP and WebSockets
-#            with daphne on $PORT
+#            with daphne on $PORT (python -m tts.serve: daphne on uvloop, TTS_UVLOOP)
 #   worker   python manage.py runworker tts-generate (loads the voices once, then narrates)
 #   migrate  apply migrations and exit (a release step when several web processes start)
 #   ...      anything else runs as given: python manage.py createsuperuser, sh, ...
@@ -33,7 +33,7 @@ web() {
     if [ "${DAPHNE_PROXY_HEADERS:-0}" = "1" ]; then
         set -- --proxy-headers "$@"
     fi
-    exec "$PYTHON" -m daphne \
+    exec "$PYTHON" -m tts.serve \
         --bind "${DAPHNE_BIND:-0.0.0.0}" \
         --port "${PORT:-8000}" \
         --websocket_timeout "${DAPHNE_WEBSOCKET_TIMEOUT:-86400}" \

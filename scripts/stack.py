@@ -114,7 +114,7 @@ DAPHNE_FLAGS = [
 class Stack:
     """daphne + N workers sharing one environment (database, Redis)."""
 
-    daphne_launcher: ClassVar[list[str]] = [PYTHON, "-m", "daphne"]
+    daphne_launcher: ClassVar[list[str]] = [PYTHON, "-m", "tts.serve"]  # daphne, on uvloop
     worker_command: ClassVar[list[str]] = [PYTHON, "manage.py", "runworker", "tts-generate"]
 
     env: dict[str, str]

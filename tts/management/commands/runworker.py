@@ -8,9 +8,10 @@ import threading
 import time
 
 from channels.management.commands.runworker import Command as ChannelsRunworker
+from django.core.management.base import CommandError
 from django.db import close_old_connections, connections, router
 
-from tts import health, services
+from tts import health, loops, services
 from tts.conf import settings
 from tts.engines import get_engine
 from tts.models import AudioBlob, TTSChunk, TTSSession
@@ -106,6 +107,11 @@ class Command(ChannelsRunworker):
     help = ChannelsRunworker.help + " Narration: warms the voices and runs the recovery sweep."
 
     def handle(self, *args, **options) -> None:
+        try:  # before any event loop is made: the message loop's, the sender loop's
+            loop = loops.install()
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        logger.info("event loop: %s", loop)
         if settings.TTS_WORKER_ASYNC_COMMIT:
             commit_without_waiting_for_disk()
         keep_connections(settings.TTS_WORKER_CONN_MAX_AGE)
