@@ -20,7 +20,7 @@ import os
 
 ENV = "TTS_UVLOOP"
 _TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+_FALSE = {"0", "false", "no", "off", ""}  # config/env.py's words
 
 
 def wanted(environ: dict[str, str] | None = None) -> bool:
