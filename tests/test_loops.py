@@ -14,10 +14,11 @@ from tts import loops
 REPO = Path(__file__).resolve().parent.parent
 
 # What a fresh process reports once tts.loops has had its say: the name install() gives,
-# the module of the loop that asyncio now makes, and current()'s name for the policy.
+# and the modules of the loop that asyncio now makes and of the policy that makes it.
 PROBE = (
     "import asyncio; from tts import loops; chosen = loops.install(); "
-    "print(chosen, type(asyncio.new_event_loop()).__module__, loops.current())"
+    "print(chosen, type(asyncio.new_event_loop()).__module__, "
+    "type(asyncio.get_event_loop_policy()).__module__)"
 )
 
 
@@ -50,12 +51,16 @@ def test_every_loop_made_after_install_is_a_uvloop_one():
 
 def test_turned_off_the_loops_stay_asyncio_ones():
     done = fresh(PROBE, TTS_UVLOOP="0")
-    assert done.stdout.split() == ["asyncio", "asyncio.unix_events", "asyncio"], done.stderr
+    assert done.stdout.split() == ["asyncio", "asyncio.unix_events", "asyncio.unix_events"], (
+        done.stderr
+    )
 
 
 def test_without_uvloop_installed_the_loops_stay_asyncio_ones():
     done = fresh("import sys; sys.modules['uvloop'] = None; " + PROBE)
-    assert done.stdout.split() == ["asyncio", "asyncio.unix_events", "asyncio"], done.stderr
+    assert done.stdout.split() == ["asyncio", "asyncio.unix_events", "asyncio.unix_events"], (
+        done.stderr
+    )
 
 
 def test_the_stack_serves_and_narrates_on_uvloop(live_stack):
