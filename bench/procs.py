@@ -48,7 +48,7 @@ def main() -> None:
     if role == "daphne":  # as tts.serve does, before daphne makes its loop
         from tts import loops  # (a worker's runworker installs its own)
 
-        loops.install()
+        loops.install_uvloop()
     import django
 
     django.setup()

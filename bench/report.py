@@ -69,6 +69,17 @@ def _espeak_version() -> str | None:
     return match.group(1) if match else out.strip()[:60]
 
 
+def _event_loop(env: dict[str, str]) -> str:
+    from tts import loops
+
+    try:
+        wanted = loops.uvloop_wanted(env)
+    except ValueError:
+        wanted = False  # the stack's processes refuse to start: nothing is measured
+    version = _version("uvloop")
+    return f"uvloop {version}" if wanted and version else "asyncio"
+
+
 def machine(env: dict[str, str]) -> dict:
     import psutil
     import redis
@@ -97,6 +108,8 @@ def machine(env: dict[str, str]) -> dict:
         "channels_redis": _version("channels-redis"),
         "daphne": _version("daphne"),
         "websockets": _version("websockets"),
+        # the stack's event loops (tts/loops.py): uvloop's version, or asyncio
+        "event_loop": _event_loop(env),
         "redis_server": f"{server.get('server_name', 'redis')} {server.get('redis_version')}",
         "database": f"{connection.vendor} {db_version}",
         "espeak_ng": _espeak_version(),

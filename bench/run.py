@@ -656,7 +656,7 @@ def _header(info: dict, args: argparse.Namespace, duration: float) -> str:
         f"\n{info.get('cpu')}, {info.get('cores_logical')} cores, {info.get('ram_gb')} GB; "
         f"Python {info.get('python')}, torch {info.get('torch')} "
         f"({info.get('torch_threads_per_worker')} threads/worker), {info.get('database')}, "
-        f"{info.get('redis_server')}; {args.workers} workers; commit "
+        f"{info.get('redis_server')}, {info.get('event_loop')}; {args.workers} workers; commit "
         f"{(info.get('git_commit') or '?')[:10]}; {duration:.0f} s\n"
     )
 

@@ -10,6 +10,7 @@ line as it is; ``python -m daphne`` still works, on asyncio's own loop.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from tts import loops
@@ -17,13 +18,17 @@ from tts import loops
 
 def main() -> None:
     try:
-        loop = loops.install()
+        loops.install_uvloop()
     except ValueError as exc:
         raise SystemExit(f"tts.serve: {exc}") from None
+    from daphne import server
     from daphne.cli import CommandLineInterface
 
-    # Before daphne's logging is set up, and Django's: a line of its own on stderr.
-    print(f"tts.serve: daphne on {loop}'s event loop", file=sys.stderr, flush=True)
+    # The loop daphne will run on, as made (not as asked for): a line of its own on
+    # stderr, before daphne's logging or Django's is set up.
+    loop = "uvloop" if type(server.twisted_loop).__module__.startswith("uvloop") else "asyncio"
+    print(f"tts.serve: daphne (pid {os.getpid()}) on {loop}'s event loop", file=sys.stderr)
+    sys.stderr.flush()
     sys.argv[0] = "daphne"
     CommandLineInterface.entrypoint()
 

@@ -107,11 +107,13 @@ class Command(ChannelsRunworker):
     help = ChannelsRunworker.help + " Narration: warms the voices and runs the recovery sweep."
 
     def handle(self, *args, **options) -> None:
-        try:  # before any event loop is made: the message loop's, the sender loop's
-            loop = loops.install()
+        # Before the loops this worker runs are made: its message loop's, its sender
+        # loop's (django.setup() has made daphne's, which a worker never runs).
+        try:
+            loop = loops.install_uvloop()
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        logger.info("event loop: %s", loop)
+        logger.info("worker %s: event loop %s", worker_name(), loop)
         if settings.TTS_WORKER_ASYNC_COMMIT:
             commit_without_waiting_for_disk()
         keep_connections(settings.TTS_WORKER_CONN_MAX_AGE)
