@@ -121,8 +121,13 @@ def test_every_variable_is_listed_in_env_example():
     )
     read |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-", (REPO / "docker/entrypoint.sh").read_text()))
     read |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)[:}]", (REPO / "docker-compose.yml").read_text()))
-    for path in ("docker/healthcheck.py", "tts/loops.py"):  # read before Django's settings
-        read |= set(re.findall(r'environ\.get\("([A-Z][A-Z0-9_]*)"', (REPO / path).read_text()))
+    read |= set(
+        re.findall(
+            r'environ\.get\("([A-Z][A-Z0-9_]*)"', (REPO / "docker/healthcheck.py").read_text()
+        )
+    )
+    # read before Django's settings exist (tts.serve, runworker)
+    read |= set(re.findall(r'read_bool\("([A-Z][A-Z0-9_]*)"', (REPO / "tts/loops.py").read_text()))
     assert "TTS_UVLOOP" in read
     assert sorted(read - listed) == []
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 from config import env as config_env
 from tests.conftest import ARTIFACTS, stack_env
@@ -49,10 +50,14 @@ def test_uvloop_is_wanted_unless_turned_off():
         loops.uvloop_wanted({"TTS_UVLOOP": "sometimes"})
 
 
-def test_its_words_are_those_of_every_other_boolean_variable():
-    """config/env.py reads the project's other booleans; the app cannot import it."""
-    assert set(loops.TRUE) == config_env._TRUE
-    assert set(loops.FALSE) == config_env._FALSE
+def test_its_words_are_those_of_every_other_boolean_variable(monkeypatch):
+    """One reading (tts.environ) for it and for the settings' booleans (config/env.py)."""
+    for word, meant in [("On", True), ("no", False), ("", False)]:
+        monkeypatch.setenv("TTS_UVLOOP", word)
+        assert loops.uvloop_wanted() is config_env.env_bool("TTS_UVLOOP") is meant
+    monkeypatch.setenv("TTS_UVLOOP", "sometimes")
+    with pytest.raises(ImproperlyConfigured, match="TTS_UVLOOP must be a boolean"):
+        config_env.env_bool("TTS_UVLOOP")
 
 
 def test_every_loop_made_after_install_is_a_uvloop_one():

@@ -12,30 +12,20 @@ the workers. ``TTS_UVLOOP=0`` in the environment keeps asyncio's own loop, and s
 platform that uvloop does not support (Windows: it is not installed there).
 
 ``TTS_UVLOOP`` is an environment variable, not a Django setting: daphne's loop is made
-before Django's settings are read. Its words are config/env.py's (the project's reading
-of every boolean variable), which this reusable app cannot import.
+before Django's settings are read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping
 
-ENV = "TTS_UVLOOP"
-TRUE = frozenset({"1", "true", "yes", "on"})
-FALSE = frozenset({"0", "false", "no", "off", ""})
+from tts.environ import read_bool
 
 
 def uvloop_wanted(environ: Mapping[str, str] | None = None) -> bool:
     """``TTS_UVLOOP`` (default on). A value that is not a boolean is refused by name."""
-    raw = os.environ.get("TTS_UVLOOP", "1") if environ is None else environ.get(ENV, "1")
-    value = raw.strip().lower()
-    if value in TRUE:
-        return True
-    if value in FALSE:
-        return False
-    raise ValueError(f"{ENV} must be a boolean (1/0, true/false), got {raw!r}")
+    return read_bool("TTS_UVLOOP", True, environ)
 
 
 def install_uvloop(environ: Mapping[str, str] | None = None) -> str:
