@@ -70,14 +70,14 @@ def _espeak_version() -> str | None:
 
 
 def _event_loop(env: dict[str, str]) -> str:
+    """What the stack's processes run on: tts.loops' choice for their environment."""
     from tts import loops
 
     try:
-        wanted = loops.uvloop_wanted(env)
+        chosen = loops.uvloop_policy(env) is not None
     except ValueError:
-        wanted = False  # the stack's processes refuse to start: nothing is measured
-    version = _version("uvloop")
-    return f"uvloop {version}" if wanted and version else "asyncio"
+        chosen = False  # the stack's processes refuse to start: nothing is measured
+    return f"uvloop {_version('uvloop')}" if chosen else "asyncio"
 
 
 def machine(env: dict[str, str]) -> dict:

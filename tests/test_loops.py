@@ -12,7 +12,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from config import env as config_env
-from tests.conftest import ARTIFACTS, stack_env
+from tests.conftest import ARTIFACTS
 from tts import loops
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def test_tts_serve_is_daphne_on_the_loop_asked_for(setting, loop):
 def test_the_stack_serves_and_narrates_on_uvloop(live_stack):
     """daphne (through tts.serve) and the worker (runworker) each say, with their process
     id, which loop they run on as they start: these are this run's processes' lines."""
-    loop = "uvloop" if loops.uvloop_wanted(live_stack.env) else "asyncio"
+    loop = "uvloop" if loops.uvloop_policy(live_stack.env) else "asyncio"
     daphne = (ARTIFACTS / "logs" / "daphne.log").read_text(errors="replace")
     assert f"tts.serve: daphne (pid {live_stack.daphne.pid}) on {loop}'s event loop" in daphne
     worker = (ARTIFACTS / "logs" / "worker-0.log").read_text(errors="replace")
@@ -106,14 +106,7 @@ def test_the_stack_serves_and_narrates_on_uvloop(live_stack):
     ids=["daphne", "worker"],
 )
 def test_a_bad_tts_uvloop_stops_the_process_with_its_name(command):
-    done = subprocess.run(
-        [sys.executable, *command],
-        cwd=REPO,
-        env=stack_env(TTS_UVLOOP="sometimes"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = fresh(command, TTS_UVLOOP="sometimes")
     assert done.returncode != 0
     assert "TTS_UVLOOP must be a boolean (1/0, true/false), got 'sometimes'" in done.stderr
     assert "Traceback" not in done.stderr

@@ -28,20 +28,29 @@ def uvloop_wanted(environ: Mapping[str, str] | None = None) -> bool:
     return read_bool("TTS_UVLOOP", True, environ)
 
 
-def install_uvloop(environ: Mapping[str, str] | None = None) -> str:
-    """Make every event loop this process creates from now on a uvloop one, when wanted and
-    available. Returns the name of the loops it will make: ``uvloop`` or ``asyncio``.
+def uvloop_policy(
+    environ: Mapping[str, str] | None = None,
+) -> asyncio.AbstractEventLoopPolicy | None:
+    """uvloop's event loop policy when it is wanted and available, else None.
 
-    Through asyncio's event loop policy, the one hook that daphne's loop (made with
-    ``asyncio.new_event_loop()`` at import) goes through. Python 3.14 deprecates
-    policies; where uvloop no longer offers one, asyncio's loop it is."""
+    A policy is the one hook that daphne's loop (made with ``asyncio.new_event_loop()``
+    at import) goes through. Python 3.14 deprecates policies; where uvloop no longer
+    offers one, asyncio's loop it is."""
     if not uvloop_wanted(environ):
-        return "asyncio"
+        return None
     try:
         import uvloop
 
-        policy = uvloop.EventLoopPolicy()
+        return uvloop.EventLoopPolicy()
     except (ImportError, AttributeError):
+        return None
+
+
+def install_uvloop(environ: Mapping[str, str] | None = None) -> str:
+    """Make every event loop this process creates from now on a uvloop one, when wanted and
+    available. Returns the name of the loops it will make: ``uvloop`` or ``asyncio``."""
+    policy = uvloop_policy(environ)
+    if policy is None:
         return "asyncio"
     asyncio.set_event_loop_policy(policy)
     return "uvloop"
