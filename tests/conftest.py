@@ -164,17 +164,19 @@ def _no_limits(settings):
 def _close_connections_before_the_drop(django_db_setup, django_db_blocker):
     """Close every connection before the test database is dropped: PostgreSQL's pool
     keeps idle ones, asgiref's thread for thread-sensitive code keeps its own, and so do
-    tts.asgi's request threads without a pool; each kept the database "accessed by other
+    tts.asgi's request threads without a pool (and the store threads, where kept); each kept the database "accessed by other
     users" and its drop failed (a warning)."""
     yield
     from asgiref.sync import SyncToAsync
     from django.db import connections
 
     from tts.asgi import close_request_thread_connections
+    from tts.services import close_store_thread_connections
 
     with django_db_blocker.unblock():
         # The request threads of tts.asgi keep theirs (without a pool): close them there.
         close_request_thread_connections()
+        close_store_thread_connections()  # closed after each session unless kept
         # asgiref's one thread for thread-sensitive sync code (the consumers' queries)
         # keeps a connection of its own; close it there, then the pool.
         SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)

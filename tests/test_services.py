@@ -719,6 +719,45 @@ def test_the_writer_skips_everything_after_a_failed_batch_and_raises_its_error()
     assert skipped == ["f"]
 
 
+@pytest.mark.parametrize("max_age, opened", [(60, 1), (0, 3)], ids=["kept", "not kept"])
+def test_sessions_store_on_kept_threads_that_keep_a_connection_where_the_process_does(
+    monkeypatch, max_age, opened
+):
+    """Three sessions, one after another, store on one thread. A worker keeps
+    connections (CONN_MAX_AGE, from TTS_WORKER_CONN_MAX_AGE): that thread opens one for
+    all three. Where connections are not kept, each session's is closed after it, as
+    before (a pool takes them back)."""
+    import threading
+
+    from django.db import connection
+    from django.db.backends.signals import connection_created
+
+    if max_age and connection.settings_dict.get("OPTIONS", {}).get("pool"):
+        pytest.skip("a pool takes connections back; CONN_MAX_AGE is not for it")
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", max_age)
+    services.close_store_thread_connections()  # none kept from before
+    threads, created = set(), []
+
+    def on_created(sender, connection, **kwargs):
+        if threading.current_thread().name == "tts-store":
+            created.append(connection)
+
+    def store(batch):
+        threads.add(threading.get_ident())
+        return AudioBlob.objects.filter(key="none").exists() is False
+
+    connection_created.connect(on_created)
+    try:
+        for _ in range(3):
+            with services._OrderedWriter(store) as writer:
+                writer.submit("a")
+                assert writer.wait()
+    finally:
+        connection_created.disconnect(on_created)
+        services.close_store_thread_connections()
+    assert len(threads) == 1 and len(created) == opened
+
+
 @pytest.fixture
 def sent(monkeypatch) -> dict[int, bytes]:
     """The audio each chunk was broadcast with, by seq."""

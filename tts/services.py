@@ -17,13 +17,22 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from concurrent.futures import wait as wait_for
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
+from queue import SimpleQueue
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from django.contrib.contenttypes.models import ContentType
-from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    close_old_connections,
+    connection,
+    connections,
+    transaction,
+)
 from django.db.models import F, FloatField, Max, Q, QuerySet, Subquery
 from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
@@ -628,6 +637,80 @@ def _close_thread_connection() -> None:
         connection.close()
 
 
+def _release_thread_connections() -> None:
+    """On a store thread, before and after a session's stores: keep its connections
+    where this process keeps connections (``CONN_MAX_AGE``: a worker's, see runworker),
+    as Django does between two requests; close (or give back to the pool) those that
+    are obsolete, broken, or not to be kept (``CONN_MAX_AGE`` 0: tests, the narrate
+    command), as before."""
+    with suppress(DatabaseError):
+        close_old_connections()
+
+
+class _StoreThread:
+    """A daemon thread that runs the functions handed to it, one at a time, in order."""
+
+    def __init__(self) -> None:
+        self._jobs: SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = SimpleQueue()
+        threading.Thread(target=self._serve, name="tts-store", daemon=True).start()
+
+    def run(self, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._jobs.put((future, fn))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            future, fn = self._jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+                future.set_exception(exc)
+            del future, fn  # not kept alive while the thread waits
+
+
+class _StoreThreads:
+    """The threads that sessions' writers (_OrderedWriter) run on, lent to one session at
+    a time and kept for the next, with their database connection.
+
+    A session used to start a thread for its stores and open a connection on it (on
+    SQLite also registering Django's SQL functions: 0.7 ms idle, two to three times that
+    on two busy cores), right when its first chunk was on its way to the listeners, and
+    close both at its end. As many threads are made as sessions ever ran at once in this
+    process (``TTS_WORKER_SESSIONS`` for a worker); they stay, idle, until it exits."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[_StoreThread] = []
+
+    def take(self) -> _StoreThread:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return _StoreThread()
+
+    def give_back(self, thread: _StoreThread) -> None:
+        with self._lock:
+            self._idle.append(thread)
+
+    def close_connections(self) -> None:
+        """Close what the idle threads keep (before a test database is dropped)."""
+        with self._lock:
+            idle = list(self._idle)
+        for thread in idle:
+            thread.run(connections.close_all).result(timeout=10)
+
+
+_store_threads = _StoreThreads()
+
+
+def close_store_thread_connections() -> None:
+    """Close the connections this process's idle store threads keep."""
+    _store_threads.close_connections()
+
+
 T = TypeVar("T")
 
 
@@ -670,9 +753,11 @@ class _OrderedWriter(Generic[T]):
         self._failed = False
         self._error: BaseException | None = None  # raised once, on the caller's thread
         self._closing = False
-        self._thread: threading.Thread | None = None  # started with the first item
+        self._thread: _StoreThread | None = None  # lent with the first item
+        self._ran: Future[None] | None = None
 
     def _run(self) -> None:
+        _release_thread_connections()  # one kept past its age or broken is opened anew
         try:
             while batch := self._next_batch():
                 error = None
@@ -688,7 +773,7 @@ class _OrderedWriter(Generic[T]):
                     self._running = 0
                     self._changed.notify_all()
         finally:
-            _close_thread_connection()
+            _release_thread_connections()
 
     def _next_batch(self) -> list[T]:
         with self._changed:
@@ -710,8 +795,8 @@ class _OrderedWriter(Generic[T]):
 
     def submit(self, item: T) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="tts-store", daemon=True)
-            self._thread.start()
+            self._thread = _store_threads.take()
+            self._ran = self._thread.run(self._run)
         with self._changed:
             self._queued.append(item)
             self._changed.notify_all()
@@ -749,13 +834,17 @@ class _OrderedWriter(Generic[T]):
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        # Queued items are stored first, even after an interrupt; then the thread's own
-        # database connection is closed.
+        # Queued items are stored first, even after an interrupt; then the thread goes
+        # back for the next session, its connection kept or closed as this process keeps
+        # connections (_release_thread_connections).
         with self._changed:
             self._closing = True
             self._changed.notify_all()
-        if self._thread is not None:
-            self._thread.join()
+        if self._thread is not None and self._ran is not None:
+            wait_for([self._ran])
+            if (error := self._ran.exception()) is not None:  # not the store's: it is caught
+                logger.error("a store thread failed", exc_info=error)
+            _store_threads.give_back(self._thread)
 
 
 def session_segments(
