@@ -65,6 +65,10 @@ def figures(result: dict, voice: str) -> dict[str, float]:
     if "audio_s_per_wall_s" in burst:
         out["burst audio s per wall s"] = burst["audio_s_per_wall_s"]
         out["burst: nothing lost"] = float(burst["nothing_lost"])
+    cpu = result.get("ttfa", {}).get(voice, {}).get("cpu_ms_per_session", {})
+    for process in ("daphne", "workers"):  # CPU ms per cold session, all its threads
+        if process in cpu:
+            out[f"CPU ms per session: {process}"] = cpu[process]
     reopen = result.get("cached", {}).get(voice, {}).get("reopen", {})
     if "connect_to_first_frame" in reopen:
         out["reopen p50"] = reopen["connect_to_first_frame"]["p50"]
@@ -132,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         "ms per chunk p50",
         "long text TTFA p50",
         "reopen p50",
+        "CPU ms per session: daphne",
+        "CPU ms per session: workers",
         "burst audio s per wall s",
         "burst: nothing lost",
     ]

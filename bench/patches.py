@@ -484,3 +484,170 @@ def direct_generate() -> None:
                 await self.get_or_create_application_instance(channel, scope).put(message)
 
     Worker.listener = listener
+
+
+@patch
+def blocking_first_send() -> None:
+    """tts/broadcast.py _group_send: a send that is waited for (the first chunk's) runs on
+    the calling thread through a blocking Redis connection, as the doorbell's does
+    (``send_blocking``), instead of going to the sender loop's thread and back, when
+    nothing is queued on that loop before it (else order would break)."""
+    import time as _time
+
+    from channels.layers import get_channel_layer
+
+    from tts import broadcast, redis_client
+    from tts.layers import GROUP_SEND_LUA, MEMBERS_LUA
+
+    scripts: dict[int, tuple] = {}
+
+    def group_send_blocking(layer, group: str, message: dict) -> None:
+        index = layer.consistent_hash(group)
+        if index not in scripts:
+            client = redis_client.client_for(layer.hosts[index])
+            scripts[index] = (
+                client.register_script(MEMBERS_LUA),
+                client.register_script(GROUP_SEND_LUA),
+            )
+        members_script, _ = scripts[index]
+        members = members_script(
+            keys=[layer._group_key(group)], args=[int(_time.time()) - layer.group_expiry]
+        )
+        names = [name.decode("utf8") for name in members]
+        by_connection, messages, capacities = layer._map_channel_keys_to_connection(
+            names, message
+        )
+        for index, keys in by_connection.items():
+            if index not in scripts:
+                client = redis_client.client_for(layer.hosts[index])
+                scripts[index] = (
+                    client.register_script(MEMBERS_LUA),
+                    client.register_script(GROUP_SEND_LUA),
+                )
+            now = _time.time()
+            scripts[index][1](
+                keys=keys,
+                args=[
+                    *(messages[key] for key in keys),
+                    *(capacities[key] for key in keys),
+                    now,
+                    int(now) - int(layer.expiry),
+                    int(layer.expiry),
+                ],
+            )
+
+    original = broadcast._group_send
+
+    def _group_send(session_id, event, *, wait: bool = False) -> None:
+        layer = get_channel_layer()
+        if not wait or layer is None or broadcast._sender._backlog:
+            return original(session_id, event, wait=wait)
+        try:
+            group_send_blocking(layer, broadcast.session_group(session_id), event)
+        except Exception:  # noqa: BLE001
+            pass
+
+    replace(broadcast, "_group_send", _group_send)
+
+
+@patch
+def late_first_store() -> None:
+    """tts/services.py chunks_store: the first chunk's store (on the writer thread) waits
+    BENCH_STORE_DELAY_MS (default 2) first, so that the relay of the first chunk to the
+    client (daphne, the client) has the second core while the engine makes the next one."""
+    from tts import services
+
+    delay = float(os.environ.get("BENCH_STORE_DELAY_MS", "2")) / 1000
+    original = services.chunks_store
+
+    def chunks_store(*args, **kwargs):
+        if kwargs.get("total_chunks") is not None:  # the session's first batch
+            time.sleep(delay)
+        return original(*args, **kwargs)
+
+    replace(services, "chunks_store", chunks_store)
+
+
+@patch
+def early_head() -> None:
+    """tts/services.py session_run: before the claim, read the queued session's text and
+    voice (one query) and put its first segments on the engine thread (as _HeadAhead does
+    for a long text's head, here for every text), so that the claim, the cut of the whole
+    text and the cache lookups run while the engine makes the first segment."""
+    from tts import services
+    from tts.models import SessionStatus, TTSSession
+    from tts.voices import get_voice
+
+    started: dict = {}
+    original_run = services.session_run
+    original_start = services._HeadAhead.start.__func__
+
+    def begin(session_id) -> None:
+        row = (
+            TTSSession.objects.filter(pk=session_id, status=SessionStatus.QUEUED)
+            .values_list("text", "voice", "model", "completed_chunks")
+            .first()
+        )
+        if row is None or row[3]:
+            return
+        text, voice_id, model, _ = row
+        voice = get_voice(voice_id)
+        if voice is None:
+            return
+        whole = len(text) <= 2 * services._HeadAhead.HEAD_CHARS
+        head = text if whole else text[: services._HeadAhead.HEAD_CHARS]
+        cut = services.segment_text(head, language=voice.language, **services._cutting(voice))
+        usable = (cut if whole else cut[:-1])[: 1 + services.SYNTHESIS_AHEAD]
+        if not usable:
+            return
+        keys = [services.segment_key(s, voice=voice, engine_model=model) for s in usable]
+        stored, seen, out = services.cached_keys(keys), set(), []
+        begun, queued = threading.Event(), False
+        for segment, key in zip(usable, keys, strict=True):
+            future = None
+            if key not in stored and key not in seen:
+                if not queued:
+                    services._engine.submit_first(begun.set)
+                    queued = True
+                future = services._engine.submit_first(
+                    services._synthesize_segment, segment, voice, key
+                )
+            seen.add(key)
+            out.append((segment, key, future))
+        if queued:
+            begun.wait(services._HeadAhead.HAND_OVER_S)
+        started[str(session_id)] = services._HeadAhead(out)
+
+    def session_run(*, session_id, worker):
+        started.clear()
+        try:
+            begin(session_id)
+        except Exception:  # noqa: BLE001
+            pass
+        return original_run(session_id=session_id, worker=worker)
+
+    def start(cls, session, voice, *, urgent=False):
+        ahead = started.pop(str(session.id), None)
+        if ahead is not None:
+            return ahead
+        return original_start(cls, session, voice, urgent=urgent)
+
+    replace(services, "session_run", session_run)
+    services._HeadAhead.start = classmethod(start)
+
+
+@patch
+def wal_pages() -> None:
+    """SQLite: ``PRAGMA wal_autocheckpoint=BENCH_WAL_PAGES`` (default 10000 pages, 40 MB;
+    SQLite's own is 1000) on every connection of daphne and the workers: fewer, larger
+    checkpoints (each pays two disk syncs whatever its size). Whole runs, not an A/B."""
+    from django.db.backends.signals import connection_created
+
+    pages = int(os.environ.get("BENCH_WAL_PAGES", "10000"))
+
+    def pragma(sender, connection, **kwargs) -> None:
+        if connection.vendor == "sqlite":
+            with connection.cursor() as cursor:
+                cursor.execute(f"PRAGMA wal_autocheckpoint={pages}")
+
+    connection_created.connect(pragma, weak=False)
