@@ -164,8 +164,9 @@ def _no_limits(settings):
 def _close_connections_before_the_drop(django_db_setup, django_db_blocker):
     """Close every connection before the test database is dropped: PostgreSQL's pool
     keeps idle ones, asgiref's thread for thread-sensitive code keeps its own, and so do
-    tts.asgi's request threads without a pool (and the store threads, where kept); each kept the database "accessed by other
-    users" and its drop failed (a warning)."""
+    tts.asgi's request threads without a pool (and the workers' store threads, where they
+    keep theirs); each kept the database "accessed by other users" and its drop failed (a
+    warning)."""
     yield
     from asgiref.sync import SyncToAsync
     from django.db import connections

@@ -20,8 +20,8 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
-from queue import SimpleQueue
 from datetime import timedelta
+from queue import SimpleQueue
 from typing import Any, Generic, TypeVar
 
 from django.contrib.contenttypes.models import ContentType
