@@ -9,6 +9,7 @@ bench/procs.py (`bench/run.py --patch NAME`). Nothing here changes the app's fil
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
@@ -514,9 +515,7 @@ def blocking_first_send() -> None:
             keys=[layer._group_key(group)], args=[int(_time.time()) - layer.group_expiry]
         )
         names = [name.decode("utf8") for name in members]
-        by_connection, messages, capacities = layer._map_channel_keys_to_connection(
-            names, message
-        )
+        by_connection, messages, capacities = layer._map_channel_keys_to_connection(names, message)
         for index, keys in by_connection.items():
             if index not in scripts:
                 client = redis_client.client_for(layer.hosts[index])
@@ -542,10 +541,8 @@ def blocking_first_send() -> None:
         layer = get_channel_layer()
         if not wait or layer is None or broadcast._sender._backlog:
             return original(session_id, event, wait=wait)
-        try:
+        with contextlib.suppress(Exception):  # as a lost event: listeners catch up
             group_send_blocking(layer, broadcast.session_group(session_id), event)
-        except Exception:  # noqa: BLE001
-            pass
 
     replace(broadcast, "_group_send", _group_send)
 
@@ -620,10 +617,8 @@ def early_head() -> None:
 
     def session_run(*, session_id, worker):
         started.clear()
-        try:
+        with contextlib.suppress(Exception):  # as without the head: the run goes on
             begin(session_id)
-        except Exception:  # noqa: BLE001
-            pass
         return original_run(session_id=session_id, worker=worker)
 
     def start(cls, session, voice, *, urgent=False):

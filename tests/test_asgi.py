@@ -281,3 +281,35 @@ async def test_a_request_finding_every_thread_busy_runs_on_a_fresh_one_at_once(
     assert ran_on["slow"].startswith("django-request")
     assert not ran_on["quick"].startswith("django-request")  # Django's own fresh thread
     await slow
+
+
+async def test_autobahn_formats_its_socket_settings_only_for_a_debug_line_written():
+    """Under daphne, autobahn's per-socket debug line of its settings (``pformat`` of 29
+    of them, on every socket's way to open) is formatted only if written, with the same
+    text; its Timings still print as text."""
+    from pprint import pformat
+
+    from autobahn.websocket import protocol
+
+    from tts.asgi import lazy_socket_debug_lines
+
+    lazy_socket_debug_lines()
+    lazy_socket_debug_lines()  # once is enough; a second call changes nothing
+
+    class Counted:
+        formatted = 0
+
+        def __repr__(self) -> str:
+            Counted.formatted += 1
+            return "counted"
+
+    settings_line = [("autoPingInterval", 20, "WebSocketServerFactory"), ("x", Counted(), "y")]
+    expected, Counted.formatted = pformat(settings_line), 0
+    argument = protocol.pformat(settings_line)
+    assert Counted.formatted == 0  # nothing formatted for a line that is not written
+    assert f"{argument}" == expected and Counted.formatted == 1  # as a line does
+    assert str(argument) == expected
+
+    timings = protocol.Timings()
+    timings.track("open")
+    assert isinstance(str(timings), str) and "open" in str(timings)

@@ -12,6 +12,7 @@ class TtsConfig(AppConfig):
         from tts import checks  # noqa: F401  (registers system checks)
 
         if "daphne.ws_protocol" in sys.modules:  # served by daphne (its CLI imports it first)
-            from tts.asgi import steady_close_handshake
+            from tts.asgi import lazy_socket_debug_lines, steady_close_handshake
 
             steady_close_handshake()
+            lazy_socket_debug_lines()

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -161,3 +163,40 @@ def steady_close_handshake() -> None:
 
     WebSocketFactory.__init__ = __init__
     WebSocketFactory._tts_steady_close = True
+
+
+class _LogArgument:
+    """A debug log line's argument, formatted when (if ever) the line is written."""
+
+    __slots__ = ("_format", "_value")
+
+    def __init__(self, format_: Callable[[Any], str], value: Any) -> None:
+        self._format, self._value = format_, value
+
+    def __str__(self) -> str:
+        return self._format(self._value)
+
+
+def lazy_socket_debug_lines() -> None:
+    """Under daphne, stop autobahn from pretty-printing its settings for every socket that
+    opens, for a debug line that is not written unless debug logging is on.
+
+    autobahn's ``WebSocketProtocol._connectionMade`` builds that line's argument first,
+    ``pformat`` of its 29 settings: 0.19 ms on an idle core, two to three times that on
+    two busy ones, on every socket's way to open, on the event loop that also serves the
+    POST sent beside it (docs/benchmarks.md, P53). Here that module's ``pformat`` returns
+    an argument formatted only when the line is written: the same text, when debug
+    logging is on. ``Timings.__str__``, the module's one other caller, which must return
+    a str, keeps the real one. Called by the app's ready() in a process that daphne
+    serves, as steady_close_handshake is; anywhere else, nothing."""
+    try:
+        from autobahn.websocket import protocol
+    except ImportError:  # not served by daphne
+        return
+    real = getattr(protocol, "pformat", None)
+    if getattr(protocol, "_tts_lazy_pformat", False) or not callable(real):
+        return
+    protocol.pformat = lambda value: _LogArgument(real, value)
+    if hasattr(protocol, "Timings"):
+        protocol.Timings.__str__ = lambda self: real(self._timings)
+    protocol._tts_lazy_pformat = True
