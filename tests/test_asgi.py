@@ -313,3 +313,34 @@ async def test_autobahn_formats_its_socket_settings_only_for_a_debug_line_writte
     timings = protocol.Timings()
     timings.track("open")
     assert isinstance(str(timings), str) and "open" in str(timings)
+
+
+async def test_autobahn_uses_pformat_only_where_a_lazy_argument_is_right():
+    """If an autobahn release used its protocol module's ``pformat`` anywhere but as a
+    debug line's argument (or in ``Timings.__str__``, which keeps the real one), the lazy
+    stand-in would break it: this fails first, before sockets do."""
+    import ast
+    import inspect
+
+    from autobahn.websocket import protocol
+
+    tree = ast.parse(inspect.getsource(protocol))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "pformat"
+    ]
+    assert calls  # the settings line this works around is still there
+    for call in calls:
+        parent = parents[call]
+        as_log_argument = (
+            isinstance(parent, ast.keyword)
+            and isinstance(parents[parent], ast.Call)
+            and getattr(parents[parent].func, "attr", None) == "debug"
+        )
+        in_timings_str = isinstance(parent, ast.Return) and any(
+            isinstance(node, ast.ClassDef) and node.name == "Timings" and call in ast.walk(node)
+            for node in ast.walk(tree)
+        )
+        assert as_log_argument or in_timings_str, f"pformat used at line {call.lineno}"

@@ -743,7 +743,7 @@ def test_sessions_store_on_kept_threads_that_keep_a_connection_where_the_process
             created.append(connection)
 
     def store(batch):
-        threads.add(threading.get_ident())
+        threads.add(threading.current_thread())  # not its ident, which may be reused
         return AudioBlob.objects.filter(key="none").exists() is False
 
     connection_created.connect(on_created)

@@ -25,11 +25,11 @@ so do async streaming responses. A project whose middleware is async-only gains 
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -166,15 +166,15 @@ def steady_close_handshake() -> None:
 
 
 class _LogArgument:
-    """A debug log line's argument, formatted when (if ever) the line is written."""
+    """A debug log line's argument, made into text when (if ever) the line is written."""
 
-    __slots__ = ("_format", "_value")
+    __slots__ = ("_text",)
 
-    def __init__(self, format_: Callable[[Any], str], value: Any) -> None:
-        self._format, self._value = format_, value
+    def __init__(self, text: Callable[[], str]) -> None:
+        self._text = text
 
     def __str__(self) -> str:
-        return self._format(self._value)
+        return self._text()
 
 
 def lazy_socket_debug_lines() -> None:
@@ -185,10 +185,11 @@ def lazy_socket_debug_lines() -> None:
     ``pformat`` of its 29 settings: 0.19 ms on an idle core, two to three times that on
     two busy ones, on every socket's way to open, on the event loop that also serves the
     POST sent beside it (docs/benchmarks.md, P53). Here that module's ``pformat`` returns
-    an argument formatted only when the line is written: the same text, when debug
-    logging is on. ``Timings.__str__``, the module's one other caller, which must return
-    a str, keeps the real one. Called by the app's ready() in a process that daphne
-    serves, as steady_close_handshake is; anywhere else, nothing."""
+    an argument made into text only when the line is written: the same text, when debug
+    logging is on. Its other callers: a client's ``startHandshake``, for a debug line as
+    well, and ``Timings.__str__``, which must return a str and keeps the real one
+    (tests/test_asgi.py checks that these are all). Called by the app's ready() in a
+    process that daphne serves, as steady_close_handshake is; anywhere else, nothing."""
     try:
         from autobahn.websocket import protocol
     except ImportError:  # not served by daphne
@@ -196,7 +197,9 @@ def lazy_socket_debug_lines() -> None:
     real = getattr(protocol, "pformat", None)
     if getattr(protocol, "_tts_lazy_pformat", False) or not callable(real):
         return
-    protocol.pformat = lambda value: _LogArgument(real, value)
+    protocol.pformat = lambda *args, **kwargs: _LogArgument(
+        functools.partial(real, *args, **kwargs)
+    )
     if hasattr(protocol, "Timings"):
         protocol.Timings.__str__ = lambda self: real(self._timings)
     protocol._tts_lazy_pformat = True

@@ -17,7 +17,6 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from concurrent.futures import wait as wait_for
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -643,8 +642,10 @@ def _release_thread_connections() -> None:
     as Django does between two requests; close (or give back to the pool) those that
     are obsolete, broken, or not to be kept (``CONN_MAX_AGE`` 0: tests, the narrate
     command), as before."""
-    with suppress(DatabaseError):
+    try:
         close_old_connections()
+    except Exception:  # noqa: BLE001 - the next query opens a fresh one, or fails there
+        logger.warning("closing a store thread's connection failed", exc_info=True)
 
 
 class _StoreThread:
@@ -757,7 +758,9 @@ class _OrderedWriter(Generic[T]):
         self._ran: Future[None] | None = None
 
     def _run(self) -> None:
-        _release_thread_connections()  # one kept past its age or broken is opened anew
+        # A kept connection past its age, or broken by an error, is closed first; one the
+        # server dropped meanwhile fails Django's health check at its first query.
+        _release_thread_connections()
         try:
             while batch := self._next_batch():
                 error = None
@@ -795,8 +798,10 @@ class _OrderedWriter(Generic[T]):
 
     def submit(self, item: T) -> None:
         if self._thread is None:
-            self._thread = _store_threads.take()
-            self._ran = self._thread.run(self._run)
+            thread = _store_threads.take()
+            ran = thread.run(self._run)  # back to the pool once _run has returned:
+            ran.add_done_callback(lambda _: _store_threads.give_back(thread))
+            self._thread, self._ran = thread, ran
         with self._changed:
             self._queued.append(item)
             self._changed.notify_all()
@@ -840,11 +845,9 @@ class _OrderedWriter(Generic[T]):
         with self._changed:
             self._closing = True
             self._changed.notify_all()
-        if self._thread is not None and self._ran is not None:
-            wait_for([self._ran])
-            if (error := self._ran.exception()) is not None:  # not the store's: it is caught
-                logger.error("a store thread failed", exc_info=error)
-            _store_threads.give_back(self._thread)
+        # Waits for _run; the store's own errors are caught there, for the caller.
+        if self._ran is not None and (error := self._ran.exception()) is not None:
+            logger.error("a store thread failed", exc_info=error)
 
 
 def session_segments(
