@@ -758,6 +758,37 @@ def test_sessions_store_on_kept_threads_that_keep_a_connection_where_the_process
     assert len(threads) == 1 and len(created) == opened
 
 
+def test_a_forked_child_makes_its_own_store_threads():
+    """A child forked after sessions stored has none of the parent's threads: its first
+    writer starts one of its own instead of waiting on a thread that is not there."""
+    import os
+    import select
+    import signal
+
+    with services._OrderedWriter(lambda batch: True) as writer:  # a thread in the pool
+        writer.submit("a")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: store once, report, and leave at once
+        try:
+            with services._OrderedWriter(lambda batch: True) as writer:
+                writer.submit("b")
+                ok = writer.wait()
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        ready, _, _ = select.select([read], [], [], 10)
+        reported = os.read(read, 1) if ready else b"hung"
+    finally:
+        os.close(read)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert reported == b"1"
+
+
 @pytest.fixture
 def sent(monkeypatch) -> dict[int, bytes]:
     """The audio each chunk was broadcast with, by seq."""

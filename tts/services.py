@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -703,8 +704,13 @@ class _StoreThreads:
         for thread in idle:
             thread.run(connections.close_all).result(timeout=10)
 
+    def forget(self) -> None:
+        """In a forked child: the parent's threads do not exist there."""
+        self._lock, self._idle = threading.Lock(), []
+
 
 _store_threads = _StoreThreads()
+os.register_at_fork(after_in_child=_store_threads.forget)
 
 
 def close_store_thread_connections() -> None:
