@@ -171,13 +171,12 @@ def _close_connections_before_the_drop(django_db_setup, django_db_blocker):
     from asgiref.sync import SyncToAsync
     from django.db import connections
 
-    from tts.asgi import close_request_thread_connections
-    from tts.services import close_store_thread_connections
+    from tts.threads import close_kept_connections
 
     with django_db_blocker.unblock():
-        # The request threads of tts.asgi keep theirs (without a pool): close them there.
-        close_request_thread_connections()
-        close_store_thread_connections()  # closed after each session unless kept
+        # tts.asgi's request threads and the store threads keep theirs (without a pool,
+        # where their process keeps connections): close them there.
+        close_kept_connections()
         # asgiref's one thread for thread-sensitive sync code (the consumers' queries)
         # keeps a connection of its own; close it there, then the pool.
         SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)

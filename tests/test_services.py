@@ -735,7 +735,7 @@ def test_sessions_store_on_kept_threads_that_keep_a_connection_where_the_process
     if max_age and connection.settings_dict.get("OPTIONS", {}).get("pool"):
         pytest.skip("a pool takes connections back; CONN_MAX_AGE is not for it")
     monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", max_age)
-    services.close_store_thread_connections()  # none kept from before
+    services._store_threads.close_connections()  # none kept from before
     threads, created = set(), []
 
     def on_created(sender, connection, **kwargs):
@@ -754,7 +754,7 @@ def test_sessions_store_on_kept_threads_that_keep_a_connection_where_the_process
                 assert writer.wait()
     finally:
         connection_created.disconnect(on_created)
-        services.close_store_thread_connections()
+        services._store_threads.close_connections()
     assert len(threads) == 1 and len(created) == opened
 
 

@@ -26,59 +26,33 @@ so do async streaming responses. A project whose middleware is async-only gains 
 from __future__ import annotations
 
 import functools
-import threading
-import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
-from django.db import connections
 
 from tts import waiting
 from tts.conf import settings
 from tts.db import keep_thread_connections, mark_long_lived
+from tts.threads import LentThreads
 
-_every: weakref.WeakSet[RequestThreads] = weakref.WeakSet()
+
+def _request_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="django-request", initializer=mark_long_lived
+    )
 
 
-class RequestThreads:
-    """Long-lived one-thread executors, lent to one request at a time."""
+class RequestThreads(LentThreads[ThreadPoolExecutor]):
+    """Long-lived one-thread executors, lent to one request at a time; when ``size`` are
+    lent out, a request gets a fresh thread, as in Django. A request that was cancelled
+    (its client gone, a shutdown) or failed may leave a sync call running on its thread,
+    for asgiref cannot stop one: it goes back with ``give_back_once_idle``."""
 
     def __init__(self, size: int) -> None:
-        self.size, self._made = size, 0
-        self._idle: list[ThreadPoolExecutor] = []
-        self._lock = threading.Lock()  # one event loop per process, but nothing relies on it
-        _every.add(self)
-
-    def close_connections(self) -> None:
-        """Close the database connections the idle threads keep."""
-        with self._lock:
-            idle = list(self._idle)
-        for executor in idle:
-            executor.submit(connections.close_all).result(timeout=10)
-
-    def take(self) -> ThreadPoolExecutor | None:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-            if self._made >= self.size:
-                return None  # all lent out: the request gets a fresh thread, as in Django
-            self._made += 1
-        return ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="django-request", initializer=mark_long_lived
-        )
-
-    def give_back(self, executor: ThreadPoolExecutor) -> None:
-        with self._lock:
-            self._idle.append(executor)
-
-    def give_back_once_idle(self, executor: ThreadPoolExecutor) -> None:
-        """For a request that was cancelled (its client gone, a shutdown) or failed: a
-        sync call may still run on its thread, for asgiref cannot stop one, so the
-        thread is lent again only once that call has ended."""
-        executor.submit(lambda: None).add_done_callback(lambda _: self.give_back(executor))
+        super().__init__(_request_thread, size)
 
 
 class SyncChainASGIHandler(ASGIHandler):
@@ -115,13 +89,6 @@ class SyncChainASGIHandler(ASGIHandler):
             self.threads.give_back_once_idle(executor)
             raise
         self.threads.give_back(executor)  # handle() awaited every sync call it made
-
-
-def close_request_thread_connections() -> None:
-    """Close what every idle request thread of this process keeps: before a database is
-    dropped (a test run's) or the process ends."""
-    for threads in list(_every):
-        threads.close_connections()
 
 
 def get_asgi_application() -> ASGIHandler:

@@ -11,7 +11,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -21,7 +20,6 @@ from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from queue import SimpleQueue
 from typing import Any, Generic, TypeVar
 
 from django.contrib.contenttypes.models import ContentType
@@ -30,7 +28,6 @@ from django.db import (
     IntegrityError,
     close_old_connections,
     connection,
-    connections,
     transaction,
 )
 from django.db.models import F, FloatField, Max, Q, QuerySet, Subquery
@@ -47,6 +44,7 @@ from tts.models import AudioBlob, SessionStatus, TTSChunk, TTSSession
 from tts.scheduling import Made, Schedule
 from tts.segmentation import VERSION as SEGMENTATION_VERSION
 from tts.segmentation import Segment, segment_text
+from tts.threads import DaemonThread, LentThreads
 from tts.validation import clean_text
 from tts.voices import default_voice_id, get_voice, voice_availability
 
@@ -649,73 +647,14 @@ def _release_thread_connections() -> None:
         logger.warning("closing a store thread's connection failed", exc_info=True)
 
 
-class _StoreThread:
-    """A daemon thread that runs the functions handed to it, one at a time, in order."""
-
-    def __init__(self) -> None:
-        self._jobs: SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = SimpleQueue()
-        threading.Thread(target=self._serve, name="tts-store", daemon=True).start()
-
-    def run(self, fn: Callable[[], T]) -> Future[T]:
-        future: Future[T] = Future()
-        self._jobs.put((future, fn))
-        return future
-
-    def _serve(self) -> None:
-        while True:
-            future, fn = self._jobs.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
-                future.set_exception(exc)
-            del future, fn  # not kept alive while the thread waits
-
-
-class _StoreThreads:
-    """The threads that sessions' writers (_OrderedWriter) run on, lent to one session at
-    a time and kept for the next, with their database connection.
-
-    A session used to start a thread for its stores and open a connection on it (on
-    SQLite also registering Django's SQL functions: 0.7 ms idle, two to three times that
-    on two busy cores), right when its first chunk was on its way to the listeners, and
-    close both at its end. As many threads are made as sessions ever ran at once in this
-    process (``TTS_WORKER_SESSIONS`` for a worker); they stay, idle, until it exits."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._idle: list[_StoreThread] = []
-
-    def take(self) -> _StoreThread:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return _StoreThread()
-
-    def give_back(self, thread: _StoreThread) -> None:
-        with self._lock:
-            self._idle.append(thread)
-
-    def close_connections(self) -> None:
-        """Close what the idle threads keep (before a test database is dropped)."""
-        with self._lock:
-            idle = list(self._idle)
-        for thread in idle:
-            thread.run(connections.close_all).result(timeout=10)
-
-    def forget(self) -> None:
-        """In a forked child: the parent's threads do not exist there."""
-        self._lock, self._idle = threading.Lock(), []
-
-
-_store_threads = _StoreThreads()
-os.register_at_fork(after_in_child=_store_threads.forget)
-
-
-def close_store_thread_connections() -> None:
-    """Close the connections this process's idle store threads keep."""
-    _store_threads.close_connections()
+# The threads sessions' writers (_OrderedWriter) run on, lent to one session at a time
+# and kept for the next, with their database connection. A session used to start a
+# thread for its stores and open a connection on it (on SQLite also registering Django's
+# SQL functions: 0.7 ms idle, two to three times that on two busy cores), right when its
+# first chunk was on its way to the listeners, and close both at its end. As many are
+# made as sessions ever ran at once in this process (TTS_WORKER_SESSIONS for a worker);
+# daemon threads, as the writers' own threads were.
+_store_threads: LentThreads[DaemonThread] = LentThreads(lambda: DaemonThread("tts-store"))
 
 
 T = TypeVar("T")
@@ -760,7 +699,7 @@ class _OrderedWriter(Generic[T]):
         self._failed = False
         self._error: BaseException | None = None  # raised once, on the caller's thread
         self._closing = False
-        self._thread: _StoreThread | None = None  # lent with the first item
+        self._thread: DaemonThread | None = None  # lent with the first item
         self._ran: Future[None] | None = None
 
     def _run(self) -> None:
@@ -804,8 +743,9 @@ class _OrderedWriter(Generic[T]):
 
     def submit(self, item: T) -> None:
         if self._thread is None:
-            thread = _store_threads.take()
-            ran = thread.run(self._run)  # back to the pool once _run has returned:
+            thread = _store_threads.take()  # never None: no limit
+            assert thread is not None
+            ran = thread.submit(self._run)  # back to the pool once _run has returned:
             ran.add_done_callback(lambda _: _store_threads.give_back(thread))
             self._thread, self._ran = thread, ran
         with self._changed:
