@@ -29,8 +29,12 @@ def longest_run_without_alnum(text: str) -> int:
     return longest
 
 
-def limit_for(index: int, max_chars: int, first_max_chars: int) -> int:
-    return min(first_max_chars, max_chars) if index == 0 else max_chars
+def limit_for(index: int, options: dict) -> int:
+    """Segment ``index``'s limit, computed apart from the code: the first limit, then
+    each ``growth`` times the one before, up to max_chars."""
+    max_chars = options["max_chars"]
+    first = min(options["first_max_chars"], max_chars)
+    return int(min(max_chars, first * options.get("growth", 2.0) ** index))
 
 
 def blank_line_in(whitespace: str) -> bool:
@@ -108,6 +112,7 @@ def limits(draw: st.DrawFn) -> dict[str, int]:
         "max_chars": max_chars,
         "first_max_chars": draw(st.integers(5, max_chars + 20)),
         "min_chars": draw(st.integers(0, 15)),
+        "growth": draw(st.one_of(st.just(2.0), st.floats(1.0, 4.0))),
     }
 
 
@@ -156,9 +161,7 @@ def test_no_segment_is_longer_than_its_limit(text: str, options: dict[str, int])
     segments = segment_text(text, **options)
 
     for index, segment in enumerate(segments):
-        assert len(segment.speech_text) <= limit_for(
-            index, options["max_chars"], options["first_max_chars"]
-        )
+        assert len(segment.speech_text) <= limit_for(index, options)
 
 
 @PROPERTY
@@ -169,7 +172,7 @@ def test_only_long_runs_without_letters_can_exceed_the_limit(
     segments = segment_text(text, **options)
 
     for index, segment in enumerate(segments):
-        limit = limit_for(index, options["max_chars"], options["first_max_chars"])
+        limit = limit_for(index, options)
         speech = segment.speech_text
         assert len(speech) <= limit or longest_run_without_alnum(speech) >= limit // 2
 
@@ -463,7 +466,14 @@ def test_maximum_length_text_segments_whole() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"max_chars": 0}, {"first_max_chars": 0}, {"min_chars": -1}, {"sentence_pause_ms": -5}],
+    [
+        {"max_chars": 0},
+        {"first_max_chars": 0},
+        {"min_chars": -1},
+        {"sentence_pause_ms": -5},
+        {"growth": 0.9},
+        {"growth": float("nan")},
+    ],
 )
 def test_nonsense_limits_are_refused(options: dict[str, int]) -> None:
     with pytest.raises(ValueError):
@@ -484,6 +494,31 @@ def test_segment_limits_ramp_up_from_the_first() -> None:
     lengths = [len(s.speech_text) for s in segments]
     assert lengths[0] <= 60 and lengths[1] <= 120 and lengths[2] <= 240
     assert max(lengths) <= 250 and max(lengths[3:]) > 200
+
+
+def test_a_gentler_ramp_grows_each_limit_by_its_factor() -> None:
+    text = " ".join(["word"] * 400)
+
+    segments = segment_text(text, max_chars=250, first_max_chars=60, growth=1.25)
+
+    lengths = [len(s.speech_text) for s in segments]
+    limits = [60, 75, 93, 117, 146, 183, 228, 250]
+    assert all(n <= limit for n, limit in zip(lengths, limits, strict=False))
+    assert all(n > limit - 5 for n, limit in zip(lengths, limits, strict=False))  # words: 4 + 1
+    assert max(lengths) <= 250
+
+
+def test_no_ramp_keeps_every_segment_to_the_first_limit() -> None:
+    segments = segment_text(" ".join(["word"] * 100), max_chars=250, first_max_chars=60, growth=1)
+
+    assert max(len(s.speech_text) for s in segments) <= 60
+
+
+def test_a_huge_growth_is_the_maximum_at_once() -> None:
+    segments = segment_text(" ".join(["word"] * 200), max_chars=250, first_max_chars=60, growth=1e300)
+
+    lengths = [len(s.speech_text) for s in segments]
+    assert lengths[0] <= 60 and lengths[1] > 240
 
 
 # --- plain sentences without pysbd (P47) ----------------------------------------------

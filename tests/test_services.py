@@ -509,9 +509,31 @@ def test_a_text_narrated_before_is_replayed_at_creation(engine_calls, notices):
     assert notices == [("done", second.id, totals)]
 
 
+def test_narrations_from_before_the_growth_setting_keep_their_key(settings):
+    """TTS_SEGMENT_GROWTH's default cuts as the fixed ramp before it did: the keys of
+    narrations made then are the keys of the same texts now (they are still replayed)."""
+    voice = services.voice_resolve(voice_id=None)
+    settings.TTS_SEGMENT_GROWTH = 2.0
+    key = services.narration_key(voice=voice, engine_model="", text=TEXT)
+    cut = {k: v for k, v in services._cutting(voice).items() if k != "growth"}
+    before = {"version": services.SEGMENTATION_VERSION, **cut}
+    assert key == services._digest(
+        {**voice.cache_fields(), "model_id": "", "text": TEXT, "cut": before}
+    )
+    settings.TTS_SEGMENT_GROWTH = 1.5
+    assert services.narration_key(voice=voice, engine_model="", text=TEXT) != key
+
+
 @pytest.mark.parametrize(
     "change",
-    ["another voice", "another first segment length", "a chunk deleted", "cancelled", "running"],
+    [
+        "another voice",
+        "another first segment length",
+        "another segment growth",
+        "a chunk deleted",
+        "cancelled",
+        "running",
+    ],
 )
 def test_only_a_whole_completed_narration_of_the_same_settings_is_replayed(
     change, notices, settings
@@ -524,6 +546,8 @@ def test_only_a_whole_completed_narration_of_the_same_settings_is_replayed(
         kwargs["voice_id"] = "en-gb"
     elif change == "another first segment length":
         settings.TTS_FIRST_SEGMENT_CHARS = 30
+    elif change == "another segment growth":
+        settings.TTS_SEGMENT_GROWTH = 1.25
     elif change == "a chunk deleted":
         first.chunks.filter(seq=1).delete()
     else:

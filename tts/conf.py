@@ -89,6 +89,11 @@ DEFAULTS: dict[str, Any] = {
     "TTS_CLAUSE_PAUSE_MS": 150,
     "TTS_PARAGRAPH_PAUSE_MS": 600,
     "TTS_FIRST_SEGMENT_CHARS": 60,
+    # Each segment's length limit is this times the one before (60, 120, 240, … up to the
+    # engine's maximum): the engine keeps ahead of the listener while its real-time factor
+    # is below about 1 / TTS_SEGMENT_GROWTH. Lower it for a voice that runs slower than
+    # that on your hardware (1.25 for a real-time factor up to about 0.8).
+    "TTS_SEGMENT_GROWTH": 2.0,
     "TTS_QUEUED_TIMEOUT": 30.0,
     "TTS_HEARTBEAT_TIMEOUT": 30.0,
     "TTS_SWEEP_INTERVAL": 10.0,

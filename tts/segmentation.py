@@ -62,6 +62,7 @@ def segment_text(
     max_chars: int = 250,
     first_max_chars: int = 60,
     min_chars: int = 12,
+    growth: float = 2.0,
     sentence_pause_ms: int = 350,
     clause_pause_ms: int = 150,
     paragraph_pause_ms: int = 600,
@@ -70,7 +71,10 @@ def segment_text(
 
     Lengths are measured on `speech_text`: whitespace between sentences belongs to the
     preceding segment and is never spoken. Every segment's speech is at most `max_chars`
-    (the first at most `first_max_chars`) and holds a letter or digit. The one exception
+    and holds a letter or digit; the first is at most `first_max_chars`, and each limit
+    after it `growth` times the one before (60, 120, 240, … by default), so that each
+    segment is made while the ones before it play: an engine keeps ahead of the listener
+    when its real-time factor is below about 1 / `growth`. The one exception
     is text whose run of characters without letters or digits is too long to share out
     (say 300 dashes): segments without anything to pronounce would be worse.
 
@@ -81,7 +85,7 @@ def segment_text(
     segment for the whole text, so the segments still cover it; the caller decides
     whether such text is worth synthesizing.
     """
-    limits = _Limits.build(max_chars, first_max_chars, min_chars)
+    limits = _Limits.build(max_chars, first_max_chars, min_chars, growth)
     pauses = _Pauses(sentence_pause_ms, clause_pause_ms, paragraph_pause_ms)
     if not text or text.isspace():
         return []
@@ -104,18 +108,31 @@ class _Limits:
     max_chars: int
     first_max_chars: int
     min_chars: int
+    growth: float = 2.0
 
     @classmethod
-    def build(cls, max_chars: int, first_max_chars: int, min_chars: int) -> _Limits:
+    def build(
+        cls, max_chars: int, first_max_chars: int, min_chars: int, growth: float = 2.0
+    ) -> _Limits:
         """Refuse nonsense loudly; a first segment longer than the others is clamped."""
         if max_chars < 1 or first_max_chars < 1 or min_chars < 0:
             raise ValueError("max_chars and first_max_chars must be >= 1, min_chars >= 0")
-        return cls(max_chars, min(first_max_chars, max_chars), min_chars)
+        if not growth >= 1:  # NaN too
+            raise ValueError("growth must be >= 1")
+        return cls(max_chars, min(first_max_chars, max_chars), min_chars, growth)
 
     def limit(self, index: int) -> int:
-        """The limit ramps up (60, 120, 240, … up to max_chars): each segment is then
-        synthesized while the one before it plays, so a slow engine never runs dry."""
-        return min(self.max_chars, self.first_max_chars << min(index, 16))
+        """The limit ramps up (60, 120, 240, … up to max_chars, by default): each segment
+        is then synthesized while the ones before it play, so an engine fast enough for
+        the ramp never runs dry. A slower one wants a gentler ramp (growth 1.25: 60, 75,
+        93, …)."""
+        if self.growth == 2:  # exact, and the common case
+            return min(self.max_chars, self.first_max_chars << min(index, 16))
+        try:
+            ramp = self.first_max_chars * self.growth**index
+        except OverflowError:
+            return self.max_chars
+        return self.max_chars if ramp >= self.max_chars else int(ramp)
 
 
 @dataclass(frozen=True)

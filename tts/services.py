@@ -126,6 +126,8 @@ def narration_key(*, voice: Voice, engine_model: str, text: str) -> str:
     gets the key of what its worker used when it completes (a worker that runs other
     settings than the web process, in a rolling deploy, writes its own)."""
     cut = {"version": SEGMENTATION_VERSION, **_cutting(voice)}
+    if cut["growth"] == 2:  # the ramp before it was a setting: those keys still replay
+        del cut["growth"]
     return _digest({**voice.cache_fields(), "model_id": engine_model, "text": text, "cut": cut})
 
 
@@ -805,11 +807,12 @@ def session_segments(
     return segment_text(text, language=voice.language, **_cutting(voice))
 
 
-def _cutting(voice: Voice) -> dict[str, int]:
+def _cutting(voice: Voice) -> dict[str, Any]:
     """How a text is cut for this voice (segment_text's settings; part of narration_key)."""
     return {
         "max_chars": get_engine(voice.engine).max_segment_chars,
         "first_max_chars": settings.TTS_FIRST_SEGMENT_CHARS,
+        "growth": settings.TTS_SEGMENT_GROWTH,
         "sentence_pause_ms": settings.TTS_SENTENCE_PAUSE_MS,
         "clause_pause_ms": settings.TTS_CLAUSE_PAUSE_MS,
         "paragraph_pause_ms": settings.TTS_PARAGRAPH_PAUSE_MS,
