@@ -515,7 +515,9 @@ def test_no_ramp_keeps_every_segment_to_the_first_limit() -> None:
 
 
 def test_a_huge_growth_is_the_maximum_at_once() -> None:
-    segments = segment_text(" ".join(["word"] * 200), max_chars=250, first_max_chars=60, growth=1e300)
+    segments = segment_text(
+        " ".join(["word"] * 200), max_chars=250, first_max_chars=60, growth=1e300
+    )
 
     lengths = [len(s.speech_text) for s in segments]
     assert lengths[0] <= 60 and lengths[1] > 240
