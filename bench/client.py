@@ -157,6 +157,7 @@ class Listen:
     arrivals: dict[int, float] = field(default_factory=dict)  # seq -> binary frame arrival
     sizes: dict[int, int] = field(default_factory=dict)  # seq -> PCM bytes
     digests: dict[int, int] = field(default_factory=dict)  # seq -> hash of the PCM
+    cushions: dict[int, int] = field(default_factory=dict)  # seq -> cushion_ms (live chunks)
     duplicates: int = 0
     done: dict | None = None
     error: dict | None = None
@@ -211,7 +212,9 @@ async def listen(
                     continue
                 frame = json.loads(message)
                 kind = frame.get("type")
-                if kind == "session":
+                if kind == "chunk" and "cushion_ms" in frame:
+                    result.cushions[frame["seq"]] = frame["cushion_ms"]
+                elif kind == "session":
                     result.session_frame, result.t_session = frame, now
                     if ready is not None:
                         ready.set()

@@ -99,6 +99,10 @@ def analyse(raw: dict, listeners: int) -> dict:
         "first_chunk_latency_ms": summary(first_chunk),
         "spread_ms": summary(spread),
         "late_chunks": sum(_late(s, row) for s in streams),
+        "late_chunks_held": sum(_late_held(s, row)[0] for s in streams),
+        "hold_s": summary(
+            [_late_held(s, row)[1] for s in streams if s.t_first is not None], digits=2
+        ),
         "production_s": round(row.chunks[-1].created_at - row.chunks[0].created_at, 3)
         if row.chunks
         else None,
@@ -117,6 +121,26 @@ def _late(stream: Listen, row) -> int:
             late += 1
         due += chunk.samples / chunk.sample_rate
     return late
+
+
+def _late_held(stream: Listen, row) -> tuple[int, float]:
+    """As _late, for a player that holds a chunk for its ``cushion_ms`` when it has run dry
+    (the bundled player's rule, less its 0.1 s jitter cushion): the late chunks, and how
+    long it held the first one (s)."""
+    if stream.t_first is None:
+        return 0, 0.0
+    late, due = 0, None
+    hold = stream.cushions.get(row.chunks[0].seq, 0) / 1000 if row.chunks else 0.0
+    for chunk in row.chunks:
+        arrived = stream.arrivals.get(chunk.seq)
+        if arrived is None:
+            late += 1
+            continue
+        if due is None or arrived > due:  # the first, or run dry: start again, held
+            late += due is not None
+            due = arrived + stream.cushions.get(chunk.seq, 0) / 1000
+        due += chunk.samples / chunk.sample_rate
+    return late, hold
 
 
 def added_latency(results: list[dict]) -> dict:

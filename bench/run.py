@@ -421,6 +421,13 @@ def _fanout_rows(ctx: Context, name: str, voice: str, results: list[dict], added
             f"{r['listeners']} listeners: late chunks; CPU s daphne / client",
             f"{r['late_chunks']}; {r['cpu_s']['daphne']} / {r['cpu_s']['client']}",
         )
+        if r.get("hold_s", {}).get("max"):  # a voice the player holds (cushion_ms)
+            ctx.row(
+                name,
+                voice,
+                f"{r['listeners']} listeners, held by cushion_ms: late chunks; hold p50 s",
+                f"{r['late_chunks_held']}; {fmt(r['hold_s']['p50'])}",
+            )
     if added:
         ctx.row(
             name,

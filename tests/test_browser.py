@@ -392,6 +392,56 @@ def test_play_all_plays_the_scenes_in_order_and_prepares_the_next(page: Page):
     assert page.get_by_role("status").first.inner_text() == "Finished the story."
 
 
+@pytest.fixture(scope="module")
+def slow_stack(django_db_blocker) -> Iterator:
+    """daphne + a worker whose engine takes 2 s per segment: slower than the espeak
+    sentences it makes last (a full-size voice on a busy CPU)."""
+    from scripts.stack import Stack
+    from tests.conftest import private_stack_env
+
+    env = private_stack_env(TTS_FAULT_DELAY_MS=str(SLOW_SEGMENT_MS))
+    with django_db_blocker.unblock():
+        stack = Stack(env=env, workers=1, log_dir=ARTIFACTS / "logs-slow").start()
+    yield stack
+    stack.stop()
+
+
+SLOW_SEGMENT_MS = 2000
+
+
+def test_a_slow_engine_waits_first_then_plays_through_without_a_gap(browser: Browser, slow_stack):
+    """Each live chunk's cushion_ms: the player holds the first chunk until the engine is
+    far enough ahead, says so, and then plays every chunk back to back, where a player
+    starting at once would have run dry after the first."""
+    context = browser.new_context(base_url=slow_stack.base_url)
+    page = context.new_page()
+    page.add_init_script(RECORD_STARTS)
+    try:
+        scene = make_story(SCENE_TEXT, slug="slow").scenes.get()
+        open_scene(page, scene)
+        page.get_by_role("button", name="Play: Scene 1").click()
+        page.wait_for_function("window.__narrator.snapshot()[0].pacing", timeout=30_000)
+        assert "without a break" in snapshot(page)["message"]
+        state = wait_for_state(page, "ended", timeout=60_000)
+
+        starts = page.evaluate("window.__starts")
+        chunks = session_chunks(page)
+        assert len(chunks) >= 4
+        assert_gapless(starts, chunks)
+        assert state["underruns"] == 0
+        assert starts[0]["when"] - starts[0]["at"] > 0.5  # it waited for the engine
+        # Each source is scheduled when its chunk arrives: a player that had started the
+        # first chunk 0.1 s after it came would have found a later one missing.
+        due = starts[0]["at"] + 0.1
+        missed = []
+        for start in starts:
+            missed.append(start["at"] > due)
+            due += start["duration"]
+        assert any(missed), starts
+    finally:
+        context.close()
+
+
 def test_story_page_screenshot(page: Page):
     from scenes.demo import demo_load
 

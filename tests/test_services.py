@@ -102,6 +102,16 @@ def recorded_events(monkeypatch) -> list[dict]:
     return events
 
 
+def test_every_live_chunk_says_how_long_to_hold_it_and_a_quick_voice_needs_no_hold(
+    monkeypatch,
+):
+    """cushion_ms (tts.pacing; a slow engine's hold: tests/test_browser.py, test_pacing)."""
+    events = recorded_events(monkeypatch)
+    services.session_run(session_id=create().id, worker="w1")
+    chunks = [e for e in events if e["type"] == "tts.chunk"]
+    assert len(chunks) > 1 and [e["cushion_ms"] for e in chunks] == [0] * len(chunks)
+
+
 def test_running_rides_with_the_first_chunk_once_the_voice_is_known_to_be_quick(monkeypatch):
     """The first session of a voice announces `running` on its own (its speed is not
     known yet); once its first segment took at most RUNNING_WITH_FIRST_CHUNK_MS, the

@@ -41,6 +41,7 @@ from tts.conf import settings
 from tts.engines import Audio, EngineError, EngineUnavailable, Voice, get_engine
 from tts.errors import Conflict, InvalidInput, NotFound
 from tts.models import AudioBlob, SessionStatus, TTSChunk, TTSSession
+from tts.pacing import Pace
 from tts.scheduling import Made, Schedule
 from tts.segmentation import VERSION as SEGMENTATION_VERSION
 from tts.segmentation import Segment, segment_text
@@ -487,6 +488,12 @@ def _generate(
     for i in range(first_seq, total):
         first_of.setdefault(keys[i], i)
     synthesizing = ahead.take(segments, keys) if ahead is not None else {}
+    # What each chunk's listeners should hold it for, so that the rest keeps up (pacing).
+    pace = Pace(
+        [len(segment.speech_text) for segment in segments],
+        [segment.pause_ms for segment in segments],
+        [keys[i] in cached or first_of.get(keys[i]) != i for i in range(total)],
+    )
 
     def synthesize_ahead(seq: int, *, first: bool = False) -> None:
         if seq >= total or seq in synthesizing or keys[seq] in cached:
@@ -575,6 +582,9 @@ def _generate(
                 return
             row = chunk_row(session.id, seq, segments[seq], audio)  # made now
             meta = chunk_meta(row, total_chunks=total)
+            spent = None if audio.cached else audio.engine_ms
+            pace.made(seq, duration_ms=row.duration_ms, engine_ms=spent)
+            meta["cushion_ms"] = pace.cushion_ms(seq, row.duration_ms)
             if writer.idle():  # every chunk before it is stored: send it now
                 # The first chunk is sent before its store is queued, and waited for
                 # (briefly): the writer thread would otherwise hold the GIL while the send

@@ -62,6 +62,7 @@ export function describeStatus(frame) {
 export const STATE_MESSAGES = {
   starting: "Preparing the narration…",
   buffering: "Loading audio…",
+  pacing: "Getting ahead of the narrator, so that it plays without a break…",
   playing: "",
   paused: "Paused.",
   ended: "Finished.",

@@ -314,7 +314,7 @@ export class NarrationPlayer {
   onChunk(meta, bytes, sampleRate) {
     const scheduler = this.ensureScheduler();
     const buffer = toAudioBuffer(scheduler.ctx, bytes, sampleRate);
-    if (!scheduler.add(meta.seq, buffer)) return;
+    if (!scheduler.add(meta.seq, buffer, meta.cushion_ms)) return;
     this.chunks[meta.seq] = meta;
     this.view.addChunk(meta);
     this.setTotal(meta.total_chunks);
@@ -464,6 +464,7 @@ export class NarrationPlayer {
     if (this.state === "starting") return this.serverStatus || STATE_MESSAGES.starting;
     if (this.state === "buffering") {
       if (this.transport === "http") return STATE_MESSAGES.fallback;
+      if (this.scheduler?.pacing) return STATE_MESSAGES.pacing;
       if (this.scheduler?.underruns) return "Waiting for the narrator to catch up…";
       return this.serverStatus || STATE_MESSAGES.buffering;
     }
@@ -529,6 +530,7 @@ export class NarrationPlayer {
       played,
       underruns: scheduler?.underruns || 0,
       cushion: scheduler?.cushion || null,
+      pacing: scheduler?.pacing || false,
       stream: this.stream ? { ...this.stream.stats, lastSeq: this.stream.lastSeq } : null,
       message: this.ui.status.textContent,
       audioUrl: this.completed ? this.audioUrl : null,

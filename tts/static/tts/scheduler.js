@@ -2,9 +2,15 @@
 // exact times (start = previous start + previous duration), never chained from `onended`,
 // so there is no gap between sentences however busy the page is. A "run" is one stretch
 // of scheduled sources; pause, seek and resume end a run and start a new one.
+//
+// A run starts a short cushion after "play", or later where the server says its engine
+// would otherwise fall behind: every chunk sent live carries `cushion_ms`, how long after
+// its arrival it should start for the chunks after it to arrive in time (0 for an engine
+// fast enough; docs/protocol.md). The run starts late enough for the freshest of them.
 
 const START_CUSHION = 0.1; // seconds between "play" and the first sample: absorbs jitter
 const MAX_CUSHION = 2.0;
+const MAX_PACED_WAIT = 10.0; // the longest a run waits for the engine to get ahead
 const LATE_MARGIN = 0.01; // a chunk due sooner than this has missed its slot: underrun
 const FADE = 0.012; // a short fade on stop avoids a click
 
@@ -20,6 +26,7 @@ export class Scheduler {
     this.cushion = START_CUSHION;
     this.underruns = 0;
     this.items = []; // by seq, contiguous: { seq, start, duration, buffer }
+    this.paced = null; // the latest chunk with a cushion: { start, due } (due: ctx time)
     this.total = null;
     this.playing = false;
     this.ended = false;
@@ -42,11 +49,17 @@ export class Scheduler {
     return this.total !== null && this.items.length >= this.total;
   }
 
-  /** Add chunk `seq`; false for a duplicate or out-of-order chunk (the stream orders them). */
-  add(seq, buffer) {
+  /**
+   * Add chunk `seq`; false for a duplicate or out-of-order chunk (the stream orders them).
+   * `cushionMs`: the chunk frame's `cushion_ms` (live chunks only).
+   */
+  add(seq, buffer, cushionMs = null) {
     if (seq !== this.items.length) return false;
     const start = this.receivedDuration;
     this.items.push({ seq, start, duration: buffer ? buffer.duration : 0, buffer });
+    if (typeof cushionMs === "number" && cushionMs >= 0) {
+      this.paced = { start, due: this.ctx.currentTime + cushionMs / 1000 };
+    }
     if (this.playing) this.pump();
     return true;
   }
@@ -93,6 +106,7 @@ export class Scheduler {
     this.ended = false;
     this.pausedAt = 0;
     this.cushion = START_CUSHION;
+    this.paced = null;
   }
 
   /** Seconds into the narration that the listener is hearing now. */
@@ -104,12 +118,24 @@ export class Scheduler {
     return Math.min(run.anchorPos + elapsed, run.endPos);
   }
 
-  /** True while playing but starved: nothing more to hear until the next chunk arrives. */
+  /**
+   * True while playing but starved: nothing more to hear until the next chunk arrives, or
+   * a run waiting (beyond its cushion) for the engine to get ahead.
+   */
   starved() {
     const run = this.run;
     if (!this.playing || !run) return false;
     if (run.anchorTime === null) return true;
-    return this.ctx.currentTime >= run.nextTime && !this.items[run.nextSeq];
+    const now = this.ctx.currentTime;
+    if (now < run.anchorTime - this.cushion) return true;
+    return now >= run.nextTime && !this.items[run.nextSeq];
+  }
+
+  /** True while a run waits for the engine to get ahead (a cushion_ms beyond its own). */
+  get pacing() {
+    const run = this.run;
+    if (!this.playing || !run || run.anchorTime === null) return false;
+    return this.ctx.currentTime < run.anchorTime - this.cushion;
   }
 
   /** The seq of the chunk that holds `position` (received.length past the end). */
@@ -172,9 +198,19 @@ export class Scheduler {
       this.cushion = Math.min(MAX_CUSHION, this.cushion * 2);
       this.onUnderrun(this.cushion);
     }
-    run.nextTime = now + this.cushion;
+    run.nextTime = Math.max(now, Math.min(this.pacedStart(position), now + MAX_PACED_WAIT));
+    run.nextTime += this.cushion;
     run.anchorTime = run.nextTime;
     run.anchorPos = position;
+  }
+
+  /**
+   * The earliest time a run starting at `position` keeps up with the engine, by the latest
+   * chunk's cushion: it reaches that chunk no sooner than the chunk's arrival plus it.
+   */
+  pacedStart(position) {
+    const paced = this.paced;
+    return paced ? paced.due - (paced.start - position) : -Infinity;
   }
 
   startSource(run, item, offset) {
