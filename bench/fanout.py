@@ -18,6 +18,7 @@ from bench.db import fetch_sessions
 from bench.stats import summary
 
 CONNECT_TIMEOUT = 60.0
+PLAYER_CUSHION_S = 0.1  # scheduler.js START_CUSHION
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
@@ -103,6 +104,7 @@ def analyse(raw: dict, listeners: int) -> dict:
         "hold_s": summary(
             [_late_held(s, row)[1] for s in streams if s.t_first is not None], digits=2
         ),
+        "timeline": _timeline(streams[0], row) if streams else [],
         "production_s": round(row.chunks[-1].created_at - row.chunks[0].created_at, 3)
         if row.chunks
         else None,
@@ -123,14 +125,33 @@ def _late(stream: Listen, row) -> int:
     return late
 
 
+def _timeline(stream: Listen, row) -> list[dict]:
+    """One listener's chunks: when each arrived (s after the first), its audio (s), the
+    cushion_ms it carried, and its synthesis time: how a hold went, for a rerun to read."""
+    first = stream.t_first
+    return [
+        {
+            "seq": chunk.seq,
+            "arrived_s": round(stream.arrivals[chunk.seq] - first, 3),
+            "audio_s": round(chunk.samples / chunk.sample_rate, 3),
+            "cushion_ms": stream.cushions.get(chunk.seq),
+            "engine_ms": chunk.engine_ms,
+        }
+        for chunk in row.chunks
+        if first is not None and chunk.seq in stream.arrivals
+    ]
+
+
 def _late_held(stream: Listen, row) -> tuple[int, float]:
-    """As _late, for a player that holds a chunk for its ``cushion_ms`` when it has run dry
-    (the bundled player's rule, less its 0.1 s jitter cushion): the late chunks, and how
-    long it held the first one (s)."""
+    """As _late, for the bundled player: it starts a chunk when it has run dry (the first
+    one too) its ``cushion_ms`` after it arrived, plus its own 0.1 s against jitter
+    (scheduler.js). The late chunks, and how long it held the first one (s)."""
     if stream.t_first is None:
         return 0, 0.0
     late, due = 0, None
-    hold = stream.cushions.get(row.chunks[0].seq, 0) / 1000 if row.chunks else 0.0
+    hold = PLAYER_CUSHION_S + (
+        stream.cushions.get(row.chunks[0].seq, 0) / 1000 if row.chunks else 0
+    )
     for chunk in row.chunks:
         arrived = stream.arrivals.get(chunk.seq)
         if arrived is None:
@@ -138,7 +159,7 @@ def _late_held(stream: Listen, row) -> tuple[int, float]:
             continue
         if due is None or arrived > due:  # the first, or run dry: start again, held
             late += due is not None
-            due = arrived + stream.cushions.get(chunk.seq, 0) / 1000
+            due = arrived + PLAYER_CUSHION_S + stream.cushions.get(chunk.seq, 0) / 1000
         due += chunk.samples / chunk.sample_rate
     return late, hold
 

@@ -389,7 +389,8 @@ def scenario_fanout(ctx: Context) -> None:
     """espeak: a burst (the whole text in about a second, far faster than anyone listens);
     the full-size VITS, where selected: chunks at the pace of a real CPU voice."""
     out = ctx.results.setdefault("fanout", {})
-    runs = [("espeak" if "espeak" in ctx.args.voices else ctx.voices(fast_only=True)[0], "burst")]
+    fast = ["espeak"] if "espeak" in ctx.args.voices else ctx.voices(fast_only=True)
+    runs = [(fast[0], "burst")] if fast else []  # `--voices full` alone: the paced run only
     if "full" in ctx.args.voices:
         runs.append(("full", "paced"))
     for voice, pace in runs:
@@ -421,7 +422,7 @@ def _fanout_rows(ctx: Context, name: str, voice: str, results: list[dict], added
             f"{r['listeners']} listeners: late chunks; CPU s daphne / client",
             f"{r['late_chunks']}; {r['cpu_s']['daphne']} / {r['cpu_s']['client']}",
         )
-        if r.get("hold_s", {}).get("max"):  # a voice the player holds (cushion_ms)
+        if "paced" in name:  # the player holds a slow voice (cushion_ms)
             ctx.row(
                 name,
                 voice,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tts.pacing import Pace
+from tts.pacing import MARGIN, Pace
 
 PAUSE = 350
 
@@ -68,14 +68,20 @@ def test_a_slow_engine_gets_the_wait_that_removes_every_gap():
     assert max(gaps(arrivals, durations, arrivals[0])) > 1000  # without it: a gap
     with_cushion = gaps(arrivals, durations, arrivals[0] + cushions[0])
     assert max(with_cushion) == pytest.approx(0, abs=2)  # rounding to whole ms
-    shorter = gaps(arrivals, durations, arrivals[0] + cushions[0] - 50)
-    assert max(shorter) > 0  # and it is no longer than it has to be
+    # and it is no longer than it has to be, but for the margin on the engine's time
+    start = round(arrivals[0])
+    needed = next(
+        w for w in range(start, start + 60_000, 10) if not max(gaps(arrivals, durations, w))
+    )
+    needed -= arrivals[0]
+    made = arrivals[-1] - arrivals[0]
+    assert needed <= cushions[0] <= needed + (MARGIN - 1) * made + 10
 
 
 def test_a_gentler_ramp_needs_none_at_the_same_speed():
     gentle = [60, 75, 93, 117, 146, 183, 228, 250, 250]
 
-    cushions, _, _ = simulate(gentle, ms_per_char=50, speech_per_char=65)
+    cushions, _, _ = simulate(gentle, ms_per_char=45, speech_per_char=65)  # RTF 0.69
 
     assert cushions[0] == 0
 
