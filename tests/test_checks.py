@@ -134,3 +134,24 @@ def test_a_worker_pool_smaller_than_its_sessions_need_is_a_warning(settings, mon
     assert "tts.W006" in tts_ids()
     settings.TTS_WORKER_SESSIONS = 1  # 1 + 3: enough
     assert "tts.W006" not in tts_ids()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TTS_SEGMENT_GROWTH", 0.5),
+        ("TTS_SEGMENT_GROWTH", float("nan")),
+        ("TTS_SEGMENT_GROWTH", "2"),
+        ("TTS_FIRST_SEGMENT_CHARS", 0),
+        ("TTS_FIRST_SEGMENT_CHARS", 60.5),
+    ],
+)
+def test_a_cutting_setting_out_of_range_is_an_error(settings, name, value):
+    setattr(settings, name, value)
+    (message,) = [m for m in run_checks() if m.id == "tts.E006"]
+    assert name in message.msg and "every session would fail" in message.msg
+
+
+def test_a_gentler_segment_ramp_passes(settings):
+    settings.TTS_SEGMENT_GROWTH = 1.25
+    assert "tts.E006" not in tts_ids()

@@ -5,6 +5,7 @@
     tts.E003  TTS_DEFAULT_VOICE is not in the catalog
     tts.E004  ASGI_APPLICATION is not set
     tts.E005  ASGI_APPLICATION cannot be imported
+    tts.E006  a cutting setting (TTS_SEGMENT_GROWTH, TTS_FIRST_SEGMENT_CHARS) is out of range
     tts.W001  the default voice is unavailable on this machine
     tts.W002  the channel layer lives in one process (in-memory)
     tts.W003  the ASGI application does not route the worker channel
@@ -225,4 +226,28 @@ def worker_pool_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
             hint="Raise the pool's max_size (DATABASE_POOL_MAX_SIZE) or lower TTS_WORKER_SESSIONS.",
             id="tts.W006",
         )
+    ]
+
+
+@register()
+def cutting_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """How texts are cut: checked at start, not found by the first session's worker."""
+    from tts.conf import settings as tts_settings
+
+    problems = []
+    growth = tts_settings.TTS_SEGMENT_GROWTH
+    if isinstance(growth, bool) or not isinstance(growth, int | float) or not growth >= 1:
+        problems.append(f"TTS_SEGMENT_GROWTH must be a number of at least 1, not {growth!r}")
+    first = tts_settings.TTS_FIRST_SEGMENT_CHARS
+    if isinstance(first, bool) or not isinstance(first, int) or first < 1:
+        problems.append(
+            f"TTS_FIRST_SEGMENT_CHARS must be a whole number of at least 1, not {first!r}"
+        )
+    return [
+        Error(
+            problem + ": every session would fail when its text is cut.",
+            hint="See TTS_SEGMENT_GROWTH in .env.example (2 by default; 1.25 for a slow voice).",
+            id="tts.E006",
+        )
+        for problem in problems
     ]
