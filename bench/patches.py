@@ -356,6 +356,15 @@ def trace() -> None:
 
     # the worker's side of a dispatch: its receive, the consumer, the claim
     RedisChannelLayer.receive = _traced("layer.receive", RedisChannelLayer.receive)
+    # The group send's own steps, on the sender loop's thread: its start there, the
+    # messages' packing (msgpack of the PCM) and the Redis scripts.
+    from tts import layers
+
+    layer_class = layers.RedisChannelLayer
+    layer_class.group_send = _traced("layer.group_send", layer_class.group_send)
+    layer_class._map_channel_keys_to_connection = _traced(
+        "layer.pack", layer_class._map_channel_keys_to_connection
+    )
     worker.GenerateConsumer.tts_generate = _traced(
         "worker.tts_generate", worker.GenerateConsumer.tts_generate
     )
