@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tts.pacing import MARGIN, Pace
+from tts.pacing import MARGIN, EngineFit, Pace
 
 PAUSE = 350
 
@@ -20,16 +20,17 @@ class Clock:
         return self.now
 
 
-def simulate(chars, *, ms_per_char, speech_per_char, free=None, engine_ms=None):
-    """A run in which segment j takes ``ms_per_char * chars[j]`` to make, back to back,
-    with the cushion the pace gives at each chunk. Returns (cushions, arrivals, durations)."""
+def simulate(chars, *, ms_per_char, speech_per_char, free=None, fixed_ms=0, fit=None):
+    """A run in which segment j takes ``fixed_ms + ms_per_char * chars[j]`` to make, back
+    to back, with the cushion the pace gives at each chunk. Returns (cushions, arrivals,
+    durations)."""
     free = free or [False] * len(chars)
     clock = Clock()
-    pace = Pace(chars, [PAUSE] * len(chars), free, clock=clock)
+    pace = Pace(chars, [PAUSE] * len(chars), free, fit=fit, clock=clock)
     cushions, arrivals, durations = [], [], []
     now = 0.0
     for seq, n in enumerate(chars):
-        spent = None if free[seq] else ms_per_char * n
+        spent = None if free[seq] else fixed_ms + ms_per_char * n
         now += spent or 0.0
         clock.now = now / 1000
         duration = round(speech_per_char * n) + PAUSE
@@ -132,3 +133,65 @@ def test_the_cushion_always_removes_every_gap_when_the_engine_keeps_its_pace(
         )
         heard = gaps(arrivals, durations, arrivals[0] + cushions[0])
         assert max(heard, default=0) <= 1  # the cushion is rounded to whole ms
+
+
+# --- the engine's fit -----------------------------------------------------------------
+
+
+def fitted(fixed_ms, ms_per_char, lengths=(20, 60, 120, 250, 90)) -> EngineFit:
+    fit = EngineFit()
+    for n in lengths:
+        fit.add(n, fixed_ms + ms_per_char * n)
+    return fit
+
+
+def test_the_fit_finds_the_fixed_part_and_the_part_per_character():
+    assert fitted(300, 25).line() == pytest.approx((300, 25))
+    assert EngineFit().line() is None and fitted(300, 25, lengths=(60, 60)).line() is None
+    assert fitted(300, 25, lengths=(60, 60, 60)).line() == pytest.approx((0, 30))  # one length
+
+
+def test_the_fit_follows_a_host_that_slows_down():
+    fit = fitted(0, 20, lengths=[60, 120] * 10)
+    for n in [60, 120] * 20:  # forty segments later, the old ones weigh 0.95 ** 40
+        fit.add(n, 40 * n)
+
+    assert 35 < fit.line()[1] <= 40
+
+
+def test_with_a_fit_a_short_first_segment_does_not_inflate_the_hold():
+    """A first segment costs more per character than longer ones (the engine's fixed
+    part): judged from it alone, the rest looks slower than it is."""
+    ramp = [60, 120, 240, 250, 250]
+    alone, arrivals, durations = simulate(ramp, ms_per_char=30, fixed_ms=700, speech_per_char=65)
+    fit = fitted(700, 30)
+    known, _, _ = simulate(ramp, ms_per_char=30, fixed_ms=700, speech_per_char=65, fit=fit)
+
+    assert known[0] < alone[0]
+    assert max(gaps(arrivals, durations, arrivals[0] + known[0])) == pytest.approx(0, abs=2)
+
+
+def test_a_run_slower_than_the_fit_scales_it_up():
+    fit = fitted(0, 20)  # measured on a quieter host
+    slow, arrivals, durations = simulate(RAMP, ms_per_char=50, speech_per_char=65, fit=fit)
+
+    assert max(gaps(arrivals, durations, arrivals[0] + slow[0])) == pytest.approx(0, abs=2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    chars=st.lists(st.integers(1, 250), min_size=1, max_size=30),
+    fixed_ms=st.integers(0, 1000),
+    ms_per_char=st.integers(1, 120),
+    speech_per_char=st.integers(40, 90),
+    drift=st.sampled_from([0.5, 1.0, 2.0]),  # the fit's host: twice as fast .. half
+)
+def test_with_a_fit_the_cushion_removes_every_gap_too(
+    chars, fixed_ms, ms_per_char, speech_per_char, drift
+):
+    fit = fitted(fixed_ms * drift, ms_per_char * drift)
+    cushions, arrivals, durations = simulate(
+        chars, ms_per_char=ms_per_char, fixed_ms=fixed_ms, speech_per_char=speech_per_char, fit=fit
+    )
+    heard = gaps(arrivals, durations, arrivals[0] + cushions[0])
+    assert max(heard, default=0) <= 1

@@ -8,32 +8,81 @@ time from that chunk's arrival before it should start playing, for every chunk a
 to arrive before it is due. A fast engine gets 0 and changes nothing; a slow one trades
 a short wait before the first sound for a narration that plays through.
 
-The estimate measures the engine in this run: its time per character of speech so far
-(synthesis time, or the wall time between chunks where that is longer, as when a worker
-runs other sessions beside this one), and the audio per character. Segments that cost
-no synthesis (cached, or repeats of an earlier one) are counted as free. Speech rates
-vary from sentence to sentence, and a first segment is one sample: the synthesis times
-are taken MARGIN longer than measured (in the benchmark's full-size VITS, a hold by the
-bare estimate missed by 0.1 to 0.2 s now and then).
+What a segment will cost the engine: a voice's synthesis time is a fixed part plus a
+part per character (a short segment costs more per character than a long one), which
+the worker fits per voice over the segments it has made (``EngineFit``). In a run, that
+prediction is scaled up when the run's own segments took longer than predicted (a busy
+host), and no segment is counted faster than the wall time between this run's chunks
+says (a worker running other sessions beside it). Until the voice has a fit, the run's
+own time per character stands in. The audio to come is estimated per character from the
+run's chunks so far. Segments that cost no synthesis (cached, or repeats of an earlier
+one) are free. Speech rates vary from sentence to sentence: synthesis times are taken
+MARGIN longer than estimated (in the benchmark's full-size VITS, holds by the bare
+estimate missed by 0.1 to 0.2 s now and then).
 
 Pure Python, no Django.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 
-__all__ = ["MARGIN", "Pace"]
+__all__ = ["MARGIN", "EngineFit", "Pace"]
 
 MARGIN = 1.1
 
 
-class Pace:
-    """One run of a session's synthesis, from chunk ``first_seq`` on.
+class EngineFit:
+    """A voice's synthesis time as ``fixed + per_char * chars``: least squares over the
+    segments made so far, older ones weighing less (``decay`` per new one), so that it
+    follows a host whose speed drifts. Thread-safe: a worker's syntheses report from its
+    loop's thread and from its engine thread."""
 
-    ``chars``: each segment's speech length; ``pauses_ms``: each segment's trailing pause;
-    ``free``: whether a segment costs no synthesis in this run."""
+    MIN_SAMPLES = 3
+
+    def __init__(self, decay: float = 0.95) -> None:
+        self.decay = decay
+        self._lock = threading.Lock()
+        self._n = 0
+        self._w = self._x = self._y = self._xx = self._xy = 0.0
+
+    def add(self, chars: int, engine_ms: float) -> None:
+        if chars <= 0:
+            return
+        with self._lock:
+            d = self.decay
+            self._w = self._w * d + 1
+            self._x = self._x * d + chars
+            self._y = self._y * d + engine_ms
+            self._xx = self._xx * d + chars * chars
+            self._xy = self._xy * d + chars * engine_ms
+            self._n += 1
+
+    def line(self) -> tuple[float, float] | None:
+        """(fixed ms, ms per character), or None while there is too little to go by."""
+        with self._lock:
+            if self._n < self.MIN_SAMPLES:
+                return None
+            w, x, y, xx, xy = self._w, self._x, self._y, self._xx, self._xy
+        spread = w * xx - x * x
+        if spread > 1e-9 * w * xx:  # segments of different lengths: a line
+            per_char = (w * xy - x * y) / spread
+            fixed = (y - per_char * x) / w
+            if per_char > 0 and fixed >= 0:
+                return fixed, per_char
+        return 0.0, y / x  # all alike (or a line through noise): time per character
+
+    def predict(self, chars: int) -> float | None:
+        line = self.line()
+        return None if line is None else line[0] + line[1] * chars
+
+
+class Pace:
+    """One run of a session's synthesis. ``chars``: each segment's speech length;
+    ``pauses_ms``: each segment's trailing pause; ``free``: whether a segment costs no
+    synthesis in this run; ``fit``: the voice's EngineFit, if the worker keeps one."""
 
     def __init__(
         self,
@@ -41,12 +90,15 @@ class Pace:
         pauses_ms: Sequence[int],
         free: Sequence[bool],
         *,
+        fit: EngineFit | None = None,
         clock=time.monotonic,
     ) -> None:
         self.chars = list(chars)
         self.pauses_ms = list(pauses_ms)
         self.free = list(free)
         self.clock = clock
+        # The fit as the run began: a run's own segments do not move its estimate twice.
+        self.line = fit.line() if fit is not None else None
         # The characters to synthesize from each segment to the end: the walk stops once
         # the listener's lead covers all of them.
         self.costly_from = [0] * (len(self.chars) + 1)
@@ -54,6 +106,7 @@ class Pace:
             self.costly_from[i] = self.costly_from[i + 1] + (0 if self.free[i] else self.chars[i])
         self.engine_ms = 0.0  # synthesis time of the segments made in this run
         self.engine_chars = 0
+        self.predicted_ms = 0.0  # what the fit said they would take
         self.speech_ms = 0.0  # their audio, pauses left out
         self.speech_chars = 0
         self.first_made: float | None = None  # when the run's first synthesized chunk was
@@ -69,6 +122,8 @@ class Pace:
             return
         self.engine_ms += engine_ms
         self.engine_chars += chars
+        if self.line is not None:
+            self.predicted_ms += self.line[0] + self.line[1] * chars
         if self.first_made is None:
             self.first_made = self.clock()
         else:
@@ -79,19 +134,26 @@ class Pace:
         left to hear), for every later chunk to arrive in time; 0 when they will anyway."""
         if not self.engine_chars or not self.speech_chars:
             return 0  # nothing measured: nothing to say
-        per_char = self.engine_ms / self.engine_chars
+        if self.line is not None and self.predicted_ms > 0:
+            fixed, per_char = self.line
+            slower = max(1.0, self.engine_ms / self.predicted_ms)  # a busier host than the fit's
+            fixed, per_char = fixed * slower, per_char * slower
+        else:
+            fixed, per_char = 0.0, self.engine_ms / self.engine_chars
+        floor = 0.0  # the wall time per character between this run's chunks
         if self.wall_chars and self.first_made is not None:
-            per_char = max(per_char, (self.clock() - self.first_made) * 1000 / self.wall_chars)
-        per_char *= MARGIN
+            floor = (self.clock() - self.first_made) * 1000 / self.wall_chars
         speech_per_char = self.speech_ms / self.speech_chars
         wait = 0.0
         ready = 0.0  # when segment j is made, from now (the engine goes on at once)
         due = float(duration_ms)  # when it is due, from the start of chunk seq
+        most_per_char = MARGIN * max(per_char + fixed, floor)  # a bound, for stopping early
         for j in range(seq + 1, len(self.chars)):
-            if due - ready >= per_char * self.costly_from[j]:
+            if due - ready >= most_per_char * self.costly_from[j]:
                 break  # the listener's lead covers every synthesis left
             if not self.free[j]:
-                ready += per_char * self.chars[j]
+                n = self.chars[j]
+                ready += MARGIN * max(fixed + per_char * n, floor * n)
             wait = max(wait, ready - due)
             due += speech_per_char * self.chars[j] + self.pauses_ms[j]
         return round(wait)

@@ -41,7 +41,7 @@ from tts.conf import settings
 from tts.engines import Audio, EngineError, EngineUnavailable, Voice, get_engine
 from tts.errors import Conflict, InvalidInput, NotFound
 from tts.models import AudioBlob, SessionStatus, TTSChunk, TTSSession
-from tts.pacing import Pace
+from tts.pacing import EngineFit, Pace
 from tts.scheduling import Made, Schedule
 from tts.segmentation import VERSION as SEGMENTATION_VERSION
 from tts.segmentation import Segment, segment_text
@@ -425,6 +425,9 @@ def session_steps(
 # first chunk; see session_generate. Per voice, the worker's last one (not from the cache).
 RUNNING_WITH_FIRST_CHUNK_MS = 50
 _first_segment_ms: dict[str, int] = {}
+# Per voice, what its segments cost this worker's engine (tts.pacing): each live chunk's
+# hold is estimated from it.
+_engine_fits: dict[str, EngineFit] = {}
 
 
 class _RunningStatus:
@@ -489,10 +492,12 @@ def _generate(
         first_of.setdefault(keys[i], i)
     synthesizing = ahead.take(segments, keys) if ahead is not None else {}
     # What each chunk's listeners should hold it for, so that the rest keeps up (pacing).
+    fit = _engine_fits.setdefault(session.voice, EngineFit())
     pace = Pace(
         [len(segment.speech_text) for segment in segments],
         [segment.pause_ms for segment in segments],
         [keys[i] in cached or first_of.get(keys[i]) != i for i in range(total)],
+        fit=fit,
     )
 
     def synthesize_ahead(seq: int, *, first: bool = False) -> None:
@@ -584,6 +589,8 @@ def _generate(
             meta = chunk_meta(row, total_chunks=total)
             spent = None if audio.cached else audio.engine_ms
             pace.made(seq, duration_ms=row.duration_ms, engine_ms=spent)
+            if spent is not None:
+                fit.add(pace.chars[seq], spent)
             meta["cushion_ms"] = pace.cushion_ms(seq, row.duration_ms)
             if writer.idle():  # every chunk before it is stored: send it now
                 # The first chunk is sent before its store is queued, and waited for
