@@ -82,6 +82,7 @@ def analyse(raw: dict, listeners: int) -> dict:
         spread += [(t - first) * 1000 for t in arrivals]
         if seq == 0:
             first_chunk = [(t - made) * 1000 for t in arrivals]
+    held = [_late_held(s, row) for s in streams if s.t_first is not None]
     intact = sum(
         1
         for s in streams
@@ -100,10 +101,8 @@ def analyse(raw: dict, listeners: int) -> dict:
         "first_chunk_latency_ms": summary(first_chunk),
         "spread_ms": summary(spread),
         "late_chunks": sum(_late(s, row) for s in streams),
-        "late_chunks_held": sum(_late_held(s, row)[0] for s in streams),
-        "hold_s": summary(
-            [_late_held(s, row)[1] for s in streams if s.t_first is not None], digits=2
-        ),
+        "late_chunks_held": sum(late for late, _ in held),
+        "hold_s": summary([hold for _, hold in held], digits=2),
         "timeline": _timeline(streams[0], row) if streams else [],
         "production_s": round(row.chunks[-1].created_at - row.chunks[0].created_at, 3)
         if row.chunks
@@ -145,9 +144,8 @@ def _timeline(stream: Listen, row) -> list[dict]:
 def _late_held(stream: Listen, row) -> tuple[int, float]:
     """As _late, for the bundled player: it starts a chunk when it has run dry (the first
     one too) its ``cushion_ms`` after it arrived, plus its own 0.1 s against jitter
-    (scheduler.js). The late chunks, and how long it held the first one (s)."""
-    if stream.t_first is None:
-        return 0, 0.0
+    (scheduler.js). The late chunks, and how long it held the first one (s), of a stream
+    that got audio."""
     late, due = 0, None
     hold = PLAYER_CUSHION_S + (
         stream.cushions.get(row.chunks[0].seq, 0) / 1000 if row.chunks else 0

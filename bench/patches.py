@@ -655,19 +655,3 @@ def wal_pages() -> None:
                 cursor.execute(f"PRAGMA wal_autocheckpoint={pages}")
 
     connection_created.connect(pragma, weak=False)
-
-
-@patch
-def segment_growth() -> None:
-    """tts/segmentation.py _Limits.limit: segment limits that grow by BENCH_GROWTH (default
-    1.25) from one segment to the next instead of doubling (60, 75, 94, 117, ... up to the
-    engine's maximum), so that a voice near real time makes each segment while the ones
-    before it play. Whole runs, not an A/B (the cut is part of the narration's key)."""
-    from tts import segmentation
-
-    growth = float(os.environ.get("BENCH_GROWTH", "1.25"))
-
-    def limit(self, index: int) -> int:
-        return min(self.max_chars, round(self.first_max_chars * growth ** min(index, 64)))
-
-    segmentation._Limits.limit = limit

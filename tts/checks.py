@@ -5,7 +5,7 @@
     tts.E003  TTS_DEFAULT_VOICE is not in the catalog
     tts.E004  ASGI_APPLICATION is not set
     tts.E005  ASGI_APPLICATION cannot be imported
-    tts.E006  a cutting setting (TTS_SEGMENT_GROWTH, TTS_FIRST_SEGMENT_CHARS) is out of range
+    tts.E006  the cutting settings (TTS_SEGMENT_GROWTH, TTS_FIRST_SEGMENT_CHARS, pauses) cut no text
     tts.W001  the default voice is unavailable on this machine
     tts.W002  the channel layer lives in one process (in-memory)
     tts.W003  the ASGI application does not route the worker channel
@@ -231,23 +231,30 @@ def worker_pool_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
 
 @register()
 def cutting_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """How texts are cut: checked at start, not found by the first session's worker."""
+    """How texts are cut, checked at start by cutting one (segment_text's own rules), not
+    found by the first session's worker."""
     from tts.conf import settings as tts_settings
+    from tts.segmentation import segment_text
 
-    problems = []
-    growth = tts_settings.TTS_SEGMENT_GROWTH
-    if isinstance(growth, bool) or not isinstance(growth, int | float) or not growth >= 1:
-        problems.append(f"TTS_SEGMENT_GROWTH must be a number of at least 1, not {growth!r}")
-    first = tts_settings.TTS_FIRST_SEGMENT_CHARS
-    if isinstance(first, bool) or not isinstance(first, int) or first < 1:
-        problems.append(
-            f"TTS_FIRST_SEGMENT_CHARS must be a whole number of at least 1, not {first!r}"
-        )
-    return [
-        Error(
-            problem + ": every session would fail when its text is cut.",
-            hint="See TTS_SEGMENT_GROWTH in .env.example (2 by default; 1.25 for a slow voice).",
-            id="tts.E006",
-        )
-        for problem in problems
-    ]
+    cutting = {
+        "first_max_chars": "TTS_FIRST_SEGMENT_CHARS",
+        "growth": "TTS_SEGMENT_GROWTH",
+        "sentence_pause_ms": "TTS_SENTENCE_PAUSE_MS",
+        "clause_pause_ms": "TTS_CLAUSE_PAUSE_MS",
+        "paragraph_pause_ms": "TTS_PARAGRAPH_PAUSE_MS",
+    }
+    values = {arg: getattr(tts_settings, name) for arg, name in cutting.items()}
+    try:
+        segment_text("One sentence. And another, a little longer.", **values)
+    except (TypeError, ValueError) as exc:
+        given = ", ".join(f"{cutting[arg]}={value!r}" for arg, value in values.items())
+        return [
+            Error(
+                f"Texts cannot be cut with {given} ({exc}): every session would fail.",
+                hint="Numbers: TTS_SEGMENT_GROWTH at least 1 (2 by default, 1.25 for a slow "
+                "voice), TTS_FIRST_SEGMENT_CHARS a whole number of at least 1, pauses at "
+                "least 0 (see .env.example).",
+                id="tts.E006",
+            )
+        ]
+    return []

@@ -74,10 +74,6 @@ class EngineFit:
                 return fixed, per_char
         return 0.0, y / x  # all alike (or a line through noise): time per character
 
-    def predict(self, chars: int) -> float | None:
-        line = self.line()
-        return None if line is None else line[0] + line[1] * chars
-
 
 class Pace:
     """One run of a session's synthesis. ``chars``: each segment's speech length;

@@ -115,6 +115,8 @@ class _Limits:
         cls, max_chars: int, first_max_chars: int, min_chars: int, growth: float = 2.0
     ) -> _Limits:
         """Refuse nonsense loudly; a first segment longer than the others is clamped."""
+        if not all(isinstance(n, int) for n in (max_chars, first_max_chars, min_chars)):
+            raise TypeError("max_chars, first_max_chars and min_chars must be whole numbers")
         if max_chars < 1 or first_max_chars < 1 or min_chars < 0:
             raise ValueError("max_chars and first_max_chars must be >= 1, min_chars >= 0")
         if not growth >= 1:  # NaN too
@@ -126,8 +128,6 @@ class _Limits:
         is then synthesized while the ones before it play, so an engine fast enough for
         the ramp never runs dry. A slower one wants a gentler ramp (growth 1.25: 60, 75,
         93, …)."""
-        if self.growth == 2:  # exact, and the common case
-            return min(self.max_chars, self.first_max_chars << min(index, 16))
         try:
             ramp = self.first_max_chars * self.growth**index
         except OverflowError:

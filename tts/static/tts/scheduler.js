@@ -125,10 +125,8 @@ export class Scheduler {
   starved() {
     const run = this.run;
     if (!this.playing || !run) return false;
-    if (run.anchorTime === null) return true;
-    const now = this.ctx.currentTime;
-    if (now < run.anchorTime - this.cushion) return true;
-    return now >= run.nextTime && !this.items[run.nextSeq];
+    if (run.anchorTime === null || this.pacing) return true;
+    return this.ctx.currentTime >= run.nextTime && !this.items[run.nextSeq];
   }
 
   /** True while a run waits for the engine to get ahead (a cushion_ms beyond its own). */
