@@ -442,6 +442,78 @@ def test_a_slow_engine_waits_first_then_plays_through_without_a_gap(browser: Bro
         context.close()
 
 
+def test_a_slow_engine_plays_through_over_the_http_fallback_too(browser: Browser, slow_stack):
+    """With sockets blocked, the chunks come by polling: the session's JSON gives each
+    chunk of a running session what is left of its hold, and the player adds a poll's
+    delay to a held one. Without them, every chunk after the first would be late."""
+    context = browser.new_context(base_url=slow_stack.base_url)
+    page = context.new_page()
+    page.add_init_script(BLOCK_SOCKETS)
+    page.add_init_script(RECORD_STARTS)
+    try:
+        text = (
+            "The keeper climbed the stair. The wind pulled at the door. The boat rocked. "
+            "A gull called once. The rope held. Then the lamp caught."
+        )
+        scene = make_story(text, slug="slow-http").scenes.get()
+        open_scene(page, scene)
+        page.get_by_role("button", name="Play: Scene 1").click()
+        state = wait_for_state(page, "ended", timeout=60_000)
+
+        assert state["transport"] == "http"
+        starts = page.evaluate("window.__starts")
+        chunks = session_chunks(page)
+        assert len(chunks) >= 3
+        assert_gapless(starts, chunks)
+        assert state["underruns"] == 0
+        assert starts[0]["when"] - starts[0]["at"] > 0.5  # it waited for the engine
+        due = starts[0]["at"] + 0.1  # a player starting at once would have run dry
+        missed = []
+        for start in starts:
+            missed.append(start["at"] > due)
+            due += start["duration"]
+        assert any(missed), starts
+    finally:
+        context.close()
+
+
+# A client that knows nothing of holds (an older player): chunk frames lose cushion_ms.
+IGNORE_HOLDS = """
+const parse = JSON.parse;
+JSON.parse = function (text, reviver) {
+  const value = parse.call(this, text, reviver);
+  if (value && value.type === 'chunk') delete value.cushion_ms;
+  return value;
+};
+"""
+
+
+def test_a_player_that_runs_dry_waits_and_plays_on_to_the_end(browser: Browser, slow_stack):
+    """Without holds a slow engine starves the player: each time a chunk comes after the
+    one before has finished, it counts an underrun, waits a longer cushion and plays on.
+    An underrun re-renders the player from inside the scheduling of the late chunk; that
+    once threw (the chunk's text was recorded after it was scheduled) and left the player
+    broken for the rest of the narration."""
+    context = browser.new_context(base_url=slow_stack.base_url)
+    page = context.new_page()
+    page.add_init_script(IGNORE_HOLDS)
+    page.add_init_script(RECORD_STARTS)
+    try:
+        text = "Snow fell on the quay. The ferry was late. Nobody spoke. At last, a horn."
+        scene = make_story(text, slug="slow-dry").scenes.get()
+        open_scene(page, scene)
+        page.get_by_role("button", name="Play: Scene 1").click()
+        state = wait_for_state(page, "ended", timeout=60_000)
+
+        chunks = session_chunks(page)
+        assert state["underruns"] >= 1
+        assert state["highlights"] == list(range(len(chunks)))
+        assert len(page.evaluate("window.__starts")) == len(chunks)
+        assert page.evaluate("window.__pageErrors") == []
+    finally:
+        context.close()
+
+
 def test_story_page_screenshot(page: Page):
     from scenes.demo import demo_load
 

@@ -162,6 +162,41 @@ async def test_a_late_client_gets_every_stored_chunk_then_done():
         lambda: [bytes(c.audio.pcm) for c in session.chunks.order_by("seq")]
     )()
     assert [a[4:] for a in audio] == stored
+    assert not any("cushion_ms" in f for f in chunk_frames)  # all in hand: nothing to hold
+
+
+async def test_a_late_client_of_a_running_session_gets_what_is_left_of_each_hold():
+    """Stored chunks read back while the worker still works carry their live hold less
+    their age (tts.pacing.cushion_left): a listener who joins late, or resumes, starts no
+    sooner than one who got them live."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    session = await make_session(run=False)
+
+    @sync_to_async
+    def store_two_held_chunks():
+        claimed = services.session_claim(session_id=session.id, worker="late-test")
+        voice = services.voice_resolve(voice_id=claimed.voice)
+        segments = services.session_segments(session=claimed, voice=voice)
+        made = timezone.now() - timedelta(milliseconds=800)
+        for seq, cushion in enumerate([4000, 2000]):
+            audio = services.segment_audio(segment=segments[seq], voice=voice)
+            row = services.chunk_row(claimed.id, seq, segments[seq], audio)
+            row.cushion_ms, row.created_at = cushion, made
+            assert services.chunk_store(session=claimed, chunk=row, audio=audio, worker="late-test")
+        broadcast.flush()
+
+    await store_two_held_chunks()
+    comm = await _connected(as_staff(communicator(session.id)))
+    held = []
+    while len(held) < 2:
+        frame = await comm.receive_output(timeout=5)
+        if frame.get("text") and json.loads(frame["text"])["type"] == "chunk":
+            held.append(json.loads(frame["text"])["cushion_ms"])
+    assert 3000 <= held[0] <= 3200 and 1000 <= held[1] <= 1200
+    await comm.disconnect()
 
 
 async def test_after_skips_what_the_client_already_has():

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tts.pacing import MARGIN, EngineFit, Pace
+from tts.pacing import MARGIN, EngineFit, Pace, cushion_left
 
 PAUSE = 350
 
@@ -195,3 +195,12 @@ def test_with_a_fit_the_cushion_removes_every_gap_too(
     )
     heard = gaps(arrivals, durations, arrivals[0] + cushions[0])
     assert max(heard, default=0) <= 1
+
+
+def test_a_chunk_read_back_later_keeps_its_due_time():
+    assert cushion_left(3000, 1200) == 1800
+    assert cushion_left(3000, 0.4) == 3000  # rounded to whole ms
+    assert cushion_left(3000, 5000) == 0  # long due: play it at once
+    assert cushion_left(0, 10) == 0
+    assert cushion_left(3000, -250) == 3000  # a clock behind the worker's: none gone
+    assert cushion_left(None, 100) is None  # sent with none: none to give

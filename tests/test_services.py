@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from tts import services
 from tts.engines import EngineError, get_engine
@@ -105,11 +107,39 @@ def recorded_events(monkeypatch) -> list[dict]:
 def test_every_live_chunk_says_how_long_to_hold_it_and_a_quick_voice_needs_no_hold(
     monkeypatch,
 ):
-    """cushion_ms (tts.pacing; a slow engine's hold: tests/test_browser.py, test_pacing)."""
+    """cushion_ms (tts.pacing; a slow engine's hold: tests/test_browser.py, test_pacing),
+    kept with each chunk's row for listeners who read it back while the session runs."""
     events = recorded_events(monkeypatch)
-    services.session_run(session_id=create().id, worker="w1")
+    session = create()
+    services.session_run(session_id=session.id, worker="w1")
     chunks = [e for e in events if e["type"] == "tts.chunk"]
     assert len(chunks) > 1 and [e["cushion_ms"] for e in chunks] == [0] * len(chunks)
+    assert list(session.chunks.order_by("seq").values_list("cushion_ms", flat=True)) == [
+        e["cushion_ms"] for e in chunks
+    ]
+
+
+def test_a_chunk_read_back_while_its_session_runs_carries_what_is_left_of_its_hold():
+    """A late listener, a resumed socket or the HTTP fallback: the chunk is due when it
+    would have been for a listener who got it live, not later because they came later."""
+    session = create(text="One sentence. Another one. And a third.")
+    services.session_claim(session_id=session.id, worker="w1")
+    voice = services.voice_resolve(voice_id=session.voice)
+    segments = services.session_segments(session=session, voice=voice)
+    made = timezone.now() - timedelta(milliseconds=1200)
+    for seq, cushion in enumerate([3000, 500, None]):
+        audio = services.segment_audio(segment=segments[seq], voice=voice)
+        row = services.chunk_row(session.id, seq, segments[seq], audio)
+        row.cushion_ms, row.created_at = cushion, made
+        assert services.chunk_store(session=session, chunk=row, audio=audio, worker="w1")
+
+    def read_back() -> list[dict]:
+        return [services.chunk_meta(chunk, running=True) for chunk in session.chunks.all()]
+
+    left = [meta.get("cushion_ms") for meta in read_back()]
+    assert 1700 <= left[0] <= 1800  # 3000 less the 1.2 s (and this test's own time) since
+    assert left[1:] == [0, None]  # long due; a chunk stored without a hold has none
+    assert all("cushion_ms" not in services.chunk_meta(c) for c in session.chunks.all())
 
 
 def test_running_rides_with_the_first_chunk_once_the_voice_is_known_to_be_quick(monkeypatch):

@@ -159,6 +159,11 @@ class TTSChunk(models.Model):
     engine_ms = models.PositiveIntegerField(default=0)
     # When the chunk was made and broadcast; its row is written a moment later.
     created_at = models.DateTimeField(default=timezone.now)
+    # The hold it went out live with (`cushion_ms`, tts.pacing): how long after its
+    # arrival a listener with nothing else to hear should start it. What is left of it is
+    # sent with the chunk when it is read back while its session still runs. Null for a
+    # replay's copies and rows stored before it was kept.
+    cushion_ms = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["session", "seq"]

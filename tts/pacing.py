@@ -20,6 +20,10 @@ one) are free. Speech rates vary from sentence to sentence: synthesis times are 
 MARGIN longer than estimated (in the benchmark's full-size VITS, holds by the bare
 estimate missed by 0.1 to 0.2 s now and then).
 
+A chunk read back from storage while its session still runs (a listener who joins late
+or reconnects, the HTTP fallback) carries what is left of the hold it went out live with
+(``cushion_left``): the chunk's due time does not move because the listener came later.
+
 Pure Python, no Django.
 """
 
@@ -29,7 +33,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-__all__ = ["MARGIN", "EngineFit", "Pace"]
+__all__ = ["MARGIN", "EngineFit", "Pace", "cushion_left"]
 
 MARGIN = 1.1
 
@@ -153,3 +157,13 @@ class Pace:
             wait = max(wait, ready - due)
             due += speech_per_char * self.chars[j] + self.pauses_ms[j]
         return round(wait)
+
+
+def cushion_left(cushion_ms: int | None, age_ms: float) -> int | None:
+    """What is left, ``age_ms`` after a chunk was made, of the hold it went out live with:
+    the listener reading it now should start it no sooner than one who got it live would
+    have. None for a chunk sent with none. A negative age (another host's clock) counts
+    as none gone."""
+    if cushion_ms is None:
+        return None
+    return max(0, round(cushion_ms - max(0.0, age_ms)))

@@ -14,10 +14,14 @@ from django.db.models import QuerySet
 
 from tts.compiled import Compiled
 from tts.db import socket_database_sync_to_async
-from tts.models import TTSChunk
+from tts.models import SessionStatus, TTSChunk
 
 BATCH = 16
-_FRAME_FIELDS = ("seq", "text", "char_start", "char_end", "samples", "sample_rate")
+# The frame's fields, and what a chunk of a session still running needs for its hold.
+_FRAME_FIELDS = (
+    *("seq", "text", "char_start", "char_end", "samples", "sample_rate"),
+    *("cushion_ms", "created_at"),
+)
 
 
 @dataclass
@@ -35,9 +39,10 @@ def stored_chunks(
     from tts.services import chunk_meta
 
     out = []
-    for *fields, total, pcm in rows:
+    for *fields, total, status, pcm in rows:
         chunk = TTSChunk(**dict(zip(_FRAME_FIELDS, fields, strict=True)))
-        out.append(StoredChunk(meta=chunk_meta(chunk, total_chunks=total), pcm=bytes(pcm)))
+        meta = chunk_meta(chunk, total_chunks=total, running=status == SessionStatus.RUNNING)
+        out.append(StoredChunk(meta=meta, pcm=bytes(pcm)))
     return out
 
 
@@ -47,7 +52,9 @@ def _stored(session_id, after, before) -> QuerySet:
     return (
         TTSChunk.objects.filter(session_id=session_id, seq__gt=after, seq__lt=before)
         .order_by("seq")
-        .values_list(*_FRAME_FIELDS, "session__total_chunks", "audio__pcm")[:BATCH]
+        .values_list(*_FRAME_FIELDS, "session__total_chunks", "session__status", "audio__pcm")[
+            :BATCH
+        ]
     )
 
 

@@ -41,7 +41,7 @@ from tts.conf import settings
 from tts.engines import Audio, EngineError, EngineUnavailable, Voice, get_engine
 from tts.errors import Conflict, InvalidInput, NotFound
 from tts.models import AudioBlob, SessionStatus, TTSChunk, TTSSession
-from tts.pacing import EngineFit, Pace
+from tts.pacing import EngineFit, Pace, cushion_left
 from tts.scheduling import Made, Schedule
 from tts.segmentation import VERSION as SEGMENTATION_VERSION
 from tts.segmentation import Segment, segment_text
@@ -591,7 +591,7 @@ def _generate(
             pace.made(seq, duration_ms=row.duration_ms, engine_ms=spent)
             if spent is not None:
                 fit.add(pace.chars[seq], spent)
-            meta["cushion_ms"] = pace.cushion_ms(seq, row.duration_ms)
+            meta["cushion_ms"] = row.cushion_ms = pace.cushion_ms(seq, row.duration_ms)
             if writer.idle():  # every chunk before it is stored: send it now
                 # The first chunk is sent before its store is queued, and waited for
                 # (briefly): the writer thread would otherwise hold the GIL while the send
@@ -1163,12 +1163,14 @@ def chunk_row(session_id: uuid.UUID, seq: int, segment: Segment, audio: SegmentA
     )
 
 
-def chunk_meta(chunk: TTSChunk, *, total_chunks: int | None = None) -> dict:
+def chunk_meta(chunk: TTSChunk, *, total_chunks: int | None = None, running: bool = False) -> dict:
     """The `chunk` frame's fields (plus sample_rate, so a client can decode it).
-    ``total_chunks``: the session's count when the caller has it (no read of the session)."""
+    ``total_chunks``: the session's count when the caller has it (no read of the session).
+    ``running``: the chunk is read back while its session is still being narrated; it then
+    carries what is left of the hold it went out live with (tts.pacing.cushion_left)."""
     if total_chunks is None and chunk.session_id:
         total_chunks = chunk.session.total_chunks
-    return {
+    meta = {
         "seq": chunk.seq,
         "text": chunk.text,
         "char_start": chunk.char_start,
@@ -1178,6 +1180,10 @@ def chunk_meta(chunk: TTSChunk, *, total_chunks: int | None = None) -> dict:
         "duration_ms": chunk.duration_ms,
         "total_chunks": total_chunks,
     }
+    if running and chunk.cushion_ms is not None:
+        age = (timezone.now() - chunk.created_at).total_seconds() * 1000
+        meta["cushion_ms"] = cushion_left(chunk.cushion_ms, age)
+    return meta
 
 
 class _Heartbeats:

@@ -167,6 +167,7 @@ def _session_for(request: HttpRequest, session_id: uuid.UUID) -> TTSSession:
 def session_detail(request: HttpRequest, session_id: uuid.UUID) -> JsonResponse:
     session = _session_for(request, session_id)
     chunks = TTSChunk.objects.filter(session=session).select_related("session").order_by("seq")
+    running = session.status == SessionStatus.RUNNING
     return JsonResponse(
         {
             "id": str(session.id),
@@ -186,7 +187,7 @@ def session_detail(request: HttpRequest, session_id: uuid.UUID) -> JsonResponse:
             "first_chunk_ms": session.first_chunk_ms,
             "real_time_factor": session.real_time_factor,
             "duration_ms": session.audio_ms,
-            "chunks": [services.chunk_meta(chunk) for chunk in chunks],
+            "chunks": [services.chunk_meta(chunk, running=running) for chunk in chunks],
             **session_urls(request, session),
         }
     )

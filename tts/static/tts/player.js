@@ -313,11 +313,13 @@ export class NarrationPlayer {
 
   onChunk(meta, bytes, sampleRate) {
     const scheduler = this.ensureScheduler();
-    const buffer = toAudioBuffer(scheduler.ctx, bytes, sampleRate);
-    if (!scheduler.add(meta.seq, buffer, meta.cushion_ms)) return;
+    if (meta.seq !== scheduler.received) return; // the stream gives each once, in order
+    // Known before it is scheduled: scheduling can call back into the display (an
+    // underrun re-renders it), which reads the chunk's text for every scheduled chunk.
     this.chunks[meta.seq] = meta;
     this.view.addChunk(meta);
     this.setTotal(meta.total_chunks);
+    scheduler.add(meta.seq, toAudioBuffer(scheduler.ctx, bytes, sampleRate), meta.cushion_ms);
     this.render();
   }
 

@@ -10,6 +10,17 @@ const FINAL = new Set(["completed", "failed", "cancelled"]);
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * A chunk of a session still being narrated carries what was left of its hold when the
+ * session's JSON was read (`cushion_ms`, docs/protocol.md); less the time since. A held
+ * chunk means an engine with little lead, and the chunks after it reach this fallback up
+ * to a poll later than a socket would bring them: the hold covers that too.
+ */
+function holdLeft(meta, readAt) {
+  const left = Math.max(0, meta.cushion_ms - (performance.now() - readAt));
+  return meta.cushion_ms > 0 ? left + POLL_EVERY : left;
+}
+
 export class HttpPoller {
   /**
    * @param {string} statusUrl the session's JSON URL
@@ -51,6 +62,7 @@ export class HttpPoller {
   /** One round: status, then every chunk it lists that we lack. True when it is over. */
   async step() {
     const info = await requestJson(this.statusUrl);
+    const readAt = performance.now();
     this.reportStatus(info);
     for (const meta of info.chunks) {
       if (meta.seq <= this.lastSeq) continue;
@@ -59,7 +71,9 @@ export class HttpPoller {
       if (!got.ready) break;
       const { sampleRate, bytes } = parseWav(got.data);
       this.lastSeq = meta.seq;
-      this.handlers.chunk({ ...meta, total_chunks: info.total_chunks }, bytes, sampleRate);
+      const frame = { ...meta, total_chunks: info.total_chunks };
+      if (typeof meta.cushion_ms === "number") frame.cushion_ms = holdLeft(meta, readAt);
+      this.handlers.chunk(frame, bytes, sampleRate);
     }
     return this.finishIfOver(info);
   }
