@@ -341,6 +341,25 @@ def _traced(label: str, func: Callable) -> Callable:
     return _around(func, enter)
 
 
+def _trace_collections() -> None:
+    """The garbage collector's passes into the timeline: every one of generations 1 and 2,
+    and those of generation 0 that took over 0.5 ms."""
+    import gc
+
+    began = [0.0]
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            began[0] = time.time()
+            return
+        now, generation = time.time(), info["generation"]
+        if generation or now - began[0] > 0.0005:
+            _trace.append((began[0], f"gc.gen{generation} >"))
+            _trace.append((now, f"gc.gen{generation} <"))
+
+    gc.callbacks.append(callback)
+
+
 @patch
 def trace() -> None:
     """A timeline (wall clock) of the steps of a request and a socket in daphne, and of a
@@ -348,6 +367,7 @@ def trace() -> None:
     into ``$BENCH_TIMINGS_DIR/trace-<pid>.json`` per process: where a POST's time goes
     (``bench/trace.py`` lines the processes up, session by session)."""
     _start_dumping(f"trace-{os.getpid()}.json", lambda: list(_trace))
+    _trace_collections()
     from channels_redis.core import RedisChannelLayer
     from django.core.handlers import asgi as django_asgi
 

@@ -55,11 +55,11 @@ def main() -> None:
     from bench.patches import apply
 
     apply([p for p in os.environ.get("BENCH_PATCHES", "").split(",") if p])
-    if role == "daphne":
-        from daphne.cli import CommandLineInterface
+    if role == "daphne":  # tts.serve's daphne, with the patches in place
+        from tts import serve
 
-        sys.argv = ["daphne", *rest]
-        CommandLineInterface.entrypoint()
+        sys.argv = ["tts.serve", *rest]
+        serve.main()
     elif role == "worker":
         if directory := os.environ.get("BENCH_PROFILE_DIR"):
             _profile_session_run(Path(directory))

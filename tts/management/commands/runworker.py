@@ -11,7 +11,7 @@ from channels.management.commands.runworker import Command as ChannelsRunworker
 from django.core.management.base import CommandError
 from django.db import close_old_connections, connections, router
 
-from tts import health, loops, services
+from tts import health, heap, loops, services
 from tts.conf import settings
 from tts.engines import get_engine
 from tts.models import AudioBlob, TTSChunk, TTSSession
@@ -111,6 +111,7 @@ class Command(ChannelsRunworker):
         # loop's (django.setup() has made daphne's, which a worker never runs).
         try:
             loop = loops.install_uvloop()
+            freeze = heap.freeze_wanted()
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         logger.info("worker %s: event loop %s", worker_name(), loop)
@@ -118,6 +119,14 @@ class Command(ChannelsRunworker):
             commit_without_waiting_for_disk()
         keep_connections(settings.TTS_WORKER_CONN_MAX_AGE)
         preload_voices()
+        if freeze:  # the models loaded and warm: what the worker serves with (tts.heap)
+            frozen, ms = heap.freeze_startup_heap()
+            logger.info(
+                "worker %s: %d objects of its start kept out of the collector (%.0f ms)",
+                worker_name(),
+                frozen,
+                ms,
+            )
         name, stop = worker_name(), threading.Event()
         thread = threading.Thread(
             target=sweep_forever, args=(stop, name), daemon=True, name="tts-sweep"

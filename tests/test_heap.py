@@ -1,0 +1,67 @@
+"""tts.heap: what a web or worker process builds as it starts, out of the collector's
+passes (gc.freeze), in daphne (tts.serve) and in runworker."""
+
+from __future__ import annotations
+
+import gc
+import socket
+
+import pytest
+
+from tests.conftest import ARTIFACTS
+from tests.test_loops import fresh
+from tts import heap
+
+
+def test_it_is_wanted_unless_turned_off():
+    assert heap.freeze_wanted({}) is True
+    assert heap.freeze_wanted({"TTS_GC_FREEZE": "on"}) is True
+    assert heap.freeze_wanted({"TTS_GC_FREEZE": "0"}) is False
+    with pytest.raises(ValueError, match="TTS_GC_FREEZE must be a boolean"):
+        heap.freeze_wanted({"TTS_GC_FREEZE": "maybe"})
+
+
+def test_frozen_objects_are_left_out_of_a_full_pass_and_garbage_is_collected_first():
+    class Node:
+        pass
+
+    def cycle() -> Node:
+        node = Node()
+        node.me = node
+        return node
+
+    before = gc.get_freeze_count()
+    kept, dropped = cycle(), cycle()
+    del dropped  # garbage already: collected, not frozen
+    try:
+        frozen, ms = heap.freeze_startup_heap()
+        assert frozen == gc.get_freeze_count() > before and ms >= 0
+        assert not any(type(o) is Node for o in gc.get_objects())  # not visited by passes
+        del kept
+        gc.collect()
+        assert gc.get_freeze_count() == frozen  # a frozen cycle stays (the cost, documented)
+    finally:
+        gc.unfreeze()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["-m", "tts.serve", "-p", "1", "config.asgi:application"], ["manage.py", "runworker", "x"]],
+    ids=["daphne", "worker"],
+)
+def test_a_bad_tts_gc_freeze_stops_the_process_with_its_name(command):
+    done = fresh(command, TTS_GC_FREEZE="maybe")
+    assert done.returncode != 0
+    assert "TTS_GC_FREEZE must be a boolean (1/0, true/false), got 'maybe'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_stacks_daphne_and_worker_freeze_their_start(live_stack):
+    """Each says so in its log, with its own process id: these are this run's lines."""
+    daphne = (ARTIFACTS / "logs" / "daphne.log").read_text(errors="replace")
+    pid = live_stack.daphne.pid
+    assert f"tts.serve: daphne (pid {pid}): " in daphne
+    assert "objects of its start kept out of the collector" in daphne
+    worker = (ARTIFACTS / "logs" / "worker-0.log").read_text(errors="replace")
+    name = f"{socket.gethostname()}:{live_stack.worker_procs[0].pid}"
+    assert f"worker {name}: " in worker and "objects of its start kept out" in worker
