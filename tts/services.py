@@ -410,13 +410,15 @@ def session_steps(
     first segment took at most RUNNING_WITH_FIRST_CHUNK_MS, the `running` status rides in
     the first chunk's event (listeners get it right before that chunk): one event less for
     the worker, Redis, the web process and the client on every session's way to first
-    audio. With a slower voice (or one not yet seen) it goes out at once."""
+    audio. With a slower voice (or one not yet seen) it goes out on its own as the first
+    synthesis begins: its send then runs beside that synthesis, not beside the cut and
+    the cache lookup before it, whose way to the engine it slowed by 3 to 9 ms (the
+    sender's thread and this one taking turns on the GIL; docs/benchmarks.md, P57)."""
     running = _RunningStatus(session.id, status_frame(session))
     last = _first_segment_ms.get(session.voice)
-    if last is None or last > RUNNING_WITH_FIRST_CHUNK_MS:
-        running.send()
+    announce = last is None or last > RUNNING_WITH_FIRST_CHUNK_MS
     try:
-        yield from _generate(session, worker, running, urgent=beside_others)
+        yield from _generate(session, worker, running, urgent=beside_others, announce=announce)
     finally:
         running.send()  # nothing was sent (an exception): the session is still running
 
@@ -447,11 +449,17 @@ class _RunningStatus:
 
 
 def _generate(
-    session: TTSSession, worker: str, running: _RunningStatus, *, urgent: bool = False
+    session: TTSSession,
+    worker: str,
+    running: _RunningStatus,
+    *,
+    urgent: bool = False,
+    announce: bool = False,
 ) -> Iterator[Made]:
     """session_steps' work; ``running``: the status to send with the first chunk, or on
     its own before the session ends (or fails) without one; ``urgent``: its first segments
-    go before the syntheses queued on the engine thread (session_steps)."""
+    go before the syntheses queued on the engine thread (session_steps); ``announce``:
+    send ``running`` on its own as the first synthesis begins."""
     voice = get_voice(session.voice)
     if voice is None:
         running.send()
@@ -556,6 +564,8 @@ def _generate(
         _OrderedWriter(store, skipped=_keep_unstored) as writer,
         _keeping_what_is_made(synthesizing),
     ):
+        if announce:  # a slow voice: listeners hear that it is running while it works
+            running.send()
         for seq in range(first_seq, total):
             try:
                 ready = synthesizing[seq].result() if seq in synthesizing else None
