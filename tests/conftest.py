@@ -184,3 +184,35 @@ def _close_connections_before_the_drop(django_db_setup, django_db_blocker):
             connection.close()
             if hasattr(connection, "close_pool"):
                 connection.close_pool()
+
+
+def store_held_chunks(session_id, holds: list[int | None], *, age_ms: float) -> object:
+    """Claim the session and store its first ``len(holds)`` chunks as a worker would, each
+    made ``age_ms`` ago with the hold it went out live with (None: none). Returns when
+    they were made."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tts import services
+
+    worker = "held-test"
+    session = services.session_claim(session_id=session_id, worker=worker)
+    voice = services.voice_resolve(voice_id=session.voice)
+    segments = services.session_segments(session=session, voice=voice)
+    made = timezone.now() - timedelta(milliseconds=age_ms)
+    for seq, hold in enumerate(holds):
+        audio = services.segment_audio(segment=segments[seq], voice=voice)
+        row = services.chunk_row(session.id, seq, segments[seq], audio)
+        row.cushion_ms, row.created_at = hold, made
+        assert services.chunk_store(session=session, chunk=row, audio=audio, worker=worker)
+    return made
+
+
+def hold_left_bounds(hold: int, made, age_ms: float) -> tuple[int, int]:
+    """What is left of ``hold`` read between ``age_ms`` after ``made`` and now: the bounds
+    a chunk's ``cushion_ms`` must fall within (whole milliseconds), however slow the host."""
+    from django.utils import timezone
+
+    age_now = (timezone.now() - made).total_seconds() * 1000
+    return max(0, int(hold - age_now) - 1), max(0, round(hold - age_ms) + 1)

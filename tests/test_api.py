@@ -257,25 +257,16 @@ def test_a_garbage_session_cookie_is_just_a_new_visitor(client):
 
 def test_the_chunks_of_a_running_session_carry_what_is_left_of_their_hold(client):
     """The HTTP fallback's player holds a slow engine's chunks as a socket's would
-    (docs/api.md, tts/static/tts/poll.js); a finished session's chunks are not held."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from tts import services
+    (docs/protocol.md, tts/static/tts/poll.js); a finished session's chunks are not held."""
+    from tests.conftest import hold_left_bounds, store_held_chunks
 
     session_id = post(client, {"text": "One sentence. And another."}).json()["id"]
-    session = services.session_claim(session_id=session_id, worker="w")
-    voice = services.voice_resolve(voice_id=session.voice)
-    segment = services.session_segments(session=session, voice=voice)[0]
-    audio = services.segment_audio(segment=segment, voice=voice)
-    row = services.chunk_row(session.id, 0, segment, audio)
-    row.cushion_ms, row.created_at = 2500, timezone.now() - timedelta(milliseconds=500)
-    assert services.chunk_store(session=session, chunk=row, audio=audio, worker="w")
+    made = store_held_chunks(session_id, [2500], age_ms=500)
 
     running = client.get(f"/api/tts/sessions/{session_id}/").json()
+    low, high = hold_left_bounds(2500, made, 500)
     assert running["status"] == "running"
-    assert 1900 <= running["chunks"][0]["cushion_ms"] <= 2000
+    assert low <= running["chunks"][0]["cushion_ms"] <= high
     TTSSession.objects.filter(pk=session_id).update(status=SessionStatus.COMPLETED)
     finished = client.get(f"/api/tts/sessions/{session_id}/").json()
     assert "cushion_ms" not in finished["chunks"][0]

@@ -169,33 +169,20 @@ async def test_a_late_client_of_a_running_session_gets_what_is_left_of_each_hold
     """Stored chunks read back while the worker still works carry their live hold less
     their age (tts.pacing.cushion_left): a listener who joins late, or resumes, starts no
     sooner than one who got them live."""
-    from datetime import timedelta
-
-    from django.utils import timezone
+    from tests.conftest import hold_left_bounds, store_held_chunks
 
     session = await make_session(run=False)
-
-    @sync_to_async
-    def store_two_held_chunks():
-        claimed = services.session_claim(session_id=session.id, worker="late-test")
-        voice = services.voice_resolve(voice_id=claimed.voice)
-        segments = services.session_segments(session=claimed, voice=voice)
-        made = timezone.now() - timedelta(milliseconds=800)
-        for seq, cushion in enumerate([4000, 2000]):
-            audio = services.segment_audio(segment=segments[seq], voice=voice)
-            row = services.chunk_row(claimed.id, seq, segments[seq], audio)
-            row.cushion_ms, row.created_at = cushion, made
-            assert services.chunk_store(session=claimed, chunk=row, audio=audio, worker="late-test")
-        broadcast.flush()
-
-    await store_two_held_chunks()
+    made = await sync_to_async(store_held_chunks)(session.id, [4000, 2000], age_ms=800)
+    broadcast.flush()
     comm = await _connected(as_staff(communicator(session.id)))
     held = []
     while len(held) < 2:
         frame = await comm.receive_output(timeout=5)
         if frame.get("text") and json.loads(frame["text"])["type"] == "chunk":
             held.append(json.loads(frame["text"])["cushion_ms"])
-    assert 3000 <= held[0] <= 3200 and 1000 <= held[1] <= 1200
+    for left, hold in zip(held, [4000, 2000], strict=True):
+        low, high = hold_left_bounds(hold, made, 800)
+        assert low <= left <= high
     await comm.disconnect()
 
 

@@ -127,8 +127,9 @@ def test_every_variable_is_listed_in_env_example():
         )
     )
     # read before Django's settings exist (tts.serve, runworker)
-    read |= set(re.findall(r'read_bool\("([A-Z][A-Z0-9_]*)"', (REPO / "tts/loops.py").read_text()))
-    assert "TTS_UVLOOP" in read
+    for module in ("tts/loops.py", "tts/heap.py"):
+        read |= set(re.findall(r'read_bool\("([A-Z][A-Z0-9_]*)"', (REPO / module).read_text()))
+    assert {"TTS_UVLOOP", "TTS_GC_FREEZE"} <= read
     assert sorted(read - listed) == []
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
-from datetime import timedelta
 
 import pytest
-from django.utils import timezone
 
 from tts import services
 from tts.engines import EngineError, get_engine
@@ -122,24 +120,20 @@ def test_every_live_chunk_says_how_long_to_hold_it_and_a_quick_voice_needs_no_ho
 def test_a_chunk_read_back_while_its_session_runs_carries_what_is_left_of_its_hold():
     """A late listener, a resumed socket or the HTTP fallback: the chunk is due when it
     would have been for a listener who got it live, not later because they came later."""
+    from tests.conftest import hold_left_bounds, store_held_chunks
+
     session = create(text="One sentence. Another one. And a third.")
-    services.session_claim(session_id=session.id, worker="w1")
-    voice = services.voice_resolve(voice_id=session.voice)
-    segments = services.session_segments(session=session, voice=voice)
-    made = timezone.now() - timedelta(milliseconds=1200)
-    for seq, cushion in enumerate([3000, 500, None]):
-        audio = services.segment_audio(segment=segments[seq], voice=voice)
-        row = services.chunk_row(session.id, seq, segments[seq], audio)
-        row.cushion_ms, row.created_at = cushion, made
-        assert services.chunk_store(session=session, chunk=row, audio=audio, worker="w1")
+    made = store_held_chunks(session.id, [3000, 500, None], age_ms=1200)
 
-    def read_back() -> list[dict]:
-        return [services.chunk_meta(chunk, running=True) for chunk in session.chunks.all()]
-
-    left = [meta.get("cushion_ms") for meta in read_back()]
-    assert 1700 <= left[0] <= 1800  # 3000 less the 1.2 s (and this test's own time) since
+    left = [services.chunk_meta(c, session_running=True).get("cushion_ms") for c in chunks(session)]
+    low, high = hold_left_bounds(3000, made, 1200)
+    assert low <= left[0] <= high  # 3000 less the 1.2 s (and this test's own time) since
     assert left[1:] == [0, None]  # long due; a chunk stored without a hold has none
-    assert all("cushion_ms" not in services.chunk_meta(c) for c in session.chunks.all())
+    assert all("cushion_ms" not in services.chunk_meta(c) for c in chunks(session))
+
+
+def chunks(session) -> list[TTSChunk]:
+    return list(session.chunks.order_by("seq"))
 
 
 def test_running_rides_with_the_first_chunk_once_the_voice_is_known_to_be_quick(monkeypatch):
@@ -169,9 +163,35 @@ def test_running_rides_with_the_first_chunk_once_the_voice_is_known_to_be_quick(
     assert all("status" not in e for e in events if e["type"] == "tts.chunk")
 
 
-def test_a_held_running_status_goes_out_before_a_failure(monkeypatch):
+def test_a_slow_voices_running_goes_out_as_its_first_synthesis_begins(monkeypatch):
+    """Not beside the claim's cut and cache lookup, whose way to the engine its send
+    slowed (P57); still before the first chunk."""
+    monkeypatch.setitem(services._first_segment_ms, "en-us", 5000)  # a slow voice
+    events = recorded_events(monkeypatch)
+    seen: dict[str, list[str]] = {}
+    lookup, engine = services.cached_keys, get_engine("espeak")
+    synthesize = engine.synthesize
+
+    def looking_up(keys):
+        seen.setdefault("lookup", [e["type"] for e in events])
+        return lookup(keys)
+
+    def synthesizing(text, voice):
+        seen.setdefault("synthesis", [e["type"] for e in events])
+        return synthesize(text, voice)
+
+    monkeypatch.setattr(services, "cached_keys", looking_up)
+    monkeypatch.setattr(engine, "synthesize", synthesizing)
+    services.session_run(session_id=create().id, worker="w1")
+    assert seen == {"lookup": [], "synthesis": ["tts.status"]}
+    assert [e["type"] for e in events][:2] == ["tts.status", "tts.chunk"]
+    assert "status" not in events[1]
+
+
+@pytest.mark.parametrize("last_first_segment_ms", [1, 5000], ids=["held", "on-its-own"])
+def test_a_held_running_status_goes_out_before_a_failure(monkeypatch, last_first_segment_ms):
     """A session that fails before its first chunk still says it ran, then failed."""
-    monkeypatch.setitem(services._first_segment_ms, "en-us", 1)
+    monkeypatch.setitem(services._first_segment_ms, "en-us", last_first_segment_ms)
     engine = get_engine("espeak")
 
     def broken(text, voice):

@@ -41,7 +41,8 @@ def stored_chunks(
     out = []
     for *fields, total, status, pcm in rows:
         chunk = TTSChunk(**dict(zip(_FRAME_FIELDS, fields, strict=True)))
-        meta = chunk_meta(chunk, total_chunks=total, running=status == SessionStatus.RUNNING)
+        running = status == SessionStatus.RUNNING
+        meta = chunk_meta(chunk, total_chunks=total, session_running=running)
         out.append(StoredChunk(meta=meta, pcm=bytes(pcm)))
     return out
 

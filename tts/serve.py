@@ -37,6 +37,7 @@ def main() -> None:
             # daphne's command line has imported the application by now (and Django with
             # it): what the process holds from here on is what it serves with.
             if freeze:
+                heap.load_urlconf()
                 frozen, ms = heap.freeze_startup_heap()
                 say(
                     f"daphne (pid {os.getpid()}): {frozen} objects of its start kept out of "

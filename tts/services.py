@@ -1173,11 +1173,14 @@ def chunk_row(session_id: uuid.UUID, seq: int, segment: Segment, audio: SegmentA
     )
 
 
-def chunk_meta(chunk: TTSChunk, *, total_chunks: int | None = None, running: bool = False) -> dict:
+def chunk_meta(
+    chunk: TTSChunk, *, total_chunks: int | None = None, session_running: bool = False
+) -> dict:
     """The `chunk` frame's fields (plus sample_rate, so a client can decode it).
     ``total_chunks``: the session's count when the caller has it (no read of the session).
-    ``running``: the chunk is read back while its session is still being narrated; it then
-    carries what is left of the hold it went out live with (tts.pacing.cushion_left)."""
+    ``session_running``: the chunk is read back while its session is still being narrated;
+    it then carries what is left of the hold it went out live with (tts.pacing.cushion_left;
+    the worker's clock against this one's: hosts keep their clocks in step, docs/deployment.md)."""
     if total_chunks is None and chunk.session_id:
         total_chunks = chunk.session.total_chunks
     meta = {
@@ -1190,7 +1193,7 @@ def chunk_meta(chunk: TTSChunk, *, total_chunks: int | None = None, running: boo
         "duration_ms": chunk.duration_ms,
         "total_chunks": total_chunks,
     }
-    if running and chunk.cushion_ms is not None:
+    if session_running and chunk.cushion_ms is not None:
         age = (timezone.now() - chunk.created_at).total_seconds() * 1000
         meta["cushion_ms"] = cushion_left(chunk.cushion_ms, age)
     return meta

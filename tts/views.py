@@ -187,7 +187,7 @@ def session_detail(request: HttpRequest, session_id: uuid.UUID) -> JsonResponse:
             "first_chunk_ms": session.first_chunk_ms,
             "real_time_factor": session.real_time_factor,
             "duration_ms": session.audio_ms,
-            "chunks": [services.chunk_meta(chunk, running=running) for chunk in chunks],
+            "chunks": [services.chunk_meta(chunk, session_running=running) for chunk in chunks],
             **session_urls(request, session),
         }
     )

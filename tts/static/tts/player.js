@@ -314,12 +314,13 @@ export class NarrationPlayer {
   onChunk(meta, bytes, sampleRate) {
     const scheduler = this.ensureScheduler();
     if (meta.seq !== scheduler.received) return; // the stream gives each once, in order
+    const buffer = toAudioBuffer(scheduler.ctx, bytes, sampleRate);
     // Known before it is scheduled: scheduling can call back into the display (an
     // underrun re-renders it), which reads the chunk's text for every scheduled chunk.
     this.chunks[meta.seq] = meta;
     this.view.addChunk(meta);
     this.setTotal(meta.total_chunks);
-    scheduler.add(meta.seq, toAudioBuffer(scheduler.ctx, bytes, sampleRate), meta.cushion_ms);
+    scheduler.add(meta.seq, buffer, meta.cushion_ms);
     this.render();
   }
 

@@ -14,7 +14,9 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  * A chunk of a session still being narrated carries what was left of its hold when the
  * session's JSON was read (`cushion_ms`, docs/protocol.md); less the time since. A held
  * chunk means an engine with little lead, and the chunks after it reach this fallback up
- * to a poll later than a socket would bring them: the hold covers that too.
+ * to a poll later than a socket would bring them: the hold covers that too. A chunk held
+ * for 0 gets no such allowance (its engine is ahead, as a rule): where one still comes
+ * late, the player's own cushion doubles, as on any network that runs it dry.
  */
 function holdLeft(meta, readAt) {
   const left = Math.max(0, meta.cushion_ms - (performance.now() - readAt));

@@ -4,9 +4,10 @@
 // of scheduled sources; pause, seek and resume end a run and start a new one.
 //
 // A run starts a short cushion after "play", or later where the server says its engine
-// would otherwise fall behind: every chunk sent live carries `cushion_ms`, how long after
-// its arrival it should start for the chunks after it to arrive in time (0 for an engine
-// fast enough; docs/protocol.md). The run starts late enough for the freshest of them.
+// would otherwise fall behind: every chunk sent live (and one read back while its session
+// runs) carries `cushion_ms`, how long after its arrival it should start for the chunks
+// after it to arrive in time (0 for an engine fast enough; docs/protocol.md). The run
+// starts late enough for the freshest of them.
 
 const START_CUSHION = 0.1; // seconds between "play" and the first sample: absorbs jitter
 const MAX_CUSHION = 2.0;
@@ -51,7 +52,7 @@ export class Scheduler {
 
   /**
    * Add chunk `seq`; false for a duplicate or out-of-order chunk (the stream orders them).
-   * `cushionMs`: the chunk frame's `cushion_ms` (live chunks only).
+   * `cushionMs`: the chunk frame's `cushion_ms` (a session still running), if any.
    */
   add(seq, buffer, cushionMs = null) {
     if (seq !== this.items.length) return false;
