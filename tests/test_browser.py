@@ -191,6 +191,22 @@ def assert_gapless(starts: list[dict], chunks: list[dict]) -> None:
         assert after["when"] == pytest.approx(before["when"] + before["duration"], abs=TOLERANCE)
 
 
+def assert_held_then_gapless(state: dict, starts: list[dict], chunks: list[dict]) -> None:
+    """A slow engine's narration: the player waited for the engine first, then played
+    every chunk back to back with no underrun, where a player that had started the first
+    chunk 0.1 s after it came would have found a later one missing (each source is
+    scheduled when its chunk arrives)."""
+    assert_gapless(starts, chunks)
+    assert state["underruns"] == 0
+    assert starts[0]["when"] - starts[0]["at"] > 0.5  # it waited for the engine
+    due = starts[0]["at"] + 0.1
+    missed = []
+    for start in starts:
+        missed.append(start["at"] > due)
+        due += start["duration"]
+    assert any(missed), starts
+
+
 def test_it_plays_a_scene_gaplessly_while_progress_and_highlight_follow(page: Page):
     scene = make_story(SCENE_TEXT).scenes.get()
     open_scene(page, scene)
@@ -424,20 +440,9 @@ def test_a_slow_engine_waits_first_then_plays_through_without_a_gap(browser: Bro
         assert "without a break" in snapshot(page)["message"]
         state = wait_for_state(page, "ended", timeout=60_000)
 
-        starts = page.evaluate("window.__starts")
         chunks = session_chunks(page)
         assert len(chunks) >= 4
-        assert_gapless(starts, chunks)
-        assert state["underruns"] == 0
-        assert starts[0]["when"] - starts[0]["at"] > 0.5  # it waited for the engine
-        # Each source is scheduled when its chunk arrives: a player that had started the
-        # first chunk 0.1 s after it came would have found a later one missing.
-        due = starts[0]["at"] + 0.1
-        missed = []
-        for start in starts:
-            missed.append(start["at"] > due)
-            due += start["duration"]
-        assert any(missed), starts
+        assert_held_then_gapless(state, page.evaluate("window.__starts"), chunks)
     finally:
         context.close()
 
@@ -461,18 +466,9 @@ def test_a_slow_engine_plays_through_over_the_http_fallback_too(browser: Browser
         state = wait_for_state(page, "ended", timeout=60_000)
 
         assert state["transport"] == "http"
-        starts = page.evaluate("window.__starts")
         chunks = session_chunks(page)
         assert len(chunks) >= 3
-        assert_gapless(starts, chunks)
-        assert state["underruns"] == 0
-        assert starts[0]["when"] - starts[0]["at"] > 0.5  # it waited for the engine
-        due = starts[0]["at"] + 0.1  # a player starting at once would have run dry
-        missed = []
-        for start in starts:
-            missed.append(start["at"] > due)
-            due += start["duration"]
-        assert any(missed), starts
+        assert_held_then_gapless(state, page.evaluate("window.__starts"), chunks)
     finally:
         context.close()
 

@@ -10,7 +10,6 @@ import weakref
 import pytest
 
 from tests.conftest import ARTIFACTS
-from tests.test_loops import fresh
 from tts import heap
 
 
@@ -44,18 +43,6 @@ def test_frozen_objects_are_left_out_of_a_full_pass_and_garbage_is_collected_fir
         assert still() is not None  # a frozen cycle is never collected (the cost, documented)
     finally:
         gc.unfreeze()
-
-
-@pytest.mark.parametrize(
-    "command",
-    [["-m", "tts.serve", "-p", "1", "config.asgi:application"], ["manage.py", "runworker", "x"]],
-    ids=["daphne", "worker"],
-)
-def test_a_bad_tts_gc_freeze_stops_the_process_with_its_name(command):
-    done = fresh(command, TTS_GC_FREEZE="maybe")
-    assert done.returncode != 0
-    assert "TTS_GC_FREEZE must be a boolean (1/0, true/false), got 'maybe'" in done.stderr
-    assert "Traceback" not in done.stderr
 
 
 def test_the_stacks_daphne_and_worker_freeze_their_start(live_stack):

@@ -105,8 +105,9 @@ def test_the_stack_serves_and_narrates_on_uvloop(live_stack):
     ],
     ids=["daphne", "worker"],
 )
-def test_a_bad_tts_uvloop_stops_the_process_with_its_name(command):
-    done = fresh(command, TTS_UVLOOP="sometimes")
+@pytest.mark.parametrize("variable", ["TTS_UVLOOP", "TTS_GC_FREEZE"])  # tts.loops, tts.heap
+def test_a_bad_variable_read_at_start_stops_the_process_with_its_name(command, variable):
+    done = fresh(command, **{variable: "sometimes"})
     assert done.returncode != 0
-    assert "TTS_UVLOOP must be a boolean (1/0, true/false), got 'sometimes'" in done.stderr
+    assert f"{variable} must be a boolean (1/0, true/false), got 'sometimes'" in done.stderr
     assert "Traceback" not in done.stderr
