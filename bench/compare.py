@@ -4,7 +4,9 @@ Two runs taken minutes apart on a shared machine can differ by a third (other te
 CPU frequency), more than most changes under test. This checks out each commit into a
 temporary worktree (sharing this checkout's .venv), then runs `bench/run.py` for each in
 turn, round after round, so that drift hits all of them alike, and prints the median of
-the rounds per commit.
+the rounds per commit. Each round begins with the next commit (A B, then B A, …): before
+round 16 every round ran them in the same order, and a host that slowed within rounds
+put its slower half on the same commit every time.
 
     .venv/bin/python bench/compare.py 990faf7 HEAD --rounds 3
     .venv/bin/python bench/compare.py 990faf7 HEAD -- --voices tiny --sessions 40
@@ -115,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             trees[sha] = tree
         try:
             for round_ in range(1, args.rounds + 1):
-                for sha, tree in trees.items():
+                # Each round starts with the next commit (A B, B A, … for two): a host that
+                # drifts within a round favours none of them.
+                order = list(trees.items())
+                shift = (round_ - 1) % len(order)
+                for sha, tree in order[shift:] + order[:shift]:
                     out = Path(tmp) / f"{sha}-{round_}.json"
                     cmd = [sys.executable, "bench/run.py", *bench_args, "--json", str(out)]
                     done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
