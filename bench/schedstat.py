@@ -29,6 +29,9 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.trace import steps, windows  # noqa: E402
+
 ROLES = [  # (role, words its command line holds), first match wins
     ("daphne", ("tts.serve",)),
     ("daphne", ("bench.procs", "daphne")),
@@ -93,23 +96,16 @@ def around(log_dir: Path, samples: Path) -> None:
         ib = min(bisect.bisect_left(times, b), len(rows) - 1)
         return [(rows[ib][k + 1] - rows[ia][k + 1]) / 1e6 for k in range(len(names))]
 
-    events: list[tuple[float, str]] = []
-    for path in (log_dir / "timings").glob("trace-*.json"):
-        events += [(t, label) for t, label in json.loads(path.read_text())]
-    events.sort()
-    posts = [t for t, label in events if label == "client.post >"]
     print("CPU ms per process (" + ", ".join(names) + ") in windows around each POST (ms)")
-    for i, post in enumerate(posts):
+    for window in windows(log_dir, "client.post >"):  # bench/trace.py's, one per session
+        post = window[0][0]
         if not times or post < times[0] + 0.3 or post > times[-1] - 0.05:
             continue  # outside the recording
-        later = posts[i + 1] if i + 1 < len(posts) else post + 60
-        steps = {}
-        for t, label in events:
-            if post <= t < later:
-                steps.setdefault(label, (t - post) * 1000)
-        if "services._synthesize >" not in steps:
+        placed = steps(window)
+        if "services._synthesize >" not in placed:
             continue  # a replay: no synthesis of its own
-        row, synth = steps.get("services._insert <", float("nan")), steps["services._synthesize >"]
+        row = placed.get("services._insert <", float("nan"))
+        synth = placed["services._synthesize >"]
         cells = [
             f"[{a:+d},{b:+d}] "
             + " ".join(f"{x:.1f}" for x in spent(post + a / 1e3, post + b / 1e3))

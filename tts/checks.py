@@ -233,21 +233,14 @@ def worker_pool_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
 def cutting_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """How texts are cut, checked at start by cutting one (segment_text's own rules), not
     found by the first session's worker."""
-    from tts.conf import settings as tts_settings
     from tts.segmentation import segment_text
+    from tts.services import CUTTING_SETTINGS, cutting_settings
 
-    cutting = {
-        "first_max_chars": "TTS_FIRST_SEGMENT_CHARS",
-        "growth": "TTS_SEGMENT_GROWTH",
-        "sentence_pause_ms": "TTS_SENTENCE_PAUSE_MS",
-        "clause_pause_ms": "TTS_CLAUSE_PAUSE_MS",
-        "paragraph_pause_ms": "TTS_PARAGRAPH_PAUSE_MS",
-    }
-    values = {arg: getattr(tts_settings, name) for arg, name in cutting.items()}
+    values = cutting_settings()
     try:
         segment_text("One sentence. And another, a little longer.", **values)
     except (TypeError, ValueError) as exc:
-        given = ", ".join(f"{cutting[arg]}={value!r}" for arg, value in values.items())
+        given = ", ".join(f"{CUTTING_SETTINGS[arg]}={value!r}" for arg, value in values.items())
         return [
             Error(
                 f"Texts cannot be cut with {given} ({exc}): every session would fail.",

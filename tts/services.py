@@ -834,16 +834,25 @@ def session_segments(
     return segment_text(text, language=voice.language, **_cutting(voice))
 
 
+# segment_text's arguments that come from settings, by the setting's name (tts.E006
+# checks them at start).
+CUTTING_SETTINGS = {
+    "first_max_chars": "TTS_FIRST_SEGMENT_CHARS",
+    "growth": "TTS_SEGMENT_GROWTH",
+    "sentence_pause_ms": "TTS_SENTENCE_PAUSE_MS",
+    "clause_pause_ms": "TTS_CLAUSE_PAUSE_MS",
+    "paragraph_pause_ms": "TTS_PARAGRAPH_PAUSE_MS",
+}
+
+
+def cutting_settings() -> dict[str, Any]:
+    """segment_text's arguments from the settings (all but the voice's own max_chars)."""
+    return {arg: getattr(settings, name) for arg, name in CUTTING_SETTINGS.items()}
+
+
 def _cutting(voice: Voice) -> dict[str, Any]:
     """How a text is cut for this voice (segment_text's settings; part of narration_key)."""
-    return {
-        "max_chars": get_engine(voice.engine).max_segment_chars,
-        "first_max_chars": settings.TTS_FIRST_SEGMENT_CHARS,
-        "growth": settings.TTS_SEGMENT_GROWTH,
-        "sentence_pause_ms": settings.TTS_SENTENCE_PAUSE_MS,
-        "clause_pause_ms": settings.TTS_CLAUSE_PAUSE_MS,
-        "paragraph_pause_ms": settings.TTS_PARAGRAPH_PAUSE_MS,
-    }
+    return {"max_chars": get_engine(voice.engine).max_segment_chars, **cutting_settings()}
 
 
 def stored_chunk_count(*, session_id: uuid.UUID) -> int:

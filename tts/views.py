@@ -166,8 +166,8 @@ def _session_for(request: HttpRequest, session_id: uuid.UUID) -> TTSSession:
 @api
 def session_detail(request: HttpRequest, session_id: uuid.UUID) -> JsonResponse:
     session = _session_for(request, session_id)
-    chunks = TTSChunk.objects.filter(session=session).select_related("session").order_by("seq")
-    running = session.status == SessionStatus.RUNNING
+    chunks = TTSChunk.objects.filter(session=session).order_by("seq")
+    total, running = session.total_chunks, session.status == SessionStatus.RUNNING
     return JsonResponse(
         {
             "id": str(session.id),
@@ -187,7 +187,10 @@ def session_detail(request: HttpRequest, session_id: uuid.UUID) -> JsonResponse:
             "first_chunk_ms": session.first_chunk_ms,
             "real_time_factor": session.real_time_factor,
             "duration_ms": session.audio_ms,
-            "chunks": [services.chunk_meta(chunk, session_running=running) for chunk in chunks],
+            "chunks": [
+                services.chunk_meta(chunk, total_chunks=total, session_running=running)
+                for chunk in chunks
+            ],
             **session_urls(request, session),
         }
     )
