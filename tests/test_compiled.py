@@ -187,3 +187,83 @@ def test_a_compiled_query_goes_where_the_routers_send_its_model(settings):
         assert query.run(session_id=uuid.uuid4(), using="default") == []
     finally:
         settings.DATABASE_ROUTERS = []
+
+
+def _running(text: str, worker: str = "w") -> TTSSession:
+    session = services.session_create(text=text, owner=OWNER, dispatch=False)
+    return services.session_claim(session_id=session.id, worker=worker)
+
+
+@pytest.mark.parametrize("total", [False, True])
+@pytest.mark.parametrize("complete", [False, True])
+@pytest.mark.parametrize("first", [False, True])
+def test_a_stores_update_sets_what_the_orms_update_sets(total, complete, first):
+    advance = services._advance(total=total, complete=complete, first=first)
+    compiled_one, orm_one = _running("Compiled."), _running("Through the ORM.")
+    now = timezone.now()
+    values = {"completed": 3, "now": now, "engine_ms": 41, "audio_ms": 2900}
+    values |= {"total": 7} if total else {}
+    values |= {"key": "k" * 64} if complete else {}
+    values |= {"first_ms": 12} if first else {}
+    for _ in range(1 if complete else 2):  # the SQL is reused; the increments add up
+        assert advance.run(session_id=compiled_one.id, worker="w", **values) == 1
+        held, updates = advance._build(session_id=orm_one.id, worker="w", **values)
+        assert held.update(**updates) == 1
+    got, want = (TTSSession.objects.get(pk=s.id) for s in (compiled_one, orm_one))
+    changed = [
+        "status", "completed_chunks", "heartbeat_at", "engine_ms", "audio_ms", "total_chunks",
+        "finished_at", "real_time_factor", "first_chunk_ms",
+    ] + (["narration_key"] if complete else [])  # fmt: skip
+    for name in changed:
+        assert getattr(got, name) == getattr(want, name), name
+    runs = 1 if complete else 2
+    assert (got.engine_ms, got.audio_ms, got.heartbeat_at) == (41 * runs, 2900 * runs, now)
+    assert (got.total_chunks == 7) is total and (got.first_chunk_ms == 12) is first
+    if complete:
+        assert (got.status, got.finished_at, got.narration_key) == ("completed", now, "k" * 64)
+        assert got.real_time_factor == pytest.approx(41 / 2900)
+    else:
+        assert (got.status, got.finished_at) == ("running", None)
+    # Not held by this worker (or no longer running): nothing changes.
+    assert advance.run(session_id=compiled_one.id, worker="other", **values) == 0
+    assert advance.run(session_id=uuid.uuid4(), worker="w", **values) == 0
+    assert TTSSession.objects.get(pk=compiled_one.id).engine_ms == 41 * runs
+
+
+def test_rows_are_inserted_as_bulk_create_inserts_them(django_assert_num_queries):
+    from django.db import IntegrityError
+
+    from tts import compiled
+    from tts.models import AudioBlob, TTSChunk
+
+    AudioBlob.objects.add(key="a" * 64, pcm=b"\x00\x01" * 10, sample_rate=22050, samples=10)
+    sessions = [_running("Inserted here."), _running("Created by the ORM.")]
+
+    def rows(session, seqs):
+        return [
+            TTSChunk(
+                session_id=session.id, seq=seq, text=f"Chunk {seq}, «ünïcode».", char_start=seq,
+                char_end=seq + 9, samples=10, sample_rate=22050, audio_id="a" * 64,
+                cached=seq % 2 == 0, engine_ms=seq * 3, cushion_ms=None if seq else 250,
+            )
+            for seq in seqs
+        ]  # fmt: skip
+
+    with django_assert_num_queries(1):
+        compiled.insert(rows(sessions[0], range(3)))
+    TTSChunk.objects.bulk_create(rows(sessions[1], range(3)))
+    got, want = (
+        list(TTSChunk.objects.filter(session_id=s.id).order_by("seq").values()) for s in sessions
+    )
+    assert len(got) == 3
+    for inserted, created in zip(got, want, strict=True):
+        for name in ("id", "session_id", "created_at"):
+            del inserted[name], created[name]
+        assert inserted == created
+    # A row that breaks a constraint: none of the statement's rows is inserted.
+    with pytest.raises(IntegrityError):
+        compiled.insert(rows(sessions[0], [3, 2]))
+    assert TTSChunk.objects.filter(session_id=sessions[0].id).count() == 3
+    compiled.insert([])  # nothing to insert: no query
+    with pytest.raises(TypeError, match="one model"):
+        compiled.insert([*rows(sessions[0], [4]), AudioBlob(key="b" * 64)])

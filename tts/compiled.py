@@ -34,7 +34,7 @@ import datetime
 import itertools
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,7 @@ class _Statement:
     converters: dict[int, tuple[list, Any]]  # column -> (converters, expression)
     model: type[models.Model] | None  # rows become its instances (update_returning)
     attnames: list[str]
+    count_only: bool = False  # run returns the number of rows changed (update)
 
 
 class Compiled:
@@ -80,6 +81,16 @@ class Compiled:
         """``build(**values)`` returns a queryset of a model's rows, all their fields (no
         ``only``, ``defer`` or ``select_related``); ``run`` returns them as instances."""
         return cls(_compile_instances, build, fields)
+
+    @classmethod
+    def update(
+        cls,
+        build: Callable[..., tuple[models.QuerySet, dict[str, Any]]],
+        **fields: models.Field,
+    ):
+        """``build(**values)`` returns ``(queryset, values to set)``; ``run`` updates the
+        queryset's rows and returns how many there were, as ``QuerySet.update`` does."""
+        return cls(_compile_update, build, fields)
 
     @classmethod
     def update_returning(
@@ -117,7 +128,7 @@ class Compiled:
                 **{name: _standin(name, field, connection) for name, field in self._fields.items()}
             )
             model = self._model = (built[0] if isinstance(built, tuple) else built).model
-        if self._compile is _compile_update_returning:
+        if self._compile in (_compile_update, _compile_update_returning):
             return router.db_for_write(model)
         return router.db_for_read(model)
 
@@ -146,6 +157,36 @@ class Compiled:
         return dataclasses.replace(statement, slots=slots)
 
 
+def insert(objs: Sequence[models.Model], *, using: str | None = None) -> None:
+    """``bulk_create(objs)`` for new rows of one model whose primary key the database
+    chooses, as one INSERT ... VALUES statement put together here: the ORM's insert
+    compiler costs more Python than the statement costs SQLite (a worker stores its chunks
+    this way, several times a second). Each value goes through its field's ``pre_save``
+    and ``get_db_prep_save``, as the ORM's do; a row that breaks a constraint raises
+    IntegrityError and none is inserted. The primary keys are not read back."""
+    if not objs:
+        return
+    model = type(objs[0])
+    if any(type(obj) is not model for obj in objs):
+        raise TypeError("rows of one model only")
+    opts = model._meta
+    fields = [field for field in opts.concrete_fields if field is not opts.auto_field]
+    using = using or router.db_for_write(model)
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in fields)
+    row = f"({', '.join(['%s'] * len(fields))})"
+    rows = ", ".join([row] * len(objs))
+    statement = f"INSERT INTO {quote(opts.db_table)} ({columns}) VALUES {rows}"
+    params = [
+        field.get_db_prep_save(field.pre_save(obj, True), connection)
+        for obj in objs
+        for field in fields
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+
+
 def update_returning(queryset: models.QuerySet, values: dict[str, Any]) -> list:
     """``queryset.update(**values)``, returning the updated rows as they now are, compiled
     for this call only (``TTSSessionQuerySet.update_returning``)."""
@@ -155,10 +196,12 @@ def update_returning(queryset: models.QuerySet, values: dict[str, Any]) -> list:
     return _execute(statement, statement.params, queryset.db)
 
 
-def _execute(statement: _Statement, params: list, using: str) -> list:
+def _execute(statement: _Statement, params: list, using: str) -> list | int:
     connection = connections[using]
     with connection.cursor() as cursor:
         cursor.execute(statement.sql, params)
+        if statement.count_only:
+            return cursor.rowcount
         rows = cursor.fetchall()
     rows = [_converted(row, statement.converters, connection) for row in rows]
     if statement.model is None:
@@ -223,16 +266,28 @@ def _compile_instances(using: str, queryset: models.QuerySet) -> _Statement:
     return dataclasses.replace(statement, model=queryset.model, attnames=attnames)
 
 
-def _compile_update_returning(
-    using: str, built: tuple[models.QuerySet, dict[str, Any]]
-) -> _Statement:
+def _update_sql(using: str, built: tuple[models.QuerySet, dict[str, Any]]) -> tuple[str, list]:
     queryset, values = built
-    model = queryset.model
     query = queryset.query.chain(sql.UpdateQuery)
     query.add_update_values(values)
     compiler = query.get_compiler(using)
     compiler.pre_sql_setup()
     statement, params = compiler.as_sql()
+    return statement, list(params)
+
+
+def _compile_update(using: str, built: tuple[models.QuerySet, dict[str, Any]]) -> _Statement:
+    statement, params = _update_sql(using, built)
+    if not statement:  # nothing to set: the ORM runs no query either
+        raise ValueError("an update with nothing to set")
+    return _Statement(statement, params, {}, {}, None, [], count_only=True)
+
+
+def _compile_update_returning(
+    using: str, built: tuple[models.QuerySet, dict[str, Any]]
+) -> _Statement:
+    model = built[0].model
+    statement, params = _update_sql(using, built)
     if not statement:  # nothing to set
         return _Statement("", [], {}, {}, model, [])
     connection = connections[using]
@@ -242,7 +297,7 @@ def _compile_update_returning(
     reader = connection.ops.compiler("SQLCompiler")(sql.Query(model), connection, using)
     return _Statement(
         sql=f"{statement} RETURNING {columns}",
-        params=list(params),
+        params=params,
         slots={},
         converters=reader.get_converters([field.get_col(table) for field in fields]),
         model=model,

@@ -34,7 +34,7 @@ from django.db.models import F, FloatField, Max, Q, QuerySet, Subquery
 from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
 
-from tts import broadcast, limits, scheduling, waiting
+from tts import broadcast, compiled, limits, scheduling, waiting
 from tts.audio import silence
 from tts.compiled import Compiled
 from tts.conf import settings
@@ -1099,28 +1099,25 @@ def chunks_store(
     session is completed in the same transaction (session_complete's work, without its
     own trip to the database), keyed by it."""
     first, last = chunks[0][0], chunks[-1][0]
-    now, engine_ms = timezone.now(), sum(audio.engine_ms for _, audio in chunks)
-    audio_ms = sum(chunk.duration_ms for chunk, _ in chunks)
-    updates: dict[str, Any] = {
-        "completed_chunks": last.seq + 1,
-        "heartbeat_at": now,
-        "engine_ms": F("engine_ms") + engine_ms,
-        "audio_ms": F("audio_ms") + audio_ms,
+    values: dict[str, Any] = {
+        "session_id": session.id,
+        "worker": worker,
+        "completed": last.seq + 1,
+        "now": timezone.now(),
+        "engine_ms": sum(audio.engine_ms for _, audio in chunks),
+        "audio_ms": sum(chunk.duration_ms for chunk, _ in chunks),
     }
     if total_chunks is not None:
-        updates["total_chunks"] = total_chunks
-    if complete_key is not None:  # every expression reads the row as it was
-        updates |= {
-            "status": SessionStatus.COMPLETED,
-            "finished_at": now,
-            "narration_key": complete_key,
-            "real_time_factor": Cast(F("engine_ms") + engine_ms, FloatField())
-            / NullIf(F("audio_ms") + audio_ms, 0),
-        }
+        values["total"] = total_chunks
+    if complete_key is not None:
+        values["key"] = complete_key
     if first.seq == 0:
-        updates["first_chunk_ms"] = max(
+        values["first_ms"] = max(
             0, round((first.created_at - session.created_at).total_seconds() * 1000)
         )
+    advance = _advance(
+        total=total_chunks is not None, complete=complete_key is not None, first=first.seq == 0
+    )
     try:
         with transaction.atomic():
             landed: dict[str, str] = {}  # a key whose audio went under a key of its own
@@ -1129,15 +1126,61 @@ def chunks_store(
                     chunk.audio_id = landed[audio.key] = _blob_store(audio)
                 else:  # the same audio as a chunk before it in this batch, maybe
                     chunk.audio_id = landed.get(chunk.audio_id, chunk.audio_id)
-            held = TTSSession.objects.filter(
-                pk=session.id, status=SessionStatus.RUNNING, claimed_by=worker
-            ).update(**updates)
-            if not held:
+            if not advance.run(**values):  # no longer this worker's to store
                 return False
-            TTSChunk.objects.bulk_create([chunk for chunk, _ in chunks])
+            compiled.insert([chunk for chunk, _ in chunks])
     except IntegrityError:  # a chunk exists already
         return False
     return True
+
+
+@functools.cache
+def _advance(*, total: bool, complete: bool, first: bool) -> Compiled:
+    """chunks_store's update of its session, while this worker holds it: one statement,
+    compiled once (P58), for each kind of store: the first chunks (the session's count of
+    chunks, and the time to the first), the last (the session completed, under its
+    narration key), any other."""
+    field = TTSSession._meta.get_field
+    fields = {
+        "session_id": TTSSession._meta.pk,
+        "worker": field("claimed_by"),
+        "completed": field("completed_chunks"),
+        "now": field("heartbeat_at"),
+        "engine_ms": field("engine_ms"),
+        "audio_ms": field("audio_ms"),
+    }
+    if total:
+        fields["total"] = field("total_chunks")
+    if complete:
+        fields["key"] = field("narration_key")
+    if first:
+        fields["first_ms"] = field("first_chunk_ms")
+
+    def build(*, session_id, worker, completed, now, engine_ms, audio_ms, **more):
+        updates: dict[str, Any] = {
+            "completed_chunks": completed,
+            "heartbeat_at": now,
+            "engine_ms": F("engine_ms") + engine_ms,
+            "audio_ms": F("audio_ms") + audio_ms,
+        }
+        if "total" in more:
+            updates["total_chunks"] = more["total"]
+        if "key" in more:  # every expression reads the row as it was
+            updates |= {
+                "status": SessionStatus.COMPLETED,
+                "finished_at": now,
+                "narration_key": more["key"],
+                "real_time_factor": Cast(F("engine_ms") + engine_ms, FloatField())
+                / NullIf(F("audio_ms") + audio_ms, 0),
+            }
+        if "first_ms" in more:
+            updates["first_chunk_ms"] = more["first_ms"]
+        held = TTSSession.objects.filter(
+            pk=session_id, status=SessionStatus.RUNNING, claimed_by=worker
+        )
+        return held, updates
+
+    return Compiled.update(build, **fields)
 
 
 def _blob_store(audio: SegmentAudio) -> str:
