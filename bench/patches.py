@@ -675,3 +675,13 @@ def wal_pages() -> None:
                 cursor.execute(f"PRAGMA wal_autocheckpoint={pages}")
 
     connection_created.connect(pragma, weak=False)
+
+
+@patch
+def writer_queue() -> None:
+    """tts/services.py _OrderedWriter: at most BENCH_WRITER_QUEUE chunks (default 4, as
+    before P59; 16 since) on their way to the database before the engine's loop waits.
+    Whole runs, not an A/B."""
+    from tts import services
+
+    services._OrderedWriter.MAX_QUEUED = int(os.environ.get("BENCH_WRITER_QUEUE", "4"))

@@ -713,7 +713,11 @@ class _OrderedWriter(Generic[T]):
     nothing is stored after a chunk that was not. At most MAX_QUEUED items are on their
     way; submit blocks beyond that."""
 
-    MAX_QUEUED = 4
+    # Enough for the engine never to wait for a SQLite checkpoint (10-20 ms on the writer's
+    # thread, about once per 4 MB written) at espeak's pace of a chunk every few
+    # milliseconds; 4 held it up about once a session (P59). A chunk holds its PCM here
+    # until stored: at most 16 chunks' worth per session (about 3 MB at espeak's).
+    MAX_QUEUED = 16
 
     def __init__(
         self,
