@@ -6,7 +6,7 @@ import re
 
 import pysbd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tts.segmentation import Segment, segment_text
@@ -157,6 +157,10 @@ def test_every_segment_has_a_letter_or_digit_when_the_text_has_one(
 
 @PROPERTY
 @given(text=prose, options=limits())
+@example(  # a short piece folded back used to push the ones after it down the ramp
+    text="the العربية. the\n\n" + "0" * 100,
+    options={"max_chars": 25, "first_max_chars": 6, "min_chars": 4, "growth": 2.0},
+)
 def test_no_segment_is_longer_than_its_limit(text: str, options: dict[str, int]) -> None:
     segments = segment_text(text, **options)
 
@@ -547,7 +551,9 @@ def _plain_text(rng) -> str:
             sentence += f" {rng.randint(1, 99)}"
         ends = [".", ".", ".", "!", "?", ""] if n < count - 1 else [".", "!", "?", ""]
         sentences.append(sentence + rng.choice(ends))
-    return (" " if rng.random() < 0.9 else "  ").join(sentences)
+    # Spaces after the last sentence: how a long text's blocks end (cut after a sentence).
+    trailing = rng.choice(["", "", "", " ", "  "])
+    return (" " if rng.random() < 0.9 else "  ").join(sentences) + trailing
 
 
 def _pysbd_ends(block: str) -> list[int]:
@@ -597,6 +603,28 @@ def test_anything_but_plain_sentences_goes_to_pysbd(block):
     from tts.segmentation import _plain_sentence_ends
 
     assert _plain_sentence_ends(block) is None
+
+
+def test_a_long_text_of_plain_sentences_never_goes_to_pysbd(monkeypatch):
+    """A text longer than a block is cut into blocks that end after a sentence's space;
+    each is still plain (pysbd costs about 5 ms per 1,000 characters, all before the
+    first synthesis can be sent)."""
+    from tts import segmentation
+
+    sentences = [f"The keeper counted {n} ships at dusk and went home." for n in range(200)]
+    text = " ".join(sentence.replace(f" {n} ", " many ") for n, sentence in enumerate(sentences))
+    assert len(text) > 3 * segmentation._BLOCK_CHARS
+    plain = segment_text(text)
+    assert len(plain) > 20 and all(seg.text.strip().endswith(".") for seg in plain)
+
+    def refuse(block, segmenter):
+        raise AssertionError(f"pysbd was asked to cut {block[:40]!r}...")
+
+    monkeypatch.setattr(segmentation, "_block_sentence_ends", refuse)
+    assert segment_text(text) == plain
+    monkeypatch.undo()  # and pysbd cuts it the same way
+    monkeypatch.setattr(segmentation, "_plain_sentence_ends", lambda block: None)
+    assert segment_text(text) == plain
 
 
 def test_segments_are_the_same_with_or_without_the_plain_path(monkeypatch):

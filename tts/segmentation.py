@@ -30,7 +30,9 @@ __all__ = ["VERSION", "Boundary", "Segment", "segment_text"]
 
 # Bump when a change here cuts some text differently: whole narrations are replayed by a
 # key that includes it (tts.services.narration_key), never across two ways of cutting.
-VERSION = 1
+# 2: a short piece folded into the one before it no longer leaves the pieces after it
+# past their limits.
+VERSION = 2
 
 Boundary = Literal["sentence", "clause", "word", "end"]
 
@@ -93,7 +95,7 @@ def segment_text(
     if not source.run_starts:
         return [Segment(text, 0, len(text), 0, "end")]
     sentences = _with_alnum(source, _sentence_ends(source, language))
-    pieces = _merge_short(source, _greedy_pieces(source, sentences, limits), limits)
+    pieces = _greedy_pieces(source, sentences, limits)
     return [
         _to_segment(source, piece, pauses, last=i == len(pieces) - 1)
         for i, piece in enumerate(pieces)
@@ -298,7 +300,8 @@ def _last_match(pattern: re.Pattern[str], text: str, start: int, end: int) -> re
 # short sentences (a hundred regular expressions run over the block), on every session's
 # way to first audio (docs/benchmarks.md, P47). Plain: letters, digits, spaces and , ; : '
 # - only, and every . ! ? alone, after a word of two letters or more that is none of
-# pysbd's abbreviations, and followed by the block's end or by one space and a capital.
+# pysbd's abbreviations, and followed by the block's end (spaces may follow it: a long
+# text's blocks end after a sentence's space) or by one space and a capital.
 # There pysbd ends a sentence at every . ! ? and nowhere else (tests/test_segmentation.py
 # compares the two on generated text); anything else (quotes, brackets, "...", numbers
 # or initials at a full stop, "Dr.", a lower-case word after a full stop) goes to pysbd.
@@ -323,11 +326,11 @@ def _plain_sentence_ends(block: str) -> list[int] | None:
     """`_block_sentence_ends` for a block of plain English sentences; None otherwise."""
     if pysbd is None or not block.strip() or not _PLAIN_BLOCK.fullmatch(block):
         return None
-    ends = []
+    ends, tail = [], len(block.rstrip())
     for match in _PLAIN_END.finditer(block):
         at = match.start()
         after = block[at + 1 : at + 3]
-        if after and not (len(after) == 2 and after[0] == " " and after[1].isupper()):
+        if at + 1 < tail and not (len(after) == 2 and after[0] == " " and after[1].isupper()):
             return None
         word = block[block.rfind(" ", 0, at) + 1 : at]
         if len(word) < 2 or not word.isalpha():
@@ -335,7 +338,6 @@ def _plain_sentence_ends(block: str) -> list[int] | None:
         if block[at] == "." and word.lower() in _ABBREVIATIONS:
             return None
         ends.append(at + 1)
-    tail = len(block.rstrip())
     if not ends or ends[-1] < tail:
         ends.append(tail)
     return ends
@@ -415,7 +417,8 @@ def _greedy_pieces(source: _Source, sentences: list[_Sentence], limits: _Limits)
         piece, index = _next_piece(
             source, sentences, index, start, limit, limits.min_chars, first=not pieces
         )
-        pieces.append(piece)
+        if not _merged_back(source, pieces, piece, limits):
+            pieces.append(piece)
         start = piece.end
     return pieces
 
@@ -586,28 +589,26 @@ def _cluster_end(text: str, index: int, ceiling: int) -> int:
 # --- merging and pauses -------------------------------------------------------------
 
 
-def _merge_short(source: _Source, pieces: list[_Piece], limits: _Limits) -> list[_Piece]:
-    """Fold pieces still shorter than min_chars into the previous one where it fits.
+def _merged_back(source: _Source, pieces: list[_Piece], piece: _Piece, limits: _Limits) -> bool:
+    """Fold a piece still shorter than min_chars into the one before it where that fits
+    (in ``pieces``); True when it did.
 
     The greedy pass already joined short sentences to the ones after them; what is
     left could not go forward, so it goes back unless a paragraph break lies between.
+    Done as each piece is cut, so that the pieces after it are cut to the limits of the
+    places they end up in (folded afterwards, every later piece moved one place down the
+    ramp, past its new place's limit).
     """
-    merged: list[_Piece] = []
-    for piece in pieces:
-        if merged and piece.speech_len < limits.min_chars:
-            previous = merged[-1]
-            fits = piece.speech_end - previous.speech_start <= limits.limit(len(merged) - 1)
-            if fits and not source.paragraph_break(previous.speech_end, previous.end):
-                merged[-1] = _Piece(
-                    previous.start,
-                    previous.speech_start,
-                    piece.speech_end,
-                    piece.end,
-                    piece.boundary,
-                )
-                continue
-        merged.append(piece)
-    return merged
+    if not pieces or piece.speech_len >= limits.min_chars:
+        return False
+    previous = pieces[-1]
+    fits = piece.speech_end - previous.speech_start <= limits.limit(len(pieces) - 1)
+    if not fits or source.paragraph_break(previous.speech_end, previous.end):
+        return False
+    pieces[-1] = _Piece(
+        previous.start, previous.speech_start, piece.speech_end, piece.end, piece.boundary
+    )
+    return True
 
 
 def _to_segment(source: _Source, piece: _Piece, pauses: _Pauses, *, last: bool) -> Segment:
