@@ -685,3 +685,13 @@ def writer_queue() -> None:
     from tts import services
 
     services._OrderedWriter.MAX_QUEUED = int(os.environ.get("BENCH_WRITER_QUEUE", "4"))
+
+
+@patch
+def synthesis_ahead() -> None:
+    """tts/services.py SYNTHESIS_AHEAD: BENCH_SYNTHESIS_AHEAD segments (default 4, not
+    2) queued on the engine thread ahead of the one the session's loop waits for. Whole
+    runs, not an A/B."""
+    from tts import services
+
+    services.SYNTHESIS_AHEAD = int(os.environ.get("BENCH_SYNTHESIS_AHEAD", "4"))
