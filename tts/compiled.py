@@ -159,11 +159,12 @@ class Compiled:
 
 def insert(objs: Sequence[models.Model], *, using: str | None = None) -> None:
     """``bulk_create(objs)`` for new rows of one model whose primary key the database
-    chooses, as one INSERT ... VALUES statement put together here: the ORM's insert
+    chooses, as ``INSERT ... VALUES`` statements put together here: the ORM's insert
     compiler costs more Python than the statement costs SQLite (a worker stores its chunks
     this way, several times a second). Each value goes through its field's ``pre_save``
-    and ``get_db_prep_save``, as the ORM's do; a row that breaks a constraint raises
-    IntegrityError and none is inserted. The primary keys are not read back."""
+    and ``get_db_prep_save``, as the ORM's do; rows go in batches as large as the database
+    takes (one statement for a few rows), as ``bulk_create``'s; a row that breaks a
+    constraint raises IntegrityError. The primary keys are not read back."""
     if not objs:
         return
     model = type(objs[0])
@@ -174,17 +175,18 @@ def insert(objs: Sequence[models.Model], *, using: str | None = None) -> None:
     using = using or router.db_for_write(model)
     connection = connections[using]
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(field.column) for field in fields)
+    into = f"INSERT INTO {quote(opts.db_table)} ({', '.join(quote(f.column) for f in fields)})"
     row = f"({', '.join(['%s'] * len(fields))})"
-    rows = ", ".join([row] * len(objs))
-    statement = f"INSERT INTO {quote(opts.db_table)} ({columns}) VALUES {rows}"
-    params = [
-        field.get_db_prep_save(field.pre_save(obj, True), connection)
-        for obj in objs
-        for field in fields
-    ]
+    size = connection.ops.bulk_batch_size(fields, objs) or len(objs)
     with connection.cursor() as cursor:
-        cursor.execute(statement, params)
+        for start in range(0, len(objs), size):
+            batch = objs[start : start + size]
+            params = [
+                field.get_db_prep_save(field.pre_save(obj, True), connection)
+                for obj in batch
+                for field in fields
+            ]
+            cursor.execute(f"{into} VALUES {', '.join([row] * len(batch))}", params)
 
 
 def update_returning(queryset: models.QuerySet, values: dict[str, Any]) -> list:
