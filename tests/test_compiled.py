@@ -270,3 +270,24 @@ def test_rows_are_inserted_as_bulk_create_inserts_them(django_assert_num_queries
     compiled.insert([])  # nothing to insert: no query
     with pytest.raises(TypeError, match="one model"):
         compiled.insert([*rows(sessions[0], [4]), AudioBlob(key="b" * 64)])
+
+
+def test_the_queues_oldest_session_is_the_one_the_orm_finds():
+    assert services._OLDEST_QUEUED.run() == []
+    sessions = [
+        services.session_create(text=f"Queued {n}.", owner=OWNER, dispatch=False) for n in (1, 2, 3)
+    ]
+    now = timezone.now()
+    for age, session in zip((5, 9, 7), sessions, strict=True):  # the second is the oldest
+        TTSSession.objects.filter(pk=session.id).update(
+            created_at=now - datetime.timedelta(seconds=age)
+        )
+    orm = (
+        TTSSession.objects.filter(status=SessionStatus.QUEUED)
+        .order_by("created_at")
+        .values_list("pk", flat=True)
+    )
+    assert services._OLDEST_QUEUED.run() == [(sessions[1].id,)] == [(orm.first(),)]
+    claimed = services.session_claim_next(worker="w")
+    assert claimed.id == sessions[1].id and claimed.status == "running"
+    assert services._OLDEST_QUEUED.run() == [(sessions[2].id,)] == [(orm.first(),)]

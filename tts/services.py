@@ -286,18 +286,22 @@ _CLAIM = Compiled.update_returning(  # on every session's way to first audio (P4
 def session_claim_next(*, worker: str) -> TTSSession | None:
     """The oldest queued session, claimed; None when the queue is empty."""
     for _ in range(5):
-        candidate = (
-            TTSSession.objects.filter(status=SessionStatus.QUEUED)
-            .order_by("created_at")
-            .values_list("pk", flat=True)
-            .first()
-        )
-        if candidate is None:
+        oldest = _OLDEST_QUEUED.run()
+        if not oldest:
             return None
-        session = session_claim(session_id=candidate, worker=worker)
+        session = session_claim(session_id=oldest[0][0], worker=worker)
         if session is not None:
             return session
     return None
+
+
+_OLDEST_QUEUED = Compiled.values_list(  # after every session a worker runs (P45)
+    lambda: (
+        TTSSession.objects.filter(status=SessionStatus.QUEUED)
+        .order_by("created_at")
+        .values_list("pk")[:1]
+    )
+)
 
 
 # --- Running ------------------------------------------------------------------------------
