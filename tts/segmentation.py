@@ -300,8 +300,9 @@ def _last_match(pattern: re.Pattern[str], text: str, start: int, end: int) -> re
 # short sentences (a hundred regular expressions run over the block), on every session's
 # way to first audio (docs/benchmarks.md, P47). Plain: letters, digits, spaces and , ; : '
 # - only, and every . ! ? alone, after a word of two letters or more that is none of
-# pysbd's abbreviations, and followed by the block's end (spaces may follow it: a long
-# text's blocks end after a sentence's space) or by one space and a capital.
+# pysbd's abbreviations, and followed by the block's end (whitespace may follow it: a
+# paragraph's block ends with its blank line, a long text's after a sentence's space) or
+# by one space and a capital.
 # There pysbd ends a sentence at every . ! ? and nowhere else (tests/test_segmentation.py
 # compares the two on generated text); anything else (quotes, brackets, "...", numbers
 # or initials at a full stop, "Dr.", a lower-case word after a full stop) goes to pysbd.
@@ -324,9 +325,10 @@ else:  # pragma: no cover
 
 def _plain_sentence_ends(block: str) -> list[int] | None:
     """`_block_sentence_ends` for a block of plain English sentences; None otherwise."""
-    if pysbd is None or not block.strip() or not _PLAIN_BLOCK.fullmatch(block):
+    tail = len(block.rstrip())  # a paragraph's block ends with its blank line
+    if pysbd is None or not tail or not _PLAIN_BLOCK.fullmatch(block, 0, tail):
         return None
-    ends, tail = [], len(block.rstrip())
+    ends = []
     for match in _PLAIN_END.finditer(block):
         at = match.start()
         after = block[at + 1 : at + 3]
