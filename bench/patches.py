@@ -695,3 +695,38 @@ def synthesis_ahead() -> None:
     from tts import services
 
     services.SYNTHESIS_AHEAD = int(os.environ.get("BENCH_SYNTHESIS_AHEAD", "4"))
+
+
+@patch
+def session_end_checkpoint() -> None:
+    """SQLite, workers only: each session's writer runs a PASSIVE checkpoint once the
+    session's last store is done (after its `done`), and the workers' connections check
+    point on their own only past BENCH_WAL_PAGES pages (default 4000, 16 MB), so that a
+    long session's stores no longer meet SQLite's 4 MB checkpoint on the way. Whole runs,
+    not an A/B."""
+    import sys
+
+    if "runworker" not in sys.argv:
+        return
+    from django.db import connection
+    from django.db.backends.signals import connection_created
+
+    from tts import services
+
+    pages = int(os.environ.get("BENCH_WAL_PAGES", "4000"))
+
+    def pragma(sender, connection, **kwargs) -> None:
+        if connection.vendor == "sqlite":
+            with connection.cursor() as cursor:
+                cursor.execute(f"PRAGMA wal_autocheckpoint={pages}")
+
+    connection_created.connect(pragma, weak=False)
+    run = services._OrderedWriter._run
+
+    def run_then_checkpoint(self) -> None:
+        run(self)
+        if connection.vendor == "sqlite":
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    services._OrderedWriter._run = run_then_checkpoint
