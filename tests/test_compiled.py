@@ -292,3 +292,14 @@ def test_the_queues_oldest_session_is_the_one_the_orm_finds():
     claimed = services.session_claim_next(worker="w")
     assert claimed.id == sessions[1].id and claimed.status == "running"
     assert services._OLDEST_QUEUED.run() == [(sessions[2].id,)] == [(orm.first(),)]
+
+
+def test_a_cached_segments_audio_is_read_as_the_orm_reads_it():
+    from tts.models import AudioBlob
+
+    pcm = bytes(range(256)) * 40
+    AudioBlob.objects.add(key="c" * 64, pcm=pcm, sample_rate=22050, samples=len(pcm) // 2)
+    [(got, rate)] = services._STORED_AUDIO.run(key="c" * 64)
+    orm = AudioBlob.objects.filter(key="c" * 64).values_list("pcm", "sample_rate").first()
+    assert (bytes(got), rate) == (bytes(orm[0]), orm[1]) == (pcm, 22050)
+    assert services._STORED_AUDIO.run(key="d" * 64) == []

@@ -939,10 +939,15 @@ def segment_audio(
     if key is None:
         key = segment_key(segment, voice=voice, engine_model=engine_model)
     if cached is not False:
-        row = AudioBlob.objects.filter(key=key).values_list("pcm", "sample_rate").first()
-        if row is not None:
-            return SegmentAudio(key, bytes(row[0]), row[1], cached=True, engine_ms=0)
+        for pcm, sample_rate in _STORED_AUDIO.run(key=key):
+            return SegmentAudio(key, bytes(pcm), sample_rate, cached=True, engine_ms=0)
     return _synthesize_segment(segment, voice, key)
+
+
+_STORED_AUDIO = Compiled.values_list(  # a cached chunk's audio, maybe a session's first (P45)
+    lambda key: AudioBlob.objects.filter(key=key).values_list("pcm", "sample_rate")[:1],
+    key=AudioBlob._meta.pk,
+)
 
 
 def _synthesize_segment(segment: Segment, voice: Voice, key: str) -> SegmentAudio:
