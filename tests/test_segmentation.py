@@ -9,7 +9,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tts import segmentation
 from tts.segmentation import Segment, segment_text
+
+
+@pytest.fixture(autouse=True)
+def _uncached_cuts():
+    """Each test cuts its texts afresh: pysbd's cuts are kept per block (_pysbd_ends)."""
+    segmentation._pysbd_ends.cache_clear()
+
 
 SENTENCE_PAUSE, CLAUSE_PAUSE, PARAGRAPH_PAUSE = 350, 150, 600
 
@@ -557,9 +565,7 @@ def _plain_text(rng) -> str:
     return (" " if rng.random() < 0.9 else "  ").join(sentences) + trailing
 
 
-def _pysbd_ends(block: str) -> list[int]:
-    from tts import segmentation
-
+def _pysbd_cut(block: str) -> list[int]:
     return segmentation._block_sentence_ends(block, segmentation._pysbd_segmenter("en"))
 
 
@@ -576,7 +582,7 @@ def test_plain_sentences_end_where_pysbd_ends_them():
         ends = _plain_sentence_ends(text)
         if ends is not None:
             taken += 1
-            assert ends == _pysbd_ends(text), text
+            assert ends == _pysbd_cut(text), text
     assert taken > 500  # the plain path was tried often enough to mean something
 
 
@@ -609,8 +615,6 @@ def test_anything_but_plain_sentences_goes_to_pysbd(block):
 def test_paragraphs_of_plain_sentences_never_go_to_pysbd(monkeypatch):
     """Every paragraph's block but the last ends with its blank line; each is still plain
     (the demo story's scenes: 1 to 6 ms each through pysbd, 0.1 to 0.3 without)."""
-    from tts import segmentation
-
     text = (
         "The storm came in. Mara stood at the window.\n\n"
         "She put the kettle on.\n \nThen she went up."
@@ -623,10 +627,10 @@ def test_paragraphs_of_plain_sentences_never_go_to_pysbd(monkeypatch):
         "Then she went up.",
     ]
 
-    def refuse(block, segmenter):
+    def refuse(block, language):
         raise AssertionError(f"pysbd was asked to cut {block[:40]!r}...")
 
-    monkeypatch.setattr(segmentation, "_block_sentence_ends", refuse)
+    monkeypatch.setattr(segmentation, "_pysbd_ends", refuse)
     assert segment_text(text) == plain
 
 
@@ -634,28 +638,48 @@ def test_a_long_text_of_plain_sentences_never_goes_to_pysbd(monkeypatch):
     """A text longer than a block is cut into blocks that end after a sentence's space;
     each is still plain (pysbd costs about 5 ms per 1,000 characters, all before the
     first synthesis can be sent)."""
-    from tts import segmentation
-
     sentences = [f"The keeper counted {n} ships at dusk and went home." for n in range(200)]
     text = " ".join(sentence.replace(f" {n} ", " many ") for n, sentence in enumerate(sentences))
     assert len(text) > 3 * segmentation._BLOCK_CHARS
     plain = segment_text(text)
     assert len(plain) > 20 and all(seg.text.strip().endswith(".") for seg in plain)
 
-    def refuse(block, segmenter):
+    def refuse(block, language):
         raise AssertionError(f"pysbd was asked to cut {block[:40]!r}...")
 
-    monkeypatch.setattr(segmentation, "_block_sentence_ends", refuse)
+    monkeypatch.setattr(segmentation, "_pysbd_ends", refuse)
     assert segment_text(text) == plain
     monkeypatch.undo()  # and pysbd cuts it the same way
     monkeypatch.setattr(segmentation, "_plain_sentence_ends", lambda block: None)
     assert segment_text(text) == plain
 
 
+def test_pysbds_cut_of_a_block_is_kept_for_the_next_text_that_holds_it(monkeypatch):
+    """A scene played again after an edit of one paragraph: only that paragraph goes to
+    pysbd again (a quote keeps every paragraph off the plain path)."""
+    paragraphs = [f'"Paragraph {n}," she said. It rained on the {n} boats.' for n in range(6)]
+    text = "\n\n".join(paragraphs)
+    first = segment_text(text)
+    asked: list[str] = []
+    real = segmentation._block_sentence_ends
+
+    def counted(block, segmenter):
+        asked.append(block)
+        return real(block, segmenter)
+
+    monkeypatch.setattr(segmentation, "_block_sentence_ends", counted)
+    assert segment_text(text) == first and asked == []  # all kept
+    paragraphs[3] = '"Paragraph three," she said. It rained on the boats.'
+    edited = segment_text("\n\n".join(paragraphs))
+    assert [block.strip() for block in asked] == [paragraphs[3]]
+    segmentation._pysbd_ends.cache_clear()
+    assert segment_text("\n\n".join(paragraphs)) == edited  # the same as cut afresh
+    # What is kept cannot be changed by a caller (the cut drops a block's last end).
+    assert all(isinstance(ends, tuple) for ends in [segmentation._pysbd_ends(text, "en")])
+
+
 def test_segments_are_the_same_with_or_without_the_plain_path(monkeypatch):
     import random
-
-    from tts import segmentation
 
     rng = random.Random(7)
     texts = [_plain_text(rng) for _ in range(300)]
