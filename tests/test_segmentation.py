@@ -687,3 +687,29 @@ def test_segments_are_the_same_with_or_without_the_plain_path(monkeypatch):
     fast = [segment_text(text) for text in texts]
     monkeypatch.setattr(segmentation, "_plain_sentence_ends", lambda block: None)
     assert fast == [segment_text(text) for text in texts]
+
+
+def test_warming_up_starts_pysbd_for_the_language(monkeypatch):
+    """runworker warms the cut of each voice it loads: its text must need pysbd (else the
+    first session that does would still pay for pysbd's start)."""
+    assert segmentation._plain_sentence_ends(segmentation._WARM_UP_TEXT) is None
+    started: list[str] = []
+    real = segmentation._pysbd_segmenter
+    monkeypatch.setattr(
+        segmentation,
+        "_pysbd_segmenter",
+        lambda language: started.append(language) or real(language),
+    )
+    for language in ("en-us", "es-es"):
+        segmentation.warm_up(language)
+    assert started == ["en-us", "es-es"]
+
+
+def test_runworker_warms_the_cut_in_each_loaded_voices_language(monkeypatch, settings):
+    from tts.management.commands import runworker
+
+    warmed: list[str] = []
+    monkeypatch.setattr(segmentation, "warm_up", warmed.append)
+    settings.TTS_PRELOAD_VOICES = ["en-us", "es-es", "no-such-voice"]
+    runworker.preload_voices()
+    assert warmed == ["en-us", "es-es"]  # the languages of the voices that loaded

@@ -11,7 +11,7 @@ from channels.management.commands.runworker import Command as ChannelsRunworker
 from django.core.management.base import CommandError
 from django.db import close_old_connections, connections, router
 
-from tts import health, heap, loops, services
+from tts import health, heap, loops, segmentation, services
 from tts.conf import settings
 from tts.engines import get_engine
 from tts.models import AudioBlob, TTSChunk, TTSSession
@@ -34,6 +34,7 @@ def preload_voices() -> None:
             logger.warning("voice %s unavailable: %s", voice_id, reason)
             continue
         engine.load(voice)
+        segmentation.warm_up(voice.language)
         logger.info("voice %s ready (%s)", voice_id, engine.model_id(voice))
 
 
