@@ -665,9 +665,12 @@ def wal_pages() -> None:
     """SQLite: ``PRAGMA wal_autocheckpoint=BENCH_WAL_PAGES`` (default 10000 pages, 40 MB;
     SQLite's own is 1000) on every connection of daphne and the workers: fewer, larger
     checkpoints (each pays two disk syncs whatever its size). Whole runs, not an A/B."""
-    from django.db.backends.signals import connection_created
+    _checkpoint_every(int(os.environ.get("BENCH_WAL_PAGES", "10000")))
 
-    pages = int(os.environ.get("BENCH_WAL_PAGES", "10000"))
+
+def _checkpoint_every(pages: int) -> None:
+    """``PRAGMA wal_autocheckpoint=pages`` on every SQLite connection this process opens."""
+    from django.db.backends.signals import connection_created
 
     def pragma(sender, connection, **kwargs) -> None:
         if connection.vendor == "sqlite":
@@ -709,18 +712,10 @@ def session_end_checkpoint() -> None:
     if "runworker" not in sys.argv:
         return
     from django.db import connection
-    from django.db.backends.signals import connection_created
 
     from tts import services
 
-    pages = int(os.environ.get("BENCH_WAL_PAGES", "4000"))
-
-    def pragma(sender, connection, **kwargs) -> None:
-        if connection.vendor == "sqlite":
-            with connection.cursor() as cursor:
-                cursor.execute(f"PRAGMA wal_autocheckpoint={pages}")
-
-    connection_created.connect(pragma, weak=False)
+    _checkpoint_every(int(os.environ.get("BENCH_WAL_PAGES", "4000")))
     run = services._OrderedWriter._run
 
     def run_then_checkpoint(self) -> None:

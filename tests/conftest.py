@@ -28,6 +28,20 @@ if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
 
+def record_calls(monkeypatch, owner: object, name: str) -> list:
+    """Put a spy in place of ``owner.name``: each call's first argument goes into the
+    returned list, and the call goes on to the real one."""
+    calls: list = []
+    real = getattr(owner, name)
+
+    def spy(first, *args, **kwargs):
+        calls.append(first)
+        return real(first, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
 def _configure_redis() -> str:
     url = os.environ.get("REDIS_URL", settings.REDIS_URL)
     if not redis_reachable(url):

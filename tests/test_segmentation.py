@@ -660,14 +660,9 @@ def test_pysbds_cut_of_a_block_is_kept_for_the_next_text_that_holds_it(monkeypat
     paragraphs = [f'"Paragraph {n}," she said. It rained on the {n} boats.' for n in range(6)]
     text = "\n\n".join(paragraphs)
     first = segment_text(text)
-    asked: list[str] = []
-    real = segmentation._block_sentence_ends
+    from tests.conftest import record_calls
 
-    def counted(block, segmenter):
-        asked.append(block)
-        return real(block, segmenter)
-
-    monkeypatch.setattr(segmentation, "_block_sentence_ends", counted)
+    asked = record_calls(monkeypatch, segmentation, "_block_sentence_ends")  # the blocks
     assert segment_text(text) == first and asked == []  # all kept
     paragraphs[3] = '"Paragraph three," she said. It rained on the boats.'
     edited = segment_text("\n\n".join(paragraphs))

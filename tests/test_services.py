@@ -27,16 +27,9 @@ def create(text: str = TEXT, **kwargs):
 
 @pytest.fixture
 def engine_calls(monkeypatch):
-    engine = get_engine("espeak")
-    calls: list[str] = []
-    original = engine.synthesize
+    from tests.conftest import record_calls
 
-    def counting(text, voice):
-        calls.append(text)
-        return original(text, voice)
-
-    monkeypatch.setattr(engine, "synthesize", counting)
-    return calls
+    return record_calls(monkeypatch, get_engine("espeak"), "synthesize")  # the texts
 
 
 def test_it_synthesizes_every_segment_in_order(engine_calls):
@@ -494,8 +487,12 @@ def test_a_failed_store_leaves_no_hole(monkeypatch, caplog):
     services.session_run(session_id=session.id, worker="w1")
     assert f"generation of {session.id} crashed" in caplog.text
     session.refresh_from_db()
-    assert list(session.chunks.values_list("seq", flat=True)) == [0]
-    assert session.completed_chunks == 1
+    # Chunk 0 is stored on its own, or in one batch with chunk 1 when the engine made
+    # chunk 1 before the writer took chunk 0 (then the batch fails whole): either way,
+    # nothing from chunk 1 on.
+    stored = list(session.chunks.values_list("seq", flat=True))
+    assert stored in ([0], [])
+    assert session.completed_chunks == len(stored)
     type(session).objects.filter(pk=session.id).update(status=SessionStatus.QUEUED)
     services.session_run(session_id=session.id, worker="w2")
     session.refresh_from_db()
