@@ -198,7 +198,8 @@ def _running(text: str, worker: str = "w") -> TTSSession:
 @pytest.mark.parametrize("complete", [False, True])
 @pytest.mark.parametrize("first", [False, True])
 def test_a_stores_update_sets_what_the_orms_update_sets(total, complete, first):
-    advance = services._advance(total=total, complete=complete, first=first)
+    kinds = {"total": total, "key": complete, "first_ms": first}
+    advance = services._advance(frozenset(name for name, on in kinds.items() if on))
     compiled_one, orm_one = _running("Compiled."), _running("Through the ORM.")
     now = timezone.now()
     values = {"completed": 3, "now": now, "engine_ms": 41, "audio_ms": 2900}

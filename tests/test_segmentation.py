@@ -688,13 +688,9 @@ def test_warming_up_starts_pysbd_for_the_language(monkeypatch):
     """runworker warms the cut of each voice it loads: its text must need pysbd (else the
     first session that does would still pay for pysbd's start)."""
     assert segmentation._plain_sentence_ends(segmentation._WARM_UP_TEXT) is None
-    started: list[str] = []
-    real = segmentation._pysbd_segmenter
-    monkeypatch.setattr(
-        segmentation,
-        "_pysbd_segmenter",
-        lambda language: started.append(language) or real(language),
-    )
+    from tests.conftest import record_calls
+
+    started = record_calls(monkeypatch, segmentation, "_pysbd_segmenter")  # the languages
     for language in ("en-us", "es-es"):
         segmentation.warm_up(language)
     assert started == ["en-us", "es-es"]

@@ -1128,9 +1128,7 @@ def chunks_store(
         values["first_ms"] = max(
             0, round((first.created_at - session.created_at).total_seconds() * 1000)
         )
-    advance = _advance(
-        total=total_chunks is not None, complete=complete_key is not None, first=first.seq == 0
-    )
+    advance = _advance(frozenset(values.keys() & _SET_AS_GIVEN.keys()))
     try:
         with transaction.atomic():
             landed: dict[str, str] = {}  # a key whose audio went under a key of its own
@@ -1147,12 +1145,16 @@ def chunks_store(
     return True
 
 
+# chunks_store's values that only some stores set, and the session's column each goes into.
+_SET_AS_GIVEN = {"total": "total_chunks", "key": "narration_key", "first_ms": "first_chunk_ms"}
+
+
 @functools.cache
-def _advance(*, total: bool, complete: bool, first: bool) -> Compiled:
+def _advance(given: frozenset[str]) -> Compiled:
     """chunks_store's update of its session, while this worker holds it: one statement,
-    compiled once (P58), for each kind of store: the first chunks (the session's count of
-    chunks, and the time to the first), the last (the session completed, under its
-    narration key), any other."""
+    compiled once (P58), for each kind of store, by which of _SET_AS_GIVEN it sets: the
+    first chunks (the session's count of chunks, and the time to the first), the last (the
+    session completed, under its narration key), any other."""
     field = TTSSession._meta.get_field
     fields = {
         "session_id": TTSSession._meta.pk,
@@ -1161,13 +1163,8 @@ def _advance(*, total: bool, complete: bool, first: bool) -> Compiled:
         "now": field("heartbeat_at"),
         "engine_ms": field("engine_ms"),
         "audio_ms": field("audio_ms"),
+        **{name: field(_SET_AS_GIVEN[name]) for name in given},
     }
-    if total:
-        fields["total"] = field("total_chunks")
-    if complete:
-        fields["key"] = field("narration_key")
-    if first:
-        fields["first_ms"] = field("first_chunk_ms")
 
     def build(*, session_id, worker, completed, now, engine_ms, audio_ms, **more):
         updates: dict[str, Any] = {
@@ -1175,19 +1172,15 @@ def _advance(*, total: bool, complete: bool, first: bool) -> Compiled:
             "heartbeat_at": now,
             "engine_ms": F("engine_ms") + engine_ms,
             "audio_ms": F("audio_ms") + audio_ms,
+            **{_SET_AS_GIVEN[name]: value for name, value in more.items()},
         }
-        if "total" in more:
-            updates["total_chunks"] = more["total"]
-        if "key" in more:  # every expression reads the row as it was
+        if "key" in more:  # completed; every expression reads the row as it was
             updates |= {
                 "status": SessionStatus.COMPLETED,
                 "finished_at": now,
-                "narration_key": more["key"],
                 "real_time_factor": Cast(F("engine_ms") + engine_ms, FloatField())
                 / NullIf(F("audio_ms") + audio_ms, 0),
             }
-        if "first_ms" in more:
-            updates["first_chunk_ms"] = more["first_ms"]
         held = TTSSession.objects.filter(
             pk=session_id, status=SessionStatus.RUNNING, claimed_by=worker
         )
