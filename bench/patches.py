@@ -285,10 +285,10 @@ def started_in_chain() -> None:
 
 @patch
 def blob_upsert() -> None:
-    """tts/services.py _blob_store: insert the audio with INSERT ... ON CONFLICT DO NOTHING
+    """tts/storing.py _blob_store: insert the audio with INSERT ... ON CONFLICT DO NOTHING
     (``bulk_create(ignore_conflicts=True)``) instead of a savepoint around a plain INSERT:
     one statement per new chunk instead of three, on the writer thread."""
-    from tts import services
+    from tts import storing
     from tts.models import AudioBlob
 
     def _blob_store(audio) -> None:
@@ -304,7 +304,7 @@ def blob_upsert() -> None:
             ignore_conflicts=True,
         )
 
-    replace(services, "_blob_store", _blob_store)
+    replace(storing, "_blob_store", _blob_store)
 
 
 @patch
@@ -371,7 +371,7 @@ def trace() -> None:
     from channels_redis.core import RedisChannelLayer
     from django.core.handlers import asgi as django_asgi
 
-    from tts import broadcast, services, views, worker
+    from tts import broadcast, services, storing, synthesis, views, worker
     from tts.consumers import SessionConsumer
 
     # the worker's side of a dispatch: its receive, the consumer, the claim
@@ -388,17 +388,18 @@ def trace() -> None:
     worker.GenerateConsumer.tts_generate = _traced(
         "worker.tts_generate", worker.GenerateConsumer.tts_generate
     )
-    for name in [
-        "session_claim",
-        "session_segments",
-        "cached_keys",
-        "_synthesize",
-        "chunks_store",
-        "session_complete",
+    # labelled "services.<name>" as when they all lived there (bench/trace.py, schedstat.py)
+    for module, name in [
+        (services, "session_claim"),
+        (synthesis, "session_segments"),
+        (synthesis, "cached_keys"),
+        (synthesis, "_synthesize"),
+        (storing, "chunks_store"),
+        (services, "session_complete"),
     ]:
-        setattr(services, name, _traced(f"services.{name}", getattr(services, name)))
-    services.segment_text = _traced("segment_text", services.segment_text)
-    ahead = services._HeadAhead
+        setattr(module, name, _traced(f"services.{name}", getattr(module, name)))
+    synthesis.segment_text = _traced("segment_text", synthesis.segment_text)
+    ahead = synthesis.HeadAhead
     ahead.start = classmethod(_traced("ahead.start", ahead.start.__func__))
     broadcast.dispatch_generate = _traced("dispatch_generate", broadcast.dispatch_generate)
     broadcast.broadcast_chunk = _traced("broadcast_chunk", broadcast.broadcast_chunk)
@@ -464,7 +465,7 @@ def pg_async_commit() -> None:
     leaks nowhere else."""
     from django.db import connection
 
-    from tts import services
+    from tts import services, storing
 
     def setting() -> Callable[[], None]:
         if connection.vendor == "postgresql":
@@ -472,8 +473,8 @@ def pg_async_commit() -> None:
                 cursor.execute(f"SET synchronous_commit TO {'off' if switched_on() else 'on'}")
         return lambda: None
 
-    for name in ["session_claim", "chunks_store"]:
-        setattr(services, name, _around(getattr(services, name), setting))
+    for module, name in [(services, "session_claim"), (storing, "chunks_store")]:
+        setattr(module, name, _around(getattr(module, name), setting))
 
 
 @patch
@@ -578,35 +579,35 @@ def blocking_first_send() -> None:
 
 @patch
 def late_first_store() -> None:
-    """tts/services.py chunks_store: the first chunk's store (on the writer thread) waits
+    """tts/storing.py chunks_store: the first chunk's store (on the writer thread) waits
     BENCH_STORE_DELAY_MS (default 2) first, so that the relay of the first chunk to the
     client (daphne, the client) has the second core while the engine makes the next one."""
-    from tts import services
+    from tts import storing
 
     delay = float(os.environ.get("BENCH_STORE_DELAY_MS", "2")) / 1000
-    original = services.chunks_store
+    original = storing.chunks_store
 
     def chunks_store(*args, **kwargs):
         if kwargs.get("total_chunks") is not None:  # the session's first batch
             time.sleep(delay)
         return original(*args, **kwargs)
 
-    replace(services, "chunks_store", chunks_store)
+    replace(storing, "chunks_store", chunks_store)
 
 
 @patch
 def early_head() -> None:
     """tts/services.py session_run: before the claim, read the queued session's text and
-    voice (one query) and put its first segments on the engine thread (as _HeadAhead does
+    voice (one query) and put its first segments on the engine thread (as HeadAhead does
     for a long text's head, here for every text), so that the claim, the cut of the whole
     text and the cache lookups run while the engine makes the first segment."""
-    from tts import services
+    from tts import services, synthesis
     from tts.models import SessionStatus, TTSSession
     from tts.voices import get_voice
 
     started: dict = {}
     original_run = services.session_run
-    original_start = services._HeadAhead.start.__func__
+    original_start = synthesis.HeadAhead.start.__func__
 
     def begin(session_id) -> None:
         row = (
@@ -620,29 +621,31 @@ def early_head() -> None:
         voice = get_voice(voice_id)
         if voice is None:
             return
-        whole = len(text) <= 2 * services._HeadAhead.HEAD_CHARS
-        head = text if whole else text[: services._HeadAhead.HEAD_CHARS]
-        cut = services.segment_text(head, language=voice.language, **services._cutting(voice))
-        usable = (cut if whole else cut[:-1])[: 1 + services.SYNTHESIS_AHEAD]
+        whole = len(text) <= 2 * synthesis.HeadAhead.HEAD_CHARS
+        head = text if whole else text[: synthesis.HeadAhead.HEAD_CHARS]
+        cut = synthesis.segment_text(
+            head, language=voice.language, **synthesis.voice_cutting(voice)
+        )
+        usable = (cut if whole else cut[:-1])[: 1 + synthesis.SYNTHESIS_AHEAD]
         if not usable:
             return
-        keys = [services.segment_key(s, voice=voice, engine_model=model) for s in usable]
-        stored, seen, out = services.cached_keys(keys), set(), []
+        keys = [synthesis.segment_key(s, voice=voice, engine_model=model) for s in usable]
+        stored, seen, out = synthesis.cached_keys(keys), set(), []
         begun, queued = threading.Event(), False
         for segment, key in zip(usable, keys, strict=True):
             future = None
             if key not in stored and key not in seen:
                 if not queued:
-                    services._engine.submit_first(begun.set)
+                    synthesis.engine_thread.submit_first(begun.set)
                     queued = True
-                future = services._engine.submit_first(
-                    services._synthesize_segment, segment, voice, key
+                future = synthesis.engine_thread.submit_first(
+                    synthesis.synthesize_segment, segment, voice, key
                 )
             seen.add(key)
             out.append((segment, key, future))
         if queued:
-            begun.wait(services._HeadAhead.HAND_OVER_S)
-        started[str(session_id)] = services._HeadAhead(out)
+            begun.wait(synthesis.HeadAhead.HAND_OVER_S)
+        started[str(session_id)] = synthesis.HeadAhead(out)
 
     def session_run(*, session_id, worker):
         started.clear()
@@ -657,7 +660,7 @@ def early_head() -> None:
         return original_start(cls, session, voice, urgent=urgent)
 
     replace(services, "session_run", session_run)
-    services._HeadAhead.start = classmethod(start)
+    synthesis.HeadAhead.start = classmethod(start)
 
 
 @patch
@@ -682,22 +685,22 @@ def _checkpoint_every(pages: int) -> None:
 
 @patch
 def writer_queue() -> None:
-    """tts/services.py _OrderedWriter: at most BENCH_WRITER_QUEUE chunks (default 4, as
+    """tts/storing.py OrderedWriter: at most BENCH_WRITER_QUEUE chunks (default 4, as
     before P59; 16 since) on their way to the database before the engine's loop waits.
     Whole runs, not an A/B."""
-    from tts import services
+    from tts import storing
 
-    services._OrderedWriter.MAX_QUEUED = int(os.environ.get("BENCH_WRITER_QUEUE", "4"))
+    storing.OrderedWriter.MAX_QUEUED = int(os.environ.get("BENCH_WRITER_QUEUE", "4"))
 
 
 @patch
 def synthesis_ahead() -> None:
-    """tts/services.py SYNTHESIS_AHEAD: BENCH_SYNTHESIS_AHEAD segments (default 4, not
+    """tts/synthesis.py SYNTHESIS_AHEAD: BENCH_SYNTHESIS_AHEAD segments (default 4, not
     2) queued on the engine thread ahead of the one the session's loop waits for. Whole
     runs, not an A/B."""
-    from tts import services
+    from tts import synthesis
 
-    services.SYNTHESIS_AHEAD = int(os.environ.get("BENCH_SYNTHESIS_AHEAD", "4"))
+    synthesis.SYNTHESIS_AHEAD = int(os.environ.get("BENCH_SYNTHESIS_AHEAD", "4"))
 
 
 @patch
@@ -713,10 +716,10 @@ def session_end_checkpoint() -> None:
         return
     from django.db import connection
 
-    from tts import services
+    from tts import storing
 
     _checkpoint_every(int(os.environ.get("BENCH_WAL_PAGES", "4000")))
-    run = services._OrderedWriter._run
+    run = storing.OrderedWriter._run
 
     def run_then_checkpoint(self) -> None:
         run(self)
@@ -724,4 +727,4 @@ def session_end_checkpoint() -> None:
             with connection.cursor() as cursor:
                 cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    services._OrderedWriter._run = run_then_checkpoint
+    storing.OrderedWriter._run = run_then_checkpoint

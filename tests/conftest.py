@@ -217,18 +217,18 @@ def store_held_chunks(session_id, holds: list[int | None], *, age_ms: float) -> 
 
     from django.utils import timezone
 
-    from tts import services
+    from tts import services, storing, synthesis
 
     worker = "held-test"
     session = services.session_claim(session_id=session_id, worker=worker)
     voice = services.voice_resolve(voice_id=session.voice)
-    segments = services.session_segments(session=session, voice=voice)
+    segments = synthesis.session_segments(session=session, voice=voice)
     made = timezone.now() - timedelta(milliseconds=age_ms)
     for seq, hold in enumerate(holds):
-        audio = services.segment_audio(segment=segments[seq], voice=voice)
-        row = services.chunk_row(session.id, seq, segments[seq], audio)
+        audio = synthesis.segment_audio(segment=segments[seq], voice=voice)
+        row = storing.chunk_row(session.id, seq, segments[seq], audio)
         row.cushion_ms, row.created_at = hold, made
-        assert services.chunk_store(session=session, chunk=row, audio=audio, worker=worker)
+        assert storing.chunk_store(session=session, chunk=row, audio=audio, worker=worker)
     return made
 
 

@@ -12,7 +12,7 @@ from django.db import connection, models
 from django.db.models import F
 from django.utils import timezone
 
-from tts import services
+from tts import services, storing, synthesis
 from tts.compiled import Compiled
 from tts.models import SessionStatus, TTSSession
 from tts.services import Owner
@@ -159,8 +159,8 @@ def test_stored_audio_keys_are_found_by_lists_of_any_length():
     keys = list(session.chunks.values_list("audio_id", flat=True))
     unknown = [f"{n:064x}" for n in range(70)]
     for ask in ([], keys[:1], keys, [*keys, *keys], [*unknown[:3], *keys], [*unknown, *keys]):
-        assert services.cached_keys(ask) == set(keys) & set(ask)
-    assert services.cached_keys([*unknown, *keys], batch=2) == set(keys)
+        assert synthesis.cached_keys(ask) == set(keys) & set(ask)
+    assert synthesis.cached_keys([*unknown, *keys], batch=2) == set(keys)
 
 
 class _ElsewhereRouter:
@@ -199,7 +199,7 @@ def _running(text: str, worker: str = "w") -> TTSSession:
 @pytest.mark.parametrize("first", [False, True])
 def test_a_stores_update_sets_what_the_orms_update_sets(total, complete, first):
     kinds = {"total": total, "key": complete, "first_ms": first}
-    advance = services._advance(frozenset(name for name, on in kinds.items() if on))
+    advance = storing._advance(frozenset(name for name, on in kinds.items() if on))
     compiled_one, orm_one = _running("Compiled."), _running("Through the ORM.")
     now = timezone.now()
     values = {"completed": 3, "now": now, "engine_ms": 41, "audio_ms": 2900}
@@ -300,7 +300,7 @@ def test_a_cached_segments_audio_is_read_as_the_orm_reads_it():
 
     pcm = bytes(range(256)) * 40
     AudioBlob.objects.add(key="c" * 64, pcm=pcm, sample_rate=22050, samples=len(pcm) // 2)
-    [(got, rate)] = services._STORED_AUDIO.run(key="c" * 64)
+    [(got, rate)] = synthesis._STORED_AUDIO.run(key="c" * 64)
     orm = AudioBlob.objects.filter(key="c" * 64).values_list("pcm", "sample_rate").first()
     assert (bytes(got), rate) == (bytes(orm[0]), orm[1]) == (pcm, 22050)
-    assert services._STORED_AUDIO.run(key="d" * 64) == []
+    assert synthesis._STORED_AUDIO.run(key="d" * 64) == []

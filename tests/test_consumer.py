@@ -15,7 +15,7 @@ from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 
 from config.asgi import application
-from tts import broadcast, services
+from tts import broadcast, generation, services, storing, synthesis
 from tts.services import Owner
 
 pytestmark = [
@@ -246,15 +246,15 @@ async def test_a_live_chunk_after_a_gap_is_preceded_by_the_missing_chunks_from_s
         worker = "gap-test"
         claimed = services.session_claim(session_id=session.id, worker=worker)
         voice = services.voice_resolve(voice_id=claimed.voice)
-        segments = services.session_segments(session=claimed, voice=voice)
+        segments = synthesis.session_segments(session=claimed, voice=voice)
         chunks = []
         for seq in range(3):
-            audio = services.segment_audio(
+            audio = synthesis.segment_audio(
                 segment=segments[seq], voice=voice, engine_model=claimed.model
             )
-            row = services.chunk_row(claimed.id, seq, segments[seq], audio)
-            assert services.chunk_store(session=claimed, chunk=row, audio=audio, worker=worker)
-            meta = services.chunk_meta(row, total_chunks=len(segments))
+            row = storing.chunk_row(claimed.id, seq, segments[seq], audio)
+            assert storing.chunk_store(session=claimed, chunk=row, audio=audio, worker=worker)
+            meta = storing.chunk_meta(row, total_chunks=len(segments))
             chunks.append((meta, audio.pcm))
         broadcast.flush()  # the claim's status event goes out before the chunks below
         return chunks
@@ -292,10 +292,10 @@ async def test_a_chunk_broadcast_before_this_listener_joined_arrives_once_it_is_
     def store_first_chunk() -> bytes:
         claimed = services.session_claim(session_id=session.id, worker="late")
         voice = services.voice_resolve(voice_id=claimed.voice)
-        segment = services.session_segments(session=claimed, voice=voice)[0]
-        audio = services.segment_audio(segment=segment, voice=voice, engine_model=claimed.model)
-        row = services.chunk_row(claimed.id, 0, segment, audio)
-        assert services.chunk_store(session=claimed, chunk=row, audio=audio, worker="late")
+        segment = synthesis.session_segments(session=claimed, voice=voice)[0]
+        audio = synthesis.segment_audio(segment=segment, voice=voice, engine_model=claimed.model)
+        row = storing.chunk_row(claimed.id, 0, segment, audio)
+        assert storing.chunk_store(session=claimed, chunk=row, audio=audio, worker="late")
         return audio.pcm
 
     from channels.layers import get_channel_layer
@@ -361,7 +361,7 @@ async def test_a_bad_after_gets_an_error_frame_and_close_4400(after):
 async def test_a_running_status_sent_with_the_first_chunk_comes_right_before_it(monkeypatch):
     """A quick voice's `running` status rides in the first chunk's event (one event less on
     the way to first audio); the socket still sends it as its own frame, first."""
-    monkeypatch.setitem(services._first_segment_ms, "en-us", 1)
+    monkeypatch.setitem(generation._first_segment_ms, "en-us", 1)
     session = await make_session(run=False)
     comm = await _connected(as_staff(communicator(session.id)))
     opening = [await comm.receive_json_from(), await comm.receive_json_from()]

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from scenes.models import Scene, Story
 from tests.conftest import stack_env
-from tts import batch, services
+from tts import batch, services, storing, synthesis
 from tts.engines import EngineError, get_engine
 from tts.models import AudioBlob, SessionStatus, TTSChunk, TTSSession
 
@@ -422,10 +422,10 @@ def held_session(scene: Scene, *, holder: str, heartbeat_age_s: float) -> TTSSes
     )
     services.session_claim(session_id=session.id, worker=holder)
     voice = services.voice_resolve(voice_id="en-us")
-    segment = services.session_segments(session=session, voice=voice)[0]
-    audio = services.segment_audio(segment=segment, voice=voice, engine_model=session.model)
-    row = services.chunk_row(session.id, 0, segment, audio)
-    services.chunk_store(session=session, chunk=row, audio=audio, worker=holder)
+    segment = synthesis.session_segments(session=session, voice=voice)[0]
+    audio = synthesis.segment_audio(segment=segment, voice=voice, engine_model=session.model)
+    row = storing.chunk_row(session.id, 0, segment, audio)
+    storing.chunk_store(session=session, chunk=row, audio=audio, worker=holder)
     beat = timezone.now() - timedelta(seconds=heartbeat_age_s)
     TTSSession.objects.filter(pk=session.id).update(heartbeat_at=beat)
     return session

@@ -6,7 +6,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from tts import services
+from tts import generation, services, storing, synthesis
 from tts.engines import EngineError, get_engine
 from tts.models import AudioBlob, SessionStatus, TTSChunk
 from tts.services import Owner
@@ -118,11 +118,11 @@ def test_a_chunk_read_back_while_its_session_runs_carries_what_is_left_of_its_ho
     session = create(text="One sentence. Another one. And a third.")
     made = store_held_chunks(session.id, [3000, 500, None], age_ms=1200)
 
-    left = [services.chunk_meta(c, session_running=True).get("cushion_ms") for c in chunks(session)]
+    left = [storing.chunk_meta(c, session_running=True).get("cushion_ms") for c in chunks(session)]
     low, high = hold_left_bounds(3000, made, 1200)
     assert low <= left[0] <= high  # 3000 less the 1.2 s (and this test's own time) since
     assert left[1:] == [0, None]  # long due; a chunk stored without a hold has none
-    assert all("cushion_ms" not in services.chunk_meta(c) for c in chunks(session))
+    assert all("cushion_ms" not in storing.chunk_meta(c) for c in chunks(session))
 
 
 def chunks(session) -> list[TTSChunk]:
@@ -133,12 +133,12 @@ def test_running_rides_with_the_first_chunk_once_the_voice_is_known_to_be_quick(
     """The first session of a voice announces `running` on its own (its speed is not
     known yet); once its first segment took at most RUNNING_WITH_FIRST_CHUNK_MS, the
     status goes in the first chunk's event: one event less, and still first."""
-    monkeypatch.setattr(services, "_first_segment_ms", {})
+    monkeypatch.setattr(generation, "_first_segment_ms", {})
     events = recorded_events(monkeypatch)
     services.session_run(session_id=create().id, worker="w1")
     assert [e["type"] for e in events][:2] == ["tts.status", "tts.chunk"]
     assert events[0]["status"] == "running" and "status" not in events[1]
-    assert services._first_segment_ms["en-us"] <= services.RUNNING_WITH_FIRST_CHUNK_MS
+    assert generation._first_segment_ms["en-us"] <= generation.RUNNING_WITH_FIRST_CHUNK_MS
 
     events.clear()
     session = create(text="A new text, so that the engine makes its first segment.")
@@ -149,7 +149,7 @@ def test_running_rides_with_the_first_chunk_once_the_voice_is_known_to_be_quick(
     assert events[0]["status"]["total_chunks"] is None  # the claim's frame, as it was
     assert ("tts.status", "running") not in [(e["type"], e.get("status")) for e in events]
 
-    monkeypatch.setitem(services._first_segment_ms, "en-us", 5_000)  # a slow voice
+    monkeypatch.setitem(generation._first_segment_ms, "en-us", 5_000)  # a slow voice
     events.clear()
     services.session_run(session_id=create(text="A slow voice's turn.").id, worker="w1")
     assert events[0]["type"] == "tts.status" and events[0]["status"] == "running"
@@ -159,10 +159,10 @@ def test_running_rides_with_the_first_chunk_once_the_voice_is_known_to_be_quick(
 def test_a_slow_voices_running_goes_out_as_its_first_synthesis_begins(monkeypatch):
     """Not beside the claim's cut and cache lookup, whose way to the engine its send
     slowed (P57); still before the first chunk."""
-    monkeypatch.setitem(services._first_segment_ms, "en-us", 5000)  # a slow voice
+    monkeypatch.setitem(generation._first_segment_ms, "en-us", 5000)  # a slow voice
     events = recorded_events(monkeypatch)
     seen: dict[str, list[str]] = {}
-    lookup, engine = services.cached_keys, get_engine("espeak")
+    lookup, engine = synthesis.cached_keys, get_engine("espeak")
     synthesize = engine.synthesize
 
     def looking_up(keys):
@@ -173,7 +173,7 @@ def test_a_slow_voices_running_goes_out_as_its_first_synthesis_begins(monkeypatc
         seen.setdefault("synthesis", [e["type"] for e in events])
         return synthesize(text, voice)
 
-    monkeypatch.setattr(services, "cached_keys", looking_up)
+    monkeypatch.setattr(synthesis, "cached_keys", looking_up)
     monkeypatch.setattr(engine, "synthesize", synthesizing)
     services.session_run(session_id=create().id, worker="w1")
     assert seen == {"lookup": [], "synthesis": ["tts.status"]}
@@ -184,7 +184,7 @@ def test_a_slow_voices_running_goes_out_as_its_first_synthesis_begins(monkeypatc
 @pytest.mark.parametrize("last_first_segment_ms", [1, 5000], ids=["held", "on-its-own"])
 def test_a_held_running_status_goes_out_before_a_failure(monkeypatch, last_first_segment_ms):
     """A session that fails before its first chunk still says it ran, then failed."""
-    monkeypatch.setitem(services._first_segment_ms, "en-us", last_first_segment_ms)
+    monkeypatch.setitem(generation._first_segment_ms, "en-us", last_first_segment_ms)
     engine = get_engine("espeak")
 
     def broken(text, voice):
@@ -248,10 +248,10 @@ def test_a_resumed_session_continues_after_its_stored_chunks(engine_calls):
     session = create()
     services.session_claim(session_id=session.id, worker="w1")
     voice = services.voice_resolve(voice_id=session.voice)
-    segments = services.session_segments(session=session, voice=voice)
-    audio = services.segment_audio(segment=segments[0], voice=voice, engine_model=session.model)
-    row = services.chunk_row(session.id, 0, segments[0], audio)
-    services.chunk_store(session=session, chunk=row, audio=audio, worker="w1")
+    segments = synthesis.session_segments(session=session, voice=voice)
+    audio = synthesis.segment_audio(segment=segments[0], voice=voice, engine_model=session.model)
+    row = storing.chunk_row(session.id, 0, segments[0], audio)
+    storing.chunk_store(session=session, chunk=row, audio=audio, worker="w1")
     # The worker dies; the sweep requeues; another worker resumes.
     type(session).objects.filter(pk=session.id).update(status=SessionStatus.QUEUED)
     engine_calls.clear()
@@ -326,7 +326,7 @@ def test_a_long_texts_head_is_synthesized_while_the_rest_is_cut(engine_calls, mo
     calls: list[tuple[str, str]] = []
     engine = get_engine("espeak")
     counting = engine.synthesize
-    cutting = services.segment_text
+    cutting = synthesis.segment_text
     synthesizing, waited = threading.Event(), []
 
     def on_thread(text, voice):
@@ -335,12 +335,12 @@ def test_a_long_texts_head_is_synthesized_while_the_rest_is_cut(engine_calls, mo
         return counting(text, voice)
 
     def cut(text, **kwargs):
-        if len(text) > services._HeadAhead.HEAD_CHARS:  # the whole text: the head is on
+        if len(text) > synthesis.HeadAhead.HEAD_CHARS:  # the whole text: the head is on
             waited.append(synthesizing.wait(5))  # the engine already (or it never comes)
         return cutting(text, **kwargs)
 
     monkeypatch.setattr(engine, "synthesize", on_thread)
-    monkeypatch.setattr(services, "segment_text", cut)
+    monkeypatch.setattr(synthesis, "segment_text", cut)
     text = " ".join(f"Sentence number {n} walks along the quiet harbour wall." for n in range(30))
     session = create(text)
     services.session_run(session_id=session.id, worker="w1")
@@ -389,8 +389,8 @@ def test_the_engine_works_ahead_while_a_chunk_is_delivered(monkeypatch):
     assert events[:2] == [("synthesizing", loop), ("sending", "0")]
     assert all(name.startswith("tts-engine") for kind, name in events[2:] if kind != "sending")
     voice = services.voice_resolve(voice_id="en-us")
-    third = services.session_segments(session=session, voice=voice)[2]
-    key = services.segment_key(third, voice=voice, engine_model=session.model)
+    third = synthesis.session_segments(session=session, voice=voice)[2]
+    key = synthesis.segment_key(third, voice=voice, engine_model=session.model)
     assert AudioBlob.objects.filter(key=key).exists()  # made ahead, kept, not lost
 
 
@@ -403,8 +403,8 @@ def test_leaving_early_keeps_what_the_engine_made_and_drops_what_it_did_not_begi
 
     voice = services.voice_resolve(voice_id="en-us")
     session = create(TEXT)
-    segments = services.session_segments(session=session, voice=voice)
-    made = [services.segment_audio(segment=seg, voice=voice) for seg in segments[:2]]
+    segments = synthesis.session_segments(session=session, voice=voice)
+    made = [synthesis.segment_audio(segment=seg, voice=voice) for seg in segments[:2]]
     running, release = threading.Event(), threading.Event()
 
     def making():
@@ -422,7 +422,7 @@ def test_leaving_early_keeps_what_the_engine_made_and_drops_what_it_did_not_begi
         futures[5].set_exception(RuntimeError("not an engine error"))
         assert running.wait(5)
         threading.Timer(0.2, release.set).start()  # still running when the way out begins
-        keeping = services._keeping_what_is_made(futures)
+        keeping = generation._keeping_what_is_made(futures)
         with pytest.raises(KeyError, match="the error on its way out"), keeping:
             raise KeyError("the error on its way out")
     finally:
@@ -450,16 +450,16 @@ def test_a_segment_repeated_within_a_long_texts_head_is_made_once(engine_calls):
 def test_a_head_cut_otherwise_than_the_whole_text_is_not_used():
     voice = services.voice_resolve(voice_id="en-us")
     session = create(TEXT)
-    segments = services.session_segments(session=session, voice=voice)
-    audio = services.segment_audio(segment=segments[0], voice=voice)
+    segments = synthesis.session_segments(session=session, voice=voice)
+    audio = synthesis.segment_audio(segment=segments[0], voice=voice)
     head = [(segments[0], audio.key, _done(audio)), (segments[1], "a key", _done(audio))]
-    ahead = services._HeadAhead(head)
+    ahead = synthesis.HeadAhead(head)
     keys = [audio.key, "a key"]
     assert list(ahead.take(segments[:2], keys)) == [0, 1]
     assert list(ahead.take(segments[:2], [audio.key, "another key"])) == [0]
     assert ahead.take(segments[1:2], keys) == {}
     waiting = Future()
-    ahead = services._HeadAhead([(segments[1], "a key", waiting)])
+    ahead = synthesis.HeadAhead([(segments[1], "a key", waiting)])
     assert ahead.take(segments[:1], keys) == {} and waiting.cancelled()
 
 
@@ -474,7 +474,7 @@ def test_a_failed_store_leaves_no_hole(monkeypatch, caplog):
     run continues at chunk 1 and listeners never meet a gap they cannot fill."""
     from django.db import OperationalError
 
-    real_store, failed = services.chunks_store, []
+    real_store, failed = storing.chunks_store, []
 
     def flaky(**kwargs):
         if any(chunk.seq == 1 for chunk, _ in kwargs["chunks"]) and not failed:
@@ -482,7 +482,7 @@ def test_a_failed_store_leaves_no_hole(monkeypatch, caplog):
             raise OperationalError("database is locked")
         return real_store(**kwargs)
 
-    monkeypatch.setattr(services, "chunks_store", flaky)
+    monkeypatch.setattr(storing, "chunks_store", flaky)
     session = create()
     services.session_run(session_id=session.id, worker="w1")
     assert f"generation of {session.id} crashed" in caplog.text
@@ -572,9 +572,9 @@ def test_narrations_from_before_the_growth_setting_keep_their_key(settings):
     voice = services.voice_resolve(voice_id=None)
     settings.TTS_SEGMENT_GROWTH = 2.0
     key = services.narration_key(voice=voice, engine_model="", text=TEXT)
-    cut = {k: v for k, v in services._cutting(voice).items() if k != "growth"}
+    cut = {k: v for k, v in synthesis.voice_cutting(voice).items() if k != "growth"}
     before = {"version": services.SEGMENTATION_VERSION, **cut}
-    assert key == services._digest(
+    assert key == synthesis.digest(
         {**voice.cache_fields(), "model_id": "", "text": TEXT, "cut": before}
     )
     settings.TTS_SEGMENT_GROWTH = 1.5
@@ -672,7 +672,7 @@ def test_a_slow_store_holds_up_neither_the_engine_nor_the_order_of_announcements
     engine, events = get_engine("espeak"), []
     real_synthesize, real_store, real_broadcast = (
         engine.synthesize,
-        services.chunks_store,
+        storing.chunks_store,
         broadcast.broadcast_chunk,
     )
 
@@ -692,7 +692,7 @@ def test_a_slow_store_holds_up_neither_the_engine_nor_the_order_of_announcements
         return real_broadcast(session_id, meta, pcm, **kwargs)
 
     monkeypatch.setattr(engine, "synthesize", synthesize)
-    monkeypatch.setattr(services, "chunks_store", store)
+    monkeypatch.setattr(storing, "chunks_store", store)
     monkeypatch.setattr(broadcast, "broadcast_chunk", announce)
     session = create()
     services.session_run(session_id=session.id, worker="w1")
@@ -731,7 +731,7 @@ def test_the_writer_stores_what_queued_up_meanwhile_in_one_batch_in_order():
         batches.append(batch)
         return True
 
-    with services._OrderedWriter(store) as writer:
+    with storing.OrderedWriter(store) as writer:
         assert writer.idle()
         writer.submit("a")
         assert entered.wait(5)  # "a" is being stored
@@ -747,7 +747,7 @@ def test_the_writer_holds_back_a_caller_that_runs_too_far_ahead():
     import threading
 
     gate = threading.Event()
-    writer = services._OrderedWriter(lambda batch: gate.wait(5))
+    writer = storing.OrderedWriter(lambda batch: gate.wait(5))
     with writer:
         for item in range(writer.MAX_QUEUED):
             writer.submit(item)
@@ -777,7 +777,7 @@ def test_the_writer_skips_everything_after_a_failed_batch_and_raises_its_error()
         stored.extend(batch)
         return True
 
-    with services._OrderedWriter(store, skipped=skipped.append) as writer:
+    with storing.OrderedWriter(store, skipped=skipped.append) as writer:
         writer.submit("a")
         assert entered.wait(5)
         writer.submit("b")
@@ -792,7 +792,7 @@ def test_the_writer_skips_everything_after_a_failed_batch_and_raises_its_error()
     assert stored == ["a"] and skipped == ["b", "c", "d"]
 
     skipped.clear()
-    with services._OrderedWriter(lambda batch: "e" not in batch, skipped=skipped.append) as w:
+    with storing.OrderedWriter(lambda batch: "e" not in batch, skipped=skipped.append) as w:
         w.submit("e")
         assert w.wait() is False and not w.healthy()
         w.submit("f")
@@ -816,7 +816,7 @@ def test_sessions_store_on_kept_threads_that_keep_a_connection_where_the_process
     if max_age and connection.settings_dict.get("OPTIONS", {}).get("pool"):
         pytest.skip("a pool takes connections back; CONN_MAX_AGE is not for it")
     monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", max_age)
-    services._store_threads.close_connections()  # none kept from before
+    storing._store_threads.close_connections()  # none kept from before
     threads, created = set(), []
 
     def on_created(sender, connection, **kwargs):
@@ -830,12 +830,12 @@ def test_sessions_store_on_kept_threads_that_keep_a_connection_where_the_process
     connection_created.connect(on_created)
     try:
         for _ in range(3):
-            with services._OrderedWriter(store) as writer:
+            with storing.OrderedWriter(store) as writer:
                 writer.submit("a")
                 assert writer.wait()
     finally:
         connection_created.disconnect(on_created)
-        services._store_threads.close_connections()
+        storing._store_threads.close_connections()
     assert len(threads) == 1 and len(created) == opened
 
 
@@ -846,13 +846,13 @@ def test_a_forked_child_makes_its_own_store_threads():
     import select
     import signal
 
-    with services._OrderedWriter(lambda batch: True) as writer:  # a thread in the pool
+    with storing.OrderedWriter(lambda batch: True) as writer:  # a thread in the pool
         writer.submit("a")
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: store once, report, and leave at once
         try:
-            with services._OrderedWriter(lambda batch: True) as writer:
+            with storing.OrderedWriter(lambda batch: True) as writer:
                 writer.submit("b")
                 ok = writer.wait()
             os.write(write, b"1" if ok else b"0")
@@ -910,7 +910,7 @@ def test_a_segment_that_comes_again_refers_to_the_audio_its_first_chunk_stored(m
     refer to this session's own bytes, which is what their listeners got."""
     from tts.models import AudioBlob
 
-    real, raced = services._blob_create, []
+    real, raced = storing.blob_create, []
 
     def another_worker_first(key, audio):
         if not raced:
@@ -923,7 +923,7 @@ def test_a_segment_that_comes_again_refers_to_the_audio_its_first_chunk_stored(m
             )
         return real(key, audio)
 
-    monkeypatch.setattr(services, "_blob_create", another_worker_first)
+    monkeypatch.setattr(storing, "blob_create", another_worker_first)
     refrain = "Row, row, row the boat."
     session = narrated(f"{refrain} The sea was calm that night. {refrain} The stars came out.")
     assert sent == stored_audio(session)
@@ -939,7 +939,7 @@ def test_a_chunk_stores_the_audio_it_was_sent_with_when_another_worker_stored_it
     the chunk refers to the bytes its listeners got, and the key keeps the other's."""
     from tts.models import AudioBlob
 
-    real, raced = services._blob_create, []
+    real, raced = storing.blob_create, []
 
     def another_worker_first(key, audio):
         if not raced:  # the first segment: the other worker's audio lands just before
@@ -950,7 +950,7 @@ def test_a_chunk_stores_the_audio_it_was_sent_with_when_another_worker_stored_it
             )
         return real(key, audio)
 
-    monkeypatch.setattr(services, "_blob_create", another_worker_first)
+    monkeypatch.setattr(storing, "blob_create", another_worker_first)
     session = narrated()
     assert sent == stored_audio(session)
     first = session.chunks.get(seq=0)
@@ -971,7 +971,7 @@ def test_one_heartbeat_thread_beats_for_every_running_session_until_it_leaves(se
         services.session_claim(session_id=session.id, worker=worker)
     claimed_at = {s.pk: sessions.get(pk=s.pk).heartbeat_at for s in (first, second, stopped)}
     sessions.filter(pk=stopped.pk).update(status=SessionStatus.CANCELLED)
-    beats = services._Heartbeats()  # its thread starts with the interval above
+    beats = generation._Heartbeats()  # its thread starts with the interval above
     before = {t for t in threading.enumerate() if t.name == "tts-heartbeat"}
     with (
         beats.beating(first.id, "w1"),
@@ -1088,14 +1088,14 @@ def test_a_session_whose_store_fails_beside_another_is_logged_and_that_one_finis
     settings.TTS_WORKER_SESSIONS = 2
     long = create(text=LONG)
     failing = create(text="This one fails. Its second chunk cannot be stored. Then more.")
-    real_store = services.chunks_store
+    real_store = storing.chunks_store
 
     def flaky(**kwargs):
         if kwargs["session"].id == failing.id and any(c.seq == 1 for c, _ in kwargs["chunks"]):
             raise OperationalError("disk I/O error")
         return real_store(**kwargs)
 
-    monkeypatch.setattr(services, "chunks_store", flaky)
+    monkeypatch.setattr(storing, "chunks_store", flaky)
     services.session_run(session_id=long.id, worker="w1")
     assert f"generation of {failing.id} crashed" in caplog.text
     assert "disk I/O error" in caplog.text
@@ -1165,7 +1165,7 @@ def test_a_failed_look_at_the_queue_lets_the_sessions_under_way_finish(
 def test_the_engine_thread_makes_first_segments_before_the_others_queued():
     import threading
 
-    engine = services._EngineThread()
+    engine = synthesis.EngineThread()
     gate, order = threading.Event(), []
     engine.submit(gate.wait)  # busy: everything below queues
     rest = [engine.submit(order.append, f"rest {n}") for n in range(3)]

@@ -27,7 +27,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import connection, models, transaction
 from django.utils import timezone
 
-from tts import services
+from tts import services, synthesis
 from tts.audio import wav_header
 from tts.conf import settings
 from tts.errors import InvalidInput, NotFound
@@ -158,7 +158,7 @@ def narration_plan(
         narration.stored_before = services.stored_chunk_count(session_id=session.id)
         narration.audio_ms_before = session.audio_ms
     probe = session or TTSSession(text=narration.text, voice=voice.id)
-    narration.total_chunks = len(services.session_segments(session=probe, voice=voice))
+    narration.total_chunks = len(synthesis.session_segments(session=probe, voice=voice))
     return narration
 
 

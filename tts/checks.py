@@ -234,7 +234,7 @@ def cutting_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """How texts are cut, checked at start by cutting one (segment_text's own rules), not
     found by the first session's worker."""
     from tts.segmentation import segment_text
-    from tts.services import CUTTING_SETTINGS, cutting_settings
+    from tts.synthesis import CUTTING_SETTINGS, cutting_settings
 
     values = cutting_settings()
     try:
