@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 
 import pytest
+from django.db import DatabaseError
 
 from tts import generation, services, storing, synthesis
 from tts.engines import EngineError, get_engine
@@ -461,6 +462,36 @@ def test_a_head_cut_otherwise_than_the_whole_text_is_not_used():
     waiting = Future()
     ahead = synthesis.HeadAhead([(segments[1], "a key", waiting)])
     assert ahead.take(segments[:1], keys) == {} and waiting.cancelled()
+
+
+def test_a_long_text_whose_cut_fails_raises_its_own_error_and_frees_the_engine(monkeypatch):
+    """The head is on the engine thread when the whole text's cache lookup fails: the
+    lookup's error is what the run raises (the worker logs it and leaves the session to
+    the recovery sweep), and the head's syntheses not begun are cancelled."""
+    heads: list = []
+    start = synthesis.HeadAhead.start.__func__
+    looked_up = synthesis.cached_keys
+
+    def recording(cls, *args, **kwargs):
+        heads.append(start(cls, *args, **kwargs))
+        return heads[-1]
+
+    def failing(keys, **kwargs):
+        if len(heads) == 1 and len(keys) > 1 + synthesis.SYNTHESIS_AHEAD:  # the whole text's
+            raise DatabaseError("the database went away")
+        return looked_up(keys, **kwargs)
+
+    monkeypatch.setattr(synthesis.HeadAhead, "start", classmethod(recording))
+    monkeypatch.setattr(synthesis, "cached_keys", failing)
+    text = " ".join(f"Sentence number {n} walks along the quiet harbour wall." for n in range(30))
+    session = create(text)
+    claimed = services.session_claim(session_id=session.id, worker="w1")
+    with pytest.raises(DatabaseError, match="went away"):
+        services.session_generate(session=claimed, worker="w1")
+    futures = [future for _, _, future in heads[0].head if future is not None]
+    assert len(futures) == 1 + synthesis.SYNTHESIS_AHEAD
+    for future in futures:  # each one cancelled, or made (the engine had begun it)
+        assert future.cancelled() or future.result(timeout=5).pcm
 
 
 def _done(value):

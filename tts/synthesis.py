@@ -209,13 +209,21 @@ class HeadAhead:
         taken: dict[int, Future[SegmentAudio]] = {}
         for seq, (segment, key, future) in enumerate(self.head):
             if seq >= len(segments) or (segments[seq], keys[seq]) != (segment, key):
-                for _, _, later in self.head[seq:]:
-                    if later is not None:
-                        later.cancel()
+                self._cancel(from_seq=seq)
                 break
             if future is not None:
                 taken[seq] = future
         return taken
+
+    def abandon(self) -> None:
+        """Nothing will take the head (cutting the whole text failed): its syntheses not
+        begun are cancelled, so that the engine is not held up by them."""
+        self._cancel(from_seq=0)
+
+    def _cancel(self, *, from_seq: int) -> None:
+        for _, _, future in self.head[from_seq:]:
+            if future is not None:
+                future.cancel()
 
 
 class EngineThread:
