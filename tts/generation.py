@@ -23,8 +23,8 @@ from django.utils import timezone
 
 from tts import broadcast, services, storing, synthesis
 from tts.conf import settings
-from tts.engines import EngineError
-from tts.models import SessionStatus, TTSSession
+from tts.engines import EngineError, Voice
+from tts.models import SessionStatus, TTSChunk, TTSSession
 from tts.pacing import EngineFit, Pace
 from tts.scheduling import Made
 from tts.synthesis import SegmentAudio
@@ -114,170 +114,207 @@ def _generate(
             message=f"Voice {session.voice!r} is no longer configured.",
         )
         return
-    first_seq = session.completed_chunks  # advanced with every stored chunk, atomically
-    ahead = synthesis.HeadAhead.start(session, voice, urgent=urgent) if first_seq == 0 else None
-    try:
-        segments = synthesis.session_segments(session=session, voice=voice)
-        total = session.total_chunks = len(segments)
-        keys = [
-            synthesis.segment_key(seg, voice=voice, engine_model=session.model) for seg in segments
-        ]
-        cached = synthesis.cached_keys(keys[first_seq:])
-    except BaseException:
-        if ahead is not None:
-            ahead.abandon()  # nothing will wait for the head: the engine is not held up
-        raise
+    yield from _Run(session, worker, voice, running, urgent=urgent).steps(announce=announce)
 
-    # A segment that comes again in this session (engines need not make the same bytes
-    # twice) is made once: ``made`` holds its audio for the synthesis thread, to send the
-    # same bytes again, and ``landed`` the blob its first chunk was stored as
-    # (_blob_store), for the writer thread to refer to.
-    repeats = {key for key, n in Counter(keys[first_seq:]).items() if n > 1}
-    made: dict[str, SegmentAudio] = {}
-    landed: dict[str, str] = {}
-    # Past the first chunk, the engine works ahead on the worker's engine thread: while
-    # chunk n is broadcast and queued for storage here, segment n+1 is being made, and
-    # n+2 is queued behind it once chunk n is sent (SYNTHESIS_AHEAD; the GIL is released
-    # while an engine runs), so the engine waits neither for this loop nor for a slow
-    # store. The first segment is made here, with no hand-over between threads on the
-    # way to first audio (unless a long text's head went ahead, below). Only first
-    # occurrences that are not cached are synthesized.
-    first_of: dict[str, int] = {}
-    for i in range(first_seq, total):
-        first_of.setdefault(keys[i], i)
-    synthesizing = ahead.take(segments, keys) if ahead is not None else {}
-    # What each chunk's listeners should hold it for, so that the rest keeps up (pacing).
-    fit = _engine_fits.setdefault(session.voice, EngineFit())
-    pace = Pace(
-        [len(segment.speech_text) for segment in segments],
-        [segment.pause_ms for segment in segments],
-        [keys[i] in cached or first_of.get(keys[i]) != i for i in range(total)],
-        fit=fit,
-    )
 
-    def synthesize_ahead(seq: int, *, first: bool = False) -> None:
-        if seq >= total or seq in synthesizing or keys[seq] in cached:
+class _Run:
+    """One run of a claimed session, from its first missing chunk to the end: the text cut,
+    the cache looked up, then each chunk made (steps), broadcast and handed to its writer
+    thread (store)."""
+
+    def __init__(
+        self,
+        session: TTSSession,
+        worker: str,
+        voice: Voice,
+        running: _RunningStatus,
+        *,
+        urgent: bool,
+    ) -> None:
+        self.session, self.worker, self.voice, self.running = session, worker, voice, running
+        first_seq = self.first_seq = session.completed_chunks  # advanced with every store
+        ahead = synthesis.HeadAhead.start(session, voice, urgent=urgent) if first_seq == 0 else None
+        try:
+            segments = self.segments = synthesis.session_segments(session=session, voice=voice)
+            total = self.total = session.total_chunks = len(segments)
+            keys = self.keys = [
+                synthesis.segment_key(seg, voice=voice, engine_model=session.model)
+                for seg in segments
+            ]
+            self.cached = synthesis.cached_keys(keys[first_seq:])
+        except BaseException:
+            if ahead is not None:
+                ahead.abandon()  # nothing will wait for the head: the engine is not held up
+            raise
+
+        # A segment that comes again in this session (engines need not make the same bytes
+        # twice) is made once: ``made`` holds its audio for the synthesis thread, to send
+        # the same bytes again, and ``landed`` the blob its first chunk was stored as
+        # (storing._blob_store), for the writer thread to refer to.
+        self.repeats = {key for key, n in Counter(keys[first_seq:]).items() if n > 1}
+        self.made: dict[str, SegmentAudio] = {}
+        self.landed: dict[str, str] = {}
+        # Past the first chunk, the engine works ahead on the worker's engine thread:
+        # while chunk n is broadcast and queued for storage here, segment n+1 is being
+        # made, and n+2 is queued behind it once chunk n is sent (SYNTHESIS_AHEAD; the GIL
+        # is released while an engine runs), so the engine waits neither for this loop nor
+        # for a slow store. The first segment is made here, with no hand-over between
+        # threads on the way to first audio (unless a long text's head went ahead, above).
+        # Only first occurrences that are not cached are synthesized.
+        self.first_of: dict[str, int] = {}
+        for i in range(first_seq, total):
+            self.first_of.setdefault(keys[i], i)
+        self.synthesizing = ahead.take(segments, keys) if ahead is not None else {}
+        # What each chunk's listeners should hold it for, so that the rest keeps up.
+        self.fit = _engine_fits.setdefault(session.voice, EngineFit())
+        self.pace = Pace(
+            [len(segment.speech_text) for segment in segments],
+            [segment.pause_ms for segment in segments],
+            [keys[i] in self.cached or self.first_of.get(keys[i]) != i for i in range(total)],
+            fit=self.fit,
+        )
+        if urgent:  # on the engine thread, before the syntheses other sessions queued there
+            self._synthesize_ahead(first_seq, first=True)
+        self.used = services.narration_key(
+            voice=voice, engine_model=session.model, text=session.text
+        )
+        self.stored_ms = session.audio_ms  # the audio stored so far (by an earlier run too)
+        self.completed = False
+
+    def steps(self, *, announce: bool) -> Iterator[Made]:
+        """Make, send and store each chunk in turn; yield after each (session_steps)."""
+        session = self.session
+        with (
+            _heartbeats.beating(session.id, self.worker),
+            storing.OrderedWriter(self._store, skipped=storing.keep_unstored) as writer,
+            _keeping_what_is_made(self.synthesizing),
+        ):
+            if announce:  # a slow voice: listeners hear that it is running while it works
+                self.running.send()
+            for seq in range(self.first_seq, self.total):
+                try:
+                    audio = self._audio(seq)
+                except EngineError as exc:
+                    writer.wait()  # keep what was made before the failure
+                    self.running.send()
+                    services.session_fail(
+                        session_id=session.id,
+                        code=exc.code,
+                        message=f"Chunk {seq} failed: {exc.message}",
+                    )
+                    return
+                if not writer.healthy():  # a store failed: cancelled or taken over (or raised)
+                    if not audio.cached:  # keep the audio for next time
+                        storing.blob_create(audio.key, audio)
+                    return
+                row = self._hand_on(writer, seq, audio)
+                # Another session's chunk may come next (session_run); this one's next
+                # syntheses are queued when it goes on, behind the other's.
+                yield Made(row.duration_ms, audio.engine_ms, audio.cached)
+                # Queued once this chunk is sent: the first chunk's way to its listeners
+                # does not share the cores with the next synthesis (unless a long text's
+                # head is on the engine already), and from the second chunk on the engine
+                # still has the one queued before to make meanwhile.
+                for n in range(seq + 1, seq + 1 + synthesis.SYNTHESIS_AHEAD):  # in order
+                    self._synthesize_ahead(n)
+            if not writer.wait():
+                return
+        if not self.completed:  # every chunk was stored by an earlier run
+            self.running.send()
+            services.session_complete(session_id=session.id, worker=self.worker, key=self.used)
+
+    def _audio(self, seq: int) -> SegmentAudio:
+        """Chunk ``seq``'s audio: made ahead on the engine thread, made before in this
+        session (a repeat), from the cache, or made now, on this thread."""
+        key = self.keys[seq]
+        ready = self.synthesizing[seq].result() if seq in self.synthesizing else None
+        self.synthesizing.pop(seq, None)  # made (one interrupted is kept on the way out)
+        if key in self.made:  # its first chunk is stored before it: in order
+            ready = replace(self.made[key], cached=True, engine_ms=0)
+        audio = ready or synthesis.segment_audio(
+            segment=self.segments[seq], voice=self.voice, key=key, cached=key in self.cached
+        )
+        if key in self.repeats:
+            self.made.setdefault(key, audio)
+        if seq == self.first_seq and not audio.cached:
+            _first_segment_ms[self.session.voice] = audio.engine_ms
+        return audio
+
+    def _hand_on(
+        self, writer: storing.OrderedWriter[storing.Unstored], seq: int, audio: SegmentAudio
+    ) -> TTSChunk:
+        """Chunk ``seq``'s row and event, with its hold; broadcast now when every chunk
+        before it is stored, else by the writer once they are; queued for storage."""
+        row = storing.chunk_row(self.session.id, seq, self.segments[seq], audio)  # made now
+        meta = storing.chunk_meta(row, total_chunks=self.total)
+        spent = None if audio.cached else audio.engine_ms
+        self.pace.made(seq, duration_ms=row.duration_ms, engine_ms=spent)
+        if spent is not None:
+            self.fit.add(self.pace.chars[seq], spent)
+        meta["cushion_ms"] = row.cushion_ms = self.pace.cushion_ms(seq, row.duration_ms)
+        if writer.idle():  # every chunk before it is stored: send it now
+            # The first chunk is sent before its store is queued, and waited for (briefly):
+            # the writer thread would otherwise hold the GIL while the send waits for it
+            # (5 ms switch intervals). Later ones only queue: listeners have audio in hand
+            # by then, and the engine goes on at once.
+            first = seq == self.first_seq
+            status = self.running.take()
+            broadcast.broadcast_chunk(self.session.id, meta, audio.pcm, wait=first, status=status)
+            writer.submit(storing.Unstored(row, audio, meta=None))
+        else:  # announced by the writer once the chunk before it is stored
+            writer.submit(storing.Unstored(row, audio, meta=meta))
+        return row
+
+    def _synthesize_ahead(self, seq: int, *, first: bool = False) -> None:
+        """Queue segment ``seq`` on the engine thread, unless it is stored, queued already,
+        or a repeat (sent as its first occurrence's audio); ``first``: before the others'."""
+        if seq >= self.total or seq in self.synthesizing or self.keys[seq] in self.cached:
             return
-        if first_of[keys[seq]] == seq:  # a repeat is sent as its first occurrence's audio
-            submit = (
-                synthesis.engine_thread.submit_first if first else synthesis.engine_thread.submit
+        if self.first_of[self.keys[seq]] == seq:
+            engine = synthesis.engine_thread
+            submit = engine.submit_first if first else engine.submit
+            self.synthesizing[seq] = submit(
+                synthesis.synthesize_segment, self.segments[seq], self.voice, self.keys[seq]
             )
-            synthesizing[seq] = submit(
-                synthesis.synthesize_segment, segments[seq], voice, keys[seq]
-            )
 
-    if urgent:  # on the engine thread, before the syntheses the other sessions queued there
-        synthesize_ahead(first_seq, first=True)
-
-    used = services.narration_key(voice=voice, engine_model=session.model, text=session.text)
-    stored_ms = session.audio_ms  # the audio stored so far (by an earlier run too)
-    completed = False
-
-    def store(batch: list[storing.Unstored]) -> bool:
-        """Store the chunks that queued up while the one before them was being stored, in
-        one transaction; announce each once the one before it is stored. The last ones
-        complete the session in the same transaction."""
-        nonlocal stored_ms, completed
+    def _store(self, batch: list[storing.Unstored]) -> bool:
+        """On the writer thread: store the chunks that queued up while the one before them
+        was being stored, in one transaction; announce each once the one before it is
+        stored. The last ones complete the session in the same transaction."""
+        session_id = self.session.id
         if batch[0].meta is not None:  # the chunk before it is stored
-            broadcast.broadcast_chunk(session.id, batch[0].meta, batch[0].audio.pcm)
+            broadcast.broadcast_chunk(session_id, batch[0].meta, batch[0].audio.pcm)
         for chunk in batch:  # a repeat refers to where its first chunk's audio landed
-            chunk.row.audio_id = landed.get(chunk.row.audio_id, chunk.row.audio_id)
-        last = batch[-1].row.seq == total - 1
+            chunk.row.audio_id = self.landed.get(chunk.row.audio_id, chunk.row.audio_id)
+        first, last = batch[0].row.seq == self.first_seq, batch[-1].row.seq == self.total - 1
         stored = storing.chunks_store(
-            session=session,
+            session=self.session,
             chunks=[(chunk.row, chunk.audio) for chunk in batch],
-            worker=worker,
-            total_chunks=total if batch[0].row.seq == first_seq else None,
-            complete_key=used if last else None,
+            worker=self.worker,
+            total_chunks=self.total if first else None,
+            complete_key=self.used if last else None,
         )
         if not stored:
-            logger.info("session %s was cancelled or taken over; stopping", session.id)
+            logger.info("session %s was cancelled or taken over; stopping", session_id)
             return False
         for chunk in batch:
-            if chunk.audio.key in repeats and not chunk.audio.cached:
-                landed[chunk.audio.key] = chunk.row.audio_id
+            if chunk.audio.key in self.repeats and not chunk.audio.cached:
+                self.landed[chunk.audio.key] = chunk.row.audio_id
         for chunk in batch[1:]:
             if chunk.meta is not None:
-                broadcast.broadcast_chunk(session.id, chunk.meta, chunk.audio.pcm)
-        if batch[0].row.seq == first_seq:
+                broadcast.broadcast_chunk(session_id, chunk.meta, chunk.audio.pcm)
+        if first:
             # Listeners that joined between this chunk's broadcast and its commit saw it in
             # neither; the next chunk's event would fill the gap, but that is one synthesis
             # away. This is the moment most listeners join (right after the POST).
-            broadcast.broadcast_stored(session.id, seq=first_seq)
-        stored_ms += sum(chunk.row.duration_ms for chunk in batch)
+            broadcast.broadcast_stored(session_id, seq=self.first_seq)
+        self.stored_ms += sum(chunk.row.duration_ms for chunk in batch)
         if last:
-            completed = True
-            services.announce_completed(session.id, total_chunks=total, duration_ms=stored_ms)
+            self.completed = True
+            services.announce_completed(
+                session_id, total_chunks=self.total, duration_ms=self.stored_ms
+            )
         return True
-
-    with (
-        _heartbeats.beating(session.id, worker),
-        storing.OrderedWriter(store, skipped=storing.keep_unstored) as writer,
-        _keeping_what_is_made(synthesizing),
-    ):
-        if announce:  # a slow voice: listeners hear that it is running while it works
-            running.send()
-        for seq in range(first_seq, total):
-            try:
-                ready = synthesizing[seq].result() if seq in synthesizing else None
-                synthesizing.pop(seq, None)  # made (one interrupted is kept on the way out)
-                if keys[seq] in made:  # its first chunk is stored before it: in order
-                    ready = replace(made[keys[seq]], cached=True, engine_ms=0)
-                audio = ready or synthesis.segment_audio(
-                    segment=segments[seq],
-                    voice=voice,
-                    key=keys[seq],
-                    cached=keys[seq] in cached,
-                )
-                if keys[seq] in repeats:
-                    made.setdefault(keys[seq], audio)
-                if seq == first_seq and not audio.cached:
-                    _first_segment_ms[session.voice] = audio.engine_ms
-            except EngineError as exc:
-                writer.wait()  # keep what was made before the failure
-                running.send()
-                services.session_fail(
-                    session_id=session.id,
-                    code=exc.code,
-                    message=f"Chunk {seq} failed: {exc.message}",
-                )
-                return
-            if not writer.healthy():  # a store failed: cancelled or taken over (or raised)
-                if not audio.cached:  # keep the audio for next time
-                    storing.blob_create(audio.key, audio)
-                return
-            row = storing.chunk_row(session.id, seq, segments[seq], audio)  # made now
-            meta = storing.chunk_meta(row, total_chunks=total)
-            spent = None if audio.cached else audio.engine_ms
-            pace.made(seq, duration_ms=row.duration_ms, engine_ms=spent)
-            if spent is not None:
-                fit.add(pace.chars[seq], spent)
-            meta["cushion_ms"] = row.cushion_ms = pace.cushion_ms(seq, row.duration_ms)
-            if writer.idle():  # every chunk before it is stored: send it now
-                # The first chunk is sent before its store is queued, and waited for
-                # (briefly): the writer thread would otherwise hold the GIL while the send
-                # waits for it (5 ms switch intervals). Later ones only queue: listeners
-                # have audio in hand by then, and the engine goes on at once.
-                broadcast.broadcast_chunk(
-                    session.id, meta, audio.pcm, wait=seq == first_seq, status=running.take()
-                )
-                writer.submit(storing.Unstored(row, audio, meta=None))
-            else:  # announced by the writer once the chunk before it is stored
-                writer.submit(storing.Unstored(row, audio, meta=meta))
-            # Another session's chunk may come next (session_run); this one's next
-            # syntheses are queued when it goes on, behind the other's.
-            yield Made(row.duration_ms, audio.engine_ms, audio.cached)
-            # Queued once this chunk is sent: the first chunk's way to its listeners does
-            # not share the cores with the next synthesis (unless a long text's head is
-            # on the engine already), and from the second chunk on the engine still has
-            # the one queued before to make meanwhile.
-            for n in range(seq + 1, seq + 1 + synthesis.SYNTHESIS_AHEAD):  # in order, back to back
-                synthesize_ahead(n)
-        if not writer.wait():
-            return
-    if not completed:  # every chunk was stored by an earlier run
-        running.send()
-        services.session_complete(session_id=session.id, worker=worker, key=used)
 
 
 @contextmanager
