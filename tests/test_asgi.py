@@ -57,9 +57,39 @@ async def test_a_request_goes_to_a_thread_once_for_all_the_middleware(thread_hop
     response = await browser.request("POST", "/api/tts/sessions/", {"text": "Hello there."})
     assert response["status"] == 201, response["body"]
     # Django's stock handler goes to a thread and back for every middleware's request and
-    # response hooks (about thirty trips here); this one enters the whole chain once.
-    # The others: the request_started and request_finished signals.
-    assert len(thread_hops) <= 4, thread_hops
+    # response hooks (about thirty trips here); this one enters the whole chain once, and
+    # sends request_started on that trip. The other: request_finished, after the reply.
+    assert len(thread_hops) == 2, thread_hops
+
+
+async def test_request_started_is_sent_on_the_requests_thread_right_before_its_chain():
+    import threading
+
+    from django.core.signals import request_started
+
+    from tts import views
+
+    seen: list[tuple[str, str]] = []
+
+    def started(sender, scope=None, **kwargs):
+        seen.append(("request_started", threading.current_thread().name, scope["path"]))
+
+    def all_voices():  # what the view reads
+        seen.append(("view", threading.current_thread().name, "/api/tts/voices/"))
+        return real()
+
+    real = views.all_voices
+    request_started.connect(started)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(views, "all_voices", all_voices)
+            response = await Browser().request("GET", "/api/tts/voices/")
+    finally:
+        request_started.disconnect(started)
+    assert response["status"] == 200
+    (signal, thread, path), view = seen
+    assert (signal, path) == ("request_started", "/api/tts/voices/")
+    assert view == ("view", thread, path) and thread.startswith("django-request")
 
 
 async def test_errors_and_streamed_audio_go_through_the_sync_chain():
