@@ -25,18 +25,13 @@ so do async streaming responses. A project whose middleware is async-only gains 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
-from django.core import signals
-from django.core.exceptions import RequestAborted
-from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.urls import set_script_prefix
+from django.core.handlers.asgi import ASGIHandler
 
 from tts import waiting
 from tts.conf import settings
@@ -70,8 +65,6 @@ class SyncChainASGIHandler(ASGIHandler):
         chain = self._middleware_chain
 
         def run_chain(request):
-            # Django sends it in a hop of its own before this one (see handle).
-            signals.request_started.send(sender=self.__class__, scope=request.scope)
             try:
                 return chain(request)
             finally:  # before request_finished, which would close it
@@ -96,61 +89,6 @@ class SyncChainASGIHandler(ASGIHandler):
             self.threads.give_back_once_idle(executor)
             raise
         self.threads.give_back(executor)  # handle() awaited every sync call it made
-
-    async def handle(self, scope, receive, send) -> None:
-        """Django 5.2's ``ASGIHandler.handle``, with ``request_started`` sent on the
-        request's thread as the middleware chain's one hop begins (run_chain), instead of
-        in a hop of its own before it: Django's ``asend`` takes the signal's sync
-        receivers (the connection's age and health check, the query log's reset) to the
-        thread and back, through two tasks, on every request's way to its view (P66). They
-        still run on the request's thread, before the middleware and the view. A request
-        Django answers without a view (a body over its limit) sends it as Django does."""
-        try:
-            body_file = await self.read_body(receive)
-        except RequestAborted:
-            return
-        set_script_prefix(get_script_prefix(scope))
-        request, error_response = self.create_request(scope, body_file)
-        if request is None:
-            await signals.request_started.asend(sender=self.__class__, scope=scope)
-            body_file.close()
-            await self.send_response(error_response, send)
-            await sync_to_async(error_response.close)()
-            return
-
-        async def process_request(request, send):
-            response = await self.run_get_response(request)
-            with contextlib.suppress(asyncio.CancelledError):  # the client went meanwhile
-                await self.send_response(response, send)
-            return response
-
-        # From here on Django's own, unchanged: a disconnect while the response is made
-        # cancels it (the listener goes first: it raises nothing unexpected).
-        tasks = [
-            asyncio.create_task(self.listen_for_disconnect(receive)),
-            asyncio.create_task(process_request(request, send)),
-        ]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done():
-                try:
-                    task.result()
-                except RequestAborted:
-                    pass
-                except AssertionError:
-                    body_file.close()
-                    raise
-            else:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        try:
-            response = tasks[1].result()
-        except asyncio.CancelledError:
-            await signals.request_finished.asend(sender=self.__class__)
-        else:
-            await sync_to_async(response.close)()
-        body_file.close()
 
 
 def get_asgi_application() -> ASGIHandler:

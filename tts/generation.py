@@ -69,7 +69,7 @@ def session_steps(
 
 
 # The longest first segment (ms) after which the `running` status may still wait for the
-# first chunk; see session_generate. Per voice, the worker's last one (not from the cache).
+# first chunk; see session_steps. Per voice, the worker's last one (not from the cache).
 RUNNING_WITH_FIRST_CHUNK_MS = 50
 _first_segment_ms: dict[str, int] = {}
 # Per voice, what its segments cost this worker's engine (tts.pacing): each live chunk's
