@@ -1,6 +1,6 @@
 """Batch narration and deletion: plain functions for the admin and `manage.py narrate`.
 
-Every status transition still happens in ``tts.services``; these functions only decide
+Every status transition still goes through ``tts.services``; these functions only decide
 which service to call for many subjects at once, follow the sessions through the
 database (the source of truth), and clean up audio that nothing uses any more.
 

@@ -156,7 +156,7 @@ def broadcast_chunk(
     status: dict[str, Any] | None = None,
 ) -> None:
     """``wait``: return once Redis has it (or the send failed), not at once. ``status``:
-    a status frame for listeners to get first (see services.session_generate)."""
+    a status frame for listeners to get first (see generation.session_steps)."""
     _group_send(session_id, chunk_event(chunk_meta, pcm, status=status), wait=wait)
 
 

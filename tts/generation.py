@@ -2,8 +2,8 @@
 
 tts.services.session_run claims sessions and takes turns between them; each one's
 session_steps runs here. The audio comes from tts.synthesis (the cache, or the worker's
-engine thread) and goes to tts.storing (a writer thread per session); every status
-transition is a service's (tts.services).
+engine thread) and goes to tts.storing (a writer thread per session), whose last store
+completes the session; its other endings are services (tts.services).
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """Narration services: the only code that changes sessions and chunks.
 
-Every status transition happens here, through conditional updates, so that two
-workers (or a worker and a cancel) can never both win. Views, consumers, the
-worker consumer and commands parse input and call these functions.
+Every status transition happens through these functions, by conditional updates, so
+that two workers (or a worker and a cancel) can never both win. Views, consumers, the
+worker consumer and commands parse input and call them.
 
-A claimed session's chunks are made by tts.generation, on tts.synthesis (the audio)
-and tts.storing (the chunk rows, which advance the session only while its worker
-holds it); its endings are these services'.
+session_run hands each claimed session to tts.generation, which makes its chunks with
+tts.synthesis (the audio) and stores them with tts.storing: a store advances the
+session only while its worker holds it, and the last one completes it in the same
+transaction (storing.chunks_store, the one transition made there); a failure, a cancel
+or a completion with nothing left to store is one of the services below.
 """
 
 from __future__ import annotations
@@ -255,7 +257,7 @@ def session_dispatch(*, session_id: uuid.UUID) -> bool:
 
 def session_claim(*, session_id: uuid.UUID | str, worker: str) -> TTSSession | None:
     """queued -> running, atomically. None when someone else has it (or it is over).
-    session_generate, which follows every claim, tells listeners it is running."""
+    generation.session_steps, which follows every claim, tells listeners it is running."""
     claimed = _CLAIM.run(session_id=uuid.UUID(str(session_id)), worker=worker, now=timezone.now())
     return claimed[0] if claimed else None
 

@@ -2,7 +2,7 @@
 
 Two kinds of work borrow them: a web process's HTTP requests (``tts.asgi``: Django's
 handler would make a thread, and with it a connection, per request) and a worker's
-sessions' stores (``tts.services``: a thread and a connection per session). Both used to
+sessions' stores (``tts.storing``: a thread and a connection per session). Both used to
 pay for a thread and a connection each time; a lent thread keeps its connection as its
 process says (``tts.db``, ``CONN_MAX_AGE``).
 """
