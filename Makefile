@@ -36,11 +36,13 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 ## Benchmarks (docs/benchmarks.md): the real stack on loopback (bench/run.py; about 5 min),
-## then the engines alone (bench/engines.py; about 1.5 min). Short run:
+## then the engines alone (bench/engines.py; about 1.5 min) and the text cut alone
+## (bench/cut.py; seconds). Short run:
 ## make bench BENCH_ARGS=--quick ENGINES_ARGS=--skip-full-size
 bench: $(STAMP) system-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/engines.py $(ENGINES_ARGS) --json bench/results/engines-$$(date +%Y%m%d-%H%M%S).json
+	$(PY) bench/cut.py --json bench/results/cut-$$(date +%Y%m%d-%H%M%S).json
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache

@@ -589,7 +589,6 @@ def test_plain_sentences_end_where_pysbd_ends_them():
 @pytest.mark.parametrize(
     "block",
     [
-        'He said "stop." Then he left.',
         "Dr. Smith arrived. He sat down.",
         "It cost 3.5 pounds. Nobody paid.",
         "We met in 1999. It rained.",
@@ -604,12 +603,85 @@ def test_plain_sentences_end_where_pysbd_ends_them():
         "A line\nbroken. Here.",
         "Where?! Nowhere.",
         "   ",
+        '"Yes." "No." Then silence.',  # one quotation right after another
+        '"Stop" he said. Go.',  # closed without its own punctuation
+        '"Never closed. Then more.',
+        '“Mixed quotes." She left.',
+        '"Wait." he said. "Why?"  No.',
+        '"Go!" (quietly) she said.',
+        'It ended. "what?" he asked.',
     ],
 )
 def test_anything_but_plain_sentences_goes_to_pysbd(block):
     from tts.segmentation import _plain_sentence_ends
 
     assert _plain_sentence_ends(block) is None
+
+
+# Dialogue: quotations with their attributions, in the shapes fiction gives them.
+SPEAKERS = ["he said", "she said", "he asked", "she whispered", "said Tom", "Mara said", "I asked"]
+
+
+def _quotation(rng, opening: str, closing: str) -> str:
+    inner = " ".join(_plain_text(rng).strip() or "Yes." for _ in range(rng.randint(1, 2)))
+    if rng.random() < 0.3 and inner[-1] in ".!?":
+        inner = inner[:-1] + ","
+    return opening + inner + closing
+
+
+def _dialogue_text(rng) -> str:
+    opening, closing = rng.choice([('"', '"'), ('"', '"'), ("“", "”")])
+    pieces = []
+    for _ in range(rng.randint(1, 5)):
+        quotation, speaker = _quotation(rng, opening, closing), rng.choice(SPEAKERS)
+        pieces.append(
+            rng.choice(
+                [
+                    f"{quotation} {speaker}{rng.choice('.!,')}",
+                    quotation,
+                    f"{speaker.capitalize()}, {quotation}",
+                    f"{quotation} {speaker.capitalize()}.",
+                    _plain_text(rng).strip() or "Yes.",
+                ]
+            )
+        )
+    return " ".join(pieces) + rng.choice(["", "", " ", "\n\n"])
+
+
+def test_dialogue_ends_where_pysbd_ends_it():
+    """Generated dialogue (quotations closed by their own . ! ? or comma, attributions
+    before and after, capitals and lower case after a close): wherever the plain path
+    takes a block, it finds exactly pysbd's sentence ends."""
+    import random
+
+    from tts.segmentation import _plain_sentence_ends
+
+    rng, taken = random.Random(20261202), 0
+    for _ in range(3000):
+        text = _dialogue_text(rng)
+        ends = _plain_sentence_ends(text)
+        if ends is not None:
+            taken += 1
+            assert ends == _pysbd_cut(text), text
+    assert taken > 400
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        '"You came back," Mara said. She did not turn.',
+        '"Stop!" The man ran. "Now," he said. "Quickly!"',
+        '"Wait here. Do not move," he said. She waited.',
+        '"Is it? Really?" she asked. It was.',
+        'It was late. "Go home," she said.',
+        'She whispered, "Yes." Then silence.',
+        "“Hello,” she said. “Come in.”\n\n",
+    ],
+)
+def test_dialogue_is_cut_without_pysbd_as_pysbd_cuts_it(block):
+    from tts.segmentation import _plain_sentence_ends
+
+    assert _plain_sentence_ends(block) == _pysbd_cut(block)
 
 
 def test_paragraphs_of_plain_sentences_never_go_to_pysbd(monkeypatch):
@@ -656,15 +728,15 @@ def test_a_long_text_of_plain_sentences_never_goes_to_pysbd(monkeypatch):
 
 def test_pysbds_cut_of_a_block_is_kept_for_the_next_text_that_holds_it(monkeypatch):
     """A scene played again after an edit of one paragraph: only that paragraph goes to
-    pysbd again (a quote keeps every paragraph off the plain path)."""
-    paragraphs = [f'"Paragraph {n}," she said. It rained on the {n} boats.' for n in range(6)]
+    pysbd again ("Mr." keeps every paragraph off the plain path)."""
+    paragraphs = [f"Mr. Gray counted {n} boats, she said. It rained on them." for n in range(6)]
     text = "\n\n".join(paragraphs)
     first = segment_text(text)
     from tests.conftest import record_calls
 
     asked = record_calls(monkeypatch, segmentation, "_block_sentence_ends")  # the blocks
     assert segment_text(text) == first and asked == []  # all kept
-    paragraphs[3] = '"Paragraph three," she said. It rained on the boats.'
+    paragraphs[3] = "Mr. Gray counted three boats, she said. It rained on them."
     edited = segment_text("\n\n".join(paragraphs))
     assert [block.strip() for block in asked] == [paragraphs[3]]
     segmentation._pysbd_ends.cache_clear()
@@ -677,8 +749,9 @@ def test_segments_are_the_same_with_or_without_the_plain_path(monkeypatch):
     import random
 
     rng = random.Random(7)
-    texts = [_plain_text(rng) for _ in range(300)]
+    texts = [_plain_text(rng) for _ in range(300)] + [_dialogue_text(rng) for _ in range(300)]
     texts += [" ".join(_plain_text(rng) for _ in range(8)) + "\n\n" + _plain_text(rng)]
+    texts += [" ".join(_dialogue_text(rng) for _ in range(12))]  # past a block's length
     fast = [segment_text(text) for text in texts]
     monkeypatch.setattr(segmentation, "_plain_sentence_ends", lambda block: None)
     assert fast == [segment_text(text) for text in texts]

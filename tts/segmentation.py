@@ -252,7 +252,8 @@ def _pysbd_ends(block: str, language: str) -> tuple[int, ...]:
 
     pysbd takes about 5 ms per 1,000 characters, all before a session's first chunk can
     go out (its frame carries the count of chunks): 35 to 60 ms for a 20,000-character
-    scene of dialogue, or in a language the plain path does not know. A text is cut into
+    scene in a language the plain path does not know, or full of what it cannot take
+    (titles such as "Mr.", initials, brackets, "..."). A text is cut into
     blocks that never cross a paragraph's end, so a scene played again after an edit, or
     in another voice of its language, finds every paragraph but the edited ones here
     (in a worker that cut it before). At most 1,024 blocks of at most 1,000 characters.
@@ -321,17 +322,27 @@ def _last_match(pattern: re.Pattern[str], text: str, start: int, end: int) -> re
 
 
 # English blocks of plain sentences skip pysbd, which costs about 0.5 ms for even two
-# short sentences (a hundred regular expressions run over the block), on every session's
-# way to first audio (docs/benchmarks.md, P47). Plain: letters, digits, spaces and , ; : '
-# - only, and every . ! ? alone, after a word of two letters or more that is none of
-# pysbd's abbreviations, and followed by the block's end (whitespace may follow it: a
-# paragraph's block ends with its blank line, a long text's after a sentence's space) or
-# by one space and a capital.
-# There pysbd ends a sentence at every . ! ? and nowhere else (tests/test_segmentation.py
-# compares the two on generated text); anything else (quotes, brackets, "...", numbers
-# or initials at a full stop, "Dr.", a lower-case word after a full stop) goes to pysbd.
-_PLAIN_BLOCK = re.compile(r"[A-Za-z0-9 ,;:'\-.!?]*")
+# short sentences (a hundred regular expressions run over the block), and 5 ms per 1,000
+# characters, on every session's way to first audio (docs/benchmarks.md, P47, P67).
+# Plain: letters, digits, spaces and , ; : ' - and double quotes only, the quotes paired
+# into quotations (below); every . ! ? outside a quotation, or closing one, alone (and
+# its quote), after a word of two letters or more that is none of pysbd's abbreviations,
+# and followed by the block's end (whitespace may follow it: a paragraph's block ends
+# with its blank line, a long text's after a sentence's space), by one space and a
+# capital, or, outside a quotation, by one space, a quotation's opening and a capital.
+# There pysbd ends a sentence at every such . ! ? and nowhere else, but for a quotation's
+# close before a lower-case word (tests/test_segmentation.py compares the two on
+# generated text and dialogue); anything else (brackets, "...", numbers or initials at a
+# full stop, "Dr.", a lower-case word after a full stop, single quotes around speech)
+# goes to pysbd.
+_PLAIN_BLOCK = re.compile(r"[A-Za-z0-9 ,;:'\-.!?\"“”]*")
 _PLAIN_END = re.compile(r"[.!?]")
+# A quotation as pysbd finds one: between two straight quotes, or a curly pair, with no
+# quote inside, and closed right after its own punctuation (pysbd may end a sentence at
+# a quotation closed without it).
+_QUOTATION = re.compile(r'"[^"“”]*[.!?,]"|“[^"“”]*[.!?,]”')
+_QUOTE = re.compile(r'["“”]')
+_OPENING_QUOTES = '"“'
 if pysbd is not None:
     from pysbd.lang.english import English as _English
 
@@ -348,22 +359,43 @@ else:  # pragma: no cover
 
 
 def _plain_sentence_ends(block: str) -> list[int] | None:
-    """`_block_sentence_ends` for a block of plain English sentences; None otherwise."""
+    """`_block_sentence_ends` for a block of plain English sentences, dialogue in double
+    quotes included; None for anything it cannot be sure to cut as pysbd does.
+
+    pysbd keeps a quotation whole: a sentence ends at its close, when the close follows
+    the quotation's own end mark and the next word is capitalized (`"Wait." He left.`);
+    before a lowercase word the sentence goes on (`"Wait!" she said.`)."""
     tail = len(block.rstrip())  # a paragraph's block ends with its blank line
     if pysbd is None or not tail or not _PLAIN_BLOCK.fullmatch(block, 0, tail):
         return None
+    quotations = [match.span() for match in _QUOTATION.finditer(block, 0, tail)]
+    if len(_QUOTE.findall(block, 0, tail)) != 2 * len(quotations):
+        return None  # a quote unpaired, or closing a quotation without its punctuation
+    closes = {stop - 1 for _, stop in quotations}
     ends = []
-    for match in _PLAIN_END.finditer(block):
+    for match in _PLAIN_END.finditer(block, 0, tail):
         at = match.start()
-        after = block[at + 1 : at + 3]
-        if at + 1 < tail and not (len(after) == 2 and after[0] == " " and after[1].isupper()):
-            return None
-        word = block[block.rfind(" ", 0, at) + 1 : at]
+        end = at + 1
+        closing = end in closes
+        if not closing and any(start < at < stop for start, stop in quotations):
+            continue  # within a quotation
+        if closing:
+            end += 1
+        if end < tail:
+            if block[end] != " ":
+                return None
+            following = block[end + 1 : end + 3]  # what starts the next sentence, if any
+            if closing and following[:1].islower():
+                continue  # '"Wait!" she said.': one sentence
+            opening = not closing and following[:1] in ('"', "“") and following[1:2].isupper()
+            if not (following[:1].isupper() or opening):
+                return None
+        word = block[block.rfind(" ", 0, at) + 1 : at].lstrip(_OPENING_QUOTES)
         if len(word) < 2 or not word.isalpha():
             return None
         if block[at] == "." and word.lower() in _ABBREVIATIONS:
             return None
-        ends.append(at + 1)
+        ends.append(end)
     if not ends or ends[-1] < tail:
         ends.append(tail)
     return ends

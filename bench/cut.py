@@ -1,0 +1,111 @@
+"""The cut of a text into segments, alone: what a session pays before its first chunk.
+
+    python bench/cut.py [--repeats 15] [--json out.json]
+
+A session's first chunk goes out once its whole text is cut (its frame carries the count
+of chunks). English blocks of plain sentences and dialogue take the plain path; the rest
+goes to pysbd, about 5 ms per 1,000 characters (tts/segmentation.py, docs/benchmarks.md,
+P47, P60, P67). Each figure is the median of ``--repeats`` cuts, pysbd's kept blocks
+cleared before each (a text cut for the first time), after one cut that warms pysbd up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.texts import TextSource, sentences  # noqa: E402
+
+SPEAKERS = ["she said", "he asked", "said the keeper", "Mara said", "he whispered"]
+
+
+def dialogue(chars: int, source: TextSource) -> str:
+    """A scene of talk: quotations with attributions, a paragraph each, as fiction has them."""
+    paragraphs: list[str] = []
+    while sum(len(p) + 2 for p in paragraphs) < chars:
+        n = len(paragraphs)
+        first, second = source.sentence(), source.sentence(long=n % 2 == 1)
+        speaker = SPEAKERS[n % len(SPEAKERS)]
+        shapes = [
+            f'"{first[:-1]}," {speaker}. "{second}"',
+            f'"{first}" {speaker.capitalize()}. {second}',
+            f'{second} "{first[:-1]}?" {speaker}.',
+            f'"{first} {second}"',
+        ]
+        paragraphs.append(shapes[n % len(shapes)])
+    return "\n\n".join(paragraphs)
+
+
+def texts() -> dict[str, tuple[str, str]]:
+    """name -> (language, text)."""
+    source = TextSource(seed=11)
+    titled = " ".join(
+        f"Mr. Gray saw that {s[0].lower()}{s[1:]}" for s in sentences(source.long(2_000))
+    )
+    spanish = " ".join(
+        f"El guardián del faro número {n} subió la escalera al anochecer. ¿Vendría la tormenta?"
+        for n in range(250)
+    )
+    return {
+        "plain, 2,000 chars": ("en", source.long(2_000)),
+        "plain, 20,000 chars": ("en", source.long(20_000)),
+        "dialogue, 2,500 chars": ("en", dialogue(2_500, source)),
+        "dialogue, 20,000 chars": ("en", dialogue(20_000, source)),
+        "titles (pysbd), 2,000 chars": ("en", titled),
+        "Spanish (pysbd), 20,000 chars": ("es", spanish[:20_000]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    from tts import segmentation
+
+    rows = []
+    for name, (language, text) in texts().items():
+        segmentation.warm_up(language)
+        times, plain_blocks, blocks = [], 0, 0
+        for _ in range(args.repeats):
+            segmentation._pysbd_ends.cache_clear()
+            started = time.perf_counter()
+            segments = segmentation.segment_text(text, language=language)
+            times.append((time.perf_counter() - started) * 1000)
+        for start, end, _ in segmentation._blocks(segmentation._Source(text)):
+            blocks += 1
+            plain_blocks += segmentation._plain_sentence_ends(text[start:end]) is not None
+        rows.append(
+            {
+                "text": name,
+                "chars": len(text),
+                "segments": len(segments),
+                "blocks without pysbd": f"{plain_blocks}/{blocks}" if language == "en" else "-",
+                "cut ms p50": round(statistics.median(times), 2),
+                "cut ms max": round(max(times), 2),
+            }
+        )
+    widths = {key: max(len(key), *(len(str(row[key])) for row in rows)) for key in rows[0]}
+    print("  ".join(key.ljust(width) for key, width in widths.items()))
+    for row in rows:
+        print("  ".join(str(row[key]).ljust(width) for key, width in widths.items()))
+    if args.json:
+        machine = {"python": platform.python_version(), "cpus": os.cpu_count()}
+        args.json.write_text(json.dumps({"machine": machine, "cut": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
