@@ -60,7 +60,7 @@ def texts() -> dict[str, tuple[str, str]]:
         "plain, 20,000 chars": ("en", source.long(20_000)),
         "dialogue, 2,500 chars": ("en", dialogue(2_500, source)),
         "dialogue, 20,000 chars": ("en", dialogue(20_000, source)),
-        "titles (pysbd), 2,000 chars": ("en", titled),
+        "titles, 2,000 chars": ("en", titled),
         "Spanish (pysbd), 20,000 chars": ("es", spanish[:20_000]),
     }
 

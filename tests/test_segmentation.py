@@ -589,7 +589,6 @@ def test_plain_sentences_end_where_pysbd_ends_them():
 @pytest.mark.parametrize(
     "block",
     [
-        "Dr. Smith arrived. He sat down.",
         "It cost 3.5 pounds. Nobody paid.",
         "We met in 1999. It rained.",
         "Bring fruit, e.g. apples. And bread.",
@@ -619,7 +618,10 @@ def test_anything_but_plain_sentences_goes_to_pysbd(block):
 
 
 # Dialogue: quotations with their attributions, in the shapes fiction gives them.
-SPEAKERS = ["he said", "she said", "he asked", "she whispered", "said Tom", "Mara said", "I asked"]
+SPEAKERS = [
+    *("he said", "she said", "he asked", "she whispered", "said Tom", "Mara said", "I asked"),
+    *("said Mr. Gray", "Dr. Lee asked", "said the St. Ives ferryman", "Mrs. Hale said"),
+]
 
 
 def _quotation(rng, opening: str, closing: str) -> str:
@@ -650,8 +652,8 @@ def _dialogue_text(rng) -> str:
 
 def test_dialogue_ends_where_pysbd_ends_it():
     """Generated dialogue (quotations closed by their own . ! ? or comma, attributions
-    before and after, capitals and lower case after a close): wherever the plain path
-    takes a block, it finds exactly pysbd's sentence ends."""
+    before and after, with titles, capitals and lower case after a close): wherever the
+    plain path takes a block, it finds exactly pysbd's sentence ends."""
     import random
 
     from tts.segmentation import _plain_sentence_ends
@@ -676,9 +678,13 @@ def test_dialogue_ends_where_pysbd_ends_it():
         'It was late. "Go home," she said.',
         'She whispered, "Yes." Then silence.',
         "“Hello,” she said. “Come in.”\n\n",
+        "Mr. Gray came. He sat.",  # a title: never a sentence's end
+        "It was Dr. Lee who came. Mrs. Hale left.",
+        "He met the Dr. Then he left.",
+        '"Mr. Gray," she said. He sat.',
     ],
 )
-def test_dialogue_is_cut_without_pysbd_as_pysbd_cuts_it(block):
+def test_dialogue_and_titles_are_cut_without_pysbd_as_pysbd_cuts_them(block):
     from tts.segmentation import _plain_sentence_ends
 
     assert _plain_sentence_ends(block) == _pysbd_cut(block)
@@ -728,15 +734,15 @@ def test_a_long_text_of_plain_sentences_never_goes_to_pysbd(monkeypatch):
 
 def test_pysbds_cut_of_a_block_is_kept_for_the_next_text_that_holds_it(monkeypatch):
     """A scene played again after an edit of one paragraph: only that paragraph goes to
-    pysbd again ("Mr." keeps every paragraph off the plain path)."""
-    paragraphs = [f"Mr. Gray counted {n} boats, she said. It rained on them." for n in range(6)]
+    pysbd again (an initial keeps every paragraph off the plain path)."""
+    paragraphs = [f"J. Gray counted {n} boats, she said. It rained on them." for n in range(6)]
     text = "\n\n".join(paragraphs)
     first = segment_text(text)
     from tests.conftest import record_calls
 
     asked = record_calls(monkeypatch, segmentation, "_block_sentence_ends")  # the blocks
     assert segment_text(text) == first and asked == []  # all kept
-    paragraphs[3] = "Mr. Gray counted three boats, she said. It rained on them."
+    paragraphs[3] = "J. Gray counted three boats, she said. It rained on them."
     edited = segment_text("\n\n".join(paragraphs))
     assert [block.strip() for block in asked] == [paragraphs[3]]
     segmentation._pysbd_ends.cache_clear()

@@ -253,7 +253,7 @@ def _pysbd_ends(block: str, language: str) -> tuple[int, ...]:
     pysbd takes about 5 ms per 1,000 characters, all before a session's first chunk can
     go out (its frame carries the count of chunks): 35 to 60 ms for a 20,000-character
     scene in a language the plain path does not know, or full of what it cannot take
-    (titles such as "Mr.", initials, brackets, "..."). A text is cut into
+    (initials, abbreviations other than titles, brackets, "..."). A text is cut into
     blocks that never cross a paragraph's end, so a scene played again after an edit, or
     in another voice of its language, finds every paragraph but the edited ones here
     (in a worker that cut it before). At most 1,024 blocks of at most 1,000 characters.
@@ -268,7 +268,7 @@ def warm_up(language: str) -> None:
     segment_text(_WARM_UP_TEXT, language=language)
 
 
-_WARM_UP_TEXT = '"Ready," she said. Mr. Gray nodded.'
+_WARM_UP_TEXT = '"Ready," she said (twice). J. R. Gray nodded.'
 
 
 def _language_code(language: str) -> str:
@@ -327,14 +327,15 @@ def _last_match(pattern: re.Pattern[str], text: str, start: int, end: int) -> re
 # Plain: letters, digits, spaces and , ; : ' - and double quotes only, the quotes paired
 # into quotations (below); every . ! ? outside a quotation, or closing one, alone (and
 # its quote), after a word of two letters or more that is none of pysbd's abbreviations,
+# but for a title's full stop before a space ("Mr. Gray"), which never ends a sentence,
 # and followed by the block's end (whitespace may follow it: a paragraph's block ends
 # with its blank line, a long text's after a sentence's space), by one space and a
 # capital, or, outside a quotation, by one space, a quotation's opening and a capital.
 # There pysbd ends a sentence at every such . ! ? and nowhere else, but for a quotation's
 # close before a lower-case word (tests/test_segmentation.py compares the two on
-# generated text and dialogue); anything else (brackets, "...", numbers or initials at a
-# full stop, "Dr.", a lower-case word after a full stop, single quotes around speech)
-# goes to pysbd.
+# generated text, dialogue and titles); anything else (brackets, "...", numbers or
+# initials at a full stop, "etc.", a lower-case word after a full stop, single quotes
+# around speech) goes to pysbd.
 _PLAIN_BLOCK = re.compile(r"[A-Za-z0-9 ,;:'\-.!?\"“”]*")
 _PLAIN_END = re.compile(r"[.!?]")
 # A quotation as pysbd finds one: between two straight quotes, or a curly pair, with no
@@ -354,8 +355,9 @@ if pysbd is not None:
             *_English.Abbreviation.NUMBER_ABBREVIATIONS,
         )
     )
+    _TITLES = frozenset(word.lower() for word in _English.Abbreviation.PREPOSITIVE_ABBREVIATIONS)
 else:  # pragma: no cover
-    _ABBREVIATIONS = frozenset()
+    _ABBREVIATIONS = _TITLES = frozenset()
 
 
 def _plain_sentence_ends(block: str) -> list[int] | None:
@@ -368,9 +370,9 @@ def _plain_sentence_ends(block: str) -> list[int] | None:
     tail = len(block.rstrip())  # a paragraph's block ends with its blank line
     if pysbd is None or not tail or not _PLAIN_BLOCK.fullmatch(block, 0, tail):
         return None
-    quotations = [match.span() for match in _QUOTATION.finditer(block, 0, tail)]
-    if len(_QUOTE.findall(block, 0, tail)) != 2 * len(quotations):
-        return None  # a quote unpaired, or closing a quotation without its punctuation
+    quotations = _quotations(block, tail)
+    if quotations is None:
+        return None
     closes = {stop - 1 for _, stop in quotations}
     ends = []
     for match in _PLAIN_END.finditer(block, 0, tail):
@@ -379,6 +381,9 @@ def _plain_sentence_ends(block: str) -> list[int] | None:
         closing = end in closes
         if not closing and any(start < at < stop for start, stop in quotations):
             continue  # within a quotation
+        word = block[block.rfind(" ", 0, at) + 1 : at].lstrip(_OPENING_QUOTES)
+        if block[at] == "." and word.lower() in _TITLES and block[end : end + 1] == " ":
+            continue  # "Mr. Gray": pysbd never ends a sentence after a title and a space
         if closing:
             end += 1
         if end < tail:
@@ -390,7 +395,6 @@ def _plain_sentence_ends(block: str) -> list[int] | None:
             opening = not closing and following[:1] in ('"', "“") and following[1:2].isupper()
             if not (following[:1].isupper() or opening):
                 return None
-        word = block[block.rfind(" ", 0, at) + 1 : at].lstrip(_OPENING_QUOTES)
         if len(word) < 2 or not word.isalpha():
             return None
         if block[at] == "." and word.lower() in _ABBREVIATIONS:
@@ -399,6 +403,16 @@ def _plain_sentence_ends(block: str) -> list[int] | None:
     if not ends or ends[-1] < tail:
         ends.append(tail)
     return ends
+
+
+def _quotations(block: str, tail: int) -> list[tuple[int, int]] | None:
+    """The (start, stop) of each quotation in ``block[:tail]``, or None when a quote is
+    not part of one (unpaired, mixed, or closing a quotation without its punctuation).
+    Every quote in one: pysbd pairs straight quotes in turns, so these pairs are its own."""
+    quotations = [match.span() for match in _QUOTATION.finditer(block, 0, tail)]
+    if len(_QUOTE.findall(block, 0, tail)) != 2 * len(quotations):
+        return None
+    return quotations
 
 
 def _block_sentence_ends(block: str, segmenter: Any) -> list[int]:
