@@ -569,21 +569,26 @@ def _pysbd_cut(block: str) -> list[int]:
     return segmentation._block_sentence_ends(block, segmentation._pysbd_segmenter("en"))
 
 
-def test_plain_sentences_end_where_pysbd_ends_them():
-    """Generated sentences full of abbreviations, numbers, commas and apostrophes: wherever
-    the plain path takes a block, it finds exactly pysbd's sentence ends."""
+def _taken_as_pysbd_cuts(generate, seed: int, texts: int = 3000) -> int:
+    """How many of the generated texts the plain path takes; it must cut each exactly as
+    pysbd does."""
     import random
 
-    from tts.segmentation import _plain_sentence_ends
-
-    rng, taken = random.Random(20261201), 0
-    for _ in range(3000):
-        text = _plain_text(rng)
-        ends = _plain_sentence_ends(text)
+    rng, taken = random.Random(seed), 0
+    for _ in range(texts):
+        text = generate(rng)
+        ends = segmentation._plain_sentence_ends(text)
         if ends is not None:
             taken += 1
             assert ends == _pysbd_cut(text), text
-    assert taken > 500  # the plain path was tried often enough to mean something
+    return taken
+
+
+def test_plain_sentences_end_where_pysbd_ends_them():
+    """Generated sentences full of abbreviations, numbers, commas and apostrophes: wherever
+    the plain path takes a block, it finds exactly pysbd's sentence ends."""
+    # (and it took enough of them for that to mean something)
+    assert _taken_as_pysbd_cuts(_plain_text, seed=20261201) > 500
 
 
 @pytest.mark.parametrize(
@@ -654,18 +659,7 @@ def test_dialogue_ends_where_pysbd_ends_it():
     """Generated dialogue (quotations closed by their own . ! ? or comma, attributions
     before and after, with titles, capitals and lower case after a close): wherever the
     plain path takes a block, it finds exactly pysbd's sentence ends."""
-    import random
-
-    from tts.segmentation import _plain_sentence_ends
-
-    rng, taken = random.Random(20261202), 0
-    for _ in range(3000):
-        text = _dialogue_text(rng)
-        ends = _plain_sentence_ends(text)
-        if ends is not None:
-            taken += 1
-            assert ends == _pysbd_cut(text), text
-    assert taken > 400
+    assert _taken_as_pysbd_cuts(_dialogue_text, seed=20261202) > 400
 
 
 @pytest.mark.parametrize(
