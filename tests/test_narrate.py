@@ -165,7 +165,16 @@ def start_narrate(*args: str, env: dict) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_as_at_a_terminal,
     )
+
+
+def _as_at_a_terminal() -> None:
+    """In the command's process: Ctrl-C interrupts it, as it does a command run at a
+    terminal, also when the suite itself runs in the background (a shell starts a
+    background job with SIGINT ignored, every process under it inherits that, and Python
+    then leaves it ignored: the command ran to its end, deaf to the test's Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # --- Selection ----------------------------------------------------------------------------
