@@ -74,6 +74,7 @@ TIMED = {
         "session_create",
         "session_dispatch",
         "session_frame",
+        "chunk_meta",
         "session_get",
     ],
     "tts.generation": ["get_voice"],
@@ -85,7 +86,7 @@ TIMED = {
         "segment_text",
         "audio_key",
     ],
-    "tts.storing": ["chunk_row", "chunks_store", "chunk_meta"],
+    "tts.storing": ["chunk_row", "chunks_store"],
     "tts.broadcast": ["broadcast_chunk", "broadcast_status", "broadcast_done", "dispatch_generate"],
     "tts.limits": ["check_rate_limit", "check_active_limit", "record_creation"],
     # web

@@ -254,7 +254,7 @@ async def test_a_live_chunk_after_a_gap_is_preceded_by_the_missing_chunks_from_s
             )
             row = storing.chunk_row(claimed.id, seq, segments[seq], audio)
             assert storing.chunk_store(session=claimed, chunk=row, audio=audio, worker=worker)
-            meta = storing.chunk_meta(row, total_chunks=len(segments))
+            meta = services.chunk_meta(row, total_chunks=len(segments))
             chunks.append((meta, audio.pcm))
         broadcast.flush()  # the claim's status event goes out before the chunks below
         return chunks

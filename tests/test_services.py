@@ -119,11 +119,11 @@ def test_a_chunk_read_back_while_its_session_runs_carries_what_is_left_of_its_ho
     session = create(text="One sentence. Another one. And a third.")
     made = store_held_chunks(session.id, [3000, 500, None], age_ms=1200)
 
-    left = [storing.chunk_meta(c, session_running=True).get("cushion_ms") for c in chunks(session)]
+    left = [services.chunk_meta(c, session_running=True).get("cushion_ms") for c in chunks(session)]
     low, high = hold_left_bounds(3000, made, 1200)
     assert low <= left[0] <= high  # 3000 less the 1.2 s (and this test's own time) since
     assert left[1:] == [0, None]  # long due; a chunk stored without a hold has none
-    assert all("cushion_ms" not in storing.chunk_meta(c) for c in chunks(session))
+    assert all("cushion_ms" not in services.chunk_meta(c) for c in chunks(session))
 
 
 def chunks(session) -> list[TTSChunk]:

@@ -246,7 +246,7 @@ class _Run:
         """Chunk ``seq``'s row and event, with its hold; broadcast now when every chunk
         before it is stored, else by the writer once they are; queued for storage."""
         row = storing.chunk_row(self.session.id, seq, self.segments[seq], audio)  # made now
-        meta = storing.chunk_meta(row, total_chunks=self.total)
+        meta = services.chunk_meta(row, total_chunks=self.total)
         spent = None if audio.cached else audio.engine_ms
         self.pace.made(seq, duration_ms=row.duration_ms, engine_ms=spent)
         if spent is not None:

@@ -36,7 +36,7 @@ def stored_chunks(
     """Up to BATCH stored chunks with after < seq < before, in seq order."""
     before = _NO_SEQ if before is None else before
     rows = _STORED.run(session_id=session_id, after=after, before=before)
-    from tts.storing import chunk_meta
+    from tts.services import chunk_meta
 
     out = []
     for *fields, total, status, pcm in rows:

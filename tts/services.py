@@ -38,6 +38,7 @@ from tts.conf import settings
 from tts.engines import EngineUnavailable, Voice, get_engine
 from tts.errors import Conflict, InvalidInput, NotFound
 from tts.models import SessionStatus, TTSChunk, TTSSession
+from tts.pacing import cushion_left
 from tts.scheduling import Schedule
 from tts.segmentation import VERSION as SEGMENTATION_VERSION
 from tts.validation import clean_text
@@ -580,6 +581,32 @@ def done_frame(session_id: uuid.UUID, *, total_chunks: int, duration_ms: int) ->
         "duration_ms": duration_ms,
         "audio_url": f"/api/tts/sessions/{session_id}/audio.wav",
     }
+
+
+def chunk_meta(
+    chunk: TTSChunk, *, total_chunks: int | None = None, session_running: bool = False
+) -> dict:
+    """The `chunk` frame's fields (plus sample_rate, so a client can decode it).
+    ``total_chunks``: the session's count when the caller has it (no read of the session).
+    ``session_running``: the chunk is read back while its session is still being narrated;
+    it then carries what is left of the hold it went out live with (tts.pacing.cushion_left;
+    the worker's clock against this one's: hosts keep their clocks in step, docs/deployment.md)."""
+    if total_chunks is None and chunk.session_id:
+        total_chunks = chunk.session.total_chunks
+    meta = {
+        "seq": chunk.seq,
+        "text": chunk.text,
+        "char_start": chunk.char_start,
+        "char_end": chunk.char_end,
+        "samples": chunk.samples,
+        "sample_rate": chunk.sample_rate,
+        "duration_ms": chunk.duration_ms,
+        "total_chunks": total_chunks,
+    }
+    if session_running and chunk.cushion_ms is not None:
+        age = (timezone.now() - chunk.created_at).total_seconds() * 1000
+        meta["cushion_ms"] = cushion_left(chunk.cushion_ms, age)
+    return meta
 
 
 def can_access(session: TTSSession, owner: Owner) -> bool:

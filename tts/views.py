@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from tts import health, services, storing
+from tts import health, services
 from tts.audio import wav_bytes, wav_header
 from tts.conf import settings
 from tts.errors import (
@@ -188,7 +188,7 @@ def session_detail(request: HttpRequest, session_id: uuid.UUID) -> JsonResponse:
             "real_time_factor": session.real_time_factor,
             "duration_ms": session.audio_ms,
             "chunks": [
-                storing.chunk_meta(chunk, total_chunks=total, session_running=running)
+                services.chunk_meta(chunk, total_chunks=total, session_running=running)
                 for chunk in chunks
             ],
             **session_urls(request, session),
