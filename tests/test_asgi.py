@@ -63,7 +63,7 @@ async def test_a_request_goes_to_a_thread_once_for_all_the_middleware(thread_hop
     assert len(thread_hops) == 3, thread_hops
 
 
-async def test_request_started_is_sent_on_the_requests_thread_right_before_its_chain():
+async def test_request_started_is_sent_on_the_requests_thread_before_its_view():
     import threading
 
     from django.core.signals import request_started

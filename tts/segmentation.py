@@ -392,7 +392,7 @@ def _plain_sentence_ends(block: str) -> list[int] | None:
             following = block[end + 1 : end + 3]  # what starts the next sentence, if any
             if closing and following[:1].islower():
                 continue  # '"Wait!" she said.': one sentence
-            opening = not closing and following[:1] in ('"', "“") and following[1:2].isupper()
+            opening = not closing and following[:1] in _OPENING_QUOTES and following[1:2].isupper()
             if not (following[:1].isupper() or opening):
                 return None
         if len(word) < 2 or not word.isalpha():
