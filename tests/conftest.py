@@ -6,6 +6,7 @@ PostgreSQL)."""
 from __future__ import annotations
 
 import atexit
+import copy
 import os
 import uuid
 from pathlib import Path
@@ -129,6 +130,18 @@ def live_stack(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture
+def private_channel_layer(request, settings):
+    """Dispatches go to a prefix no worker listens on (unless the test wants the workers,
+    live_stack), so that a session a test runs in-process is not claimed first by the
+    worker of the live stack that an earlier test in the run started."""
+    if "live_stack" in request.fixturenames:
+        return
+    layers = copy.deepcopy(settings.CHANNEL_LAYERS)
+    layers["default"]["CONFIG"]["prefix"] = f"private{uuid.uuid4().hex[:8]}"
+    settings.CHANNEL_LAYERS = layers
+
+
+@pytest.fixture
 def thread_hops(monkeypatch):
     """Every trip from the event loop to a thread (asgiref's sync_to_async), by name."""
     from asgiref.sync import SyncToAsync
@@ -209,6 +222,28 @@ def _close_connections_before_the_drop(django_db_setup, django_db_blocker):
                 connection.close_pool()
 
 
+def store_first_chunks(session_id, count: int, *, worker: str, adjust=None) -> tuple[list, int]:
+    """Claim the session and store its first ``count`` chunks as ``worker`` would, one by
+    one (``adjust``: called with each row and its seq before it is stored). Returns each
+    chunk's (row, audio) and the session's count of segments."""
+    from tts import services, storing, synthesis
+
+    session = services.session_claim(session_id=session_id, worker=worker)
+    voice = services.voice_resolve(voice_id=session.voice)
+    segments = synthesis.session_segments(session=session, voice=voice)
+    stored = []
+    for seq in range(count):
+        audio = synthesis.segment_audio(
+            segment=segments[seq], voice=voice, engine_model=session.model
+        )
+        row = storing.chunk_row(session.id, seq, segments[seq], audio)
+        if adjust is not None:
+            adjust(row, seq)
+        assert storing.chunk_store(session=session, chunk=row, audio=audio, worker=worker)
+        stored.append((row, audio))
+    return stored, len(segments)
+
+
 def store_held_chunks(session_id, holds: list[int | None], *, age_ms: float) -> object:
     """Claim the session and store its first ``len(holds)`` chunks as a worker would, each
     made ``age_ms`` ago with the hold it went out live with (None: none). Returns when
@@ -217,18 +252,12 @@ def store_held_chunks(session_id, holds: list[int | None], *, age_ms: float) -> 
 
     from django.utils import timezone
 
-    from tts import services, storing, synthesis
-
-    worker = "held-test"
-    session = services.session_claim(session_id=session_id, worker=worker)
-    voice = services.voice_resolve(voice_id=session.voice)
-    segments = synthesis.session_segments(session=session, voice=voice)
     made = timezone.now() - timedelta(milliseconds=age_ms)
-    for seq, hold in enumerate(holds):
-        audio = synthesis.segment_audio(segment=segments[seq], voice=voice)
-        row = storing.chunk_row(session.id, seq, segments[seq], audio)
-        row.cushion_ms, row.created_at = hold, made
-        assert storing.chunk_store(session=session, chunk=row, audio=audio, worker=worker)
+
+    def held(row, seq: int) -> None:
+        row.cushion_ms, row.created_at = holds[seq], made
+
+    store_first_chunks(session_id, len(holds), worker="held-test", adjust=held)
     return made
 
 

@@ -10,7 +10,9 @@ from django.test import Client
 
 from tts.models import SessionStatus, TTSSession
 
-pytestmark = pytest.mark.django_db
+# A session posted here and run in this process would be the live stack's worker's, in
+# a run where an earlier test started that stack.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("private_channel_layer")]
 
 
 def post(client: Client, body, content_type: str = "application/json"):

@@ -15,7 +15,8 @@ from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 
 from config.asgi import application
-from tts import broadcast, generation, services, storing, synthesis
+from tests.conftest import store_first_chunks
+from tts import broadcast, generation, services
 from tts.services import Owner
 
 pytestmark = [
@@ -243,19 +244,10 @@ async def test_a_live_chunk_after_a_gap_is_preceded_by_the_missing_chunks_from_s
 
     @sync_to_async
     def store_three_chunks():
-        worker = "gap-test"
-        claimed = services.session_claim(session_id=session.id, worker=worker)
-        voice = services.voice_resolve(voice_id=claimed.voice)
-        segments = synthesis.session_segments(session=claimed, voice=voice)
-        chunks = []
-        for seq in range(3):
-            audio = synthesis.segment_audio(
-                segment=segments[seq], voice=voice, engine_model=claimed.model
-            )
-            row = storing.chunk_row(claimed.id, seq, segments[seq], audio)
-            assert storing.chunk_store(session=claimed, chunk=row, audio=audio, worker=worker)
-            meta = services.chunk_meta(row, total_chunks=len(segments))
-            chunks.append((meta, audio.pcm))
+        stored, total = store_first_chunks(session.id, 3, worker="gap-test")
+        chunks = [
+            (services.chunk_meta(row, total_chunks=total), audio.pcm) for row, audio in stored
+        ]
         broadcast.flush()  # the claim's status event goes out before the chunks below
         return chunks
 
@@ -290,12 +282,7 @@ async def test_a_chunk_broadcast_before_this_listener_joined_arrives_once_it_is_
 
     @sync_to_async
     def store_first_chunk() -> bytes:
-        claimed = services.session_claim(session_id=session.id, worker="late")
-        voice = services.voice_resolve(voice_id=claimed.voice)
-        segment = synthesis.session_segments(session=claimed, voice=voice)[0]
-        audio = synthesis.segment_audio(segment=segment, voice=voice, engine_model=claimed.model)
-        row = storing.chunk_row(claimed.id, 0, segment, audio)
-        assert storing.chunk_store(session=claimed, chunk=row, audio=audio, worker="late")
+        [(_, audio)], _ = store_first_chunks(session.id, 1, worker="late")
         return audio.pcm
 
     from channels.layers import get_channel_layer

@@ -3,14 +3,12 @@ an interrupted or killed run. The real espeak engine; scenes made in each test."
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import signal
 import subprocess
 import sys
 import time
-import uuid
 import wave
 from datetime import timedelta
 from io import StringIO
@@ -21,8 +19,8 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from scenes.models import Scene, Story
-from tests.conftest import stack_env
-from tts import batch, services, storing, synthesis
+from tests.conftest import stack_env, store_first_chunks
+from tts import batch, services
 from tts.engines import EngineError, get_engine
 from tts.models import AudioBlob, SessionStatus, TTSChunk, TTSSession
 
@@ -62,14 +60,8 @@ printf '%s' "$text" | espeak-ng "$@"
 
 
 @pytest.fixture(autouse=True)
-def _private_channel_layer(request, settings):
-    """Dispatches go to a prefix no worker listens on (unless the test wants the workers),
-    so that in-process runs really run in this process."""
-    if "live_stack" in request.fixturenames:
-        return
-    layers = copy.deepcopy(settings.CHANNEL_LAYERS)
-    layers["default"]["CONFIG"]["prefix"] = f"narrate{uuid.uuid4().hex[:8]}"
-    settings.CHANNEL_LAYERS = layers
+def _private_channel_layer(private_channel_layer):
+    """In-process runs really run in this process (conftest.private_channel_layer)."""
 
 
 class SlowEngine:
@@ -429,12 +421,7 @@ def held_session(scene: Scene, *, holder: str, heartbeat_age_s: float) -> TTSSes
     session = services.session_create(
         text=scene.text, owner=batch.CLI_OWNER, subject=scene, voice_id="en-us", dispatch=False
     )
-    services.session_claim(session_id=session.id, worker=holder)
-    voice = services.voice_resolve(voice_id="en-us")
-    segment = synthesis.session_segments(session=session, voice=voice)[0]
-    audio = synthesis.segment_audio(segment=segment, voice=voice, engine_model=session.model)
-    row = storing.chunk_row(session.id, 0, segment, audio)
-    storing.chunk_store(session=session, chunk=row, audio=audio, worker=holder)
+    store_first_chunks(session.id, 1, worker=holder)
     beat = timezone.now() - timedelta(seconds=heartbeat_age_s)
     TTSSession.objects.filter(pk=session.id).update(heartbeat_at=beat)
     return session

@@ -7,6 +7,7 @@ from concurrent.futures import Future
 import pytest
 from django.db import DatabaseError
 
+from tests.conftest import store_first_chunks
 from tts import generation, services, storing, synthesis
 from tts.engines import EngineError, get_engine
 from tts.models import AudioBlob, SessionStatus, TTSChunk
@@ -247,20 +248,15 @@ def test_update_returning_applies_expressions_and_returns_only_the_matched_rows(
 
 def test_a_resumed_session_continues_after_its_stored_chunks(engine_calls):
     session = create()
-    services.session_claim(session_id=session.id, worker="w1")
-    voice = services.voice_resolve(voice_id=session.voice)
-    segments = synthesis.session_segments(session=session, voice=voice)
-    audio = synthesis.segment_audio(segment=segments[0], voice=voice, engine_model=session.model)
-    row = storing.chunk_row(session.id, 0, segments[0], audio)
-    storing.chunk_store(session=session, chunk=row, audio=audio, worker="w1")
+    _, total = store_first_chunks(session.id, 1, worker="w1")
     # The worker dies; the sweep requeues; another worker resumes.
     type(session).objects.filter(pk=session.id).update(status=SessionStatus.QUEUED)
     engine_calls.clear()
     services.session_run(session_id=session.id, worker="w2")
     session.refresh_from_db()
     assert session.status == SessionStatus.COMPLETED
-    assert len(engine_calls) == len(segments) - 1
-    assert list(session.chunks.values_list("seq", flat=True)) == list(range(len(segments)))
+    assert len(engine_calls) == total - 1
+    assert list(session.chunks.values_list("seq", flat=True)) == list(range(total))
 
 
 def test_cancel_stops_a_session_before_its_next_chunk(monkeypatch):
