@@ -3,10 +3,11 @@
     python bench/cut.py [--repeats 15] [--json out.json]
 
 A session's first chunk goes out once its whole text is cut (its frame carries the count
-of chunks). English blocks of plain sentences and dialogue take the plain path; the rest
-goes to pysbd, about 5 ms per 1,000 characters (tts/segmentation.py, docs/benchmarks.md,
-P47, P60, P67). Each figure is the median of ``--repeats`` cuts, pysbd's kept blocks
-cleared before each (a text cut for the first time), after one cut that warms pysbd up.
+of chunks). Blocks of plain sentences and dialogue in English, Spanish and French take the
+plain path; the rest goes to pysbd, about 5 ms per 1,000 characters (tts/segmentation.py,
+docs/benchmarks.md, P47, P60, P67, P68). Each figure is the median of ``--repeats`` cuts,
+pysbd's kept blocks cleared before each (a text cut for the first time), after one cut
+that warms pysbd up.
 """
 
 from __future__ import annotations
@@ -45,6 +46,64 @@ def dialogue(chars: int, source: TextSource) -> str:
     return "\n\n".join(paragraphs)
 
 
+# A scene of talk as Spanish and French fiction write it: a line after a dash, its
+# attribution after another; French sets ? and ! apart with a no-break space. French
+# «guillemets» still go to pysbd.
+_TALK = {
+    "es": (
+        [
+            "—¿Vendrá la tormenta esta noche? —preguntó {name} desde la puerta.",
+            "—No lo sé —dijo {name}—. El viento cambió al anochecer.",
+            "—¡Cierra las ventanas! —gritó {name}.",
+            "—Ya están cerradas —respondió {name}—. Ángel subió hace una hora.",
+            "—¿Y la lámpara del faro? —preguntó {name}. Nadie contestó.",
+        ],
+        ["Élise", "Tomás", "la señora Ruiz", "el guardián", "su hermano", "Óscar", "Lucía"],
+    ),
+    "fr": (
+        [
+            "—Viendra-t-elle cette nuit\u00a0? demanda {name} depuis la porte.",
+            "—Je ne sais pas, dit {name}. Le vent a tourné au crépuscule.",
+            "—Ferme les fenêtres\u00a0! cria {name}.",
+            "—Elles sont déjà fermées, répondit {name}. Ève est montée il y a une heure.",
+            "—Et la lampe du phare\u00a0? demanda {name}. Personne ne répondit.",
+        ],
+        ["Élise", "Thomas", "madame Roux", "le gardien", "son frère", "Océane", "Lucie"],
+    ),
+}
+
+
+def talk(chars: int, language: str, *, guillemets: bool = False) -> str:
+    """Paragraphs of talk, each different (pysbd's cut of a paragraph is kept)."""
+    lines, names = _TALK[language]
+    paragraphs: list[str] = []
+    while sum(len(p) + 2 for p in paragraphs) < chars:
+        n = len(paragraphs)
+        line = lines[n % len(lines)].format(name=names[(n // len(lines) + n) % len(names)])
+        line += " " + source_sentence(language, n)
+        if guillemets:
+            line = "« " + line.removeprefix("—").replace("\u00a0? ", "\u00a0? » ", 1)
+            line = line.replace("\u00a0! ", "\u00a0! » ", 1).replace(", dit", " », dit")
+            line = line.replace(", répondit", " », répondit")
+        paragraphs.append(line)
+    return "\n\n".join(paragraphs)
+
+
+_WORDS = {
+    "es": ["faro", "barco", "puerto", "mar", "viento", "camino", "pueblo", "muelle", "cielo"],
+    "fr": ["phare", "bateau", "port", "mer", "vent", "chemin", "village", "quai", "ciel"],
+}
+
+
+def source_sentence(language: str, n: int) -> str:
+    """A sentence of narration, different for each n below 729."""
+    words = _WORDS[language]
+    a, b, c = (words[(n // 9**k) % 9] for k in range(3))
+    if language == "es":
+        return f"Miró el {a}, después el {b} y por fin el {c}."
+    return f"Il regarda le {a}, puis le {b} et enfin le {c}."
+
+
 def texts() -> dict[str, tuple[str, str]]:
     """name -> (language, text)."""
     source = TextSource(seed=11)
@@ -61,7 +120,12 @@ def texts() -> dict[str, tuple[str, str]]:
         "dialogue, 2,500 chars": ("en", dialogue(2_500, source)),
         "dialogue, 20,000 chars": ("en", dialogue(20_000, source)),
         "titles, 2,000 chars": ("en", titled),
-        "Spanish (pysbd), 20,000 chars": ("es", spanish[:20_000]),
+        "Spanish, 20,000 chars": ("es", spanish[:20_000]),
+        "Spanish talk, 2,500 chars": ("es", talk(2_500, "es")),
+        "Spanish talk, 20,000 chars": ("es", talk(20_000, "es")),
+        "French talk, 2,500 chars": ("fr", talk(2_500, "fr")),
+        "French talk, 20,000 chars": ("fr", talk(20_000, "fr")),
+        "French talk in « » (pysbd), 20,000 chars": ("fr", talk(20_000, "fr", guillemets=True)),
     }
 
 
@@ -87,13 +151,13 @@ def main() -> None:
             times.append((time.perf_counter() - started) * 1000)
         for start, end, _ in segmentation._blocks(segmentation._Source(text)):
             blocks += 1
-            plain_blocks += segmentation._plain_sentence_ends(text[start:end]) is not None
+            plain_blocks += segmentation._plain_sentence_ends(text[start:end], language) is not None
         rows.append(
             {
                 "text": name,
                 "chars": len(text),
                 "segments": len(segments),
-                "blocks without pysbd": f"{plain_blocks}/{blocks}" if language == "en" else "-",
+                "blocks without pysbd": f"{plain_blocks}/{blocks}",
                 "cut ms p50": round(statistics.median(times), 2),
                 "cut ms max": round(max(times), 2),
             }

@@ -235,7 +235,7 @@ def pysbd_always() -> None:
     """P47 off: every block of text goes through pysbd, plain sentences too."""
     from tts import segmentation
 
-    replace(segmentation, "_plain_sentence_ends", lambda block: None)
+    replace(segmentation, "_plain_sentence_ends", lambda block, language: None)
 
 
 @patch

@@ -565,11 +565,11 @@ def _plain_text(rng) -> str:
     return (" " if rng.random() < 0.9 else "  ").join(sentences) + trailing
 
 
-def _pysbd_cut(block: str) -> list[int]:
-    return segmentation._block_sentence_ends(block, segmentation._pysbd_segmenter("en"))
+def _pysbd_cut(block: str, language: str = "en") -> list[int]:
+    return segmentation._block_sentence_ends(block, segmentation._pysbd_segmenter(language))
 
 
-def _taken_as_pysbd_cuts(generate, seed: int, texts: int = 3000) -> int:
+def _taken_as_pysbd_cuts(generate, seed: int, texts: int = 3000, language: str = "en") -> int:
     """How many of the generated texts the plain path takes; it must cut each exactly as
     pysbd does."""
     import random
@@ -577,10 +577,10 @@ def _taken_as_pysbd_cuts(generate, seed: int, texts: int = 3000) -> int:
     rng, taken = random.Random(seed), 0
     for _ in range(texts):
         text = generate(rng)
-        ends = segmentation._plain_sentence_ends(text)
+        ends = segmentation._plain_sentence_ends(text, language)
         if ends is not None:
             taken += 1
-            assert ends == _pysbd_cut(text), text
+            assert ends == _pysbd_cut(text, language), text
     return taken
 
 
@@ -614,6 +614,13 @@ def test_plain_sentences_end_where_pysbd_ends_them():
         '"Wait." he said. "Why?"  No.',
         '"Go!" (quietly) she said.',
         'It ended. "what?" he asked.',
+        # pysbd's own readings, which the plain path once cut otherwise:
+        "He said Yahoo! The man left.",  # an exclamation word of pysbd's: no end
+        "'Twas late. The dogs' Owner came.",  # a single quote from 'Twas to dogs'
+        "She ran -- fast. Then stopped -- Gone.",  # an aside between two hyphens
+        '"Wait." Élise left.',  # a close before an accented capital: no end for pysbd
+        "Vino. él también.",  # a full stop before a lower-case word
+        "Αυτό. Εκείνο.",  # another script
     ],
 )
 def test_anything_but_plain_sentences_goes_to_pysbd(block):
@@ -684,6 +691,126 @@ def test_dialogue_and_titles_are_cut_without_pysbd_as_pysbd_cuts_them(block):
     assert _plain_sentence_ends(block) == _pysbd_cut(block)
 
 
+# Spanish and French (P68): their own abbreviations and titles ("la Sra. Gómez",
+# "Está bien. Vamos." is one sentence for pysbd: "bien" is a prepositive of its Spanish),
+# accented letters, ¿ ¡, lines of talk after a dash, French spaces before ? and !.
+LANGUAGE_WORDS = {
+    "es": " ".join(
+        [
+            "el la de en con no a bien Sr Sra Srta Dr etc él Élise árbol niño Ángel sí vi di fue"
+            " casa mañana corazón dijo aquí núm pág Ud Uds Vd ee vol cap min máx mar may jul dic"
+            " Bs As aa hh ix xi ii iv Óscar entonces sobre entre para un pro ex sub qu'il l’agua",
+        ]
+    ).split(),
+    "fr": " ".join(
+        [
+            "le la les était Être À Ça éd tél fém etc cf av art vol M Mme Mlle Dr St Ève Œuvre"
+            " cœur naïf garçon déjà où Où île l'homme aujourd'hui c’est ms pl ex sup env id ca"
+            " co fr mm ss sq sec inf lib vs hab auj ann apr dir Écoute Élodie ému Ô ii vi iv",
+        ]
+    ).split(),
+}
+
+
+def _language_sentence(rng, words: list[str], language: str) -> str:
+    chosen = [rng.choice(words) for _ in range(rng.randint(1, 10))]
+    first = chosen[0][:1].upper() + chosen[0][1:] if rng.random() < 0.8 else chosen[0]
+    sentence = " ".join([first, *chosen[1:]])
+    end = rng.choice([".", ".", ".", "!", "?", ""])
+    if language == "es" and end in ("?", "!") and rng.random() < 0.6:
+        sentence = {"?": "¿", "!": "¡"}[end] + sentence
+    if end in ("?", "!") and rng.random() < (0.5 if language == "fr" else 0.1):
+        end = rng.choice([" ", "\u00a0", "\u202f"]) + end
+    if end == "." and rng.random() < 0.1:
+        end = rng.choice(["—", " —"]) + end
+    return sentence + end
+
+
+def _language_text(language: str):
+    def generate(rng) -> str:
+        words, pieces = LANGUAGE_WORDS[language], []
+        opening, closing = rng.choice([('"', '"'), ("“", "”")])
+        for _ in range(rng.randint(1, 6)):
+            sentence = _language_sentence(rng, words, language)
+            shape = rng.random()
+            if shape < 0.55:
+                pieces.append(sentence)
+            elif shape < 0.75:
+                pieces.append(
+                    f"{opening}{sentence}{closing} {rng.choice(words)}{rng.choice('.!,')}"
+                )
+            elif shape < 0.85:
+                pieces.append(opening + sentence + closing)
+            else:  # a line of talk, its attribution after a dash
+                attribution = " ".join(rng.choice(words) for _ in range(rng.randint(1, 3)))
+                pieces.append(f"—{sentence} —{attribution}{rng.choice(['.', '—.', '!', '?', ''])}")
+        return " ".join(pieces) + rng.choice(["", " ", "\n\n"])
+
+    return generate
+
+
+@pytest.mark.parametrize("language", ["es", "fr"])
+def test_spanish_and_french_end_where_pysbd_ends_them(language):
+    """Generated text in each language, its abbreviations, accents, dialogue in quotes and
+    after dashes: wherever the plain path takes a block, it finds exactly pysbd's ends."""
+    assert _taken_as_pysbd_cuts(_language_text(language), seed=20261203, language=language) > 500
+
+
+@pytest.mark.parametrize(
+    ("language", "block"),
+    [
+        ("es", "—¿Vendrá la tormenta? —preguntó Élise desde la puerta."),
+        ("es", "—No lo sé —dijo el guardián—. El viento cambió al anochecer."),
+        ("es", "¡Cierra las ventanas! Ángel subió hace una hora."),
+        ("es", "Está bien. Vamos."),  # "bien" is a Spanish title for pysbd: one sentence
+        ("es", "Llegó la Sra. Gómez. Nadie habló."),
+        ("es", '"¿Vienes?" Tomás no contestó.'),
+        ("fr", "—Viendra-t-elle cette nuit\u00a0? demanda Élise."),
+        ("fr", "Ferme les fenêtres ! Ève est montée."),
+        ("fr", "Oh\u202f! il pleut. C’est fini."),
+        ("fr", "L'homme est parti. Aujourd'hui il pleut."),
+        ("en", "Zoë left the café. Émile stayed."),
+        ("en", "She didn't. It's late? Yes."),
+        ("pt", "Ele disse que não. São Paulo dorme."),  # pysbd cuts it as English
+    ],
+)
+def test_spanish_and_french_are_cut_without_pysbd_as_pysbd_cuts_them(language, block):
+    ends = segmentation._plain_sentence_ends(block, language)
+    assert ends is not None and ends == _pysbd_cut(block, language)
+
+
+@pytest.mark.parametrize(
+    ("language", "block"),
+    [
+        ("de", "Er ging. Sie blieb."),  # pysbd's German has rules of its own
+        ("es", "¡Bien. Vamos."),  # pysbd reads an abbreviation only after a space
+        ("fr", "« Viens. » Il vint."),  # guillemets
+        ("fr", "Vint M.\u00a0Dupont. Il partit."),  # a no-break space after a full stop
+        ("es", "Son las 5. Vamos."),
+    ],
+)
+def test_what_the_plain_path_cannot_be_sure_of_in_a_language_goes_to_pysbd(language, block):
+    assert segmentation._plain_sentence_ends(block, language) is None
+
+
+def test_a_scene_of_talk_in_spanish_never_goes_to_pysbd(monkeypatch):
+    """A Spanish scene as fiction writes it, cut before its first chunk can go out:
+    25 ms through pysbd for 2,500 characters on a slow hour, 1.4 without (bench/cut.py)."""
+    text = (
+        "—¿Vendrá la tormenta esta noche? —preguntó Élise desde la puerta.\n\n"
+        "—No lo sé —dijo el guardián—. El viento cambió al anochecer.\n\n"
+        "—¡Cierra las ventanas! —gritó su hermano. La Sra. Ruiz no se movió."
+    )
+    plain = segment_text(text, language="es-es")
+
+    def refuse(block, language):
+        raise AssertionError(f"pysbd was asked to cut {block[:40]!r}...")
+
+    monkeypatch.setattr(segmentation, "_pysbd_ends", refuse)
+    assert segment_text(text, language="es-es") == plain
+    assert "La Sra. Ruiz no se movió." in plain[-1].text  # a title: no end after it
+
+
 def test_paragraphs_of_plain_sentences_never_go_to_pysbd(monkeypatch):
     """Every paragraph's block but the last ends with its blank line; each is still plain
     (the demo story's scenes: 1 to 6 ms each through pysbd, 0.1 to 0.3 without)."""
@@ -722,7 +849,7 @@ def test_a_long_text_of_plain_sentences_never_goes_to_pysbd(monkeypatch):
     monkeypatch.setattr(segmentation, "_pysbd_ends", refuse)
     assert segment_text(text) == plain
     monkeypatch.undo()  # and pysbd cuts it the same way
-    monkeypatch.setattr(segmentation, "_plain_sentence_ends", lambda block: None)
+    monkeypatch.setattr(segmentation, "_plain_sentence_ends", lambda block, language: None)
     assert segment_text(text) == plain
 
 
@@ -752,9 +879,14 @@ def test_segments_are_the_same_with_or_without_the_plain_path(monkeypatch):
     texts = [_plain_text(rng) for _ in range(300)] + [_dialogue_text(rng) for _ in range(300)]
     texts += [" ".join(_plain_text(rng) for _ in range(8)) + "\n\n" + _plain_text(rng)]
     texts += [" ".join(_dialogue_text(rng) for _ in range(12))]  # past a block's length
-    fast = [segment_text(text) for text in texts]
-    monkeypatch.setattr(segmentation, "_plain_sentence_ends", lambda block: None)
-    assert fast == [segment_text(text) for text in texts]
+    texts = [("en", text) for text in texts]
+    for language in ("es", "fr"):
+        generate = _language_text(language)
+        texts += [(language, generate(rng)) for _ in range(200)]
+        texts += [(language, "\n\n".join(generate(rng) for _ in range(20)))]
+    fast = [segment_text(text, language=language) for language, text in texts]
+    monkeypatch.setattr(segmentation, "_plain_sentence_ends", lambda block, language: None)
+    assert fast == [segment_text(text, language=language) for language, text in texts]
 
 
 def test_warming_up_starts_pysbd_for_the_language(monkeypatch):

@@ -22,9 +22,10 @@ from typing import Any, Literal
 
 try:
     import pysbd
+    from pysbd.exclamation_words import ExclamationWords as _ExclamationWords
     from pysbd.languages import LANGUAGE_CODES as _PYSBD_LANGUAGES
 except ImportError:  # pragma: no cover - pysbd is a runtime dependency
-    pysbd = None
+    pysbd = _ExclamationWords = None
     _PYSBD_LANGUAGES = {}
 
 __all__ = ["VERSION", "Boundary", "Segment", "segment_text", "warm_up"]
@@ -32,8 +33,10 @@ __all__ = ["VERSION", "Boundary", "Segment", "segment_text", "warm_up"]
 # Bump when a change here cuts some text differently: whole narrations are replayed by a
 # key that includes it (tts.services.narration_key), never across two ways of cutting.
 # 2: a short piece folded into the one before it no longer leaves the pieces after it
-# past their limits.
-VERSION = 2
+# past their limits. 3: a block with one of pysbd's exclamation words ("Yahoo!"), an
+# aside between two hyphens or a word opened by an apostrophe ('Twas) is cut by pysbd,
+# as the plain path had cut it otherwise.
+VERSION = 3
 
 Boundary = Literal["sentence", "clause", "word", "end"]
 
@@ -232,11 +235,10 @@ def _sentence_ends(source: _Source, language: str) -> list[_Sentence]:
     odd whitespace, and it silently drops sentences it cannot find again.
     """
     text = source.text
-    english = _language_code(language) == "en"
     cores: set[int] = {len(text.rstrip())}
     for start, end, keep_last in _blocks(source):
         block = text[start:end]
-        ends = (english and _plain_sentence_ends(block)) or list(_pysbd_ends(block, language))
+        ends = _plain_sentence_ends(block, language) or list(_pysbd_ends(block, language))
         if ends and not keep_last:
             ends.pop()
         cores.update(start + offset for offset in ends)
@@ -321,22 +323,30 @@ def _last_match(pattern: re.Pattern[str], text: str, start: int, end: int) -> re
     return match
 
 
-# English blocks of plain sentences skip pysbd, which costs about 0.5 ms for even two
-# short sentences (a hundred regular expressions run over the block), and 5 ms per 1,000
-# characters, on every session's way to first audio (docs/benchmarks.md, P47, P67).
-# Plain: letters, digits, spaces and , ; : ' - and double quotes only, the quotes paired
-# into quotations (below); every . ! ? outside a quotation, or closing one, alone (and
-# its quote), after a word of two letters or more that is none of pysbd's abbreviations,
-# but for a title's full stop before a space ("Mr. Gray"), which never ends a sentence,
-# and followed by the block's end (whitespace may follow it: a paragraph's block ends
-# with its blank line, a long text's after a sentence's space), by one space and a
-# capital, or, outside a quotation, by one space, a quotation's opening and a capital.
-# There pysbd ends a sentence at every such . ! ? and nowhere else, but for a quotation's
-# close before a lower-case word (tests/test_segmentation.py compares the two on
-# generated text, dialogue and titles); anything else (brackets, "...", numbers or
-# initials at a full stop, "etc.", a lower-case word after a full stop, single quotes
-# around speech) goes to pysbd.
-_PLAIN_BLOCK = re.compile(r"[A-Za-z0-9 ,;:'\-.!?\"“”]*")
+# Blocks of plain sentences skip pysbd, which costs about 0.5 ms for even two short
+# sentences (a hundred regular expressions run over the block), and 5 ms per 1,000
+# characters, on every session's way to first audio (docs/benchmarks.md, P47, P67, P68).
+# It does so in the languages pysbd cuts by its standard rules and a list of
+# abbreviations of their own: English, Spanish, French, and the languages pysbd does not
+# know, which it cuts as English (`_plain_language`); German, Italian and the others
+# pysbd knows go to it whole.
+# Plain: Latin letters (accented too), digits, spaces (no-break ones too), , ; : - — – ¿
+# ¡, apostrophes within words (' or ’) and double quotes, the quotes paired into
+# quotations (below). Each . ! ? outside a quotation, or closing one, stands alone (with
+# its quote; French may set ! and ? apart by a space), after a word of two letters or
+# more that is none of the language's abbreviations. pysbd ends a sentence there
+# - at the block's end (whitespace may follow: a paragraph's block ends with its blank
+#   line, a long text's after a sentence's space);
+# - before one space and a capital, or, outside a quotation, before one space, a
+#   quotation's opening, ¿, ¡ or a dash, and a capital;
+# - at ? and ! outside a quotation before one space and anything but, for !, a to z;
+# and nowhere else: not at a title's full stop before a space ("Mr. Gray", "la Sra.
+# Gómez"), not at a quotation's close before a lower-case word, not at ! before a to z
+# (tests/test_segmentation.py compares the two on generated text, dialogue and titles,
+# in the three languages). Anything else (brackets, "...", numbers or initials at a full
+# stop, "etc.", a lower-case word after a full stop, single quotes around speech,
+# «guillemets», other scripts) goes to pysbd.
+_PLAIN_BLOCK = re.compile(r"[A-Za-zÀ-ÖØ-öø-ÿŒœŸ0-9 \u00a0\u202f,;:'’\-—–.!?\"“”¿¡]*")
 _PLAIN_END = re.compile(r"[.!?]")
 # A quotation as pysbd finds one: between two straight quotes, or a curly pair, with no
 # quote inside, and closed right after its own punctuation (pysbd may end a sentence at
@@ -344,31 +354,90 @@ _PLAIN_END = re.compile(r"[.!?]")
 _QUOTATION = re.compile(r'"[^"“”]*[.!?,]"|“[^"“”]*[.!?,]”')
 _QUOTE = re.compile(r'["“”]')
 _OPENING_QUOTES = '"“'
-if pysbd is not None:
-    from pysbd.lang.english import English as _English
+_OPENING_MARKS = "¿¡—–"  # Spanish opens a question and an exclamation; a dash, a line of talk
+_CLOSING_MARKS = "—–"  # "—No lo sé —dijo—. Vamos."
+_FRENCH_SPACES = " \u00a0\u202f"  # French sets ! and ? apart: "Vraiment ?"
+# What pysbd reads in its own way: a word opened by an apostrophe (single quotes around
+# speech, or 'Twas), two hyphens (an aside, --like this--) and its exclamation words
+# ("Yahoo!", "Yum!"), after which it never ends a sentence.
+_PYSBD_READS = re.compile(
+    r"(?:^|\s)['’]|--" + (f"|{_ExclamationWords.EXCLAMATION_REGEX}" if _ExclamationWords else "")
+)
+# After a quotation's close pysbd ends a sentence only before an unaccented capital.
+_ASCII_CAPITAL = re.compile(r"[A-Z]")
+_ASCII_LOWER = re.compile(r"[a-z]")
+# A word that may end a sentence: letters, and apostrophes between them ("didn't").
+_WORD = re.compile(r"[^\W\d_]{2,}|[^\W\d_]+(?:['’][^\W\d_]+)+")
 
-    _ABBREVIATIONS = frozenset(
-        word.lower()
-        for word in (
-            *_English.Abbreviation.ABBREVIATIONS,
-            *_English.Abbreviation.PREPOSITIVE_ABBREVIATIONS,
-            *_English.Abbreviation.NUMBER_ABBREVIATIONS,
-        )
-    )
-    _TITLES = frozenset(word.lower() for word in _English.Abbreviation.PREPOSITIVE_ABBREVIATIONS)
-else:  # pragma: no cover
-    _ABBREVIATIONS = _TITLES = frozenset()
+
+@dataclass(frozen=True)
+class _PlainLanguage:
+    """What the plain path needs of a language pysbd cuts by its standard rules."""
+
+    abbreviations: frozenset[str]  # a full stop after one goes to pysbd
+    titles: frozenset[str]  # a full stop after one, before a space, never ends a sentence
+
+    @classmethod
+    def of(cls, language: Any) -> _PlainLanguage:
+        """From a pysbd language: its abbreviations, and the words of those written with a
+        space or a full stop ("bs. as", "p.ej"); its titles are the prepositive
+        abbreviations pysbd finds among the others (it looks for no other)."""
+        lists = language.Abbreviation
+        listed = {
+            word.strip().lower()
+            for word in (
+                *lists.ABBREVIATIONS,
+                *lists.PREPOSITIVE_ABBREVIATIONS,
+                *lists.NUMBER_ABBREVIATIONS,
+            )
+        }
+        words = {word for entry in listed for word in re.split(r"[\s.]+", entry) if word}
+        titles = {
+            title.strip().lower()
+            for title in lists.PREPOSITIVE_ABBREVIATIONS
+            if any(
+                re.fullmatch(entry.strip(), title.strip(), re.IGNORECASE)
+                for entry in lists.ABBREVIATIONS
+            )
+        }
+        return cls(frozenset(listed | words), frozenset(titles))
 
 
-def _plain_sentence_ends(block: str) -> list[int] | None:
-    """`_block_sentence_ends` for a block of plain English sentences, dialogue in double
-    quotes included; None for anything it cannot be sure to cut as pysbd does.
+def _plain_languages() -> dict[str, _PlainLanguage]:
+    if pysbd is None:  # pragma: no cover
+        return {}
+    from pysbd.lang.english import English
+    from pysbd.lang.french import French
+    from pysbd.lang.spanish import Spanish
+
+    return {
+        "en": _PlainLanguage.of(English),
+        "es": _PlainLanguage.of(Spanish),
+        "fr": _PlainLanguage.of(French),
+    }
+
+
+_PLAIN_LANGUAGES = _plain_languages()
+
+
+def _plain_language(language: str) -> _PlainLanguage | None:
+    """The plain path's rules for a language, or None where every block goes to pysbd."""
+    code = _language_code(language)
+    return _PLAIN_LANGUAGES.get(code if code in _PYSBD_LANGUAGES else "en")
+
+
+def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
+    """`_block_sentence_ends` for a block of plain sentences, dialogue in double quotes
+    included; None for anything it cannot be sure to cut as pysbd does.
 
     pysbd keeps a quotation whole: a sentence ends at its close, when the close follows
     the quotation's own end mark and the next word is capitalized (`"Wait." He left.`);
     before a lowercase word the sentence goes on (`"Wait!" she said.`)."""
+    rules = _plain_language(language)
     tail = len(block.rstrip())  # a paragraph's block ends with its blank line
-    if pysbd is None or not tail or not _PLAIN_BLOCK.fullmatch(block, 0, tail):
+    if rules is None or not tail or not _PLAIN_BLOCK.fullmatch(block, 0, tail):
+        return None
+    if _PYSBD_READS.search(block, 0, tail):
         return None
     quotations = _quotations(block, tail)
     if quotations is None:
@@ -381,8 +450,13 @@ def _plain_sentence_ends(block: str) -> list[int] | None:
         closing = end in closes
         if not closing and any(start < at < stop for start, stop in quotations):
             continue  # within a quotation
-        word = block[block.rfind(" ", 0, at) + 1 : at].lstrip(_OPENING_QUOTES)
-        if block[at] == "." and word.lower() in _TITLES and block[end : end + 1] == " ":
+        last = at - 1 if block[at] != "." and block[at - 1 : at] in _FRENCH_SPACES else at
+        spaced = block[block.rfind(" ", 0, last) + 1 : last].lstrip(_OPENING_QUOTES)
+        word = spaced.lstrip(_OPENING_MARKS).rstrip(_CLOSING_MARKS)
+        full_stop = block[at] == "."
+        if full_stop and word != spaced and word.lower() in rules.abbreviations:
+            return None  # pysbd reads an abbreviation only after a space
+        if full_stop and word.lower() in rules.titles and block[end : end + 1] == " ":
             continue  # "Mr. Gray": pysbd never ends a sentence after a title and a space
         if closing:
             end += 1
@@ -390,14 +464,20 @@ def _plain_sentence_ends(block: str) -> list[int] | None:
             if block[end] != " ":
                 return None
             following = block[end + 1 : end + 3]  # what starts the next sentence, if any
-            if closing and following[:1].islower():
-                continue  # '"Wait!" she said.': one sentence
-            opening = not closing and following[:1] in _OPENING_QUOTES and following[1:2].isupper()
-            if not (following[:1].isupper() or opening):
-                return None
-        if len(word) < 2 or not word.isalpha():
+            if closing:
+                if following[:1].islower():
+                    continue  # '"Wait!" she said.': one sentence
+                if not _ASCII_CAPITAL.match(following):
+                    return None
+            elif block[at] == "!" and _ASCII_LOWER.match(following):
+                continue  # "Oh! the sea": pysbd reads on
+            elif block[at] == ".":
+                opening = following[:1] in _OPENING_QUOTES + _OPENING_MARKS
+                if not (following[:1].isupper() or (opening and following[1:2].isupper())):
+                    return None
+        if not _WORD.fullmatch(word):
             return None
-        if block[at] == "." and word.lower() in _ABBREVIATIONS:
+        if full_stop and word.lower() in rules.abbreviations:
             return None
         ends.append(end)
     if not ends or ends[-1] < tail:
