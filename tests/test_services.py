@@ -259,6 +259,44 @@ def test_a_resumed_session_continues_after_its_stored_chunks(engine_calls):
     assert list(session.chunks.values_list("seq", flat=True)) == list(range(total))
 
 
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"TTS_FIRST_SEGMENT_CHARS": 20},  # the rest cut finer than the first run did
+        {"TTS_FIRST_SEGMENT_CHARS": 200, "TTS_SEGMENT_GROWTH": 4},  # or coarser
+    ],
+)
+def test_a_session_resumed_after_its_cut_changed_says_every_word_once(settings, changed):
+    """A deploy that changes how text is cut (the cutting settings, a voice's engine, the
+    cutting code) while a session is under way: the run that resumes it cuts the rest from
+    where the last stored chunk ends, so that no word is said twice or lost."""
+    text = " ".join(
+        f"The keeper of light {n} climbed the stairs, counting every step aloud, and slept."
+        for n in ["one", "two", "three", "four", "five", "six"]
+    )
+    session = create(text)
+    stored, _ = store_first_chunks(session.id, 2, worker="w1")
+    type(session).objects.filter(pk=session.id).update(status=SessionStatus.QUEUED)
+    for name, value in changed.items():
+        setattr(settings, name, value)
+    assert [
+        s.char_start
+        for s in synthesis.session_segments(
+            session=session, voice=services.voice_resolve(voice_id=session.voice)
+        )
+    ][2] != stored[1][0].char_end  # the new cut does not go on where the old one stopped
+
+    services.session_run(session_id=session.id, worker="w2")
+    session.refresh_from_db()
+    chunks = list(session.chunks.order_by("seq"))
+    assert session.status == SessionStatus.COMPLETED and session.total_chunks == len(chunks)
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert [c.char_start for c in chunks[1:]] == [c.char_end for c in chunks[:-1]]
+    assert "".join(c.text for c in chunks) == text
+    assert [c.text for c in chunks[:2]] == [row.text for row, _ in stored]
+    assert session.narration_key == ""  # made by two cuts: no narration replays it
+
+
 def test_cancel_stops_a_session_before_its_next_chunk(monkeypatch):
     session = create()
     engine = get_engine("espeak")

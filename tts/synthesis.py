@@ -16,14 +16,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from tts.audio import silence
 from tts.compiled import Compiled
 from tts.conf import settings
 from tts.engines import Audio, EngineError, Voice, get_engine
-from tts.models import AudioBlob, TTSSession
+from tts.models import AudioBlob, TTSChunk, TTSSession
 from tts.segmentation import Segment, segment_text
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,39 @@ def session_segments(
     ``text``: a prefix of the session's text to cut instead (see HeadAhead)."""
     text = session.text if text is None else text
     return segment_text(text, language=voice.language, **voice_cutting(voice))
+
+
+def resumed_segments(
+    *, session: TTSSession, voice: Voice, segments: list[Segment], stored: int
+) -> list[Segment] | None:
+    """The segments of a session resumed after its first ``stored`` chunks, where
+    ``segments`` (its text cut now) do not go on from the last of them; None where they
+    do, as they do unless the cut changed since (a deploy with other cutting settings,
+    another engine for the voice, other cutting code): then the stored chunks' own
+    segments, and the rest of the text cut from where they end, so that no word is said
+    twice and none is lost."""
+    chunks = TTSChunk.objects.filter(session_id=session.id, seq__lt=stored).order_by("seq")
+    last_end = chunks.filter(seq=stored - 1).values_list("char_end", flat=True).first()
+    if last_end is None or (stored <= len(segments) and segments[stored - 1].char_end == last_end):
+        return None
+    done = [
+        Segment(session.text[start:end], start, end, pause_ms=0, boundary="sentence")
+        for start, end in chunks.values_list("char_start", "char_end")
+    ]
+    if len(done) != stored:  # pragma: no cover - chunk rows are never deleted alone
+        return None
+    rest = session_segments(session=session, voice=voice, text=session.text[last_end:])
+    logger.warning(
+        "session %s: its text is cut otherwise than when its first %d chunks were made; "
+        "the rest is cut from character %d",
+        session.id,
+        stored,
+        last_end,
+    )
+    return done + [
+        replace(seg, char_start=seg.char_start + last_end, char_end=seg.char_end + last_end)
+        for seg in rest
+    ]
 
 
 # segment_text's arguments that come from settings, by the setting's name (tts.E006
