@@ -666,7 +666,7 @@ def test_dialogue_ends_where_pysbd_ends_it():
     """Generated dialogue (quotations closed by their own . ! ? or comma, attributions
     before and after, with titles, capitals and lower case after a close): wherever the
     plain path takes a block, it finds exactly pysbd's sentence ends."""
-    assert _taken_as_pysbd_cuts(_dialogue_text, seed=20261202) > 400
+    assert _taken_as_pysbd_cuts(_dialogue_text, seed=20261202) > 250
 
 
 @pytest.mark.parametrize(
@@ -787,6 +787,16 @@ def test_spanish_and_french_are_cut_without_pysbd_as_pysbd_cuts_them(language, b
         ("fr", "« Viens. » Il vint."),  # guillemets
         ("fr", "Vint M.\u00a0Dupont. Il partit."),  # a no-break space after a full stop
         ("es", "Son las 5. Vamos."),
+        # found by a reviewer: what pysbd gives back, or finds within a quotation
+        ("es", "Reinaba Carlos I. Luego vino Felipe."),  # a title's stop after "I" ends it
+        ("es", "Compré un MINI. Luego volví."),
+        ("en", "Part i v. The end came."),
+        ("es", "Ella dijo bien-' Luego vino."),  # a hyphen before a quote
+        ("en", 'She said well-" Hello." Then left.'),
+        ("es", '"Elige a. pan o b. leche." Luego vino.'),  # a list within a quotation
+        ("en", '"Buy 1. Bread and 2. Milk." Then go.'),
+        ("en", '"See ch.12 Later." End.'),  # a reference within a quotation
+        ("en", "Came the DeCo. KG left."),
     ],
 )
 def test_what_the_plain_path_cannot_be_sure_of_in_a_language_goes_to_pysbd(language, block):

@@ -34,8 +34,9 @@ __all__ = ["VERSION", "Boundary", "Segment", "segment_text", "warm_up"]
 # key that includes it (tts.services.narration_key), never across two ways of cutting.
 # 2: a short piece folded into the one before it no longer leaves the pieces after it
 # past their limits. 3: a block with one of pysbd's exclamation words ("Yahoo!"), an
-# aside between two hyphens or a word opened by an apostrophe ('Twas) is cut by pysbd,
-# as the plain path had cut it otherwise.
+# aside between two hyphens, a word opened by an apostrophe ('Twas), a hyphen before a
+# quote, a list or a reference within a quotation, a title after "i v", or "Co. KG" is
+# cut by pysbd, as the plain path had cut it otherwise.
 VERSION = 3
 
 Boundary = Literal["sentence", "clause", "word", "end"]
@@ -358,11 +359,15 @@ _OPENING_MARKS = "¿¡—–"  # Spanish opens a question and an exclamation; a 
 _CLOSING_MARKS = "—–"  # "—No lo sé —dijo—. Vamos."
 _FRENCH_SPACES = " \u00a0\u202f"  # French sets ! and ? apart: "Vraiment ?"
 # What pysbd reads in its own way: a word opened by an apostrophe (single quotes around
-# speech, or 'Twas), two hyphens (an aside, --like this--) and its exclamation words
-# ("Yahoo!", "Yum!"), after which it never ends a sentence.
+# speech, or 'Twas), two hyphens (an aside, --like this--), a hyphen before a quote (it
+# may end a sentence there), "Co. KG" and its exclamation words ("Yahoo!", "Yum!").
 _PYSBD_READS = re.compile(
-    r"(?:^|\s)['’]|--" + (f"|{_ExclamationWords.EXCLAMATION_REGEX}" if _ExclamationWords else "")
+    r"(?:^|\s)['’]|--|-[\"'“”]|Co\.\sKG"
+    + (f"|{_ExclamationWords.EXCLAMATION_REGEX}" if _ExclamationWords else "")
 )
+# A title's full stop that pysbd gives back as a sentence's end, after "I" ("Carlos I.",
+# "MINI.") or "i.v" (English does so before a word that often starts a sentence).
+_TITLE_GIVEN_BACK = re.compile(r"(?:I|[iI].[vV])\Z")
 # After a quotation's close pysbd ends a sentence only before an unaccented capital.
 _ASCII_CAPITAL = re.compile(r"[A-Z]")
 _ASCII_LOWER = re.compile(r"[a-z]")
@@ -449,14 +454,19 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
         end = at + 1
         closing = end in closes
         if not closing and any(start < at < stop for start, stop in quotations):
-            continue  # within a quotation
-        last = at - 1 if block[at] != "." and block[at - 1 : at] in _FRENCH_SPACES else at
-        spaced = block[block.rfind(" ", 0, last) + 1 : last].lstrip(_OPENING_QUOTES)
+            # Within a quotation pysbd ends no sentence, but where it finds a list ("a.",
+            # "1.") or a reference ("cap.12"): a word, then a space or the close.
+            if block[at + 1] not in ' "”' or not _WORD.fullmatch(_word_before(block, at)):
+                return None
+            continue
+        spaced = _word_before(block, at)
         word = spaced.lstrip(_OPENING_MARKS).rstrip(_CLOSING_MARKS)
         full_stop = block[at] == "."
         if full_stop and word != spaced and word.lower() in rules.abbreviations:
             return None  # pysbd reads an abbreviation only after a space
         if full_stop and word.lower() in rules.titles and block[end : end + 1] == " ":
+            if _TITLE_GIVEN_BACK.search(block, 0, at):
+                return None
             continue  # "Mr. Gray": pysbd never ends a sentence after a title and a space
         if closing:
             end += 1
@@ -483,6 +493,13 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
     if not ends or ends[-1] < tail:
         ends.append(tail)
     return ends
+
+
+def _word_before(block: str, at: int) -> str:
+    """The word before the mark at ``at``, after the space before it (French may set ! and
+    ? apart by one), without an opening quote."""
+    last = at - 1 if block[at] != "." and block[at - 1 : at] in _FRENCH_SPACES else at
+    return block[block.rfind(" ", 0, last) + 1 : last].lstrip(_OPENING_QUOTES)
 
 
 def _quotations(block: str, tail: int) -> list[tuple[int, int]] | None:
