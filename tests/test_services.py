@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
+from dataclasses import replace
 
 import pytest
 from django.db import DatabaseError
@@ -295,6 +296,35 @@ def test_a_session_resumed_after_its_cut_changed_says_every_word_once(settings, 
     assert "".join(c.text for c in chunks) == text
     assert [c.text for c in chunks[:2]] == [row.text for row, _ in stored]
     assert session.narration_key == ""  # made by two cuts: no narration replays it
+
+
+def test_a_resumed_session_whose_stored_chunks_were_cut_otherwise_is_of_two_cuts():
+    """Where the new cut goes on from the last stored chunk but its segments before it
+    differ (a session realigned once, resumed again), the stored chunks still stand for
+    themselves and the session is marked as made by two cuts (no narration key)."""
+    session = create(TEXT * 3)
+    stored, _ = store_first_chunks(session.id, 2, worker="w1")
+    voice = services.voice_resolve(voice_id=session.voice)
+    segments = synthesis.session_segments(session=session, voice=voice)
+    (first, _), (second, _) = stored
+    middle = first.char_end - 3  # the new cut's first two segments end elsewhere
+    moved = [
+        replace(segments[0], char_end=middle, text=session.text[first.char_start : middle]),
+        replace(segments[1], char_start=middle, text=session.text[middle : second.char_end]),
+    ]
+    resumed, one_cut = synthesis.resumed_segments(
+        session=session, voice=voice, segments=moved + segments[2:], stored=2
+    )
+    assert not one_cut
+    assert [(s.char_start, s.char_end) for s in resumed[:2]] == [
+        (first.char_start, first.char_end),
+        (second.char_start, second.char_end),
+    ]
+    assert resumed[2:] == segments[2:]
+    # The same cut as the stored chunks': nothing changes.
+    assert synthesis.resumed_segments(
+        session=session, voice=voice, segments=segments, stored=2
+    ) == (segments, True)
 
 
 def test_cancel_stops_a_session_before_its_next_chunk(monkeypatch):

@@ -135,11 +135,13 @@ class _Run:
         first_seq = self.first_seq = session.completed_chunks  # advanced with every store
         ahead = synthesis.HeadAhead.start(session, voice, urgent=urgent) if first_seq == 0 else None
         try:
-            segments = synthesis.session_segments(session=session, voice=voice)
-            realigned = first_seq > 0 and synthesis.resumed_segments(
-                session=session, voice=voice, segments=segments, stored=first_seq
+            segments, one_cut = synthesis.resumed_segments(
+                session=session,
+                voice=voice,
+                segments=synthesis.session_segments(session=session, voice=voice),
+                stored=first_seq,
             )
-            segments = self.segments = realigned or segments
+            self.segments = segments
             total = self.total = session.total_chunks = len(segments)
             keys = self.keys = [
                 synthesis.segment_key(seg, voice=voice, engine_model=session.model)
@@ -181,9 +183,9 @@ class _Run:
             self._synthesize_ahead(first_seq, first=True)
         # What was used to make it, to replay it by; none for a session made by two cuts.
         self.used = (
-            ""
-            if realigned
-            else services.narration_key(voice=voice, engine_model=session.model, text=session.text)
+            services.narration_key(voice=voice, engine_model=session.model, text=session.text)
+            if one_cut
+            else ""
         )
         self.stored_ms = session.audio_ms  # the audio stored so far (by an earlier run too)
         self.completed = False

@@ -40,31 +40,42 @@ def session_segments(
     *, session: TTSSession, voice: Voice, text: str | None = None
 ) -> list[Segment]:
     """Deterministic for a session's text and settings, so a resumed run cuts alike.
-    ``text``: a prefix of the session's text to cut instead (see HeadAhead)."""
+    ``text``: a part of the session's text to cut instead (a long text's head, see
+    HeadAhead; the rest of a resumed one, see resumed_segments)."""
     text = session.text if text is None else text
     return segment_text(text, language=voice.language, **voice_cutting(voice))
 
 
 def resumed_segments(
     *, session: TTSSession, voice: Voice, segments: list[Segment], stored: int
-) -> list[Segment] | None:
-    """The segments of a session resumed after its first ``stored`` chunks, where
-    ``segments`` (its text cut now) do not go on from the last of them; None where they
-    do, as they do unless the cut changed since (a deploy with other cutting settings,
-    another engine for the voice, other cutting code): then the stored chunks' own
-    segments, and the rest of the text cut from where they end, so that no word is said
-    twice and none is lost."""
-    chunks = TTSChunk.objects.filter(session_id=session.id, seq__lt=stored).order_by("seq")
-    last_end = chunks.filter(seq=stored - 1).values_list("char_end", flat=True).first()
-    if last_end is None or (stored <= len(segments) and segments[stored - 1].char_end == last_end):
-        return None
+) -> tuple[list[Segment], bool]:
+    """The segments of a session resumed after its first ``stored`` chunks, and whether
+    they are all of one cut: ``segments`` (its text cut now), unless the cut changed since
+    those chunks were made (a deploy with other cutting settings, another engine for the
+    voice, other cutting code).
+
+    Then the stored chunks' own segments come first, and after them the rest of the text
+    cut from where the last of them ends, so that no word is said twice and none is lost.
+    The rest starts the ramp of segment sizes again: its first audio comes soon, as a
+    session's first does."""
+    if not stored:
+        return segments, True
+    offsets = list(
+        TTSChunk.objects.filter(session_id=session.id, seq__lt=stored)
+        .order_by("seq")
+        .values_list("char_start", "char_end")
+    )
+    if len(offsets) != stored or offsets == [(s.char_start, s.char_end) for s in segments[:stored]]:
+        return segments, True  # (chunk rows are never deleted alone)
+    last_end = offsets[-1][1]
+    # Stand-ins for the stored chunks: only the segments from ``stored`` on are made, so
+    # their pause and boundary are never read.
     done = [
         Segment(session.text[start:end], start, end, pause_ms=0, boundary="sentence")
-        for start, end in chunks.values_list("char_start", "char_end")
+        for start, end in offsets
     ]
-    if len(done) != stored:  # pragma: no cover - chunk rows are never deleted alone
-        return None
-    rest = session_segments(session=session, voice=voice, text=session.text[last_end:])
+    if stored < len(segments) and segments[stored].char_start == last_end:
+        return done + segments[stored:], False  # the new cut goes on from there
     logger.warning(
         "session %s: its text is cut otherwise than when its first %d chunks were made; "
         "the rest is cut from character %d",
@@ -72,10 +83,12 @@ def resumed_segments(
         stored,
         last_end,
     )
+    rest = session_segments(session=session, voice=voice, text=session.text[last_end:])
+    shift = last_end
     return done + [
-        replace(seg, char_start=seg.char_start + last_end, char_end=seg.char_end + last_end)
+        replace(seg, char_start=seg.char_start + shift, char_end=seg.char_end + shift)
         for seg in rest
-    ]
+    ], False
 
 
 # segment_text's arguments that come from settings, by the setting's name (tts.E006
