@@ -3,11 +3,11 @@
     python bench/cut.py [--repeats 15] [--json out.json]
 
 A session's first chunk goes out once its whole text is cut (its frame carries the count
-of chunks). Blocks of plain sentences and dialogue in English, Spanish and French take the
-plain path; the rest goes to pysbd, about 5 ms per 1,000 characters (tts/segmentation.py,
-docs/benchmarks.md, P47, P60, P67, P68). Each figure is the median of ``--repeats`` cuts,
-pysbd's kept blocks cleared before each (a text cut for the first time), after one cut
-that warms pysbd up.
+of chunks). Blocks of plain sentences and dialogue in English, Spanish, French (and
+Italian, Dutch, Polish) take the plain path; the rest goes to pysbd, about 5 ms per 1,000
+characters (tts/segmentation.py, docs/benchmarks.md, P47, P60, P67, P68). Each figure is
+the median of ``--repeats`` cuts, pysbd's kept blocks cleared before each (a text cut for
+the first time), after one cut that warms pysbd up.
 """
 
 from __future__ import annotations

@@ -691,9 +691,10 @@ def test_dialogue_and_titles_are_cut_without_pysbd_as_pysbd_cuts_them(block):
     assert _plain_sentence_ends(block) == _pysbd_cut(block)
 
 
-# Spanish and French (P68): their own abbreviations and titles ("la Sra. Gómez",
-# "Está bien. Vamos." is one sentence for pysbd: "bien" is a prepositive of its Spanish),
-# accented letters, ¿ ¡, lines of talk after a dash, French spaces before ? and !.
+# Spanish, French, Italian, Dutch and Polish (P68): their own abbreviations and titles
+# ("la Sra. Gómez"; "Está bien. Vamos." is one sentence for pysbd: "bien" is a
+# prepositive of its Spanish), accented letters, ¿ ¡, lines of talk after a dash, French
+# spaces before ? and !.
 LANGUAGE_WORDS = {
     "es": " ".join(
         [
@@ -707,6 +708,24 @@ LANGUAGE_WORDS = {
             "le la les était Être À Ça éd tél fém etc cf av art vol M Mme Mlle Dr St Ève Œuvre"
             " cœur naïf garçon déjà où Où île l'homme aujourd'hui c’est ms pl ex sup env id ca"
             " co fr mm ss sq sec inf lib vs hab auj ann apr dir Écoute Élodie ému Ô ii vi iv",
+        ]
+    ).split(),
+    "it": " ".join(
+        [
+            "il la di in con non a bene Sig Sigra Dott Prof ecc lui Lei città perché più già è"
+            " È così Giovanni Roma disse casa mare II IV VI l'uomo dell’acqua avv ing geom rag",
+        ]
+    ).split(),
+    "nl": " ".join(
+        [
+            "de het een van in met niet is bij Dhr Mevr Dr Prof enz hij zij één café ĳs Jan"
+            " Amsterdam zei huis zee haven II IV vi zo'n bijv blz ca nl resp vnl",
+        ]
+    ).split(),
+    "pl": " ".join(
+        [
+            "w i na z nie to jest się że do Pan Pani Dr Prof itd on ona łódź żółw Łukasz Świat"
+            " powiedział dom morze port ćma źle II IV ul np tzn tj godz",
         ]
     ).split(),
 }
@@ -749,8 +768,8 @@ def _language_text(language: str):
     return generate
 
 
-@pytest.mark.parametrize("language", ["es", "fr"])
-def test_spanish_and_french_end_where_pysbd_ends_them(language):
+@pytest.mark.parametrize("language", ["es", "fr", "it", "nl", "pl"])
+def test_other_languages_end_where_pysbd_ends_them(language):
     """Generated text in each language, its abbreviations, accents, dialogue in quotes and
     after dashes: wherever the plain path takes a block, it finds exactly pysbd's ends."""
     assert _taken_as_pysbd_cuts(_language_text(language), seed=20261203, language=language) > 500
@@ -772,9 +791,13 @@ def test_spanish_and_french_end_where_pysbd_ends_them(language):
         ("en", "Zoë left the café. Émile stayed."),
         ("en", "She didn't. It's late? Yes."),
         ("pt", "Ele disse que não. São Paulo dorme."),  # pysbd cuts it as English
+        ("it", "Disse di sì. Giovanni partì! È così."),
+        ("it", "Arrivò il Sig. Rossi. Nessuno parlò."),
+        ("nl", "Hij zei niets. Één keer nog? Ja."),
+        ("pl", "Łukasz wrócił do domu. Żółw spał."),
     ],
 )
-def test_spanish_and_french_are_cut_without_pysbd_as_pysbd_cuts_them(language, block):
+def test_other_languages_are_cut_without_pysbd_as_pysbd_cuts_them(language, block):
     ends = segmentation._plain_sentence_ends(block, language)
     assert ends is not None and ends == _pysbd_cut(block, language)
 

@@ -328,14 +328,15 @@ def _last_match(pattern: re.Pattern[str], text: str, start: int, end: int) -> re
 # sentences (a hundred regular expressions run over the block), and 5 ms per 1,000
 # characters, on every session's way to first audio (docs/benchmarks.md, P47, P67, P68).
 # It does so in the languages pysbd cuts by its standard rules and a list of
-# abbreviations of their own: English, Spanish, French, and the languages pysbd does not
-# know, which it cuts as English (`_plain_language`); German, Italian and the others
-# pysbd knows go to it whole.
-# Plain: Latin letters (accented too), digits, spaces (no-break ones too), , ; : - — – ¿
-# ¡, apostrophes within words (' or ’) and double quotes, the quotes paired into
-# quotations (below). Each . ! ? outside a quotation, or closing one, stands alone (with
-# its quote; French may set ! and ? apart by a space), after a word of two letters or
-# more that is none of the language's abbreviations. pysbd ends a sentence there
+# abbreviations of their own: English, Spanish, French, Italian, Dutch, Polish, and the
+# languages pysbd does not know, which it cuts as English (`_plain_language`); German,
+# Danish and the others pysbd has rules of their own for go to it whole.
+# Plain: Latin letters (accented too, from Latin-1 and Latin Extended-A), digits, spaces
+# (no-break ones too), , ; : - — – ¿ ¡, apostrophes within words (' or ’) and double
+# quotes, the quotes paired into quotations (below). Each . ! ? outside a quotation, or
+# closing one, stands alone (with its quote; French may set ! and ? apart by a space),
+# after a word of two letters or more that is none of the language's abbreviations.
+# pysbd ends a sentence there
 # - at the block's end (whitespace may follow: a paragraph's block ends with its blank
 #   line, a long text's after a sentence's space);
 # - before one space and a capital, or, outside a quotation, before one space, a
@@ -344,10 +345,10 @@ def _last_match(pattern: re.Pattern[str], text: str, start: int, end: int) -> re
 # and nowhere else: not at a title's full stop before a space ("Mr. Gray", "la Sra.
 # Gómez"), not at a quotation's close before a lower-case word, not at ! before a to z
 # (tests/test_segmentation.py compares the two on generated text, dialogue and titles,
-# in the three languages). Anything else (brackets, "...", numbers or initials at a full
-# stop, "etc.", a lower-case word after a full stop, single quotes around speech,
+# in each of these languages). Anything else (brackets, "...", numbers or initials at a
+# full stop, "etc.", a lower-case word after a full stop, single quotes around speech,
 # «guillemets», other scripts) goes to pysbd.
-_PLAIN_BLOCK = re.compile(r"[A-Za-zÀ-ÖØ-öø-ÿŒœŸ0-9 \u00a0\u202f,;:'’\-—–.!?\"“”¿¡]*")
+_PLAIN_BLOCK = re.compile(r"[A-Za-zÀ-ÖØ-öø-ſ0-9 \u00a0\u202f,;:'’\-—–.!?\"“”¿¡]*")
 _PLAIN_END = re.compile(r"[.!?]")
 # A quotation as pysbd finds one: between two straight quotes, or a curly pair, with no
 # quote inside, and closed right after its own punctuation (pysbd may end a sentence at
@@ -411,15 +412,15 @@ class _PlainLanguage:
 def _plain_languages() -> dict[str, _PlainLanguage]:
     if pysbd is None:  # pragma: no cover
         return {}
+    from pysbd.lang.dutch import Dutch
     from pysbd.lang.english import English
     from pysbd.lang.french import French
+    from pysbd.lang.italian import Italian
+    from pysbd.lang.polish import Polish
     from pysbd.lang.spanish import Spanish
 
-    return {
-        "en": _PlainLanguage.of(English),
-        "es": _PlainLanguage.of(Spanish),
-        "fr": _PlainLanguage.of(French),
-    }
+    languages = (English, Spanish, French, Italian, Dutch, Polish)
+    return {language.iso_code: _PlainLanguage.of(language) for language in languages}
 
 
 _PLAIN_LANGUAGES = _plain_languages()
