@@ -4,10 +4,10 @@
 
 A session's first chunk goes out once its whole text is cut (its frame carries the count
 of chunks). Blocks of plain sentences and dialogue in English, Spanish, French (and
-Italian, Dutch, Polish) take the plain path; the rest goes to pysbd, about 5 ms per 1,000
-characters (tts/segmentation.py, docs/benchmarks.md, P47, P60, P67, P68). Each figure is
-the median of ``--repeats`` cuts, pysbd's kept blocks cleared before each (a text cut for
-the first time), after one cut that warms pysbd up.
+Italian, Dutch, Polish), and German prose, take the plain path; the rest goes to pysbd,
+about 5 ms per 1,000 characters (tts/segmentation.py, docs/benchmarks.md, P47, P60, P67,
+P68). Each figure is the median of ``--repeats`` cuts, pysbd's kept blocks cleared before
+each (a text cut for the first time), after one cut that warms pysbd up.
 """
 
 from __future__ import annotations
@@ -89,9 +89,20 @@ def talk(chars: int, language: str, *, guillemets: bool = False) -> str:
     return "\n\n".join(paragraphs)
 
 
+def prose(chars: int, language: str) -> str:
+    """Paragraphs of narration, each different."""
+    sentences = [source_sentence(language, n) for n in range(729)]
+    paragraphs, n = [], 0
+    while sum(len(p) + 2 for p in paragraphs) < chars:
+        paragraphs.append(" ".join(sentences[n : n + 4]))
+        n += 4
+    return "\n\n".join(paragraphs)
+
+
 _WORDS = {
     "es": ["faro", "barco", "puerto", "mar", "viento", "camino", "pueblo", "muelle", "cielo"],
     "fr": ["phare", "bateau", "port", "mer", "vent", "chemin", "village", "quai", "ciel"],
+    "de": ["Turm", "Hafen", "Wald", "Fluss", "Weg", "Berg", "Steg", "Markt", "Himmel"],
 }
 
 
@@ -101,6 +112,8 @@ def source_sentence(language: str, n: int) -> str:
     a, b, c = (words[(n // 9**k) % 9] for k in range(3))
     if language == "es":
         return f"Miró el {a}, después el {b} y por fin el {c}."
+    if language == "de":
+        return f"Er sah den {a}, dann den {b} und zuletzt den {c}. Über allem lag Nebel."
     return f"Il regarda le {a}, puis le {b} et enfin le {c}."
 
 
@@ -126,6 +139,8 @@ def texts() -> dict[str, tuple[str, str]]:
         "French talk, 2,500 chars": ("fr", talk(2_500, "fr")),
         "French talk, 20,000 chars": ("fr", talk(20_000, "fr")),
         "French talk in « » (pysbd), 20,000 chars": ("fr", talk(20_000, "fr", guillemets=True)),
+        "German prose, 2,500 chars": ("de", prose(2_500, "de")),
+        "German prose, 20,000 chars": ("de", prose(20_000, "de")),
     }
 
 

@@ -710,6 +710,13 @@ LANGUAGE_WORDS = {
             " co fr mm ss sq sec inf lib vs hab auj ann apr dir Écoute Élodie ému Ô ii vi iv",
         ]
     ).split(),
+    "de": " ".join(
+        [
+            "der die das und ist nicht ein eine mit auf dem zu er sie es Herr Frau Dr Prof usw"
+            " bzw ca Straße Mädchen Äpfel Öl über schön Müller Carl TV Vater III II Mio Nr sagte"
+            " Haus Meer Am Im Es Er Ich Wir stud vgl ggf",
+        ]
+    ).split(),
     "it": " ".join(
         [
             "il la di in con non a bene Sig Sigra Dott Prof ecc lui Lei città perché più già è"
@@ -768,11 +775,13 @@ def _language_text(language: str):
     return generate
 
 
-@pytest.mark.parametrize("language", ["es", "fr", "it", "nl", "pl"])
+@pytest.mark.parametrize("language", ["es", "fr", "it", "nl", "pl", "de"])
 def test_other_languages_end_where_pysbd_ends_them(language):
     """Generated text in each language, its abbreviations, accents, dialogue in quotes and
-    after dashes: wherever the plain path takes a block, it finds exactly pysbd's ends."""
-    assert _taken_as_pysbd_cuts(_language_text(language), seed=20261203, language=language) > 500
+    after dashes: wherever the plain path takes a block, it finds exactly pysbd's ends
+    (German's dialogue in quotes goes to pysbd: fewer blocks are taken)."""
+    taken = _taken_as_pysbd_cuts(_language_text(language), seed=20261203, language=language)
+    assert taken > (250 if language == "de" else 500)
 
 
 @pytest.mark.parametrize(
@@ -795,6 +804,8 @@ def test_other_languages_end_where_pysbd_ends_them(language):
         ("it", "Arrivò il Sig. Rossi. Nessuno parlò."),
         ("nl", "Hij zei niets. Één keer nog? Ja."),
         ("pl", "Łukasz wrócił do domu. Żółw spał."),
+        ("de", "Der Vater sagte nichts. Über dem Meer lag Nebel."),
+        ("de", "Es war spät, bzw. sehr spät. Dann kam Dr. Müller."),  # no end after either
     ],
 )
 def test_other_languages_are_cut_without_pysbd_as_pysbd_cuts_them(language, block):
@@ -805,7 +816,10 @@ def test_other_languages_are_cut_without_pysbd_as_pysbd_cuts_them(language, bloc
 @pytest.mark.parametrize(
     ("language", "block"),
     [
-        ("de", "Er ging. Sie blieb."),  # pysbd's German has rules of its own
+        ("de", '"Komm." Er kam.'),  # pysbd's German reads straight quotes otherwise
+        ("de", "Carl sah das Ca. Dann ging er."),  # "Ca", an abbreviation, opens the block
+        ("de", "Heinrich III. Am Abend kam er."),  # a title pysbd gives back before "Am"
+        ("da", "Han gik. Hun blev."),  # pysbd's Danish has rules of its own
         ("es", "¡Bien. Vamos."),  # pysbd reads an abbreviation only after a space
         ("fr", "« Viens. » Il vint."),  # guillemets
         ("fr", "Vint M.\u00a0Dupont. Il partit."),  # a no-break space after a full stop

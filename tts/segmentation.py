@@ -329,8 +329,9 @@ def _last_match(pattern: re.Pattern[str], text: str, start: int, end: int) -> re
 # characters, on every session's way to first audio (docs/benchmarks.md, P47, P67, P68).
 # It does so in the languages pysbd cuts by its standard rules and a list of
 # abbreviations of their own: English, Spanish, French, Italian, Dutch, Polish, and the
-# languages pysbd does not know, which it cuts as English (`_plain_language`); German,
-# Danish and the others pysbd has rules of their own for go to it whole.
+# languages pysbd does not know, which it cuts as English (`_plain_language`); German too,
+# by its own reading of abbreviations, and without quotes. Danish and the others pysbd
+# has rules of their own for go to it whole.
 # Plain: Latin letters (accented too, from Latin-1 and Latin Extended-A), digits, spaces
 # (no-break ones too), , ; : - — – ¿ ¡, apostrophes within words (' or ’) and double
 # quotes, the quotes paired into quotations (below). Each . ! ? outside a quotation, or
@@ -382,6 +383,11 @@ class _PlainLanguage:
 
     abbreviations: frozenset[str]  # a full stop after one goes to pysbd
     titles: frozenset[str]  # a full stop after one, before a space, never ends a sentence
+    # German only: pysbd reads straight quotes as no quotation (the plain path takes no
+    # quote), and an abbreviation that opens a block as the end of any word it closes
+    # ("Ca" of "Carl": "...Ca. ").
+    quotes: bool = True
+    openings: tuple[re.Pattern[str], ...] = ()
 
     @classmethod
     def of(cls, language: Any) -> _PlainLanguage:
@@ -408,10 +414,23 @@ class _PlainLanguage:
         }
         return cls(frozenset(listed | words), frozenset(titles))
 
+    @classmethod
+    def german(cls, language: Any) -> _PlainLanguage:
+        """pysbd's German: a full stop after any of its abbreviations, before a space, ends
+        no sentence (its own abbreviation rules, in pysbd.lang.deutsch)."""
+        entries = [entry.strip() for entry in language.Abbreviation.ABBREVIATIONS]
+        return cls(
+            cls.of(language).abbreviations,
+            frozenset(entry.lower() for entry in entries),
+            quotes=False,
+            openings=tuple(re.compile(entry, re.IGNORECASE) for entry in entries),
+        )
+
 
 def _plain_languages() -> dict[str, _PlainLanguage]:
     if pysbd is None:  # pragma: no cover
         return {}
+    from pysbd.lang.deutsch import Deutsch
     from pysbd.lang.dutch import Dutch
     from pysbd.lang.english import English
     from pysbd.lang.french import French
@@ -420,7 +439,8 @@ def _plain_languages() -> dict[str, _PlainLanguage]:
     from pysbd.lang.spanish import Spanish
 
     languages = (English, Spanish, French, Italian, Dutch, Polish)
-    return {language.iso_code: _PlainLanguage.of(language) for language in languages}
+    plain = {language.iso_code: _PlainLanguage.of(language) for language in languages}
+    return {**plain, "de": _PlainLanguage.german(Deutsch)}
 
 
 _PLAIN_LANGUAGES = _plain_languages()
@@ -445,9 +465,12 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
         return None
     if _PYSBD_READS.search(block, 0, tail):
         return None
-    quotations = _quotations(block, tail)
+    quoted = not rules.quotes and _QUOTE.search(block, 0, tail)
+    quotations = None if quoted else _quotations(block, tail)
     if quotations is None:
         return None
+    # German: the words that an abbreviation opening the block ends, for pysbd
+    openings = [match.group() for pattern in rules.openings if (match := pattern.match(block))]
     closes = {stop - 1 for _, stop in quotations}
     ends = []
     for match in _PLAIN_END.finditer(block, 0, tail):
@@ -463,6 +486,8 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
         spaced = _word_before(block, at)
         word = spaced.lstrip(_OPENING_MARKS).rstrip(_CLOSING_MARKS)
         full_stop = block[at] == "."
+        if full_stop and any(block.endswith(opening, 0, at) for opening in openings):
+            return None
         if full_stop and word != spaced and word.lower() in rules.abbreviations:
             return None  # pysbd reads an abbreviation only after a space
         if full_stop and word.lower() in rules.titles and block[end : end + 1] == " ":
