@@ -819,6 +819,8 @@ def test_other_languages_are_cut_without_pysbd_as_pysbd_cuts_them(language, bloc
         ("de", '"Komm." Er kam.'),  # pysbd's German reads straight quotes otherwise
         ("de", "Carl sah das Ca. Dann ging er."),  # "Ca", an abbreviation, opens the block
         ("de", "Heinrich III. Am Abend kam er."),  # a title pysbd gives back before "Am"
+        ("de", "Er kam mit ſog. Bauern. Sie kam sogar."),  # ſ: an s when case is ignored
+        ("de", "Er sah die Sonne. Dann kam Dı. Er ging."),  # ı: an i
         ("da", "Han gik. Hun blev."),  # pysbd's Danish has rules of its own
         ("es", "¡Bien. Vamos."),  # pysbd reads an abbreviation only after a space
         ("fr", "« Viens. » Il vint."),  # guillemets

@@ -349,7 +349,9 @@ def _last_match(pattern: re.Pattern[str], text: str, start: int, end: int) -> re
 # in each of these languages). Anything else (brackets, "...", numbers or initials at a
 # full stop, "etc.", a lower-case word after a full stop, single quotes around speech,
 # «guillemets», other scripts) goes to pysbd.
-_PLAIN_BLOCK = re.compile(r"[A-Za-zÀ-ÖØ-öø-ſ0-9 \u00a0\u202f,;:'’\-—–.!?\"“”¿¡]*")
+# (Not İ, ı and ſ: pysbd matches its abbreviations ignoring case, which reads them as i,
+# i and s, where str.lower() does not.)
+_PLAIN_BLOCK = re.compile(r"[A-Za-zÀ-ÖØ-öø-įĲ-ž0-9 \u00a0\u202f,;:'’\-—–.!?\"“”¿¡]*")
 _PLAIN_END = re.compile(r"[.!?]")
 # A quotation as pysbd finds one: between two straight quotes, or a curly pair, with no
 # quote inside, and closed right after its own punctuation (pysbd may end a sentence at
@@ -379,13 +381,17 @@ _WORD = re.compile(r"[^\W\d_]{2,}|[^\W\d_]+(?:['’][^\W\d_]+)+")
 
 @dataclass(frozen=True)
 class _PlainLanguage:
-    """What the plain path needs of a language pysbd cuts by its standard rules."""
+    """What the plain path needs to know of a language to cut it as pysbd does."""
 
     abbreviations: frozenset[str]  # a full stop after one goes to pysbd
-    titles: frozenset[str]  # a full stop after one, before a space, never ends a sentence
-    # German only: pysbd reads straight quotes as no quotation (the plain path takes no
-    # quote), and an abbreviation that opens a block as the end of any word it closes
-    # ("Ca" of "Carl": "...Ca. ").
+    # A full stop after one, before a space, never ends a sentence: the titles ("Mr. Gray");
+    # in German every abbreviation ("usw. und").
+    titles: frozenset[str]
+    # German only. pysbd reads straight quotes there as no quotation: the plain path
+    # takes no quote at all. And pysbd matches an abbreviation at the block's start as a
+    # bare prefix ("Ca" of "Carl"), then ends no sentence at a full stop after any word
+    # that ends in exactly that text ("...Ca. "): these find such prefixes, built from
+    # its entries as pysbd builds them (unescaped: the "." of "b.a" matches any letter).
     quotes: bool = True
     openings: tuple[re.Pattern[str], ...] = ()
 
@@ -416,8 +422,9 @@ class _PlainLanguage:
 
     @classmethod
     def german(cls, language: Any) -> _PlainLanguage:
-        """pysbd's German: a full stop after any of its abbreviations, before a space, ends
-        no sentence (its own abbreviation rules, in pysbd.lang.deutsch)."""
+        """pysbd's German (pysbd.lang.deutsch): a full stop after any of its abbreviations,
+        before a space, ends no sentence, nor one after a word that ends in the prefix an
+        abbreviation matched at the block's start (but after "I", see _TITLE_GIVEN_BACK)."""
         entries = [entry.strip() for entry in language.Abbreviation.ABBREVIATIONS]
         return cls(
             cls.of(language).abbreviations,
@@ -465,11 +472,11 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
         return None
     if _PYSBD_READS.search(block, 0, tail):
         return None
-    quoted = not rules.quotes and _QUOTE.search(block, 0, tail)
-    quotations = None if quoted else _quotations(block, tail)
+    if not rules.quotes and _QUOTE.search(block, 0, tail):
+        return None
+    quotations = _quotations(block, tail)
     if quotations is None:
         return None
-    # German: the words that an abbreviation opening the block ends, for pysbd
     openings = [match.group() for pattern in rules.openings if (match := pattern.match(block))]
     closes = {stop - 1 for _, stop in quotations}
     ends = []
