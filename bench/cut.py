@@ -47,8 +47,8 @@ def dialogue(chars: int, source: TextSource) -> str:
 
 
 # A scene of talk as Spanish and French fiction write it: a line after a dash, its
-# attribution after another; French sets ? and ! apart with a no-break space. French
-# «guillemets» still go to pysbd.
+# attribution after another; French sets ? and ! apart with a no-break space, and
+# quotes in «guillemets».
 _TALK = {
     "es": (
         [
@@ -127,18 +127,24 @@ def texts() -> dict[str, tuple[str, str]]:
         f"El guardián del faro número {n} subió la escalera al anochecer. ¿Vendría la tormenta?"
         for n in range(250)
     )
+    initials = " ".join(  # from a source of its own: the texts above stay as they were
+        f"J. R. Gray saw that {s[0].lower()}{s[1:]}"
+        for s in sentences(TextSource(seed=12).long(2_000))
+    )
     return {
         "plain, 2,000 chars": ("en", source.long(2_000)),
         "plain, 20,000 chars": ("en", source.long(20_000)),
         "dialogue, 2,500 chars": ("en", dialogue(2_500, source)),
         "dialogue, 20,000 chars": ("en", dialogue(20_000, source)),
         "titles, 2,000 chars": ("en", titled),
+        "initials (pysbd), 2,000 chars": ("en", initials),
         "Spanish, 20,000 chars": ("es", spanish[:20_000]),
         "Spanish talk, 2,500 chars": ("es", talk(2_500, "es")),
         "Spanish talk, 20,000 chars": ("es", talk(20_000, "es")),
         "French talk, 2,500 chars": ("fr", talk(2_500, "fr")),
         "French talk, 20,000 chars": ("fr", talk(20_000, "fr")),
-        "French talk in « » (pysbd), 20,000 chars": ("fr", talk(20_000, "fr", guillemets=True)),
+        "French talk in « », 2,500 chars": ("fr", talk(2_500, "fr", guillemets=True)),
+        "French talk in « », 20,000 chars": ("fr", talk(20_000, "fr", guillemets=True)),
         "German prose, 2,500 chars": ("de", prose(2_500, "de")),
         "German prose, 20,000 chars": ("de", prose(20_000, "de")),
     }

@@ -755,11 +755,13 @@ def _language_sentence(rng, words: list[str], language: str) -> str:
 def _language_text(language: str):
     def generate(rng) -> str:
         words, pieces = LANGUAGE_WORDS[language], []
-        opening, closing = rng.choice([('"', '"'), ("“", "”")])
+        opening, closing = rng.choice([('"', '"'), ("“", "”"), ("«", "»"), ("«\u00a0", "\u00a0»")])
         for _ in range(rng.randint(1, 6)):
             sentence = _language_sentence(rng, words, language)
             shape = rng.random()
             if shape < 0.55:
+                if rng.random() < 0.2:  # a hyphened last word: "dit-elle", "well-known"
+                    sentence = sentence.replace(" ", "-", 1)
                 pieces.append(sentence)
             elif shape < 0.75:
                 pieces.append(
@@ -777,9 +779,9 @@ def _language_text(language: str):
 
 @pytest.mark.parametrize("language", ["es", "fr", "it", "nl", "pl", "de"])
 def test_other_languages_end_where_pysbd_ends_them(language):
-    """Generated text in each language, its abbreviations, accents, dialogue in quotes and
-    after dashes: wherever the plain path takes a block, it finds exactly pysbd's ends
-    (German's dialogue in quotes goes to pysbd: fewer blocks are taken)."""
+    """Generated text in each language, its abbreviations, accents, dialogue in quotes,
+    «guillemets» and after dashes: wherever the plain path takes a block, it finds exactly
+    pysbd's ends (German's dialogue in quotes goes to pysbd: fewer blocks are taken)."""
     taken = _taken_as_pysbd_cuts(_language_text(language), seed=20261203, language=language)
     assert taken > (250 if language == "de" else 500)
 
@@ -804,6 +806,10 @@ def test_other_languages_end_where_pysbd_ends_them(language):
         ("it", "Arrivò il Sig. Rossi. Nessuno parlò."),
         ("nl", "Hij zei niets. Één keer nog? Ja."),
         ("pl", "Łukasz wrócił do domu. Żółw spał."),
+        ("fr", "« Viens. » Il vint."),  # one sentence: pysbd reads on after »
+        ("fr", "Il partit. « Reviens\u00a0! » cria-t-elle. Rien."),
+        ("fr", "Il répondit « non ». Elle partit."),
+        ("es", "«¿Vienes?», preguntó. Nadie contestó."),
         ("de", "Der Vater sagte nichts. Über dem Meer lag Nebel."),
         ("de", "Es war spät, bzw. sehr spät. Dann kam Dr. Müller."),  # no end after either
     ],
@@ -817,13 +823,16 @@ def test_other_languages_are_cut_without_pysbd_as_pysbd_cuts_them(language, bloc
     ("language", "block"),
     [
         ("de", '"Komm." Er kam.'),  # pysbd's German reads straight quotes otherwise
+        ("de", "»Komm.« Er kam."),  # German's guillemets point inwards
+        ("fr", "« Viens. Il vint."),  # unpaired
+        ("fr", '« Viens. » "Oui." Il vint.'),  # beside double quotes
+        ("fr", "« a. pain ou b. lait » Il vint."),  # a list within
         ("de", "Carl sah das Ca. Dann ging er."),  # "Ca", an abbreviation, opens the block
         ("de", "Heinrich III. Am Abend kam er."),  # a title pysbd gives back before "Am"
         ("de", "Er kam mit ſog. Bauern. Sie kam sogar."),  # ſ: an s when case is ignored
         ("de", "Er sah die Sonne. Dann kam Dı. Er ging."),  # ı: an i
         ("da", "Han gik. Hun blev."),  # pysbd's Danish has rules of its own
         ("es", "¡Bien. Vamos."),  # pysbd reads an abbreviation only after a space
-        ("fr", "« Viens. » Il vint."),  # guillemets
         ("fr", "Vint M.\u00a0Dupont. Il partit."),  # a no-break space after a full stop
         ("es", "Son las 5. Vamos."),
         # found by a reviewer: what pysbd gives back, or finds within a quotation

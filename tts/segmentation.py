@@ -333,31 +333,36 @@ def _last_match(pattern: re.Pattern[str], text: str, start: int, end: int) -> re
 # by its own reading of abbreviations, and without quotes. Danish and the others pysbd
 # has rules of their own for go to it whole.
 # Plain: Latin letters (accented too, from Latin-1 and Latin Extended-A), digits, spaces
-# (no-break ones too), , ; : - — – ¿ ¡, apostrophes within words (' or ’) and double
-# quotes, the quotes paired into quotations (below). Each . ! ? outside a quotation, or
-# closing one, stands alone (with its quote; French may set ! and ? apart by a space),
-# after a word of two letters or more that is none of the language's abbreviations.
-# pysbd ends a sentence there
+# (no-break ones too), , ; : - — – ¿ ¡, apostrophes and hyphens within words, and double
+# quotes or «guillemets» (not both), paired into quotations (below). Each . ! ? outside
+# a quotation, or closing one, stands alone (with its quote; French may set ! and ?
+# apart by a space), after a word of two letters or more that is none of the language's
+# abbreviations. pysbd ends a sentence there
 # - at the block's end (whitespace may follow: a paragraph's block ends with its blank
 #   line, a long text's after a sentence's space);
 # - before one space and a capital, or, outside a quotation, before one space, a
 #   quotation's opening, ¿, ¡ or a dash, and a capital;
 # - at ? and ! outside a quotation before one space and anything but, for !, a to z;
-# and nowhere else: not at a title's full stop before a space ("Mr. Gray", "la Sra.
-# Gómez"), not at a quotation's close before a lower-case word, not at ! before a to z
+# and nowhere else: not within a quotation, nor at «guillemets»' close (the sentence
+# reads on), not at a title's full stop before a space ("Mr. Gray", "la Sra. Gómez"),
+# not at a double quotation's close before a lower-case word, not at ! before a to z
 # (tests/test_segmentation.py compares the two on generated text, dialogue and titles,
 # in each of these languages). Anything else (brackets, "...", numbers or initials at a
 # full stop, "etc.", a lower-case word after a full stop, single quotes around speech,
-# «guillemets», other scripts) goes to pysbd.
+# other scripts) goes to pysbd.
 # (Not İ, ı and ſ: pysbd matches its abbreviations ignoring case, which reads them as i,
 # i and s, where str.lower() does not.)
-_PLAIN_BLOCK = re.compile(r"[A-Za-zÀ-ÖØ-öø-įĲ-ž0-9 \u00a0\u202f,;:'’\-—–.!?\"“”¿¡]*")
+_PLAIN_BLOCK = re.compile(r"[A-Za-zÀ-ÖØ-öø-įĲ-ž0-9 \u00a0\u202f,;:'’\-—–.!?\"“”«»¿¡]*")
 _PLAIN_END = re.compile(r"[.!?]")
 # A quotation as pysbd finds one: between two straight quotes, or a curly pair, with no
 # quote inside, and closed right after its own punctuation (pysbd may end a sentence at
 # a quotation closed without it).
 _QUOTATION = re.compile(r'"[^"“”]*[.!?,]"|“[^"“”]*[.!?,]”')
 _QUOTE = re.compile(r'["“”]')
+# «Guillemets», as pysbd finds them: everything within is one with the sentence around it.
+_GUILLEMETS = re.compile(r"«[^«»]*»")
+_GUILLEMET = re.compile(r"[«»]")
+_GUILLEMET_OPENING = re.compile(r"«[ \u00a0\u202f]*")
 _OPENING_QUOTES = '"“'
 _OPENING_MARKS = "¿¡—–"  # Spanish opens a question and an exclamation; a dash, a line of talk
 _CLOSING_MARKS = "—–"  # "—No lo sé —dijo—. Vamos."
@@ -375,8 +380,9 @@ _TITLE_GIVEN_BACK = re.compile(r"(?:I|[iI].[vV])\Z")
 # After a quotation's close pysbd ends a sentence only before an unaccented capital.
 _ASCII_CAPITAL = re.compile(r"[A-Z]")
 _ASCII_LOWER = re.compile(r"[a-z]")
-# A word that may end a sentence: letters, and apostrophes between them ("didn't").
-_WORD = re.compile(r"[^\W\d_]{2,}|[^\W\d_]+(?:['’][^\W\d_]+)+")
+# A word that may end a sentence: letters, and apostrophes or hyphens between them
+# ("didn't", "dit-elle").
+_WORD = re.compile(r"[^\W\d_]{2,}|[^\W\d_]+(?:['’-][^\W\d_]+)+")
 
 
 @dataclass(frozen=True)
@@ -472,11 +478,14 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
         return None
     if _PYSBD_READS.search(block, 0, tail):
         return None
-    if not rules.quotes and _QUOTE.search(block, 0, tail):
+    if not rules.quotes and (_QUOTE.search(block, 0, tail) or _GUILLEMET.search(block, 0, tail)):
         return None
     quotations = _quotations(block, tail)
     if quotations is None:
         return None
+    asides = [match.span() for match in _GUILLEMETS.finditer(block, 0, tail)]
+    if len(_GUILLEMET.findall(block, 0, tail)) != 2 * len(asides) or (asides and quotations):
+        return None  # unpaired, or beside double quotes
     openings = [match.group() for pattern in rules.openings if (match := pattern.match(block))]
     closes = {stop - 1 for _, stop in quotations}
     ends = []
@@ -487,11 +496,16 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
         if not closing and any(start < at < stop for start, stop in quotations):
             # Within a quotation pysbd ends no sentence, but where it finds a list ("a.",
             # "1.") or a reference ("cap.12"): a word, then a space or the close.
-            if block[at + 1] not in ' "”' or not _WORD.fullmatch(_word_before(block, at)):
+            if block[at + 1] not in ' "”' or not _inner_word(block, at):
+                return None
+            continue
+        if any(start < at < stop for start, stop in asides):  # «within», the same
+            if block[at + 1] not in _FRENCH_SPACES + "»" or not _inner_word(block, at):
                 return None
             continue
         spaced = _word_before(block, at)
         word = spaced.lstrip(_OPENING_MARKS).rstrip(_CLOSING_MARKS)
+        after_aside = block[at - 1] == "»"  # 'Il répondit « non ».': no word of its own
         full_stop = block[at] == "."
         if full_stop and any(block.endswith(opening, 0, at) for opening in openings):
             return None
@@ -515,10 +529,13 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
             elif block[at] == "!" and _ASCII_LOWER.match(following):
                 continue  # "Oh! the sea": pysbd reads on
             elif block[at] == ".":
+                aside = _GUILLEMET_OPENING.match(block, end + 1)
+                if aside:  # '« Viens ! »' opens the next sentence
+                    following = block[aside.end() : aside.end() + 1]
                 opening = following[:1] in _OPENING_QUOTES + _OPENING_MARKS
                 if not (following[:1].isupper() or (opening and following[1:2].isupper())):
                     return None
-        if not _WORD.fullmatch(word):
+        if not (after_aside or _WORD.fullmatch(word)):
             return None
         if full_stop and word.lower() in rules.abbreviations:
             return None
@@ -533,6 +550,12 @@ def _word_before(block: str, at: int) -> str:
     ? apart by one), without an opening quote."""
     last = at - 1 if block[at] != "." and block[at - 1 : at] in _FRENCH_SPACES else at
     return block[block.rfind(" ", 0, last) + 1 : last].lstrip(_OPENING_QUOTES)
+
+
+def _inner_word(block: str, at: int) -> bool:
+    """Whether the mark at ``at``, within a quotation, follows a word (not a list's "a."
+    or "1.", which pysbd reads within one too)."""
+    return bool(_WORD.fullmatch(_word_before(block, at).lstrip("«" + _OPENING_MARKS)))
 
 
 def _quotations(block: str, tail: int) -> list[tuple[int, int]] | None:
