@@ -810,6 +810,8 @@ def test_other_languages_end_where_pysbd_ends_them(language):
         ("fr", "Il partit. « Reviens\u00a0! » cria-t-elle. Rien."),
         ("fr", "Il répondit « non ». Elle partit."),
         ("es", "«¿Vienes?», preguntó. Nadie contestó."),
+        ("fr", "Il dit «\u00a0Viens. Oui\u00a0!\u00a0» Elle vint."),  # French spacing
+        ("fr", "Il vint. «\u00a0¿Viene?\u00a0» dijo."),
         ("de", "Der Vater sagte nichts. Über dem Meer lag Nebel."),
         ("de", "Es war spät, bzw. sehr spät. Dann kam Dr. Müller."),  # no end after either
     ],

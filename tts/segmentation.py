@@ -341,7 +341,7 @@ def _last_match(pattern: re.Pattern[str], text: str, start: int, end: int) -> re
 # - at the block's end (whitespace may follow: a paragraph's block ends with its blank
 #   line, a long text's after a sentence's space);
 # - before one space and a capital, or, outside a quotation, before one space, a
-#   quotation's opening, ¿, ¡ or a dash, and a capital;
+#   quotation's opening (« and its spaces), ¿, ¡ or a dash, and a capital;
 # - at ? and ! outside a quotation before one space and anything but, for !, a to z;
 # and nowhere else: not within a quotation, nor at «guillemets»' close (the sentence
 # reads on), not at a title's full stop before a space ("Mr. Gray", "la Sra. Gómez"),
@@ -466,8 +466,8 @@ def _plain_language(language: str) -> _PlainLanguage | None:
 
 
 def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
-    """`_block_sentence_ends` for a block of plain sentences, dialogue in double quotes
-    included; None for anything it cannot be sure to cut as pysbd does.
+    """`_block_sentence_ends` for a block of plain sentences, dialogue in double quotes or
+    «guillemets» included; None for anything it cannot be sure to cut as pysbd does.
 
     pysbd keeps a quotation whole: a sentence ends at its close, when the close follows
     the quotation's own end mark and the next word is capitalized (`"Wait." He left.`);
@@ -483,8 +483,10 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
     quotations = _quotations(block, tail)
     if quotations is None:
         return None
-    asides = [match.span() for match in _GUILLEMETS.finditer(block, 0, tail)]
-    if len(_GUILLEMET.findall(block, 0, tail)) != 2 * len(asides) or (asides and quotations):
+    guillemets = [match.span() for match in _GUILLEMETS.finditer(block, 0, tail)]
+    if len(_GUILLEMET.findall(block, 0, tail)) != 2 * len(guillemets) or (
+        guillemets and quotations
+    ):
         return None  # unpaired, or beside double quotes
     openings = [match.group() for pattern in rules.openings if (match := pattern.match(block))]
     closes = {stop - 1 for _, stop in quotations}
@@ -499,13 +501,13 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
             if block[at + 1] not in ' "”' or not _inner_word(block, at):
                 return None
             continue
-        if any(start < at < stop for start, stop in asides):  # «within», the same
+        if any(start < at < stop for start, stop in guillemets):  # «within», the same
             if block[at + 1] not in _FRENCH_SPACES + "»" or not _inner_word(block, at):
                 return None
             continue
         spaced = _word_before(block, at)
         word = spaced.lstrip(_OPENING_MARKS).rstrip(_CLOSING_MARKS)
-        after_aside = block[at - 1] == "»"  # 'Il répondit « non ».': no word of its own
+        after_guillemets = block[at - 1] == "»"  # 'Il répondit « non ».': no word of its own
         full_stop = block[at] == "."
         if full_stop and any(block.endswith(opening, 0, at) for opening in openings):
             return None
@@ -529,13 +531,13 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
             elif block[at] == "!" and _ASCII_LOWER.match(following):
                 continue  # "Oh! the sea": pysbd reads on
             elif block[at] == ".":
-                aside = _GUILLEMET_OPENING.match(block, end + 1)
-                if aside:  # '« Viens ! »' opens the next sentence
-                    following = block[aside.end() : aside.end() + 1]
+                # Past an opening guillemet and its spaces: '. « Viens ! »'
+                opened = _GUILLEMET_OPENING.match(block, end + 1)
+                following = block[opened.end() : opened.end() + 2] if opened else following
                 opening = following[:1] in _OPENING_QUOTES + _OPENING_MARKS
                 if not (following[:1].isupper() or (opening and following[1:2].isupper())):
                     return None
-        if not (after_aside or _WORD.fullmatch(word)):
+        if not (after_guillemets or _WORD.fullmatch(word)):
             return None
         if full_stop and word.lower() in rules.abbreviations:
             return None
@@ -553,9 +555,10 @@ def _word_before(block: str, at: int) -> str:
 
 
 def _inner_word(block: str, at: int) -> bool:
-    """Whether the mark at ``at``, within a quotation, follows a word (not a list's "a."
-    or "1.", which pysbd reads within one too)."""
-    return bool(_WORD.fullmatch(_word_before(block, at).lstrip("«" + _OPENING_MARKS)))
+    """Whether the mark at ``at``, within a quotation or guillemets, follows a word (not a
+    list's "a." or "1.", which pysbd reads within them too)."""
+    word = _word_before(block, at).lstrip("«" + _FRENCH_SPACES + _OPENING_MARKS)
+    return bool(_WORD.fullmatch(word))
 
 
 def _quotations(block: str, tail: int) -> list[tuple[int, int]] | None:
