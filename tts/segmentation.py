@@ -369,10 +369,13 @@ _CLOSING_MARKS = "—–"  # "—No lo sé —dijo—. Vamos."
 _FRENCH_SPACES = " \u00a0\u202f"  # French sets ! and ? apart: "Vraiment ?"
 # What pysbd reads in its own way: a word opened by an apostrophe (single quotes around
 # speech, or 'Twas), two hyphens (an aside, --like this--), a hyphen before a quote (it
-# may end a sentence there), "Co. KG" and its exclamation words ("Yahoo!", "Yum!").
-_PYSBD_READS = re.compile(
-    r"(?:^|\s)['’]|--|-[\"'“”]|Co\.\sKG"
-    + (f"|{_ExclamationWords.EXCLAMATION_REGEX}" if _ExclamationWords else "")
+# may end a sentence there), "Co. KG" and its exclamation words ("Yahoo!", "Yum!"). One
+# pattern each, each looked for only where its character is (on every block's way).
+_PYSBD_READS = (
+    ("'’", re.compile(r"['’](?<=\s.)")),
+    ("-", re.compile(r"-[-\"'“”]")),
+    ("K", re.compile(r"Co\.\sKG")),
+    ("!ǃ", re.compile(_ExclamationWords.EXCLAMATION_REGEX if _ExclamationWords else "$^")),
 )
 # A title's full stop that pysbd gives back as a sentence's end, after "I" ("Carlos I.",
 # "MINI.") or "i.v" (English does so before a word that often starts a sentence).
@@ -459,6 +462,7 @@ def _plain_languages() -> dict[str, _PlainLanguage]:
 _PLAIN_LANGUAGES = _plain_languages()
 
 
+@functools.lru_cache(maxsize=64)
 def _plain_language(language: str) -> _PlainLanguage | None:
     """The plain path's rules for a language, or None where every block goes to pysbd."""
     code = _language_code(language)
@@ -476,17 +480,18 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
     tail = len(block.rstrip())  # a paragraph's block ends with its blank line
     if rules is None or not tail or not _PLAIN_BLOCK.fullmatch(block, 0, tail):
         return None
-    if _PYSBD_READS.search(block, 0, tail):
+    if block[0] in "'’" or any(
+        any(char in block for char in chars) and pattern.search(block, 0, tail)
+        for chars, pattern in _PYSBD_READS
+    ):
         return None
     if not rules.quotes and (_QUOTE.search(block, 0, tail) or _GUILLEMET.search(block, 0, tail)):
         return None
     quotations = _quotations(block, tail)
     if quotations is None:
         return None
-    guillemets = [match.span() for match in _GUILLEMETS.finditer(block, 0, tail)]
-    if len(_GUILLEMET.findall(block, 0, tail)) != 2 * len(guillemets) or (
-        guillemets and quotations
-    ):
+    guillemets = _guillemets(block, tail) if "«" in block or "»" in block else []
+    if guillemets is None or (guillemets and quotations):
         return None  # unpaired, or beside double quotes
     openings = [match.group() for pattern in rules.openings if (match := pattern.match(block))]
     closes = {stop - 1 for _, stop in quotations}
@@ -495,13 +500,13 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
         at = match.start()
         end = at + 1
         closing = end in closes
-        if not closing and any(start < at < stop for start, stop in quotations):
+        if not closing and quotations and any(start < at < stop for start, stop in quotations):
             # Within a quotation pysbd ends no sentence, but where it finds a list ("a.",
             # "1.") or a reference ("cap.12"): a word, then a space or the close.
             if block[at + 1] not in ' "”' or not _inner_word(block, at):
                 return None
             continue
-        if any(start < at < stop for start, stop in guillemets):  # «within», the same
+        if guillemets and any(start < at < stop for start, stop in guillemets):  # «within»
             if block[at + 1] not in _FRENCH_SPACES + "»" or not _inner_word(block, at):
                 return None
             continue
@@ -509,12 +514,12 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
         word = spaced.lstrip(_OPENING_MARKS).rstrip(_CLOSING_MARKS)
         after_guillemets = block[at - 1] == "»"  # 'Il répondit « non ».': no word of its own
         full_stop = block[at] == "."
-        if full_stop and any(block.endswith(opening, 0, at) for opening in openings):
+        if openings and full_stop and any(block.endswith(o, 0, at) for o in openings):
             return None
         if full_stop and word != spaced and word.lower() in rules.abbreviations:
             return None  # pysbd reads an abbreviation only after a space
         if full_stop and word.lower() in rules.titles and block[end : end + 1] == " ":
-            if _TITLE_GIVEN_BACK.search(block, 0, at):
+            if _TITLE_GIVEN_BACK.search(block, max(0, at - 3), at):
                 return None
             continue  # "Mr. Gray": pysbd never ends a sentence after a title and a space
         if closing:
@@ -537,7 +542,8 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
                 opening = following[:1] in _OPENING_QUOTES + _OPENING_MARKS
                 if not (following[:1].isupper() or (opening and following[1:2].isupper())):
                     return None
-        if not (after_guillemets or _WORD.fullmatch(word)):
+        plain_word = len(word) > 1 and word.isalpha()  # most are: no regular expression
+        if not (plain_word or after_guillemets or _WORD.fullmatch(word)):
             return None
         if full_stop and word.lower() in rules.abbreviations:
             return None
@@ -559,6 +565,13 @@ def _inner_word(block: str, at: int) -> bool:
     list's "a." or "1.", which pysbd reads within them too)."""
     word = _word_before(block, at).lstrip("«" + _FRENCH_SPACES + _OPENING_MARKS)
     return bool(_WORD.fullmatch(word))
+
+
+def _guillemets(block: str, tail: int) -> list[tuple[int, int]] | None:
+    """The (start, stop) of each «guillemets» pair in ``block[:tail]``, or None when one is
+    not part of a pair."""
+    pairs = [match.span() for match in _GUILLEMETS.finditer(block, 0, tail)]
+    return pairs if len(_GUILLEMET.findall(block, 0, tail)) == 2 * len(pairs) else None
 
 
 def _quotations(block: str, tail: int) -> list[tuple[int, int]] | None:
