@@ -512,7 +512,8 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
             continue
         spaced = _word_before(block, at)
         word = spaced.lstrip(_OPENING_MARKS).rstrip(_CLOSING_MARKS)
-        after_guillemets = block[at - 1] == "»"  # 'Il répondit « non ».': no word of its own
+        # 'Il répondit « non ».': no word of its own
+        after_guillemets = at > 0 and block[at - 1] == "»"
         full_stop = block[at] == "."
         if openings and full_stop and any(block.endswith(o, 0, at) for o in openings):
             return None
