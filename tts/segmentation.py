@@ -419,13 +419,15 @@ class _PlainLanguage:
             )
         }
         words = {word for entry in listed for word in re.split(r"[\s.]+", entry) if word}
+        # pysbd reads each entry as a pattern ("a.c" finds "abc"); most are plain words
+        plain = {entry.strip().lower() for entry in lists.ABBREVIATIONS}
+        patterns = [
+            re.compile(entry, re.IGNORECASE) for entry in plain if re.escape(entry) != entry
+        ]
         titles = {
-            title.strip().lower()
-            for title in lists.PREPOSITIVE_ABBREVIATIONS
-            if any(
-                re.fullmatch(entry.strip(), title.strip(), re.IGNORECASE)
-                for entry in lists.ABBREVIATIONS
-            )
+            title
+            for title in (title.strip().lower() for title in lists.PREPOSITIVE_ABBREVIATIONS)
+            if title in plain or any(pattern.fullmatch(title) for pattern in patterns)
         }
         return cls(frozenset(listed | words), frozenset(titles))
 
@@ -443,30 +445,28 @@ class _PlainLanguage:
         )
 
 
-def _plain_languages() -> dict[str, _PlainLanguage]:
-    if pysbd is None:  # pragma: no cover
-        return {}
-    from pysbd.lang.deutsch import Deutsch
-    from pysbd.lang.dutch import Dutch
-    from pysbd.lang.english import English
-    from pysbd.lang.french import French
-    from pysbd.lang.italian import Italian
-    from pysbd.lang.polish import Polish
-    from pysbd.lang.spanish import Spanish
-
-    languages = (English, Spanish, French, Italian, Dutch, Polish)
-    plain = {language.iso_code: _PlainLanguage.of(language) for language in languages}
-    return {**plain, "de": _PlainLanguage.german(Deutsch)}
-
-
-_PLAIN_LANGUAGES = _plain_languages()
+# The languages pysbd cuts by its standard rules (German: by its own reading of
+# abbreviations), by their code in pysbd.languages.
+_STANDARD_LANGUAGES = frozenset({"en", "es", "fr", "it", "nl", "pl"})
 
 
 @functools.lru_cache(maxsize=64)
 def _plain_language(language: str) -> _PlainLanguage | None:
     """The plain path's rules for a language, or None where every block goes to pysbd."""
     code = _language_code(language)
-    return _PLAIN_LANGUAGES.get(code if code in _PYSBD_LANGUAGES else "en")
+    return _plain_rules(code if code in _PYSBD_LANGUAGES else "en")  # pysbd cuts others so
+
+
+@functools.cache
+def _plain_rules(code: str) -> _PlainLanguage | None:
+    """Built on a language's first use, not at start (up to 50 ms, for Dutch's and
+    Italian's 2,000 abbreviations each; runworker's warm-up of the cut builds them for the
+    voices it loads)."""
+    if pysbd is None:  # pragma: no cover
+        return None
+    if code == "de":
+        return _PlainLanguage.german(_PYSBD_LANGUAGES[code])
+    return _PlainLanguage.of(_PYSBD_LANGUAGES[code]) if code in _STANDARD_LANGUAGES else None
 
 
 def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
@@ -487,12 +487,15 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
         return None
     if not rules.quotes and (_QUOTE.search(block, 0, tail) or _GUILLEMET.search(block, 0, tail)):
         return None
-    quotations = _quotations(block, tail)
-    if quotations is None:
-        return None
-    guillemets = _guillemets(block, tail) if "«" in block or "»" in block else []
-    if guillemets is None or (guillemets and quotations):
-        return None  # unpaired, or beside double quotes
+    quotations = _pairs(_QUOTATION, _QUOTE, block, tail)
+    guillemets = (
+        _pairs(_GUILLEMETS, _GUILLEMET, block, tail) if "«" in block or "»" in block else []
+    )
+    if quotations is None or guillemets is None or (guillemets and quotations):
+        return None  # unpaired, or double quotes beside guillemets
+    # Within either pysbd ends no sentence (a mark is followed by a space or the close),
+    # but where it finds a list ("a.", "1.") or a reference ("cap.12") there too.
+    enclosed, inner_next = (quotations, ' "”') if quotations else (guillemets, _FRENCH_SPACES + "»")
     openings = [match.group() for pattern in rules.openings if (match := pattern.match(block))]
     closes = {stop - 1 for _, stop in quotations}
     ends = []
@@ -500,14 +503,8 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
         at = match.start()
         end = at + 1
         closing = end in closes
-        if not closing and quotations and any(start < at < stop for start, stop in quotations):
-            # Within a quotation pysbd ends no sentence, but where it finds a list ("a.",
-            # "1.") or a reference ("cap.12"): a word, then a space or the close.
-            if block[at + 1] not in ' "”' or not _inner_word(block, at):
-                return None
-            continue
-        if guillemets and any(start < at < stop for start, stop in guillemets):  # «within»
-            if block[at + 1] not in _FRENCH_SPACES + "»" or not _inner_word(block, at):
+        if not closing and enclosed and any(start < at < stop for start, stop in enclosed):
+            if block[at + 1] not in inner_next or not _inner_word(block, at):
                 return None
             continue
         spaced = _word_before(block, at)
@@ -568,21 +565,15 @@ def _inner_word(block: str, at: int) -> bool:
     return bool(_WORD.fullmatch(word))
 
 
-def _guillemets(block: str, tail: int) -> list[tuple[int, int]] | None:
-    """The (start, stop) of each «guillemets» pair in ``block[:tail]``, or None when one is
-    not part of a pair."""
-    pairs = [match.span() for match in _GUILLEMETS.finditer(block, 0, tail)]
-    return pairs if len(_GUILLEMET.findall(block, 0, tail)) == 2 * len(pairs) else None
-
-
-def _quotations(block: str, tail: int) -> list[tuple[int, int]] | None:
-    """The (start, stop) of each quotation in ``block[:tail]``, or None when a quote is
-    not part of one (unpaired, mixed, or closing a quotation without its punctuation).
-    Every quote in one: pysbd pairs straight quotes in turns, so these pairs are its own."""
-    quotations = [match.span() for match in _QUOTATION.finditer(block, 0, tail)]
-    if len(_QUOTE.findall(block, 0, tail)) != 2 * len(quotations):
-        return None
-    return quotations
+def _pairs(
+    pair: re.Pattern[str], mark: re.Pattern[str], block: str, tail: int
+) -> list[tuple[int, int]] | None:
+    """The (start, stop) of each ``pair`` in ``block[:tail]``, or None when a ``mark`` is
+    not part of one. Quotations: None for a quote unpaired, mixed, or closing a quotation
+    without its punctuation (pysbd pairs straight quotes in turns, so these pairs are its
+    own); «guillemets»: for one unpaired."""
+    pairs = [match.span() for match in pair.finditer(block, 0, tail)]
+    return pairs if len(mark.findall(block, 0, tail)) == 2 * len(pairs) else None
 
 
 def _block_sentence_ends(block: str, segmenter: Any) -> list[int]:

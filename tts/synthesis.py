@@ -84,9 +84,8 @@ def resumed_segments(
         last_end,
     )
     rest = session_segments(session=session, voice=voice, text=session.text[last_end:])
-    shift = last_end
     return done + [
-        replace(seg, char_start=seg.char_start + shift, char_end=seg.char_end + shift)
+        replace(seg, char_start=seg.char_start + last_end, char_end=seg.char_end + last_end)
         for seg in rest
     ], False
 
