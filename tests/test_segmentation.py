@@ -833,6 +833,7 @@ def test_other_languages_are_cut_without_pysbd_as_pysbd_cuts_them(language, bloc
         ("de", "Heinrich III. Am Abend kam er."),  # a title pysbd gives back before "Am"
         ("de", "Er kam mit ſog. Bauern. Sie kam sogar."),  # ſ: an s when case is ignored
         ("de", "Er sah die Sonne. Dann kam Dı. Er ging."),  # ı: an i
+        ("pl", "Wiatr tu. I jest."),  # Polish "t." read as a pattern finds "tu."
         ("da", "Han gik. Hun blev."),  # pysbd's Danish has rules of its own
         ("es", "¡Bien. Vamos."),  # pysbd reads an abbreviation only after a space
         ("fr", "Vint M.\u00a0Dupont. Il partit."),  # a no-break space after a full stop

@@ -403,6 +403,15 @@ class _PlainLanguage:
     # its entries as pysbd builds them (unescaped: the "." of "b.a" matches any letter).
     quotes: bool = True
     openings: tuple[re.Pattern[str], ...] = ()
+    # pysbd reads each entry as a pattern: "t." finds "tu." (once "t." is in the text).
+    # The words these match are abbreviations too.
+    patterns: re.Pattern[str] | None = None
+
+    def abbreviation(self, word: str) -> bool:
+        lowered = word.lower()
+        return lowered in self.abbreviations or bool(
+            self.patterns and self.patterns.fullmatch(lowered)
+        )
 
     @classmethod
     def of(cls, language: Any) -> _PlainLanguage:
@@ -429,7 +438,12 @@ class _PlainLanguage:
             for title in (title.strip().lower() for title in lists.PREPOSITIVE_ABBREVIATIONS)
             if title in plain or any(pattern.fullmatch(title) for pattern in patterns)
         }
-        return cls(frozenset(listed | words), frozenset(titles))
+        either = "|".join(f"(?:{pattern.pattern})" for pattern in patterns)
+        return cls(
+            frozenset(listed | words),
+            frozenset(titles),
+            patterns=re.compile(either, re.IGNORECASE) if either else None,
+        )
 
     @classmethod
     def german(cls, language: Any) -> _PlainLanguage:
@@ -437,9 +451,11 @@ class _PlainLanguage:
         before a space, ends no sentence, nor one after a word that ends in the prefix an
         abbreviation matched at the block's start (but after "I", see _TITLE_GIVEN_BACK)."""
         entries = [entry.strip() for entry in language.Abbreviation.ABBREVIATIONS]
+        plain = cls.of(language)
         return cls(
-            cls.of(language).abbreviations,
+            plain.abbreviations,
             frozenset(entry.lower() for entry in entries),
+            patterns=plain.patterns,
             quotes=False,
             openings=tuple(re.compile(entry, re.IGNORECASE) for entry in entries),
         )
@@ -514,7 +530,7 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
         full_stop = block[at] == "."
         if openings and full_stop and any(block.endswith(o, 0, at) for o in openings):
             return None
-        if full_stop and word != spaced and word.lower() in rules.abbreviations:
+        if full_stop and word != spaced and rules.abbreviation(word):
             return None  # pysbd reads an abbreviation only after a space
         if full_stop and word.lower() in rules.titles and block[end : end + 1] == " ":
             if _TITLE_GIVEN_BACK.search(block, max(0, at - 3), at):
@@ -543,7 +559,7 @@ def _plain_sentence_ends(block: str, language: str = "en") -> list[int] | None:
         plain_word = len(word) > 1 and word.isalpha()  # most are: no regular expression
         if not (plain_word or after_guillemets or _WORD.fullmatch(word)):
             return None
-        if full_stop and word.lower() in rules.abbreviations:
+        if full_stop and rules.abbreviation(word):
             return None
         ends.append(end)
     if not ends or ends[-1] < tail:
