@@ -278,6 +278,42 @@ def test_xtts_needs_the_licence_setting(engine, monkeypatch):
     assert "COQUI_TOS_AGREED" not in os.environ
 
 
+def test_a_local_xtts_config_is_read_again_when_it_changes(engine, tiny_voice, tmp_path):
+    config_path = tmp_path / "config.json"
+    config = json.loads(Path(tiny_voice.config_path).read_text())
+    config_path.write_text(json.dumps(config))
+    model_path = Path(shutil.copy(tiny_voice.model_path, tmp_path / "model.pth"))
+    voice = replace(
+        tiny_voice, id="local", model_path=str(model_path), config_path=str(config_path)
+    )
+
+    with override_settings(TTS_COQUI_AGREE_LICENSE=False):
+        assert engine.availability(voice) == (True, "")
+        assert engine.availability(voice) == (True, "")  # from what was read
+        config_path.write_text(json.dumps({**config, "model": "xtts"}))
+        available, reason = engine.availability(voice)
+
+    assert not available
+    assert "TTS_COQUI_AGREE_LICENSE" in reason
+
+
+def test_coqui_not_installed_is_looked_for_again(engine, tiny_voice, tmp_path, monkeypatch):
+    import importlib.util
+
+    model_path = Path(shutil.copy(tiny_voice.model_path, tmp_path / "model.pth"))
+    voice = replace(tiny_voice, id="local", model_path=str(model_path))  # not loaded here
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(coqui, "_found_packages", False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+
+    available, reason = engine.availability(voice)
+
+    assert not available
+    assert "coqui-tts is not installed" in reason
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)  # installed meanwhile
+    assert engine.availability(voice) == (True, "")
+
+
 def test_availability_does_not_import_torch(tiny_voice):
     script = (
         "import sys\n"
