@@ -5,18 +5,13 @@ add, set the expiry) and four for a ``group_send`` (drop expired members, list t
 drop expired messages in a pipeline, add in a script). Every POST sends one (the
 workers' doorbell) and every chunk one group_send, each on its path to first audio.
 
-``RedisChannelLayer`` here does the same work in Lua: a ``send`` is one round trip, and
-so is a ``group_send`` on one Redis server: one script lists the group's members, drops
-expired messages, checks capacity and adds the message for each member's channel. It
-builds each channel's message itself, as channels-redis does in Python: the message
-packed once, with the ``__asgi_channel__`` entry that names the channel's members
-appended in msgpack. Where the script cannot build what channels-redis would (several
-hosts, whose channels may live on another server; encrypted or JSON messages;
-per-channel capacities), a ``group_send`` is two round trips: the members, then one
-script per server. What is stored, and where, is exactly what channels-redis stores (the
-same keys, scores, expiries and serialized messages, ``__asgi_channel__`` included), so
-processes on either class talk to each other (a rolling deploy). Sharding over several
-hosts and Sentinel work as in channels-redis: the connections are its own.
+``RedisChannelLayer`` here does the same work in Lua: a ``send`` is one round trip, a
+``group_send`` two (the members, then one script per Redis server that checks capacity,
+drops expired messages and adds the message for each member's channel). What is stored,
+and where, is exactly what channels-redis stores (the same keys, scores, expiries and
+serialized messages, ``__asgi_channel__`` included), so processes on either class talk
+to each other (a rolling deploy). Sharding over several hosts and Sentinel work as in
+channels-redis: the connections are its own.
 
 Receiving, channels-redis backs every popped message up in a second sorted set before
 it hands it over (and restores such backups before every pop, and empties the backup
@@ -42,10 +37,8 @@ import threading
 import time
 from typing import Any
 
-import msgpack
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer as CoreRedisChannelLayer
-from channels_redis.serializers import MsgPackSerializer
 
 from tts import redis_client
 
@@ -88,57 +81,6 @@ return over_capacity
 """
 
 
-# A group_send on one Redis server. KEYS[1]: the group's key. ARGV: [1] members added
-# before this have expired, [2] the layer's prefix, [3] the message's start (its random
-# prefix and a map header of one more entry), [4] the rest of the packed message, [5]
-# "__asgi_channel__" packed, [6] capacity, [7] now, [8] messages stored before this have
-# expired, [9] expiry (s). Each member's channel key is the prefix and its name up to its
-# "!" (channels' non_local_name); each key gets the message once, its __asgi_channel__ the
-# list of its members, in the group's order (as channels-redis's
-# _map_channel_keys_to_connection). Returns {members, channels over capacity}.
-GROUP_SEND_ONE_TRIP_LUA = """
-local function packed_length(n, small, tag8, tag16, tag32)
-    if n < small then return string.char(tag8 + n) end
-    if tag16 == 0xda and n < 256 then return string.char(0xd9, n) end
-    if n < 65536 then return string.char(tag16, math.floor(n / 256), n % 256) end
-    return string.char(tag32, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
-                       math.floor(n / 256) % 256, n % 256)
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
-local members = redis.call('ZRANGE', KEYS[1], 0, -1)
-local keys, names = {}, {}
-for _, channel in ipairs(members) do
-    local bang = string.find(channel, '!', 1, true)
-    local key = ARGV[2] .. (bang and string.sub(channel, 1, bang) or channel)
-    if names[key] == nil then
-        names[key] = {}
-        keys[#keys + 1] = key
-    end
-    local list = names[key]
-    list[#list + 1] = channel
-end
-local over_capacity = 0
-for _, key in ipairs(keys) do
-    local list = names[key]
-    local tail = {ARGV[5], packed_length(#list, 16, 0x90, 0xdc, 0xdd)}
-    for _, channel in ipairs(list) do
-        tail[#tail + 1] = packed_length(#channel, 32, 0xa0, 0xda, 0xdb)
-        tail[#tail + 1] = channel
-    end
-    redis.call('ZREMRANGEBYSCORE', key, 0, ARGV[8])
-    if redis.call('ZCOUNT', key, '-inf', '+inf') < tonumber(ARGV[6]) then
-        -- one concatenation: the message (an audio chunk: 200 KB) is copied once
-        redis.call('ZADD', key, ARGV[7], ARGV[3] .. ARGV[4] .. table.concat(tail))
-        redis.call('EXPIRE', key, ARGV[9])
-    else
-        over_capacity = over_capacity + 1
-    end
-end
-return {#members, over_capacity}
-"""
-_ASGI_CHANNEL = msgpack.packb("__asgi_channel__")
-
-
 # channels-redis's own (RedisChannelLayer._brpop_with_clean): back into the channel with
 # whatever a receive backed up and never handed over. ARGV: the channel's key, its backup's.
 RESTORE_LUA = """
@@ -156,8 +98,8 @@ def _failed(task: asyncio.Task) -> bool:
 
 
 class RedisChannelLayer(CoreRedisChannelLayer):
-    """channels-redis's core layer; ``send`` and ``group_send`` in one round trip (two for
-    a ``group_send`` over several hosts), and ``send_blocking`` for sync code."""
+    """channels-redis's core layer; ``send`` in one round trip, ``group_send`` in two, and
+    ``send_blocking`` for sync code."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -185,55 +127,6 @@ class RedisChannelLayer(CoreRedisChannelLayer):
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         assert self.require_valid_group_name(group), "Group name not valid"
-        packed = self._packed_for_one_trip(message)
-        if packed is None:
-            await self._group_send_in_two(group, message)
-            return
-        start, rest = packed
-        now = time.time()
-        members, over_capacity = await self._script(0, GROUP_SEND_ONE_TRIP_LUA)(
-            keys=[self._group_key(group)],
-            args=[
-                int(now) - self.group_expiry,
-                self.prefix,
-                start,
-                rest,
-                _ASGI_CHANNEL,
-                self.capacity,
-                now,
-                int(now) - int(self.expiry),
-                int(self.expiry),
-            ],
-        )
-        if over_capacity > 0:
-            logger.info(
-                "%s of %s channels over capacity in group %s", over_capacity, members, group
-            )
-
-    def _packed_for_one_trip(self, message: dict[str, Any]) -> tuple[bytes, bytes] | None:
-        """The message serialized as channels-redis would, less its ``__asgi_channel__``
-        entry, split where the script adds it: (random prefix and the map's header counting
-        that entry, the rest). None where the script cannot finish the message as
-        channels-redis would: several hosts, per-channel capacities, a serializer other
-        than plain msgpack, or a map too long for a one-byte header."""
-        serializer = self._serializer
-        if (
-            self.ring_size != 1
-            or self.channel_capacity
-            or type(serializer) is not MsgPackSerializer
-            or serializer.crypter is not None
-            or "__asgi_channel__" in message
-        ):
-            return None
-        serialized = self.serialize(message)
-        at = serializer.random_prefix_length
-        header = serialized[at]
-        if not 0x80 <= header < 0x8F:  # a fixmap of at most 14 entries, before ours
-            return None
-        return serialized[:at] + bytes([header + 1]), serialized[at + 1 :]
-
-    async def _group_send_in_two(self, group: str, message: dict[str, Any]) -> None:
-        """The members, then one script per Redis server."""
         members = await self._script(self.consistent_hash(group), MEMBERS_LUA)(
             keys=[self._group_key(group)], args=[int(time.time()) - self.group_expiry]
         )
