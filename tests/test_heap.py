@@ -35,7 +35,9 @@ def test_frozen_objects_are_left_out_of_a_full_pass_and_garbage_is_collected_fir
     del dropped  # garbage already: collected, not frozen
     try:
         frozen, ms = heap.freeze_startup_heap()
-        assert frozen == gc.get_freeze_count() > before and ms >= 0
+        # another thread of this process may free a frozen object meanwhile (it leaves the
+        # frozen generation), never add one: CI saw one fewer once
+        assert before < frozen and gc.get_freeze_count() <= frozen and ms >= 0
         assert not any(type(o) is Node for o in gc.get_objects())  # not visited by passes
         still = weakref.ref(kept)
         del kept
