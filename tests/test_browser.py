@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, Route, sync_playwright  # noqa: E402
 from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -372,6 +373,15 @@ def test_an_early_socket_refused_before_the_reply_opens_again_after_it(page: Pag
     scene = make_story(SCENE_TEXT).scenes.get()
     open_scene(page, scene)
     page.evaluate("window.__narrator.players[0].earlySockets = true")
+
+    def slow_post(route: Route) -> None:
+        # On a fast host the POST's reply could set the cookie before the browser sent
+        # the early socket's handshake, which then carried it and was not refused.
+        if route.request.method == "POST":
+            time.sleep(0.3)
+        route.continue_()
+
+    page.route("**/api/tts/sessions/", slow_post)
     page.get_by_role("button", name="Play: Scene 1").click()
     state = wait_for_state(page, "ended")
 
