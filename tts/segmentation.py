@@ -428,22 +428,17 @@ class _PlainLanguage:
             )
         }
         words = {word for entry in listed for word in re.split(r"[\s.]+", entry) if word}
-        # pysbd reads each entry as a pattern ("a.c" finds "abc"); most are plain words
+        # pysbd reads each entry as a pattern ("a.c" finds "abc"); most are plain words,
+        # the others are compiled once, as one pattern
         plain = {entry.strip().lower() for entry in lists.ABBREVIATIONS}
-        patterns = [
-            re.compile(entry, re.IGNORECASE) for entry in plain if re.escape(entry) != entry
-        ]
+        either = "|".join(f"(?:{entry})" for entry in plain if re.escape(entry) != entry)
+        patterns = re.compile(either, re.IGNORECASE) if either else None
         titles = {
             title
             for title in (title.strip().lower() for title in lists.PREPOSITIVE_ABBREVIATIONS)
-            if title in plain or any(pattern.fullmatch(title) for pattern in patterns)
+            if title in plain or (patterns and patterns.fullmatch(title))
         }
-        either = "|".join(f"(?:{pattern.pattern})" for pattern in patterns)
-        return cls(
-            frozenset(listed | words),
-            frozenset(titles),
-            patterns=re.compile(either, re.IGNORECASE) if either else None,
-        )
+        return cls(frozenset(listed | words), frozenset(titles), patterns=patterns)
 
     @classmethod
     def german(cls, language: Any) -> _PlainLanguage:

@@ -272,7 +272,7 @@ def _download_url(item: dict[str, Any]) -> str:
 # Reading model configs without torch ------------------------------------------------------------
 
 
-# Each config as last read, with the file's size and time: every POST for a voice whose
+# Each config as last read, with the file's time, size and inode: every POST for a voice whose
 # model this process has not loaded (the web process's, always) checks the voice's
 # licence in its config; read and parsed each time, that took 40 us of a 150 us check.
 _configs: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
