@@ -733,44 +733,33 @@ def session_end_checkpoint() -> None:
 
 
 @patch
-def cache_sweep() -> None:
-    """tts/synthesis.py _synthesize: after each synthesis, read BENCH_SWEEP_MB (default 150,
-    the full-size VITS's weights) of memory, inside the engine's measured time, so that
-    the chunk's way to the client starts with the caches a large model leaves: any
-    overhead it adds is the caches', not the pipeline's work (round 20)."""
-    import numpy as np
-
-    from tts import synthesis
-
-    sweep = np.ones(int(float(os.environ.get("BENCH_SWEEP_MB", "150")) * 2**20 // 8))
-    original = synthesis._synthesize
-
-    def _synthesize(*args, **kwargs):
-        audio = original(*args, **kwargs)
-        sweep.sum()
-        return audio
-
-    replace(synthesis, "_synthesize", _synthesize)
-
-
-@patch
 def slow_engine() -> None:
-    """tts/synthesis.py _synthesize: each synthesis takes BENCH_SLOW_S (default 1.5) more,
-    inside the engine's measured time: asleep (BENCH_SLOW_MODE=sleep, the default),
-    keeping its core busy in Python (spin), in torch's matrix products (torch) or reading
-    150 MB over and over (memory), as the
-    full-size VITS does on this host: whether the full-size voice's larger overhead comes
-    from the length of its synthesis alone (round 20)."""
+    """tts/synthesis.py _synthesize: after each synthesis, inside the engine's measured
+    time, a stand-in for a large model's (round 20: whether the full-size voice's larger
+    overhead comes from what its synthesis does to the host, not from the pipeline).
+    BENCH_SLOW_MODE: for BENCH_SLOW_S (default 1.5) more, asleep (sleep, the default),
+    busy in Python (spin), in torch's matrix products (torch) or reading BENCH_SWEEP_MB
+    (default 150, the full-size VITS's weights) over and over (memory); or reading them
+    once (sweep: the caches such a model leaves, and no more time)."""
     from tts import synthesis
 
     seconds = float(os.environ.get("BENCH_SLOW_S", "1.5"))
     mode = os.environ.get("BENCH_SLOW_MODE", "sleep")
+    if mode in ("memory", "sweep"):
+        import numpy as np
+
+        weights = np.ones(int(float(os.environ.get("BENCH_SWEEP_MB", "150")) * 2**20 // 8))
     original = synthesis._synthesize
 
     def _synthesize(*args, **kwargs):
         audio = original(*args, **kwargs)
         until = time.perf_counter() + seconds
-        if mode == "spin":
+        if mode == "sweep":
+            weights.sum()
+        elif mode == "memory":
+            while time.perf_counter() < until:
+                weights.sum()
+        elif mode == "spin":
             while time.perf_counter() < until:
                 pass
         elif mode == "torch":
@@ -779,12 +768,6 @@ def slow_engine() -> None:
             a = torch.rand(512, 512)
             while time.perf_counter() < until:
                 a = torch.tanh(a @ a)
-        elif mode == "memory":  # streaming through 150 MB, as a large model's weights
-            import numpy as np
-
-            sweep = np.ones(150 * 2**20 // 8)
-            while time.perf_counter() < until:
-                sweep.sum()
         else:
             time.sleep(seconds)
         return audio
