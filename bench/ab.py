@@ -67,7 +67,7 @@ def run(
     cold = _alternate(switch, port, voice, short, timeout)
     # The same texts again, each in the arm it was first narrated in: all cache hits.
     again = _alternate(switch, port, voice, short, timeout)
-    whole = _alternate(switch, port, voice, long, long_timeout)
+    whole = _alternate(switch, port, voice, long, long_timeout) if long else {False: [], True: []}
     out = {}
     for on, label in ((False, "off"), (True, "on")):
         out[label] = {
@@ -92,6 +92,8 @@ def figures(result: dict) -> list[tuple[str, str, str]]:
     rows = []
     for label, part, key in FIGURES:
         cells = []
+        if any(not result[arm][part][key]["n"] for arm in ("off", "on")):
+            continue  # no long texts in this run (the full-size voice)
         for arm in ("off", "on"):
             stats = result[arm][part][key]
             if part == "throughput" or key is None:

@@ -516,8 +516,9 @@ def scenario_ab(ctx: Context) -> None:
     out = ctx.results.setdefault("ab", {})
     switch = ab.Switch(ctx.bench.switch_file)
     name = "A/B " + "+".join(ctx.args.patch) + " (off -> on)"
-    for voice in ctx.voices(fast_only=True):
-        n, k = ctx.args.sessions, ctx.args.long_repeats
+    for voice in ctx.voices():
+        # The full-size voice: --full-sessions per arm and no long text (a minute each).
+        n, k = ctx.count(voice), 0 if voice == "full" else ctx.args.long_repeats
         res = out[VOICE_IDS[voice]] = ab.run(
             switch,
             ctx.port,

@@ -38,6 +38,7 @@ async def warm(layer) -> None:
     await layer.group_add("warm-up", "warm-up")
     await layer.send("warm-up", {"type": "warm"})
     await layer.group_send("warm-up", {"type": "warm"})
+    await layer.group_send("warm-up", {"type": "warm"})  # to a group it knows
 
 
 def round_trips(layer, monkeypatch) -> list[str]:
@@ -85,6 +86,53 @@ def test_a_group_send_is_two_round_trips_and_reaches_every_member(layers, monkey
         assert trips == ["EVALSHA", "EVALSHA"]
         for channel in (first, second, "general.listener"):
             assert await core.receive(channel) == {"type": "tts.chunk", "pcm": b"\x01\x02"}
+        await _flush(ours, core)
+
+    asyncio.run(run())
+
+
+def test_a_group_sent_to_before_takes_one_round_trip_and_follows_who_joins_and_leaves(
+    layers, monkeypatch
+):
+    """The members the last send found are sent to and the group listed in one script;
+    a member that joined since is sent to in a second trip, and a channel key that names a
+    member that left (or expired) is held back and sent again naming only those left."""
+    ours, core = layers
+
+    async def run():
+        connection = ours.connection(0)
+        first, second = await core.new_channel(), await core.new_channel()
+        process_key = ours.prefix + ours.non_local_name(first)  # both channels' key
+        for channel in (first, second, "general.listener", "expiring"):
+            await core.group_add("readers", channel)
+        await warm(ours)
+        await ours.group_send("readers", {"n": 1})  # learns the members: two trips
+        trips = round_trips(ours, monkeypatch)
+        await ours.group_send("readers", {"n": 2})
+        assert trips == ["EVALSHA"]
+        for channel in (first, second, "general.listener", "expiring"):
+            assert [(await core.receive(channel))["n"] for _ in range(2)] == [1, 2]
+
+        third = await core.new_channel()  # same process key as first and second
+        await core.group_add("readers", third)
+        await core.group_discard("readers", first)
+        long_ago = time.time() - 2 * ours.group_expiry
+        await connection.zadd(ours._group_key("readers"), {"expiring": long_ago})
+        trips.clear()
+        await ours.group_send("readers", {"n": 3})
+        assert trips == ["EVALSHA", "EVALSHA"]
+        stored = [core.deserialize(m) for m in await connection.zrange(process_key, 0, -1)]
+        assert [sorted(m["__asgi_channel__"]) for m in stored] == [sorted([second, third])]
+        assert not await connection.exists(ours.prefix + "expiring")
+        for channel in (second, third, "general.listener"):
+            assert await core.receive(channel) == {"n": 3}
+
+        trips.clear()
+        await ours.group_send("readers", {"n": 4})
+        assert trips == ["EVALSHA"]
+        for channel in (second, third, "general.listener"):
+            assert await core.receive(channel) == {"n": 4}
+        assert await connection.zcard(process_key) == 0  # nothing for the one that left
         await _flush(ours, core)
 
     asyncio.run(run())

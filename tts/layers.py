@@ -6,8 +6,12 @@ drop expired messages in a pipeline, add in a script). Every POST sends one (the
 workers' doorbell) and every chunk one group_send, each on its path to first audio.
 
 ``RedisChannelLayer`` here does the same work in Lua: a ``send`` is one round trip, a
-``group_send`` two (the members, then one script per Redis server that checks capacity,
-drops expired messages and adds the message for each member's channel). What is stored,
+``group_send`` two the first time a process sends to a group (the members, then one
+script per Redis server that checks capacity, drops expired messages and adds the message
+for each member's channel), and one after that: the process keeps each group's members as
+its last send found them, and one script sends to those still in the group and lists the
+group as it is now; a member that joined since gets its message in a second trip. What is
+stored,
 and where, is exactly what channels-redis stores (the same keys, scores, expiries and
 serialized messages, ``__asgi_channel__`` included), so processes on either class talk
 to each other (a rolling deploy). Sharding over several hosts and Sentinel work as in
@@ -80,6 +84,45 @@ end
 return over_capacity
 """
 
+# GROUP_SEND_LUA to the members a process knows of, and the group's members as they are now,
+# in one trip. KEYS[1]: the group's key; KEYS[2..n+1]: channel keys. ARGV: members added
+# before ARGV[1] have expired; now, expired-before, expiry; n messages; n capacities; n
+# counts of the member channels each message names; then those names. A channel key's
+# message goes out only if every member it names is still in the group (else it would
+# reach a process for a member that left): the caller sends it again to those that are.
+# Returns {channels over capacity, the indexes (1..n) of keys skipped, the members}.
+KNOWN_GROUP_SEND_LUA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
+local n = #KEYS - 1
+local now, expired, expiry = ARGV[2], ARGV[3], ARGV[4]
+local over_capacity, skipped = 0, {}
+local name = 5 + 3 * n
+for i = 1, n do
+    local present = true
+    for _ = 1, tonumber(ARGV[4 + 2 * n + i]) do
+        if present and not redis.call('ZSCORE', KEYS[1], ARGV[name]) then
+            present = false
+        end
+        name = name + 1
+    end
+    local key = KEYS[i + 1]
+    if not present then
+        skipped[#skipped + 1] = i
+    else
+        redis.call('ZREMRANGEBYSCORE', key, 0, expired)
+        if redis.call('ZCOUNT', key, '-inf', '+inf') < tonumber(ARGV[4 + n + i]) then
+            redis.call('ZADD', key, now, ARGV[4 + i])
+            redis.call('EXPIRE', key, expiry)
+        else
+            over_capacity = over_capacity + 1
+        end
+    end
+end
+return {over_capacity, skipped, redis.call('ZRANGE', KEYS[1], 0, -1)}
+"""
+
+KNOWN_GROUPS = 1024  # groups whose members a process keeps (the ones it sent to last)
+
 
 # channels-redis's own (RedisChannelLayer._brpop_with_clean): back into the channel with
 # whatever a receive backed up and never handed over. ARGV: the channel's key, its backup's.
@@ -107,6 +150,9 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         self._blocking_lock = threading.Lock()
         self._restored: set[str] = set()  # channel keys whose backups were restored
         self._pops: dict[str, asyncio.Task] = {}  # this process's channel -> its pop
+        # group -> its members as this process's last send to it found them (oldest first)
+        self._known: dict[str, list[str]] = {}
+        self._known_lock = threading.Lock()
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         assert isinstance(message, dict), "message is not a dict"
@@ -127,10 +173,66 @@ class RedisChannelLayer(CoreRedisChannelLayer):
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         assert self.require_valid_group_name(group), "Group name not valid"
-        members = await self._script(self.consistent_hash(group), MEMBERS_LUA)(
+        index = self.consistent_hash(group)
+        known = self._known.get(group)
+        if known is not None and await self._send_to_known(index, group, known, message):
+            return
+        members = await self._script(index, MEMBERS_LUA)(
             keys=[self._group_key(group)], args=[int(time.time()) - self.group_expiry]
         )
         channel_names = [name.decode("utf8") for name in members]
+        self._remember(group, channel_names)
+        await self._send_to(channel_names, group, message)
+
+    async def _send_to_known(
+        self, index: int, group: str, known: list[str], message: dict[str, Any]
+    ) -> bool:
+        """The group send in one trip, to the members ``known`` that are still in the group;
+        then to those that joined since, or whose channel key's message was held back.
+        False (nothing sent) when a known member's channel is on another Redis server than
+        the group's (a sharded layer: two trips, as before)."""
+        by_connection, messages, capacities = self._map_channel_keys_to_connection(known, message)
+        if any(other != index for other in by_connection):
+            return False
+        channel_keys = by_connection.get(index, [])
+        names = {key: [] for key in channel_keys}
+        for name in known:
+            names[self.prefix + (self.non_local_name(name) if "!" in name else name)].append(name)
+        now = time.time()
+        over_capacity, skipped, members = await self._script(index, KNOWN_GROUP_SEND_LUA)(
+            keys=[self._group_key(group), *channel_keys],
+            args=[
+                int(now) - self.group_expiry,
+                now,
+                int(now) - int(self.expiry),
+                int(self.expiry),
+                *(messages[key] for key in channel_keys),
+                *(capacities[key] for key in channel_keys),
+                *(len(names[key]) for key in channel_keys),
+                *(name for key in channel_keys for name in names[key]),
+            ],
+        )
+        current = [name.decode("utf8") for name in members]
+        self._remember(group, current)
+        if over_capacity > 0:
+            logger.info(
+                "%s of %s channels over capacity in group %s", over_capacity, len(known), group
+            )
+        held_back = {channel_keys[i - 1] for i in skipped}
+        reached = {name for key in channel_keys if key not in held_back for name in names[key]}
+        if missing := [name for name in current if name not in reached]:
+            await self._send_to(missing, group, message)
+        return True
+
+    def _remember(self, group: str, members: list[str]) -> None:
+        with self._known_lock:
+            self._known.pop(group, None)
+            self._known[group] = members
+            if len(self._known) > KNOWN_GROUPS:
+                del self._known[next(iter(self._known))]
+
+    async def _send_to(self, channel_names: list[str], group: str, message: dict) -> None:
+        """GROUP_SEND_LUA on each Redis server, for ``channel_names`` of ``group``."""
         by_connection, messages, capacities = self._map_channel_keys_to_connection(
             channel_names, message
         )
@@ -197,6 +299,7 @@ class RedisChannelLayer(CoreRedisChannelLayer):
 
     async def flush(self) -> None:
         self._stop_pops()
+        self._known.clear()
         await super().flush()
 
     async def close_pools(self) -> None:
