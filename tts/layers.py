@@ -8,10 +8,10 @@ workers' doorbell) and every chunk one group_send, each on its path to first aud
 ``RedisChannelLayer`` here does the same work in Lua: a ``send`` is one round trip, a
 ``group_send`` two the first time a process sends to a group (the members, then one
 script per Redis server that checks capacity, drops expired messages and adds the message
-for each member's channel), and one after that: the process keeps each group's members as
-its last send found them, and one script sends to those still in the group and lists the
-group as it is now; a member that joined since gets its message in a second trip. What is
-stored,
+for each member's channel), and one after that on a layer of one Redis server: the process
+keeps each group's members as its last send found them, and one script sends to those
+still in the group and lists the group as it is now; a member that joined since gets its
+message in a second trip. What is stored,
 and where, is exactly what channels-redis stores (the same keys, scores, expiries and
 serialized messages, ``__asgi_channel__`` included), so processes on either class talk
 to each other (a rolling deploy). Sharding over several hosts and Sentinel work as in
@@ -173,33 +173,28 @@ class RedisChannelLayer(CoreRedisChannelLayer):
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         assert self.require_valid_group_name(group), "Group name not valid"
-        index = self.consistent_hash(group)
         known = self._known.get(group)
-        if known is not None and await self._send_to_known(index, group, known, message):
+        if known is not None and self.ring_size == 1:  # sharded: members may be elsewhere
+            await self._send_to_known(group, known, message)
             return
-        members = await self._script(index, MEMBERS_LUA)(
+        members = await self._script(self.consistent_hash(group), MEMBERS_LUA)(
             keys=[self._group_key(group)], args=[int(time.time()) - self.group_expiry]
         )
         channel_names = [name.decode("utf8") for name in members]
         self._remember(group, channel_names)
         await self._send_to(channel_names, group, message)
 
-    async def _send_to_known(
-        self, index: int, group: str, known: list[str], message: dict[str, Any]
-    ) -> bool:
-        """The group send in one trip, to the members ``known`` that are still in the group;
-        then to those that joined since, or whose channel key's message was held back.
-        False (nothing sent) when a known member's channel is on another Redis server than
-        the group's (a sharded layer: two trips, as before)."""
+    async def _send_to_known(self, group: str, known: list[str], message: dict[str, Any]) -> None:
+        """The group send in one trip (one Redis server), to the members ``known`` that
+        are still in the group; then to those that joined since, or whose channel key's
+        message was held back."""
         by_connection, messages, capacities = self._map_channel_keys_to_connection(known, message)
-        if any(other != index for other in by_connection):
-            return False
-        channel_keys = by_connection.get(index, [])
+        channel_keys = by_connection.get(0, [])
         names = {key: [] for key in channel_keys}
         for name in known:
             names[self.prefix + (self.non_local_name(name) if "!" in name else name)].append(name)
         now = time.time()
-        over_capacity, skipped, members = await self._script(index, KNOWN_GROUP_SEND_LUA)(
+        over_capacity, skipped, members = await self._script(0, KNOWN_GROUP_SEND_LUA)(
             keys=[self._group_key(group), *channel_keys],
             args=[
                 int(now) - self.group_expiry,
@@ -222,7 +217,6 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         reached = {name for key in channel_keys if key not in held_back for name in names[key]}
         if missing := [name for name in current if name not in reached]:
             await self._send_to(missing, group, message)
-        return True
 
     def _remember(self, group: str, members: list[str]) -> None:
         with self._known_lock:
