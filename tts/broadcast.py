@@ -131,7 +131,7 @@ def _group_send(session_id: uuid.UUID | str, event: dict[str, Any], *, wait: boo
         logger.warning("%s failed or is slow; going on", what, exc_info=True)
 
 
-def learn_members(session_id: uuid.UUID | str) -> None:
+def learn_members(session_id: uuid.UUID) -> None:
     """Have the session group's members looked up in the background (tts.layers), so that
     the next broadcast to it, the first chunk's, which the worker waits for, is one trip
     to Redis instead of two."""

@@ -141,8 +141,7 @@ def _failed(task: asyncio.Task) -> bool:
 
 
 class RedisChannelLayer(CoreRedisChannelLayer):
-    """channels-redis's core layer; ``send`` in one round trip, ``group_send`` in two the
-    first time (one after that, or after ``group_learn``, on one Redis server), and
+    """channels-redis's core layer; ``send`` in one round trip, ``group_send`` in two, and
     ``send_blocking`` for sync code."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -183,7 +182,7 @@ class RedisChannelLayer(CoreRedisChannelLayer):
     async def group_learn(self, group: str) -> None:
         """Look the group's members up now (one trip) so that the next ``group_send`` to
         it is one trip too: for a send that is waited for, made while other work runs."""
-        if self.ring_size == 1 and group not in self._known:  # see group_send
+        if group not in self._known:
             await self._members(group)
 
     async def _members(self, group: str) -> list[str]:
@@ -221,7 +220,7 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         self._remember(group, current)
         if over_capacity > 0:
             logger.info(
-                "%s of %s channels over capacity in group %s", over_capacity, len(current), group
+                "%s of %s channels over capacity in group %s", over_capacity, len(known), group
             )
         held_back = {channel_keys[i - 1] for i in skipped}
         reached = {name for key in channel_keys if key not in held_back for name in names[key]}
@@ -303,8 +302,7 @@ class RedisChannelLayer(CoreRedisChannelLayer):
 
     async def flush(self) -> None:
         self._stop_pops()
-        with self._known_lock:
-            self._known.clear()
+        self._known.clear()
         await super().flush()
 
     async def close_pools(self) -> None:

@@ -320,10 +320,6 @@ def session_run(*, session_id: uuid.UUID | str, worker: str) -> None:
     except ValueError:
         logger.warning("ignoring a generate message with a bad session id %r", session_id)
         return
-    # Its listeners looked up beside the claim (the claim's commit holds no GIL; beside a
-    # synthesis in Python, the lookup slowed it by more than it saved, P72): the first
-    # chunk's send, which the worker waits for, is then one trip to Redis.
-    broadcast.learn_members(session_id)
     session = session_claim(session_id=session_id, worker=worker)
     if session is None:
         session = session_claim_next(worker=worker)
