@@ -138,24 +138,6 @@ def test_a_group_sent_to_before_takes_one_round_trip_and_follows_who_joins_and_l
     asyncio.run(run())
 
 
-def test_a_group_learned_before_its_first_send_takes_one_round_trip(layers, monkeypatch):
-    ours, core = layers
-
-    async def run():
-        await core.group_add("readers", "listener")
-        await warm(ours)
-        trips = round_trips(ours, monkeypatch)
-        await ours.group_learn("readers")
-        assert trips == ["EVALSHA"]
-        await ours.group_learn("readers")  # known already: nothing to look up
-        await ours.group_send("readers", {"n": 1})
-        assert trips == ["EVALSHA", "EVALSHA"]
-        assert await core.receive("listener") == {"n": 1}
-        await _flush(ours, core)
-
-    asyncio.run(run())
-
-
 def test_a_blocking_send_stores_what_a_send_stores_on_the_calling_thread(layers):
     """The workers' doorbell from a request's thread: no event loop, one round trip, the
     same message for channels-redis's receive, and the same refusal when full."""

@@ -131,15 +131,6 @@ def _group_send(session_id: uuid.UUID | str, event: dict[str, Any], *, wait: boo
         logger.warning("%s failed or is slow; going on", what, exc_info=True)
 
 
-def learn_members(session_id: uuid.UUID) -> None:
-    """Have the session group's members looked up in the background (tts.layers), so that
-    the next broadcast to it, the first chunk's, which the worker waits for, is one trip
-    to Redis instead of two."""
-    layer = get_channel_layer()
-    if layer is not None and hasattr(layer, "group_learn"):
-        _sender.post(layer.group_learn(session_group(session_id)), f"members of {session_id}")
-
-
 def flush() -> None:
     """Wait until every event broadcast so far has gone out (or failed): for callers that
     must know listeners were told, such as a process about to exit."""

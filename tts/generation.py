@@ -200,8 +200,6 @@ class _Run:
         ):
             if announce:  # a slow voice: listeners hear that it is running while it works
                 self.running.send()
-            else:  # the first chunk's send, waited for, then takes one trip to Redis (P72)
-                broadcast.learn_members(session.id)
             for seq in range(self.first_seq, self.total):
                 try:
                     audio = self._audio(seq)

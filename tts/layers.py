@@ -177,21 +177,12 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         if known is not None and self.ring_size == 1:  # sharded: members may be elsewhere
             await self._send_to_known(group, known, message)
             return
-        await self._send_to(await self._members(group), group, message)
-
-    async def group_learn(self, group: str) -> None:
-        """Look the group's members up now (one trip) so that the next ``group_send`` to
-        it is one trip too: for a send that is waited for, made while other work runs."""
-        if group not in self._known:
-            await self._members(group)
-
-    async def _members(self, group: str) -> list[str]:
         members = await self._script(self.consistent_hash(group), MEMBERS_LUA)(
             keys=[self._group_key(group)], args=[int(time.time()) - self.group_expiry]
         )
         channel_names = [name.decode("utf8") for name in members]
         self._remember(group, channel_names)
-        return channel_names
+        await self._send_to(channel_names, group, message)
 
     async def _send_to_known(self, group: str, known: list[str], message: dict[str, Any]) -> None:
         """The group send in one trip (one Redis server), to the members ``known`` that
