@@ -141,8 +141,8 @@ def _failed(task: asyncio.Task) -> bool:
 
 
 class RedisChannelLayer(CoreRedisChannelLayer):
-    """channels-redis's core layer; ``send`` in one round trip, ``group_send`` in two, and
-    ``send_blocking`` for sync code."""
+    """channels-redis's core layer; ``send`` in one round trip, ``group_send`` in two the
+    first time (one after that, on one Redis server), and ``send_blocking`` for sync code."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -211,7 +211,7 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         self._remember(group, current)
         if over_capacity > 0:
             logger.info(
-                "%s of %s channels over capacity in group %s", over_capacity, len(known), group
+                "%s of %s channels over capacity in group %s", over_capacity, len(current), group
             )
         held_back = {channel_keys[i - 1] for i in skipped}
         reached = {name for key in channel_keys if key not in held_back for name in names[key]}
@@ -293,7 +293,8 @@ class RedisChannelLayer(CoreRedisChannelLayer):
 
     async def flush(self) -> None:
         self._stop_pops()
-        self._known.clear()
+        with self._known_lock:
+            self._known.clear()
         await super().flush()
 
     async def close_pools(self) -> None:
