@@ -173,21 +173,20 @@ class RedisChannelLayer(CoreRedisChannelLayer):
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         assert self.require_valid_group_name(group), "Group name not valid"
-        known = self._known.get(group)
-        if known is not None and self.ring_size == 1:  # sharded: members may be elsewhere
-            await self._send_to_known(group, known, message)
+        if self.ring_size == 1:  # sharded, a member's channel may be on another server
+            await self._send_to_known(group, self._known.get(group, []), message)
             return
         members = await self._script(self.consistent_hash(group), MEMBERS_LUA)(
             keys=[self._group_key(group)], args=[int(time.time()) - self.group_expiry]
         )
-        channel_names = [name.decode("utf8") for name in members]
-        self._remember(group, channel_names)
-        await self._send_to(channel_names, group, message)
+        await self._send_to([name.decode("utf8") for name in members], group, message)
 
     async def _send_to_known(self, group: str, known: list[str], message: dict[str, Any]) -> None:
-        """The group send in one trip (one Redis server), to the members ``known`` that
-        are still in the group; then to those that joined since, or whose channel key's
-        message was held back."""
+        """On one Redis server: in one trip, the message to the members ``known`` that are
+        still in the group, and the group's members; then, in a second, to those that
+        joined since or whose channel key's message was held back. A group this process
+        has not sent to knows none: its first send is the two trips of channels-redis's
+        (the members, then the message)."""
         by_connection, messages, capacities = self._map_channel_keys_to_connection(known, message)
         channel_keys = by_connection.get(0, [])
         names = {key: [] for key in channel_keys}
