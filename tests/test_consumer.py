@@ -437,6 +437,59 @@ async def test_a_pending_socket_is_opened_at_once_by_a_post_this_process_answers
     assert session_id not in waiting._waiting  # nothing is left behind
 
 
+@pytest.mark.usefixtures("private_channel_layer")
+async def test_the_doorbell_names_a_socket_opened_with_the_post_and_saves_the_first_send_a_trip(
+    monkeypatch,
+):
+    """P73: the socket opened with the POST has joined its session's group when the POST
+    rings the workers' doorbell; the doorbell names its channel, and the worker's first
+    send to the group (the first chunk, its `running` status in it) takes one trip to
+    Redis: no second trip for members it did not know. The same session without the names
+    makes that second trip; both sockets get every chunk once."""
+    from channels.layers import get_channel_layer
+
+    from tts import waiting
+    from tts.worker import GenerateConsumer
+
+    monkeypatch.setattr("tts.consumers.PENDING_FIRST_POLL_S", 30.0)
+    layer = get_channel_layer()
+    second_trips, send_to = [], layer._send_to
+
+    async def counted(channel_names, group, message):
+        second_trips.append(message["type"])
+        return await send_to(channel_names, group, message)
+
+    monkeypatch.setattr(layer, "_send_to", counted)
+
+    async def narrate(*, named: bool) -> list[str]:
+        session_id = uuid.uuid4()
+        comm = pending_communicator(session_id)
+        await _connected(comm)
+        for _ in range(100):  # the socket has joined
+            if waiting.listeners(session_id):
+                break
+            await asyncio.sleep(0.01)
+        owner = Owner(user_id=None, session_key="", is_staff=True)
+        text = f"{TEXT} Told {'with' if named else 'without'} the names."  # no replay
+        await sync_to_async(services.session_create)(text=text, owner=owner, session_id=session_id)
+        bell = await layer.receive(broadcast.GENERATE_CHANNEL)
+        group = layer._group_key(broadcast.session_group(session_id))
+        members = await layer.connection(0).zrange(group, 0, -1)
+        assert bell["listeners"] == [m.decode() for m in members] and len(members) == 1
+        if not named:
+            del bell["listeners"]
+        second_trips.clear()
+        await sync_to_async(GenerateConsumer().tts_generate)(bell)
+        frames, audio = await receive_until_closed(comm)
+        seqs = [f["seq"] for f in frames if f["type"] == "chunk"]
+        assert seqs == list(range(frames[-1]["total_chunks"])) and len(audio) == len(seqs)
+        assert waiting.listeners(session_id) == []  # nothing is kept after the wait
+        return second_trips
+
+    assert await narrate(named=True) == []
+    assert len(await narrate(named=False)) == 1  # the first event (a status or the chunk)
+
+
 @pytest.fixture
 def reads(monkeypatch):
     """Every database read of a socket's session (SessionConsumer._open)."""

@@ -138,6 +138,49 @@ def test_a_group_sent_to_before_takes_one_round_trip_and_follows_who_joins_and_l
     asyncio.run(run())
 
 
+def test_members_named_ahead_make_a_groups_first_send_one_round_trip(layers, monkeypatch):
+    """A worker's doorbell names the session's sockets (P73): the layer takes them as the
+    group's members, so its first send is one trip. A name that is not in the group is
+    only a hint: nothing goes to it, and the group as it is gets the message once."""
+    ours, core = layers
+
+    async def run():
+        socket, elsewhere = await core.new_channel(), await core.new_channel()
+        await core.group_add("session", socket)
+        await warm(ours)
+        ours.expect_members("session", [socket])
+        trips = round_trips(ours, monkeypatch)
+        await ours.group_send("session", {"n": 1})
+        assert trips == ["EVALSHA"]
+        assert await core.receive(socket) == {"n": 1}
+
+        # a stale hint: a socket that left before the first send, and one that joined
+        gone = await core.new_channel()
+        await core.group_add("other", elsewhere)
+        ours.expect_members("other", [gone])
+        trips.clear()
+        await ours.group_send("other", {"n": 2})
+        assert trips == ["EVALSHA", "EVALSHA"]
+        assert await core.receive(elsewhere) == {"n": 2}
+        connection = ours.connection(0)
+        assert await connection.zcard(ours.prefix + ours.non_local_name(gone)) == 0
+
+        ours.expect_members("session", ["specific.nobody!x"])  # known now: not replaced
+        trips.clear()
+        await ours.group_send("session", {"n": 3})
+        assert trips == ["EVALSHA"]
+        assert await core.receive(socket) == {"n": 3}
+        await _flush(ours, core)
+
+    asyncio.run(run())
+
+
+def test_members_named_ahead_are_ignored_by_a_sharded_layer(layers):
+    sharded = RedisChannelLayer(hosts=HOSTS * 2, prefix=layers[0].prefix)
+    sharded.expect_members("session", ["specific.abc!def"])
+    assert sharded._known == {}
+
+
 def test_a_blocking_send_stores_what_a_send_stores_on_the_calling_thread(layers):
     """The workers' doorbell from a request's thread: no event loop, one round trip, the
     same message for channels-redis's receive, and the same refusal when full."""

@@ -18,6 +18,8 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
+from tts import waiting
+
 logger = logging.getLogger(__name__)
 
 GENERATE_CHANNEL = "tts-generate"
@@ -26,6 +28,7 @@ GENERATE_CHANNEL = "tts-generate"
 SEND_TIMEOUT_S = 5.0
 WAITED_SEND_S = 0.5  # the longest a broadcast that is waited for holds up its caller
 MAX_BACKLOG = 256  # events waiting to be sent; beyond this they are dropped (and logged)
+MAX_LISTENERS_NAMED = 8  # in a doorbell: a session's sockets opened with its POST
 
 
 class _SenderLoop:
@@ -182,11 +185,17 @@ def broadcast_error(session_id: uuid.UUID, *, code: str, message: str) -> None:
 
 def dispatch_generate(session_id: uuid.UUID) -> bool:
     """Ring the workers' doorbell. False when the layer is unreachable (the recovery
-    sweep re-dispatches queued sessions later)."""
+    sweep re-dispatches queued sessions later).
+
+    The message names the channels of this process's sockets that wait for the session
+    and have joined its group (a socket opened with the POST): the worker sends its first
+    event to them in one trip to Redis (``expect_listeners``)."""
     layer = get_channel_layer()
     if layer is None:
         return False
-    message = {"type": "tts.generate", "session_id": str(session_id)}
+    message: dict[str, Any] = {"type": "tts.generate", "session_id": str(session_id)}
+    if listeners := waiting.listeners(session_id):
+        message["listeners"] = listeners[:MAX_LISTENERS_NAMED]
     try:
         if hasattr(layer, "send_blocking"):  # tts.layers: on this thread, no hand-over
             layer.send_blocking(GENERATE_CHANNEL, message)
@@ -196,3 +205,23 @@ def dispatch_generate(session_id: uuid.UUID) -> bool:
         logger.warning("dispatch of %s failed; the recovery sweep will retry", session_id)
         return False
     return True
+
+
+def expect_listeners(session_id: Any, listeners: Any) -> None:
+    """The doorbell named the session's listeners (``dispatch_generate``): the layer takes
+    them as the group's members until its first send to the group, which then checks them
+    in Redis and stores the event in the same trip (``tts.layers``). Anything malformed is
+    ignored: it is only a hint."""
+    layer = get_channel_layer()
+    if not isinstance(listeners, list) or not hasattr(layer, "expect_members"):
+        return
+    try:
+        group = session_group(session_id)
+    except (TypeError, ValueError):
+        return  # the worker says what is wrong with the id
+    names = [
+        name
+        for name in listeners[:MAX_LISTENERS_NAMED]
+        if isinstance(name, str) and name and len(name) < 100 and "!" in name
+    ]
+    layer.expect_members(group, names)

@@ -105,6 +105,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
             self.group = None
             await self.close(code=1011)
             return False
+        if self.woken is not None:  # pending: its POST's doorbell names it (P73)
+            waiting.joined(self.session_id, self.channel_name)
         return True
 
     async def _refuse(self, code: int) -> None:
@@ -163,6 +165,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 await self._created()
         finally:
             waiting.forget(self.session_id, woken)
+            waiting.left(self.session_id, self.channel_name)  # its doorbell has rung
         if self.pending:
             self.pending = False
             await self._refuse(4404)
@@ -244,6 +247,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         group, self.group = self.group, None
         if group is None:
             return
+        waiting.left(self.session_id, self.channel_name)
         try:
             async with redis_gate():
                 await asyncio.wait_for(

@@ -217,12 +217,28 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         if missing := [name for name in current if name not in reached]:
             await self._send_to(missing, group, message)
 
+    def expect_members(self, group: str, members: list[str]) -> None:
+        """A group's members as another process saw them (a worker's doorbell names the
+        session's sockets that the web process had joined), for a group this process has
+        not sent to: its first send is then the one trip of a known group's. Only a hint:
+        that send checks each member in Redis, and sends to the group as it really is. On
+        a layer of several Redis servers, nothing."""
+        if self.ring_size != 1 or not members:
+            return
+        with self._known_lock:
+            if group not in self._known:
+                self._remember_locked(group, list(members))
+
     def _remember(self, group: str, members: list[str]) -> None:
         with self._known_lock:
-            self._known.pop(group, None)
-            self._known[group] = members
-            if len(self._known) > KNOWN_GROUPS:
-                del self._known[next(iter(self._known))]
+            self._remember_locked(group, members)
+
+    def _remember_locked(self, group: str, members: list[str]) -> None:
+        self._known.pop(group, None)
+        self._known[group] = members
+        if len(self._known) > KNOWN_GROUPS:
+            del self._known[next(iter(self._known))]
+
 
     async def _send_to(self, channel_names: list[str], group: str, message: dict) -> None:
         """GROUP_SEND_LUA on each Redis server, for ``channel_names`` of ``group``."""

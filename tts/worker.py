@@ -8,7 +8,7 @@ import socket
 
 from channels.consumer import SyncConsumer
 
-from tts import services
+from tts import broadcast, services
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ def worker_name() -> str:
 class GenerateConsumer(SyncConsumer):
     def tts_generate(self, message: dict) -> None:
         session_id = message.get("session_id")
+        broadcast.expect_listeners(session_id, message.get("listeners"))
         try:
             services.session_run(session_id=str(session_id), worker=worker_name())
         except Exception:  # noqa: BLE001 - one bad session must not kill the worker
