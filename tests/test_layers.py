@@ -181,6 +181,24 @@ def test_members_named_ahead_are_ignored_by_a_sharded_layer(layers):
     assert sharded._known == {}
 
 
+def test_a_doorbell_with_malformed_names_is_only_a_doorbell(layers, monkeypatch):
+    """The worker takes the doorbell's names as a hint: a bad session id, names that are
+    not a list, and entries that cannot be a socket's channel are ignored, never raised."""
+    from tts import broadcast
+
+    ours, _ = layers
+    monkeypatch.setattr(broadcast, "get_channel_layer", lambda: ours)
+    session_id = uuid.uuid4()
+    group = broadcast.session_group(session_id)
+    broadcast.expect_listeners("not-a-uuid", ["specific.a!b"])
+    broadcast.expect_listeners(None, ["specific.a!b"])
+    broadcast.expect_listeners(session_id, "specific.a!b")
+    assert ours._known == {}
+    names = [7, None, "", "general", "specific.a!" + "x" * 200, "specific.a!b", "specific.c!d"]
+    broadcast.expect_listeners(session_id, names)
+    assert ours._known == {group: ["specific.a!b", "specific.c!d"]}
+
+
 def test_a_blocking_send_stores_what_a_send_stores_on_the_calling_thread(layers):
     """The workers' doorbell from a request's thread: no event loop, one round trip, the
     same message for channels-redis's receive, and the same refusal when full."""

@@ -48,17 +48,30 @@ from tts import redis_client
 
 logger = logging.getLogger("channels_redis.core")  # where channels-redis logs the same
 
+# What channels-redis does to store one message on a channel's key, in one function that
+# every script below begins with: drop the key's expired messages, refuse when it holds
+# ``capacity``, else add the message and renew the key's expiry. Returns 1 when the
+# channel was full (nothing added), else 0.
+STORE_LUA = """
+local function store(key, message, capacity, now, expired, expiry)
+    redis.call('ZREMRANGEBYSCORE', key, 0, expired)
+    if redis.call('ZCOUNT', key, '-inf', '+inf') >= tonumber(capacity) then
+        return 1
+    end
+    redis.call('ZADD', key, now, message)
+    redis.call('EXPIRE', key, expiry)
+    return 0
+end
+"""
+
 # KEYS[1]: the channel's key. ARGV: message, capacity, now, expired-before, expiry (s).
 # Returns 1 when the channel is full (nothing added), else 0.
-SEND_LUA = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[4])
-if redis.call('ZCOUNT', KEYS[1], '-inf', '+inf') >= tonumber(ARGV[2]) then
-    return 1
-end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 0
+SEND_LUA = (
+    STORE_LUA
+    + """
+return store(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
+)
 
 # KEYS[1]: the group's key. ARGV[1]: members added before this have expired.
 MEMBERS_LUA = """
@@ -68,21 +81,18 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 
 # KEYS: n channel keys. ARGV: n messages, n capacities, now, expired-before, expiry (s).
 # Returns how many channels were full (their message dropped, as channels-redis does).
-GROUP_SEND_LUA = """
+GROUP_SEND_LUA = (
+    STORE_LUA
+    + """
 local n = #KEYS
 local now, expired, expiry = ARGV[2 * n + 1], ARGV[2 * n + 2], ARGV[2 * n + 3]
 local over_capacity = 0
 for i = 1, n do
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, expired)
-    if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[n + i]) then
-        redis.call('ZADD', KEYS[i], now, ARGV[i])
-        redis.call('EXPIRE', KEYS[i], expiry)
-    else
-        over_capacity = over_capacity + 1
-    end
+    over_capacity = over_capacity + store(KEYS[i], ARGV[i], ARGV[n + i], now, expired, expiry)
 end
 return over_capacity
 """
+)
 
 # GROUP_SEND_LUA to the members a process knows of, and the group's members as they are now,
 # in one trip. KEYS[1]: the group's key; KEYS[2..n+1]: channel keys. ARGV: members added
@@ -91,7 +101,9 @@ return over_capacity
 # message goes out only if every member it names is still in the group (else it would
 # reach a process for a member that left): the caller sends it again to those that are.
 # Returns {channels over capacity, the indexes (1..n) of keys skipped, the members}.
-KNOWN_GROUP_SEND_LUA = """
+KNOWN_GROUP_SEND_LUA = (
+    STORE_LUA
+    + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
 local n = #KEYS - 1
 local now, expired, expiry = ARGV[2], ARGV[3], ARGV[4]
@@ -105,21 +117,16 @@ for i = 1, n do
         end
         name = name + 1
     end
-    local key = KEYS[i + 1]
     if not present then
         skipped[#skipped + 1] = i
     else
-        redis.call('ZREMRANGEBYSCORE', key, 0, expired)
-        if redis.call('ZCOUNT', key, '-inf', '+inf') < tonumber(ARGV[4 + n + i]) then
-            redis.call('ZADD', key, now, ARGV[4 + i])
-            redis.call('EXPIRE', key, expiry)
-        else
-            over_capacity = over_capacity + 1
-        end
+        over_capacity = over_capacity
+            + store(KEYS[i + 1], ARGV[4 + i], ARGV[4 + n + i], now, expired, expiry)
     end
 end
 return {over_capacity, skipped, redis.call('ZRANGE', KEYS[1], 0, -1)}
 """
+)
 
 KNOWN_GROUPS = 1024  # groups whose members a process keeps (the ones it sent to last)
 
@@ -238,7 +245,6 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         self._known[group] = members
         if len(self._known) > KNOWN_GROUPS:
             del self._known[next(iter(self._known))]
-
 
     async def _send_to(self, channel_names: list[str], group: str, message: dict) -> None:
         """GROUP_SEND_LUA on each Redis server, for ``channel_names`` of ``group``."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from tts.conf import settings
-from tts.engines import ENGINE_NAMES, EngineUnavailable, Voice, get_engine
+from tts.engines import ENGINE_NAMES, EngineUnavailable, Voice, file_signature, get_engine
 
 _VOICE_FIELDS = {f.name for f in fields(Voice)}
 
@@ -69,10 +68,9 @@ def _catalog_key() -> tuple:
     if not extra:
         return ("",)
     try:
-        stat = os.stat(extra)
+        return (extra, *file_signature(extra))
     except OSError:
         return (extra, None)  # configured_voices says what is wrong
-    return (extra, stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
 @receiver(setting_changed)

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import functools
 
-from tts.engines.base import Audio, Engine, EngineError, EngineUnavailable, Voice
+from tts.engines.base import Audio, Engine, EngineError, EngineUnavailable, Voice, file_signature
 
-__all__ = ["Audio", "Engine", "EngineError", "EngineUnavailable", "Voice", "get_engine"]
+__all__ = [
+    "Audio",
+    "Engine",
+    "EngineError",
+    "EngineUnavailable",
+    "Voice",
+    "file_signature",
+    "get_engine",
+]
 
 ENGINE_NAMES = ("espeak", "coqui")
 

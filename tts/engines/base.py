@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -98,3 +99,11 @@ class Engine(abc.ABC):
     def discover_voices(self) -> list[Voice]:
         """Voices the engine finds by itself (speakers of a loaded model)."""
         return []
+
+
+def file_signature(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """What changes when a file is written or replaced: its modification time (ns), size
+    and inode; for files kept as read and read again only when they change (a model's
+    config, the extra voices file). Raises OSError."""
+    stat = os.stat(path)
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)

@@ -28,7 +28,7 @@ from urllib.request import getproxies
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .base import Audio, Engine, EngineError, EngineUnavailable, Voice
+from .base import Audio, Engine, EngineError, EngineUnavailable, Voice, file_signature
 
 logger = logging.getLogger(__name__)
 
@@ -282,8 +282,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     """The config's JSON ({} when unreadable); read again when the file changes. Callers
     must not change what they are given."""
     try:
-        stat = path.stat()
-        signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        signature = file_signature(path)
         known = _configs.get(path)
         if known is not None and known[0] == signature:
             return known[1]
