@@ -465,16 +465,15 @@ async def test_the_doorbell_names_a_socket_opened_with_the_post_and_saves_the_fi
         session_id = uuid.uuid4()
         comm = pending_communicator(session_id)
         await _connected(comm)
+        group = layer._group_key(broadcast.session_group(session_id))
         for _ in range(100):  # the socket has joined
-            if waiting.listeners(session_id):
+            if members := await layer.connection(0).zrange(group, 0, -1):
                 break
             await asyncio.sleep(0.01)
         owner = Owner(user_id=None, session_key="", is_staff=True)
         text = f"{TEXT} Told {'with' if named else 'without'} the names."  # no replay
         await sync_to_async(services.session_create)(text=text, owner=owner, session_id=session_id)
         bell = await layer.receive(broadcast.GENERATE_CHANNEL)
-        group = layer._group_key(broadcast.session_group(session_id))
-        members = await layer.connection(0).zrange(group, 0, -1)
         assert bell["listeners"] == [m.decode() for m in members] and len(members) == 1
         if not named:
             del bell["listeners"]

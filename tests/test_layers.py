@@ -91,6 +91,28 @@ def test_a_group_send_is_two_round_trips_and_reaches_every_member(layers, monkey
     asyncio.run(run())
 
 
+def test_a_group_add_is_one_round_trip_and_stores_what_channels_redis_stores(
+    layers, monkeypatch
+):
+    ours, core = layers
+
+    async def run():
+        await warm(ours)
+        channel = await core.new_channel()
+        trips = round_trips(ours, monkeypatch)
+        before = time.time()
+        await ours.group_add("readers", channel)
+        assert trips == ["EVALSHA"]
+        connection, key = ours.connection(0), ours._group_key("readers")
+        assert before <= await connection.zscore(key, channel) <= time.time()
+        assert ours.group_expiry - 5 <= await connection.ttl(key) <= ours.group_expiry
+        await core.group_send("readers", {"n": 1})
+        assert await core.receive(channel) == {"n": 1}
+        await _flush(ours, core)
+
+    asyncio.run(run())
+
+
 def test_a_group_sent_to_before_takes_one_round_trip_and_follows_who_joins_and_leaves(
     layers, monkeypatch
 ):

@@ -95,6 +95,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
         stored from then on can slip between the two; the access check comes with that
         read and leaves the group if refused. False (and closed, 1011) when Redis fails."""
         self.group = session_group(self.session_id)
+        if self.woken is not None:
+            # Pending: its POST's doorbell names it (P73), even while the join is on its
+            # way: the worker's first send, milliseconds later, checks it in Redis.
+            waiting.joined(self.session_id, self.channel_name)
         try:  # a Redis that just restarted can leave this call hanging: fail fast instead
             async with redis_gate():
                 await asyncio.wait_for(
@@ -102,11 +106,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 )
         except Exception:  # noqa: BLE001 - the client reconnects with after=
             logger.warning("joining %s failed; closing so the client reconnects", self.group)
+            waiting.left(self.session_id, self.channel_name)
             self.group = None
             await self.close(code=1011)
             return False
-        if self.woken is not None:  # pending: its POST's doorbell names it (P73)
-            waiting.joined(self.session_id, self.channel_name)
         return True
 
     async def _refuse(self, code: int) -> None:

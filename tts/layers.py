@@ -1,17 +1,20 @@
 """channels-redis's core layer, with fewer trips to Redis per message.
 
 channels-redis 4 makes four round trips for a ``send`` (drop expired messages, count,
-add, set the expiry) and four for a ``group_send`` (drop expired members, list them,
-drop expired messages in a pipeline, add in a script). Every POST sends one (the
-workers' doorbell) and every chunk one group_send, each on its path to first audio.
+add, set the expiry), four for a ``group_send`` (drop expired members, list them,
+drop expired messages in a pipeline, add in a script) and two for a ``group_add`` (add,
+set the expiry). Every POST sends one (the workers' doorbell), every socket joins its
+session's group, and every chunk is a group_send, each on its path to first audio.
 
-``RedisChannelLayer`` here does the same work in Lua: a ``send`` is one round trip, a
-``group_send`` two the first time a process sends to a group (the members, then one
-script per Redis server that checks capacity, drops expired messages and adds the message
-for each member's channel), and one after that on a layer of one Redis server: the process
-keeps each group's members as its last send found them, and one script sends to those
-still in the group and lists the group as it is now; a member that joined since gets its
-message in a second trip. What is stored,
+``RedisChannelLayer`` here does the same work in Lua: a ``send`` and a ``group_add`` are
+one round trip each, a ``group_send`` two the first time a process sends to a group (the
+members, then one script per Redis server that checks capacity, drops expired messages
+and adds the message for each member's channel), and one after that on a layer of one
+Redis server: the process keeps each group's members as its last send found them, and
+one script sends to those still in the group and lists the group as it is now; a member
+that joined since gets its message in a second trip. A group's first send is one trip too
+when its members were named ahead (``expect_members``: a worker's doorbell names the
+session's sockets that its web process holds). What is stored,
 and where, is exactly what channels-redis stores (the same keys, scores, expiries and
 serialized messages, ``__asgi_channel__`` included), so processes on either class talk
 to each other (a rolling deploy). Sharding over several hosts and Sentinel work as in
@@ -72,6 +75,12 @@ SEND_LUA = (
 return store(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 )
+
+# KEYS[1]: the group's key. ARGV: the member, the time, the group's expiry (s).
+GROUP_ADD_LUA = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+"""
 
 # KEYS[1]: the group's key. ARGV[1]: members added before this have expired.
 MEMBERS_LUA = """
@@ -148,8 +157,9 @@ def _failed(task: asyncio.Task) -> bool:
 
 
 class RedisChannelLayer(CoreRedisChannelLayer):
-    """channels-redis's core layer; ``send`` in one round trip, ``group_send`` in two the
-    first time (one after that, on one Redis server), and ``send_blocking`` for sync code."""
+    """channels-redis's core layer; ``send`` and ``group_add`` in one round trip,
+    ``group_send`` in two the first time (one after that, or when its members were named
+    ahead, on one Redis server), and ``send_blocking`` for sync code."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -177,6 +187,14 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         )
         if full:
             raise ChannelFull()
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """channels-redis's ZADD, then EXPIRE of the group's key, in one trip, not two."""
+        assert self.require_valid_group_name(group), "Group name not valid"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        await self._script(self.consistent_hash(group), GROUP_ADD_LUA)(
+            keys=[self._group_key(group)], args=[channel, time.time(), self.group_expiry]
+        )
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         assert self.require_valid_group_name(group), "Group name not valid"

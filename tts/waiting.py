@@ -21,10 +21,12 @@ reads the session once the POST has committed it, woken by that commit, not befo
 Nothing is shared between processes; a socket whose POST went elsewhere is opened by
 the worker's first event or a poll (``tts.consumers``).
 
-While a socket waits for its session, this module also keeps its channel once it has
-joined the session's group (``joined``, ``left``): the POST's doorbell names those
-channels (``listeners``), so that the worker's first send to the group reaches them in
-one trip to Redis, not two (``tts.layers``, docs/benchmarks.md, P73).
+While a socket waits for its session, this module also keeps its channel, from the
+moment it begins to join the session's group (``joined``, ``left``): the POST's doorbell
+names those channels (``listeners``), so that the worker's first send to the group
+reaches them in one trip to Redis, not two (``tts.layers``, docs/benchmarks.md, P73).
+The names are a hint, checked in Redis by that send: a join still on its way when the
+doorbell rang has long landed by then, and one that failed costs the send a second trip.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ _Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Event]
 _waiting: dict[uuid.UUID, set[_Waiter]] = {}
 _posts = 0  # POST requests this process is answering now
 _until_no_posts: set[_Waiter] = set()  # woken once, when _posts drops to 0
-_joined: dict[uuid.UUID, set[str]] = {}  # session -> its waiting sockets' channels, joined
+_joined: dict[uuid.UUID, set[str]] = {}  # session -> its waiting sockets' channels
 
 
 def expect(session_id: uuid.UUID) -> asyncio.Event:
@@ -108,13 +110,13 @@ def _wake(waiters: list[_Waiter]) -> None:
 
 
 def joined(session_id: uuid.UUID, channel_name: str) -> None:
-    """A socket of this process that waits for the session joined the session's group."""
+    """A socket of this process that waits for the session joins the session's group."""
     with _lock:
         _joined.setdefault(session_id, set()).add(channel_name)
 
 
 def left(session_id: uuid.UUID, channel_name: str) -> None:
-    """That socket is done waiting, or leaves the group (either may come first)."""
+    """That socket is done waiting, left the group, or failed to join (any may come first)."""
     with _lock:
         channels = _joined.get(session_id)
         if channels is not None:
@@ -124,7 +126,7 @@ def left(session_id: uuid.UUID, channel_name: str) -> None:
 
 
 def listeners(session_id: uuid.UUID) -> list[str]:
-    """The channels of this process's sockets that wait for the session and joined its
-    group (a dict lookup)."""
+    """The channels of this process's sockets that wait for the session and join its group
+    (a dict lookup)."""
     with _lock:
         return sorted(_joined.get(session_id, ()))
