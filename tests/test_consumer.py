@@ -594,6 +594,25 @@ async def test_a_pending_socket_closed_at_once_leaves_nothing_waiting():
         await _connected(comm)
         await comm.disconnect()
         assert session_id not in waiting._waiting and not waiting._until_no_posts
+        assert session_id not in waiting._joined
+
+
+async def test_a_pending_socket_that_cannot_join_is_not_named_to_the_workers(monkeypatch):
+    """Its join failed (Redis away): closed with 1011 so that the client reconnects, and
+    no doorbell names it."""
+    from channels.layers import get_channel_layer
+
+    from tts import waiting
+
+    async def failing(group, channel):
+        raise ConnectionError("Redis is away")
+
+    monkeypatch.setattr(get_channel_layer(), "group_add", failing)
+    session_id = uuid.uuid4()
+    comm = pending_communicator(session_id)
+    await _connected(comm)
+    assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 1011}
+    assert waiting.listeners(session_id) == [] and session_id not in waiting._joined
 
 
 async def test_a_pending_socket_whose_read_fails_after_its_wake_up_backs_off(monkeypatch, settings):
@@ -623,9 +642,13 @@ async def test_a_pending_socket_whose_read_fails_after_its_wake_up_backs_off(mon
 
 async def test_a_pending_socket_for_a_session_never_created_closes_with_4404(settings):
     settings.TTS_PENDING_SOCKET_S = 0.3
-    comm = pending_communicator(uuid.uuid4())
+    from tts import waiting
+
+    session_id = uuid.uuid4()
+    comm = pending_communicator(session_id)
     await _connected(comm)
     assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4404}
+    assert session_id not in waiting._joined
 
 
 async def test_a_pending_socket_for_someone_elses_session_closes_with_4403():

@@ -91,9 +91,7 @@ def test_a_group_send_is_two_round_trips_and_reaches_every_member(layers, monkey
     asyncio.run(run())
 
 
-def test_a_group_add_is_one_round_trip_and_stores_what_channels_redis_stores(
-    layers, monkeypatch
-):
+def test_a_group_add_is_one_round_trip_and_stores_what_channels_redis_stores(layers, monkeypatch):
     ours, core = layers
 
     async def run():
@@ -176,16 +174,37 @@ def test_members_named_ahead_make_a_groups_first_send_one_round_trip(layers, mon
         assert trips == ["EVALSHA"]
         assert await core.receive(socket) == {"n": 1}
 
-        # a stale hint: a socket that left before the first send, and one that joined
+        # a stale hint: a socket that left before the first send, and one that joined; on
+        # one process key, so the message that went out must name only the one in the group
         gone = await core.new_channel()
         await core.group_add("other", elsewhere)
         ours.expect_members("other", [gone])
         trips.clear()
         await ours.group_send("other", {"n": 2})
         assert trips == ["EVALSHA", "EVALSHA"]
+        connection, process_key = ours.connection(0), ours.prefix + ours.non_local_name(gone)
+        stored = [core.deserialize(m) for m in await connection.zrange(process_key, 0, -1)]
+        assert [m["__asgi_channel__"] for m in stored] == [[elsewhere]]
         assert await core.receive(elsewhere) == {"n": 2}
-        connection = ours.connection(0)
-        assert await connection.zcard(ours.prefix + ours.non_local_name(gone)) == 0
+        assert ours._known["other"] == [elsewhere]
+
+        # named before its join lands (the doorbell rang while the socket was joining)
+        early = await core.new_channel()
+        ours.expect_members("early", [early])
+        await ours.group_send("early", {"n": 5})  # nobody in the group yet: nothing stored
+        assert await connection.zcard(process_key) == 0 and ours._known["early"] == []
+        await core.group_add("early", early)
+        await ours.group_send("early", {"n": 6})
+        assert await core.receive(early) == {"n": 6}
+
+        # a name repeated in the hint: the message still arrives once
+        twice = await core.new_channel()
+        await core.group_add("twice", twice)
+        ours.expect_members("twice", [twice, twice])
+        await ours.group_send("twice", {"n": 7})
+        stored = [core.deserialize(m) for m in await connection.zrange(process_key, 0, -1)]
+        assert [m["__asgi_channel__"] for m in stored] == [[twice]]
+        assert await core.receive(twice) == {"n": 7}
 
         ours.expect_members("session", ["specific.nobody!x"])  # known now: not replaced
         trips.clear()

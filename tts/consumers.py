@@ -104,11 +104,13 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 await asyncio.wait_for(
                     self.channel_layer.group_add(self.group, self.channel_name), 5
                 )
-        except Exception:  # noqa: BLE001 - the client reconnects with after=
-            logger.warning("joining %s failed; closing so the client reconnects", self.group)
+        except BaseException as exc:  # cancelled too (daphne gave up on the connection)
             waiting.left(self.session_id, self.channel_name)
+            if not isinstance(exc, Exception):
+                raise
+            logger.warning("joining %s failed; closing so the client reconnects", self.group)
             self.group = None
-            await self.close(code=1011)
+            await self.close(code=1011)  # the client reconnects with after=
             return False
         return True
 

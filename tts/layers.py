@@ -251,8 +251,8 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         if self.ring_size != 1 or not members:
             return
         with self._known_lock:
-            if group not in self._known:
-                self._remember_locked(group, list(members))
+            if group not in self._known:  # each name once: a repeated one would deliver twice
+                self._remember_locked(group, list(dict.fromkeys(members)))
 
     def _remember(self, group: str, members: list[str]) -> None:
         with self._known_lock:

@@ -20,7 +20,10 @@ def worker_name() -> str:
 class GenerateConsumer(SyncConsumer):
     def tts_generate(self, message: dict) -> None:
         session_id = message.get("session_id")
-        broadcast.expect_listeners(session_id, message.get("listeners"))
+        try:  # only a hint, for the session's first send: never a reason not to run it
+            broadcast.expect_listeners(session_id, message.get("listeners"))
+        except Exception:  # noqa: BLE001
+            logger.warning("ignoring the listeners named for %s", session_id, exc_info=True)
         try:
             services.session_run(session_id=str(session_id), worker=worker_name())
         except Exception:  # noqa: BLE001 - one bad session must not kill the worker
