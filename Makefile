@@ -35,7 +35,7 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-## Benchmarks (docs/benchmarks.md): the real stack on loopback (bench/run.py; about 5 min),
+## Benchmarks (docs/benchmarks.md): the real stack on loopback (bench/run.py; 5 to 9 min),
 ## then the engines alone (bench/engines.py; about 1.5 min) and the text cut alone
 ## (bench/cut.py; seconds). Short run:
 ## make bench BENCH_ARGS=--quick ENGINES_ARGS=--skip-full-size
