@@ -594,7 +594,7 @@ async def test_a_pending_socket_closed_at_once_leaves_nothing_waiting():
         await _connected(comm)
         await comm.disconnect()
         assert session_id not in waiting._waiting and not waiting._until_no_posts
-        assert session_id not in waiting._joined
+        assert waiting.listeners(session_id) == []
 
 
 async def test_a_pending_socket_that_cannot_join_is_not_named_to_the_workers(monkeypatch):
@@ -612,7 +612,7 @@ async def test_a_pending_socket_that_cannot_join_is_not_named_to_the_workers(mon
     comm = pending_communicator(session_id)
     await _connected(comm)
     assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 1011}
-    assert waiting.listeners(session_id) == [] and session_id not in waiting._joined
+    assert waiting.listeners(session_id) == [] and session_id not in waiting._waiting
 
 
 async def test_a_pending_socket_whose_read_fails_after_its_wake_up_backs_off(monkeypatch, settings):
@@ -648,7 +648,7 @@ async def test_a_pending_socket_for_a_session_never_created_closes_with_4404(set
     comm = pending_communicator(session_id)
     await _connected(comm)
     assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4404}
-    assert session_id not in waiting._joined
+    assert session_id not in waiting._waiting
 
 
 async def test_a_pending_socket_for_someone_elses_session_closes_with_4403():

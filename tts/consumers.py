@@ -79,7 +79,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
             if not known_visitor(self.scope.get("user"), self.scope.get("session")):
                 # No session could ever be this socket's: refuse now, not in ten seconds.
                 return await self.close(code=4403)
-            self.woken = waiting.expect(session_id)  # a commit from now on wakes it
+            # A commit from now on wakes it; the POST's doorbell names it (P73).
+            self.woken = waiting.expect(session_id, self.channel_name)
         if not await self._join():
             return
         if not pending:
@@ -95,17 +96,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
         stored from then on can slip between the two; the access check comes with that
         read and leaves the group if refused. False (and closed, 1011) when Redis fails."""
         self.group = session_group(self.session_id)
-        if self.woken is not None:
-            # Pending: its POST's doorbell names it (P73), even while the join is on its
-            # way: the worker's first send, milliseconds later, checks it in Redis.
-            waiting.joined(self.session_id, self.channel_name)
         try:  # a Redis that just restarted can leave this call hanging: fail fast instead
             async with redis_gate():
                 await asyncio.wait_for(
                     self.channel_layer.group_add(self.group, self.channel_name), 5
                 )
         except BaseException as exc:  # cancelled too (daphne gave up on the connection)
-            waiting.left(self.session_id, self.channel_name)
+            if self.woken is not None:  # no waiter will begin to forget it
+                waiting.forget(self.session_id, self.woken)
             if not isinstance(exc, Exception):
                 raise
             logger.warning("joining %s failed; closing so the client reconnects", self.group)
@@ -170,7 +168,6 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 await self._created()
         finally:
             waiting.forget(self.session_id, woken)
-            waiting.left(self.session_id, self.channel_name)  # its doorbell has rung
         if self.pending:
             self.pending = False
             await self._refuse(4404)
@@ -252,7 +249,6 @@ class SessionConsumer(AsyncWebsocketConsumer):
         group, self.group = self.group, None
         if group is None:
             return
-        waiting.left(self.session_id, self.channel_name)
         try:
             async with redis_gate():
                 await asyncio.wait_for(

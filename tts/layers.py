@@ -242,17 +242,28 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         if missing := [name for name in current if name not in reached]:
             await self._send_to(missing, group, message)
 
-    def expect_members(self, group: str, members: list[str]) -> None:
+    def expect_members(self, group: str, members: list[Any]) -> None:
         """A group's members as another process saw them (a worker's doorbell names the
         session's sockets that the web process had joined), for a group this process has
         not sent to: its first send is then the one trip of a known group's. Only a hint:
         that send checks each member in Redis, and sends to the group as it really is. On
         a layer of several Redis servers, nothing."""
-        if self.ring_size != 1 or not members:
+        if self.ring_size != 1:
             return
+        # Valid process-local channel names only (a socket's), each once: a repeated one
+        # would deliver twice.
+        names = list(
+            dict.fromkeys(
+                name
+                for name in members
+                if self.match_type_and_length(name)
+                and "!" in name
+                and self.channel_name_regex.match(name)
+            )
+        )
         with self._known_lock:
-            if group not in self._known:  # each name once: a repeated one would deliver twice
-                self._remember_locked(group, list(dict.fromkeys(members)))
+            if names and group not in self._known:
+                self._remember_locked(group, names)
 
     def _remember(self, group: str, members: list[str]) -> None:
         with self._known_lock:

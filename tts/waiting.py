@@ -21,12 +21,12 @@ reads the session once the POST has committed it, woken by that commit, not befo
 Nothing is shared between processes; a socket whose POST went elsewhere is opened by
 the worker's first event or a poll (``tts.consumers``).
 
-While a socket waits for its session, this module also keeps its channel, from the
-moment it begins to join the session's group (``joined``, ``left``): the POST's doorbell
-names those channels (``listeners``), so that the worker's first send to the group
-reaches them in one trip to Redis, not two (``tts.layers``, docs/benchmarks.md, P73).
-The names are a hint, checked in Redis by that send: a join still on its way when the
-doorbell rang has long landed by then, and one that failed costs the send a second trip.
+A waiting socket is kept with its channel, which joins the session's group right after
+``expect``: the POST's doorbell names those channels (``listeners``), so that the
+worker's first send to the group reaches them in one trip to Redis, not two
+(``tts.layers``, docs/benchmarks.md, P73). The names are a hint, checked in Redis by that
+send: a join still on its way when the doorbell rang has long landed by then, and one
+that failed costs the send a second trip.
 """
 
 from __future__ import annotations
@@ -38,18 +38,18 @@ import uuid
 
 _lock = threading.Lock()
 _Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Event]
-_waiting: dict[uuid.UUID, set[_Waiter]] = {}
+_waiting: dict[uuid.UUID, dict[_Waiter, str]] = {}  # session -> its waiters' channels
 _posts = 0  # POST requests this process is answering now
 _until_no_posts: set[_Waiter] = set()  # woken once, when _posts drops to 0
-_joined: dict[uuid.UUID, set[str]] = {}  # session -> its waiting sockets' channels
 
 
-def expect(session_id: uuid.UUID) -> asyncio.Event:
+def expect(session_id: uuid.UUID, channel_name: str) -> asyncio.Event:
     """An event set once ``created(session_id)`` is called in this process; from the
-    socket's event loop. ``forget`` it when done waiting."""
+    event loop of the socket whose channel is ``channel_name``. ``forget`` it when done
+    waiting."""
     event = asyncio.Event()
     with _lock:
-        _waiting.setdefault(session_id, set()).add((asyncio.get_running_loop(), event))
+        _waiting.setdefault(session_id, {})[(asyncio.get_running_loop(), event)] = channel_name
     return event
 
 
@@ -67,8 +67,8 @@ def forget(session_id: uuid.UUID, event: asyncio.Event) -> None:
     """Stop waiting (from the loop that called ``expect``)."""
     waiter = (asyncio.get_running_loop(), event)
     with _lock:
-        waiters = _waiting.get(session_id, set())
-        waiters.discard(waiter)
+        waiters = _waiting.get(session_id, {})
+        waiters.pop(waiter, None)
         if not waiters:
             _waiting.pop(session_id, None)
         _until_no_posts.discard(waiter)
@@ -109,24 +109,7 @@ def _wake(waiters: list[_Waiter]) -> None:
             loop.call_soon_threadsafe(event.set)
 
 
-def joined(session_id: uuid.UUID, channel_name: str) -> None:
-    """A socket of this process that waits for the session joins the session's group."""
-    with _lock:
-        _joined.setdefault(session_id, set()).add(channel_name)
-
-
-def left(session_id: uuid.UUID, channel_name: str) -> None:
-    """That socket is done waiting, left the group, or failed to join (any may come first)."""
-    with _lock:
-        channels = _joined.get(session_id)
-        if channels is not None:
-            channels.discard(channel_name)
-            if not channels:
-                del _joined[session_id]
-
-
 def listeners(session_id: uuid.UUID) -> list[str]:
-    """The channels of this process's sockets that wait for the session and join its group
-    (a dict lookup)."""
+    """The channels of this process's sockets that wait for the session (a dict lookup)."""
     with _lock:
-        return sorted(_joined.get(session_id, ()))
+        return sorted(_waiting.get(session_id, {}).values())
