@@ -187,10 +187,12 @@ async def listen(
     keep_pcm: bool = False,
     on_first: asyncio.Event | None = None,
     pending: bool = False,
+    cancel_after: int | None = None,
 ) -> Listen:
     """Follow a session to ``done`` (or a fatal error). ``ready`` is set once the session
     frame arrived (the consumer has joined the group). ``pending``: the session may not
-    exist yet (its POST is in flight)."""
+    exist yet (its POST is in flight). ``cancel_after``: cancel the session once this many
+    chunks arrived (a long text's first audio, without waiting for the rest)."""
     result = Listen(session_id)
     result.t_connect = time.time()
     async with asyncio.timeout(timeout):
@@ -207,6 +209,8 @@ async def listen(
                 now = time.time()
                 if isinstance(message, bytes):
                     _on_audio(result, message, now)
+                    if cancel_after is not None and len(result.arrivals) == cancel_after:
+                        await ws.send(json.dumps({"type": "cancel"}))
                     if on_first is not None and not on_first.is_set():
                         on_first.set()
                     continue
@@ -255,17 +259,28 @@ class Narration:
 
 
 async def narrate(
-    http: Http, text: str, voice: str, *, timeout: float, early: bool = True
+    http: Http,
+    text: str,
+    voice: str,
+    *,
+    timeout: float,
+    early: bool = True,
+    cancel_after: int | None = None,
 ) -> Narration:
     """As the player does: choose the session's id, open its socket (?pending=1) and POST at
     once, then follow to the end. A socket refused before the POST's reply (a browser
     with no session cookie yet: the POST gives it one) is opened again after it.
-    ``early=False``: POST, then open the socket once the reply is in (the older flow)."""
+    ``early=False``: POST, then open the socket once the reply is in (the older flow).
+    ``cancel_after``: see listen."""
     result = Narration(voice=voice, text=text)
     result.t_post = time.time()
     chosen = str(uuid.uuid4()) if early else None
     opened = (
-        asyncio.create_task(listen(http, chosen, timeout=timeout, pending=True)) if early else None
+        asyncio.create_task(
+            listen(http, chosen, timeout=timeout, pending=True, cancel_after=cancel_after)
+        )
+        if early
+        else None
     )
     try:
         created = await http.create(text, voice, chosen)
@@ -279,7 +294,9 @@ async def narrate(
         with contextlib.suppress(websockets.WebSocketException):  # refused, or dropped
             result.stream = await opened
     if result.stream is None:
-        result.stream = await listen(http, result.session_id, timeout=timeout)
+        result.stream = await listen(
+            http, result.session_id, timeout=timeout, cancel_after=cancel_after
+        )
     if TRACE is not None:
         stream = result.stream
         TRACE.append((result.t_post, "client.post >"))

@@ -63,6 +63,10 @@ def figures(result: dict, voice: str) -> dict[str, float]:
     ]:
         if "p50" in throughput.get(key, {}):  # with --scenarios ...,streaming
             out[name] = throughput[key]["p50"]
+    for kind, long in result.get("long", {}).get(voice, {}).items():  # with --scenarios long
+        for key in ("ttfa", "overhead"):
+            if "p50" in long.get(key, {}):
+                out[f"19,000 chars, {kind}: {key} p50"] = long[key]["p50"]
     burst = result.get("concurrency", {}).get(voice, {})
     if "audio_s_per_wall_s" in burst:
         out["burst audio s per wall s"] = burst["audio_s_per_wall_s"]

@@ -7,7 +7,8 @@
 
 Voices: espeak (espeak-ng en-us), tiny (a ~1 MB random-weight Coqui VITS) and full (a
 full-size random-weight Coqui VITS: the compute of a real voice). Scenarios, in run order:
-memory, ttfa, cached, streaming (blocking baseline + throughput), fanout, concurrency.
+memory, ttfa, long (TTFA of 19,000-character texts), cached, http, flows, streaming
+(blocking baseline + throughput), fanout, concurrency.
 Prints a table and writes bench/results/<timestamp>.json (and --json PATH).
 See docs/benchmarks.md.
 """
@@ -38,6 +39,7 @@ from bench.texts import REFERENCE_TEXT, TextSource  # noqa: E402
 SCENARIOS = (
     "memory",
     "ttfa",
+    "long",
     "cached",
     "http",
     "flows",
@@ -68,6 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--full-sessions",
         type=int,
         help="TTFA and cached sessions for the full-size VITS (50, as the others: 3 to 5 s each)",
+    )
+    p.add_argument(
+        "--long-sessions",
+        type=int,
+        help="long: 19,000-character sessions per fast voice and kind of text (15)",
     )
     p.add_argument(
         "--long-repeats",
@@ -158,6 +165,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # Nine: about one espeak session in three holds SQLite's WAL checkpoint (10 ms and
     # more), and the median of three was a lottery over which (docs/benchmarks.md).
     args.long_repeats = args.long_repeats or (1 if q else 9)
+    args.long_sessions = args.long_sessions or (3 if q else 15)
     args.listeners = [int(n) for n in (args.listeners or "1,10,100").split(",")]
     args.memory_sessions = args.memory_sessions or (60 if q else 500)
     args.memory_checkpoints = tuple(int(n) for n in args.memory_checkpoints.split(",") if n)
@@ -244,6 +252,48 @@ def scenario_ttfa(ctx: Context) -> None:
             o["p50"] <= 10 and o["p99"] <= 30,
         )
         cpu_row(ctx, f"1 TTFA cold (n={n})", label, cpu)
+
+
+# A long text's kinds: plain prose (the plain path cuts it) and prose naming people by
+# initials (every paragraph goes to pysbd).
+LONG_TEXTS: dict[str, Callable[[TextSource], str]] = {
+    "plain": lambda source: source.long(19_000),
+    "initials (pysbd)": lambda source: source.named(19_000),
+}
+
+
+def scenario_long(ctx: Context) -> None:
+    """TTFA of 19,000-character texts (a long scene, under the limit of 20,000), one
+    session at a time, each cancelled once its second chunk arrived (the first is stored
+    by then). The kinds alternate, so that the hour's drift hits both alike. The full-size
+    VITS is left out: its first segment takes far longer than any cut."""
+    out = ctx.results.setdefault("long", {})
+    for voice in ctx.voices(fast_only=True):
+        kinds = list(LONG_TEXTS)
+        texts = [
+            (kind, LONG_TEXTS[kind](ctx.texts))
+            for _ in range(ctx.args.long_sessions)
+            for kind in kinds
+        ]
+        narrations = ttfa.run_sessions(
+            ctx.port,
+            VOICE_IDS[voice],
+            [text for _, text in texts],
+            timeout=LONG_TIMEOUT[voice],
+            cancel_after=2,
+            pause_s=0.3,
+        )
+        label = VOICE_IDS[voice]
+        for kind in kinds:
+            mine = [n for (k, _), n in zip(texts, narrations, strict=True) if k == kind]
+            res = out.setdefault(label, {})[kind] = ttfa.analyse(mine)
+            t, o = res["ttfa"], res["overhead"]
+            ctx.row(
+                f"1d TTFA, 19,000 chars (n={res['sessions']})",
+                label,
+                f"{kind}: TTFA p50 / p99; overhead p50 / p99 ms",
+                f"{fmt(t['p50'])} / {fmt(t['p99'])}; {fmt(o['p50'])} / {fmt(o['p99'])}",
+            )
 
 
 def scenario_cached(ctx: Context) -> None:
@@ -537,6 +587,7 @@ RUNNERS: dict[str, Callable[[Context], None]] = {
     "warm_up": warm_up,
     "memory": scenario_memory,
     "ttfa": scenario_ttfa,
+    "long": scenario_long,
     "cached": scenario_cached,
     "http": scenario_http,
     "flows": scenario_flows,

@@ -134,6 +134,24 @@ class TextSource:
             parts.append(self.sentence(long=len(parts) % 3 == 2))
         return " ".join(parts)
 
+    def named(self, chars: int = 20_000) -> str:
+        """Fresh prose of about ``chars`` characters in paragraphs of six sentences, two of
+        them naming someone by initials ("J. R. Gray nodded."): every paragraph goes to
+        pysbd to be cut (tts.segmentation), about 3.5 ms per 1,000 characters."""
+        paragraphs: list[str] = []
+        while sum(len(p) + 2 for p in paragraphs) < chars:
+            n = len(paragraphs)
+            name = f"{_INITIALS[n % len(_INITIALS)]} {_SURNAMES[n % len(_SURNAMES)]}"
+            body = [self.sentence(long=i % 3 == 2) for i in range(6)]
+            body[1] = f"{name} saw that {body[1][0].lower()}{body[1][1:]}"
+            body[4] = f"{name} nodded. {body[4]}"
+            paragraphs.append(" ".join(body))
+        return "\n\n".join(paragraphs)
+
+
+_INITIALS = ["J. R.", "A. M.", "T. S.", "E. B."]
+_SURNAMES = ["Gray", "Holt", "Marsh", "Quill", "Vane"]
+
 
 def sentences(text: str) -> list[str]:
     return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]

@@ -20,20 +20,42 @@ from bench.stats import summary
 
 
 async def _sequential(
-    port: int, voice: str, texts: list[str], timeout: float, early: bool
+    port: int,
+    voice: str,
+    texts: list[str],
+    timeout: float,
+    early: bool,
+    cancel_after: int | None,
+    pause_s: float,
 ) -> list[Narration]:
     http = Http("127.0.0.1", port)
     await http.ensure_csrf()
     results = []
     for text in texts:
-        results.append(await narrate(http, text, voice, timeout=timeout, early=early))
+        if results and pause_s:
+            await asyncio.sleep(pause_s)
+        results.append(
+            await narrate(
+                http, text, voice, timeout=timeout, early=early, cancel_after=cancel_after
+            )
+        )
     return results
 
 
 def run_sessions(
-    port: int, voice: str, texts: list[str], *, timeout: float, early: bool = True
+    port: int,
+    voice: str,
+    texts: list[str],
+    *,
+    timeout: float,
+    early: bool = True,
+    cancel_after: int | None = None,
+    pause_s: float = 0.0,
 ) -> list[Narration]:
-    return asyncio.run(_sequential(port, voice, texts, timeout, early))
+    """One session at a time; ``cancel_after``: cancel each once that many chunks arrived
+    (bench.client.listen); ``pause_s``: between sessions (a cancelled session's worker may
+    still be finishing the synthesis it had begun)."""
+    return asyncio.run(_sequential(port, voice, texts, timeout, early, cancel_after, pause_s))
 
 
 FLOWS = {"after the reply": False, "early": True}
