@@ -528,6 +528,95 @@ def test_a_head_cut_otherwise_than_the_whole_text_is_not_used():
     assert ahead.take(segments[:1], keys) == {} and waiting.cancelled()
 
 
+# A long scene naming its people by initials: every paragraph goes to pysbd, tens of
+# milliseconds of cutting (docs/benchmarks.md, P74).
+NAMED = "\n\n".join(
+    f"J. R. Gray walked to the harbour on day {n}. The gulls had gone quiet by hour {n}. "
+    f"He counted {n} boats twice and nodded."
+    for n in range(40)
+)
+
+
+def whole_cut(monkeypatch, events: list[dict], cut=None) -> None:
+    """Mark in ``events`` where the whole text's cut began (``cut``: the cut instead)."""
+    cutting = synthesis.segment_text
+
+    def marked(text, **kwargs):
+        if len(text) > synthesis.HeadAhead.HEAD_CHARS:  # not the head's
+            events.append({"type": "cut"})
+            return (cut or cutting)(text, **kwargs)
+        return cutting(text, **kwargs)
+
+    monkeypatch.setattr(synthesis, "segment_text", marked)
+
+
+def test_a_long_texts_first_chunk_goes_out_before_the_text_is_cut(monkeypatch, engine_calls):
+    """Its frame's count of chunks is null (not yet known), the `running` status rides in
+    it, and it is stored as sent; the chunks after it carry the count, and nothing is
+    made twice."""
+    events = recorded_events(monkeypatch)
+    whole_cut(monkeypatch, events)
+    session = create(NAMED)
+    services.session_run(session_id=session.id, worker="w1")
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED and session.narration_key
+    assert [e["type"] for e in events[:2]] == ["tts.chunk", "cut"]
+    chunks = [e for e in events if e["type"] == "tts.chunk"]
+    assert chunks[0]["seq"] == 0 and chunks[0]["total_chunks"] is None
+    assert chunks[0]["status"]["status"] == "running"
+    assert [e["seq"] for e in chunks] == list(range(session.total_chunks))
+    assert {e["total_chunks"] for e in chunks[1:]} == {session.total_chunks}
+    stored = list(session.chunks.order_by("seq"))
+    assert [(c.char_start, c.char_end, c.cushion_ms) for c in stored[:1]] == [
+        (chunks[0]["char_start"], chunks[0]["char_end"], chunks[0]["cushion_ms"])
+    ]
+    assert len(engine_calls) == len(stored) == session.total_chunks
+    assert "".join(c.text for c in stored) == NAMED
+
+
+def test_a_slow_voice_says_it_runs_before_its_long_texts_first_chunk(monkeypatch):
+    """A voice whose first segments took long: `running` goes out on its own as the head
+    is made, not only with the first chunk (session_steps)."""
+    monkeypatch.setitem(generation._first_segment_ms, "en-us", 10_000)
+    events = recorded_events(monkeypatch)
+    session = create(NAMED)
+    services.session_run(session_id=session.id, worker="w1")
+    assert [e["type"] for e in events[:2]] == ["tts.status", "tts.chunk"]
+    assert events[0]["status"] == "running" and "status" not in events[1]
+
+
+def test_a_whole_cut_that_begins_otherwise_goes_on_from_the_chunk_sent(monkeypatch):
+    """The chunk sent stays chunk 0, and the rest of the text is cut from where it ends:
+    no word said twice, none lost. The session is then not replayed whole by its key (two
+    cuts), as a resumed session cut otherwise is not."""
+    events = recorded_events(monkeypatch)
+    cutting = synthesis.segment_text
+    whole_cut(
+        monkeypatch,
+        events,
+        cut=lambda text, **kwargs: cutting(text, **{**kwargs, "first_max_chars": 20}),
+    )
+    session = create(NAMED)
+    services.session_run(session_id=session.id, worker="w1")
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED and not session.narration_key
+    stored = list(session.chunks.order_by("seq"))
+    assert (stored[0].char_start, stored[0].char_end) == (0, events[0]["char_end"])
+    assert len(stored[0].text.strip()) > 20  # the head's, not the whole cut's
+    assert all(a.char_end == b.char_start for a, b in zip(stored, stored[1:], strict=False))
+    assert "".join(c.text for c in stored) == NAMED == session.text
+
+
+def test_a_chunk_frame_whose_count_is_not_known_yet_reads_nothing(django_assert_num_queries):
+    session = create()
+    services.session_run(session_id=session.id, worker="w1")
+    chunk, total = TTSChunk.objects.get(session=session, seq=0), session.chunks.count()
+    with django_assert_num_queries(0):
+        assert services.chunk_meta(chunk, total_chunks=None)["total_chunks"] is None
+    with django_assert_num_queries(1):  # not given: the session's
+        assert services.chunk_meta(chunk)["total_chunks"] == total
+
+
 def test_a_long_text_whose_cut_fails_raises_its_own_error_and_frees_the_engine(monkeypatch):
     """The head is on the engine thread when the whole text's cache lookup fails: the
     lookup's error is what the run raises (the worker logs it and leaves the session to

@@ -27,6 +27,7 @@ from tts.engines import EngineError, Voice
 from tts.models import SessionStatus, TTSChunk, TTSSession
 from tts.pacing import EngineFit, Pace
 from tts.scheduling import Made
+from tts.segmentation import Segment
 from tts.synthesis import SegmentAudio
 from tts.voices import get_voice
 
@@ -114,7 +115,8 @@ def _generate(
             message=f"Voice {session.voice!r} is no longer configured.",
         )
         return
-    yield from _Run(session, worker, voice, running, urgent=urgent).steps(announce=announce)
+    run = _Run(session, worker, voice, running, urgent=urgent, announce=announce)
+    yield from run.steps(announce=announce)
 
 
 class _Run:
@@ -130,17 +132,34 @@ class _Run:
         running: _RunningStatus,
         *,
         urgent: bool,
+        announce: bool,
     ) -> None:
         self.session, self.worker, self.voice, self.running = session, worker, voice, running
         first_seq = self.first_seq = session.completed_chunks  # advanced with every store
+        # What each chunk's listeners should hold it for, so that the rest keeps up.
+        self.fit = _engine_fits.setdefault(session.voice, EngineFit())
+        # A long text's first segment and its chunk, sent before the whole text was cut.
+        self.head_sent: tuple[Segment, TTSChunk] | None = None
         ahead = synthesis.HeadAhead.start(session, voice, urgent=urgent) if first_seq == 0 else None
         try:
+            if ahead is not None:
+                self._send_head(ahead, announce=announce)
             segments, one_cut = synthesis.resumed_segments(
                 session=session,
                 voice=voice,
                 segments=synthesis.session_segments(session=session, voice=voice),
                 stored=first_seq,
             )
+            if self.head_sent is not None and segments[:1] != [self.head_sent[0]]:
+                # The whole text's cut begins otherwise than its head's (rare: sentence ends
+                # are found from nearby text): the chunk sent stays, and the rest of the
+                # text is cut from where it ends, as a resumed session's is.
+                first = self.head_sent[0]
+                segments = [
+                    first,
+                    *synthesis.rest_segments(session=session, voice=voice, start=first.char_end),
+                ]
+                one_cut = False
             self.segments = segments
             total = self.total = session.total_chunks = len(segments)
             keys = self.keys = [
@@ -171,8 +190,6 @@ class _Run:
         for i in range(first_seq, total):
             self.first_of.setdefault(keys[i], i)
         self.synthesizing = ahead.take(segments, keys) if ahead is not None else {}
-        # What each chunk's listeners should hold it for, so that the rest keeps up.
-        self.fit = _engine_fits.setdefault(session.voice, EngineFit())
         self.pace = Pace(
             [len(segment.speech_text) for segment in segments],
             [segment.pause_ms for segment in segments],
@@ -232,6 +249,46 @@ class _Run:
             self.running.send()
             services.session_complete(session_id=session.id, worker=self.worker, key=self.used)
 
+    def _send_head(self, ahead: synthesis.HeadAhead, *, announce: bool) -> None:
+        """A long text's first chunk, sent as soon as its head's first segment is made,
+        before the whole text is cut: that cut takes 35 to 100 ms for 20,000 characters
+        that go to pysbd (some languages; initials, brackets), and it would hold the GIL
+        against a Python engine's synthesis meanwhile (the tiny model's first segment took
+        150 ms beside it, not 15). Its frame's count of chunks is null, not yet known; the
+        chunks after it carry it. It is stored as the run's first chunk (_hand_on), once
+        the text is cut. ``announce``: the `running` status goes out first, on its own (a
+        slow voice: session_steps)."""
+        if announce:
+            self.running.send()
+        if (made := ahead.first_made()) is None:
+            return
+        segment, audio = made
+        row = storing.chunk_row(self.session.id, 0, segment, audio)
+        meta = services.chunk_meta(row, total_chunks=None)
+        meta["cushion_ms"] = row.cushion_ms = self._head_cushion(ahead, row, audio)
+        status = self.running.take()
+        broadcast.broadcast_chunk(self.session.id, meta, audio.pcm, wait=True, status=status)
+        self.head_sent = segment, row
+
+    def _head_cushion(self, ahead: synthesis.HeadAhead, row: TTSChunk, audio: SegmentAudio) -> int:
+        """Chunk 0's hold before the text's cut is known: the head's segments, then the
+        rest of the text taken as segments of the voice's longest, each after a sentence's
+        pause (what the cut makes of prose, past the ramp)."""
+        head = [segment for segment, _, _ in ahead.head]
+        chars = [len(segment.speech_text) for segment in head]
+        pauses = [segment.pause_ms for segment in head]
+        free = [future is None for _, _, future in ahead.head]
+        longest = synthesis.voice_cutting(self.voice)["max_chars"]
+        rest = -(-(len(self.session.text) - head[-1].char_end) // longest)
+        pace = Pace(
+            chars + [longest] * rest,
+            pauses + [settings.TTS_SENTENCE_PAUSE_MS] * rest,
+            free + [False] * rest,
+            fit=self.fit,
+        )
+        pace.made(0, duration_ms=row.duration_ms, engine_ms=audio.engine_ms)
+        return pace.cushion_ms(0, row.duration_ms)
+
     def _audio(self, seq: int) -> SegmentAudio:
         """Chunk ``seq``'s audio: made ahead on the engine thread, made before in this
         session (a repeat), from the cache, or made now, on this thread."""
@@ -254,12 +311,16 @@ class _Run:
     ) -> TTSChunk:
         """Chunk ``seq``'s row and event, with its hold; broadcast now when every chunk
         before it is stored, else by the writer once they are; queued for storage."""
-        row = storing.chunk_row(self.session.id, seq, self.segments[seq], audio)  # made now
-        meta = services.chunk_meta(row, total_chunks=self.total)
+        sent = self.head_sent[1] if self.head_sent is not None and seq == 0 else None
+        row = sent or storing.chunk_row(self.session.id, seq, self.segments[seq], audio)
         spent = None if audio.cached else audio.engine_ms
         self.pace.made(seq, duration_ms=row.duration_ms, engine_ms=spent)
         if spent is not None:
             self.fit.add(self.pace.chars[seq], spent)
+        if sent is not None:  # sent before the text was cut (_send_head): stored only
+            writer.submit(storing.Unstored(row, audio, meta=None))
+            return row
+        meta = services.chunk_meta(row, total_chunks=self.total)
         meta["cushion_ms"] = row.cushion_ms = self.pace.cushion_ms(seq, row.duration_ms)
         if writer.idle():  # every chunk before it is stored: send it now
             # The first chunk is sent before its store is queued, and waited for (briefly):

@@ -83,11 +83,17 @@ def resumed_segments(
         stored,
         last_end,
     )
-    rest = session_segments(session=session, voice=voice, text=session.text[last_end:])
-    return done + [
-        replace(seg, char_start=seg.char_start + last_end, char_end=seg.char_end + last_end)
+    return done + rest_segments(session=session, voice=voice, start=last_end), False
+
+
+def rest_segments(*, session: TTSSession, voice: Voice, start: int) -> list[Segment]:
+    """The session's text from ``start`` on, cut on its own (the ramp of segment sizes
+    begins again), with offsets into the whole text."""
+    rest = session_segments(session=session, voice=voice, text=session.text[start:])
+    return [
+        replace(seg, char_start=seg.char_start + start, char_end=seg.char_end + start)
         for seg in rest
-    ], False
+    ]
 
 
 # segment_text's arguments that come from settings, by the setting's name (tts.E006
@@ -209,7 +215,9 @@ class HeadAhead:
     first and its first segments queued on the engine thread. They are used as far as
     the whole text's cut turns out identical (it practically always does: sentence ends
     are found from nearby text); the rest are cancelled, or, when already running,
-    finish unused (as before the engine thread: nothing waits for them)."""
+    finish unused (as before the engine thread: nothing waits for them). The first of
+    them is sent as soon as it is made, before the whole text is cut (tts.generation);
+    where the whole text's cut begins otherwise, the rest of the text is cut from its end."""
 
     HEAD_CHARS = 400
     # How long to wait for the engine thread to begin the head: at once, unless it is
@@ -247,6 +255,18 @@ class HeadAhead:
         if queued:
             begun.wait(cls.HAND_OVER_S)
         return cls(head)
+
+    def first_made(self) -> tuple[Segment, SegmentAudio] | None:
+        """The head's first segment and its audio, once made (waited for); None where it
+        has no synthesis (stored, or repeated) or its synthesis failed (the run meets the
+        failure again when it takes the segment, and reports it)."""
+        segment, _, future = self.head[0]
+        if future is None:
+            return None
+        try:
+            return segment, future.result()
+        except Exception:  # noqa: BLE001 - see above
+            return None
 
     def take(self, segments: list[Segment], keys: list[str]) -> dict[int, Future[SegmentAudio]]:
         """The syntheses of the head's segments, by seq, as far as the whole text's cut
