@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for voice in voices:
         mine = {sha: samples[sha, voice] for sha in shas}
-        names = [n for n in [*FIGURES, *extra] if all(n in s[0] for s in mine.values())]
+        known = [*FIGURES, *extra]
+        more = sorted({n for s in mine.values() for n in s[0]} - set(known))  # e.g. long's
+        names = [n for n in [*known, *more] if all(n in s[0] for s in mine.values())]
         if not names:
             continue
         width = max(len(n) for n in names)
