@@ -554,6 +554,7 @@ def test_a_long_texts_first_chunk_goes_out_before_the_text_is_cut(monkeypatch, e
     """Its frame's count of chunks is null (not yet known), the `running` status rides in
     it, and it is stored as sent; the chunks after it carry the count, and nothing is
     made twice."""
+    monkeypatch.setitem(generation._first_segment_ms, "en-us", 1)  # a quick voice
     events = recorded_events(monkeypatch)
     whole_cut(monkeypatch, events)
     session = create(NAMED)
@@ -579,9 +580,10 @@ def test_a_slow_voice_says_it_runs_before_its_long_texts_first_chunk(monkeypatch
     is made, not only with the first chunk (session_steps)."""
     monkeypatch.setitem(generation._first_segment_ms, "en-us", 10_000)
     events = recorded_events(monkeypatch)
+    whole_cut(monkeypatch, events)
     session = create(NAMED)
     services.session_run(session_id=session.id, worker="w1")
-    assert [e["type"] for e in events[:2]] == ["tts.status", "tts.chunk"]
+    assert [e["type"] for e in events[:3]] == ["tts.status", "tts.chunk", "cut"]
     assert events[0]["status"] == "running" and "status" not in events[1]
 
 
@@ -591,6 +593,7 @@ def test_a_whole_cut_that_begins_otherwise_goes_on_from_the_chunk_sent(monkeypat
     cuts), as a resumed session cut otherwise is not."""
     events = recorded_events(monkeypatch)
     cutting = synthesis.segment_text
+    monkeypatch.setitem(generation._first_segment_ms, "en-us", 1)
     whole_cut(
         monkeypatch,
         events,
@@ -601,10 +604,63 @@ def test_a_whole_cut_that_begins_otherwise_goes_on_from_the_chunk_sent(monkeypat
     session.refresh_from_db()
     assert session.status == SessionStatus.COMPLETED and not session.narration_key
     stored = list(session.chunks.order_by("seq"))
-    assert (stored[0].char_start, stored[0].char_end) == (0, events[0]["char_end"])
+    sent = next(e for e in events if e["type"] == "tts.chunk")
+    assert events.index(sent) < events.index({"type": "cut"})
+    assert (stored[0].char_start, stored[0].char_end) == (0, sent["char_end"])
     assert len(stored[0].text.strip()) > 20  # the head's, not the whole cut's
     assert all(a.char_end == b.char_start for a, b in zip(stored, stored[1:], strict=False))
     assert "".join(c.text for c in stored) == NAMED == session.text
+
+
+def test_a_long_texts_first_chunk_is_kept_when_its_cut_fails(monkeypatch):
+    """Heard, not stored: its audio goes to the cache, so the next run does not make it
+    again; the run raises the cut's own error (the worker leaves it to the sweep)."""
+    monkeypatch.setitem(generation._first_segment_ms, "en-us", 1)
+    events = recorded_events(monkeypatch)
+
+    def failing(text, **kwargs):
+        raise DatabaseError("the cut's own failure")
+
+    whole_cut(monkeypatch, events, cut=failing)
+    session = create(NAMED)
+    claimed = services.session_claim(session_id=session.id, worker="w1")
+    with pytest.raises(DatabaseError, match="the cut's own failure"):
+        list(generation.session_steps(session=claimed, worker="w1"))
+    sent = next(e for e in events if e["type"] == "tts.chunk")
+    assert not TTSChunk.objects.filter(session=session).exists()
+    voice = services.voice_resolve(voice_id="en-us")
+    head = session.text[: synthesis.HeadAhead.HEAD_CHARS]
+    segment = synthesis.session_segments(session=session, voice=voice, text=head)[0]
+    assert segment.char_end == sent["char_end"]
+    key = synthesis.segment_key(segment, voice=voice, engine_model=session.model)
+    assert AudioBlob.objects.filter(key=key).exists()
+
+
+def test_a_long_text_beats_while_its_run_waits_for_its_first_segment(monkeypatch):
+    """The wait for the head's first segment comes before the run's steps: a slow voice's
+    (or an engine still finishing a cancelled session's segment) must not look dead."""
+    beating, waited = [], synthesis.HeadAhead.first_made
+
+    def first_made(self):
+        beating.append(set(generation._heartbeats._beating))
+        return waited(self)
+
+    monkeypatch.setattr(synthesis.HeadAhead, "first_made", first_made)
+    session = create(NAMED)
+    services.session_run(session_id=session.id, worker="w1")
+    assert beating == [{session.id}]
+
+
+def test_a_long_texts_hold_counts_from_when_its_first_chunk_was_made():
+    """The wall time between a run's chunks bounds its engine's pace (tts.pacing): a first
+    chunk sent before the cut counts from when it was made, not from its store."""
+    from tts.pacing import Pace
+
+    now = [100.0]
+    pace = Pace([10, 10, 10], [0, 0, 0], [False] * 3, clock=lambda: now[0])
+    pace.made(0, duration_ms=1000, engine_ms=5, at=99.0)
+    pace.made(1, duration_ms=1000, engine_ms=5)
+    assert pace.first_made == 99.0 and pace.wall_chars == 10
 
 
 def test_a_chunk_frame_whose_count_is_not_known_yet_reads_nothing(django_assert_num_queries):

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import replace
+from typing import NamedTuple
 
 from django.db import DatabaseError, connection
 from django.utils import timezone
@@ -115,8 +116,20 @@ def _generate(
             message=f"Voice {session.voice!r} is no longer configured.",
         )
         return
-    run = _Run(session, worker, voice, running, urgent=urgent, announce=announce)
-    yield from run.steps(announce=announce)
+    # The claim is the first beat; a long text's run waits for its first segment as it is
+    # built (_Run._send_head), so it beats from then on.
+    with _heartbeats.beating(session.id, worker):
+        run = _Run(session, worker, voice, running, urgent=urgent, announce=announce)
+        yield from run.steps(announce=announce)
+
+
+class _SentHead(NamedTuple):
+    """A long text's first chunk, sent before its whole text was cut (_Run._send_head)."""
+
+    segment: Segment
+    row: TTSChunk
+    audio: SegmentAudio
+    made_at: float  # time.monotonic()
 
 
 class _Run:
@@ -138,8 +151,7 @@ class _Run:
         first_seq = self.first_seq = session.completed_chunks  # advanced with every store
         # What each chunk's listeners should hold it for, so that the rest keeps up.
         self.fit = _engine_fits.setdefault(session.voice, EngineFit())
-        # A long text's first segment and its chunk, sent before the whole text was cut.
-        self.head_sent: tuple[Segment, TTSChunk] | None = None
+        self.head_sent: _SentHead | None = None  # a long text's first chunk (_send_head)
         ahead = synthesis.HeadAhead.start(session, voice, urgent=urgent) if first_seq == 0 else None
         try:
             if ahead is not None:
@@ -150,11 +162,11 @@ class _Run:
                 segments=synthesis.session_segments(session=session, voice=voice),
                 stored=first_seq,
             )
-            if self.head_sent is not None and segments[:1] != [self.head_sent[0]]:
+            if self.head_sent is not None and segments[:1] != [self.head_sent.segment]:
                 # The whole text's cut begins otherwise than its head's (rare: sentence ends
                 # are found from nearby text): the chunk sent stays, and the rest of the
                 # text is cut from where it ends, as a resumed session's is.
-                first = self.head_sent[0]
+                first = self.head_sent.segment
                 segments = [
                     first,
                     *synthesis.rest_segments(session=session, voice=voice, start=first.char_end),
@@ -170,6 +182,9 @@ class _Run:
         except BaseException:
             if ahead is not None:
                 ahead.abandon()  # nothing will wait for the head: the engine is not held up
+            if self.head_sent is not None:  # heard, not stored: kept for the next run
+                with suppress(Exception):
+                    storing.blob_create(self.head_sent.audio.key, self.head_sent.audio)
             raise
 
         # A segment that comes again in this session (engines need not make the same bytes
@@ -211,7 +226,6 @@ class _Run:
         """Make, send and store each chunk in turn; yield after each (session_steps)."""
         session = self.session
         with (
-            _heartbeats.beating(session.id, self.worker),
             storing.OrderedWriter(self._store, skipped=storing.keep_unstored) as writer,
             _keeping_what_is_made(self.synthesizing),
         ):
@@ -263,12 +277,13 @@ class _Run:
         if (made := ahead.first_made()) is None:
             return
         segment, audio = made
+        made_at = time.monotonic()
         row = storing.chunk_row(self.session.id, 0, segment, audio)
         meta = services.chunk_meta(row, total_chunks=None)
         meta["cushion_ms"] = row.cushion_ms = self._head_cushion(ahead, row, audio)
         status = self.running.take()
         broadcast.broadcast_chunk(self.session.id, meta, audio.pcm, wait=True, status=status)
-        self.head_sent = segment, row
+        self.head_sent = _SentHead(segment, row, audio, made_at)
 
     def _head_cushion(self, ahead: synthesis.HeadAhead, row: TTSChunk, audio: SegmentAudio) -> int:
         """Chunk 0's hold before the text's cut is known: the head's segments, then the
@@ -311,10 +326,13 @@ class _Run:
     ) -> TTSChunk:
         """Chunk ``seq``'s row and event, with its hold; broadcast now when every chunk
         before it is stored, else by the writer once they are; queued for storage."""
-        sent = self.head_sent[1] if self.head_sent is not None and seq == 0 else None
-        row = sent or storing.chunk_row(self.session.id, seq, self.segments[seq], audio)
+        sent = self.head_sent if seq == 0 else None
+        if sent is None:
+            row, made_at = storing.chunk_row(self.session.id, seq, self.segments[seq], audio), None
+        else:
+            row, made_at = sent.row, sent.made_at
         spent = None if audio.cached else audio.engine_ms
-        self.pace.made(seq, duration_ms=row.duration_ms, engine_ms=spent)
+        self.pace.made(seq, duration_ms=row.duration_ms, engine_ms=spent, at=made_at)
         if spent is not None:
             self.fit.add(self.pace.chars[seq], spent)
         if sent is not None:  # sent before the text was cut (_send_head): stored only

@@ -112,8 +112,11 @@ class Pace:
         self.first_made: float | None = None  # when the run's first synthesized chunk was
         self.wall_chars = 0  # characters synthesized since then
 
-    def made(self, seq: int, *, duration_ms: int, engine_ms: int | None) -> None:
-        """Chunk ``seq`` is made: ``engine_ms`` its synthesis time (None: it cost none)."""
+    def made(
+        self, seq: int, *, duration_ms: int, engine_ms: int | None, at: float | None = None
+    ) -> None:
+        """Chunk ``seq`` is made: ``engine_ms`` its synthesis time (None: it cost none);
+        ``at``: when, by ``clock`` (None: now)."""
         chars = self.chars[seq]
         if chars:
             self.speech_ms += max(0, duration_ms - self.pauses_ms[seq])
@@ -125,7 +128,7 @@ class Pace:
         if self.line is not None:
             self.predicted_ms += self.line[0] + self.line[1] * chars
         if self.first_made is None:
-            self.first_made = self.clock()
+            self.first_made = self.clock() if at is None else at
         else:
             self.wall_chars += chars
 
