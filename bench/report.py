@@ -16,16 +16,23 @@ from scripts.stack import PYTHON, ROOT
 
 
 def git_commit(root: Path = ROOT) -> str | None:
-    """HEAD's commit, read from .git (no git process)."""
+    """HEAD's commit, read from .git (no git process); in a worktree too (bench/compare.py
+    and a bench run beside the checkout), whose .git is a file naming its folder."""
     git = root / ".git"
     try:
+        if git.is_file():  # "gitdir: <the worktree's folder>"; refs are the repository's
+            git = Path(git.read_text().split(":", 1)[1].strip())
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head
         ref = head[5:]
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()
-        for line in (git / "packed-refs").read_text().splitlines():
+        common = (
+            git / (git / "commondir").read_text().strip() if (git / "commondir").is_file() else git
+        )
+        for folder in (git, common):
+            if (folder / ref).is_file():
+                return (folder / ref).read_text().strip()
+        for line in (common / "packed-refs").read_text().splitlines():
             if line.endswith(" " + ref):
                 return line.split()[0]
     except OSError:
