@@ -589,7 +589,7 @@ def chunk_meta(
 ) -> dict:
     """The `chunk` frame's fields (plus sample_rate, so a client can decode it).
     ``total_chunks``: the session's count when the caller has it (no read of the session);
-    None where it is not known yet (a long text's first chunk, sent while its text is cut).
+    None where it is not known yet (a long text's first chunk, sent before its text is cut).
     ``session_running``: the chunk is read back while its session is still being narrated;
     it then carries what is left of the hold it went out live with (tts.pacing.cushion_left;
     the worker's clock against this one's: hosts keep their clocks in step, docs/deployment.md)."""
