@@ -210,6 +210,7 @@ async def listen(
                 if isinstance(message, bytes):
                     _on_audio(result, message, now)
                     if cancel_after is not None and len(result.arrivals) == cancel_after:
+                        cancel_after = None  # once
                         await ws.send(json.dumps({"type": "cancel"}))
                     if on_first is not None and not on_first.is_set():
                         on_first.set()

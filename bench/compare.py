@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     for voice in voices:
         mine = {sha: samples[sha, voice] for sha in shas}
         known = [*FIGURES, *extra]
-        more = sorted({n for s in mine.values() for n in s[0]} - set(known))  # e.g. long's
-        names = [n for n in [*known, *more] if all(n in s[0] for s in mine.values())]
+        more = sorted({n for s in mine.values() for f in s for n in f} - set(known))  # long's
+        names = [n for n in [*known, *more] if all(n in f for s in mine.values() for f in s)]
         if not names:
             continue
         width = max(len(n) for n in names)

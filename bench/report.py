@@ -21,7 +21,7 @@ def git_commit(root: Path = ROOT) -> str | None:
     git = root / ".git"
     try:
         if git.is_file():  # "gitdir: <the worktree's folder>"; refs are the repository's
-            git = Path(git.read_text().split(":", 1)[1].strip())
+            git = root / git.read_text().partition("gitdir:")[2].strip()  # maybe relative
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head

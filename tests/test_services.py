@@ -612,19 +612,28 @@ def test_a_whole_cut_that_begins_otherwise_goes_on_from_the_chunk_sent(monkeypat
     assert "".join(c.text for c in stored) == NAMED == session.text
 
 
-def test_a_long_texts_first_chunk_is_kept_when_its_cut_fails(monkeypatch):
+@pytest.mark.parametrize("failing", ["the cut", "the pace"])
+def test_a_long_texts_first_chunk_is_kept_when_its_run_fails_to_begin(monkeypatch, failing):
     """Heard, not stored: its audio goes to the cache, so the next run does not make it
-    again; the run raises the cut's own error (the worker leaves it to the sweep)."""
+    again; the run raises its own error (the worker leaves it to the sweep)."""
     monkeypatch.setitem(generation._first_segment_ms, "en-us", 1)
     events = recorded_events(monkeypatch)
 
-    def failing(text, **kwargs):
-        raise DatabaseError("the cut's own failure")
+    def fail(*args, **kwargs):
+        raise DatabaseError(f"{failing} failed")
 
-    whole_cut(monkeypatch, events, cut=failing)
+    if failing == "the cut":
+        whole_cut(monkeypatch, events, cut=fail)
+    else:  # the run's own pace, set up after the cut (the head's hold has its own)
+        pace = generation.Pace
+        monkeypatch.setattr(
+            generation,
+            "Pace",
+            lambda chars, *a, **kw: fail() if len(chars) > 50 else pace(chars, *a, **kw),
+        )
     session = create(NAMED)
     claimed = services.session_claim(session_id=session.id, worker="w1")
-    with pytest.raises(DatabaseError, match="the cut's own failure"):
+    with pytest.raises(DatabaseError, match=f"{failing} failed"):
         list(generation.session_steps(session=claimed, worker="w1"))
     sent = next(e for e in events if e["type"] == "tts.chunk")
     assert not TTSChunk.objects.filter(session=session).exists()

@@ -154,38 +154,47 @@ class _Run:
         self.head_sent: _SentHead | None = None  # a long text's first chunk (_send_head)
         ahead = synthesis.HeadAhead.start(session, voice, urgent=urgent) if first_seq == 0 else None
         try:
-            if ahead is not None:
-                self._send_head(ahead, announce=announce)
-            segments, one_cut = synthesis.resumed_segments(
-                session=session,
-                voice=voice,
-                segments=synthesis.session_segments(session=session, voice=voice),
-                stored=first_seq,
-            )
-            if self.head_sent is not None and segments[:1] != [self.head_sent.segment]:
-                # The whole text's cut begins otherwise than its head's (rare: sentence ends
-                # are found from nearby text): the chunk sent stays, and the rest of the
-                # text is cut from where it ends, as a resumed session's is.
-                first = self.head_sent.segment
-                segments = [
-                    first,
-                    *synthesis.rest_segments(session=session, voice=voice, start=first.char_end),
-                ]
-                one_cut = False
-            self.segments = segments
-            total = self.total = session.total_chunks = len(segments)
-            keys = self.keys = [
-                synthesis.segment_key(seg, voice=voice, engine_model=session.model)
-                for seg in segments
-            ]
-            self.cached = synthesis.cached_keys(keys[first_seq:])
+            self._prepare(ahead, urgent=urgent, announce=announce)
         except BaseException:
             if ahead is not None:
                 ahead.abandon()  # nothing will wait for the head: the engine is not held up
             if self.head_sent is not None:  # heard, not stored: kept for the next run
-                with suppress(Exception):
+                try:
                     storing.blob_create(self.head_sent.audio.key, self.head_sent.audio)
+                except Exception:  # noqa: BLE001 - the error on its way out matters more
+                    logger.warning("keeping the first chunk's audio failed", exc_info=True)
             raise
+        self.stored_ms = session.audio_ms  # the audio stored so far (by an earlier run too)
+        self.completed = False
+
+    def _prepare(self, ahead: synthesis.HeadAhead | None, *, urgent: bool, announce: bool) -> None:
+        """The text cut (a long text's first chunk sent first), the cache looked up, the
+        head's syntheses taken, the pace set up."""
+        session, voice, first_seq = self.session, self.voice, self.first_seq
+        if ahead is not None:
+            self._send_head(ahead, announce=announce)
+        segments, one_cut = synthesis.resumed_segments(
+            session=session,
+            voice=voice,
+            segments=synthesis.session_segments(session=session, voice=voice),
+            stored=first_seq,
+        )
+        if self.head_sent is not None and segments[:1] != [self.head_sent.segment]:
+            # The whole text's cut begins otherwise than its head's (rare: sentence ends
+            # are found from nearby text): the chunk sent stays, and the rest of the
+            # text is cut from where it ends, as a resumed session's is.
+            first = self.head_sent.segment
+            segments = [
+                first,
+                *synthesis.rest_segments(session=session, voice=voice, start=first.char_end),
+            ]
+            one_cut = False
+        self.segments = segments
+        total = self.total = session.total_chunks = len(segments)
+        keys = self.keys = [
+            synthesis.segment_key(seg, voice=voice, engine_model=session.model) for seg in segments
+        ]
+        self.cached = synthesis.cached_keys(keys[first_seq:])
 
         # A segment that comes again in this session (engines need not make the same bytes
         # twice) is made once: ``made`` holds its audio for the synthesis thread, to send
@@ -219,8 +228,6 @@ class _Run:
             if one_cut
             else ""
         )
-        self.stored_ms = session.audio_ms  # the audio stored so far (by an earlier run too)
-        self.completed = False
 
     def steps(self, *, announce: bool) -> Iterator[Made]:
         """Make, send and store each chunk in turn; yield after each (session_steps)."""
