@@ -120,7 +120,7 @@ def _generate(
     # built (_Run._send_head), so it beats from then on.
     with _heartbeats.beating(session.id, worker):
         run = _Run(session, worker, voice, running, urgent=urgent, announce=announce)
-        yield from run.steps(announce=announce)
+        yield from run.steps()
 
 
 class _SentHead(NamedTuple):
@@ -148,13 +148,16 @@ class _Run:
         announce: bool,
     ) -> None:
         self.session, self.worker, self.voice, self.running = session, worker, voice, running
+        # A slow voice: its `running` status goes out on its own as its first synthesis
+        # begins (session_steps), not with its first chunk.
+        self.announce = announce
         first_seq = self.first_seq = session.completed_chunks  # advanced with every store
         # What each chunk's listeners should hold it for, so that the rest keeps up.
         self.fit = _engine_fits.setdefault(session.voice, EngineFit())
         self.head_sent: _SentHead | None = None  # a long text's first chunk (_send_head)
         ahead = synthesis.HeadAhead.start(session, voice, urgent=urgent) if first_seq == 0 else None
         try:
-            self._prepare(ahead, urgent=urgent, announce=announce)
+            self._prepare(ahead, urgent=urgent)
         except BaseException:
             if ahead is not None:
                 ahead.abandon()  # nothing will wait for the head: the engine is not held up
@@ -167,12 +170,12 @@ class _Run:
         self.stored_ms = session.audio_ms  # the audio stored so far (by an earlier run too)
         self.completed = False
 
-    def _prepare(self, ahead: synthesis.HeadAhead | None, *, urgent: bool, announce: bool) -> None:
+    def _prepare(self, ahead: synthesis.HeadAhead | None, *, urgent: bool) -> None:
         """The text cut (a long text's first chunk sent first), the cache looked up, the
         head's syntheses taken, the pace set up."""
         session, voice, first_seq = self.session, self.voice, self.first_seq
         if ahead is not None:
-            self._send_head(ahead, announce=announce)
+            self._send_head(ahead)
         segments, one_cut = synthesis.resumed_segments(
             session=session,
             voice=voice,
@@ -229,14 +232,14 @@ class _Run:
             else ""
         )
 
-    def steps(self, *, announce: bool) -> Iterator[Made]:
+    def steps(self) -> Iterator[Made]:
         """Make, send and store each chunk in turn; yield after each (session_steps)."""
         session = self.session
         with (
             storing.OrderedWriter(self._store, skipped=storing.keep_unstored) as writer,
             _keeping_what_is_made(self.synthesizing),
         ):
-            if announce:  # a slow voice: listeners hear that it is running while it works
+            if self.announce:  # listeners hear that it is running while it works
                 self.running.send()
             for seq in range(self.first_seq, self.total):
                 try:
@@ -270,16 +273,15 @@ class _Run:
             self.running.send()
             services.session_complete(session_id=session.id, worker=self.worker, key=self.used)
 
-    def _send_head(self, ahead: synthesis.HeadAhead, *, announce: bool) -> None:
+    def _send_head(self, ahead: synthesis.HeadAhead) -> None:
         """A long text's first chunk, sent as soon as its head's first segment is made,
         before the whole text is cut: that cut takes 35 to 100 ms for 20,000 characters
         that go to pysbd (some languages; initials, brackets), and it would hold the GIL
         against a Python engine's synthesis meanwhile (the tiny model's first segment took
         150 ms beside it, not 15). Its frame's count of chunks is null, not yet known; the
         chunks after it carry it. It is stored as the run's first chunk (_hand_on), once
-        the text is cut. ``announce``: the `running` status goes out first, on its own (a
-        slow voice: session_steps)."""
-        if announce:
+        the text is cut. A slow voice's `running` status goes out first, on its own."""
+        if self.announce:
             self.running.send()
         if (made := ahead.first_made()) is None:
             return
