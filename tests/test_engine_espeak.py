@@ -147,10 +147,13 @@ def test_syntheses_from_many_threads_do_not_mix():
     for thread in threads:
         thread.join(timeout=60)
     assert not errors
+    # espeak-ng's length for the same text varies a little from call to call (0.4 % here
+    # alone; 126,533 against 127,912 samples, 1.1 %, in a CI run beside other tests): a
+    # voice mixed up is 12 % off, a cut or doubled audio far more.
     for key, samples in got.items():
         assert len(samples) == 2
         for n in samples:
-            assert abs(n - expected[key]) < 0.01 * expected[key], key
+            assert abs(n - expected[key]) < 0.03 * expected[key], key
 
 
 @needs_library
