@@ -1,6 +1,6 @@
 """The cut of a text into segments, alone: what a session pays before its first chunk.
 
-    python bench/cut.py [--repeats 15] [--json out.json]
+    python bench/cut.py [--repeats 15] [--json out.json] [--beside-engine]
 
 A session's first chunk goes out once its whole text is cut (its frame carries the count
 of chunks). Blocks of plain sentences and dialogue in English, Spanish, French (and
@@ -8,6 +8,12 @@ Italian, Dutch, Polish), and German prose, take the plain path; the rest goes to
 about 5 ms per 1,000 characters (tts/segmentation.py, docs/benchmarks.md, P47, P60, P67,
 P68). Each figure is the median of ``--repeats`` cuts, pysbd's kept blocks cleared before
 each (a text cut for the first time), after one cut that warms pysbd up.
+
+``--beside-engine``: what a long cut costs a Python engine that runs beside it (a long
+text's cut runs while its next segments are made, P74): the tiny model's two segments,
+on a thread of their own as on a worker's engine thread, alone and beside the cut of
+19,000 characters that go to pysbd, with the GIL handed over as Python does by default
+(every 5 ms at most) and every 1 ms (tried in round 24, not applied: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -150,12 +156,90 @@ def texts() -> dict[str, tuple[str, str]]:
     }
 
 
+def beside_engine(repeats: int) -> list[dict]:
+    """The tiny model's two segments alone, beside the cut, and beside it with the GIL
+    handed over every 1 ms."""
+    import tempfile
+    import threading
+
+    from bench.engines import coqui_voice
+    from tts import segmentation, synthesis
+    from tts.engines import get_engine
+
+    source = TextSource(seed=13)
+    texts = [source.named(19_000) for _ in range(repeats)]
+    with tempfile.TemporaryDirectory() as tmp:
+        voice = coqui_voice("coqui-tiny", Path(tmp) / "tiny", full_size=False)
+        engine = get_engine(voice.engine)
+        engine.load(voice)
+        cutting = {"language": voice.language, **synthesis.voice_cutting(voice)}
+        heads = [segmentation.segment_text(t[:400], **cutting)[1:3] for t in texts]
+        for segment in heads[0]:
+            engine.synthesize(segment.speech_text, voice)
+        segmentation.segment_text(texts[0], **cutting)
+
+        def run(text: str, head: list, switch_s: float | None) -> tuple[float, float]:
+            made: list[float] = []
+
+            def make() -> None:
+                started = time.perf_counter()
+                for segment in head:
+                    engine.synthesize(segment.speech_text, voice)
+                made.append((time.perf_counter() - started) * 1000)
+
+            thread = threading.Thread(target=make)
+            segmentation._pysbd_ends.cache_clear()
+            default_s = sys.getswitchinterval()
+            thread.start()
+            started = time.perf_counter()
+            if switch_s is not None:
+                sys.setswitchinterval(switch_s)
+                try:
+                    segmentation.segment_text(text, **cutting)
+                finally:
+                    sys.setswitchinterval(default_s)
+            cut_ms = (time.perf_counter() - started) * 1000 if switch_s is not None else 0.0
+            thread.join()
+            return made[0], cut_ms
+
+        cuts = {
+            None: "alone",
+            sys.getswitchinterval(): "beside the cut",
+            0.001: "beside the cut, GIL handed over every 1 ms",
+        }
+        times: dict[float | None, list[tuple[float, float]]] = {cut: [] for cut in cuts}
+        for text, head in zip(texts, heads, strict=True):
+            for cut in cuts:  # interleaved, so that the host's drift falls on all three
+                times[cut].append(run(text, head, cut))
+    return [
+        {
+            "tiny model, segments 1 and 2": label,
+            "chars": sum(len(s.speech_text) for s in heads[0]),
+            "synthesis ms p50": round(statistics.median(m for m, _ in times[cut]), 1),
+            "cut ms p50": round(statistics.median(c for _, c in times[cut]), 1),
+        }
+        for cut, label in cuts.items()
+    ]
+
+
+def table(rows: list[dict]) -> None:
+    widths = {key: max(len(key), *(len(str(row[key])) for row in rows)) for key in rows[0]}
+    print("  ".join(key.ljust(width) for key, width in widths.items()))
+    for row in rows:
+        print("  ".join(str(row[key]).ljust(width) for key, width in widths.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--beside-engine", action="store_true", help="also a long cut beside the tiny model"
+    )
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    if args.beside_engine:  # one torch thread, as each of the stack's two workers has
+        os.environ.setdefault("TTS_TORCH_THREADS", "1")
     import django
 
     django.setup()
@@ -183,13 +267,15 @@ def main() -> None:
                 "cut ms max": round(max(times), 2),
             }
         )
-    widths = {key: max(len(key), *(len(str(row[key])) for row in rows)) for key in rows[0]}
-    print("  ".join(key.ljust(width) for key, width in widths.items()))
-    for row in rows:
-        print("  ".join(str(row[key]).ljust(width) for key, width in widths.items()))
+    table(rows)
+    beside = beside_engine(args.repeats) if args.beside_engine else []
+    if beside:
+        print()
+        table(beside)
     if args.json:
         machine = {"python": platform.python_version(), "cpus": os.cpu_count()}
-        args.json.write_text(json.dumps({"machine": machine, "cut": rows}, indent=2))
+        out = {"machine": machine, "cut": rows, "beside_engine": beside}
+        args.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

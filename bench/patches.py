@@ -10,6 +10,7 @@ bench/procs.py (`bench/run.py --patch NAME`). Nothing here changes the app's fil
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import importlib
 import inspect
@@ -773,3 +774,108 @@ def slow_engine() -> None:
         return audio
 
     replace(synthesis, "_synthesize", _synthesize)
+
+
+# Memory ----------------------------------------------------------------------------------
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [  # glibc's struct mallinfo2 (2.33+), every field a size_t
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _malloc_now() -> dict[str, float]:
+    """glibc's own count, MB: heap in use (``uordblks``), free inside the heap
+    (``fordblks``: what fragmentation holds), mmapped blocks (``hblkhd``)."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return {
+        "heap_mb": round(info.arena / 2**20, 1),
+        "in_use_mb": round(info.uordblks / 2**20, 1),
+        "free_mb": round(info.fordblks / 2**20, 1),
+        "mmapped_mb": round(info.hblkhd / 2**20, 1),
+    }
+
+
+def _sqlite_memory_used() -> int:
+    """Bytes SQLite holds (its page caches, statements, schemas), all connections of the
+    process: ``sqlite3_memory_used`` of the library Python's sqlite3 is linked to."""
+    import sqlite3  # loads the library, so that the name below finds the same copy
+
+    try:
+        lib = ctypes.CDLL("libsqlite3.so.0")
+    except OSError:
+        return 0
+    lib.sqlite3_memory_used.restype = ctypes.c_int64
+    return lib.sqlite3_memory_used() if sqlite3 else 0
+
+
+@patch
+def heap_census() -> None:
+    """What a worker's memory is made of as sessions go by (not a change to try): after
+    every BENCH_CENSUS_EVERY (50) calls of ``session_run``, a line of JSON into
+    ``$BENCH_TIMINGS_DIR/census-<pid>.jsonl``: RSS, glibc's heap in use and free, the
+    Python objects by type (the 25 most numerous), and, with BENCH_TRACEMALLOC=1, the 15
+    source lines whose Python allocations grew most since the first line (slow)."""
+    import collections
+    import gc
+    import tracemalloc
+
+    from tts import services
+
+    every = int(os.environ.get("BENCH_CENSUS_EVERY", "50"))
+    traced = os.environ.get("BENCH_TRACEMALLOC") == "1"
+    if traced:
+        tracemalloc.start(8)
+    path = Path(os.environ.get("BENCH_TIMINGS_DIR", "/tmp")) / f"census-{os.getpid()}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"calls": 0, "first": None}
+    original = services.session_run
+
+    def census() -> dict:
+        gc.collect()
+        types = collections.Counter(type(o).__name__ for o in gc.get_objects())
+        line = {
+            "calls": state["calls"],
+            "rss_mb": round(int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20, 1),
+            **_malloc_now(),
+            "sqlite_mb": round(_sqlite_memory_used() / 2**20, 1),
+            "threads": threading.active_count(),
+            "objects": sum(types.values()),
+            "types": dict(types.most_common(25)),
+        }
+        if traced:
+            snapshot = tracemalloc.take_snapshot()
+            if state["first"] is None:
+                state["first"] = snapshot
+            else:
+                line["grew"] = [
+                    f"{stat.size_diff / 1024:+.1f} KiB {stat.count_diff:+d} {stat.traceback}"
+                    for stat in snapshot.compare_to(state["first"], "traceback")[:15]
+                ]
+        return line
+
+    def session_run(*args, **kwargs):
+        try:
+            return original(*args, **kwargs)
+        finally:
+            state["calls"] += 1
+            if state["calls"] % every == 0:
+                with path.open("a") as out:
+                    out.write(json.dumps(census()) + "\n")
+
+    services.session_run = session_run

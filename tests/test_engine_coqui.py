@@ -420,17 +420,73 @@ def test_voice_languages_match_model_languages(wanted, expected):
     assert coqui._match_language(wanted, ["en", "fr-fr", "pt-br"]) == expected
 
 
-def test_the_onednn_cache_is_capped_unless_the_environment_says_otherwise(monkeypatch, settings):
-    from tts.engines import coqui
-
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+@pytest.mark.parametrize("name", coqui.SHAPE_CACHE_VARIABLES)
+def test_the_shape_caches_are_capped_unless_the_environment_says_otherwise(
+    monkeypatch, settings, name
+):
+    for variable in coqui.SHAPE_CACHE_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
     settings.TTS_ONEDNN_CACHE_CAPACITY = 32
     coqui._cap_primitive_cache()
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "32"
-    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "500")
+    assert os.environ[name] == "32"
+    monkeypatch.setenv(name, "500")
     coqui._cap_primitive_cache()
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "500"
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    assert os.environ[name] == "500"
+    monkeypatch.delenv(name)
     settings.TTS_ONEDNN_CACHE_CAPACITY = 0
     coqui._cap_primitive_cache()
-    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
+    assert name not in os.environ
+
+
+MEMORY_SCRIPT = """
+import ctypes, random, sys
+import django
+django.setup()
+from tts.engines.base import Voice
+from tts.engines.coqui import CoquiEngine
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split())]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+voice = Voice(id="t", label="T", engine="coqui", model_path=sys.argv[1], config_path=sys.argv[2])
+engine = CoquiEngine()
+engine.load(voice)
+words = "the keeper climbed to the lamp room at dusk and watched the grey sea".split()
+def text(n):
+    return " ".join(words[i % len(words)] for i in range(n)) + "."
+lengths = list(range(4, 64))  # in words: texts of 20 to 330 characters
+random.Random(1).shuffle(lengths)
+for n in lengths[:10]:  # the caches filled
+    engine.synthesize(text(n), voice)
+before = libc.mallinfo2().uordblks
+for n in lengths[10:]:  # fifty texts, each of a length not seen before
+    engine.synthesize(text(n), voice)
+print((libc.mallinfo2().uordblks - before) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="glibc's mallinfo2 on Linux")
+def test_a_worker_does_not_grow_with_every_new_text_length(tiny_voice):
+    """The caches that CPU inference keeps per input shape are capped (P10, P75): fifty
+    texts of new lengths leave the heap in use as it was, give or take a few MB. Without
+    the caps (TTS_ONEDNN_CACHE_CAPACITY=0) it grew by about XX MB here."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in coqui.SHAPE_CACHE_VARIABLES} | {
+        "TTS_TORCH_THREADS": "1",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, tiny_voice.model_path, tiny_voice.config_path],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    grew_mb = float(result.stdout.split()[-1])
+    assert grew_mb < 4, f"the heap grew by {grew_mb:.1f} MB over fifty new text lengths"
