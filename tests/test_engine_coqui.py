@@ -472,7 +472,7 @@ print((libc.mallinfo2().uordblks - before) / 2**20)
 def test_a_worker_does_not_grow_with_every_new_text_length(tiny_voice):
     """The caches that CPU inference keeps per input shape are capped (P10, P75): fifty
     texts of new lengths leave the heap in use as it was, give or take a few MB. Without
-    the caps (TTS_ONEDNN_CACHE_CAPACITY=0) it grew by about XX MB here."""
+    the caps (TTS_ONEDNN_CACHE_CAPACITY=0) it grew by about 53 MB here."""
     root = Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if k not in coqui.SHAPE_CACHE_VARIABLES} | {
         "TTS_TORCH_THREADS": "1",
