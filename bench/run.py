@@ -91,8 +91,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-sessions", type=int, help="sessions for worker RSS growth (500)")
     p.add_argument(
         "--memory-checkpoints",
-        default="",
-        help="more session counts at which to read worker RSS, e.g. 100,250 (none)",
+        default="100,250",
+        help="more session counts at which to read worker RSS, to see whether growth "
+        "levels off (100,250; none: '')",
     )
     p.add_argument("--idle-sockets", type=int, help="idle sockets for daphne memory (200)")
     p.add_argument("--workers", type=int, default=2)
@@ -530,13 +531,14 @@ def scenario_memory(ctx: Context) -> None:
         ctx.bench, voices, texts, first=10, timeout=60, checkpoints=ctx.args.memory_checkpoints
     )
     ctx.results["memory"] = {"idle_connections": idle, "worker_growth": growth}
+    marks = list(growth["rss_mb_by_sessions"])  # 10, the checkpoints, the last
     ctx.row(
         "7 memory",
         "+".join(voices),
-        f"worker RSS after 10 -> {growth['sessions']} sessions MB",
+        f"worker RSS after {' / '.join(str(m) for m in marks)} sessions MB",
         ", ".join(
-            f"{a} -> {growth['rss_mb_after_all'][p]}"
-            for p, a in growth["rss_mb_after_checkpoint"].items()
+            " / ".join(str(growth["rss_mb_by_sessions"][m][pid]) for m in marks)
+            for pid in growth["rss_mb_after_checkpoint"]
         ),
     )
     ctx.row(

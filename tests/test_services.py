@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import Future
 from dataclasses import replace
 
@@ -121,11 +122,12 @@ def test_a_chunk_read_back_while_its_session_runs_carries_what_is_left_of_its_ho
     session = create(text="One sentence. Another one. And a third.")
     made = store_held_chunks(session.id, [3000, 500, None], age_ms=1200)
 
-    left = [services.chunk_meta(c, session_running=True).get("cushion_ms") for c in chunks(session)]
+    meta = functools.partial(services.chunk_meta, total_chunks=3)
+    left = [meta(c, session_running=True).get("cushion_ms") for c in chunks(session)]
     low, high = hold_left_bounds(3000, made, 1200)
     assert low <= left[0] <= high  # 3000 less the 1.2 s (and this test's own time) since
     assert left[1:] == [0, None]  # long due; a chunk stored without a hold has none
-    assert all("cushion_ms" not in services.chunk_meta(c) for c in chunks(session))
+    assert all("cushion_ms" not in meta(c) for c in chunks(session))
 
 
 def chunks(session) -> list[TTSChunk]:
@@ -672,14 +674,15 @@ def test_a_long_texts_hold_counts_from_when_its_first_chunk_was_made():
     assert pace.first_made == 99.0 and pace.wall_chars == 10
 
 
-def test_a_chunk_frame_whose_count_is_not_known_yet_reads_nothing(django_assert_num_queries):
+def test_a_chunk_frame_reads_nothing_whether_its_count_is_known_or_not(
+    django_assert_num_queries,
+):
     session = create()
     services.session_run(session_id=session.id, worker="w1")
     chunk, total = TTSChunk.objects.get(session=session, seq=0), session.chunks.count()
     with django_assert_num_queries(0):
         assert services.chunk_meta(chunk, total_chunks=None)["total_chunks"] is None
-    with django_assert_num_queries(1):  # not given: the session's
-        assert services.chunk_meta(chunk)["total_chunks"] == total
+        assert services.chunk_meta(chunk, total_chunks=total)["total_chunks"] == total
 
 
 def test_a_long_text_whose_cut_fails_raises_its_own_error_and_frees_the_engine(monkeypatch):

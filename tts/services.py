@@ -19,7 +19,6 @@ import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
-from types import EllipsisType
 from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
@@ -584,17 +583,13 @@ def done_frame(session_id: uuid.UUID, *, total_chunks: int, duration_ms: int) ->
     }
 
 
-def chunk_meta(
-    chunk: TTSChunk, *, total_chunks: int | None | EllipsisType = ..., session_running: bool = False
-) -> dict:
-    """The `chunk` frame's fields (plus sample_rate, so a client can decode it).
-    ``total_chunks``: the session's count when the caller has it (no read of the session);
-    None where it is not known yet (a long text's first chunk, sent before its text is cut).
+def chunk_meta(chunk: TTSChunk, *, total_chunks: int | None, session_running: bool = False) -> dict:
+    """The `chunk` frame's fields (plus sample_rate, so a client can decode it); it reads
+    nothing. ``total_chunks``: the session's count, which every caller has at hand; None
+    where it is not known yet (a long text's first chunk, sent before its text is cut).
     ``session_running``: the chunk is read back while its session is still being narrated;
     it then carries what is left of the hold it went out live with (tts.pacing.cushion_left;
     the worker's clock against this one's: hosts keep their clocks in step, docs/deployment.md)."""
-    if total_chunks is ...:
-        total_chunks = chunk.session.total_chunks if chunk.session_id else None
     meta = {
         "seq": chunk.seq,
         "text": chunk.text,
