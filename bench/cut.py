@@ -202,23 +202,25 @@ def beside_engine(repeats: int) -> list[dict]:
             thread.join()
             return made[0], cut_ms
 
-        cuts = {
-            None: "alone",
-            sys.getswitchinterval(): "beside the cut",
-            0.001: "beside the cut, GIL handed over every 1 ms",
-        }
-        times: dict[float | None, list[tuple[float, float]]] = {cut: [] for cut in cuts}
+        cuts = [
+            (None, "alone"),
+            (sys.getswitchinterval(), "beside the cut"),
+            (0.001, "beside the cut, GIL handed over every 1 ms"),
+        ]
+        times: dict[str, list[tuple[float, float]]] = {label: [] for _, label in cuts}
         for text, head in zip(texts, heads, strict=True):
-            for cut in cuts:  # interleaved, so that the host's drift falls on all three
-                times[cut].append(run(text, head, cut))
+            for switch_s, label in cuts:  # interleaved: the host's drift falls on all three
+                times[label].append(run(text, head, switch_s))
     return [
         {
             "tiny model, segments 1 and 2": label,
             "chars": sum(len(s.speech_text) for s in heads[0]),
-            "synthesis ms p50": round(statistics.median(m for m, _ in times[cut]), 1),
-            "cut ms p50": round(statistics.median(c for _, c in times[cut]), 1),
+            "synthesis ms p50": round(statistics.median(m for m, _ in times[label]), 1),
+            "cut ms p50": (
+                round(statistics.median(c for _, c in times[label]), 1) if switch_s else "-"
+            ),
         }
-        for cut, label in cuts.items()
+        for switch_s, label in cuts
     ]
 
 

@@ -814,14 +814,14 @@ def _malloc_now() -> dict[str, float]:
 def _sqlite_memory_used() -> int:
     """Bytes SQLite holds (its page caches, statements, schemas), all connections of the
     process: ``sqlite3_memory_used`` of the library Python's sqlite3 is linked to."""
-    import sqlite3  # loads the library, so that the name below finds the same copy
+    import sqlite3  # noqa: F401 - loads the library, so that the name below finds that copy
 
     try:
         lib = ctypes.CDLL("libsqlite3.so.0")
     except OSError:
         return 0
     lib.sqlite3_memory_used.restype = ctypes.c_int64
-    return lib.sqlite3_memory_used() if sqlite3 else 0
+    return lib.sqlite3_memory_used()
 
 
 @patch
@@ -844,6 +844,7 @@ def heap_census() -> None:
     path = Path(os.environ.get("BENCH_TIMINGS_DIR", "/tmp")) / f"census-{os.getpid()}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"calls": 0, "first": None}
+    page = os.sysconf("SC_PAGE_SIZE")
     original = services.session_run
 
     def census() -> dict:
@@ -851,7 +852,7 @@ def heap_census() -> None:
         types = collections.Counter(type(o).__name__ for o in gc.get_objects())
         line = {
             "calls": state["calls"],
-            "rss_mb": round(int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20, 1),
+            "rss_mb": round(int(Path("/proc/self/statm").read_text().split()[1]) * page / 2**20, 1),
             **_malloc_now(),
             "sqlite_mb": round(_sqlite_memory_used() / 2**20, 1),
             "threads": threading.active_count(),
@@ -875,7 +876,11 @@ def heap_census() -> None:
         finally:
             state["calls"] += 1
             if state["calls"] % every == 0:
+                try:
+                    line = json.dumps(census())
+                except Exception as exc:  # noqa: BLE001 - an instrument never fails a session
+                    line = json.dumps({"calls": state["calls"], "error": repr(exc)})
                 with path.open("a") as out:
-                    out.write(json.dumps(census()) + "\n")
+                    out.write(line + "\n")
 
     services.session_run = session_run

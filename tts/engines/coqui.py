@@ -569,23 +569,25 @@ def _model_files(voice: Voice) -> dict[str, str]:
     return files
 
 
+# What the libraries read for the caches TTS_ONEDNN_CACHE_CAPACITY caps (_cap_primitive_cache).
+SHAPE_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+
+
 def _cap_primitive_cache() -> None:
     """Bound the two caches that CPU inference keeps per input shape, and so per text
     length (each new text is a new shape): oneDNN's primitive cache
-    (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, 1,024 by default) and PyTorch's own cache of
-    oneDNN convolutions (ideep's, ``LRU_CACHE_CAPACITY``, 1,024 by default). Unbounded,
-    they grow a worker by a tenth and more over its first few hundred texts, and the second
-    went on growing past a thousand; a text length seldom comes again, so they almost
-    never pay back. 32 bounds both at no measurable speed cost (docs/benchmarks.md, P10
-    and P75); 0 leaves the libraries' defaults. Each is read when first used, so set
-    before the first synthesis; either variable in the environment wins."""
+    (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``) and PyTorch's own cache of oneDNN convolutions
+    (ideep's, ``LRU_CACHE_CAPACITY``), each 1,024 entries by default. At their defaults
+    they grow a worker by a tenth and more over its first few hundred texts, and the
+    second went on growing past a thousand sessions; a text length seldom comes again, so
+    they almost never pay back. 32 bounds both at no measurable speed cost
+    (docs/benchmarks.md, P10 and P75); 0 leaves the libraries' defaults. Each is read
+    when first used, so set before the first synthesis; either variable in the
+    environment wins for its own cache."""
     capacity = int(_setting("TTS_ONEDNN_CACHE_CAPACITY", 32) or 0)
     if capacity > 0:
         for name in SHAPE_CACHE_VARIABLES:
             os.environ.setdefault(name, str(capacity))
-
-
-SHAPE_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 
 
 def _configure_threads(torch: Any) -> None:
