@@ -779,38 +779,6 @@ def slow_engine() -> None:
 # Memory ----------------------------------------------------------------------------------
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [  # glibc's struct mallinfo2 (2.33+), every field a size_t
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-def _malloc_now() -> dict[str, float]:
-    """glibc's own count, MB: heap in use (``uordblks``), free inside the heap
-    (``fordblks``: what fragmentation holds), mmapped blocks (``hblkhd``)."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
-    return {
-        "heap_mb": round(info.arena / 2**20, 1),
-        "in_use_mb": round(info.uordblks / 2**20, 1),
-        "free_mb": round(info.fordblks / 2**20, 1),
-        "mmapped_mb": round(info.hblkhd / 2**20, 1),
-    }
-
-
 def _sqlite_memory_used() -> int:
     """Bytes SQLite holds (its page caches, statements, schemas), all connections of the
     process: ``sqlite3_memory_used`` of the library Python's sqlite3 is linked to."""
@@ -835,7 +803,9 @@ def heap_census() -> None:
     import gc
     import tracemalloc
 
+    from bench.stack import rss_mb
     from tts import services
+    from tts.testing import malloc_info
 
     every = int(os.environ.get("BENCH_CENSUS_EVERY", "50"))
     traced = os.environ.get("BENCH_TRACEMALLOC") == "1"
@@ -844,16 +814,15 @@ def heap_census() -> None:
     path = Path(os.environ.get("BENCH_TIMINGS_DIR", "/tmp")) / f"census-{os.getpid()}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"calls": 0, "first": None}
-    page = os.sysconf("SC_PAGE_SIZE")
-    original = services.session_run
 
     def census() -> dict:
         gc.collect()
         types = collections.Counter(type(o).__name__ for o in gc.get_objects())
+        heap = {f"{k}_mb": round(v / 2**20, 1) for k, v in (malloc_info() or {}).items()}
         line = {
             "calls": state["calls"],
-            "rss_mb": round(int(Path("/proc/self/statm").read_text().split()[1]) * page / 2**20, 1),
-            **_malloc_now(),
+            "rss_mb": round(rss_mb(os.getpid()), 1),
+            **heap,
             "sqlite_mb": round(_sqlite_memory_used() / 2**20, 1),
             "threads": threading.active_count(),
             "objects": sum(types.values()),
@@ -870,17 +839,15 @@ def heap_census() -> None:
                 ]
         return line
 
-    def session_run(*args, **kwargs):
+    def after() -> None:
+        state["calls"] += 1
+        if state["calls"] % every:
+            return
         try:
-            return original(*args, **kwargs)
-        finally:
-            state["calls"] += 1
-            if state["calls"] % every == 0:
-                try:
-                    line = json.dumps(census())
-                except Exception as exc:  # noqa: BLE001 - an instrument never fails a session
-                    line = json.dumps({"calls": state["calls"], "error": repr(exc)})
-                with path.open("a") as out:
-                    out.write(line + "\n")
+            line = json.dumps(census())
+        except Exception as exc:  # noqa: BLE001 - an instrument never fails a session
+            line = json.dumps({"calls": state["calls"], "error": repr(exc)})
+        with path.open("a") as out:
+            out.write(line + "\n")
 
-    services.session_run = session_run
+    services.session_run = _around(services.session_run, lambda: after)

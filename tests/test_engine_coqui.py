@@ -3,7 +3,6 @@ tiny random-weight VITS models built by ``tts.testing.build_vits``."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ if not settings.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
 from tts.engines import coqui  # noqa: E402
 from tts.engines.base import EngineError, EngineUnavailable, Voice  # noqa: E402
 from tts.engines.coqui import CoquiEngine  # noqa: E402
-from tts.testing import SAMPLE_RATE, SPEAKERS, build_vits  # noqa: E402
+from tts.testing import SAMPLE_RATE, SPEAKERS, build_vits, malloc_info  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 LJSPEECH = "tts_models/en/ljspeech/vits"
@@ -443,47 +442,34 @@ def test_the_shape_caches_are_capped_unless_the_environment_says_otherwise(
 
 
 MEMORY_SCRIPT = """
-import ctypes, random, sys
+import random, sys
 import django
 django.setup()
 from tts.engines.base import Voice
 from tts.engines.coqui import CoquiEngine
+from tts.testing import malloc_info
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in (
-        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split())]
-
-libc = ctypes.CDLL(None)
-libc.mallinfo2.restype = MallInfo2
-def heap():  # in use: in the heap, and in blocks of their own
-    info = libc.mallinfo2()
-    return info.uordblks + info.hblkhd
 voice = Voice(id="t", label="T", engine="coqui", model_path=sys.argv[1], config_path=sys.argv[2])
 engine = CoquiEngine()
 engine.load(voice)
 words = "the keeper climbed to the lamp room at dusk and watched the grey sea".split()
+def in_use():  # in the heap, and in blocks of their own
+    info = malloc_info()
+    return info["in_use"] + info["mmapped"]
 def text(n):
     return " ".join(words[i % len(words)] for i in range(n)) + "."
 lengths = list(range(4, 64))  # in words: texts of 20 to 330 characters
 random.Random(1).shuffle(lengths)
 for n in lengths[:10]:  # the caches filled
     engine.synthesize(text(n), voice)
-before = heap()
+before = in_use()
 for n in lengths[10:]:  # fifty texts, each of a length not seen before
     engine.synthesize(text(n), voice)
-print((heap() - before) / 2**20)
+print((in_use() - before) / 2**20)
 """
 
 
-def has_mallinfo2() -> bool:
-    """glibc 2.33 or later (not musl, not macOS): its count of the heap in use."""
-    try:
-        return hasattr(ctypes.CDLL(None), "mallinfo2")
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not has_mallinfo2(), reason="needs glibc's mallinfo2 (2.33 or later)")
+@pytest.mark.skipif(malloc_info() is None, reason="needs glibc's mallinfo2 (2.33 or later)")
 def test_a_worker_does_not_grow_with_every_new_text_length(tiny_voice):
     """The caches that CPU inference keeps per input shape are capped (P10, P75): fifty
     texts of new lengths leave the heap in use as it was, give or take a few MB. Without

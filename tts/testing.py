@@ -1,4 +1,5 @@
-"""Test and benchmark helpers: build Coqui VITS models offline from Coqui's own config classes.
+"""Test and benchmark helpers: build Coqui VITS models offline from Coqui's own config classes,
+and read glibc's count of a process's heap (``malloc_info``).
 
 The weights are random, so the audio is noise with speech-like timing; what matters is that the
 model loads and runs through the real ``TTS(model_path=..., config_path=...)`` path with the same
@@ -7,6 +8,7 @@ code (and, for ``full_size``, the same compute) as a trained VITS voice.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import threading
 from pathlib import Path
@@ -129,3 +131,30 @@ def _full_size_args() -> tuple[Any, dict[str, Any]]:
     # Coqui's defaults are the LJSpeech VITS architecture; the discriminator is training-only.
     audio = {"sample_rate": SAMPLE_RATE, "do_trim_silence": False}
     return VitsArgs(init_discriminator=False), audio
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [  # glibc's struct mallinfo2 (2.33 and later), every field a size_t
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks")
+        + ("uordblks", "fordblks", "keepcost")
+    ]
+
+
+def malloc_info() -> dict[str, int] | None:
+    """glibc's own count of this process's heap, in bytes: its size (``heap``), what is in
+    use in it (``in_use``) and free in it (``free``: what fragmentation holds), and the
+    blocks mapped on their own (``mmapped``, all in use). None without glibc 2.33 or
+    later (musl, macOS)."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return {
+        "heap": info.arena,
+        "in_use": info.uordblks,
+        "free": info.fordblks,
+        "mmapped": info.hblkhd,
+    }
