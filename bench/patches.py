@@ -417,6 +417,17 @@ def trace() -> None:
     handler = django_asgi.ASGIHandler
     handler.handle = _traced("asgi.handle", handler.handle)
     handler.create_request = _traced("asgi.create_request", handler.create_request)
+    # Before create_request: the body's read, and request_started's receivers (a trip to
+    # the request's thread and back, while the loop may be busy with the socket beside it)
+    handler.read_body = _traced("asgi.read_body", handler.read_body)
+    from django.core.signals import request_started
+
+    request_started.asend = _traced("asgi.started", request_started.asend)
+    # a socket's database trip, on the web process's one thread for them
+    from tts.db import SocketDatabaseSyncToAsync
+
+    trip = SocketDatabaseSyncToAsync.thread_handler
+    SocketDatabaseSyncToAsync.thread_handler = _traced("socket.db", trip)
     # the middleware chain: its first middleware's entry, the view's lookup after the rest
     from django.core.handlers.base import BaseHandler
     from django.middleware.security import SecurityMiddleware

@@ -1091,6 +1091,70 @@ def test_sessions_store_on_kept_threads_that_keep_a_connection_where_the_process
     assert len(threads) == 1 and len(created) == opened
 
 
+def _sqlite_database(path):
+    """A connection of its own to a new SQLite database in WAL mode, as the project's are
+    (config/settings.py), whatever the tests' own database is: made on the calling
+    thread, whose connection it is."""
+    from django.db import connections
+    from django.db.backends.sqlite3.base import DatabaseWrapper
+
+    settings_dict = {
+        **connections["default"].settings_dict,
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(path),
+        "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
+    }
+    return DatabaseWrapper(settings_dict, alias="wal-test")
+
+
+def _commits_of(database, rows: int) -> None:
+    """``rows`` commits of 200 KB each (50 pages of SQLite's 4 KB)."""
+    with database.cursor() as cursor:
+        cursor.execute("CREATE TABLE IF NOT EXISTS t (b BLOB)")
+        for _ in range(rows):
+            cursor.execute("INSERT INTO t VALUES (?)", [bytes(200_000)])
+
+
+def test_only_the_store_threads_copy_sqlite_s_log_back(tmp_path):
+    """SQLite runs a checkpoint (its log copied back into the database file, 15 to 25 ms)
+    in the commit that takes the log past ``wal_autocheckpoint`` pages. A session's stores
+    (a store thread) do so at SQLite's default, 1,000 pages; every other connection (a
+    POST's insert, a worker's claim, on the way to first audio) only past 10,000. Watched
+    on the database file itself, which grows only when a checkpoint copies pages into
+    it."""
+    from tts.db import CHECKPOINT_PAGES_ELSEWHERE, CHECKPOINT_PAGES_STORING
+
+    path = tmp_path / "wal.sqlite3"
+    elsewhere = _sqlite_database(path)
+    try:
+        with elsewhere.cursor() as cursor:
+            cursor.execute("PRAGMA wal_autocheckpoint")
+            assert cursor.fetchone()[0] == CHECKPOINT_PAGES_ELSEWHERE == 10_000
+        _commits_of(elsewhere, 30)  # 1,500 pages: past SQLite's default, not past 10,000
+        assert path.stat().st_size < 1_000_000  # not copied back
+        assert (tmp_path / "wal.sqlite3-wal").stat().st_size > 6_000_000
+
+        def store() -> int:
+            database = _sqlite_database(path)  # this thread's connection
+            try:
+                with database.cursor() as cursor:
+                    cursor.execute("PRAGMA wal_autocheckpoint")
+                    pages = cursor.fetchone()[0]
+                _commits_of(database, 1)  # the log is past 1,000 pages: this commit copies
+                return pages
+            finally:
+                database.close()
+
+        thread = storing._store_threads.take()
+        try:
+            assert thread.submit(store).result(timeout=30) == CHECKPOINT_PAGES_STORING == 1_000
+        finally:
+            storing._store_threads.give_back(thread)
+        assert path.stat().st_size > 6_000_000  # copied back by the store thread's commit
+    finally:
+        elsewhere.close()
+
+
 def test_a_forked_child_makes_its_own_store_threads():
     """A child forked after sessions stored has none of the parent's threads: its first
     writer starts one of its own instead of waiting on a thread that is not there."""

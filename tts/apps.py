@@ -9,7 +9,12 @@ class TtsConfig(AppConfig):
     def ready(self) -> None:
         import sys
 
+        from django.db.backends.signals import connection_created
+
         from tts import checks  # noqa: F401  (registers system checks)
+        from tts.db import sqlite_checkpoint_pages
+
+        connection_created.connect(sqlite_checkpoint_pages, dispatch_uid="tts-sqlite-wal")
 
         if "daphne.ws_protocol" in sys.modules:  # served by daphne (its CLI imports it first)
             from tts.asgi import lazy_socket_debug_lines, steady_close_handshake

@@ -1,4 +1,5 @@
-"""Database connections kept by a web process's long-lived threads.
+"""Database connections kept by a web process's long-lived threads, and which of them
+copy SQLite's write-ahead log back into the database.
 
 With ``CONN_MAX_AGE = 0`` (the default, and right under Django's ASGI handler, where
 every HTTP request has a thread of its own that a kept connection would outlive) every
@@ -29,6 +30,7 @@ from django.db import close_old_connections, connections
 from tts.conf import settings
 
 _long_lived = threading.local()
+_checkpointing = threading.local()
 
 
 def mark_long_lived() -> None:
@@ -84,3 +86,36 @@ class SocketDatabaseSyncToAsync(DatabaseSyncToAsync):
 
 
 socket_database_sync_to_async = SocketDatabaseSyncToAsync
+
+
+# SQLite's write-ahead log (WAL) is copied back into the database file, a checkpoint, by
+# whichever commit leaves the log at ``wal_autocheckpoint`` pages or more: 15 to 25 ms
+# here, most of it two disk syncs, once per 4 MB written at SQLite's default of 1,000
+# pages. A session's chunks are nearly all of those megabytes, but the commit that ran
+# the checkpoint was now and then a POST's insert or a worker's claim, on the way to the
+# first audio: one session in thirty to fifty waited for it (docs/benchmarks.md, P76).
+# The threads that store chunks (tts.storing) keep SQLite's default, and every other
+# connection checkpoints only past CHECKPOINT_PAGES_ELSEWHERE (40 MB): a safety net for
+# a process whose writers never reach the default (a web process on its own, which
+# writes sessions' rows but no audio), not a limit that is ever met while chunks are
+# being stored.
+CHECKPOINT_PAGES_STORING = 1_000
+CHECKPOINT_PAGES_ELSEWHERE = 10_000
+
+
+def mark_checkpointing() -> None:
+    """Mark the calling thread as one whose SQLite connection copies the log back at
+    SQLite's default threshold (a store thread's first job, tts.storing)."""
+    _checkpointing.marked = True
+
+
+def sqlite_checkpoint_pages(sender, connection, **kwargs) -> None:
+    """``connection_created`` receiver: set a new SQLite connection's
+    ``wal_autocheckpoint`` for the thread it belongs to (see above). Other databases,
+    nothing."""
+    if connection.vendor != "sqlite":
+        return
+    marked = getattr(_checkpointing, "marked", False)
+    pages = CHECKPOINT_PAGES_STORING if marked else CHECKPOINT_PAGES_ELSEWHERE
+    with connection.cursor() as cursor:
+        cursor.execute(f"PRAGMA wal_autocheckpoint={pages}")

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from tts import compiled
 from tts.compiled import Compiled
+from tts.db import mark_checkpointing
 from tts.models import AudioBlob, SessionStatus, TTSChunk, TTSSession
 from tts.segmentation import Segment
 from tts.synthesis import SegmentAudio
@@ -47,6 +48,12 @@ def _release_thread_connections() -> None:
         logger.warning("closing a store thread's connection failed", exc_info=True)
 
 
+def _store_thread() -> DaemonThread:
+    thread = DaemonThread("tts-store")
+    thread.submit(mark_checkpointing)  # its SQLite log copies are off the way to first audio
+    return thread
+
+
 # The threads sessions' writers (OrderedWriter) run on, lent to one session at a time
 # and kept for the next, with their database connection. A session used to start a
 # thread for its stores and open a connection on it (on SQLite also registering Django's
@@ -54,7 +61,7 @@ def _release_thread_connections() -> None:
 # first chunk was on its way to the listeners, and close both at its end. As many are
 # made as sessions ever ran at once in this process (TTS_WORKER_SESSIONS for a worker);
 # daemon threads, as the writers' own threads were.
-_store_threads: LentThreads[DaemonThread] = LentThreads(lambda: DaemonThread("tts-store"))
+_store_threads: LentThreads[DaemonThread] = LentThreads(_store_thread)
 
 
 @dataclass(frozen=True)
