@@ -154,6 +154,10 @@ def analyse(narrations: list[Narration], *, cached: bool = False) -> dict:
         "chars": round(sum(len(n.text) for n in narrations) / max(1, len(narrations))),
         **{key: summary(p[key] for p in per) for key in keys},
     }
+    # Where the slowest sessions' time went (round 25 found SQLite's checkpoint there:
+    # P76): the stages of the five with the most overhead, worst first.
+    worst = sorted(per, key=lambda p: -p["overhead"])[:5]
+    result["worst"] = [{key: round(value, 1) for key, value in p.items()} for p in worst]
     if cached and cached_first != len(narrations):
         result["warning"] = "not every first chunk came from the cache"
     return result
