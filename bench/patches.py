@@ -417,7 +417,7 @@ def trace() -> None:
     handler = django_asgi.ASGIHandler
     handler.handle = _traced("asgi.handle", handler.handle)
     handler.create_request = _traced("asgi.create_request", handler.create_request)
-    # Before create_request: the body's read, and request_started's receivers (a trip to
+    # before create_request: the body's read, and request_started's receivers (a trip to
     # the request's thread and back, while the loop may be busy with the socket beside it)
     handler.read_body = _traced("asgi.read_body", handler.read_body)
     from django.core.signals import request_started
@@ -681,7 +681,10 @@ def early_head() -> None:
 def wal_pages() -> None:
     """SQLite: ``PRAGMA wal_autocheckpoint=BENCH_WAL_PAGES`` (default 10000 pages, 40 MB;
     SQLite's own is 1000) on every connection of daphne and the workers: fewer, larger
-    checkpoints (each pays two disk syncs whatever its size). Whole runs, not an A/B."""
+    checkpoints (each pays two disk syncs whatever its size). Since P76 the connections
+    other than the store threads' have 10000 already (TTS_SQLITE_CHECKPOINT_PAGES), so the
+    default changes the store threads' only; 100000 means no checkpoint in a run. Whole
+    runs, not an A/B."""
     _checkpoint_every(int(os.environ.get("BENCH_WAL_PAGES", "10000")))
 
 

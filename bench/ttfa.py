@@ -137,6 +137,7 @@ def stages(n: Narration, row: SessionRow) -> dict[str, float | None]:
 def analyse(narrations: list[Narration], *, cached: bool = False) -> dict:
     rows = fetch_sessions([n.session_id for n in narrations])
     per = [stages(n, rows[n.session_id]) for n in narrations]
+    ids = [n.session_id for n, p in zip(narrations, per, strict=True) if p]
     per = [p for p in per if p]
     complete = sum(1 for n in narrations if n.stream and n.stream.complete)
     from_storage = sum(
@@ -156,8 +157,11 @@ def analyse(narrations: list[Narration], *, cached: bool = False) -> dict:
     }
     # Where the slowest sessions' time went (round 25 found SQLite's checkpoint there:
     # P76): the stages of the five with the most overhead, worst first.
-    worst = sorted(per, key=lambda p: -p["overhead"])[:5]
-    result["worst"] = [{key: round(value, 1) for key, value in p.items()} for p in worst]
+    # The session's id matches it against the --patch trace timelines.
+    worst = sorted(zip(ids, per, strict=True), key=lambda pair: -pair[1]["overhead"])[:5]
+    result["worst"] = [
+        {"session": sid, **{key: round(value, 1) for key, value in p.items()}} for sid, p in worst
+    ]
     if cached and cached_first != len(narrations):
         result["warning"] = "not every first chunk came from the cache"
     return result

@@ -1077,6 +1077,10 @@ def test_sessions_store_on_kept_threads_that_keep_a_connection_where_the_process
 
     def store(batch):
         threads.add(threading.current_thread())  # not its ident, which may be reused
+        if connection.vendor == "sqlite":  # its log copies at SQLite's default (tts/db.py)
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA wal_autocheckpoint")
+                assert cursor.fetchone()[0] == 1_000
         return AudioBlob.objects.filter(key="none").exists() is False
 
     connection_created.connect(on_created)
@@ -1091,10 +1095,10 @@ def test_sessions_store_on_kept_threads_that_keep_a_connection_where_the_process
     assert len(threads) == 1 and len(created) == opened
 
 
-def _sqlite_database(path):
+def _sqlite_database(path, alias: str = "default"):
     """A connection of its own to a new SQLite database in WAL mode, as the project's are
     (config/settings.py), whatever the tests' own database is: made on the calling
-    thread, whose connection it is."""
+    thread, whose connection it is. Under the narration tables' alias unless told."""
     from django.db import connections
     from django.db.backends.sqlite3.base import DatabaseWrapper
 
@@ -1102,44 +1106,50 @@ def _sqlite_database(path):
         **connections["default"].settings_dict,
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": str(path),
-        "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
+        "OPTIONS": {
+            "init_command": "PRAGMA page_size=4096; PRAGMA journal_mode=WAL; "
+            "PRAGMA synchronous=NORMAL;"
+        },
     }
-    return DatabaseWrapper(settings_dict, alias="wal-test")
+    return DatabaseWrapper(settings_dict, alias=alias)
+
+
+def _checkpoint_pages(database) -> int:
+    with database.cursor() as cursor:
+        cursor.execute("PRAGMA wal_autocheckpoint")
+        return cursor.fetchone()[0]
 
 
 def _commits_of(database, rows: int) -> None:
-    """``rows`` commits of 200 KB each (50 pages of SQLite's 4 KB)."""
+    """``rows`` commits of 200 KB each (49 pages of 4 KB)."""
     with database.cursor() as cursor:
         cursor.execute("CREATE TABLE IF NOT EXISTS t (b BLOB)")
         for _ in range(rows):
             cursor.execute("INSERT INTO t VALUES (?)", [bytes(200_000)])
 
 
-def test_only_the_store_threads_copy_sqlite_s_log_back(tmp_path):
+def test_only_the_store_threads_copy_sqlite_s_log_back(tmp_path, settings):
     """SQLite runs a checkpoint (its log copied back into the database file, 15 to 25 ms)
     in the commit that takes the log past ``wal_autocheckpoint`` pages. A session's stores
     (a store thread) do so at SQLite's default, 1,000 pages; every other connection (a
-    POST's insert, a worker's claim, on the way to first audio) only past 10,000. Watched
-    on the database file itself, which grows only when a checkpoint copies pages into
-    it."""
-    from tts.db import CHECKPOINT_PAGES_ELSEWHERE, CHECKPOINT_PAGES_STORING
+    POST's insert, a worker's claim, on the way to first audio) only past
+    TTS_SQLITE_CHECKPOINT_PAGES. Watched on the database file itself, which grows only
+    when a checkpoint copies pages into it."""
+    from tts.db import CHECKPOINT_PAGES_STORING
 
+    settings.TTS_SQLITE_CHECKPOINT_PAGES = 10_000
     path = tmp_path / "wal.sqlite3"
     elsewhere = _sqlite_database(path)
     try:
-        with elsewhere.cursor() as cursor:
-            cursor.execute("PRAGMA wal_autocheckpoint")
-            assert cursor.fetchone()[0] == CHECKPOINT_PAGES_ELSEWHERE == 10_000
-        _commits_of(elsewhere, 30)  # 1,500 pages: past SQLite's default, not past 10,000
+        assert _checkpoint_pages(elsewhere) == 10_000
+        _commits_of(elsewhere, 30)  # 1,470 pages: past SQLite's default, not past 10,000
         assert path.stat().st_size < 1_000_000  # not copied back
         assert (tmp_path / "wal.sqlite3-wal").stat().st_size > 6_000_000
 
         def store() -> int:
             database = _sqlite_database(path)  # this thread's connection
             try:
-                with database.cursor() as cursor:
-                    cursor.execute("PRAGMA wal_autocheckpoint")
-                    pages = cursor.fetchone()[0]
+                pages = _checkpoint_pages(database)
                 _commits_of(database, 1)  # the log is past 1,000 pages: this commit copies
                 return pages
             finally:
@@ -1153,6 +1163,20 @@ def test_only_the_store_threads_copy_sqlite_s_log_back(tmp_path):
         assert path.stat().st_size > 6_000_000  # copied back by the store thread's commit
     finally:
         elsewhere.close()
+
+
+@pytest.mark.parametrize("pages, alias", [(0, "default"), (10_000, "other")])
+def test_sqlite_s_own_checkpoints_where_told_or_not_the_narration_database(
+    tmp_path, settings, pages, alias
+):
+    """TTS_SQLITE_CHECKPOINT_PAGES=0 leaves SQLite's default (1,000) on every connection,
+    and a project's other databases keep it whatever the setting."""
+    settings.TTS_SQLITE_CHECKPOINT_PAGES = pages
+    database = _sqlite_database(tmp_path / "other.sqlite3", alias=alias)
+    try:
+        assert _checkpoint_pages(database) == 1_000
+    finally:
+        database.close()
 
 
 def test_a_forked_child_makes_its_own_store_threads():

@@ -107,6 +107,10 @@ DEFAULTS: dict[str, Any] = {
     # its connections). What a crash of the database may lose of them, the recovery sweep
     # redoes; the web processes' commits (a session's creation) still wait.
     "TTS_WORKER_ASYNC_COMMIT": True,
+    # SQLite: the pages of write-ahead log past which a connection to the narration tables'
+    # database copies the log back into the file, except on the threads that store chunks,
+    # which keep SQLite's own 1,000 (tts/db.py). 0: SQLite's own everywhere.
+    "TTS_SQLITE_CHECKPOINT_PAGES": 10_000,
     # The most sessions a worker runs at once, chunk by chunk, while its engine keeps up
     # with all of them (tts.scheduling). Each holds a database connection for its writer
     # thread. 1: one at a time, from start to end.

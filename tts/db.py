@@ -1,5 +1,5 @@
-"""Database connections kept by a web process's long-lived threads, and which of them
-copy SQLite's write-ahead log back into the database.
+"""Database connections kept by a web process's long-lived threads; and which
+connections (a worker's store threads) copy SQLite's write-ahead log back into the file.
 
 With ``CONN_MAX_AGE = 0`` (the default, and right under Django's ASGI handler, where
 every HTTP request has a thread of its own that a kept connection would outlive) every
@@ -95,12 +95,13 @@ socket_database_sync_to_async = SocketDatabaseSyncToAsync
 # the checkpoint was now and then a POST's insert or a worker's claim, on the way to the
 # first audio: one session in thirty to fifty waited for it (docs/benchmarks.md, P76).
 # The threads that store chunks (tts.storing) keep SQLite's default, and every other
-# connection checkpoints only past CHECKPOINT_PAGES_ELSEWHERE (40 MB): a safety net for
-# a process whose writers never reach the default (a web process on its own, which
-# writes sessions' rows but no audio), not a limit that is ever met while chunks are
-# being stored.
-CHECKPOINT_PAGES_STORING = 1_000
-CHECKPOINT_PAGES_ELSEWHERE = 10_000
+# connection to the narration tables' database checkpoints only past
+# TTS_SQLITE_CHECKPOINT_PAGES (10,000: 40 MB), a safety net for a process whose store
+# threads never reach the default (a web process on its own writes sessions' rows but no
+# audio), not a limit that is met while chunks are being stored. What the next commit
+# after a checkpoint still pays is the log's restart: one sync of its header, under a
+# millisecond. Other databases of the project, and other engines, are left alone.
+CHECKPOINT_PAGES_STORING = 1_000  # SQLite's own default
 
 
 def mark_checkpointing() -> None:
@@ -111,11 +112,19 @@ def mark_checkpointing() -> None:
 
 def sqlite_checkpoint_pages(sender, connection, **kwargs) -> None:
     """``connection_created`` receiver: set a new SQLite connection's
-    ``wal_autocheckpoint`` for the thread it belongs to (see above). Other databases,
-    nothing."""
-    if connection.vendor != "sqlite":
+    ``wal_autocheckpoint`` for the thread it belongs to (see above), on the narration
+    tables' database; anywhere else, or with ``TTS_SQLITE_CHECKPOINT_PAGES`` 0, nothing."""
+    if connection.vendor != "sqlite" or not settings.TTS_SQLITE_CHECKPOINT_PAGES:
         return
-    marked = getattr(_checkpointing, "marked", False)
-    pages = CHECKPOINT_PAGES_STORING if marked else CHECKPOINT_PAGES_ELSEWHERE
+    from django.db import router
+
+    from tts.models import TTSChunk
+
+    if connection.alias != router.db_for_write(TTSChunk):
+        return
+    if getattr(_checkpointing, "marked", False):
+        pages = CHECKPOINT_PAGES_STORING
+    else:
+        pages = settings.TTS_SQLITE_CHECKPOINT_PAGES
     with connection.cursor() as cursor:
-        cursor.execute(f"PRAGMA wal_autocheckpoint={pages}")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
