@@ -136,9 +136,8 @@ def stages(n: Narration, row: SessionRow) -> dict[str, float | None]:
 
 def analyse(narrations: list[Narration], *, cached: bool = False) -> dict:
     rows = fetch_sessions([n.session_id for n in narrations])
-    per = [stages(n, rows[n.session_id]) for n in narrations]
-    ids = [n.session_id for n, p in zip(narrations, per, strict=True) if p]
-    per = [p for p in per if p]
+    measured = [(n.session_id, s) for n in narrations if (s := stages(n, rows[n.session_id]))]
+    per = [s for _, s in measured]
     complete = sum(1 for n in narrations if n.stream and n.stream.complete)
     from_storage = sum(
         1
@@ -158,7 +157,7 @@ def analyse(narrations: list[Narration], *, cached: bool = False) -> dict:
     # Where the slowest sessions' time went (round 25 found SQLite's checkpoint there:
     # P76): the stages of the five with the most overhead, worst first.
     # The session's id matches it against the --patch trace timelines.
-    worst = sorted(zip(ids, per, strict=True), key=lambda pair: -pair[1]["overhead"])[:5]
+    worst = sorted(measured, key=lambda pair: -pair[1]["overhead"])[:5]
     result["worst"] = [
         {"session": sid, **{key: round(value, 1) for key, value in p.items()}} for sid, p in worst
     ]

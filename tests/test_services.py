@@ -1078,9 +1078,7 @@ def test_sessions_store_on_kept_threads_that_keep_a_connection_where_the_process
     def store(batch):
         threads.add(threading.current_thread())  # not its ident, which may be reused
         if connection.vendor == "sqlite":  # its log copies at SQLite's default (tts/db.py)
-            with connection.cursor() as cursor:
-                cursor.execute("PRAGMA wal_autocheckpoint")
-                assert cursor.fetchone()[0] == 1_000
+            assert _checkpoint_pages(connection) == 1_000
         return AudioBlob.objects.filter(key="none").exists() is False
 
     connection_created.connect(on_created)
