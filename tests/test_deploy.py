@@ -427,6 +427,8 @@ def test_bad_sentinel_addresses_are_refused():
         ("TTS_PENDING_SOCKET_S", "-1"),
         ("TTS_PENDING_SOCKET_S", "nan"),
         ("TTS_WORKER_ASYNC_COMMIT", "sometimes"),
+        ("TTS_SQLITE_CHECKPOINT_PAGES", "-1"),
+        ("TTS_SQLITE_CHECKPOINT_PAGES", "many"),
         ("TTS_WORKER_SESSIONS", "0"),
         ("TTS_WORKER_SESSIONS", "many"),
     ],
