@@ -230,6 +230,37 @@ def test_it_plays_a_scene_gaplessly_while_progress_and_highlight_follow(page: Pa
     assert page.get_by_role("button", name="Play again: Scene 1").is_visible()
 
 
+def press(page: Page, button) -> None:
+    """The mouse down on ``button``'s middle, not yet released."""
+    box = button.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+
+
+def test_a_press_on_play_begins_the_narration_and_its_click_plays_it(page: Page):
+    """A mouse press on Play creates the session at once: while the button is held the
+    first chunks arrive, and nothing plays; the click, on release, plays them. One
+    session, gapless."""
+    posts: list[str] = []
+    page.on(
+        "request",
+        lambda r: posts.append(r.url) if r.method == "POST" and "/sessions/" in r.url else None,
+    )
+    scene = make_story(SCENE_TEXT).scenes.get()
+    open_scene(page, scene)
+    press(page, page.get_by_role("button", name="Play: Scene 1"))
+    page.wait_for_function("window.__narrator.snapshot()[0].received >= 1")
+    assert snapshot(page)["state"] == "idle"
+    assert page.evaluate("window.__starts") == []
+    page.mouse.up()
+    state = wait_for_state(page, "ended")
+
+    assert len(posts) == 1, posts
+    chunks = session_chunks(page)
+    assert state["received"] == len(chunks) >= 4
+    assert_gapless(page.evaluate("window.__starts"), chunks)
+
+
 def test_a_socket_cut_mid_stream_resumes_with_no_gap_and_no_duplicate(page: Page):
     page.add_init_script(CUT_FIRST_SOCKET)
     scene = make_story(LONGER_TEXT).scenes.get()
@@ -453,6 +484,37 @@ def test_a_slow_engine_waits_first_then_plays_through_without_a_gap(browser: Bro
         chunks = session_chunks(page)
         assert len(chunks) >= 4
         assert_held_then_gapless(state, page.evaluate("window.__starts"), chunks)
+    finally:
+        context.close()
+
+
+def test_a_press_released_off_play_drops_the_session_it_began(browser: Browser, slow_stack):
+    """A press that ends off the button is no click: the session it began is cancelled
+    (its synthesis stops), and the player is as it was: idle, nothing played."""
+    context = browser.new_context(base_url=slow_stack.base_url)
+    page = context.new_page()
+    page.add_init_script(RECORD_STARTS)
+    try:
+        scene = make_story(SCENE_TEXT, slug="pressed").scenes.get()
+        open_scene(page, scene)
+        press(page, page.get_by_role("button", name="Play: Scene 1"))
+        page.wait_for_function("window.__narrator.snapshot()[0].sessionId", timeout=30_000)
+        session_id = snapshot(page)["sessionId"]
+        page.mouse.move(5, 5)
+        page.mouse.up()
+        page.wait_for_function("window.__narrator.snapshot()[0].sessionId === null")
+        page.wait_for_function(
+            """async (id) => {
+                const reply = await fetch(`/api/tts/sessions/${id}/`);
+                return (await reply.json()).status === "cancelled";
+            }""",
+            arg=session_id,
+            timeout=10_000,
+            polling=200,
+        )
+        assert snapshot(page)["state"] == "idle"
+        assert page.evaluate("window.__starts") == []
+        assert page.get_by_role("button", name="Play: Scene 1").is_visible()
     finally:
         context.close()
 

@@ -16,6 +16,9 @@ import { normaliseText, TextView } from "./text-view.js";
 import { fillVoicePicker } from "./voice-picker.js";
 
 const TICK_MS = 100;
+// A press on Play that did not become a click (released elsewhere, or cancelled): its
+// session is dropped this long after the release, once no click can still come.
+const PRESS_WITHOUT_CLICK_MS = 50;
 const RESTART_SENTENCE_AFTER = 1.5; // seconds: "back" restarts the sentence, then goes back
 const BUSY = new Set(["starting", "buffering", "playing"]);
 const BUTTON_LABELS = {
@@ -78,6 +81,7 @@ export class NarrationPlayer {
     // Open each session's socket while its POST is in flight. Not before this browser has
     // a session cookie (the first POST sets it): the socket would be refused.
     this.earlySockets = this.config.early;
+    this.press = null; // a press on Play that began a session, until its click plays it
     this.textLength = 1;
     this.view = new TextView(this.ui.text, this.config.text, (seq) => this.pick(seq));
     this.measureText();
@@ -95,6 +99,7 @@ export class NarrationPlayer {
   bind() {
     const { play, back, forward, voice, edit } = this.ui;
     // unlockAudio() runs first, synchronously, inside each gesture (mobile Safari).
+    play.addEventListener("pointerdown", (event) => this.pressed(event));
     play.addEventListener("click", () => {
       unlockAudio();
       this.toggle();
@@ -116,8 +121,37 @@ export class NarrationPlayer {
     else this.play();
   }
 
+  /**
+   * A mouse pressed Play: the session is created now, and the click that plays it comes
+   * when the button is released, a tenth of a second later, when the first chunk is often
+   * in hand already. A press that does not end in a click drops its session. Touch (a
+   * press may begin a scroll) and keys (Enter clicks as it goes down) wait for the click;
+   * so does an editable player, whose text is taken at the click.
+   */
+  pressed(event) {
+    if (event.pointerType !== "mouse" || event.button !== 0) return;
+    if (this.busy || this.editable || !this.needsSession()) return;
+    unlockAudio();
+    this.prepare();
+    const press = (this.press = { key: this.sessionKey });
+    const released = () => {
+      window.removeEventListener("pointerup", released, true);
+      window.removeEventListener("pointercancel", released, true);
+      setTimeout(() => {
+        if (this.press !== press) return; // clicked (and played), or pressed again
+        this.press = null;
+        if (this.busy || this.sessionKey !== press.key) return;
+        this.discardSession();
+        this.render();
+      }, PRESS_WITHOUT_CLICK_MS);
+    };
+    window.addEventListener("pointerup", released, true);
+    window.addEventListener("pointercancel", released, true);
+  }
+
   /** Play from where it stands (the start, or where it was paused). */
   play({ source = "user", restart = false } = {}) {
+    this.press = null;
     unlockAudio();
     if (this.editable && !this.takeEditorText()) return;
     this.error = "";
