@@ -13,6 +13,8 @@ the client's POST, with its own steps: ``client.sent``, the request written;
 second) occurrence in the window, in milliseconds from the window's start, and
 the median over the sessions is printed in time order; the first ``--skip`` windows (the
 warm-up's) are left out, and steps seen in fewer than 80 % of the windows are not shown.
+``--windows FIRST:END`` keeps a run's windows FIRST to END first: each voice's sessions
+run one after another, so a range is one voice's.
 """
 
 from __future__ import annotations
@@ -54,8 +56,18 @@ def main() -> None:
     parser.add_argument(
         "--start", default="view >", help='the step that opens a window (e.g. "http.post >")'
     )
+    parser.add_argument(
+        "--windows",
+        metavar="FIRST:END",
+        help="only these windows, counted before --skip (e.g. 35:55: the sessions of a run's "
+        "second voice)",
+    )
     args = parser.parse_args()
-    found = windows(args.log_dir, args.start)[args.skip :]
+    found = windows(args.log_dir, args.start)
+    if args.windows:
+        first, _, end = args.windows.partition(":")
+        found = found[int(first or 0) : int(end) if end else None]
+    found = found[args.skip :]
     if not found:
         raise SystemExit(
             f"no trace windows in {args.log_dir} (was the run made with --patch trace?)"
