@@ -118,11 +118,10 @@ def browser(live_stack) -> Iterator[Browser]:
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
-@pytest.fixture
-def page(browser: Browser, live_stack) -> Iterator[Page]:
-    context = browser.new_context(
-        base_url=live_stack.base_url, viewport={"width": 1100, "height": 900}
-    )
+def recording_page(browser: Browser, base_url: str) -> Iterator[Page]:
+    """A page of its own that records the sources it schedules; an uncaught error on it
+    fails the test."""
+    context = browser.new_context(base_url=base_url, viewport={"width": 1100, "height": 900})
     page = context.new_page()
     page.add_init_script(RECORD_STARTS)
     errors: list[str] = []
@@ -130,6 +129,11 @@ def page(browser: Browser, live_stack) -> Iterator[Page]:
     yield page
     context.close()
     assert not errors, errors
+
+
+@pytest.fixture
+def page(browser: Browser, live_stack) -> Iterator[Page]:
+    yield from recording_page(browser, live_stack.base_url)
 
 
 def make_story(*texts: str, slug: str = "harbour", voice: str = "en-us") -> Story:
@@ -466,83 +470,73 @@ def slow_stack(django_db_blocker) -> Iterator:
 SLOW_SEGMENT_MS = 2000
 
 
-def test_a_slow_engine_waits_first_then_plays_through_without_a_gap(browser: Browser, slow_stack):
+@pytest.fixture
+def slow_page(browser: Browser, slow_stack) -> Iterator[Page]:
+    yield from recording_page(browser, slow_stack.base_url)
+
+
+def test_a_slow_engine_waits_first_then_plays_through_without_a_gap(slow_page: Page):
     """Each live chunk's cushion_ms: the player holds the first chunk until the engine is
     far enough ahead, says so, and then plays every chunk back to back, where a player
     starting at once would have run dry after the first."""
-    context = browser.new_context(base_url=slow_stack.base_url)
-    page = context.new_page()
-    page.add_init_script(RECORD_STARTS)
-    try:
-        scene = make_story(SCENE_TEXT, slug="slow").scenes.get()
-        open_scene(page, scene)
-        page.get_by_role("button", name="Play: Scene 1").click()
-        page.wait_for_function("window.__narrator.snapshot()[0].pacing", timeout=30_000)
-        assert "without a break" in snapshot(page)["message"]
-        state = wait_for_state(page, "ended", timeout=60_000)
+    page = slow_page
+    scene = make_story(SCENE_TEXT, slug="slow").scenes.get()
+    open_scene(page, scene)
+    page.get_by_role("button", name="Play: Scene 1").click()
+    page.wait_for_function("window.__narrator.snapshot()[0].pacing", timeout=30_000)
+    assert "without a break" in snapshot(page)["message"]
+    state = wait_for_state(page, "ended", timeout=60_000)
 
-        chunks = session_chunks(page)
-        assert len(chunks) >= 4
-        assert_held_then_gapless(state, page.evaluate("window.__starts"), chunks)
-    finally:
-        context.close()
+    chunks = session_chunks(page)
+    assert len(chunks) >= 4
+    assert_held_then_gapless(state, page.evaluate("window.__starts"), chunks)
 
 
-def test_a_press_released_off_play_drops_the_session_it_began(browser: Browser, slow_stack):
+def test_a_press_released_off_play_drops_the_session_it_began(slow_page: Page):
     """A press that ends off the button is no click: the session it began is cancelled
     (its synthesis stops), and the player is as it was: idle, nothing played."""
-    context = browser.new_context(base_url=slow_stack.base_url)
-    page = context.new_page()
-    page.add_init_script(RECORD_STARTS)
-    try:
-        scene = make_story(SCENE_TEXT, slug="pressed").scenes.get()
-        open_scene(page, scene)
-        press(page, page.get_by_role("button", name="Play: Scene 1"))
-        page.wait_for_function("window.__narrator.snapshot()[0].sessionId", timeout=30_000)
-        session_id = snapshot(page)["sessionId"]
-        page.mouse.move(5, 5)
-        page.mouse.up()
-        page.wait_for_function("window.__narrator.snapshot()[0].sessionId === null")
-        page.wait_for_function(
-            """async (id) => {
-                const reply = await fetch(`/api/tts/sessions/${id}/`);
-                return (await reply.json()).status === "cancelled";
-            }""",
-            arg=session_id,
-            timeout=10_000,
-            polling=200,
-        )
-        assert snapshot(page)["state"] == "idle"
-        assert page.evaluate("window.__starts") == []
-        assert page.get_by_role("button", name="Play: Scene 1").is_visible()
-    finally:
-        context.close()
+    page = slow_page
+    scene = make_story(SCENE_TEXT, slug="pressed").scenes.get()
+    open_scene(page, scene)
+    press(page, page.get_by_role("button", name="Play: Scene 1"))
+    page.wait_for_function("window.__narrator.snapshot()[0].sessionId", timeout=30_000)
+    session_id = snapshot(page)["sessionId"]
+    page.mouse.move(5, 5)
+    page.mouse.up()
+    page.wait_for_function("window.__narrator.snapshot()[0].sessionId === null")
+    page.wait_for_function(
+        """async (id) => {
+            const reply = await fetch(`/api/tts/sessions/${id}/`);
+            return (await reply.json()).status === "cancelled";
+        }""",
+        arg=session_id,
+        timeout=10_000,
+        polling=200,
+    )
+    assert snapshot(page)["state"] == "idle"
+    assert page.evaluate("window.__starts") == []
+    assert page.get_by_role("button", name="Play: Scene 1").is_visible()
 
 
-def test_a_slow_engine_plays_through_over_the_http_fallback_too(browser: Browser, slow_stack):
+def test_a_slow_engine_plays_through_over_the_http_fallback_too(slow_page: Page):
     """With sockets blocked, the chunks come by polling: the session's JSON gives each
     chunk of a running session what is left of its hold, and the player adds a poll's
     delay to a held one. Without them, every chunk after the first would be late."""
-    context = browser.new_context(base_url=slow_stack.base_url)
-    page = context.new_page()
+    page = slow_page
     page.add_init_script(BLOCK_SOCKETS)
-    page.add_init_script(RECORD_STARTS)
-    try:
-        text = (
-            "The keeper climbed the stair. The wind pulled at the door. The boat rocked. "
-            "A gull called once. The rope held. Then the lamp caught."
-        )
-        scene = make_story(text, slug="slow-http").scenes.get()
-        open_scene(page, scene)
-        page.get_by_role("button", name="Play: Scene 1").click()
-        state = wait_for_state(page, "ended", timeout=60_000)
+    text = (
+        "The keeper climbed the stair. The wind pulled at the door. The boat rocked. "
+        "A gull called once. The rope held. Then the lamp caught."
+    )
+    scene = make_story(text, slug="slow-http").scenes.get()
+    open_scene(page, scene)
+    page.get_by_role("button", name="Play: Scene 1").click()
+    state = wait_for_state(page, "ended", timeout=60_000)
 
-        assert state["transport"] == "http"
-        chunks = session_chunks(page)
-        assert len(chunks) >= 3
-        assert_held_then_gapless(state, page.evaluate("window.__starts"), chunks)
-    finally:
-        context.close()
+    assert state["transport"] == "http"
+    chunks = session_chunks(page)
+    assert len(chunks) >= 3
+    assert_held_then_gapless(state, page.evaluate("window.__starts"), chunks)
 
 
 # A client that knows nothing of holds (an older player): chunk frames lose cushion_ms.
@@ -556,30 +550,25 @@ JSON.parse = function (text, reviver) {
 """
 
 
-def test_a_player_that_runs_dry_waits_and_plays_on_to_the_end(browser: Browser, slow_stack):
+def test_a_player_that_runs_dry_waits_and_plays_on_to_the_end(slow_page: Page):
     """Without holds a slow engine starves the player: each time a chunk comes after the
     one before has finished, it counts an underrun, waits a longer cushion and plays on.
     An underrun re-renders the player from inside the scheduling of the late chunk; that
     once threw (the chunk's text was recorded after it was scheduled) and left the player
     broken for the rest of the narration."""
-    context = browser.new_context(base_url=slow_stack.base_url)
-    page = context.new_page()
+    page = slow_page
     page.add_init_script(IGNORE_HOLDS)
-    page.add_init_script(RECORD_STARTS)
-    try:
-        text = "Snow fell on the quay. The ferry was late. Nobody spoke. At last, a horn."
-        scene = make_story(text, slug="slow-dry").scenes.get()
-        open_scene(page, scene)
-        page.get_by_role("button", name="Play: Scene 1").click()
-        state = wait_for_state(page, "ended", timeout=60_000)
+    text = "Snow fell on the quay. The ferry was late. Nobody spoke. At last, a horn."
+    scene = make_story(text, slug="slow-dry").scenes.get()
+    open_scene(page, scene)
+    page.get_by_role("button", name="Play: Scene 1").click()
+    state = wait_for_state(page, "ended", timeout=60_000)
 
-        chunks = session_chunks(page)
-        assert state["underruns"] >= 1
-        assert state["highlights"] == list(range(len(chunks)))
-        assert len(page.evaluate("window.__starts")) == len(chunks)
-        assert page.evaluate("window.__pageErrors") == []
-    finally:
-        context.close()
+    chunks = session_chunks(page)
+    assert state["underruns"] >= 1
+    assert state["highlights"] == list(range(len(chunks)))
+    assert len(page.evaluate("window.__starts")) == len(chunks)
+    assert page.evaluate("window.__pageErrors") == []
 
 
 def test_story_page_screenshot(page: Page):
