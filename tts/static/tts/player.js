@@ -126,11 +126,14 @@ export class NarrationPlayer {
    * when the button is released, a tenth of a second later, when the first chunk is often
    * in hand already. A press that does not end in a click drops its session. Touch (a
    * press may begin a scroll) and keys (Enter clicks as it goes down) wait for the click;
-   * so does an editable player, whose text is taken at the click.
+   * so do an editable player, whose text is taken at the click, and a broken session's
+   * player, which keeps what it received until a click replaces it.
    */
   pressed(event) {
-    if (event.pointerType !== "mouse" || event.button !== 0) return;
-    if (this.busy || this.editable || !this.needsSession()) return;
+    // ctrlKey: a Mac's context click, which no click follows.
+    if (event.pointerType !== "mouse" || event.button !== 0 || event.ctrlKey) return;
+    if (this.config.problem || this.busy || this.editable || this.broken) return;
+    if (!this.needsSession()) return;
     unlockAudio();
     this.prepare();
     const press = (this.press = { key: this.sessionKey });
@@ -138,7 +141,7 @@ export class NarrationPlayer {
       window.removeEventListener("pointerup", released, true);
       window.removeEventListener("pointercancel", released, true);
       setTimeout(() => {
-        if (this.press !== press) return; // clicked (and played), or pressed again
+        if (this.press !== press) return; // clicked: play() took it
         this.press = null;
         if (this.busy || this.sessionKey !== press.key) return;
         this.discardSession();

@@ -104,9 +104,13 @@ export class ChunkStream {
     if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
   }
 
-  /** Ask the server to stop synthesizing; false when no socket is open to carry it. */
+  /**
+   * Ask the server to stop synthesizing; false when no socket can carry it: none is open,
+   * or the open one has not been let in yet (no `session` frame on it: a socket opened
+   * with the POST waits for its session, and the server ignores a cancel meanwhile).
+   */
   cancel() {
-    if (this.ws?.readyState !== WebSocket.OPEN) return false;
+    if (this.ws?.readyState !== WebSocket.OPEN || !this.admitted) return false;
     this.ws.send(JSON.stringify({ type: "cancel" }));
     return true;
   }
@@ -129,6 +133,7 @@ export class ChunkStream {
     this.stats.sockets += 1;
     ws.binaryType = "arraybuffer";
     this.ws = ws;
+    this.admitted = false; // this socket's `session` frame has not come yet
     let opened = false;
     ws.onopen = () => {
       if (ws !== this.ws) return;
@@ -257,6 +262,7 @@ export class ChunkStream {
     switch (frame.type) {
       case "session":
         this.sessionSeen = true;
+        this.admitted = true;
         this.sampleRate = frame.sample_rate || this.sampleRate;
         this.handlers.session(frame);
         break;
