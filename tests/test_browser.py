@@ -234,6 +234,31 @@ def test_it_plays_a_scene_gaplessly_while_progress_and_highlight_follow(page: Pa
     assert page.get_by_role("button", name="Play again: Scene 1").is_visible()
 
 
+def session_posts(page: Page) -> list[str]:
+    """The URLs of the page's session POSTs, as they are made."""
+    posts: list[str] = []
+    page.on(
+        "request",
+        lambda r: posts.append(r.url) if r.method == "POST" and "/sessions/" in r.url else None,
+    )
+    return posts
+
+
+def assert_held_then_played(page: Page, posts: list[str], release) -> None:
+    """While Play is held the first chunks arrive and nothing plays; ``release`` clicks,
+    and the click plays that one session to its end, gaplessly."""
+    page.wait_for_function("window.__narrator.snapshot()[0].received >= 1")
+    assert snapshot(page)["state"] == "idle"
+    assert page.evaluate("window.__starts") == []
+    release()
+    state = wait_for_state(page, "ended")
+
+    assert len(posts) == 1, posts
+    chunks = session_chunks(page)
+    assert state["received"] == len(chunks) >= 4
+    assert_gapless(page.evaluate("window.__starts"), chunks)
+
+
 def press(page: Page, button) -> None:
     """The mouse down on ``button``'s middle, not yet released."""
     box = button.bounding_box()
@@ -245,24 +270,22 @@ def test_a_press_on_play_begins_the_narration_and_its_click_plays_it(page: Page)
     """A mouse press on Play creates the session at once: while the button is held the
     first chunks arrive, and nothing plays; the click, on release, plays them. One
     session, gapless."""
-    posts: list[str] = []
-    page.on(
-        "request",
-        lambda r: posts.append(r.url) if r.method == "POST" and "/sessions/" in r.url else None,
-    )
+    posts = session_posts(page)
     scene = make_story(SCENE_TEXT).scenes.get()
     open_scene(page, scene)
     press(page, page.get_by_role("button", name="Play: Scene 1"))
-    page.wait_for_function("window.__narrator.snapshot()[0].received >= 1")
-    assert snapshot(page)["state"] == "idle"
-    assert page.evaluate("window.__starts") == []
-    page.mouse.up()
-    state = wait_for_state(page, "ended")
+    assert_held_then_played(page, posts, release=page.mouse.up)
 
-    assert len(posts) == 1, posts
-    chunks = session_chunks(page)
-    assert state["received"] == len(chunks) >= 4
-    assert_gapless(page.evaluate("window.__starts"), chunks)
+
+def test_space_on_play_begins_the_narration_as_it_goes_down(page: Page):
+    """Space clicks a button as it comes up: the session is created as it goes down, as
+    for a mouse press, and the click plays it."""
+    posts = session_posts(page)
+    scene = make_story(SCENE_TEXT).scenes.get()
+    open_scene(page, scene)
+    page.get_by_role("button", name="Play: Scene 1").focus()
+    page.keyboard.down("Space")
+    assert_held_then_played(page, posts, release=lambda: page.keyboard.up("Space"))
 
 
 def test_a_socket_cut_mid_stream_resumes_with_no_gap_and_no_duplicate(page: Page):

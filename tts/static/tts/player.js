@@ -100,6 +100,7 @@ export class NarrationPlayer {
     const { play, back, forward, voice, edit } = this.ui;
     // unlockAudio() runs first, synchronously, inside each gesture (mobile Safari).
     play.addEventListener("pointerdown", (event) => this.pressed(event));
+    play.addEventListener("keydown", (event) => this.pressed(event));
     play.addEventListener("click", () => {
       unlockAudio();
       this.toggle();
@@ -122,24 +123,31 @@ export class NarrationPlayer {
   }
 
   /**
-   * A mouse pressed Play: the session is created now, and the click that plays it comes
-   * when the button is released, a tenth of a second later, when the first chunk is often
-   * in hand already. A press that does not end in a click drops its session. Touch (a
-   * press may begin a scroll) and keys (Enter clicks as it goes down) wait for the click;
-   * so do an editable player, whose text is taken at the click, and a broken session's
-   * player, which keeps what it received until a click replaces it.
+   * Play pressed by the mouse, or by Space: the session is created now, and the click
+   * that plays it comes when the button or the key is released, a tenth of a second
+   * later, when the first chunk is often in hand already. A press that does not end in a
+   * click drops its session. Touch (a press may begin a scroll) and Enter (it clicks as
+   * it goes down) wait for the click; so do an editable player, whose text is taken at
+   * the click, and a broken session's player, which keeps what it received until a
+   * click replaces it.
    */
   pressed(event) {
-    // ctrlKey: a Mac's context click, which no click follows.
-    if (event.pointerType !== "mouse" || event.button !== 0 || event.ctrlKey) return;
+    const byKey = event.type === "keydown";
+    if (byKey) {
+      const modified = event.ctrlKey || event.altKey || event.metaKey || event.shiftKey;
+      if (event.key !== " " || event.repeat || modified) return;
+    } else if (event.pointerType !== "mouse" || event.button !== 0 || event.ctrlKey) {
+      return; // ctrlKey: a Mac's context click, which no click follows
+    }
     if (this.config.problem || this.busy || this.editable || this.broken) return;
     if (!this.needsSession()) return;
     unlockAudio();
     this.prepare();
     const press = (this.press = { key: this.sessionKey });
-    const released = () => {
-      window.removeEventListener("pointerup", released, true);
-      window.removeEventListener("pointercancel", released, true);
+    const ends = byKey ? ["keyup"] : ["pointerup", "pointercancel"];
+    const released = (end) => {
+      if (end.type === "keyup" && end.key !== " ") return;
+      for (const name of ends) window.removeEventListener(name, released, true);
       setTimeout(() => {
         if (this.press !== press) return; // clicked: play() took it
         this.press = null;
@@ -148,8 +156,7 @@ export class NarrationPlayer {
         this.render();
       }, PRESS_WITHOUT_CLICK_MS);
     };
-    window.addEventListener("pointerup", released, true);
-    window.addEventListener("pointercancel", released, true);
+    for (const name of ends) window.addEventListener(name, released, true);
   }
 
   /** Play from where it stands (the start, or where it was paused). */
