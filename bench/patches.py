@@ -417,7 +417,7 @@ def trace() -> None:
     handler = django_asgi.ASGIHandler
     handler.handle = _traced("asgi.handle", handler.handle)
     handler.create_request = _traced("asgi.create_request", handler.create_request)
-    # before create_request: the body's read, and request_started's receivers (a trip to
+    # Before create_request: the body's read, and request_started's receivers (a trip to
     # the request's thread and back, while the loop may be busy with the socket beside it)
     handler.read_body = _traced("asgi.read_body", handler.read_body)
     from django.core.signals import request_started

@@ -57,6 +57,7 @@ export class ChunkStream {
     this.confirmed = !this.options.pending; // the session exists (its POST succeeded)
     this.earlyRefused = false; // a socket opened before the reply was refused
     this.sessionSeen = false; // a `session` frame came: the session exists and is ours
+    this.admitted = false; // the current socket's `session` frame came: it is let in
     this.waitingForConfirm = false; // refused before the POST's reply: retry after it
     this.lastSeq = -1; // last contiguous seq delivered
     this.sampleRate = null;
@@ -133,7 +134,7 @@ export class ChunkStream {
     this.stats.sockets += 1;
     ws.binaryType = "arraybuffer";
     this.ws = ws;
-    this.admitted = false; // this socket's `session` frame has not come yet
+    this.admitted = false;
     let opened = false;
     ws.onopen = () => {
       if (ws !== this.ws) return;
