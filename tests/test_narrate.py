@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.utils import timezone
 
 from scenes.models import Scene, Story
@@ -505,6 +506,28 @@ def test_a_killed_run_resumes_after_its_stored_chunks_and_synthesizes_nothing_tw
     assert AudioBlob.objects.count() == len(WORDS)
     params, _ = read_wav(tmp_path / "harbour" / "01-scene-1.wav")
     assert params[3] == chunk_samples(session)
+
+
+def test_an_interrupt_that_cut_a_query_short_still_cancels_the_run():
+    """Ctrl-C can land between a query's sending and its result (psycopg cancels only a
+    query it is waiting on): the connection then refuses every later query. The cancel
+    after the interrupt goes through on a fresh one (CI once failed here on PostgreSQL)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has no query in flight to cut short")
+    scene = make_story(LONG).scenes.get()
+    session = held_session(scene, holder="elsewhere:42", heartbeat_age_s=0)
+    narration = batch.Narration(
+        subject=scene, text=scene.text, session_id=session.id, status=session.status
+    )
+    run = batch.BatchRun([narration])
+    connection.ensure_connection()
+    connection.connection.pgconn.send_query(b"SELECT 1")  # sent; its result never read
+
+    run.interrupt()
+
+    session.refresh_from_db()
+    assert session.status == SessionStatus.CANCELLED
+    assert narration.error_code == "interrupted"
 
 
 def test_ctrl_c_cancels_cleanly_and_the_next_run_continues(slow_engine, settings, engine_calls):

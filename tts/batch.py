@@ -27,7 +27,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import connection, models, transaction
 from django.utils import timezone
 
-from tts import services, synthesis
+from tts import db, services, synthesis
 from tts.audio import wav_header
 from tts.conf import settings
 from tts.errors import InvalidInput, NotFound
@@ -414,6 +414,7 @@ class BatchRun:
     def interrupt(self) -> None:
         """Ctrl-C: cancel what is still going (stored chunks stay; a later run goes on
         from there) and wait briefly for this process's synthesis to notice."""
+        db.drop_interrupted_connections()  # the interrupt may have cut a query short
         for narration in self.narrations:
             if narration.session_id is not None and narration.status in ACTIVE_STATUSES:
                 services.session_cancel(session_id=narration.session_id)

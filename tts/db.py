@@ -20,12 +20,13 @@ and every other thread.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 from asgiref.sync import SyncToAsync
 from channels.db import DatabaseSyncToAsync
-from django.db import close_old_connections, connections
+from django.db import DatabaseError, close_old_connections, connections
 
 from tts.conf import settings
 
@@ -128,3 +129,29 @@ def sqlite_checkpoint_pages(sender, connection, **kwargs) -> None:
         pages = settings.TTS_SQLITE_CHECKPOINT_PAGES
     with connection.cursor() as cursor:
         cursor.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
+
+
+def drop_interrupted_connections() -> None:
+    """After an interrupt (Ctrl-C, or SIGTERM raised as one) on this thread: close each
+    of its connections that the interrupt left mid-query, so that the next query opens a
+    fresh one instead of failing.
+
+    A ``KeyboardInterrupt`` can land between psycopg's sending a query and its reading
+    the result (psycopg cancels the query itself only when the signal comes while it
+    waits); such a connection refuses every later query ("another command is already in
+    progress"), and the cancel and summary after a Ctrl-C would fail with it. A pool
+    would log a warning as it discards the connection; it is expected here, so not said.
+    Connections inside an atomic block are left to it (it rolls back, or closes them).
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None or conn.in_atomic_block or conn.is_usable():
+            continue
+        pool_log = logging.getLogger("psycopg.pool")
+        level = pool_log.level
+        pool_log.setLevel(logging.ERROR)
+        try:
+            conn.close()
+        except DatabaseError:  # Django has let go of it all the same
+            pass
+        finally:
+            pool_log.setLevel(level)
