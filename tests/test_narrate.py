@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from scenes.models import Scene, Story
@@ -508,10 +508,24 @@ def test_a_killed_run_resumes_after_its_stored_chunks_and_synthesizes_nothing_tw
     assert params[3] == chunk_samples(session)
 
 
-def test_an_interrupt_that_cut_a_query_short_still_cancels_the_run():
-    """Ctrl-C can land between a query's sending and its result (psycopg cancels only a
-    query it is waiting on): the connection then refuses every later query. The cancel
-    after the interrupt goes through on a fresh one (CI once failed here on PostgreSQL)."""
+def cut_short(*, in_transaction: bool) -> None:
+    """What Ctrl-C can leave: a query sent, its result never read (psycopg cancels only a
+    query it is waiting on when the signal comes); in a transaction, the interrupt then
+    goes through its atomic block."""
+    connection.ensure_connection()
+    if not in_transaction:
+        connection.connection.pgconn.send_query(b"SELECT 1")
+        return
+    with pytest.raises(KeyboardInterrupt), transaction.atomic():
+        TTSSession.objects.exists()
+        connection.connection.pgconn.send_query(b"SELECT 1")
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["query", "transaction"])
+def test_an_interrupt_that_cut_a_query_short_still_cancels_the_run(in_transaction):
+    """Such a connection refuses every later query; the cancel after the interrupt goes
+    through on a fresh one (CI once failed here on PostgreSQL)."""
     if connection.vendor != "postgresql":
         pytest.skip("SQLite has no query in flight to cut short")
     scene = make_story(LONG).scenes.get()
@@ -520,8 +534,7 @@ def test_an_interrupt_that_cut_a_query_short_still_cancels_the_run():
         subject=scene, text=scene.text, session_id=session.id, status=session.status
     )
     run = batch.BatchRun([narration])
-    connection.ensure_connection()
-    connection.connection.pgconn.send_query(b"SELECT 1")  # sent; its result never read
+    cut_short(in_transaction=in_transaction)
 
     run.interrupt()
 
