@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import suppress
 
 from asgiref.sync import SyncToAsync
 from channels.db import DatabaseSyncToAsync
@@ -143,15 +144,19 @@ def drop_interrupted_connections() -> None:
     would log a warning as it discards the connection; it is expected here, so not said.
     Connections inside an atomic block are left to it (it rolls back, or closes them).
     """
-    for conn in connections.all(initialized_only=True):
-        if conn.connection is None or conn.in_atomic_block or conn.is_usable():
-            continue
-        pool_log = logging.getLogger("psycopg.pool")
-        level = pool_log.level
-        pool_log.setLevel(logging.ERROR)
-        try:
-            conn.close()
-        except DatabaseError:  # Django has let go of it all the same
-            pass
-        finally:
-            pool_log.setLevel(level)
+    broken = [
+        conn
+        for conn in connections.all(initialized_only=True)
+        if conn.connection is not None and not conn.in_atomic_block and not conn.is_usable()
+    ]
+    if not broken:
+        return
+    pool_log = logging.getLogger("psycopg.pool")
+    level = pool_log.level
+    pool_log.setLevel(logging.ERROR)
+    try:
+        for conn in broken:
+            with suppress(DatabaseError):  # Django lets go of it all the same
+                conn.close()
+    finally:
+        pool_log.setLevel(level)
