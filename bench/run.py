@@ -29,7 +29,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import ab, client, concurrency, fanout, memory, roundtrips, streaming, ttfa  # noqa: E402
+from bench import (  # noqa: E402
+    ab,
+    client,
+    concurrency,
+    fanout,
+    memory,
+    roundtrips,
+    sound,
+    streaming,
+    ttfa,
+)
 from bench.cpu import CpuMeter  # noqa: E402
 from bench.monitor import ForeignLoad  # noqa: E402
 from bench.report import Row, fmt, machine, table, write_json  # noqa: E402
@@ -43,6 +53,7 @@ SCENARIOS = (
     "cached",
     "http",
     "flows",
+    "sound",
     "streaming",
     "fanout",
     "concurrency",
@@ -96,6 +107,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "levels off (100,250; none: '')",
     )
     p.add_argument("--idle-sockets", type=int, help="idle sockets for daphne memory (200)")
+    p.add_argument(
+        "--sound-sessions",
+        type=int,
+        help="sound: browser sessions per fast voice and kind of press (20)",
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument(
         "--torch-threads",
@@ -171,6 +187,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.memory_sessions = args.memory_sessions or (60 if q else 500)
     args.memory_checkpoints = tuple(int(n) for n in args.memory_checkpoints.split(",") if n)
     args.idle_sockets = args.idle_sockets or (50 if q else 200)
+    args.sound_sessions = args.sound_sessions or (3 if q else 20)
     return args
 
 
@@ -383,6 +400,47 @@ def scenario_flows(ctx: Context) -> None:
             )
 
 
+def scenario_sound(ctx: Context) -> None:
+    """1e: a press on a scene page's Play to the first sample scheduled, in Chromium."""
+    if (why := sound.available()) is not None:
+        ctx.notes.append(f"sound: skipped, {why}")
+        return
+    out = ctx.results.setdefault("sound", {})
+    n = ctx.args.sound_sessions
+    for voice in ctx.voices(fast_only=True):
+        label = VOICE_IDS[voice]
+        # The first session gives the browser its session cookie (its socket then opens
+        # with the POST) and warms the page's code; it is left out. The kinds alternate.
+        kinds = ["tap"] + [sound.KINDS[i % 2] for i in range(2 * n)]
+        paths = sound.make_scenes([ctx.texts.short() for _ in kinds], label, voice)
+        marks = sound.run_sessions(ctx.bench.base_url, paths, kinds, SHORT_TIMEOUT[voice])
+        res = out[label] = sound.analyse(marks[1:])
+        for kind in sound.KINDS:
+            if (r := res.get(kind)) is None:
+                continue
+            name = f"1e first sound, browser ({kind}, n={r['sessions']})"
+            parts = " / ".join(
+                fmt(r[k]["p50"]) for k in ("press_to_post", "post_to_frame", "frame_to_sound")
+            )
+            ctx.row(
+                name,
+                label,
+                "press -> first sample p50 / p95 ms; heard (+ output latency) p50",
+                f"{fmt(r['press_to_sound']['p50'])} / {fmt(r['press_to_sound']['p95'])}; "
+                f"{fmt(r['press_to_heard']['p50'])}",
+            )
+            ctx.row(name, label, "parts p50 ms: press->POST / POST->frame / frame->sample", parts)
+            if kind == "click":
+                ctx.row(
+                    name,
+                    label,
+                    f"click ({sound.HOLD_MS} ms press) -> first sample p50 / p95 ms; "
+                    "frame in hand at the click",
+                    f"{fmt(r['click_to_sound']['p50'])} / {fmt(r['click_to_sound']['p95'])}; "
+                    f"{r['frame_before_click']} of {r['sessions']}",
+                )
+
+
 def scenario_streaming(ctx: Context) -> None:
     out = ctx.results.setdefault("streaming", {})
     for voice in ctx.voices():
@@ -593,6 +651,7 @@ RUNNERS: dict[str, Callable[[Context], None]] = {
     "cached": scenario_cached,
     "http": scenario_http,
     "flows": scenario_flows,
+    "sound": scenario_sound,
     "streaming": scenario_streaming,
     "fanout": scenario_fanout,
     "concurrency": scenario_concurrency,

@@ -1,0 +1,193 @@
+"""Scenario 1e: time to first sound in a real browser (Debian's Chromium, Playwright).
+
+Scenario 1 stops at the first binary frame at a WebSocket client; a listener hears the
+narration only once the player has scheduled its first sample. Here the bundled player
+on a scene page is pressed as a person presses it, and the page records, on its own
+clock (``performance.now()``):
+
+- the press (``pointerdown``) and the release (``pointerup``, the click);
+- the session's POST (the player's ``fetch``);
+- the first binary frame on its socket;
+- the first sample: the first ``AudioBufferSourceNode.start(when)``, ``when`` taken
+  from the AudioContext's clock to the page's.
+
+Two kinds of press: a *tap* (released at once: the click comes before any audio can, so
+the first sound waits for the pipeline) and a *click* of ``HOLD_MS`` (a mouse button's
+usual press: the narration starts at the press, and the first chunk is often in hand
+when the click plays it). The sound is counted from the press for both, and from the
+click for the second.
+
+Each session is a new scene (a new text: no replay), opened on a new page in one
+browser context that narrated once before (so that it has the session cookie, and the
+player opens its socket with the POST, as on a reader's second visit). The first sample
+is when the player scheduled it to play; it is *heard* the AudioContext's output latency
+later (``baseLatency`` + ``outputLatency`` as the browser reports them: a headless
+browser's fake device here, whose figures follow the context's ``latencyHint``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from bench.stats import summary
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
+]
+HOLD_MS = 100  # a mouse click's press
+KINDS = ("tap", "click")
+
+# Records one play's moments on the page's clock (window.__sound), before the page's own
+# scripts run: the first of each, so that a later chunk or source does not overwrite it.
+RECORD = """
+window.__sound = {};
+const mark = (name, value = performance.now()) => {
+  if (window.__sound[name] === undefined) window.__sound[name] = value;
+};
+window.addEventListener('pointerdown', () => mark('press'), true);
+window.addEventListener('pointerup', () => mark('release'), true);
+const nativeFetch = window.fetch;
+window.fetch = function (url, options = {}) {
+  if ((options.method || 'GET').toUpperCase() === 'POST' && String(url).includes('/sessions/')) {
+    mark('post');
+    const reply = nativeFetch.apply(this, arguments);
+    reply.then(() => mark('reply'), () => {});
+    return reply;
+  }
+  return nativeFetch.apply(this, arguments);
+};
+const NativeWebSocket = window.WebSocket;
+window.WebSocket = class extends NativeWebSocket {
+  constructor(url, protocols) {
+    super(url, protocols);
+    mark('socket');
+    this.addEventListener('open', () => mark('open'));
+    this.addEventListener('message', (event) => {
+      if (typeof event.data !== 'string') mark('frame');
+    });
+  }
+};
+const nativeStart = AudioBufferSourceNode.prototype.start;
+AudioBufferSourceNode.prototype.start = function (when = 0, offset = 0, ...rest) {
+  const ctx = this.context;
+  const now = performance.now();
+  mark('sound', now + Math.max(0, when - ctx.currentTime) * 1000);
+  mark('scheduled', now);
+  mark('latency_ms', ((ctx.baseLatency || 0) + (ctx.outputLatency || 0)) * 1000);
+  return nativeStart.call(this, when, offset, ...rest);
+};
+"""
+
+
+def available() -> str | None:
+    """Why this scenario cannot run here, or None."""
+    if not os.path.exists(CHROMIUM):
+        return f"{CHROMIUM} is not installed (make system-deps)"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (requirements-dev.txt)"
+    return None
+
+
+def make_scenes(texts: list[str], voice: str, tag: str) -> list[str]:
+    """A story of one scene per text, in ``voice``; the scenes' page paths."""
+    from scenes.models import Scene, Story
+
+    story = Story.objects.create(title=f"Bench {tag}", slug=f"bench-{tag}-{time.time_ns()}")
+    return [
+        Scene.objects.create(
+            story=story, position=i, title=f"Scene {i + 1}", text=text, voice=voice
+        ).get_absolute_url()
+        for i, text in enumerate(texts)
+    ]
+
+
+def run_sessions(base_url: str, paths: list[str], kinds: list[str], timeout: float) -> list[dict]:
+    """Open each scene, press Play as ``kinds`` says, and return each page's moments."""
+    from playwright.sync_api import sync_playwright
+
+    marks = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(base_url=base_url)
+            context.add_init_script(RECORD)
+            for path, kind in zip(paths, kinds, strict=True):
+                marks.append(_press_play(context, path, kind, timeout))
+        finally:
+            browser.close()
+    return marks
+
+
+def _press_play(context, path: str, kind: str, timeout: float) -> dict:
+    page = context.new_page()
+    try:
+        page.goto(path)
+        page.wait_for_function("window.__narrator && window.__narrator.players.length === 1")
+        page.wait_for_load_state("networkidle")  # the voices fetched, nothing else in flight
+        button = page.locator("[data-tts-role=play]").first
+        box = button.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        if kind == "click":
+            page.wait_for_timeout(HOLD_MS)
+        page.mouse.up()
+        page.wait_for_function("window.__sound.sound !== undefined", timeout=timeout * 1000)
+        marks = page.evaluate("window.__sound")
+        marks["kind"] = kind
+        page.evaluate("window.__narrator.players[0].pause()")
+        return marks
+    finally:
+        page.close()
+
+
+def analyse(marks: list[dict]) -> dict:
+    """Per kind of press: press → first sample, and its parts (ms)."""
+    out: dict = {}
+    for kind in KINDS:
+        mine = [m for m in marks if m.get("kind") == kind and "press" in m and "sound" in m]
+        if not mine:
+            continue
+        res = out[kind] = {
+            "sessions": len(mine),
+            "press_to_sound": summary(m["sound"] - m["press"] for m in mine),
+            "press_to_heard": summary(
+                m["sound"] + m.get("latency_ms", 0) - m["press"] for m in mine
+            ),
+            "press_to_post": summary(m["post"] - m["press"] for m in mine if "post" in m),
+            "post_to_frame": summary(
+                m["frame"] - m["post"] for m in mine if "post" in m and "frame" in m
+            ),
+            "frame_to_sound": summary(m["sound"] - m["frame"] for m in mine if "frame" in m),
+            "output_latency_ms": summary(m.get("latency_ms", 0) for m in mine),
+            "early_sockets": sum(
+                1 for m in mine if "socket" in m and "post" in m and m["socket"] <= m["post"] + 50
+            ),
+        }
+        if kind == "click":
+            res["click_to_sound"] = summary(m["sound"] - m["release"] for m in mine)
+            res["frame_before_click"] = sum(
+                1 for m in mine if "frame" in m and m["frame"] <= m["release"]
+            )
+    out["timelines"] = [  # each session's moments, ms after its press, for a rerun to read
+        {
+            "kind": m.get("kind"),
+            **{
+                k: round(v - m["press"], 1)
+                for k, v in sorted(m.items(), key=lambda kv: str(kv[1]))
+                if k not in ("kind", "press", "latency_ms") and isinstance(v, int | float)
+            },
+        }
+        for m in marks
+        if "press" in m
+    ]
+    return out
