@@ -18,7 +18,9 @@ from bench.db import fetch_sessions
 from bench.stats import summary
 
 CONNECT_TIMEOUT = 60.0
+PLAYER_LEAD_S = 0.03  # scheduler.js START_LEAD
 PLAYER_CUSHION_S = 0.1  # scheduler.js START_CUSHION
+PLAYER_MAX_CUSHION_S = 2.0  # scheduler.js MAX_CUSHION
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
@@ -142,24 +144,27 @@ def _timeline(stream: Listen, row) -> list[dict]:
 
 
 def _late_held(stream: Listen, row) -> tuple[int, float]:
-    """As _late, for the bundled player: it starts a chunk when it has run dry (the first
-    one too) its ``cushion_ms`` after it arrived, plus its own 0.1 s against jitter
-    (scheduler.js). The late chunks, and how long it held the first one (s), of a stream
-    that got audio."""
-    late, due = 0, None
-    hold = PLAYER_CUSHION_S + (
-        stream.cushions.get(row.chunks[0].seq, 0) / 1000 if row.chunks else 0
-    )
+    """As _late, for the bundled player (scheduler.js): it starts a chunk when it has run
+    dry (the first one too) at once (its lead), or, where the chunk carries a
+    ``cushion_ms`` or the player ran dry before, that hold after it arrived plus its own
+    cushion against jitter, doubled at each underrun. The late chunks, and how long it
+    held the first one (s), of a stream that got audio."""
+    late, due, hold, cushion = 0, None, None, PLAYER_CUSHION_S
     for chunk in row.chunks:
         arrived = stream.arrivals.get(chunk.seq)
         if arrived is None:
             late += 1
             continue
-        if due is None or arrived > due:  # the first, or run dry: start again, held
-            late += due is not None
-            due = arrived + PLAYER_CUSHION_S + stream.cushions.get(chunk.seq, 0) / 1000
+        if due is None or arrived > due:  # the first, or run dry: start again
+            if due is not None:
+                late += 1
+                cushion = min(PLAYER_MAX_CUSHION_S, cushion * 2)
+            wait = stream.cushions.get(chunk.seq, 0) / 1000
+            waits = wait > 0 or cushion > PLAYER_CUSHION_S
+            due = arrived + wait + (cushion if waits else PLAYER_LEAD_S)
+            hold = due - arrived if hold is None else hold
         due += chunk.samples / chunk.sample_rate
-    return late, hold
+    return late, hold or 0.0
 
 
 def added_latency(results: list[dict]) -> dict:

@@ -42,6 +42,9 @@ LONGER_TEXT = (
     "Mara found the oil. The flame caught at last. The ship turned away from the rocks."
 )
 TOLERANCE = 1e-6
+START_LEAD = 0.03  # scheduler.js: a run that need not wait starts this soon
+START_CUSHION = 0.1  # and one that waits for the engine (or ran dry before) this much later
+QUANTUM = 0.005  # the AudioContext's clock may move on between two reads in one task
 
 # Records every scheduled source: when it starts, how long its buffer is, from what offset.
 RECORD_STARTS = """
@@ -246,7 +249,8 @@ def session_posts(page: Page) -> list[str]:
 
 def assert_held_then_played(page: Page, posts: list[str], release) -> None:
     """While Play is held the first chunks arrive and nothing plays; ``release`` clicks,
-    and the click plays that one session to its end, gaplessly."""
+    and the click plays that one session to its end, gaplessly, the first chunk (in hand,
+    from a voice that keeps ahead) at once: START_LEAD after the click, not a cushion."""
     page.wait_for_function("window.__narrator.snapshot()[0].received >= 1")
     assert snapshot(page)["state"] == "idle"
     assert page.evaluate("window.__starts") == []
@@ -256,7 +260,9 @@ def assert_held_then_played(page: Page, posts: list[str], release) -> None:
     assert len(posts) == 1, posts
     chunks = session_chunks(page)
     assert state["received"] == len(chunks) >= 4
-    assert_gapless(page.evaluate("window.__starts"), chunks)
+    starts = page.evaluate("window.__starts")
+    assert_gapless(starts, chunks)
+    assert starts[0]["when"] - starts[0]["at"] == pytest.approx(START_LEAD, abs=QUANTUM)
 
 
 def press(page: Page, button) -> None:
@@ -590,8 +596,14 @@ def test_a_player_that_runs_dry_waits_and_plays_on_to_the_end(slow_page: Page):
     chunks = session_chunks(page)
     assert state["underruns"] >= 1
     assert state["highlights"] == list(range(len(chunks)))
-    assert len(page.evaluate("window.__starts")) == len(chunks)
+    starts = page.evaluate("window.__starts")
+    assert len(starts) == len(chunks)
     assert page.evaluate("window.__pageErrors") == []
+    # The first chunk, with no hold, plays at once; a run after one ran dry waits for its
+    # doubled cushion.
+    leads = [start["when"] - start["at"] for start in starts]
+    assert leads[0] == pytest.approx(START_LEAD, abs=QUANTUM)
+    assert max(leads) >= 2 * START_CUSHION - QUANTUM, leads
 
 
 def test_story_page_screenshot(page: Page):

@@ -8,8 +8,11 @@ let shared = null;
 export function audioContext() {
   if (!shared) {
     const Context = window.AudioContext || window.webkitAudioContext;
-    // "playback" trades a little latency for fewer glitches: right for narration.
-    shared = new Context({ latencyHint: "playback" });
+    // "balanced": the browser weighs latency against power. "playback" (the largest
+    // buffers) put about 50 ms more between a press and the first sound in Chromium
+    // (95 ms of output latency against 42; docs/benchmarks.md, scenario 1e), and the
+    // graph here is only buffer sources, which even small buffers keep fed.
+    shared = new Context({ latencyHint: "balanced" });
   }
   return shared;
 }

@@ -3,13 +3,19 @@
 // so there is no gap between sentences however busy the page is. A "run" is one stretch
 // of scheduled sources; pause, seek and resume end a run and start a new one.
 //
-// A run starts a short cushion after "play", or later where the server says its engine
-// would otherwise fall behind: every chunk sent live (and one read back while its session
+// A run starts as soon as the audio thread can take it (START_LEAD) when its audio is in
+// hand and the engine ahead. Where the server says its engine would otherwise fall
+// behind, it starts later: every chunk sent live (and one read back while its session
 // runs) carries `cushion_ms`, how long after its arrival it should start for the chunks
 // after it to arrive in time (0 for an engine fast enough; docs/protocol.md). The run
-// starts late enough for the freshest of them.
+// starts late enough for the freshest of them, plus a cushion against the jitter of the
+// arrivals; so does a run after one that ran dry, with the cushion doubled each time.
 
-const START_CUSHION = 0.1; // seconds between "play" and the first sample: absorbs jitter
+// Seconds from "play" to the first sample of a run that need not wait: a few render
+// quanta, for the start to reach the audio thread before its time has passed (a start in
+// the past plays at once, later than the next chunk's slot assumes).
+const START_LEAD = 0.03;
+const START_CUSHION = 0.1; // seconds added to a run that waits for the engine: absorbs jitter
 const MAX_CUSHION = 2.0;
 const MAX_PACED_WAIT = 10.0; // the longest a run waits for the engine to get ahead
 const LATE_MARGIN = 0.01; // a chunk due sooner than this has missed its slot: underrun
@@ -187,7 +193,10 @@ export class Scheduler {
     this.checkEnd();
   }
 
-  /** Give the run a start time: now plus the cushion, first or after an underrun. */
+  /**
+   * Give the run a start time, first or after an underrun: now plus the lead, or, where it
+   * must wait for the engine or ran dry before, its paced start plus the cushion.
+   */
   placeRun(run, position) {
     const now = this.ctx.currentTime;
     if (run.nextTime !== null && run.nextTime >= now + LATE_MARGIN) return;
@@ -197,8 +206,10 @@ export class Scheduler {
       this.cushion = Math.min(MAX_CUSHION, this.cushion * 2);
       this.onUnderrun(this.cushion);
     }
-    run.nextTime = Math.max(now, Math.min(this.pacedStart(position), now + MAX_PACED_WAIT));
-    run.nextTime += this.cushion;
+    const paced = Math.min(this.pacedStart(position), now + MAX_PACED_WAIT);
+    // A run that waits for the engine, or comes after one that ran dry, keeps a cushion.
+    const waits = paced > now || this.cushion > START_CUSHION;
+    run.nextTime = Math.max(now, paced) + (waits ? this.cushion : START_LEAD);
     run.anchorTime = run.nextTime;
     run.anchorPos = position;
   }
