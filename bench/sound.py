@@ -48,7 +48,7 @@ KINDS = ("tap", "click")
 # Records one play's moments on the page's clock (window.__sound), before the page's own
 # scripts run: the first of each, so that a later chunk or source does not overwrite it.
 RECORD = """
-window.__sound = {};
+window.__sound = { origin: performance.timeOrigin };
 const mark = (name, value = performance.now()) => {
   if (window.__sound[name] === undefined) window.__sound[name] = value;
 };
@@ -181,10 +181,11 @@ def analyse(marks: list[dict]) -> dict:
     out["timelines"] = [  # each session's moments, ms after its press, for a rerun to read
         {
             "kind": m.get("kind"),
+            "press_epoch_ms": round(m["origin"] + m["press"], 1),  # to line up with the server
             **{
                 k: round(v - m["press"], 1)
                 for k, v in sorted(m.items(), key=lambda kv: str(kv[1]))
-                if k not in ("kind", "press", "latency_ms") and isinstance(v, int | float)
+                if k not in ("kind", "press", "latency_ms", "origin") and isinstance(v, int | float)
             },
         }
         for m in marks
