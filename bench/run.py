@@ -53,10 +53,10 @@ SCENARIOS = (
     "cached",
     "http",
     "flows",
-    "sound",
     "streaming",
     "fanout",
     "concurrency",
+    "sound",
 )
 RESULTS = ROOT / "bench" / "results"
 SHORT_TIMEOUT = {"espeak": 60.0, "tiny": 60.0, "full": 300.0}
@@ -415,6 +415,8 @@ def scenario_sound(ctx: Context) -> None:
         paths = sound.make_scenes([ctx.texts.short() for _ in kinds], label, voice)
         marks = sound.run_sessions(ctx.bench.base_url, paths, kinds, SHORT_TIMEOUT[voice])
         res = out[label] = sound.analyse(marks[1:])
+        if client.TRACE is not None:
+            client.TRACE += sound.trace_events(marks)
         for kind in sound.KINDS:
             if (r := res.get(kind)) is None:
                 continue

@@ -75,6 +75,14 @@ window.WebSocket = class extends NativeWebSocket {
     });
   }
 };
+const NativeAudioContext = window.AudioContext;
+window.AudioContext = class extends NativeAudioContext {
+  constructor(options) {
+    mark('context');
+    super(options);
+    mark('context_made');
+  }
+};
 const nativeStart = AudioBufferSourceNode.prototype.start;
 AudioBufferSourceNode.prototype.start = function (when = 0, offset = 0, ...rest) {
   const ctx = this.context;
@@ -192,3 +200,14 @@ def analyse(marks: list[dict]) -> dict:
         if "press" in m
     ]
     return out
+
+
+def trace_events(marks: list[dict]) -> list[tuple[float, str]]:
+    """The pages' moments as ``--patch trace`` events (epoch seconds, label), so that
+    ``bench/trace.py --start "browser.press >"`` lines them up with the server's steps."""
+    return [
+        ((m["origin"] + v) / 1000, "browser.press >" if k == "press" else f"browser.{k}")
+        for m in marks
+        for k, v in m.items()
+        if k not in ("kind", "origin", "latency_ms") and isinstance(v, int | float)
+    ]

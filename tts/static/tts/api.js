@@ -59,16 +59,24 @@ export async function requestJson(url, options) {
   return (await request(url, options)).json();
 }
 
-let creating = Promise.resolve();
+let creating = null; // the last POST of a session, until it has settled
 
 /**
  * POST a new session: {text} or {scene}, plus voice. Resolves to {id, ws_url, ...}.
  * One at a time: a first visitor has no session cookie yet, and two POSTs in flight together
  * would each start a different anonymous owner, leaving one narration "someone else's".
+ * With none in flight it is sent at once, inside the caller's event handler, not a
+ * microtask later, after the rest of the handler (the player's AudioContext, for one).
  */
 export function createSession(url, payload, csrf) {
-  const created = creating.then(() => requestJson(url, { method: "POST", json: payload, csrf }));
-  creating = created.catch(() => {});
+  const post = () => requestJson(url, { method: "POST", json: payload, csrf });
+  const created = creating ? creating.then(post) : post();
+  const settled = created
+    .catch(() => {})
+    .then(() => {
+      if (creating === settled) creating = null;
+    });
+  creating = settled;
   return created;
 }
 

@@ -98,12 +98,14 @@ export class NarrationPlayer {
 
   bind() {
     const { play, back, forward, voice, edit } = this.ui;
-    // unlockAudio() runs first, synchronously, inside each gesture (mobile Safari).
+    // unlockAudio() runs synchronously inside each gesture (mobile Safari), before any
+    // await, but after the session's POST and socket have gone out: creating the page's
+    // AudioContext takes milliseconds (3 to 9 in Chromium here; 70 a browser's first).
     play.addEventListener("pointerdown", (event) => this.pressed(event));
     play.addEventListener("keydown", (event) => this.pressed(event));
     play.addEventListener("click", () => {
-      unlockAudio();
       this.toggle();
+      unlockAudio();
     });
     back?.addEventListener("click", () => this.step(-1));
     forward?.addEventListener("click", () => this.step(1));
@@ -141,8 +143,8 @@ export class NarrationPlayer {
     }
     if (this.config.problem || this.busy || this.editable || this.broken) return;
     if (!this.needsSession()) return;
-    unlockAudio();
     this.prepare();
+    unlockAudio();
     const press = (this.press = { key: this.sessionKey });
     const ends = byKey ? ["keyup"] : ["pointerup", "pointercancel"];
     const released = (end) => {
@@ -162,11 +164,11 @@ export class NarrationPlayer {
   /** Play from where it stands (the start, or where it was paused). */
   play({ source = "user", restart = false } = {}) {
     this.press = null;
-    unlockAudio();
     if (this.editable && !this.takeEditorText()) return;
     this.error = "";
     this.emit("play", { source });
     if (this.needsSession()) this.startSession();
+    unlockAudio();
     const scheduler = this.ensureScheduler();
     if (restart || scheduler.ended) scheduler.pausedAt = 0;
     scheduler.play();
