@@ -283,6 +283,67 @@ def test_a_press_on_play_begins_the_narration_and_its_click_plays_it(page: Page)
     assert_held_then_played(page, posts, release=page.mouse.up)
 
 
+RECORD_POST_AND_CONTEXT = """
+window.__order = [];
+const orderedFetch = window.fetch;
+window.fetch = function (url, options = {}) {
+  if ((options.method || 'GET') === 'POST') window.__order.push('post');
+  return orderedFetch.apply(this, arguments);
+};
+const OrderedAudioContext = window.AudioContext;
+window.AudioContext = class extends OrderedAudioContext {
+  constructor(options) {
+    window.__order.push('context');
+    super(options);
+  }
+};
+"""
+
+
+def test_a_press_sends_its_post_before_the_audio_context_is_made(page: Page):
+    """Making the page's AudioContext takes milliseconds: the press sends the session's
+    POST first, and makes the context after it, inside the same gesture."""
+    page.add_init_script(RECORD_POST_AND_CONTEXT)
+    scene = make_story(SCENE_TEXT).scenes.get()
+    open_scene(page, scene)
+    press(page, page.get_by_role("button", name="Play: Scene 1"))
+    page.mouse.up()
+    wait_for_state(page, "ended")
+    assert page.evaluate("window.__order") == ["post", "context"]
+
+
+def test_session_posts_go_out_at_once_one_at_a_time(page: Page):
+    """createSession sends its POST inside the caller's handler when none is in flight (not
+    a microtask later), and a second one waits until the first has settled: a first
+    visitor's two POSTs in flight together would make two anonymous owners."""
+    scene = make_story(SCENE_TEXT).scenes.get()
+    open_scene(page, scene)
+    result = page.evaluate(
+        """async () => {
+            const player = document.querySelector('script[src*="tts/player"]').src;
+            const api = await import(player.replace(/player(\\.[0-9a-f]+)?\\.js$/, 'api.js'));
+            const log = [];
+            const native = window.fetch;
+            window.fetch = (url, options) => {
+              log.push('post');
+              return native(url, options).then((reply) => { log.push('reply'); return reply; });
+            };
+            try {
+              const first = api.createSession('/api/tts/sessions/', { text: 'One.' }, '');
+              log.push('first returned');
+              const second = api.createSession('/api/tts/sessions/', { text: 'Two.' }, '');
+              log.push('second returned');
+              const ids = [(await first).id, (await second).id];
+              return { log, ids };
+            } finally {
+              window.fetch = native;
+            }
+        }"""
+    )
+    assert result["log"] == ["post", "first returned", "second returned", "reply", "post", "reply"]
+    assert len(set(result["ids"])) == 2
+
+
 def test_space_on_play_begins_the_narration_as_it_goes_down(page: Page):
     """Space clicks a button as it comes up: the session is created as it goes down, as
     for a mouse press, and the click plays it."""
