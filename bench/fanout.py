@@ -145,9 +145,9 @@ def _timeline(stream: Listen, row) -> list[dict]:
 
 def _late_held(stream: Listen, row) -> tuple[int, float]:
     """As _late, for the bundled player (scheduler.js): it starts a chunk when it has run
-    dry (the first one too) at once (its lead), or, where the chunk carries a
-    ``cushion_ms`` or the player ran dry before, that hold after it arrived plus its own
-    cushion against jitter, doubled at each underrun. The late chunks, and how long it
+    dry (the first one too) its lead after it arrived (its cushion, doubled at each
+    underrun, once it has run dry), or, where the chunk carries a ``cushion_ms``, that
+    hold plus its cushion against jitter if that is later. The late chunks, and how long it
     held the first one (s), of a stream that got audio."""
     late, due, hold, cushion = 0, None, None, PLAYER_CUSHION_S
     for chunk in row.chunks:
@@ -160,8 +160,8 @@ def _late_held(stream: Listen, row) -> tuple[int, float]:
                 late += 1
                 cushion = min(PLAYER_MAX_CUSHION_S, cushion * 2)
             wait = stream.cushions.get(chunk.seq, 0) / 1000
-            waits = wait > 0 or cushion > PLAYER_CUSHION_S
-            due = arrived + wait + (cushion if waits else PLAYER_LEAD_S)
+            lead = cushion if cushion > PLAYER_CUSHION_S else PLAYER_LEAD_S
+            due = arrived + max(lead, wait + cushion if wait > 0 else lead)
             hold = due - arrived if hold is None else hold
         due += chunk.samples / chunk.sample_rate
     return late, hold or 0.0

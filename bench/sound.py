@@ -20,9 +20,12 @@ click for the second.
 Each session is a new scene (a new text: no replay), opened on a new page in one
 browser context that narrated once before (so that it has the session cookie, and the
 player opens its socket with the POST, as on a reader's second visit). The first sample
-is when the player scheduled it to play; it is *heard* the AudioContext's output latency
-later (``baseLatency`` + ``outputLatency`` as the browser reports them: a headless
-browser's fake device here, whose figures follow the context's ``latencyHint``).
+is when the player scheduled it to play (the browser has no autoplay exemption: the
+press's gesture starts the page's AudioContext, as a reader's does); it is *heard* the
+context's output latency later (``baseLatency`` + ``outputLatency`` as the browser
+reports them: a headless browser's fake device here, whose figures follow the context's
+``latencyHint``). A page that plays nothing within the voice's timeout is counted, not
+waited for (``timeouts``).
 """
 
 from __future__ import annotations
@@ -40,8 +43,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-]
+]  # no autoplay flag: the page's AudioContext starts by the press's gesture, as a reader's
 HOLD_MS = 100  # a mouse click's press
 KINDS = ("tap", "click")
 
@@ -137,6 +139,8 @@ def run_sessions(base_url: str, paths: list[str], kinds: list[str], timeout: flo
 
 
 def _press_play(context, path: str, kind: str, timeout: float) -> dict:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page = context.new_page()
     try:
         page.goto(path)
@@ -149,10 +153,14 @@ def _press_play(context, path: str, kind: str, timeout: float) -> dict:
         if kind == "click":
             page.wait_for_timeout(HOLD_MS)
         page.mouse.up()
-        page.wait_for_function("window.__sound.sound !== undefined", timeout=timeout * 1000)
+        try:
+            page.wait_for_function("window.__sound.sound !== undefined", timeout=timeout * 1000)
+        except PlaywrightTimeout:
+            return {"kind": kind, "timeout": True}
         marks = page.evaluate("window.__sound")
         marks["kind"] = kind
-        page.evaluate("window.__narrator.players[0].pause()")
+        # Stop it, and cancel its synthesis if unfinished: the next press meets an idle stack.
+        page.evaluate("(p => { p.pause(); p.discardSession(); })(window.__narrator.players[0])")
         return marks
     finally:
         page.close()
@@ -177,9 +185,10 @@ def analyse(marks: list[dict]) -> dict:
             ),
             "frame_to_sound": summary(m["sound"] - m["frame"] for m in mine if "frame" in m),
             "output_latency_ms": summary(m.get("latency_ms", 0) for m in mine),
-            "early_sockets": sum(
-                1 for m in mine if "socket" in m and "post" in m and m["socket"] <= m["post"] + 50
+            "early_sockets": sum(  # opened with the POST, not after its reply
+                1 for m in mine if "socket" in m and "reply" in m and m["socket"] < m["reply"]
             ),
+            "timeouts": sum(1 for m in marks if m.get("kind") == kind and m.get("timeout")),
         }
         if kind == "click":
             res["click_to_sound"] = summary(m["sound"] - m["release"] for m in mine)
@@ -192,8 +201,11 @@ def analyse(marks: list[dict]) -> dict:
             "press_epoch_ms": round(m["origin"] + m["press"], 1),  # to line up with the server
             **{
                 k: round(v - m["press"], 1)
-                for k, v in sorted(m.items(), key=lambda kv: str(kv[1]))
-                if k not in ("kind", "press", "latency_ms", "origin") and isinstance(v, int | float)
+                for k, v in sorted(
+                    ((k, v) for k, v in m.items() if isinstance(v, int | float)),
+                    key=lambda kv: kv[1],
+                )
+                if k not in ("press", "latency_ms", "origin")
             },
         }
         for m in marks

@@ -1,6 +1,7 @@
 // One AudioContext per page, shared by every player. Browsers (mobile Safari above all)
 // only let a context make sound once it was created or resumed inside a user gesture,
-// so call unlockAudio() synchronously at the top of a click or key handler, before any await.
+// so call unlockAudio() synchronously in a click or key handler, before any await (after
+// sending what the gesture should send first: making the context takes milliseconds).
 
 let shared = null;
 

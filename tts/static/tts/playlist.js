@@ -22,8 +22,8 @@ class Playlist {
     this.active = false;
     this.button.disabled = this.players.length === 0;
     this.button.addEventListener("click", () => {
-      unlockAudio(); // inside the gesture, before anything else
-      this.toggle();
+      this.toggle(); // the first scene's POST goes out first (player.js)
+      unlockAudio(); // inside the gesture, before any await
     });
     root.addEventListener("tts:play", (event) => this.played(event.detail));
     root.addEventListener("tts:ended", (event) => this.ended(event.detail.player));

@@ -13,7 +13,8 @@
 
 // Seconds from "play" to the first sample of a run that need not wait: a few render
 // quanta, for the start to reach the audio thread before its time has passed (a start in
-// the past plays at once, later than the next chunk's slot assumes).
+// the past plays at once, later than the next chunk's slot assumes). At least two of the
+// audio thread's buffers (startLead).
 const START_LEAD = 0.03;
 const START_CUSHION = 0.1; // seconds added to a run that waits for the engine: absorbs jitter
 const MAX_CUSHION = 2.0;
@@ -33,7 +34,7 @@ export class Scheduler {
     this.cushion = START_CUSHION;
     this.underruns = 0;
     this.items = []; // by seq, contiguous: { seq, start, duration, buffer }
-    this.paced = null; // the latest chunk with a cushion: { start, due } (due: ctx time)
+    this.paced = null; // the latest chunk with a cushion, if it holds: { start, due } (ctx time)
     this.total = null;
     this.playing = false;
     this.ended = false;
@@ -65,7 +66,8 @@ export class Scheduler {
     const start = this.receivedDuration;
     this.items.push({ seq, start, duration: buffer ? buffer.duration : 0, buffer });
     if (typeof cushionMs === "number" && cushionMs >= 0) {
-      this.paced = { start, due: this.ctx.currentTime + cushionMs / 1000 };
+      const due = this.ctx.currentTime + cushionMs / 1000;
+      this.paced = cushionMs > 0 ? { start, due } : null;
     }
     if (this.playing) this.pump();
     return true;
@@ -193,10 +195,7 @@ export class Scheduler {
     this.checkEnd();
   }
 
-  /**
-   * Give the run a start time, first or after an underrun: now plus the lead, or, where it
-   * must wait for the engine or ran dry before, its paced start plus the cushion.
-   */
+  /** Give the run a start time, first or after an underrun. */
   placeRun(run, position) {
     const now = this.ctx.currentTime;
     if (run.nextTime !== null && run.nextTime >= now + LATE_MARGIN) return;
@@ -206,17 +205,28 @@ export class Scheduler {
       this.cushion = Math.min(MAX_CUSHION, this.cushion * 2);
       this.onUnderrun(this.cushion);
     }
+    // A run that need not wait starts after the lead (after the doubled cushion, once one
+    // ran dry); one held for the engine starts a cushion after its hold ends, against the
+    // jitter of the arrivals, and never sooner than the lead: no jump as a hold runs out.
+    const lead = this.cushion > START_CUSHION ? this.cushion : this.startLead;
     const paced = Math.min(this.pacedStart(position), now + MAX_PACED_WAIT);
-    // A run that waits for the engine, or comes after one that ran dry, keeps a cushion.
-    const waits = paced > now || this.cushion > START_CUSHION;
-    run.nextTime = Math.max(now, paced) + (waits ? this.cushion : START_LEAD);
+    run.nextTime = Math.max(now + lead, paced + this.cushion);
     run.anchorTime = run.nextTime;
     run.anchorPos = position;
   }
 
   /**
+   * The start lead: START_LEAD, or two of the audio thread's buffers where they are longer
+   * (some phones and Linux setups), so that a start never lands in the past.
+   */
+  get startLead() {
+    return Math.max(START_LEAD, 2 * (this.ctx.baseLatency || 0));
+  }
+
+  /**
    * The earliest time a run starting at `position` keeps up with the engine, by the latest
-   * chunk's cushion: it reaches that chunk no sooner than the chunk's arrival plus it.
+   * chunk's cushion: it reaches that chunk no sooner than the chunk's arrival plus it
+   * (-Infinity when that chunk needs no hold).
    */
   pacedStart(position) {
     const paced = this.paced;
