@@ -344,6 +344,68 @@ def test_session_posts_go_out_at_once_one_at_a_time(page: Page):
     assert len(set(result["ids"])) == 2
 
 
+# scheduler.js driven on a clock of the test's own: each case adds chunks (seq, duration
+# s, cushion_ms or null) at given context times, plays at a given time, and returns the
+# `when` of every source started.
+SCHEDULE_ON_A_FAKE_CLOCK = """async ({ cases, baseLatency }) => {
+  const player = document.querySelector('script[src*="tts/player"]').src;
+  const { Scheduler } = await import(player.replace(/player(\\.[0-9a-f]+)?\\.js$/, 'scheduler.js'));
+  const out = [];
+  for (const steps of cases) {
+    const starts = [];
+    const node = () => ({ connect() {}, disconnect() {}, gain: { setTargetAtTime() {} } });
+    const ctx = {
+      currentTime: 0,
+      baseLatency,
+      createGain: node,
+      createBufferSource: () => ({ ...node(), start: (when) => starts.push(when), stop() {} }),
+    };
+    const scheduler = new Scheduler(ctx);
+    for (const [at, what, ...args] of steps) {
+      ctx.currentTime = at;
+      if (what === 'add') scheduler.add(args[0], { duration: args[1] }, args[2]);
+      else scheduler.play();
+    }
+    out.push(starts);
+  }
+  return out;
+}"""
+
+
+def test_a_run_starts_after_the_lead_or_after_its_hold_and_cushion(page: Page):
+    """placeRun on a fake clock: a chunk in hand with nothing to wait for starts START_LEAD
+    after play; one held by cushion_ms starts START_CUSHION after its hold ends, and never
+    sooner than the lead, so the start moves smoothly as a hold runs out; a run after one
+    that ran dry waits its doubled cushion; the lead is at least two audio buffers."""
+    scene = make_story(SCENE_TEXT).scenes.get()
+    open_scene(page, scene)
+    cases = [
+        [[10, "add", 0, 2.0, 0], [10, "play"]],  # in hand, engine ahead
+        [[10, "add", 0, 2.0, None], [10, "play"]],  # no cushion (an ended session's chunk)
+        [[10, "add", 0, 2.0, 500], [10, "play"]],  # held 0.5 s
+        [[10, "add", 0, 2.0, 50], [10.04, "play"]],  # its hold ended 10 ms before play
+        [[10, "add", 0, 2.0, 50], [11, "play"]],  # its hold long over
+        [[10, "play"], [10.5, "add", 0, 2.0, 0]],  # played before it came
+        [[10, "add", 0, 1.0, 0], [10, "play"], [12, "add", 1, 1.0, 0]],  # ran dry at 11.03
+    ]
+    starts = page.evaluate(SCHEDULE_ON_A_FAKE_CLOCK, {"cases": cases, "baseLatency": 0.01})
+    expected = [
+        [10 + START_LEAD],
+        [10 + START_LEAD],
+        [10.5 + START_CUSHION],
+        [10.05 + START_CUSHION],
+        [11 + START_LEAD],
+        [10.5 + START_LEAD],
+        [10 + START_LEAD, 12 + 2 * START_CUSHION],
+    ]
+    assert len(starts) == len(expected)
+    for got, want in zip(starts, expected, strict=True):
+        assert got == pytest.approx(want, abs=TOLERANCE), (cases, starts)
+    # Audio buffers of 50 ms: the lead is two of them.
+    slow = page.evaluate(SCHEDULE_ON_A_FAKE_CLOCK, {"cases": cases[:1], "baseLatency": 0.05})
+    assert slow == [[pytest.approx(10.1, abs=TOLERANCE)]]
+
+
 def test_space_on_play_begins_the_narration_as_it_goes_down(page: Page):
     """Space clicks a button as it comes up: the session is created as it goes down, as
     for a mouse press, and the click plays it."""
