@@ -34,16 +34,8 @@ import os
 import time
 
 from bench.stats import summary
+from tts.testing import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]  # no autoplay flag: the page's AudioContext starts by the press's gesture, as a reader's
 HOLD_MS = 100  # a mouse click's press
 KINDS = ("tap", "click")
 
@@ -127,7 +119,8 @@ def run_sessions(base_url: str, paths: list[str], kinds: list[str], timeout: flo
 
     marks = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        # No autoplay flag: the page's AudioContext starts by the press's gesture.
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
         try:
             context = browser.new_context(base_url=base_url)
             context.add_init_script(RECORD)

@@ -26,7 +26,7 @@ from django.utils import timezone
 from scenes.models import Scene, Story
 from scripts.stack import ROOT, Stack
 from tests.conftest import ARTIFACTS, stack_env
-from tts import services
+from tts import services, testing
 from tts.engines import EngineError, get_engine
 from tts.models import AudioBlob, SessionStatus, TTSChunk, TTSSession
 from tts.services import Owner
@@ -474,7 +474,7 @@ def test_narrate_every_scene_of_the_selected_stories(admin_client):
 
 # --- Live updates in a real browser -------------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = testing.CHROMIUM
 LONG = " ".join(
     f"Wave {word} broke on the rocks."
     for word in ("one", "two", "three", "four", "five", "six", "seven", "eight")
@@ -523,7 +523,7 @@ def test_a_running_session_page_follows_the_narration_live(admin_stack, admin_us
     rows = "document.querySelectorAll('#tts-chunks tbody tr[data-seq]').length"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox"]
+            executable_path=CHROMIUM, args=list(testing.CHROMIUM_ARGS)
         )
         context = browser.new_context(base_url=admin_stack.base_url)
         context.add_cookies(

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from scenes.models import Scene, Story
+from tts import testing
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = testing.CHROMIUM
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
 
@@ -24,15 +25,8 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-]
+# The tests' pages play without a gesture too (a playlist's next scene, a click by script).
+CHROMIUM_ARGS = [*testing.CHROMIUM_ARGS, "--autoplay-policy=no-user-gesture-required"]
 # Short sentences in the espeak voice: a whole scene plays in a few seconds.
 SCENE_TEXT = (
     "The tide came in. Gulls cried over the harbour. Mara lit the lamp. The ship saw the light."

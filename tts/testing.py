@@ -1,5 +1,6 @@
 """Test and benchmark helpers: build Coqui VITS models offline from Coqui's own config classes,
-and read glibc's count of a process's heap (``malloc_info``).
+read glibc's count of a process's heap (``malloc_info``), and start Debian's Chromium the
+same way everywhere (``CHROMIUM``, ``CHROMIUM_ARGS``).
 
 The weights are random, so the audio is noise with speech-like timing; what matters is that the
 model loads and runs through the real ``TTS(model_path=..., config_path=...)`` path with the same
@@ -13,6 +14,17 @@ import json
 import threading
 from pathlib import Path
 from typing import Any
+
+# Debian's Chromium, for Playwright (never a downloaded browser), started quiet and offline.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+)
 
 SAMPLE_RATE = 22050
 SPEAKERS = ("alice", "bob", "carol")
