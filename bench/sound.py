@@ -194,11 +194,8 @@ def analyse(marks: list[dict]) -> dict:
             "press_epoch_ms": round(m["origin"] + m["press"], 1),  # to line up with the server
             **{
                 k: round(v - m["press"], 1)
-                for k, v in sorted(
-                    ((k, v) for k, v in m.items() if isinstance(v, int | float)),
-                    key=lambda kv: kv[1],
-                )
-                if k not in ("press", "latency_ms", "origin")
+                for k, v in sorted(_moments(m).items(), key=lambda kv: kv[1])
+                if k != "press"
             },
         }
         for m in marks
@@ -213,6 +210,17 @@ def trace_events(marks: list[dict]) -> list[tuple[float, str]]:
     return [
         ((m["origin"] + v) / 1000, "browser.press >" if k == "press" else f"browser.{k}")
         for m in marks
-        for k, v in m.items()
-        if k not in ("kind", "origin", "latency_ms") and isinstance(v, int | float)
+        for k, v in _moments(m).items()
     ]
+
+
+def _moments(marks: dict) -> dict[str, float]:
+    """A page's moments (ms on its clock): its marks less the clock's origin and the
+    output latency, which are not moments."""
+    return {
+        k: v
+        for k, v in marks.items()
+        if isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and k not in ("origin", "latency_ms")
+    }

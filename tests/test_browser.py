@@ -277,6 +277,14 @@ def test_a_press_on_play_begins_the_narration_and_its_click_plays_it(page: Page)
     assert_held_then_played(page, posts, release=page.mouse.up)
 
 
+# A module of tts/static/tts/ by the URL the page loaded player.js from (hashed or not).
+SIBLING_OF_PLAYER = """
+window.siblingOfPlayer = (name) => {
+  const player = document.querySelector('script[src*="tts/player"]').src;
+  return player.replace(/player(\\.[0-9a-f]+)?\\.js$/, name);
+};
+"""
+
 RECORD_POST_AND_CONTEXT = """
 window.__order = [];
 const orderedFetch = window.fetch;
@@ -310,12 +318,12 @@ def test_session_posts_go_out_at_once_one_at_a_time(page: Page):
     """createSession sends its POST inside the caller's handler when none is in flight (not
     a microtask later), and a second one waits until the first has settled: a first
     visitor's two POSTs in flight together would make two anonymous owners."""
+    page.add_init_script(SIBLING_OF_PLAYER)
     scene = make_story(SCENE_TEXT).scenes.get()
     open_scene(page, scene)
     result = page.evaluate(
         """async () => {
-            const player = document.querySelector('script[src*="tts/player"]').src;
-            const api = await import(player.replace(/player(\\.[0-9a-f]+)?\\.js$/, 'api.js'));
+            const api = await import(siblingOfPlayer('api.js'));
             const log = [];
             const native = window.fetch;
             window.fetch = (url, options) => {
@@ -342,8 +350,7 @@ def test_session_posts_go_out_at_once_one_at_a_time(page: Page):
 # s, cushion_ms or null) at given context times, plays at a given time, and returns the
 # `when` of every source started.
 SCHEDULE_ON_A_FAKE_CLOCK = """async ({ cases, baseLatency }) => {
-  const player = document.querySelector('script[src*="tts/player"]').src;
-  const { Scheduler } = await import(player.replace(/player(\\.[0-9a-f]+)?\\.js$/, 'scheduler.js'));
+  const { Scheduler } = await import(siblingOfPlayer('scheduler.js'));
   const out = [];
   for (const steps of cases) {
     const starts = [];
@@ -371,6 +378,7 @@ def test_a_run_starts_after_the_lead_or_after_its_hold_and_cushion(page: Page):
     after play; one held by cushion_ms starts START_CUSHION after its hold ends, and never
     sooner than the lead, so the start moves smoothly as a hold runs out; a run after one
     that ran dry waits its doubled cushion; the lead is at least two audio buffers."""
+    page.add_init_script(SIBLING_OF_PLAYER)
     scene = make_story(SCENE_TEXT).scenes.get()
     open_scene(page, scene)
     cases = [
