@@ -63,6 +63,38 @@ SHORT_TIMEOUT = {"espeak": 60.0, "tiny": 60.0, "full": 300.0}
 LONG_TIMEOUT = {"espeak": 120.0, "tiny": 120.0, "full": 900.0}
 
 
+def count(text: str, *, least: int = 1) -> int:
+    """An argparse type: a whole number of at least ``least``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+    return value
+
+
+def threads(text: str) -> int:
+    """An argparse type: a count of threads, 0 for the library's default."""
+    return count(text, least=0)
+
+
+def minutes(text: str) -> float:
+    """An argparse type: a positive number of minutes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def counts(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated whole numbers of at least 1 (none: '')."""
+    return tuple(count(part.strip()) for part in text.split(",") if part.strip())
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -76,20 +108,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--voices", help="comma-separated: espeak,tiny,full (default: all)")
     p.add_argument("--scenarios", help=f"comma-separated of {','.join(SCENARIOS)}")
-    p.add_argument("--sessions", type=int, help="TTFA and cached sessions per voice (50)")
+    p.add_argument("--sessions", type=count, help="TTFA and cached sessions per voice (50)")
     p.add_argument(
         "--full-sessions",
-        type=int,
+        type=count,
         help="TTFA and cached sessions for the full-size VITS (50, as the others: 3 to 5 s each)",
     )
     p.add_argument(
         "--long-sessions",
-        type=int,
+        type=count,
         help="long: 19,000-character sessions per fast voice and kind of text (15)",
     )
     p.add_argument(
         "--long-repeats",
-        type=int,
+        type=count,
         help="~2,000-character sessions per fast voice (9; the full VITS: 1)",
     )
     p.add_argument(
@@ -97,25 +129,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="0,20,80",
         help="flows: network round trips to add, ms (0,20,80; bench/netdelay.py)",
     )
-    p.add_argument("--listeners", help="fan-out listener counts (1,10,100)")
-    p.add_argument("--concurrent", type=int, default=20, help="sessions posted at once (20)")
-    p.add_argument("--memory-sessions", type=int, help="sessions for worker RSS growth (500)")
+    p.add_argument("--listeners", type=counts, help="fan-out listener counts (1,10,100)")
+    p.add_argument("--concurrent", type=count, default=20, help="sessions posted at once (20)")
+    p.add_argument("--memory-sessions", type=count, help="sessions for worker RSS growth (500)")
     p.add_argument(
         "--memory-checkpoints",
+        type=counts,
         default="100,250",
         help="more session counts at which to read worker RSS, to see whether growth "
         "levels off (100,250; none: '')",
     )
-    p.add_argument("--idle-sockets", type=int, help="idle sockets for daphne memory (200)")
+    p.add_argument("--idle-sockets", type=count, help="idle sockets for daphne memory (200)")
     p.add_argument(
         "--sound-sessions",
-        type=int,
+        type=count,
         help="sound: browser sessions per fast voice and kind of press (20)",
     )
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=count, default=2)
     p.add_argument(
         "--torch-threads",
-        type=int,
+        type=threads,
         default=0,
         help="TTS_TORCH_THREADS for the workers and the baseline (0: torch default)",
     )
@@ -153,7 +186,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--max-minutes",
-        type=float,
+        type=minutes,
         default=20.0,
         help="skip scenarios that would start after this (20)",
     )
@@ -183,9 +216,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # more), and the median of three was a lottery over which (docs/benchmarks.md).
     args.long_repeats = args.long_repeats or (1 if q else 9)
     args.long_sessions = args.long_sessions or (3 if q else 15)
-    args.listeners = [int(n) for n in (args.listeners or "1,10,100").split(",")]
+    args.listeners = list(args.listeners or (1, 10, 100))
     args.memory_sessions = args.memory_sessions or (60 if q else 500)
-    args.memory_checkpoints = tuple(int(n) for n in args.memory_checkpoints.split(",") if n)
     args.idle_sockets = args.idle_sockets or (50 if q else 200)
     args.sound_sessions = args.sound_sessions or (3 if q else 20)
     return args

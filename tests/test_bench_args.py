@@ -1,0 +1,43 @@
+"""bench/run.py's options: a count that cannot be one is an error, not an empty run."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.run import parse_args
+
+
+def test_defaults():
+    args = parse_args([])
+    assert args.sessions == 50 and args.sound_sessions == 20 and args.listeners == [1, 10, 100]
+    assert args.memory_checkpoints == (100, 250) and args.torch_threads == 0
+    quick = parse_args(["--quick"])
+    assert quick.sessions == 15 and quick.sound_sessions == 3 and quick.voices == ("espeak", "tiny")
+
+
+def test_counts_are_read():
+    argv = ["--sessions", "7", "--sound-sessions", "2", "--listeners", "1, 5"]
+    args = parse_args([*argv, "--memory-checkpoints", ""])
+    assert (args.sessions, args.sound_sessions, args.listeners) == (7, 2, [1, 5])
+    assert args.memory_checkpoints == ()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sessions", "0"], "--sessions: must be at least 1, got 0"),
+        (["--sound-sessions", "-3"], "--sound-sessions: must be at least 1, got -3"),
+        (["--full-sessions", "two"], "--full-sessions: not a whole number: 'two'"),
+        (["--workers", "0"], "--workers: must be at least 1, got 0"),
+        (["--torch-threads", "-1"], "--torch-threads: must be at least 0, got -1"),
+        (["--listeners", "1,0,10"], "--listeners: must be at least 1, got 0"),
+        (["--memory-checkpoints", "100,x"], "--memory-checkpoints: not a whole number: 'x'"),
+        (["--max-minutes", "0"], "--max-minutes: must be more than 0, got 0"),
+        (["--voices", "nope"], "unknown voice 'nope'"),
+    ],
+)
+def test_bad_counts_exit_with_a_reason(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
