@@ -21,6 +21,7 @@ CONNECT_TIMEOUT = 60.0
 PLAYER_LEAD_S = 0.03  # scheduler.js START_LEAD
 PLAYER_CUSHION_S = 0.1  # scheduler.js START_CUSHION
 PLAYER_MAX_CUSHION_S = 2.0  # scheduler.js MAX_CUSHION
+PLAYER_LATE_MARGIN_S = 0.01  # scheduler.js LATE_MARGIN: due sooner than this is an underrun
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
@@ -144,18 +145,19 @@ def _timeline(stream: Listen, row) -> list[dict]:
 
 
 def _late_held(stream: Listen, row) -> tuple[int, float]:
-    """As _late, for the bundled player (scheduler.js): it starts a chunk when it has run
-    dry (the first one too) its lead after it arrived (its cushion, doubled at each
-    underrun, once it has run dry), or, where the chunk carries a ``cushion_ms``, that
-    hold plus its cushion against jitter if that is later. The late chunks, and how long it
-    held the first one (s), of a stream that got audio."""
+    """As _late, for the bundled player (scheduler.js). A chunk that arrives later than
+    ``LATE_MARGIN`` before it is due has run dry, and the player starts it (the first one
+    too) its lead after it arrived (its cushion, doubled at each underrun, once it has run
+    dry), or, where the chunk carries a ``cushion_ms``, that hold plus its cushion against
+    jitter if that is later. The late chunks, and how long it held the first one (s), of a
+    stream that got audio."""
     late, due, hold, cushion = 0, None, None, PLAYER_CUSHION_S
     for chunk in row.chunks:
         arrived = stream.arrivals.get(chunk.seq)
         if arrived is None:
             late += 1
             continue
-        if due is None or arrived > due:  # the first, or run dry: start again
+        if due is None or arrived > due - PLAYER_LATE_MARGIN_S:  # the first, or run dry
             if due is not None:
                 late += 1
                 cushion = min(PLAYER_MAX_CUSHION_S, cushion * 2)

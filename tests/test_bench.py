@@ -1,9 +1,13 @@
-"""bench/run.py's options: a count that cannot be one is an error, not an empty run."""
+"""The benchmark's own logic: bench/run.py's options (a count that cannot be one is an
+error, not an empty run) and bench/fanout.py's model of the bundled player."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
+from bench import fanout
 from bench.run import parse_args
 
 
@@ -41,3 +45,26 @@ def test_bad_counts_exit_with_a_reason(argv, message, capsys):
         parse_args(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _stream(arrivals, cushions=None):
+    return SimpleNamespace(arrivals=dict(enumerate(arrivals)), cushions=cushions or {})
+
+
+def _row(*seconds):
+    chunks = [
+        SimpleNamespace(seq=i, samples=int(s * 1000), sample_rate=1000)
+        for i, s in enumerate(seconds)
+    ]
+    return SimpleNamespace(chunks=chunks)
+
+
+def test_held_player_model_runs_dry_as_the_scheduler_does():
+    # The first chunk plays from 0.03 s (the lead) to 1.03 s.
+    row = _row(1.0, 1.0)
+    assert fanout._late_held(_stream([0.0, 0.9]), row) == (0, pytest.approx(0.03))
+    # Due at 1.03 s: arriving 5 ms before is inside scheduler.js's LATE_MARGIN (10 ms).
+    assert fanout._late_held(_stream([0.0, 1.025]), row)[0] == 1
+    assert fanout._late_held(_stream([0.0, 1.015]), row)[0] == 0
+    # Held by cushion_ms: the hold plus the 0.1 s cushion.
+    assert fanout._late_held(_stream([0.0, 0.9], {0: 500}), row) == (0, pytest.approx(0.6))
