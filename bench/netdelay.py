@@ -2,20 +2,97 @@
 benchmarks can show what a real network's latency does to each flow (the browser's
 socket opened before or after the POST's reply). Loopback itself has none.
 
-Bytes keep their order and the link its bandwidth: each read is released at its arrival
-time plus the delay, independently of the reads before it.
+By default the link is ideal: bytes keep their order and the link its bandwidth, and
+each read is released at its arrival time plus the delay, independently of the reads
+before it. With a ``Link``, each direction is also a TCP sender on a path of that
+bandwidth that starts in slow start: at most a congestion window of bytes in flight,
+the window starting at RFC 6928's ten segments and growing by every byte acknowledged
+(a round trip after it was sent), and falling back towards ten segments after an idle
+spell (Linux's ``tcp_slow_start_after_idle``). Loopback's own TCP has neither: its
+window opens at once, so without the model a first chunk of 150 KB arrives half a round
+trip after it was sent, where a fresh connection on a real path needs three more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
+from dataclasses import dataclass
+
+SEGMENT = 1448  # a TCP segment's payload on a 1,500-byte MTU path with timestamps
+INITIAL_WINDOW = 10 * SEGMENT  # RFC 6928 (Linux's default since 2.6.39)
+MAX_WINDOW = 4 << 20  # the receive window's ceiling (Linux's tcp_rmem max is 6 MB)
+RTO_MIN_S = 0.2  # Linux's TCP_RTO_MIN
+
+
+@dataclass(frozen=True)
+class Link:
+    """A network path's bottleneck bandwidth, for a sender in slow start."""
+
+    mbit: float
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.mbit * 1e6 / 8
+
+
+class _Sender:
+    """One direction of a TCP connection over a ``Link``, in simulated time: when each
+    byte that the application wrote reaches the other end."""
+
+    def __init__(self, link: Link, one_way_s: float) -> None:
+        self.link, self.one_way = link, one_way_s
+        self.rto = 2 * one_way_s + RTO_MIN_S
+        self.window = INITIAL_WINDOW
+        self.in_flight: collections.deque[tuple[float, int]] = collections.deque()  # (acked, n)
+        self.flying = 0
+        self.free = 0.0  # when the link has serialized everything sent so far
+        self.last_sent = None
+
+    def _acknowledged(self, now: float) -> None:
+        while self.in_flight and self.in_flight[0][0] <= now:
+            _, n = self.in_flight.popleft()
+            self.flying -= n
+            self.window = min(MAX_WINDOW, self.window + n)  # slow start: +1 MSS per MSS acked
+
+    def send(self, written: float, size: int) -> list[tuple[float, int]]:
+        """(arrival time, bytes) of each piece of ``size`` bytes written at ``written``."""
+        now = max(written, self.free)
+        self._acknowledged(now)
+        if not self.flying and self.last_sent is not None:
+            idle = now - self.last_sent
+            if idle > self.rto:  # halved for every RTO of idle, down to the initial window
+                self.window = max(INITIAL_WINDOW, self.window >> int(idle / self.rto))
+        pieces, left = [], size
+        while left:
+            self._acknowledged(now)
+            room = self.window - self.flying
+            if room <= 0:
+                now = max(now, self.in_flight[0][0])
+                continue
+            n = min(room, left)
+            now = max(now, self.free) + n / self.link.bytes_per_s
+            self.free = self.last_sent = now
+            arrival = now + self.one_way
+            self.in_flight.append((arrival + self.one_way, n))
+            self.flying += n
+            pieces.append((arrival, n))
+            left -= n
+        return pieces
 
 
 class DelayProxy:
-    def __init__(self, target_port: int, rtt_ms: float, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        target_port: int,
+        rtt_ms: float,
+        host: str = "127.0.0.1",
+        link: Link | None = None,
+    ) -> None:
         self.host, self.target_port, self.delay = host, target_port, rtt_ms / 2000
+        self.link = link
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
 
@@ -40,8 +117,19 @@ class DelayProxy:
         except (OSError, asyncio.CancelledError):  # no server, or the bench is over
             writer.close()
 
+    def _arrivals(self, sender: _Sender | None, data: bytes) -> list[tuple[float, bytes]]:
+        now = time.monotonic()
+        if sender is None:
+            return [(now + self.delay, data)]
+        out, at = [], 0
+        for arrival, n in sender.send(now, len(data)):
+            out.append((arrival, data[at : at + n]))
+            at += n
+        return out
+
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        sender = _Sender(self.link, self.delay) if self.link else None
 
         async def release() -> None:
             while True:
@@ -55,13 +143,15 @@ class DelayProxy:
             with contextlib.suppress(Exception):
                 writer.close()
 
-        sender = asyncio.create_task(release())
+        releasing = asyncio.create_task(release())
         try:
             while data := await reader.read(65536):
-                queue.put_nowait((time.monotonic() + self.delay, data))
+                for piece in self._arrivals(sender, data):
+                    queue.put_nowait(piece)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            queue.put_nowait((time.monotonic() + self.delay, b""))
+            last = sender.free + self.delay if sender else 0.0  # after the last piece
+            queue.put_nowait((max(time.monotonic() + self.delay, last), b""))
             with contextlib.suppress(Exception):
-                await sender
+                await releasing

@@ -42,6 +42,7 @@ from bench import (  # noqa: E402
 )
 from bench.cpu import CpuMeter  # noqa: E402
 from bench.monitor import ForeignLoad  # noqa: E402
+from bench.netdelay import Link  # noqa: E402
 from bench.report import Row, fmt, machine, table, write_json  # noqa: E402
 from bench.stack import VOICE_IDS, BenchStack  # noqa: E402
 from bench.texts import REFERENCE_TEXT, TextSource  # noqa: E402
@@ -90,6 +91,17 @@ def minutes(text: str) -> float:
     return value
 
 
+def megabits(text: str) -> float:
+    """An argparse type: a link's bandwidth in Mbit/s, from 0.1 to 100,000."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be from 0.1 to 100000 Mbit/s, got {text}")
+    return value
+
+
 def counts(text: str) -> tuple[int, ...]:
     """An argparse type: comma-separated whole numbers of at least 1 (none: '')."""
     return tuple(count(part.strip()) for part in text.split(",") if part.strip())
@@ -128,6 +140,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rtt-ms",
         default="0,20,80",
         help="flows: network round trips to add, ms (0,20,80; bench/netdelay.py)",
+    )
+    p.add_argument(
+        "--link-mbit",
+        type=megabits,
+        help="flows: the path's bandwidth, Mbit/s, with TCP's slow start on every round "
+        "trip (bench/netdelay.py; default: an ideal link)",
     )
     p.add_argument("--listeners", type=counts, help="fan-out listener counts (1,10,100)")
     p.add_argument("--concurrent", type=count, default=20, help="sessions posted at once (20)")
@@ -418,6 +436,7 @@ def scenario_flows(ctx: Context) -> None:
             VOICE_IDS[voice],
             ctx.texts.short,
             rtt_ms=ctx.args.rtt_ms,
+            link=Link(ctx.args.link_mbit) if ctx.args.link_mbit else None,
             per_cell=max(1, ctx.count(voice) // 10),
             rounds=3,
             timeout=SHORT_TIMEOUT[voice],

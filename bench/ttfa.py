@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from bench.client import Http, Listen, Narration, listen, narrate
 from bench.db import SessionRow, fetch_sessions
-from bench.netdelay import DelayProxy
+from bench.netdelay import DelayProxy, Link
 from bench.stats import summary
 
 
@@ -70,9 +70,11 @@ def run_flows(
     per_cell: int,
     rounds: int,
     timeout: float,
+    link: Link | None = None,
 ) -> dict:
     """TTFA of both socket flows (opened after the POST's reply, or with it: ?pending=1),
-    on loopback and through DelayProxy round trips, ``per_cell`` sessions per round trip,
+    on loopback and through DelayProxy round trips (over ``link``, where given: its
+    bandwidth and TCP's slow start, loopback included), ``per_cell`` sessions per round trip,
     flow and round, the rounds interleaved so that the machine's drift hits all alike. One
     browser per round trip, with its session cookie and a kept-alive connection, as a
     page's own."""
@@ -82,9 +84,11 @@ def run_flows(
         async with contextlib.AsyncExitStack() as stack:
             browsers: dict[float, Http] = {}
             for rtt in rtt_ms:
-                target = (
-                    (await stack.enter_async_context(DelayProxy(port, rtt))).port if rtt else port
-                )
+                if rtt or link:
+                    proxy = DelayProxy(port, rtt, link=link)
+                    target = (await stack.enter_async_context(proxy)).port
+                else:
+                    target = port
                 http = browsers[rtt] = Http("127.0.0.1", target, keep_alive=True)
                 stack.push_async_callback(http.close)
                 await http.ensure_csrf()
@@ -101,8 +105,9 @@ def run_flows(
         return samples
 
     samples = asyncio.run(go())
+    over = f", {link.mbit:g} Mbit/s from slow start" if link else ""
     return {
-        f"rtt {rtt:g} ms": {name: summary(samples.get((rtt, name), [])) for name in FLOWS}
+        f"rtt {rtt:g} ms{over}": {name: summary(samples.get((rtt, name), [])) for name in FLOWS}
         for rtt in rtt_ms
     }
 

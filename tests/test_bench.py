@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench import fanout
+from bench import fanout, netdelay
 from bench.run import parse_args
 
 
@@ -68,3 +68,27 @@ def test_held_player_model_runs_dry_as_the_scheduler_does():
     assert fanout._late_held(_stream([0.0, 1.015]), row)[0] == 0
     # Held by cushion_ms: the hold plus the 0.1 s cushion.
     assert fanout._late_held(_stream([0.0, 0.9], {0: 500}), row) == (0, pytest.approx(0.6))
+
+
+def test_link_model_slow_start():
+    # 150 KB (a first chunk of about 3.4 s) on a fresh connection, 80 ms round trip,
+    # 100 Mbit/s: windows of 10, 20, 40 and 80 segments, one round trip each.
+    sender = netdelay._Sender(netdelay.Link(100), one_way_s=0.04)
+    pieces = sender.send(0.0, 150_000)
+    assert sum(n for _, n in pieces) == 150_000
+    assert [n for _, n in pieces] == [14_480, 28_960, 57_920, 48_640]
+    assert pieces[-1][0] == pytest.approx(3 * 0.08 + 0.04 + 0.012, abs=0.002)  # + serializing
+    # The window stays open while the connection is busy: the next 150 KB right after
+    # goes out in one round trip's window (and the link's 12 ms of serialization).
+    again = sender.send(pieces[-1][0] + 0.04, 150_000)
+    assert len(again) == 1 and again[0][0] - (pieces[-1][0] + 0.04) < 0.06
+    # After an idle spell of several RTOs it starts from ten segments again.
+    idle = sender.send(again[-1][0] + 5.0, 150_000)
+    assert idle[0][1] == netdelay.INITIAL_WINDOW
+
+
+def test_link_model_bandwidth():
+    # 1 Mbit/s: 125 KB take a second to serialize, whatever the window.
+    sender = netdelay._Sender(netdelay.Link(1), one_way_s=0.0005)
+    pieces = sender.send(0.0, 125_000)
+    assert pieces[-1][0] == pytest.approx(1.0, abs=0.01)
