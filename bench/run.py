@@ -441,7 +441,15 @@ def scenario_flows(ctx: Context) -> None:
             rounds=3,
             timeout=SHORT_TIMEOUT[voice],
         )
+        ctx.row(
+            "1b socket flows",
+            VOICE_IDS[voice],
+            "first chunk's PCM p50 / p95 KB (what a path's slow start has to carry)",
+            f"{fmt(res['first_chunk_kb']['p50'])} / {fmt(res['first_chunk_kb']['p95'])}",
+        )
         for key, flows in res.items():
+            if key == "first_chunk_kb":
+                continue
             late, early = flows["after the reply"], flows["early"]
             ctx.row(
                 f"1b socket flow, {key} (n={early['n']})",

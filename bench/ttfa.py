@@ -102,13 +102,19 @@ def run_flows(
                             )
                             if n.ttfa_ms is not None:
                                 samples.setdefault((rtt, name), []).append(n.ttfa_ms)
+                                if (first := n.stream.sizes.get(0)) is not None:
+                                    sizes.append(first / 1000)
         return samples
 
+    sizes: list[float] = []
     samples = asyncio.run(go())
     over = f", {link.mbit:g} Mbit/s from slow start" if link else ""
     return {
-        f"rtt {rtt:g} ms{over}": {name: summary(samples.get((rtt, name), [])) for name in FLOWS}
-        for rtt in rtt_ms
+        "first_chunk_kb": summary(sizes),
+        **{
+            f"rtt {rtt:g} ms{over}": {name: summary(samples.get((rtt, name), [])) for name in FLOWS}
+            for rtt in rtt_ms
+        },
     }
 
 
