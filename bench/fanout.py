@@ -4,17 +4,21 @@ listener must receive every chunk exactly once, byte for byte what was stored.
 
 Delivery latency per chunk and listener: arrival minus the chunk's ``created_at`` (when
 the worker made and broadcast it; the row is written a moment later), and the spread:
-arrival minus the first listener's arrival of that chunk.
+arrival minus the first listener's arrival of that chunk. With ``--fanout-rtt-ms`` (and
+``--link-mbit``) the listeners are on a modelled network path (bench/netdelay.py): the
+latencies then include the path's, and the late chunks are a real path's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 
 from bench.client import Http, Listen, listen
 from bench.db import fetch_sessions
+from bench.netdelay import DelayProxy, Link
 from bench.stats import summary
 
 CONNECT_TIMEOUT = 60.0
@@ -35,15 +39,27 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
-async def _fanout(bench, voice: str, text: str, listeners: int, timeout: float) -> dict:
+async def _fanout(
+    bench, voice: str, text: str, listeners: int, timeout: float, path: tuple[float, Link | None]
+) -> dict:
     http = Http("127.0.0.1", bench.port)
     await http.ensure_csrf()
+    async with contextlib.AsyncExitStack() as stack:
+        far = http
+        if any(path):  # the listeners' sockets over a modelled network path
+            proxy = await stack.enter_async_context(DelayProxy(bench.port, path[0], link=path[1]))
+            far = Http("127.0.0.1", proxy.port)
+            far.cookies = http.cookies
+        return await _listen_all(bench, http, far, voice, text, listeners, timeout)
+
+
+async def _listen_all(bench, http, far, voice, text, listeners, timeout) -> dict:
     bench.pause_workers()
     try:
         session_id = (await http.create(text, voice))["id"]
         ready = [asyncio.Event() for _ in range(listeners)]
         tasks = [
-            asyncio.create_task(listen(http, session_id, timeout=timeout, ready=r)) for r in ready
+            asyncio.create_task(listen(far, session_id, timeout=timeout, ready=r)) for r in ready
         ]
         started = time.time()
         async with asyncio.timeout(CONNECT_TIMEOUT):
@@ -55,14 +71,25 @@ async def _fanout(bench, voice: str, text: str, listeners: int, timeout: float) 
     return {"session_id": session_id, "streams": streams, "connect_s": connect_s}
 
 
-def run(bench, voice: str, text: str, listeners: int, *, timeout: float) -> dict:
+def run(
+    bench,
+    voice: str,
+    text: str,
+    listeners: int,
+    *,
+    timeout: float,
+    rtt_ms: float = 0.0,
+    link: Link | None = None,
+) -> dict:
+    """One session and its listeners; with ``rtt_ms`` or ``link``, the listeners' sockets
+    go through bench/netdelay.py's proxy (the session's POST does not)."""
     pids = {
         "client": os.getpid(),
         "daphne": bench.daphne_pid,
         **{f"worker{i}": pid for i, pid in enumerate(bench.worker_pids)},
     }
     before = cpu_seconds(pids)
-    raw = asyncio.run(_fanout(bench, voice, text, listeners, timeout))
+    raw = asyncio.run(_fanout(bench, voice, text, listeners, timeout, (rtt_ms, link)))
     after = cpu_seconds(pids)
     result = analyse(raw, listeners)
     result["cpu_s"] = {name: round(after[name] - before[name], 2) for name in pids}

@@ -144,8 +144,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--link-mbit",
         type=megabits,
-        help="flows: the path's bandwidth, Mbit/s, with TCP's slow start on every round "
-        "trip (bench/netdelay.py; default: an ideal link)",
+        help="flows (and fanout with --fanout-rtt-ms): the path's bandwidth, Mbit/s, with "
+        "TCP's slow start on every round trip (bench/netdelay.py; default: an ideal link)",
+    )
+    p.add_argument(
+        "--fanout-rtt-ms",
+        type=float,
+        default=0.0,
+        help="fanout: the listeners' round trip, ms, over --link-mbit if given (0: loopback)",
     )
     p.add_argument("--listeners", type=counts, help="fan-out listener counts (1,10,100)")
     p.add_argument("--concurrent", type=count, default=20, help="sessions posted at once (20)")
@@ -228,6 +234,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--rtt-ms must be comma-separated milliseconds, got {args.rtt_ms!r}")
     if not args.rtt_ms or any(not 0 <= ms <= 10_000 for ms in args.rtt_ms):
         p.error("--rtt-ms: give one or more round trips from 0 to 10000 ms")
+    if not 0 <= args.fanout_rtt_ms <= 10_000:
+        p.error("--fanout-rtt-ms: a round trip from 0 to 10000 ms")
     args.sessions = args.sessions or (15 if q else 50)
     args.full_sessions = args.full_sessions or (2 if q else 50)
     # Nine: about one espeak session in three holds SQLite's WAL checkpoint (10 ms and
@@ -568,11 +576,23 @@ def scenario_fanout(ctx: Context) -> None:
         for n in ctx.args.listeners:
             text = ctx.texts.long() if pace == "burst" else ctx.texts.medium(3)
             results.append(
-                fanout.run(ctx.bench, VOICE_IDS[voice], text, n, timeout=LONG_TIMEOUT[voice] + 60)
+                fanout.run(
+                    ctx.bench,
+                    VOICE_IDS[voice],
+                    text,
+                    n,
+                    timeout=LONG_TIMEOUT[voice] + 60,
+                    rtt_ms=ctx.args.fanout_rtt_ms,
+                    link=Link(ctx.args.link_mbit) if ctx.args.link_mbit else None,
+                )
             )
         added = fanout.added_latency(results)
         out[VOICE_IDS[voice]] = {"pace": pace, "runs": results, "added": added}
-        _fanout_rows(ctx, f"5 fan-out ({pace})", VOICE_IDS[voice], results, added)
+        path = ""
+        if ctx.args.fanout_rtt_ms or ctx.args.link_mbit:
+            path = f", path {ctx.args.fanout_rtt_ms:g} ms"
+            path += f" {ctx.args.link_mbit:g} Mbit/s" if ctx.args.link_mbit else ""
+        _fanout_rows(ctx, f"5 fan-out ({pace}{path})", VOICE_IDS[voice], results, added)
 
 
 def _fanout_rows(ctx: Context, name: str, voice: str, results: list[dict], added: dict) -> None:
