@@ -32,6 +32,9 @@ class Link:
     """A network path's bottleneck bandwidth, for a sender in slow start."""
 
     mbit: float
+    # Linux's net.ipv4.tcp_slow_start_after_idle (on by default): a connection idle for an
+    # RTO or more starts its window again from ten segments.
+    idle_restart: bool = True
 
     @property
     def bytes_per_s(self) -> float:
@@ -61,7 +64,7 @@ class _Sender:
         """(arrival time, bytes) of each piece of ``size`` bytes written at ``written``."""
         now = max(written, self.free)
         self._acknowledged(now)
-        if not self.flying and self.last_sent is not None:
+        if self.link.idle_restart and not self.flying and self.last_sent is not None:
             idle = now - self.last_sent
             if idle > self.rto:  # halved for every RTO of idle, down to the initial window
                 self.window = max(INITIAL_WINDOW, self.window >> int(idle / self.rto))

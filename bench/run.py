@@ -148,6 +148,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "TCP's slow start on every round trip (bench/netdelay.py; default: an ideal link)",
     )
     p.add_argument(
+        "--link-no-idle-restart",
+        action="store_true",
+        help="--link-mbit's path keeps its window when idle (a server with "
+        "net.ipv4.tcp_slow_start_after_idle=0)",
+    )
+    p.add_argument(
         "--fanout-rtt-ms",
         type=float,
         default=0.0,
@@ -259,6 +265,13 @@ class Context:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     narrated: dict = field(default_factory=dict)  # voice -> cold TTFA narrations
+
+    @property
+    def link(self) -> Link | None:
+        """The modelled network path of --link-mbit, if any."""
+        if not self.args.link_mbit:
+            return None
+        return Link(self.args.link_mbit, idle_restart=not self.args.link_no_idle_restart)
 
     @property
     def port(self) -> int:
@@ -444,7 +457,7 @@ def scenario_flows(ctx: Context) -> None:
             VOICE_IDS[voice],
             ctx.texts.short,
             rtt_ms=ctx.args.rtt_ms,
-            link=Link(ctx.args.link_mbit) if ctx.args.link_mbit else None,
+            link=ctx.link,
             per_cell=max(1, ctx.count(voice) // 10),
             rounds=3,
             timeout=SHORT_TIMEOUT[voice],
@@ -583,7 +596,7 @@ def scenario_fanout(ctx: Context) -> None:
                     n,
                     timeout=LONG_TIMEOUT[voice] + 60,
                     rtt_ms=ctx.args.fanout_rtt_ms,
-                    link=Link(ctx.args.link_mbit) if ctx.args.link_mbit else None,
+                    link=ctx.link,
                 )
             )
         added = fanout.added_latency(results)

@@ -92,3 +92,11 @@ def test_link_model_bandwidth():
     sender = netdelay._Sender(netdelay.Link(1), one_way_s=0.0005)
     pieces = sender.send(0.0, 125_000)
     assert pieces[-1][0] == pytest.approx(1.0, abs=0.01)
+
+
+def test_link_model_without_idle_restart():
+    # net.ipv4.tcp_slow_start_after_idle=0: the window opened by the first 150 KB stays.
+    sender = netdelay._Sender(netdelay.Link(100, idle_restart=False), one_way_s=0.04)
+    first = sender.send(0.0, 150_000)
+    later = sender.send(first[-1][0] + 5.0, 150_000)
+    assert len(later) == 1
