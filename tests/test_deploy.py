@@ -226,6 +226,18 @@ def test_compose_runs_web_and_scalable_workers_from_one_definition():
     assert gpu["profiles"] == ["gpu"]
 
 
+def test_compose_keeps_the_readers_tcp_window_between_chunks():
+    """The containers that hold readers' connections (daphne's, or Caddy's with the tls
+    profile) do not restart TCP's slow start after an idle spell between two chunks."""
+    done = compose("--profile", "tls", "config", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    for name in ("web", "caddy"):
+        sysctls = services[name]["sysctls"]
+        assert str(sysctls["net.ipv4.tcp_slow_start_after_idle"]) == "0", name
+    assert "sysctls" not in services["worker"]  # workers hold no reader's connection
+
+
 # --- the entry point and health check, outside Docker ---------------------------------
 
 
