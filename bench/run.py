@@ -80,26 +80,25 @@ def threads(text: str) -> int:
     return count(text, least=0)
 
 
-def minutes(text: str) -> float:
-    """An argparse type: a positive number of minutes."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
+def number(low: float, high: float = float("inf")) -> Callable[[str], float]:
+    """An argparse type: a number from ``low`` (excluded when 0) to ``high``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (value > 0 if low == 0 else value >= low) or value > high:
+            span = "more than 0" if low == 0 else f"at least {low:g}"
+            span += f" and at most {high:g}" if high != float("inf") else ""
+            raise argparse.ArgumentTypeError(f"must be {span}, got {text}")
+        return value
+
+    return parse
 
 
-def megabits(text: str) -> float:
-    """An argparse type: a link's bandwidth in Mbit/s, from 0.1 to 100,000."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.1 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"must be from 0.1 to 100000 Mbit/s, got {text}")
-    return value
+minutes = number(0)
+megabits = number(0.1, 100_000)
 
 
 def counts(text: str) -> tuple[int, ...]:
