@@ -4,7 +4,7 @@ listener must receive every chunk exactly once, byte for byte what was stored.
 
 Delivery latency per chunk and listener: arrival minus the chunk's ``created_at`` (when
 the worker made and broadcast it; the row is written a moment later), and the spread:
-arrival minus the first listener's arrival of that chunk. With ``--fanout-rtt-ms`` (and
+arrival minus the first listener's arrival of that chunk. With ``--path-rtt-ms`` (and
 ``--link-mbit``) the listeners are on a modelled network path (bench/netdelay.py): the
 latencies then include the path's, and the late chunks are a real path's.
 """

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 SEGMENT = 1448  # a TCP segment's payload on a 1,500-byte MTU path with timestamps
@@ -158,3 +160,22 @@ class DelayProxy:
             queue.put_nowait((max(time.monotonic() + self.delay, last), b""))
             with contextlib.suppress(Exception):
                 await releasing
+
+
+@contextlib.contextmanager
+def proxy_thread(target_port: int, rtt_ms: float, link: Link | None = None) -> Iterator[int]:
+    """A DelayProxy on an event loop of its own thread, for a client that is not asyncio
+    (Playwright's browser): yields its port."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="netdelay", daemon=True)
+    thread.start()
+    proxy = DelayProxy(target_port, rtt_ms, link=link)
+    try:
+        asyncio.run_coroutine_threadsafe(proxy.__aenter__(), loop).result(10)
+        yield proxy.port
+    finally:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(proxy.__aexit__(None, None, None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

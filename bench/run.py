@@ -16,6 +16,7 @@ See docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,7 @@ from bench import (  # noqa: E402
 )
 from bench.cpu import CpuMeter  # noqa: E402
 from bench.monitor import ForeignLoad  # noqa: E402
-from bench.netdelay import Link  # noqa: E402
+from bench.netdelay import Link, proxy_thread  # noqa: E402
 from bench.report import Row, fmt, machine, table, write_json  # noqa: E402
 from bench.stack import VOICE_IDS, BenchStack  # noqa: E402
 from bench.texts import REFERENCE_TEXT, TextSource  # noqa: E402
@@ -143,7 +144,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--link-mbit",
         type=megabits,
-        help="flows (and fanout with --fanout-rtt-ms): the path's bandwidth, Mbit/s, with "
+        help="flows (fanout and sound with --path-rtt-ms): the path's bandwidth, Mbit/s, with "
         "TCP's slow start on every round trip (bench/netdelay.py; default: an ideal link)",
     )
     p.add_argument(
@@ -153,10 +154,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "net.ipv4.tcp_slow_start_after_idle=0)",
     )
     p.add_argument(
-        "--fanout-rtt-ms",
+        "--path-rtt-ms",
         type=float,
         default=0.0,
-        help="fanout: the listeners' round trip, ms, over --link-mbit if given (0: loopback)",
+        help="fanout's listeners and sound's browser on a network path of this round trip, "
+        "ms, over --link-mbit if given (0: loopback)",
     )
     p.add_argument("--listeners", type=counts, help="fan-out listener counts (1,10,100)")
     p.add_argument("--concurrent", type=count, default=20, help="sessions posted at once (20)")
@@ -239,8 +241,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--rtt-ms must be comma-separated milliseconds, got {args.rtt_ms!r}")
     if not args.rtt_ms or any(not 0 <= ms <= 10_000 for ms in args.rtt_ms):
         p.error("--rtt-ms: give one or more round trips from 0 to 10000 ms")
-    if not 0 <= args.fanout_rtt_ms <= 10_000:
-        p.error("--fanout-rtt-ms: a round trip from 0 to 10000 ms")
+    if not 0 <= args.path_rtt_ms <= 10_000:
+        p.error("--path-rtt-ms: a round trip from 0 to 10000 ms")
     args.sessions = args.sessions or (15 if q else 50)
     args.full_sessions = args.full_sessions or (2 if q else 50)
     # Nine: about one espeak session in three holds SQLite's WAL checkpoint (10 ms and
@@ -271,6 +273,14 @@ class Context:
         if not self.args.link_mbit:
             return None
         return Link(self.args.link_mbit, idle_restart=not self.args.link_no_idle_restart)
+
+    @property
+    def path(self) -> str:
+        """A scenario name's note of --path-rtt-ms / --link-mbit ('' on loopback)."""
+        if not (self.args.path_rtt_ms or self.args.link_mbit):
+            return ""
+        mbit = f" {self.args.link_mbit:g} Mbit/s" if self.args.link_mbit else ""
+        return f", path {self.args.path_rtt_ms:g} ms{mbit}"
 
     @property
     def port(self) -> int:
@@ -492,14 +502,19 @@ def scenario_sound(ctx: Context) -> None:
         # with the POST) and warms the page's code; it is left out. The kinds alternate.
         kinds = ["tap"] + [sound.KINDS[i % 2] for i in range(2 * n)]
         paths = sound.make_scenes([ctx.texts.short() for _ in kinds], label, voice)
-        marks = sound.run_sessions(ctx.bench.base_url, paths, kinds, SHORT_TIMEOUT[voice])
+        with contextlib.ExitStack() as stack:
+            base_url = ctx.bench.base_url
+            if ctx.path:  # the browser on a modelled network path
+                port = stack.enter_context(proxy_thread(ctx.port, ctx.args.path_rtt_ms, ctx.link))
+                base_url = f"http://127.0.0.1:{port}"
+            marks = sound.run_sessions(base_url, paths, kinds, SHORT_TIMEOUT[voice])
         res = out[label] = sound.analyse(marks[1:])
         if client.TRACE is not None:
             client.TRACE += sound.trace_events(marks)
         for kind in sound.KINDS:
             if (r := res.get(kind)) is None:
                 continue
-            name = f"1e first sound, browser ({kind}, n={r['sessions']})"
+            name = f"1e first sound, browser ({kind}{ctx.path}, n={r['sessions']})"
             parts = " / ".join(
                 fmt(r[k]["p50"]) for k in ("press_to_post", "post_to_frame", "frame_to_sound")
             )
@@ -594,17 +609,13 @@ def scenario_fanout(ctx: Context) -> None:
                     text,
                     n,
                     timeout=LONG_TIMEOUT[voice] + 60,
-                    rtt_ms=ctx.args.fanout_rtt_ms,
+                    rtt_ms=ctx.args.path_rtt_ms,
                     link=ctx.link,
                 )
             )
         added = fanout.added_latency(results)
         out[VOICE_IDS[voice]] = {"pace": pace, "runs": results, "added": added}
-        path = ""
-        if ctx.args.fanout_rtt_ms or ctx.args.link_mbit:
-            path = f", path {ctx.args.fanout_rtt_ms:g} ms"
-            path += f" {ctx.args.link_mbit:g} Mbit/s" if ctx.args.link_mbit else ""
-        _fanout_rows(ctx, f"5 fan-out ({pace}{path})", VOICE_IDS[voice], results, added)
+        _fanout_rows(ctx, f"5 fan-out ({pace}{ctx.path})", VOICE_IDS[voice], results, added)
 
 
 def _fanout_rows(ctx: Context, name: str, voice: str, results: list[dict], added: dict) -> None:

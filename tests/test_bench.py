@@ -39,7 +39,7 @@ def test_counts_are_read():
         (["--max-minutes", "0"], "--max-minutes: must be more than 0, got 0"),
         (["--link-mbit", "0"], "--link-mbit: must be at least 0.1 and at most 100000, got 0"),
         (["--link-mbit", "fast"], "--link-mbit: not a number: 'fast'"),
-        (["--fanout-rtt-ms", "-1"], "--fanout-rtt-ms: a round trip from 0 to 10000 ms"),
+        (["--path-rtt-ms", "-1"], "--path-rtt-ms: a round trip from 0 to 10000 ms"),
         (["--voices", "nope"], "unknown voice 'nope'"),
     ],
 )
