@@ -34,8 +34,8 @@ class Link:
     """A network path's bottleneck bandwidth, for a sender in slow start."""
 
     mbit: float
-    # Linux's net.ipv4.tcp_slow_start_after_idle (on by default): a connection idle for an
-    # RTO or more starts its window again from ten segments.
+    # Linux's net.ipv4.tcp_slow_start_after_idle (on by default): a connection idle for
+    # more than an RTO has its window halved for every RTO of idle, down to ten segments.
     idle_restart: bool = True
 
     @property
@@ -43,9 +43,17 @@ class Link:
         return self.mbit * 1e6 / 8
 
 
+COALESCE_S = 0.001  # segments arriving within this of a piece's first go out with it
+
+
 class _Sender:
     """One direction of a TCP connection over a ``Link``, in simulated time: when each
-    byte that the application wrote reaches the other end."""
+    byte that the application wrote reaches the other end. Segment by segment: each is
+    serialized at the link's rate once the window has room for it, arrives half a round
+    trip later, and is acknowledged half a round trip after that; in slow start every
+    byte acknowledged opens the window by as much, while the sender uses the window
+    (Linux grows it only when the sender is limited by it). No loss, no pacing: what is
+    modelled is the standard slow start (Reno, CUBIC), not BBR's."""
 
     def __init__(self, link: Link, one_way_s: float) -> None:
         self.link, self.one_way = link, one_way_s
@@ -53,39 +61,50 @@ class _Sender:
         self.window = INITIAL_WINDOW
         self.in_flight: collections.deque[tuple[float, int]] = collections.deque()  # (acked, n)
         self.flying = 0
+        self.peak = 0  # the most in flight since the connection was last idle
         self.free = 0.0  # when the link has serialized everything sent so far
-        self.last_sent = None
+        self.last_sent: float | None = None
 
     def _acknowledged(self, now: float) -> None:
         while self.in_flight and self.in_flight[0][0] <= now:
             _, n = self.in_flight.popleft()
             self.flying -= n
-            self.window = min(MAX_WINDOW, self.window + n)  # slow start: +1 MSS per MSS acked
+            if self.window < 2 * self.peak:  # limited by the window: slow start opens it
+                self.window = min(MAX_WINDOW, self.window + n)
+
+    def _restart_if_idle(self, now: float) -> None:
+        if self.flying or self.last_sent is None:
+            return
+        self.peak = 0
+        idle = now - self.last_sent
+        if self.link.idle_restart and idle > self.rto:
+            self.window = max(INITIAL_WINDOW, self.window >> int(idle / self.rto))
 
     def send(self, written: float, size: int) -> list[tuple[float, int]]:
-        """(arrival time, bytes) of each piece of ``size`` bytes written at ``written``."""
-        now = max(written, self.free)
-        self._acknowledged(now)
-        if self.link.idle_restart and not self.flying and self.last_sent is not None:
-            idle = now - self.last_sent
-            if idle > self.rto:  # halved for every RTO of idle, down to the initial window
-                self.window = max(INITIAL_WINDOW, self.window >> int(idle / self.rto))
-        pieces, left = [], size
+        """(arrival time, bytes) of each piece of ``size`` bytes written at ``written``: its
+        segments, those that arrive within COALESCE_S of each other together."""
+        self._acknowledged(written)
+        self._restart_if_idle(written)
+        pieces: list[list] = []  # [first arrival, last arrival, bytes]
+        now, left = written, size
         while left:
-            self._acknowledged(now)
-            room = self.window - self.flying
-            if room <= 0:
-                now = max(now, self.in_flight[0][0])
+            n = min(SEGMENT, left)
+            start = max(now, self.free)
+            self._acknowledged(start)
+            if self.flying + n > self.window:  # wait for the next acknowledgement
+                now = self.in_flight[0][0]
                 continue
-            n = min(room, left)
-            now = max(now, self.free) + n / self.link.bytes_per_s
-            self.free = self.last_sent = now
-            arrival = now + self.one_way
+            self.free = self.last_sent = start + n / self.link.bytes_per_s
+            arrival = self.free + self.one_way
             self.in_flight.append((arrival + self.one_way, n))
             self.flying += n
-            pieces.append((arrival, n))
+            self.peak = max(self.peak, self.flying)
+            if pieces and arrival - pieces[-1][0] < COALESCE_S:
+                pieces[-1][1:] = [arrival, pieces[-1][2] + n]
+            else:
+                pieces.append([arrival, arrival, n])
             left -= n
-        return pieces
+        return [(last, n) for _, last, n in pieces]
 
 
 class DelayProxy:
@@ -176,6 +195,15 @@ def proxy_thread(target_port: int, rtt_ms: float, link: Link | None = None) -> I
     finally:
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(proxy.__aexit__(None, None, None), loop).result(10)
+        with contextlib.suppress(Exception):  # its connections' pipes, then the loop
+            asyncio.run_coroutine_threadsafe(_cancel_all(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+async def _cancel_all() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

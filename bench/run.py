@@ -81,16 +81,18 @@ def threads(text: str) -> int:
     return count(text, least=0)
 
 
-def number(low: float, high: float = float("inf")) -> Callable[[str], float]:
-    """An argparse type: a number from ``low`` (excluded when 0) to ``high``."""
+def number(
+    low: float, high: float = float("inf"), *, above: bool = False
+) -> Callable[[str], float]:
+    """An argparse type: a number from ``low`` (or ``above`` it) to ``high``."""
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not (value > 0 if low == 0 else value >= low) or value > high:
-            span = "more than 0" if low == 0 else f"at least {low:g}"
+        if (value <= low if above else value < low) or value > high:
+            span = f"more than {low:g}" if above else f"at least {low:g}"
             span += f" and at most {high:g}" if high != float("inf") else ""
             raise argparse.ArgumentTypeError(f"must be {span}, got {text}")
         return value
@@ -98,7 +100,7 @@ def number(low: float, high: float = float("inf")) -> Callable[[str], float]:
     return parse
 
 
-minutes = number(0)
+minutes = number(0, above=True)
 megabits = number(0.1, 100_000)
 
 
@@ -144,8 +146,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--link-mbit",
         type=megabits,
-        help="flows (fanout and sound with --path-rtt-ms): the path's bandwidth, Mbit/s, with "
-        "TCP's slow start on every round trip (bench/netdelay.py; default: an ideal link)",
+        help="flows, and fanout and sound with --path-rtt-ms: the path's bandwidth, Mbit/s, "
+        "with TCP's slow start on every round trip (bench/netdelay.py; default: an ideal link)",
     )
     p.add_argument(
         "--link-no-idle-restart",
@@ -155,7 +157,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--path-rtt-ms",
-        type=float,
+        type=number(0, 10_000),
         default=0.0,
         help="fanout's listeners and sound's browser on a network path of this round trip, "
         "ms, over --link-mbit if given (0: loopback)",
@@ -241,8 +243,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--rtt-ms must be comma-separated milliseconds, got {args.rtt_ms!r}")
     if not args.rtt_ms or any(not 0 <= ms <= 10_000 for ms in args.rtt_ms):
         p.error("--rtt-ms: give one or more round trips from 0 to 10000 ms")
-    if not 0 <= args.path_rtt_ms <= 10_000:
-        p.error("--path-rtt-ms: a round trip from 0 to 10000 ms")
+    if args.link_no_idle_restart and not args.link_mbit:
+        p.error("--link-no-idle-restart needs --link-mbit")
     args.sessions = args.sessions or (15 if q else 50)
     args.full_sessions = args.full_sessions or (2 if q else 50)
     # Nine: about one espeak session in three holds SQLite's WAL checkpoint (10 ms and
@@ -275,12 +277,19 @@ class Context:
         return Link(self.args.link_mbit, idle_restart=not self.args.link_no_idle_restart)
 
     @property
-    def path(self) -> str:
-        """A scenario name's note of --path-rtt-ms / --link-mbit ('' on loopback)."""
-        if not (self.args.path_rtt_ms or self.args.link_mbit):
+    def link_note(self) -> str:
+        """--link-mbit's path, for a row's name ('' for an ideal link)."""
+        if not self.args.link_mbit:
             return ""
-        mbit = f" {self.args.link_mbit:g} Mbit/s" if self.args.link_mbit else ""
-        return f", path {self.args.path_rtt_ms:g} ms{mbit}"
+        kept = ", window kept when idle" if self.args.link_no_idle_restart else ""
+        return f" {self.args.link_mbit:g} Mbit/s from slow start{kept}"
+
+    @property
+    def path(self) -> str:
+        """--path-rtt-ms's path (fan-out, sound), for a row's name ('' on loopback)."""
+        if not self.args.path_rtt_ms:
+            return ""
+        return f", path {self.args.path_rtt_ms:g} ms{self.link_note}"
 
     @property
     def port(self) -> int:
@@ -610,7 +619,7 @@ def scenario_fanout(ctx: Context) -> None:
                     n,
                     timeout=LONG_TIMEOUT[voice] + 60,
                     rtt_ms=ctx.args.path_rtt_ms,
-                    link=ctx.link,
+                    link=ctx.link if ctx.path else None,
                 )
             )
         added = fanout.added_latency(results)

@@ -109,6 +109,7 @@ def run_flows(
     sizes: list[float] = []
     samples = asyncio.run(go())
     over = f", {link.mbit:g} Mbit/s from slow start" if link else ""
+    over += ", window kept when idle" if link and not link.idle_restart else ""
     return {
         "first_chunk_kb": summary(sizes),
         **{

@@ -3,6 +3,8 @@ error, not an empty run) and bench/fanout.py's model of the bundled player."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -39,7 +41,8 @@ def test_counts_are_read():
         (["--max-minutes", "0"], "--max-minutes: must be more than 0, got 0"),
         (["--link-mbit", "0"], "--link-mbit: must be at least 0.1 and at most 100000, got 0"),
         (["--link-mbit", "fast"], "--link-mbit: not a number: 'fast'"),
-        (["--path-rtt-ms", "-1"], "--path-rtt-ms: a round trip from 0 to 10000 ms"),
+        (["--path-rtt-ms", "-1"], "--path-rtt-ms: must be at least 0 and at most 10000, got -1"),
+        (["--link-no-idle-restart"], "--link-no-idle-restart needs --link-mbit"),
         (["--voices", "nope"], "unknown voice 'nope'"),
     ],
 )
@@ -73,33 +76,74 @@ def test_held_player_model_runs_dry_as_the_scheduler_does():
     assert fanout._late_held(_stream([0.0, 0.9], {0: 500}), row) == (0, pytest.approx(0.6))
 
 
+FAST = netdelay.Link(100_000)  # serialization negligible: the flights are the window's
+SEG = netdelay.SEGMENT
+
+
 def test_link_model_slow_start():
-    # 150 KB (a first chunk of about 3.4 s) on a fresh connection, 80 ms round trip,
-    # 100 Mbit/s: windows of 10, 20, 40 and 80 segments, one round trip each.
-    sender = netdelay._Sender(netdelay.Link(100), one_way_s=0.04)
+    # 150 KB (a first chunk of about 3.4 s) on a fresh connection, 80 ms round trip:
+    # flights of 10, 20 and 40 segments, one round trip each, then the rest.
+    sender = netdelay._Sender(FAST, one_way_s=0.04)
     pieces = sender.send(0.0, 150_000)
-    assert sum(n for _, n in pieces) == 150_000
-    assert [n for _, n in pieces] == [14_480, 28_960, 57_920, 48_640]
-    assert pieces[-1][0] == pytest.approx(3 * 0.08 + 0.04 + 0.012, abs=0.002)  # + serializing
-    # The window stays open while the connection is busy: the next 150 KB right after
-    # goes out in one round trip's window (and the link's 12 ms of serialization).
-    again = sender.send(pieces[-1][0] + 0.04, 150_000)
-    assert len(again) == 1 and again[0][0] - (pieces[-1][0] + 0.04) < 0.06
-    # After an idle spell of several RTOs it starts from ten segments again.
-    idle = sender.send(again[-1][0] + 5.0, 150_000)
-    assert idle[0][1] == netdelay.INITIAL_WINDOW
+    assert [n for _, n in pieces] == [10 * SEG, 20 * SEG, 40 * SEG, 150_000 - 70 * SEG]
+    assert [round(t, 3) for t, _ in pieces] == [0.04, 0.12, 0.2, 0.28]
+    # Busy again right after: the window it opened (80 segments) stays, and grows no more
+    # than the sender used (40 in flight at most).
+    again = sender.send(0.32, 150_000)
+    assert [n for _, n in again] == [80 * SEG, 150_000 - 80 * SEG]
+    assert again[0][0] == pytest.approx(0.36, abs=0.001)
 
 
-def test_link_model_bandwidth():
-    # 1 Mbit/s: 125 KB take a second to serialize, whatever the window.
-    sender = netdelay._Sender(netdelay.Link(1), one_way_s=0.0005)
+def test_link_model_restarts_after_idle_as_linux_does():
+    for idle_rtos, window in ((0.5, 80), (1.5, 40), (2.5, 20), (20, 10)):
+        sender = netdelay._Sender(FAST, one_way_s=0.04)
+        sender.send(0.0, 150_000)  # the window is 80 segments once it is all acknowledged
+        resumed = sender.last_sent + idle_rtos * sender.rto
+        assert sender.send(resumed, 150_000)[0][1] == window * SEG, idle_rtos
+
+
+def test_link_model_serializes_at_the_links_rate():
+    # 1 Mbit/s, 20 ms round trip: 125 KB take a second on the wire, and slow start adds
+    # nothing once a flight outlasts a round trip; each byte counted once.
+    sender = netdelay._Sender(netdelay.Link(1), one_way_s=0.01)
     pieces = sender.send(0.0, 125_000)
-    assert pieces[-1][0] == pytest.approx(1.0, abs=0.01)
+    assert pieces[-1][0] == pytest.approx(1.0 + 0.01, abs=0.005)
+    # 20 Mbit/s, 80 ms: 144 KB's four flights, each segment acknowledged a round trip after
+    # it was serialized (not after its whole flight).
+    sender = netdelay._Sender(netdelay.Link(20), one_way_s=0.04)
+    assert sender.send(0.0, 144_000)[-1][0] == pytest.approx(0.299, abs=0.002)
 
 
 def test_link_model_without_idle_restart():
     # net.ipv4.tcp_slow_start_after_idle=0: the window opened by the first 150 KB stays.
-    sender = netdelay._Sender(netdelay.Link(100, idle_restart=False), one_way_s=0.04)
-    first = sender.send(0.0, 150_000)
-    later = sender.send(first[-1][0] + 5.0, 150_000)
-    assert len(later) == 1
+    sender = netdelay._Sender(netdelay.Link(100_000, idle_restart=False), one_way_s=0.04)
+    sender.send(0.0, 150_000)
+    later = sender.send(sender.last_sent + 5.0, 150_000)
+    assert [n for _, n in later] == [80 * SEG, 150_000 - 80 * SEG]
+
+
+def test_delay_proxy_carries_every_byte_in_order_over_the_link():
+    async def run(link):
+        payload = bytes(range(256)) * 600  # 153,600 bytes
+
+        async def serve(reader, writer):
+            writer.write(payload)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, netdelay.DelayProxy(port, 40, link=link) as proxy:
+            started = time.monotonic()
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            got = await asyncio.wait_for(reader.read(-1), 10)
+            took = time.monotonic() - started
+            writer.close()
+        return got == payload, took
+
+    ideal_ok, ideal = asyncio.run(run(None))
+    slow_ok, slow = asyncio.run(run(FAST))
+    assert ideal_ok and slow_ok
+    # A handshake and half a round trip on the ideal link; three round trips more from
+    # slow start (sleeps are never shorter than asked, so these bounds hold on any host).
+    assert ideal >= 0.06 and slow >= 0.06 + 3 * 0.04
