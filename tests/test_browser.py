@@ -39,6 +39,17 @@ TOLERANCE = 1e-6
 START_LEAD = 0.03  # scheduler.js: a run that need not wait starts this soon
 START_CUSHION = 0.1  # and one that waits for the engine (or ran dry before) this much later
 QUANTUM = 0.005  # the AudioContext's clock may move on between two reads in one task
+# ... and by several render quanta on a loaded machine: a start's recorded lead (`when`
+# less the clock as the recorder read it) is the scheduler's less however far the clock
+# moved since the scheduler read it (8.7 ms once in CI). The exact rule is tested on a
+# fake clock (test_a_run_starts_after_the_lead_or_after_its_hold_and_cushion).
+CLOCK_SLACK = 0.02
+
+
+def assert_lead(lead: float, expected: float) -> None:
+    """A recorded lead is the scheduler's ``expected`` one, or less by the clock's slack."""
+    assert expected - CLOCK_SLACK <= lead <= expected + QUANTUM, (lead, expected)
+
 
 # Records every scheduled source: when it starts, how long its buffer is, from what offset.
 RECORD_STARTS = """
@@ -256,7 +267,7 @@ def assert_held_then_played(page: Page, posts: list[str], release) -> None:
     assert state["received"] == len(chunks) >= 4
     starts = page.evaluate("window.__starts")
     assert_gapless(starts, chunks)
-    assert starts[0]["when"] - starts[0]["at"] == pytest.approx(START_LEAD, abs=QUANTUM)
+    assert_lead(starts[0]["when"] - starts[0]["at"], START_LEAD)
 
 
 def press(page: Page, button) -> None:
@@ -727,8 +738,8 @@ def test_a_player_that_runs_dry_waits_and_plays_on_to_the_end(slow_page: Page):
     # The first chunk, with no hold, plays at once; a run after one ran dry waits for its
     # doubled cushion.
     leads = [start["when"] - start["at"] for start in starts]
-    assert leads[0] == pytest.approx(START_LEAD, abs=QUANTUM)
-    assert max(leads) >= 2 * START_CUSHION - QUANTUM, leads
+    assert_lead(leads[0], START_LEAD)
+    assert max(leads) >= 2 * START_CUSHION - CLOCK_SLACK, leads
 
 
 def test_story_page_screenshot(page: Page):
