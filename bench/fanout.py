@@ -18,7 +18,7 @@ import time
 
 from bench.client import Http, Listen, listen
 from bench.db import fetch_sessions
-from bench.netdelay import DelayProxy, Link
+from bench.netdelay import Link, through
 from bench.stats import summary
 
 CONNECT_TIMEOUT = 60.0
@@ -40,34 +40,36 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
 
 
 async def _fanout(
-    bench, voice: str, text: str, listeners: int, timeout: float, path: tuple[float, Link | None]
+    bench,
+    voice: str,
+    text: str,
+    listeners: int,
+    timeout: float,
+    rtt_ms: float,
+    link: Link | None,
 ) -> dict:
     http = Http("127.0.0.1", bench.port)
     await http.ensure_csrf()
     async with contextlib.AsyncExitStack() as stack:
-        far = http
-        if any(path):  # the listeners' sockets over a modelled network path
-            proxy = await stack.enter_async_context(DelayProxy(bench.port, path[0], link=path[1]))
-            far = Http("127.0.0.1", proxy.port)
+        far = http  # the listeners' browser: over the modelled path, if any
+        if (port := await through(stack, bench.port, rtt_ms, link)) != bench.port:
+            far = Http("127.0.0.1", port)
             far.cookies = http.cookies
-        return await _listen_all(bench, http, far, voice, text, listeners, timeout)
-
-
-async def _listen_all(bench, http, far, voice, text, listeners, timeout) -> dict:
-    bench.pause_workers()
-    try:
-        session_id = (await http.create(text, voice))["id"]
-        ready = [asyncio.Event() for _ in range(listeners)]
-        tasks = [
-            asyncio.create_task(listen(far, session_id, timeout=timeout, ready=r)) for r in ready
-        ]
-        started = time.time()
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            await asyncio.gather(*(r.wait() for r in ready))
-        connect_s = time.time() - started
-    finally:
-        bench.resume_workers()
-    streams = await asyncio.gather(*tasks, return_exceptions=True)
+        bench.pause_workers()
+        try:
+            session_id = (await http.create(text, voice))["id"]
+            ready = [asyncio.Event() for _ in range(listeners)]
+            tasks = [
+                asyncio.create_task(listen(far, session_id, timeout=timeout, ready=r))
+                for r in ready
+            ]
+            started = time.time()
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await asyncio.gather(*(r.wait() for r in ready))
+            connect_s = time.time() - started
+        finally:
+            bench.resume_workers()
+        streams = await asyncio.gather(*tasks, return_exceptions=True)
     return {"session_id": session_id, "streams": streams, "connect_s": connect_s}
 
 
@@ -89,7 +91,7 @@ def run(
         **{f"worker{i}": pid for i, pid in enumerate(bench.worker_pids)},
     }
     before = cpu_seconds(pids)
-    raw = asyncio.run(_fanout(bench, voice, text, listeners, timeout, (rtt_ms, link)))
+    raw = asyncio.run(_fanout(bench, voice, text, listeners, timeout, rtt_ms, link))
     after = cpu_seconds(pids)
     result = analyse(raw, listeners)
     result["cpu_s"] = {name: round(after[name] - before[name], 2) for name in pids}
@@ -190,7 +192,7 @@ def _late_held(stream: Listen, row) -> tuple[int, float]:
                 cushion = min(PLAYER_MAX_CUSHION_S, cushion * 2)
             wait = stream.cushions.get(chunk.seq, 0) / 1000
             lead = cushion if cushion > PLAYER_CUSHION_S else PLAYER_LEAD_S
-            due = arrived + max(lead, wait + cushion if wait > 0 else lead)
+            due = arrived + (max(lead, wait + cushion) if wait > 0 else lead)
             hold = due - arrived if hold is None else hold
         due += chunk.samples / chunk.sample_rate
     return late, hold or 0.0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import threading
 import time
@@ -181,29 +182,39 @@ class DelayProxy:
                 await releasing
 
 
+async def through(
+    stack: contextlib.AsyncExitStack, port: int, rtt_ms: float, link: Link | None = None
+) -> int:
+    """The port at which to reach ``port``: a DelayProxy's, kept open by ``stack``, when
+    there is a path to model (a round trip, a link), else ``port`` itself."""
+    if not (rtt_ms or link):
+        return port
+    return (await stack.enter_async_context(DelayProxy(port, rtt_ms, link=link))).port
+
+
 @contextlib.contextmanager
 def proxy_thread(target_port: int, rtt_ms: float, link: Link | None = None) -> Iterator[int]:
     """A DelayProxy on an event loop of its own thread, for a client that is not asyncio
-    (Playwright's browser): yields its port."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="netdelay", daemon=True)
+    (Playwright's browser): yields its port. Leaving stops the loop, which cancels the
+    connections' pipes (asyncio.run)."""
+    started: concurrent.futures.Future = concurrent.futures.Future()
+
+    async def serve() -> None:
+        try:
+            stop = asyncio.Event()
+            async with DelayProxy(target_port, rtt_ms, link=link) as proxy:
+                started.set_result((asyncio.get_running_loop(), stop, proxy.port))
+                await stop.wait()
+        except BaseException as exc:
+            if not started.done():
+                started.set_exception(exc)
+            raise
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="netdelay", daemon=True)
     thread.start()
-    proxy = DelayProxy(target_port, rtt_ms, link=link)
+    loop, stop, port = started.result(10)
     try:
-        asyncio.run_coroutine_threadsafe(proxy.__aenter__(), loop).result(10)
-        yield proxy.port
+        yield port
     finally:
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(proxy.__aexit__(None, None, None), loop).result(10)
-        with contextlib.suppress(Exception):  # its connections' pipes, then the loop
-            asyncio.run_coroutine_threadsafe(_cancel_all(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
+        loop.call_soon_threadsafe(stop.set)
         thread.join(10)
-        loop.close()
-
-
-async def _cancel_all() -> None:
-    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)

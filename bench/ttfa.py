@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from bench.client import Http, Listen, Narration, listen, narrate
 from bench.db import SessionRow, fetch_sessions
-from bench.netdelay import DelayProxy, Link
+from bench.netdelay import Link, through
 from bench.stats import summary
 
 
@@ -84,11 +84,7 @@ def run_flows(
         async with contextlib.AsyncExitStack() as stack:
             browsers: dict[float, Http] = {}
             for rtt in rtt_ms:
-                if rtt or link:
-                    proxy = DelayProxy(port, rtt, link=link)
-                    target = (await stack.enter_async_context(proxy)).port
-                else:
-                    target = port
+                target = await through(stack, port, rtt, link)
                 http = browsers[rtt] = Http("127.0.0.1", target, keep_alive=True)
                 stack.push_async_callback(http.close)
                 await http.ensure_csrf()

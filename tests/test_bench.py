@@ -4,6 +4,8 @@ error, not an empty run) and bench/fanout.py's model of the bundled player."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 from types import SimpleNamespace
 
@@ -147,3 +149,22 @@ def test_delay_proxy_carries_every_byte_in_order_over_the_link():
     # A handshake and half a round trip on the ideal link; three round trips more from
     # slow start (sleeps are never shorter than asked, so these bounds hold on any host).
     assert ideal >= 0.06 and slow >= 0.06 + 3 * 0.04
+
+
+def test_proxy_thread_serves_a_client_that_is_not_asyncio():
+    payload = bytes(range(256)) * 100
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        connection, _ = server.accept()
+        with connection:
+            connection.sendall(payload)
+
+    threading.Thread(target=serve, daemon=True).start()
+    got = b""
+    with server, netdelay.proxy_thread(server.getsockname()[1], 20) as port:
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with client:
+            while chunk := client.recv(65536):
+                got += chunk
+    assert got == payload
