@@ -43,6 +43,12 @@ class Link:
     def bytes_per_s(self) -> float:
         return self.mbit * 1e6 / 8
 
+    @property
+    def label(self) -> str:
+        """For a benchmark row's name."""
+        kept = "" if self.idle_restart else ", window kept when idle"
+        return f"{self.mbit:g} Mbit/s from slow start{kept}"
+
 
 COALESCE_S = 0.001  # segments arriving within this of a piece's first go out with it
 

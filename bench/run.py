@@ -277,19 +277,12 @@ class Context:
         return Link(self.args.link_mbit, idle_restart=not self.args.link_no_idle_restart)
 
     @property
-    def link_note(self) -> str:
-        """--link-mbit's path, for a row's name ('' for an ideal link)."""
-        if not self.args.link_mbit:
-            return ""
-        kept = ", window kept when idle" if self.args.link_no_idle_restart else ""
-        return f" {self.args.link_mbit:g} Mbit/s from slow start{kept}"
-
-    @property
     def path(self) -> str:
         """--path-rtt-ms's path (fan-out, sound), for a row's name ('' on loopback)."""
         if not self.args.path_rtt_ms:
             return ""
-        return f", path {self.args.path_rtt_ms:g} ms{self.link_note}"
+        link = f" {self.link.label}" if self.link else ""
+        return f", path {self.args.path_rtt_ms:g} ms{link}"
 
     @property
     def port(self) -> int:
@@ -486,9 +479,7 @@ def scenario_flows(ctx: Context) -> None:
             "first chunk's PCM p50 / p95 KB (what a path's slow start has to carry)",
             f"{fmt(res['first_chunk_kb']['p50'])} / {fmt(res['first_chunk_kb']['p95'])}",
         )
-        for key, flows in res.items():
-            if key == "first_chunk_kb":
-                continue
+        for key, flows in res["paths"].items():
             late, early = flows["after the reply"], flows["early"]
             ctx.row(
                 f"1b socket flow, {key} (n={early['n']})",

@@ -104,11 +104,10 @@ def run_flows(
 
     sizes: list[float] = []
     samples = asyncio.run(go())
-    over = f", {link.mbit:g} Mbit/s from slow start" if link else ""
-    over += ", window kept when idle" if link and not link.idle_restart else ""
+    over = f", {link.label}" if link else ""
     return {
         "first_chunk_kb": summary(sizes),
-        **{
+        "paths": {
             f"rtt {rtt:g} ms{over}": {name: summary(samples.get((rtt, name), [])) for name in FLOWS}
             for rtt in rtt_ms
         },

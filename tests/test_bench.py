@@ -168,3 +168,10 @@ def test_proxy_thread_serves_a_client_that_is_not_asyncio():
             while chunk := client.recv(65536):
                 got += chunk
     assert got == payload
+
+
+def test_link_label_names_the_window_rule():
+    assert netdelay.Link(20).label == "20 Mbit/s from slow start"
+    assert netdelay.Link(2.5, idle_restart=False).label == (
+        "2.5 Mbit/s from slow start, window kept when idle"
+    )
