@@ -4,6 +4,7 @@ check the schedule itself: every chunk once, each one starting where the previou
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -66,8 +67,8 @@ AudioBufferSourceNode.prototype.start = function (when = 0, offset = 0, ...rest)
 };
 """
 
-# Every socket's URL and close code, in order (window.__sockets). CUT_FIRST_SOCKET also
-# cuts the first one (as a dropped network would) right after its second audio frame.
+# Every socket's URL and close code, in order (window.__sockets). cut_first_socket() also
+# cuts the first one, as a dropped network would, right after a given binary frame.
 RECORD_SOCKETS = """
 window.__sockets = [];
 const RecordedWebSocket = window.WebSocket;
@@ -78,14 +79,31 @@ window.WebSocket = class extends RecordedWebSocket {
     const index = window.__sockets.push(record) - 1;
     this.addEventListener('close', (event) => { record.code = event.code; });
     let audioFrames = 0;
+    let partsLeft = 0;
     this.addEventListener('message', (event) => {
-      const cut = window.__cutFirstSocket && index === 0;
-      if (cut && typeof event.data !== 'string' && ++audioFrames === 2) this.close();
+      const cut = window.__cutFirstSocket;
+      if (!cut || index !== 0) return;
+      if (typeof event.data === 'string') {
+        const frame = JSON.parse(event.data);
+        if (frame.type === 'chunk') partsLeft = frame.parts || 1;
+        return;
+      }
+      audioFrames += 1;
+      partsLeft -= 1;
+      const seq = new DataView(event.data).getUint32(0, true);
+      if (audioFrames === cut.frames || (partsLeft === 0 && seq === cut.chunk)) this.close();
     });
   }
 };
 """
-CUT_FIRST_SOCKET = "window.__cutFirstSocket = true;" + RECORD_SOCKETS
+
+
+def cut_first_socket(*, frames: int | None = None, chunk: int | None = None) -> str:
+    """Record the sockets, and cut the first one after its ``frames``-th binary frame, or
+    after the last binary frame of chunk ``chunk``."""
+    cut = json.dumps({"frames": frames, "chunk": chunk})
+    return f"window.__cutFirstSocket = {cut};" + RECORD_SOCKETS
+
 
 # No socket ever opens: a proxy that blocks WebSockets.
 BLOCK_SOCKETS = """
@@ -192,16 +210,40 @@ def session_chunks(page: Page, index: int = 0) -> list[dict]:
     )
 
 
-def assert_gapless(starts: list[dict], chunks: list[dict]) -> None:
-    """Every chunk scheduled once, in order, each starting where the previous one ends."""
-    assert len(starts) == len(chunks), (starts, chunks)
-    for start, chunk in zip(starts, chunks, strict=True):
-        assert start["duration"] == pytest.approx(
-            chunk["samples"] / chunk["sample_rate"], abs=TOLERANCE
-        )
-        assert start["offset"] == 0
+def sources_per_chunk(starts: list[dict], chunks: list[dict]) -> list[int]:
+    """How many sources each chunk was scheduled in (one, or one per part of it: the socket
+    sends a chunk's audio in parts), checking that they hold exactly its audio, in order."""
+    counts, left = [], list(starts)
+    for chunk in chunks:
+        want, got, count = chunk["samples"] / chunk["sample_rate"], 0.0, 0
+        while got < want - TOLERANCE:
+            assert left, ("a chunk's audio is missing", starts, chunks)
+            got, count = got + left.pop(0)["duration"], count + 1
+        assert got == pytest.approx(want, abs=TOLERANCE), (starts, chunks)
+        counts.append(count)
+    assert not left, ("audio beyond the last chunk", starts, chunks)
+    return counts
+
+
+def last_sources(starts: list[dict], chunks: list[dict]) -> list[dict]:
+    """The sources at the end of ``starts`` that hold ``chunks``' audio (a later session's,
+    after an earlier one's)."""
+    want, got = sum(c["samples"] / c["sample_rate"] for c in chunks), 0.0
+    for count, start in enumerate(reversed(starts), 1):
+        got += start["duration"]
+        if got >= want - TOLERANCE:
+            return starts[-count:]
+    return starts
+
+
+def assert_gapless(starts: list[dict], chunks: list[dict]) -> list[int]:
+    """Every chunk scheduled once, in order (in one source or in its parts' sources), each
+    source starting where the previous one ends; how many sources each chunk had."""
+    counts = sources_per_chunk(starts, chunks)
+    assert all(start["offset"] == 0 for start in starts), starts
     for before, after in zip(starts, starts[1:], strict=False):
         assert after["when"] == pytest.approx(before["when"] + before["duration"], abs=TOLERANCE)
+    return counts
 
 
 def assert_held_then_gapless(state: dict, starts: list[dict], chunks: list[dict]) -> None:
@@ -228,7 +270,8 @@ def test_it_plays_a_scene_gaplessly_while_progress_and_highlight_follow(page: Pa
 
     chunks = session_chunks(page)
     assert len(chunks) >= 4  # one per sentence
-    assert_gapless(page.evaluate("window.__starts"), chunks)
+    sources = assert_gapless(page.evaluate("window.__starts"), chunks)
+    assert max(sources) >= 2  # a sentence's audio came, and played, in parts
     assert state["highlights"] == list(range(len(chunks)))
     assert state["underruns"] == 0
     assert state["played"] == 1 and state["generated"] == 1
@@ -358,8 +401,9 @@ def test_session_posts_go_out_at_once_one_at_a_time(page: Page):
 
 
 # scheduler.js driven on a clock of the test's own: each case adds chunks (seq, duration
-# s, cushion_ms or null) at given context times, plays at a given time, and returns the
-# `when` of every source started.
+# s, cushion_ms or null, and false for a chunk's first part only) and further parts (seq,
+# duration s, true for the last) at given context times, plays at a given time, and returns
+# the `when` of every source started.
 SCHEDULE_ON_A_FAKE_CLOCK = """async ({ cases, baseLatency }) => {
   const { Scheduler } = await import(siblingOfPlayer('scheduler.js'));
   const out = [];
@@ -375,7 +419,8 @@ SCHEDULE_ON_A_FAKE_CLOCK = """async ({ cases, baseLatency }) => {
     const scheduler = new Scheduler(ctx);
     for (const [at, what, ...args] of steps) {
       ctx.currentTime = at;
-      if (what === 'add') scheduler.add(args[0], { duration: args[1] }, args[2]);
+      if (what === 'add') scheduler.add(args[0], { duration: args[1] }, args[2], args[3]);
+      else if (what === 'part') scheduler.extend(args[0], { duration: args[1] }, args[2]);
       else scheduler.play();
     }
     out.push(starts);
@@ -400,6 +445,19 @@ def test_a_run_starts_after_the_lead_or_after_its_hold_and_cushion(page: Page):
         [[10, "add", 0, 2.0, 50], [11, "play"]],  # its hold long over
         [[10, "play"], [10.5, "add", 0, 2.0, 0]],  # played before it came
         [[10, "add", 0, 1.0, 0], [10, "play"], [12, "add", 1, 1.0, 0]],  # ran dry at 11.03
+        # A chunk in parts: each part right after the one before, as it comes ...
+        [[10, "add", 0, 0.2, 0, False], [10, "play"], [10.1, "part", 0, 0.5, True]],
+        # ... and the next chunk after its last part, not before it (refused while in part).
+        [
+            [10, "add", 0, 0.2, 0, False],
+            [10, "play"],
+            [10.05, "add", 1, 1.0, 0],
+            [10.1, "part", 0, 0.3, False],
+            [10.2, "part", 0, 0.3, True],
+            [10.3, "add", 1, 1.0, 0],
+        ],
+        # A part that comes after the one before has been heard: the run ran dry.
+        [[10, "add", 0, 0.2, 0, False], [10, "play"], [10.5, "part", 0, 0.5, True]],
     ]
     starts = page.evaluate(SCHEDULE_ON_A_FAKE_CLOCK, {"cases": cases, "baseLatency": 0.01})
     expected = [
@@ -410,6 +468,9 @@ def test_a_run_starts_after_the_lead_or_after_its_hold_and_cushion(page: Page):
         [11 + START_LEAD],
         [10.5 + START_LEAD],
         [10 + START_LEAD, 12 + 2 * START_CUSHION],
+        [10 + START_LEAD, 10.23],
+        [10 + START_LEAD, 10.23, 10.53, 10.83],
+        [10 + START_LEAD, 10.5 + 2 * START_CUSHION],
     ]
     assert len(starts) == len(expected)
     for got, want in zip(starts, expected, strict=True):
@@ -417,6 +478,54 @@ def test_a_run_starts_after_the_lead_or_after_its_hold_and_cushion(page: Page):
     # Audio buffers of 50 ms: the lead is two of them.
     slow = page.evaluate(SCHEDULE_ON_A_FAKE_CLOCK, {"cases": cases[:1], "baseLatency": 0.05})
     assert slow == [[pytest.approx(10.1, abs=TOLERANCE)]]
+
+
+# stream.js's delivery, driven frame by frame: a chunk in three parts on one socket, cut
+# after its first part; the next socket sends it again, whole, in its parts; then the HTTP
+# fallback brings chunk 2 before chunk 1 (whole chunks). What the page is handed, in order.
+DELIVER_IN_PARTS = """async () => {
+  const { ChunkStream } = await import(siblingOfPlayer('stream.js'));
+  const handed = [];
+  const handlers = {
+    chunk: (meta, bytes, rate, part) => handed.push([meta.seq, Array.from(bytes), part]),
+  };
+  const stream = new ChunkStream({ id: 'x', ws_url: '/ws/x/' }, handlers);
+  const binary = (seq, bytes) => {
+    const data = new Uint8Array(4 + bytes.length);
+    new DataView(data.buffer).setUint32(0, seq, true);
+    data.set(bytes, 4);
+    return data.buffer;
+  };
+  const meta = { type: 'chunk', seq: 0, samples: 5, sample_rate: 8000, parts: 3 };
+  const pcm = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+  stream.receive(JSON.stringify(meta)); // the first socket
+  stream.receive(binary(0, pcm.slice(0, 2)));
+  const afterCut = stream.lastSeq;
+  stream.receive(JSON.stringify(meta)); // the next one, after=-1
+  stream.receive(binary(0, pcm.slice(0, 2)));
+  stream.receive(binary(0, pcm.slice(2, 6)));
+  stream.receive(binary(0, pcm.slice(6)));
+  stream.accept({ seq: 2, samples: 1 }, new Uint8Array([30, 31]), 8000); // fetched ahead
+  stream.accept({ seq: 1, samples: 1 }, new Uint8Array([20, 21]), 8000);
+  stream.accept({ seq: 1, samples: 1 }, new Uint8Array([20, 21]), 8000); // again
+  return { handed, afterCut, lastSeq: stream.lastSeq, stats: stream.stats };
+}"""
+
+
+def test_a_chunk_in_parts_is_handed_on_byte_by_byte_once_across_a_resume(page: Page):
+    page.add_init_script(SIBLING_OF_PLAYER)
+    scene = make_story(SCENE_TEXT).scenes.get()
+    open_scene(page, scene)
+    result = page.evaluate(DELIVER_IN_PARTS)
+    assert result["handed"] == [
+        [0, [1, 2], {"first": True, "last": False}],
+        [0, [3, 4, 5, 6], {"first": False, "last": False}],  # the resent first part: skipped
+        [0, [7, 8, 9, 10], {"first": False, "last": True}],
+        [1, [20, 21], {"first": True, "last": True}],
+        [2, [30, 31], {"first": True, "last": True}],
+    ]
+    assert result["afterCut"] == -1  # a chunk in part does not count: resume before it
+    assert result["lastSeq"] == 2 and result["stats"]["duplicates"] == 1
 
 
 def test_space_on_play_begins_the_narration_as_it_goes_down(page: Page):
@@ -431,7 +540,7 @@ def test_space_on_play_begins_the_narration_as_it_goes_down(page: Page):
 
 
 def test_a_socket_cut_mid_stream_resumes_with_no_gap_and_no_duplicate(page: Page):
-    page.add_init_script(CUT_FIRST_SOCKET)
+    page.add_init_script(cut_first_socket(chunk=1))
     scene = make_story(LONGER_TEXT).scenes.get()
     open_scene(page, scene)
     page.get_by_role("button", name="Play: Scene 1").click()
@@ -439,13 +548,32 @@ def test_a_socket_cut_mid_stream_resumes_with_no_gap_and_no_duplicate(page: Page
 
     sockets = [s["url"] for s in page.evaluate("window.__sockets")]
     assert len(sockets) >= 2
-    assert sockets[0].endswith("?after=-1")
-    assert sockets[1].endswith("?after=1")  # resumed after the last chunk it had
+    assert sockets[0].endswith("?after=-1&parts=1")
+    assert sockets[1].endswith("?after=1&parts=1")  # resumed after the last chunk it had
     chunks = session_chunks(page)
     assert_gapless(page.evaluate("window.__starts"), chunks)
     assert state["highlights"] == list(range(len(chunks)))
     assert state["underruns"] == 0
     assert state["stream"]["reconnects"] >= 1
+
+
+def test_a_socket_cut_inside_a_chunk_resumes_with_the_rest_of_it_once(page: Page):
+    """Cut after the first chunk's first part: the next socket asks again from before that
+    chunk, and the player takes only the bytes it lacks, so every sample is scheduled once,
+    in order (the run may have run dry while the socket came back)."""
+    page.add_init_script(cut_first_socket(frames=1))
+    scene = make_story(LONGER_TEXT).scenes.get()
+    open_scene(page, scene)
+    page.get_by_role("button", name="Play: Scene 1").click()
+    state = wait_for_state(page, "ended")
+
+    sockets = [s["url"] for s in page.evaluate("window.__sockets")]
+    assert sockets[0].endswith("?after=-1&parts=1")
+    assert sockets[1].endswith("?after=-1&parts=1")  # the first chunk was not whole yet
+    chunks = session_chunks(page)
+    sources = sources_per_chunk(page.evaluate("window.__starts"), chunks)
+    assert sources[0] >= 2  # its first part from the first socket, the rest from the next
+    assert state["stream"]["duplicates"] == 0 and state["highlights"] == list(range(len(chunks)))
 
 
 def test_with_sockets_blocked_the_http_fallback_plays_everything(page: Page):
@@ -476,11 +604,17 @@ def test_pause_freezes_the_position_and_a_clicked_sentence_plays_from_its_start(
     assert still["currentSeq"] == paused["currentSeq"] == 0
     assert page.get_by_role("status").inner_text() == "Paused."
 
-    # Resume: the first chunk picks up at the paused offset.
-    before = len(page.evaluate("window.__starts"))
+    # Resume: the first chunk picks up at the paused offset, into the part that holds it
+    # (the first run's sources: the first chunk's parts, then the next chunks').
+    played = page.evaluate("window.__starts")
     page.get_by_role("button", name="Resume: Scene 1").click()
-    resumed = page.evaluate("window.__starts")[before]
-    assert resumed["offset"] == pytest.approx(paused["position"], abs=1e-3)
+    resumed = page.evaluate("window.__starts")[len(played)]
+    part_at = 0.0
+    for source in played:
+        if part_at + source["duration"] > paused["position"]:
+            break
+        part_at += source["duration"]
+    assert resumed["offset"] == pytest.approx(paused["position"] - part_at, abs=1e-3)
 
     page.wait_for_function(
         "() => { const s = window.__narrator.snapshot()[0];"
@@ -529,13 +663,14 @@ def test_once_the_browser_has_a_session_the_socket_opens_with_the_post(page: Pag
 
     sockets = page.evaluate("window.__sockets")
     assert [s["url"].split("/ws/tts/")[1] for s in sockets] == [
-        f"{first['sessionId']}/?after=-1",
-        f"{second['sessionId']}/?after=-1&pending=1",
+        f"{first['sessionId']}/?after=-1&parts=1",
+        f"{second['sessionId']}/?after=-1&pending=1&parts=1",
     ]
     assert [s["code"] for s in sockets] == [1000, 1000]
     assert second["stream"]["sockets"] == 1 and second["stream"]["reconnects"] == 0
     assert second["received"] == second["total"] >= 2
-    assert_gapless(page.evaluate("window.__starts")[-second["total"] :], session_chunks(page))
+    chunks = session_chunks(page)
+    assert_gapless(last_sources(page.evaluate("window.__starts"), chunks), chunks)
 
 
 def test_a_text_narrated_before_plays_from_the_replay_the_post_made(page: Page):
@@ -560,9 +695,10 @@ def test_a_text_narrated_before_plays_from_the_replay_the_post_made(page: Page):
     )
     assert detail["status"] == "completed" and detail["engine"] == "espeak"
     assert detail["first_chunk_ms"] == 0 and detail["started_at"] == detail["finished_at"]
-    assert page.evaluate("window.__sockets")[-1]["url"].endswith("&pending=1")
+    assert page.evaluate("window.__sockets")[-1]["url"].endswith("&pending=1&parts=1")
     assert replayed["received"] == replayed["total"] == first["total"] >= 2
-    assert_gapless(page.evaluate("window.__starts")[-replayed["total"] :], session_chunks(page))
+    chunks = session_chunks(page)
+    assert_gapless(last_sources(page.evaluate("window.__starts"), chunks), chunks)
 
 
 def test_an_early_socket_refused_before_the_reply_opens_again_after_it(page: Page):
@@ -587,8 +723,8 @@ def test_an_early_socket_refused_before_the_reply_opens_again_after_it(page: Pag
 
     sockets = page.evaluate("window.__sockets")
     assert [s["code"] for s in sockets] == [4403, 1000]
-    assert sockets[0]["url"].endswith(f"{state['sessionId']}/?after=-1&pending=1")
-    assert sockets[1]["url"].endswith(f"{state['sessionId']}/?after=-1")
+    assert sockets[0]["url"].endswith(f"{state['sessionId']}/?after=-1&pending=1&parts=1")
+    assert sockets[1]["url"].endswith(f"{state['sessionId']}/?after=-1&parts=1")
     assert_gapless(page.evaluate("window.__starts"), session_chunks(page))
 
 
@@ -612,8 +748,9 @@ def test_play_all_plays_the_scenes_in_order_and_prepares_the_next(page: Page):
     assert prepared["sessionId"] == second["sessionId"]  # created while the first played
     assert prepared["received"] > 0 and prepared["state"] == "idle"
     assert second["sessionId"] != first["sessionId"]
-    starts = page.evaluate("window.__starts")
-    assert len(starts) == first["total"] + second["total"]
+    chunks = session_chunks(page, 0) + session_chunks(page, 1)
+    assert len(chunks) == first["total"] + second["total"]
+    sources_per_chunk(page.evaluate("window.__starts"), chunks)  # each scene once, in order
     assert snapshot(page, 0)["state"] == "ended"
     assert page.get_by_role("status").first.inner_text() == "Finished the story."
 
@@ -733,7 +870,7 @@ def test_a_player_that_runs_dry_waits_and_plays_on_to_the_end(slow_page: Page):
     assert state["underruns"] >= 1
     assert state["highlights"] == list(range(len(chunks)))
     starts = page.evaluate("window.__starts")
-    assert len(starts) == len(chunks)
+    sources_per_chunk(starts, chunks)  # every chunk once, in order
     assert page.evaluate("window.__pageErrors") == []
     # The first chunk, with no hold, plays at once; a run after one ran dry waits for its
     # doubled cushion.

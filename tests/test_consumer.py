@@ -17,6 +17,7 @@ from channels.testing import WebsocketCommunicator
 from config.asgi import application
 from tests.conftest import store_first_chunks
 from tts import broadcast, generation, services
+from tts.audio import FIRST_PART_BYTES, pcm_parts
 from tts.services import Owner
 
 pytestmark = [
@@ -54,11 +55,16 @@ async def settled_tasks():
 
 
 def communicator(
-    session_id, after: object = None, *, pending: object = None, cookie: str | None = None
+    session_id,
+    after: object = None,
+    *,
+    pending: object = None,
+    parts: object = None,
+    cookie: str | None = None,
 ) -> WebsocketCommunicator:
-    """A socket on the session; ``after``/``pending``: query values; ``cookie``: a
+    """A socket on the session; ``after``/``pending``/``parts``: query values; ``cookie``: a
     sessionid cookie to send."""
-    params = {"after": after, "pending": pending}
+    params = {"after": after, "pending": pending, "parts": parts}
     query = "&".join(f"{k}={v}" for k, v in params.items() if v is not None)
     headers = HEADERS + ([(b"cookie", f"sessionid={cookie}".encode())] if cookie else [])
     path = f"/ws/tts/{session_id}/" + (f"?{query}" if query else "")
@@ -193,6 +199,70 @@ async def test_after_skips_what_the_client_already_has():
         await _connected(as_staff(communicator(session.id, after=0)))
     )
     assert [f["seq"] for f in frames if f["type"] == "chunk"][0] == 1
+
+
+async def stored_pcm(session) -> list[bytes]:
+    return await sync_to_async(
+        lambda: [bytes(c.audio.pcm) for c in session.chunks.order_by("seq")]
+    )()
+
+
+def chunks_in_parts(frames: list[dict], audio: list[bytes]) -> dict[int, list[bytes]]:
+    """seq -> the PCM of each binary frame of that chunk, checking that each chunk frame's
+    `parts` binary frames follow it, all of its seq (the order of text and binary frames is
+    not kept by receive_until_closed, so by count: every chunk frame says how many)."""
+    parts: dict[int, list[bytes]] = {}
+    frames_left = list(audio)
+    for frame in (f for f in frames if f["type"] == "chunk"):
+        taken, frames_left = frames_left[: frame["parts"]], frames_left[frame["parts"] :]
+        assert [struct.unpack("<I", a[:4])[0] for a in taken] == [frame["seq"]] * frame["parts"]
+        parts[frame["seq"]] = [a[4:] for a in taken]
+    assert not frames_left
+    return parts
+
+
+async def test_a_parts_socket_gets_each_live_chunk_in_growing_parts_of_the_same_audio():
+    """?parts=1: each chunk's PCM comes as `parts` binary frames, the first within a fresh
+    connection's first TCP window, each next twice the one before (the last takes the
+    rest); together they are the chunk's audio, byte for byte."""
+    session = await make_session(run=False)
+    comm = await _connected(as_staff(communicator(session.id, parts=1)))
+    await sync_to_async(services.session_run)(session_id=session.id, worker="test")
+    frames, audio = await receive_until_closed(comm)
+    parts = chunks_in_parts(frames, audio)
+    stored = await stored_pcm(session)
+    assert [b"".join(p) for _, p in sorted(parts.items())] == stored
+    assert max(len(p) for p in parts.values()) >= 3  # a sentence of espeak's is long enough
+    for chunk in parts.values():
+        assert [len(p) for p in chunk] == [len(p) for p in pcm_parts(b"".join(chunk))]
+        assert len(chunk[0]) <= FIRST_PART_BYTES
+    assert frames[-1]["type"] == "done"
+
+
+async def test_a_parts_socket_resuming_gets_stored_chunks_in_parts_too():
+    session = await make_session()
+    comm = await _connected(as_staff(communicator(session.id, after=0, parts="true")))
+    frames, audio = await receive_until_closed(comm)
+    parts = chunks_in_parts(frames, audio)
+    assert sorted(parts) == list(range(1, frames[0]["total_chunks"]))
+    assert [b"".join(parts[seq]) for seq in sorted(parts)] == (await stored_pcm(session))[1:]
+
+
+async def test_without_parts_each_chunk_is_one_binary_frame():
+    session = await make_session()
+    comm = await _connected(as_staff(communicator(session.id, parts=0)))
+    frames, audio = await receive_until_closed(comm)
+    assert not any("parts" in f for f in frames)
+    assert [a[4:] for a in audio] == await stored_pcm(session)
+
+
+@pytest.mark.parametrize("parts", ["maybe", "2", "-1"])
+async def test_a_bad_parts_gets_an_error_frame_and_close_4400(parts):
+    session = await make_session(run=False)
+    await _connected(comm := as_staff(communicator(session.id, parts=parts)))
+    error = await comm.receive_json_from()
+    assert error["type"] == "error" and error["code"] == "bad_parts"
+    assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4400}
 
 
 async def test_ping_pong_and_bad_messages_keep_the_socket_open():

@@ -45,6 +45,22 @@ def test_a_drop_after_any_chunk_resumes_to_byte_identical_audio(live_stack, drop
     assert wav[44:] == result.pcm
 
 
+@pytest.mark.parametrize("drop_after", [1, 2, 3, 5, 8])
+def test_a_drop_inside_a_chunk_sent_in_parts_resumes_to_byte_identical_audio(
+    live_stack, drop_after
+):
+    """?parts=1 over daphne and a worker: each chunk in parts; a connection dropped after
+    any binary frame (inside a chunk or at its end) resumes before the chunk it had only
+    in part, and the joined audio is the stored narration's, byte for byte."""
+    client = NarrationClient(live_stack.base_url)
+    session_id = client.create(text=ten_chunk_text(200 + drop_after))["id"]
+    result = client.stream(session_id, drop_after_chunks=drop_after, timeout=60, parts=True)
+    assert result.done is not None and result.duplicates == 0 and result.connections == 2
+    assert max(frame["parts"] for frame in result.chunks.values()) >= 2
+    assert not result.parts
+    assert client.audio(session_id)[44:] == result.pcm
+
+
 def test_ten_listeners_and_a_late_joiner_receive_identical_streams(live_stack):
     owner = NarrationClient(live_stack.base_url)
     session_id = owner.create(text=ten_chunk_text(100) * 3)["id"]

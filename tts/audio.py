@@ -63,6 +63,27 @@ def parse_wav(data: bytes) -> tuple[bytes, int]:
     raise ValueError("WAV file has no data chunk")
 
 
-def chunk_frame(seq: int, pcm: bytes) -> bytes:
-    """The binary WebSocket frame of a chunk: 4-byte little-endian seq, then PCM."""
+def chunk_frame(seq: int, pcm: bytes | memoryview) -> bytes:
+    """The binary WebSocket frame of a chunk (or a part of it): 4-byte little-endian seq,
+    then PCM."""
     return struct.pack("<I", seq) + pcm
+
+
+# A socket that asks for parts (?parts=1) gets a chunk's PCM in growing parts: the first
+# fits, with the chunk's text frame, in the first window of a fresh TCP connection (ten
+# segments of 1,448 bytes: RFC 6928), so a listener can start on it a round trip after it
+# was sent, and each next part doubles as the window does. docs/protocol.md.
+FIRST_PART_BYTES = 10 * 1024
+
+
+def pcm_parts(pcm: bytes, first: int = FIRST_PART_BYTES) -> list[memoryview]:
+    """``pcm`` in parts: at most ``first`` bytes, then each twice the one before, the last
+    taking the rest. A rest shorter than half the next part's size joins the part before it
+    (except the first, which stays within the window): the parts are few, none a sliver."""
+    parts, start, size = [], 0, first
+    view = memoryview(pcm)
+    while len(pcm) - start > size and (not parts or len(pcm) - start - size >= size):
+        parts.append(view[start : start + size])
+        start, size = start + size, size * 2
+    parts.append(view[start:])
+    return parts

@@ -3,6 +3,10 @@ connections by resuming with ``after``, and write the WAV.
 
     python -m tts.client --url http://127.0.0.1:8000 --text "Hello there." --out hello.wav
     python -m tts.client --url http://127.0.0.1:8000 --session <id> --out narration.wav
+
+With ``parts=True`` (``--parts``) the socket sends each chunk's audio in parts (?parts=1);
+this client joins them and keeps a chunk once it is whole, so a connection that drops
+inside a chunk resumes before it. A player would schedule each part as it comes.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Stream:
     session: dict | None = None
     chunks: dict[int, dict] = field(default_factory=dict)
     audio: dict[int, bytes] = field(default_factory=dict)
+    parts: dict[int, list[bytes]] = field(default_factory=dict)  # of chunks not whole yet
     statuses: list[dict] = field(default_factory=list)
     done: dict | None = None
     error: dict | None = None
@@ -112,10 +117,11 @@ class NarrationClient:
 
     # Socket ----------------------------------------------------------------------------------
 
-    def ws_url(self, session_id: str, after: int) -> str:
+    def ws_url(self, session_id: str, after: int, *, parts: bool = False) -> str:
         parsed = urlparse(self.base_url)
         scheme = "wss" if parsed.scheme == "https" else "ws"
-        return f"{scheme}://{parsed.netloc}/ws/tts/{session_id}/?after={after}"
+        flags = "&parts=1" if parts else ""
+        return f"{scheme}://{parsed.netloc}/ws/tts/{session_id}/?after={after}{flags}"
 
     def stream(
         self,
@@ -124,16 +130,18 @@ class NarrationClient:
         drop_after_chunks: int | None = None,
         max_reconnects: int = 30,
         timeout: float = 120,
+        parts: bool = False,
     ) -> Stream:
         """Follow a session to its end, reconnecting with ``after`` when the connection drops.
-        ``drop_after_chunks`` closes the first connection after that many chunks (tests)."""
+        ``drop_after_chunks`` closes the first connection after that many binary frames
+        (tests); ``parts``: ask for each chunk's audio in parts."""
         result, deadline, failures = Stream(), time.monotonic() + timeout, 0
         while result.done is None and result.error is None:
             if time.monotonic() > deadline:
                 raise ClientError(f"session {session_id} did not finish in {timeout} s")
             try:
                 drop = drop_after_chunks if result.connections == 0 else None
-                self._listen(session_id, result, drop, deadline)
+                self._listen(session_id, result, drop, deadline, parts)
                 failures = 0
             except (OSError, ConnectionClosed, TimeoutError) as exc:
                 failures += 1
@@ -142,10 +150,13 @@ class NarrationClient:
                 time.sleep(min(2.0, 0.05 * 2**failures))
         return result
 
-    def _listen(self, session_id: str, result: Stream, drop: int | None, deadline: float) -> None:
+    def _listen(
+        self, session_id: str, result: Stream, drop: int | None, deadline: float, parts: bool
+    ) -> None:
         cookie = "; ".join(f"{c.name}={c.value}" for c in self.cookies)
         headers = {"Cookie": cookie} if cookie else {}
-        url = self.ws_url(session_id, result.last_contiguous)
+        result.parts.clear()  # a chunk cut off inside comes again, whole, on the next socket
+        url = self.ws_url(session_id, result.last_contiguous, parts=parts)
         with connect(
             url, origin=self.base_url, additional_headers=headers, max_size=None, open_timeout=10
         ) as ws:
@@ -180,9 +191,14 @@ class NarrationClient:
     @staticmethod
     def _on_audio(result: Stream, message: bytes) -> None:
         seq = struct.unpack("<I", message[:4])[0]
+        parts = result.parts.setdefault(seq, [])
+        parts.append(message[4:])
+        if len(parts) < result.chunks.get(seq, {}).get("parts", 1):
+            return  # more of this chunk is on its way
+        del result.parts[seq]
         if seq in result.audio:
             result.duplicates += 1
-        result.audio[seq] = message[4:]
+        result.audio[seq] = b"".join(parts)
 
     @staticmethod
     def _on_frame(result: Stream, frame: dict) -> bool:
@@ -212,11 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--session")
     parser.add_argument("--voice")
     parser.add_argument("--out", type=Path, default=Path("narration.wav"))
+    parser.add_argument(
+        "--parts", action="store_true", help="ask for each chunk's audio in parts (?parts=1)"
+    )
     args = parser.parse_args(argv)
     client = NarrationClient(args.url)
     try:
         session_id = args.session or client.create(text=args.text, voice=args.voice)["id"]
-        result = client.stream(session_id)
+        result = client.stream(session_id, parts=args.parts)
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

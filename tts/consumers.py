@@ -16,7 +16,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from tts import services, waiting
-from tts.audio import chunk_frame
+from tts.audio import chunk_frame, pcm_parts
 from tts.broadcast import session_group
 from tts.conf import settings
 from tts.db import socket_database_sync_to_async
@@ -51,6 +51,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
     finished = False  # done or the fatal error sent; later events are ignored
     allowed = False  # the access check passed
     pending = False  # ?pending=1 and the session does not exist yet: waiting for it
+    parts = False  # ?parts=1: each chunk's PCM in growing parts (tts.audio.pcm_parts)
     group: str | None = None
     watchdog: asyncio.Task | None = None
     waiter: asyncio.Task | None = None
@@ -63,13 +64,16 @@ class SessionConsumer(AsyncWebsocketConsumer):
         self.lock, self.last_event = asyncio.Lock(), time.monotonic()
         await self.accept()  # accept first, so that the close codes reach the client
         query = parse_qs(self.scope["query_string"].decode("latin-1"))
-        after, pending = self._after(query), self._pending(query)
+        after = self._after(query)
+        pending, parts = self._flag(query, "pending"), self._flag(query, "parts")
         if after is None:
             await self.send_error("bad_after", "after must be a chunk seq (-1 or more).")
             return await self.close(code=4400)
-        if pending is None:
-            await self.send_error("bad_pending", "pending must be 1 or 0.")
-            return await self.close(code=4400)
+        for name, value in (("pending", pending), ("parts", parts)):
+            if value is None:
+                await self.send_error(f"bad_{name}", f"{name} must be 1 or 0.")
+                return await self.close(code=4400)
+        self.parts = parts
         try:
             session_id = uuid.UUID(str(self.scope["url_route"]["kwargs"]["session_id"]))
         except ValueError:
@@ -194,9 +198,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 await self._refuse(1011)
 
     @staticmethod
-    def _pending(query: dict[str, list[str]]) -> bool | None:
-        """The `pending` query value; None when it is not 0 or 1."""
-        raw = query.get("pending", ["0"])[-1].lower()
+    def _flag(query: dict[str, list[str]], name: str) -> bool | None:
+        """A yes-or-no query value (`pending`, `parts`); None when it is not 0 or 1."""
+        raw = query.get(name, ["0"])[-1].lower()
         return {"1": True, "true": True, "0": False, "false": False, "": False}.get(raw)
 
     @staticmethod
@@ -373,8 +377,13 @@ class SessionConsumer(AsyncWebsocketConsumer):
         await self.close(code=1000)
 
     async def send_chunk(self, meta: dict, pcm: bytes) -> None:
-        await self.send_json({"type": "chunk", **meta})
-        await self.send(bytes_data=chunk_frame(meta["seq"], pcm))
+        if not self.parts:
+            await self.send_json({"type": "chunk", **meta})
+            return await self.send(bytes_data=chunk_frame(meta["seq"], pcm))
+        parts = pcm_parts(pcm)
+        await self.send_json({"type": "chunk", **meta, "parts": len(parts)})
+        for part in parts:
+            await self.send(bytes_data=chunk_frame(meta["seq"], part))
 
     async def send_error(self, code: str, message: str) -> None:
         await self.send_json({"type": "error", "code": code, "message": message, "fatal": False})

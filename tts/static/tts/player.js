@@ -323,7 +323,7 @@ export class NarrationPlayer {
       session,
       {
         session: (frame) => this.onStatus(frame),
-        chunk: (meta, bytes, rate) => this.onChunk(meta, bytes, rate),
+        chunk: (meta, bytes, rate, part) => this.onChunk(meta, bytes, rate, part),
         status: (frame) => this.onStatus(frame),
         done: (frame) => this.onDone(frame),
         error: (frame) => this.onStreamError(frame),
@@ -357,16 +357,22 @@ export class NarrationPlayer {
 
   // --- Stream events -----------------------------------------------------------------
 
-  onChunk(meta, bytes, sampleRate) {
+  /** The next bytes of chunk meta.seq: all of it, or a part (the stream's parts). */
+  onChunk(meta, bytes, sampleRate, { first = true, last = true } = {}) {
     const scheduler = this.ensureScheduler();
-    if (meta.seq !== scheduler.received) return; // the stream gives each once, in order
     const buffer = toAudioBuffer(scheduler.ctx, bytes, sampleRate);
+    if (!first) {
+      scheduler.extend(meta.seq, buffer, last);
+      this.render();
+      return;
+    }
+    if (meta.seq !== scheduler.received) return; // the stream gives each once, in order
     // Known before it is scheduled: scheduling can call back into the display (an
     // underrun re-renders it), which reads the chunk's text for every scheduled chunk.
     this.chunks[meta.seq] = meta;
     this.view.addChunk(meta);
     this.setTotal(meta.total_chunks);
-    scheduler.add(meta.seq, buffer, meta.cushion_ms);
+    scheduler.add(meta.seq, buffer, meta.cushion_ms, last);
     this.render();
   }
 

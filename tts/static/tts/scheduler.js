@@ -1,7 +1,9 @@
 // Gapless playback on the AudioContext clock. Chunks are scheduled back to back at
 // exact times (start = previous start + previous duration), never chained from `onended`,
 // so there is no gap between sentences however busy the page is. A "run" is one stretch
-// of scheduled sources; pause, seek and resume end a run and start a new one.
+// of scheduled sources; pause, seek and resume end a run and start a new one. A chunk may
+// come in parts (the socket's ?parts=1): each part is scheduled as it comes, right after
+// the one before, so a run can start on a chunk's first part while the rest is on its way.
 //
 // A run starts as soon as the audio thread can take it (START_LEAD) when its audio is in
 // hand and the engine ahead. Where the server says its engine would otherwise fall
@@ -33,7 +35,7 @@ export class Scheduler {
     this.onUnderrun = onUnderrun;
     this.cushion = START_CUSHION;
     this.underruns = 0;
-    this.items = []; // by seq, contiguous: { seq, start, duration, buffer }
+    this.items = []; // by seq, contiguous: { seq, start, duration, parts, complete }
     this.paced = null; // the latest chunk with a cushion, if it holds: { start, due } (ctx time)
     this.total = null;
     this.playing = false;
@@ -54,23 +56,44 @@ export class Scheduler {
   }
 
   get complete() {
-    return this.total !== null && this.items.length >= this.total;
+    const last = this.items[this.items.length - 1];
+    return this.total !== null && this.items.length >= this.total && (!last || last.complete);
   }
 
   /**
-   * Add chunk `seq`; false for a duplicate or out-of-order chunk (the stream orders them).
+   * Add chunk `seq` (or its first part: `complete` false); false for a duplicate or
+   * out-of-order chunk (the stream orders them), or while the one before is in part.
    * `cushionMs`: the chunk frame's `cushion_ms` (a session still running), if any.
    */
-  add(seq, buffer, cushionMs = null) {
-    if (seq !== this.items.length) return false;
+  add(seq, buffer, cushionMs = null, complete = true) {
+    const last = this.items[this.items.length - 1];
+    if (seq !== this.items.length || (last && !last.complete)) return false;
     const start = this.receivedDuration;
-    this.items.push({ seq, start, duration: buffer ? buffer.duration : 0, buffer });
+    const item = { seq, start, duration: 0, parts: [], complete: true };
+    this.items.push(item);
+    this.addPart(item, buffer, complete);
     if (typeof cushionMs === "number" && cushionMs >= 0) {
       const due = this.ctx.currentTime + cushionMs / 1000;
       this.paced = cushionMs > 0 ? { start, due } : null;
     }
     if (this.playing) this.pump();
     return true;
+  }
+
+  /** The next part of chunk `seq`, the last one received (`complete`: the chunk's end). */
+  extend(seq, buffer, complete = true) {
+    const item = this.items[seq];
+    if (!item || item.complete || seq !== this.items.length - 1) return false;
+    this.addPart(item, buffer, complete);
+    if (this.playing) this.pump();
+    return true;
+  }
+
+  addPart(item, buffer, complete) {
+    const duration = buffer ? buffer.duration : 0;
+    item.parts.push({ at: item.duration, duration, buffer });
+    item.duration += duration;
+    item.complete = complete;
   }
 
   setTotal(total) {
@@ -135,7 +158,7 @@ export class Scheduler {
     const run = this.run;
     if (!this.playing || !run) return false;
     if (run.anchorTime === null || this.pacing) return true;
-    return this.ctx.currentTime >= run.nextTime && !this.items[run.nextSeq];
+    return this.ctx.currentTime >= run.nextTime; // all received is scheduled (pump)
   }
 
   /** True while a run waits for the engine to get ahead (a cushion_ms beyond its own). */
@@ -169,7 +192,8 @@ export class Scheduler {
       gain,
       sources: [],
       nextSeq: seq,
-      firstOffset: offset,
+      nextPart: 0, // of chunk nextSeq: the first part not scheduled yet
+      firstOffset: offset, // into chunk nextSeq, where the run begins
       nextTime: null,
       anchorTime: null,
       anchorPos: position,
@@ -178,18 +202,24 @@ export class Scheduler {
     this.pump();
   }
 
-  /** Schedule every received chunk not yet scheduled, right after the previous one. */
+  /** Schedule every received chunk (and part) not yet scheduled, right after the previous. */
   pump() {
     const run = this.run;
     if (!run) return;
-    while (this.items[run.nextSeq]) {
-      const item = this.items[run.nextSeq];
-      const offset = run.firstOffset;
+    for (let item = this.items[run.nextSeq]; item; item = this.items[run.nextSeq]) {
+      while (run.nextPart < item.parts.length) {
+        const part = item.parts[run.nextPart];
+        run.nextPart += 1;
+        const offset = Math.max(0, run.firstOffset - part.at);
+        if (offset >= part.duration) continue; // before where the run begins, or empty
+        this.placeRun(run, item.start + part.at + offset);
+        this.startSource(run, item.seq, part.buffer, offset);
+        run.nextTime += part.duration - offset;
+        run.endPos = item.start + part.at + part.duration;
+      }
+      if (!item.complete) break; // its next part is on its way
       run.firstOffset = 0;
-      this.placeRun(run, item.start + offset);
-      this.startSource(run, item, offset);
-      run.nextTime += item.duration - offset;
-      run.endPos = item.start + item.duration;
+      run.nextPart = 0;
       run.nextSeq += 1;
     }
     this.checkEnd();
@@ -233,12 +263,11 @@ export class Scheduler {
     return paced ? paced.due - (paced.start - position) : -Infinity;
   }
 
-  startSource(run, item, offset) {
-    if (!item.buffer) return;
+  startSource(run, seq, buffer, offset) {
     const source = this.ctx.createBufferSource();
-    source.buffer = item.buffer;
+    source.buffer = buffer;
     source.connect(run.gain);
-    source.onended = () => this.sourceEnded(run, item.seq);
+    source.onended = () => this.sourceEnded(run, seq);
     source.start(run.nextTime, offset);
     run.sources.push(source);
   }

@@ -5,6 +5,9 @@
 // failures to open a socket, the same chunks come over HTTP instead (poll.js).
 // A stream may start before its session exists (pending: the page chose the id and opens
 // the socket while the POST is in flight); confirm() gives it the API's reply.
+// A chunk's audio may come in parts (?parts=1: the server sends its PCM as several binary
+// frames, the first small enough for a fresh connection's first TCP window), and each part
+// is handed on as it comes: the player can start on the first while the rest is on its way.
 
 import { HttpPoller } from "./poll.js";
 import { parseChunkFrame } from "./pcm.js";
@@ -16,6 +19,7 @@ export const STREAM_DEFAULTS = {
   maxOpenFailures: 3, // sockets that never opened, in a row, before falling back to HTTP
   backoffBase: 300,
   backoffMax: 10000,
+  parts: true, // ask for each chunk's audio in growing parts (docs/protocol.md)
 };
 
 const FATAL_CLOSES = { 4403: "forbidden", 4404: "not_found" };
@@ -27,10 +31,11 @@ export function backoffDelay(attempt, { base, max }, random = Math.random) {
 }
 
 /** The socket URL: ws: or wss: from this page's protocol, the path from the API. */
-export function socketUrl(wsUrl, after, pending = false) {
+export function socketUrl(wsUrl, after, { pending = false, parts = false } = {}) {
   const path = new URL(wsUrl, window.location.href).pathname;
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${window.location.host}${path}?after=${after}${pending ? "&pending=1" : ""}`;
+  const flags = `${pending ? "&pending=1" : ""}${parts ? "&parts=1" : ""}`;
+  return `${scheme}//${window.location.host}${path}?after=${after}${flags}`;
 }
 
 /** A random session id for the POST's `id` (null where the browser has no crypto). */
@@ -48,7 +53,9 @@ export class ChunkStream {
   /**
    * @param {{id: string, ws_url: string, status_url: string}} session the API's reply
    *   (with options.pending: the chosen id and the URLs it will have)
-   * @param {{session, chunk, status, done, error, transport}} handlers callbacks
+   * @param {{session, chunk, status, done, error, transport}} handlers callbacks;
+   *   chunk(meta, bytes, sampleRate, {first, last}): the next bytes of chunk meta.seq, in
+   *   order, each byte once; `first` for its first bytes, `last` for the bytes that end it
    */
   constructor(session, handlers, options = {}) {
     this.session = session;
@@ -59,7 +66,8 @@ export class ChunkStream {
     this.sessionSeen = false; // a `session` frame came: the session exists and is ours
     this.admitted = false; // the current socket's `session` frame came: it is let in
     this.waitingForConfirm = false; // refused before the POST's reply: retry after it
-    this.lastSeq = -1; // last contiguous seq delivered
+    this.lastSeq = -1; // last contiguous seq delivered whole
+    this.partial = null; // { seq, bytes }: the chunk after lastSeq, delivered in part
     this.sampleRate = null;
     this.pendingMeta = new Map(); // seq -> chunk frame, waiting for its binary frame
     this.ahead = new Map(); // seq -> [meta, bytes, rate] that arrived out of order
@@ -126,7 +134,8 @@ export class ChunkStream {
     const early = this.options.pending && !this.earlyRefused && !this.sessionSeen;
     let ws;
     try {
-      ws = new WebSocket(socketUrl(this.session.ws_url, this.lastSeq, early));
+      const flags = { pending: early, parts: this.options.parts };
+      ws = new WebSocket(socketUrl(this.session.ws_url, this.lastSeq, flags));
     } catch {
       this.socketClosed({ code: 1006 }, false, early);
       return;
@@ -246,8 +255,15 @@ export class ChunkStream {
     if (typeof data !== "string") {
       const { seq, bytes } = parseChunkFrame(data);
       const meta = this.pendingMeta.get(seq);
-      this.pendingMeta.delete(seq);
-      if (meta) this.accept(meta, bytes, meta.sample_rate || this.sampleRate);
+      if (!meta) return;
+      // This socket's parts of the chunk come in order: where this one begins, and whether
+      // it is the last (a chunk frame without `parts` has one binary frame).
+      const offset = meta.received || 0;
+      meta.received = offset + bytes.byteLength;
+      meta.partsSeen = (meta.partsSeen || 0) + 1;
+      const last = !(meta.parts > meta.partsSeen);
+      if (last) this.pendingMeta.delete(seq);
+      this.accept(meta, bytes, meta.sample_rate || this.sampleRate, offset, last);
       return;
     }
     let frame;
@@ -295,7 +311,7 @@ export class ChunkStream {
     }
     this.setTransport("http");
     this.poller = new HttpPoller(this.session.status_url, {
-      after: this.lastSeq,
+      after: this.lastSeq, // a chunk delivered in part comes again whole: its rest is taken
       status: (frame) => this.handlers.status(frame),
       chunk: (meta, bytes, rate) => this.accept(meta, bytes, rate),
       done: (frame) => {
@@ -312,21 +328,47 @@ export class ChunkStream {
 
   // --- Delivery ----------------------------------------------------------------------
 
-  /** Deliver chunks in seq order, exactly once, whatever path they came by. */
-  accept(meta, bytes, sampleRate) {
+  /**
+   * Deliver chunks in seq order, each byte exactly once, whatever path they came by.
+   * `bytes` are the chunk's from `offset` on; `last` when they reach its end. Only the
+   * next chunk is taken in part; one further ahead (the HTTP fallback fetches several at
+   * once) waits, whole, for its turn.
+   */
+  accept(meta, bytes, sampleRate, offset = 0, last = true) {
     const seq = meta.seq;
-    if (seq <= this.lastSeq || this.ahead.has(seq)) {
+    const rate = sampleRate || 22050;
+    if (seq <= this.lastSeq || (seq > this.lastSeq + 1 && this.ahead.has(seq))) {
       this.stats.duplicates += 1;
       return;
     }
-    this.ahead.set(seq, [meta, bytes, sampleRate || 22050]);
+    if (seq > this.lastSeq + 1) {
+      if (offset === 0 && last) this.ahead.set(seq, [meta, bytes, rate]);
+      return;
+    }
+    this.take(meta, bytes, rate, offset, last);
     while (this.ahead.has(this.lastSeq + 1)) {
       const next = this.lastSeq + 1;
-      const [m, b, rate] = this.ahead.get(next);
+      const [m, b, r] = this.ahead.get(next);
       this.ahead.delete(next);
-      this.lastSeq = next;
-      this.attempt = 0; // progress: the connection is healthy again
-      this.handlers.chunk(m, b, rate);
+      this.take(m, b, r, 0, true);
+    }
+  }
+
+  /** Hand on what the page does not have yet of the next chunk: the bytes past those it
+   * was given before (a resumed socket sends a chunk cut off mid-way again, whole). */
+  take(meta, bytes, rate, offset, last) {
+    const given = this.partial?.seq === meta.seq ? this.partial.bytes : 0;
+    const end = offset + bytes.byteLength;
+    if (offset > given) return; // bytes before these never came: not on one socket
+    if (end <= given && !last) return; // a part it has: a resumed socket's start of the chunk
+    const fresh = bytes.subarray(Math.min(bytes.byteLength, given - offset));
+    this.handlers.chunk(meta, fresh, rate, { first: given === 0, last });
+    this.attempt = 0; // progress: the connection is healthy again
+    if (last) {
+      this.lastSeq = meta.seq;
+      this.partial = null;
+    } else {
+      this.partial = { seq: meta.seq, bytes: Math.max(end, given) };
     }
   }
 
