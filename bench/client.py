@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import struct
 import time
@@ -154,9 +155,12 @@ class Listen:
     t_open: float = 0.0  # handshake done
     t_session: float | None = None  # the `session` frame: the consumer has joined the group
     session_frame: dict | None = None
-    arrivals: dict[int, float] = field(default_factory=dict)  # seq -> binary frame arrival
+    arrivals: dict[int, float] = field(default_factory=dict)  # seq -> its first audio's arrival
+    whole: dict[int, float] = field(default_factory=dict)  # seq -> its last part's (?parts=1)
     sizes: dict[int, int] = field(default_factory=dict)  # seq -> PCM bytes
     digests: dict[int, int] = field(default_factory=dict)  # seq -> hash of the PCM
+    held: dict[int, list[bytes]] = field(default_factory=dict)  # seq -> parts, not yet whole
+    parts_due: dict[int, int] = field(default_factory=dict)  # seq -> binary frames it has
     cushions: dict[int, int] = field(default_factory=dict)  # seq -> cushion_ms (live chunks)
     duplicates: int = 0
     done: dict | None = None
@@ -170,11 +174,13 @@ class Listen:
     @property
     def complete(self) -> bool:
         total = (self.done or {}).get("total_chunks")
-        return total is not None and sorted(self.arrivals) == list(range(total))
+        return total is not None and sorted(self.digests) == list(range(total))
 
 
-def ws_url(http: Http, session_id: str, after: int = -1, *, pending: bool = False) -> str:
-    query = f"after={after}" + ("&pending=1" if pending else "")
+def ws_url(
+    http: Http, session_id: str, after: int = -1, *, pending: bool = False, parts: bool = False
+) -> str:
+    query = f"after={after}" + ("&pending=1" if pending else "") + ("&parts=1" if parts else "")
     return f"ws://{http.host}:{http.port}/ws/tts/{session_id}/?{query}"
 
 
@@ -188,16 +194,18 @@ async def listen(
     on_first: asyncio.Event | None = None,
     pending: bool = False,
     cancel_after: int | None = None,
+    parts: bool = False,
 ) -> Listen:
     """Follow a session to ``done`` (or a fatal error). ``ready`` is set once the session
     frame arrived (the consumer has joined the group). ``pending``: the session may not
     exist yet (its POST is in flight). ``cancel_after``: cancel the session once this many
-    chunks arrived (a long text's first audio, without waiting for the rest)."""
+    chunks arrived (a long text's first audio, without waiting for the rest). ``parts``:
+    each chunk's audio in parts (?parts=1); a chunk arrives with its first part."""
     result = Listen(session_id)
     result.t_connect = time.time()
     async with asyncio.timeout(timeout):
         async with websockets.connect(
-            ws_url(http, session_id, pending=pending),
+            ws_url(http, session_id, pending=pending, parts=parts),
             origin=http.origin,
             additional_headers={"Cookie": http.cookie_header},
             max_size=None,
@@ -217,8 +225,10 @@ async def listen(
                     continue
                 frame = json.loads(message)
                 kind = frame.get("type")
-                if kind == "chunk" and "cushion_ms" in frame:
-                    result.cushions[frame["seq"]] = frame["cushion_ms"]
+                if kind == "chunk":
+                    result.parts_due[frame["seq"]] = frame.get("parts", 1)
+                    if "cushion_ms" in frame:
+                        result.cushions[frame["seq"]] = frame["cushion_ms"]
                 elif kind == "session":
                     result.session_frame, result.t_session = frame, now
                     if ready is not None:
@@ -233,12 +243,16 @@ async def listen(
 
 def _on_audio(result: Listen, message: bytes, now: float) -> None:
     seq = struct.unpack_from("<I", message)[0]
-    if seq in result.arrivals:
+    if seq in result.digests:
         result.duplicates += 1
         return
-    result.arrivals[seq] = now
-    result.sizes[seq] = len(message) - 4
-    result.digests[seq] = hash(message[4:])
+    result.arrivals.setdefault(seq, now)
+    held = result.held.setdefault(seq, [])
+    held.append(message[4:])
+    if len(held) < result.parts_due.get(seq, 1):
+        return
+    pcm = b"".join(result.held.pop(seq))
+    result.whole[seq], result.sizes[seq], result.digests[seq] = now, len(pcm), hash(pcm)
 
 
 @dataclass
@@ -267,22 +281,20 @@ async def narrate(
     timeout: float,
     early: bool = True,
     cancel_after: int | None = None,
+    parts: bool = False,
 ) -> Narration:
     """As the player does: choose the session's id, open its socket (?pending=1) and POST at
     once, then follow to the end. A socket refused before the POST's reply (a browser
     with no session cookie yet: the POST gives it one) is opened again after it.
     ``early=False``: POST, then open the socket once the reply is in (the older flow).
-    ``cancel_after``: see listen."""
+    ``cancel_after``, ``parts``: see listen."""
     result = Narration(voice=voice, text=text)
     result.t_post = time.time()
     chosen = str(uuid.uuid4()) if early else None
-    opened = (
-        asyncio.create_task(
-            listen(http, chosen, timeout=timeout, pending=True, cancel_after=cancel_after)
-        )
-        if early
-        else None
+    follow = functools.partial(
+        listen, http, timeout=timeout, cancel_after=cancel_after, parts=parts
     )
+    opened = asyncio.create_task(follow(chosen, pending=True)) if early else None
     try:
         created = await http.create(text, voice, chosen)
     except BaseException:
@@ -295,9 +307,7 @@ async def narrate(
         with contextlib.suppress(websockets.WebSocketException):  # refused, or dropped
             result.stream = await opened
     if result.stream is None:
-        result.stream = await listen(
-            http, result.session_id, timeout=timeout, cancel_after=cancel_after
-        )
+        result.stream = await follow(result.session_id)
     if TRACE is not None:
         stream = result.stream
         TRACE.append((result.t_post, "client.post >"))

@@ -162,6 +162,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="fanout's listeners and sound's browser on a network path of this round trip, "
         "ms, over --link-mbit if given (0: loopback)",
     )
+    p.add_argument(
+        "--sound-whole-chunks",
+        action="store_true",
+        help="sound: the player's sockets without ?parts=1, each chunk's audio in one frame "
+        "(to compare with the player as it ships)",
+    )
     p.add_argument("--listeners", type=counts, help="fan-out listener counts (1,10,100)")
     p.add_argument("--concurrent", type=count, default=20, help="sessions posted at once (20)")
     p.add_argument("--memory-sessions", type=count, help="sessions for worker RSS growth (500)")
@@ -487,6 +493,13 @@ def scenario_flows(ctx: Context) -> None:
                 "TTFA p50: socket after the reply / with the POST; saved",
                 f"{fmt(late['p50'])} / {fmt(early['p50'])}; {fmt(late['p50'] - early['p50'])}",
             )
+            parts = flows["early, parts"]
+            ctx.row(
+                f"1b socket flow, {key} (n={parts['n']})",
+                VOICE_IDS[voice],
+                "TTFA p50: with the POST, each chunk whole / in parts (?parts=1); saved",
+                f"{fmt(early['p50'])} / {fmt(parts['p50'])}; {fmt(early['p50'] - parts['p50'])}",
+            )
 
 
 def scenario_sound(ctx: Context) -> None:
@@ -507,14 +520,18 @@ def scenario_sound(ctx: Context) -> None:
             if ctx.path:  # the browser on a modelled network path
                 port = stack.enter_context(proxy_thread(ctx.port, ctx.args.path_rtt_ms, ctx.link))
                 base_url = f"http://127.0.0.1:{port}"
-            marks = sound.run_sessions(base_url, paths, kinds, SHORT_TIMEOUT[voice])
+            whole = ctx.args.sound_whole_chunks
+            marks = sound.run_sessions(
+                base_url, paths, kinds, SHORT_TIMEOUT[voice], whole_chunks=whole
+            )
         res = out[label] = sound.analyse(marks[1:])
         if client.TRACE is not None:
             client.TRACE += sound.trace_events(marks)
         for kind in sound.KINDS:
             if (r := res.get(kind)) is None:
                 continue
-            name = f"1e first sound, browser ({kind}{ctx.path}, n={r['sessions']})"
+            whole = ", whole chunks" if ctx.args.sound_whole_chunks else ""
+            name = f"1e first sound, browser ({kind}{ctx.path}{whole}, n={r['sessions']})"
             parts = " / ".join(
                 fmt(r[k]["p50"]) for k in ("press_to_post", "post_to_frame", "frame_to_sound")
             )

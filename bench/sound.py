@@ -61,7 +61,7 @@ window.fetch = function (url, options = {}) {
 const NativeWebSocket = window.WebSocket;
 window.WebSocket = class extends NativeWebSocket {
   constructor(url, protocols) {
-    super(url, protocols);
+    super(window.__wholeChunks ? String(url).replace('&parts=1', '') : url, protocols);
     mark('socket');
     this.addEventListener('open', () => mark('open'));
     this.addEventListener('message', (event) => {
@@ -113,8 +113,11 @@ def make_scenes(texts: list[str], voice: str, tag: str) -> list[str]:
     ]
 
 
-def run_sessions(base_url: str, paths: list[str], kinds: list[str], timeout: float) -> list[dict]:
-    """Open each scene, press Play as ``kinds`` says, and return each page's moments."""
+def run_sessions(
+    base_url: str, paths: list[str], kinds: list[str], timeout: float, *, whole_chunks=False
+) -> list[dict]:
+    """Open each scene, press Play as ``kinds`` says, and return each page's moments.
+    ``whole_chunks``: the player's sockets without ?parts=1 (each chunk in one frame)."""
     from playwright.sync_api import sync_playwright
 
     marks = []
@@ -123,6 +126,8 @@ def run_sessions(base_url: str, paths: list[str], kinds: list[str], timeout: flo
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
         try:
             context = browser.new_context(base_url=base_url)
+            if whole_chunks:
+                context.add_init_script("window.__wholeChunks = true;")
             context.add_init_script(RECORD)
             for path, kind in zip(paths, kinds, strict=True):
                 marks.append(_press_play(context, path, kind, timeout))

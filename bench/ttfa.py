@@ -58,7 +58,8 @@ def run_sessions(
     return asyncio.run(_sequential(port, voice, texts, timeout, early, cancel_after, pause_s))
 
 
-FLOWS = {"after the reply": False, "early": True}
+# name -> (the socket opened with the POST, each chunk's audio in parts: ?parts=1)
+FLOWS = {"after the reply": (False, False), "early": (True, False), "early, parts": (True, True)}
 
 
 def run_flows(
@@ -72,12 +73,12 @@ def run_flows(
     timeout: float,
     link: Link | None = None,
 ) -> dict:
-    """TTFA of both socket flows (opened after the POST's reply, or with it: ?pending=1),
-    on loopback and through DelayProxy round trips (over ``link``, where given: its
-    bandwidth and TCP's slow start, loopback included), ``per_cell`` sessions per round trip,
-    flow and round, the rounds interleaved so that the machine's drift hits all alike. One
-    browser per round trip, with its session cookie and a kept-alive connection, as a
-    page's own."""
+    """TTFA of the socket flows (opened after the POST's reply, or with it: ?pending=1; and
+    with it, each chunk's audio in parts: ?parts=1, the player's way) on loopback and
+    through DelayProxy round trips (over ``link``, where given: its bandwidth and TCP's
+    slow start, loopback included), ``per_cell`` sessions per round trip, flow and round,
+    the rounds interleaved so that the machine's drift hits all alike. One browser per
+    round trip, with its session cookie and a kept-alive connection, as a page's own."""
 
     async def go() -> dict[tuple[float, str], list[float]]:
         samples: dict[tuple[float, str], list[float]] = {}
@@ -91,10 +92,10 @@ def run_flows(
                 await narrate(http, next_text(), voice, timeout=timeout, early=False)  # the cookie
             for _ in range(rounds):
                 for rtt, http in browsers.items():
-                    for name, early in FLOWS.items():
+                    for name, (early, parts) in FLOWS.items():
                         for _ in range(per_cell):
                             n = await narrate(
-                                http, next_text(), voice, timeout=timeout, early=early
+                                http, next_text(), voice, timeout=timeout, early=early, parts=parts
                             )
                             if n.ttfa_ms is not None:
                                 samples.setdefault((rtt, name), []).append(n.ttfa_ms)
