@@ -168,6 +168,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="sound: the player's sockets without ?parts=1, each chunk's audio in one frame "
         "(to compare with the player as it ships)",
     )
+    p.add_argument(
+        "--sound-play-through",
+        action="store_true",
+        help="sound: let each narration play to its end and count the player's underruns "
+        "(gaps a reader hears)",
+    )
     p.add_argument("--listeners", type=counts, help="fan-out listener counts (1,10,100)")
     p.add_argument("--concurrent", type=count, default=20, help="sessions posted at once (20)")
     p.add_argument("--memory-sessions", type=count, help="sessions for worker RSS growth (500)")
@@ -522,7 +528,12 @@ def scenario_sound(ctx: Context) -> None:
                 base_url = f"http://127.0.0.1:{port}"
             whole = ctx.args.sound_whole_chunks
             marks = sound.run_sessions(
-                base_url, paths, kinds, SHORT_TIMEOUT[voice], whole_chunks=whole
+                base_url,
+                paths,
+                kinds,
+                SHORT_TIMEOUT[voice],
+                whole_chunks=whole,
+                play_through=ctx.args.sound_play_through,
             )
         res = out[label] = sound.analyse(marks[1:])
         if client.TRACE is not None:
@@ -543,6 +554,13 @@ def scenario_sound(ctx: Context) -> None:
                 f"{fmt(r['press_to_heard']['p50'])}",
             )
             ctx.row(name, label, "parts p50 ms: press->POST / POST->frame / frame->sample", parts)
+            if (through := r.get("played_through")) is not None:
+                ctx.row(
+                    name,
+                    label,
+                    "played to the end: sessions with a gap / ended; underruns in all",
+                    f"{through['with_a_gap']} / {through['ended']}; {through['underruns']}",
+                )
             if kind == "click":
                 ctx.row(
                     name,

@@ -30,6 +30,7 @@ waited for (``timeouts``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -114,10 +115,18 @@ def make_scenes(texts: list[str], voice: str, tag: str) -> list[str]:
 
 
 def run_sessions(
-    base_url: str, paths: list[str], kinds: list[str], timeout: float, *, whole_chunks=False
+    base_url: str,
+    paths: list[str],
+    kinds: list[str],
+    timeout: float,
+    *,
+    whole_chunks: bool = False,
+    play_through: bool = False,
 ) -> list[dict]:
     """Open each scene, press Play as ``kinds`` says, and return each page's moments.
-    ``whole_chunks``: the player's sockets without ?parts=1 (each chunk in one frame)."""
+    ``whole_chunks``: the player's sockets without ?parts=1 (each chunk in one frame).
+    ``play_through``: let each narration play to its end, and count its underruns (each
+    time the player ran dry: a gap the reader hears)."""
     from playwright.sync_api import sync_playwright
 
     marks = []
@@ -130,13 +139,13 @@ def run_sessions(
                 context.add_init_script("window.__wholeChunks = true;")
             context.add_init_script(RECORD)
             for path, kind in zip(paths, kinds, strict=True):
-                marks.append(_press_play(context, path, kind, timeout))
+                marks.append(_press_play(context, path, kind, timeout, play_through))
         finally:
             browser.close()
     return marks
 
 
-def _press_play(context, path: str, kind: str, timeout: float) -> dict:
+def _press_play(context, path: str, kind: str, timeout: float, play_through: bool) -> dict:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     page = context.new_page()
@@ -157,6 +166,13 @@ def _press_play(context, path: str, kind: str, timeout: float) -> dict:
             return {"kind": kind, "timeout": True}
         marks = page.evaluate("window.__sound")
         marks["kind"] = kind
+        if play_through:
+            ended = "['ended', 'error'].includes(window.__narrator.snapshot()[0].state)"
+            with contextlib.suppress(PlaywrightTimeout):
+                page.wait_for_function(ended, timeout=(timeout + 60) * 1000)
+            state = page.evaluate("window.__narrator.snapshot()[0]")
+            marks["ended"] = state["state"] == "ended"
+            marks["underruns"] = state["underruns"]
         # Stop it, and cancel its synthesis if unfinished: the next press meets an idle stack.
         page.evaluate("(p => { p.pause(); p.discardSession(); })(window.__narrator.players[0])")
         return marks
@@ -188,6 +204,13 @@ def analyse(marks: list[dict]) -> dict:
             ),
             "timeouts": sum(1 for m in marks if m.get("kind") == kind and m.get("timeout")),
         }
+        if through := [m for m in mine if "underruns" in m]:  # played to the end
+            res["played_through"] = {
+                "sessions": len(through),
+                "ended": sum(1 for m in through if m["ended"]),
+                "with_a_gap": sum(1 for m in through if m["underruns"]),
+                "underruns": sum(m["underruns"] for m in through),
+            }
         if kind == "click":
             res["click_to_sound"] = summary(m["sound"] - m["release"] for m in mine)
             res["frame_before_click"] = sum(
@@ -227,5 +250,5 @@ def _moments(marks: dict) -> dict[str, float]:
         for k, v in marks.items()
         if isinstance(v, int | float)
         and not isinstance(v, bool)
-        and k not in ("origin", "latency_ms")
+        and k not in ("origin", "latency_ms", "underruns")
     }

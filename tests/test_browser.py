@@ -403,7 +403,7 @@ def test_session_posts_go_out_at_once_one_at_a_time(page: Page):
 # scheduler.js driven on a clock of the test's own: each case adds chunks (seq, duration
 # s, cushion_ms or null, and false for a chunk's first part only) and further parts (seq,
 # duration s, true for the last) at given context times, plays at a given time, and returns
-# the `when` of every source started.
+# the `when` of every source started. 'gap': the round trip a next part may take (s).
 SCHEDULE_ON_A_FAKE_CLOCK = """async ({ cases, baseLatency }) => {
   const { Scheduler } = await import(siblingOfPlayer('scheduler.js'));
   const out = [];
@@ -421,6 +421,7 @@ SCHEDULE_ON_A_FAKE_CLOCK = """async ({ cases, baseLatency }) => {
       ctx.currentTime = at;
       if (what === 'add') scheduler.add(args[0], { duration: args[1] }, args[2], args[3]);
       else if (what === 'part') scheduler.extend(args[0], { duration: args[1] }, args[2]);
+      else if (what === 'gap') scheduler.partGap = args[0];
       else scheduler.play();
     }
     out.push(starts);
@@ -458,6 +459,16 @@ def test_a_run_starts_after_the_lead_or_after_its_hold_and_cushion(page: Page):
         ],
         # A part that comes after the one before has been heard: the run ran dry.
         [[10, "add", 0, 0.2, 0, False], [10, "play"], [10.5, "part", 0, 0.5, True]],
+        # A round trip longer than the first part's audio: the run waits for the next part
+        # to be due before that audio ends (and a cushion), then plays on without a gap ...
+        [
+            [10, "gap", 0.3],
+            [10, "add", 0, 0.2, 0, False],
+            [10, "play"],
+            [10.3, "part", 0, 0.5, True],
+        ],
+        # ... and one well within it changes nothing.
+        [[10, "gap", 0.08], [10, "add", 0, 0.2, 0, False], [10, "play"]],
     ]
     starts = page.evaluate(SCHEDULE_ON_A_FAKE_CLOCK, {"cases": cases, "baseLatency": 0.01})
     expected = [
@@ -471,6 +482,8 @@ def test_a_run_starts_after_the_lead_or_after_its_hold_and_cushion(page: Page):
         [10 + START_LEAD, 10.23],
         [10 + START_LEAD, 10.23, 10.53, 10.83],
         [10 + START_LEAD, 10.5 + 2 * START_CUSHION],
+        [10 + 0.3 - 0.2 + START_CUSHION, 10.4],
+        [10 + START_LEAD],
     ]
     assert len(starts) == len(expected)
     for got, want in zip(starts, expected, strict=True):

@@ -360,6 +360,7 @@ export class NarrationPlayer {
   /** The next bytes of chunk meta.seq: all of it, or a part (the stream's parts). */
   onChunk(meta, bytes, sampleRate, { first = true, last = true } = {}) {
     const scheduler = this.ensureScheduler();
+    scheduler.partGap = this.stream?.roundTrip || 0;
     const buffer = toAudioBuffer(scheduler.ctx, bytes, sampleRate);
     if (!first) {
       scheduler.extend(meta.seq, buffer, last);

@@ -4,6 +4,9 @@
 // of scheduled sources; pause, seek and resume end a run and start a new one. A chunk may
 // come in parts (the socket's ?parts=1): each part is scheduled as it comes, right after
 // the one before, so a run can start on a chunk's first part while the rest is on its way.
+// A run that starts on a chunk still coming in parts starts late enough for the next part
+// to come about a round trip after the last (`partGap`, from the socket's handshake): on a
+// path slower than a part's audio, a little later rather than with a gap.
 //
 // A run starts as soon as the audio thread can take it (START_LEAD) when its audio is in
 // hand and the engine ahead. Where the server says its engine would otherwise fall
@@ -37,6 +40,8 @@ export class Scheduler {
     this.underruns = 0;
     this.items = []; // by seq, contiguous: { seq, start, duration, parts, complete }
     this.paced = null; // the latest chunk with a cushion, if it holds: { start, due } (ctx time)
+    this.partGap = 0; // seconds the next part of a chunk may come after the one before
+    this.partAt = 0; // when the latest part came (ctx time)
     this.total = null;
     this.playing = false;
     this.ended = false;
@@ -90,6 +95,7 @@ export class Scheduler {
   }
 
   addPart(item, buffer, complete) {
+    this.partAt = this.ctx.currentTime;
     const duration = buffer ? buffer.duration : 0;
     item.parts.push({ at: item.duration, duration, buffer });
     item.duration += duration;
@@ -139,6 +145,7 @@ export class Scheduler {
     this.pausedAt = 0;
     this.cushion = START_CUSHION;
     this.paced = null;
+    this.partAt = 0;
   }
 
   /** Seconds into the narration that the listener is hearing now. */
@@ -239,7 +246,8 @@ export class Scheduler {
     // ran dry); one held for the engine starts a cushion after its hold ends, against the
     // jitter of the arrivals, and never sooner than the lead: no jump as a hold runs out.
     const lead = this.cushion > START_CUSHION ? this.cushion : this.startLead;
-    const paced = Math.min(this.pacedStart(position), now + MAX_PACED_WAIT);
+    const held = Math.max(this.pacedStart(position), this.partsStart(position));
+    const paced = Math.min(held, now + MAX_PACED_WAIT);
     run.nextTime = Math.max(now + lead, paced + this.cushion);
     run.anchorTime = run.nextTime;
     run.anchorPos = position;
@@ -261,6 +269,17 @@ export class Scheduler {
   pacedStart(position) {
     const paced = this.paced;
     return paced ? paced.due - (paced.start - position) : -Infinity;
+  }
+
+  /**
+   * The earliest time a run starting at `position` plays through the rest of a chunk still
+   * coming in parts without running dry: the audio it has from there lasts until its next
+   * part, due `partGap` after the latest (-Infinity when no chunk is in part).
+   */
+  partsStart(position) {
+    const last = this.items[this.items.length - 1];
+    if (!last || last.complete || !this.partGap) return -Infinity;
+    return this.partAt + this.partGap - (this.receivedDuration - position);
   }
 
   startSource(run, seq, buffer, offset) {

@@ -80,6 +80,9 @@ export class ChunkStream {
     this.timers = {};
     this.transport = "idle";
     this.stats = { sockets: 0, reconnects: 0, duplicates: 0 };
+    // Seconds: half the quickest socket handshake (TCP's and the upgrade's round trips),
+    // about how long each next part of a chunk takes after the one before (null: none yet).
+    this.roundTrip = null;
     this.onOnline = () => this.reconnectNow();
     this.onVisible = () => {
       if (document.visibilityState === "visible") this.probe();
@@ -145,9 +148,12 @@ export class ChunkStream {
     this.ws = ws;
     this.admitted = false;
     let opened = false;
+    const began = performance.now();
     ws.onopen = () => {
       if (ws !== this.ws) return;
       opened = true;
+      const roundTrip = (performance.now() - began) / 2000;
+      this.roundTrip = Math.min(this.roundTrip ?? roundTrip, roundTrip);
       this.openFailures = 0;
       this.setTransport("websocket");
       this.startHeartbeat(ws);
