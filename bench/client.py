@@ -243,15 +243,15 @@ async def listen(
 
 def _on_audio(result: Listen, message: bytes, now: float) -> None:
     seq = struct.unpack_from("<I", message)[0]
-    if seq in result.digests:
-        result.duplicates += 1
-        return
     result.arrivals.setdefault(seq, now)
     held = result.held.setdefault(seq, [])
     held.append(message[4:])
     if len(held) < result.parts_due.get(seq, 1):
         return
     pcm = b"".join(result.held.pop(seq))
+    if seq in result.digests:  # the whole chunk again
+        result.duplicates += 1
+        return
     result.whole[seq], result.sizes[seq], result.digests[seq] = now, len(pcm), hash(pcm)
 
 

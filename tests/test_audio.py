@@ -5,9 +5,10 @@ from __future__ import annotations
 from tts.audio import FIRST_PART_BYTES, chunk_frame, pcm_parts
 
 
-def test_pcm_parts_grow_from_the_first_window_and_never_leave_a_sliver():
+def test_pcm_parts_grow_from_the_first_window_and_join_a_short_rest():
     first = FIRST_PART_BYTES
     sizes = {n: [len(p) for p in pcm_parts(bytes(n))] for n in (0, 100, first, first + 2)}
+    # The first part stays within the window, however little is left after it.
     assert sizes == {0: [0], 100: [100], first: [first], first + 2: [first, 2]}
     assert [len(p) for p in pcm_parts(bytes(3 * first))] == [first, 2 * first]
     # Rests shorter than half the next part's size join the part before.

@@ -403,7 +403,8 @@ def test_session_posts_go_out_at_once_one_at_a_time(page: Page):
 # scheduler.js driven on a clock of the test's own: each case adds chunks (seq, duration
 # s, cushion_ms or null, and false for a chunk's first part only) and further parts (seq,
 # duration s, true for the last) at given context times, plays at a given time, and returns
-# the `when` of every source started. 'gap': the round trip a next part may take (s).
+# the `when` of every source started. 'gap': the round trip a next part may take (s);
+# 'play' may say where (s into the narration); 'pause'.
 SCHEDULE_ON_A_FAKE_CLOCK = """async ({ cases, baseLatency }) => {
   const { Scheduler } = await import(siblingOfPlayer('scheduler.js'));
   const out = [];
@@ -422,7 +423,8 @@ SCHEDULE_ON_A_FAKE_CLOCK = """async ({ cases, baseLatency }) => {
       if (what === 'add') scheduler.add(args[0], { duration: args[1] }, args[2], args[3]);
       else if (what === 'part') scheduler.extend(args[0], { duration: args[1] }, args[2]);
       else if (what === 'gap') scheduler.partGap = args[0];
-      else scheduler.play();
+      else if (what === 'pause') scheduler.pause();
+      else scheduler.play(...args);
     }
     out.push(starts);
   }
@@ -469,6 +471,22 @@ def test_a_run_starts_after_the_lead_or_after_its_hold_and_cushion(page: Page):
         ],
         # ... and one well within it changes nothing.
         [[10, "gap", 0.08], [10, "add", 0, 0.2, 0, False], [10, "play"]],
+        # Paused where a chunk's audio ran out while more of it was coming: resumed, the run
+        # plays the rest of that chunk when it comes (not the next chunk, not the end).
+        [
+            [10, "add", 0, 0.2, 0, False],
+            [10, "play"],
+            [10.5, "pause"],
+            [10.6, "play"],
+            [10.7, "part", 0, 0.5, True],
+        ],
+        # Resumed inside a chunk still coming: from there in the part that holds it.
+        [
+            [10, "add", 0, 0.2, 0, False],
+            [10, "part", 0, 0.3, False],
+            [10, "play", 0.3],
+            [10, "part", 0, 0.4, True],
+        ],
     ]
     starts = page.evaluate(SCHEDULE_ON_A_FAKE_CLOCK, {"cases": cases, "baseLatency": 0.01})
     expected = [
@@ -484,6 +502,8 @@ def test_a_run_starts_after_the_lead_or_after_its_hold_and_cushion(page: Page):
         [10 + START_LEAD, 10.5 + 2 * START_CUSHION],
         [10 + 0.3 - 0.2 + START_CUSHION, 10.4],
         [10 + START_LEAD],
+        [10 + START_LEAD, 10.7 + START_LEAD],
+        [10 + START_LEAD, 10.23],
     ]
     assert len(starts) == len(expected)
     for got, want in zip(starts, expected, strict=True):
@@ -493,9 +513,10 @@ def test_a_run_starts_after_the_lead_or_after_its_hold_and_cushion(page: Page):
     assert slow == [[pytest.approx(10.1, abs=TOLERANCE)]]
 
 
-# stream.js's delivery, driven frame by frame: a chunk in three parts on one socket, cut
-# after its first part; the next socket sends it again, whole, in its parts; then the HTTP
-# fallback brings chunk 2 before chunk 1 (whole chunks). What the page is handed, in order.
+# stream.js's delivery, driven frame by frame: chunk 0 in three parts on one socket, cut
+# after its first part; the next socket sends it again in two parts, the first of them
+# straddling what the page has. Chunk 1's first part on that socket, then the HTTP
+# fallback brings chunk 1 whole, and chunk 3 before chunk 2. What the page is handed.
 DELIVER_IN_PARTS = """async () => {
   const { ChunkStream } = await import(siblingOfPlayer('stream.js'));
   const handed = [];
@@ -509,18 +530,22 @@ DELIVER_IN_PARTS = """async () => {
     data.set(bytes, 4);
     return data.buffer;
   };
-  const meta = { type: 'chunk', seq: 0, samples: 5, sample_rate: 8000, parts: 3 };
+  const frame = (seq, samples, parts) =>
+    JSON.stringify({ type: 'chunk', seq, samples, sample_rate: 8000, parts });
   const pcm = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
-  stream.receive(JSON.stringify(meta)); // the first socket
+  stream.receive(frame(0, 5, 3)); // the first socket
   stream.receive(binary(0, pcm.slice(0, 2)));
   const afterCut = stream.lastSeq;
-  stream.receive(JSON.stringify(meta)); // the next one, after=-1
-  stream.receive(binary(0, pcm.slice(0, 2)));
-  stream.receive(binary(0, pcm.slice(2, 6)));
-  stream.receive(binary(0, pcm.slice(6)));
-  stream.accept({ seq: 2, samples: 1 }, new Uint8Array([30, 31]), 8000); // fetched ahead
-  stream.accept({ seq: 1, samples: 1 }, new Uint8Array([20, 21]), 8000);
-  stream.accept({ seq: 1, samples: 1 }, new Uint8Array([20, 21]), 8000); // again
+  stream.receive(frame(0, 5, 2)); // the next one, after=-1
+  stream.receive(binary(0, pcm.slice(0, 4)));
+  stream.receive(binary(0, pcm.slice(4)));
+  stream.receive(frame(1, 2, 2));
+  stream.receive(binary(1, [20, 21]));
+  const whole = (seq, bytes) => stream.accept({ seq, samples: 1 }, new Uint8Array(bytes), 8000);
+  whole(1, [20, 21, 22, 23]); // the HTTP fallback, from after=0
+  whole(3, [40, 41]); // fetched ahead
+  whole(2, [30, 31]);
+  whole(2, [30, 31]); // again
   return { handed, afterCut, lastSeq: stream.lastSeq, stats: stream.stats };
 }"""
 
@@ -530,15 +555,23 @@ def test_a_chunk_in_parts_is_handed_on_byte_by_byte_once_across_a_resume(page: P
     scene = make_story(SCENE_TEXT).scenes.get()
     open_scene(page, scene)
     result = page.evaluate(DELIVER_IN_PARTS)
+    middle, first, last = (
+        {"first": False, "last": False},
+        {"first": True, "last": False},
+        {"first": False, "last": True},
+    )
+    whole = {"first": True, "last": True}
     assert result["handed"] == [
-        [0, [1, 2], {"first": True, "last": False}],
-        [0, [3, 4, 5, 6], {"first": False, "last": False}],  # the resent first part: skipped
-        [0, [7, 8, 9, 10], {"first": False, "last": True}],
-        [1, [20, 21], {"first": True, "last": True}],
-        [2, [30, 31], {"first": True, "last": True}],
+        [0, [1, 2], first],
+        [0, [3, 4], middle],  # of the resent [1, 2, 3, 4]: what the page lacked
+        [0, [5, 6, 7, 8, 9, 10], last],
+        [1, [20, 21], first],
+        [1, [22, 23], last],  # of the fallback's whole chunk
+        [2, [30, 31], whole],
+        [3, [40, 41], whole],
     ]
     assert result["afterCut"] == -1  # a chunk in part does not count: resume before it
-    assert result["lastSeq"] == 2 and result["stats"]["duplicates"] == 1
+    assert result["lastSeq"] == 3 and result["stats"]["duplicates"] == 1
 
 
 def test_space_on_play_begins_the_narration_as_it_goes_down(page: Page):

@@ -79,7 +79,8 @@ FIRST_PART_BYTES = 10 * 1024
 def pcm_parts(pcm: bytes, first: int = FIRST_PART_BYTES) -> list[memoryview]:
     """``pcm`` in parts: at most ``first`` bytes, then each twice the one before, the last
     taking the rest. A rest shorter than half the next part's size joins the part before it
-    (except the first, which stays within the window): the parts are few, none a sliver."""
+    (not the first, which stays within the window, so the second may be small): the parts
+    are few."""
     parts, start, size = [], 0, first
     view = memoryview(pcm)
     while len(pcm) - start > size and (not parts or len(pcm) - start - size >= size):

@@ -501,7 +501,9 @@ export class NarrationPlayer {
     const item = scheduler.items[scheduler.seqAt(position)];
     if (!item) return { generated, played: last.char_end / this.textLength };
     const meta = this.chunks[item.seq];
-    const within = item.duration ? (position - item.start) / item.duration : 0;
+    // All of it, parts still coming too (the frame's own figures, where it has them).
+    const duration = meta.sample_rate ? meta.samples / meta.sample_rate : item.duration;
+    const within = duration ? Math.min(1, (position - item.start) / duration) : 0;
     const chars = meta.char_start + (meta.char_end - meta.char_start) * within;
     return { generated, played: Math.min(generated, chars / this.textLength) };
   }

@@ -175,7 +175,11 @@ export class Scheduler {
     return this.ctx.currentTime < run.anchorTime - this.cushion;
   }
 
-  /** The seq of the chunk that holds `position` (received.length past the end). */
+  /**
+   * The seq of the chunk that holds `position`: received.length past the end, except at
+   * the end of a chunk still coming in parts, which holds the rest of it (a run resumed
+   * there plays its next parts).
+   */
   seqAt(position) {
     let low = 0;
     let high = this.items.length - 1;
@@ -186,7 +190,8 @@ export class Scheduler {
       else if (position >= item.start + item.duration) low = mid + 1;
       else return mid;
     }
-    return low;
+    const last = this.items[this.items.length - 1];
+    return low === this.items.length && last && !last.complete ? last.seq : low;
   }
 
   startRun(position) {
