@@ -109,6 +109,15 @@ def counts(text: str) -> tuple[int, ...]:
     return tuple(count(part.strip()) for part in text.split(",") if part.strip())
 
 
+def round_trips(text: str) -> list[float]:
+    """An argparse type: one or more comma-separated round trips, 0 to 10,000 ms."""
+    parse = number(0, 10_000)
+    values = [parse(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("give one or more round trips, ms")
+    return values
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -140,7 +149,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--rtt-ms",
-        default="0,20,80",
+        type=round_trips,
+        default=[0.0, 20.0, 80.0],
         help="flows: network round trips to add, ms (0,20,80; bench/netdelay.py)",
     )
     p.add_argument(
@@ -249,12 +259,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     if args.ab and not args.patch:
         p.error("--ab needs at least one --patch")
-    try:
-        args.rtt_ms = [float(x) for x in args.rtt_ms.split(",") if x.strip()]
-    except ValueError:
-        p.error(f"--rtt-ms must be comma-separated milliseconds, got {args.rtt_ms!r}")
-    if not args.rtt_ms or any(not 0 <= ms <= 10_000 for ms in args.rtt_ms):
-        p.error("--rtt-ms: give one or more round trips from 0 to 10000 ms")
     if args.link_no_idle_restart and not args.link_mbit:
         p.error("--link-no-idle-restart needs --link-mbit")
     args.sessions = args.sessions or (15 if q else 50)

@@ -45,6 +45,9 @@ def test_counts_are_read():
         (["--link-mbit", "fast"], "--link-mbit: not a number: 'fast'"),
         (["--path-rtt-ms", "-1"], "--path-rtt-ms: must be at least 0 and at most 10000, got -1"),
         (["--link-no-idle-restart"], "--link-no-idle-restart needs --link-mbit"),
+        (["--rtt-ms", "0,x"], "--rtt-ms: not a number: 'x'"),
+        (["--rtt-ms", "20,20000"], "--rtt-ms: must be at least 0 and at most 10000, got 20000"),
+        (["--rtt-ms", ","], "--rtt-ms: give one or more round trips, ms"),
         (["--voices", "nope"], "unknown voice 'nope'"),
     ],
 )
