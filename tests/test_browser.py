@@ -585,18 +585,23 @@ def test_space_on_play_begins_the_narration_as_it_goes_down(page: Page):
     assert_held_then_played(page, posts, release=lambda: page.keyboard.up("Space"))
 
 
-def test_a_socket_cut_mid_stream_resumes_with_no_gap_and_no_duplicate(page: Page):
-    page.add_init_script(cut_first_socket(chunk=1))
+def play_with_a_cut(page: Page, **cut) -> tuple[dict, list[str], list[dict]]:
+    """Play a scene to its end with its first socket cut as cut_first_socket(**cut) says:
+    the player's last state, its sockets' URLs and the session's stored chunks."""
+    page.add_init_script(cut_first_socket(**cut))
     scene = make_story(LONGER_TEXT).scenes.get()
     open_scene(page, scene)
     page.get_by_role("button", name="Play: Scene 1").click()
     state = wait_for_state(page, "ended")
-
     sockets = [s["url"] for s in page.evaluate("window.__sockets")]
+    return state, sockets, session_chunks(page)
+
+
+def test_a_socket_cut_mid_stream_resumes_with_no_gap_and_no_duplicate(page: Page):
+    state, sockets, chunks = play_with_a_cut(page, chunk=1)
     assert len(sockets) >= 2
     assert sockets[0].endswith("?after=-1&parts=1")
     assert sockets[1].endswith("?after=1&parts=1")  # resumed after the last chunk it had
-    chunks = session_chunks(page)
     assert_gapless(page.evaluate("window.__starts"), chunks)
     assert state["highlights"] == list(range(len(chunks)))
     assert state["underruns"] == 0
@@ -607,16 +612,9 @@ def test_a_socket_cut_inside_a_chunk_resumes_with_the_rest_of_it_once(page: Page
     """Cut after the first chunk's first part: the next socket asks again from before that
     chunk, and the player takes only the bytes it lacks, so every sample is scheduled once,
     in order (the run may have run dry while the socket came back)."""
-    page.add_init_script(cut_first_socket(frames=1))
-    scene = make_story(LONGER_TEXT).scenes.get()
-    open_scene(page, scene)
-    page.get_by_role("button", name="Play: Scene 1").click()
-    state = wait_for_state(page, "ended")
-
-    sockets = [s["url"] for s in page.evaluate("window.__sockets")]
+    state, sockets, chunks = play_with_a_cut(page, frames=1)
     assert sockets[0].endswith("?after=-1&parts=1")
     assert sockets[1].endswith("?after=-1&parts=1")  # the first chunk was not whole yet
-    chunks = session_chunks(page)
     sources = sources_per_chunk(page.evaluate("window.__starts"), chunks)
     assert sources[0] >= 2  # its first part from the first socket, the rest from the next
     assert state["stream"]["duplicates"] == 0 and state["highlights"] == list(range(len(chunks)))
