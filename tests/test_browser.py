@@ -272,6 +272,8 @@ def test_it_plays_a_scene_gaplessly_while_progress_and_highlight_follow(page: Pa
     assert len(chunks) >= 4  # one per sentence
     sources = assert_gapless(page.evaluate("window.__starts"), chunks)
     assert max(sources) >= 2  # a sentence's audio came, and played, in parts
+    round_trip = page.evaluate("window.__narrator.players[0].stream.roundTrip")
+    assert 0 < round_trip < 0.5  # loopback's, from the socket's handshake or the POST
     assert state["highlights"] == list(range(len(chunks)))
     assert state["underruns"] == 0
     assert state["played"] == 1 and state["generated"] == 1
@@ -548,6 +550,39 @@ DELIVER_IN_PARTS = """async () => {
   whole(2, [30, 31]); // again
   return { handed, afterCut, lastSeq: stream.lastSeq, stats: stream.stats };
 }"""
+
+
+def test_a_requests_round_trip_comes_from_resource_timing_and_the_quickest_is_kept(page: Page):
+    """The POST's round trip (Resource Timing: its request to its reply's first byte, no
+    connection set-up) beside the socket's handshake: the stream keeps the quickest."""
+    page.add_init_script(SIBLING_OF_PLAYER)
+    scene = make_story(SCENE_TEXT).scenes.get()
+    open_scene(page, scene)
+    result = page.evaluate(
+        """async () => {
+            const { requestRoundTrip } = await import(siblingOfPlayer('api.js'));
+            const { ChunkStream } = await import(siblingOfPlayer('stream.js'));
+            const perf = (...entries) => ({ getEntriesByName: () => entries });
+            const timed = requestRoundTrip('/api/tts/sessions/', perf(
+              { requestStart: 5, responseStart: 400 },
+              { requestStart: 1000, responseStart: 1120 },
+            ));
+            const unknown = [
+              requestRoundTrip('/x/', perf()),
+              requestRoundTrip('/x/', perf({ requestStart: 0, responseStart: 0 })),
+              requestRoundTrip('/x/', {}),
+            ];
+            const stream = new ChunkStream({ id: 'x', ws_url: '/ws/x/' }, {});
+            const kept = [0.3, null, 0.12, 0, 0.2].map((s) => {
+              stream.noteRoundTrip(s);
+              return stream.roundTrip;
+            });
+            return { timed, unknown, kept };
+        }"""
+    )
+    assert result["timed"] == pytest.approx(0.12)  # the latest request's
+    assert result["unknown"] == [None, None, None]
+    assert result["kept"] == [0.3, 0.3, 0.12, 0.12, 0.12]
 
 
 def test_a_chunk_in_parts_is_handed_on_byte_by_byte_once_across_a_resume(page: Page):

@@ -55,6 +55,18 @@ export async function request(url, { method = "GET", json, csrf, accept = "appli
   return response;
 }
 
+/**
+ * Seconds from the latest request to `url` going out to its reply's first byte (Resource
+ * Timing): a round trip and the server's work, without the connection's set-up (TCP's,
+ * TLS's); null where the browser does not say.
+ */
+export function requestRoundTrip(url, perf = globalThis.performance) {
+  const entries = perf?.getEntriesByName?.(new URL(url, window.location.href).href) || [];
+  const entry = entries[entries.length - 1];
+  if (!entry?.requestStart || !(entry.responseStart > entry.requestStart)) return null;
+  return (entry.responseStart - entry.requestStart) / 1000;
+}
+
 export async function requestJson(url, options) {
   return (await request(url, options)).json();
 }

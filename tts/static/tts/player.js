@@ -3,7 +3,7 @@
 // Events on the player element (they bubble): tts:play, tts:pause, tts:state, tts:ended.
 // Test hook: window.__narrator.players / .snapshot().
 
-import { cancelSession, createSession, fetchVoices } from "./api.js";
+import { cancelSession, createSession, fetchVoices, requestRoundTrip } from "./api.js";
 import { audioContext, unlockAudio } from "./audio-context.js";
 import { describeError, describeStatus, formatTime, STATE_MESSAGES } from "./messages.js";
 import { toAudioBuffer } from "./pcm.js";
@@ -360,6 +360,9 @@ export class NarrationPlayer {
   /** The next bytes of chunk meta.seq: all of it, or a part (the stream's parts). */
   onChunk(meta, bytes, sampleRate, { first = true, last = true } = {}) {
     const scheduler = this.ensureScheduler();
+    // The POST's round trip too, once the browser's timeline has it: without the TLS
+    // handshake that a wss: socket's includes.
+    this.stream?.noteRoundTrip(requestRoundTrip(this.config.sessionsUrl));
     scheduler.partGap = this.stream?.roundTrip || 0;
     const buffer = toAudioBuffer(scheduler.ctx, bytes, sampleRate);
     if (!first) {

@@ -80,8 +80,9 @@ export class ChunkStream {
     this.timers = {};
     this.transport = "idle";
     this.stats = { sockets: 0, reconnects: 0, duplicates: 0 };
-    // Seconds: half the quickest socket handshake (TCP's and the upgrade's round trips),
-    // about how long each next part of a chunk takes after the one before (null: none yet).
+    // Seconds: about how long each next part of a chunk takes after the one before, the
+    // quickest round trip seen: half a socket's handshake (TCP's and the upgrade's round
+    // trips; TLS's too, over wss:), or a request's (noteRoundTrip). Null: none yet.
     this.roundTrip = null;
     this.onOnline = () => this.reconnectNow();
     this.onVisible = () => {
@@ -103,6 +104,11 @@ export class ChunkStream {
     if (!this.waitingForConfirm || this.stopped || this.finished) return;
     this.waitingForConfirm = false;
     this.connect();
+  }
+
+  /** A round trip measured (seconds; null or 0: none): the quickest is kept. */
+  noteRoundTrip(seconds) {
+    if (seconds > 0) this.roundTrip = Math.min(this.roundTrip ?? seconds, seconds);
   }
 
   /** Stop listening (the page is done with this session). */
@@ -152,8 +158,7 @@ export class ChunkStream {
     ws.onopen = () => {
       if (ws !== this.ws) return;
       opened = true;
-      const roundTrip = (performance.now() - began) / 2000;
-      this.roundTrip = Math.min(this.roundTrip ?? roundTrip, roundTrip);
+      this.noteRoundTrip((performance.now() - began) / 2000);
       this.openFailures = 0;
       this.setTransport("websocket");
       this.startHeartbeat(ws);
