@@ -156,7 +156,6 @@ class Listen:
     t_session: float | None = None  # the `session` frame: the consumer has joined the group
     session_frame: dict | None = None
     arrivals: dict[int, float] = field(default_factory=dict)  # seq -> its first audio's arrival
-    whole: dict[int, float] = field(default_factory=dict)  # seq -> its last part's (?parts=1)
     sizes: dict[int, int] = field(default_factory=dict)  # seq -> PCM bytes
     digests: dict[int, int] = field(default_factory=dict)  # seq -> hash of the PCM
     held: dict[int, list[bytes]] = field(default_factory=dict)  # seq -> parts, not yet whole
@@ -252,7 +251,7 @@ def _on_audio(result: Listen, message: bytes, now: float) -> None:
     if seq in result.digests:  # the whole chunk again
         result.duplicates += 1
         return
-    result.whole[seq], result.sizes[seq], result.digests[seq] = now, len(pcm), hash(pcm)
+    result.sizes[seq], result.digests[seq] = len(pcm), hash(pcm)
 
 
 @dataclass

@@ -424,7 +424,7 @@ SCHEDULE_ON_A_FAKE_CLOCK = """async ({ cases, baseLatency }) => {
       ctx.currentTime = at;
       if (what === 'add') scheduler.add(args[0], { duration: args[1] }, args[2], args[3]);
       else if (what === 'part') scheduler.extend(args[0], { duration: args[1] }, args[2]);
-      else if (what === 'gap') scheduler.partGap = args[0];
+      else if (what === 'gap') scheduler.partGap = () => args[0];
       else if (what === 'pause') scheduler.pause();
       else scheduler.play(...args);
     }

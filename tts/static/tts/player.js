@@ -360,10 +360,6 @@ export class NarrationPlayer {
   /** The next bytes of chunk meta.seq: all of it, or a part (the stream's parts). */
   onChunk(meta, bytes, sampleRate, { first = true, last = true } = {}) {
     const scheduler = this.ensureScheduler();
-    // The POST's round trip too, once the browser's timeline has it: without the TLS
-    // handshake that a wss: socket's includes.
-    this.stream?.noteRoundTrip(requestRoundTrip(this.config.sessionsUrl));
-    scheduler.partGap = this.stream?.roundTrip || 0;
     const buffer = toAudioBuffer(scheduler.ctx, bytes, sampleRate);
     if (!first) {
       scheduler.extend(meta.seq, buffer, last);
@@ -430,10 +426,24 @@ export class NarrationPlayer {
       this.scheduler = new Scheduler(audioContext(), {
         onEnded: () => this.finished(),
         onUnderrun: () => this.render(),
+        partGap: () => this.partGap(),
       });
       if (this.total !== null) this.scheduler.setTotal(this.total);
     }
     return this.scheduler;
+  }
+
+  /**
+   * Seconds a chunk's next part may take after the one before (asked only as a run starts
+   * on a chunk still coming in parts): the quickest round trip seen, half the socket's
+   * handshake or the POST's, once the browser's timeline has it (without the TLS
+   * handshake that a wss: socket's includes).
+   */
+  partGap() {
+    const stream = this.stream;
+    if (!stream) return 0;
+    stream.noteRoundTrip(requestRoundTrip(this.config.sessionsUrl));
+    return stream.roundTrip || 0;
   }
 
   finished() {

@@ -5,7 +5,7 @@
 // come in parts (the socket's ?parts=1): each part is scheduled as it comes, right after
 // the one before, so a run can start on a chunk's first part while the rest is on its way.
 // A run that starts on a chunk still coming in parts starts late enough for the next part
-// to come about a round trip after the last (`partGap`, from the socket's handshake): on a
+// to come about a round trip after the last (the `partGap` hook: the player's estimate): on a
 // path slower than a part's audio, a little later rather than with a gap.
 //
 // A run starts as soon as the audio thread can take it (START_LEAD) when its audio is in
@@ -30,9 +30,10 @@ const FADE = 0.012; // a short fade on stop avoids a click
 export class Scheduler {
   /**
    * @param {AudioContext} ctx
-   * @param {{onEnded?: () => void, onUnderrun?: (cushion: number) => void}} hooks
+   * @param {{onEnded?: () => void, onUnderrun?: (cushion: number) => void,
+   *   partGap?: () => number}} hooks
    */
-  constructor(ctx, { onEnded = () => {}, onUnderrun = () => {} } = {}) {
+  constructor(ctx, { onEnded = () => {}, onUnderrun = () => {}, partGap = () => 0 } = {}) {
     this.ctx = ctx;
     this.onEnded = onEnded;
     this.onUnderrun = onUnderrun;
@@ -40,7 +41,7 @@ export class Scheduler {
     this.underruns = 0;
     this.items = []; // by seq, contiguous: { seq, start, duration, parts, complete }
     this.paced = null; // the latest chunk with a cushion, if it holds: { start, due } (ctx time)
-    this.partGap = 0; // seconds the next part of a chunk may come after the one before
+    this.partGap = partGap; // () => seconds the next part of a chunk may take after the last
     this.partAt = 0; // when the latest part came (ctx time)
     this.total = null;
     this.playing = false;
@@ -279,12 +280,13 @@ export class Scheduler {
   /**
    * The earliest time a run starting at `position` plays through the rest of a chunk still
    * coming in parts without running dry: the audio it has from there lasts until its next
-   * part, due `partGap` after the latest (-Infinity when no chunk is in part).
+   * part, due `partGap()` after the latest (-Infinity when no chunk is in part).
    */
   partsStart(position) {
     const last = this.items[this.items.length - 1];
-    if (!last || last.complete || !this.partGap) return -Infinity;
-    return this.partAt + this.partGap - (this.receivedDuration - position);
+    const gap = !last || last.complete ? 0 : this.partGap();
+    if (!gap) return -Infinity;
+    return this.partAt + gap - (this.receivedDuration - position);
   }
 
   startSource(run, seq, buffer, offset) {

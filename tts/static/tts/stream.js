@@ -379,7 +379,7 @@ export class ChunkStream {
       this.lastSeq = meta.seq;
       this.partial = null;
     } else {
-      this.partial = { seq: meta.seq, bytes: Math.max(end, given) };
+      this.partial = { seq: meta.seq, bytes: end }; // more than given: see above
     }
   }
 
