@@ -194,12 +194,14 @@ async def listen(
     pending: bool = False,
     cancel_after: int | None = None,
     parts: bool = False,
+    on_open: asyncio.Event | None = None,
 ) -> Listen:
     """Follow a session to ``done`` (or a fatal error). ``ready`` is set once the session
     frame arrived (the consumer has joined the group). ``pending``: the session may not
     exist yet (its POST is in flight). ``cancel_after``: cancel the session once this many
     chunks arrived (a long text's first audio, without waiting for the rest). ``parts``:
-    each chunk's audio in parts (?parts=1); a chunk arrives with its first part."""
+    each chunk's audio in parts (?parts=1); a chunk arrives with its first part.
+    ``on_open`` is set once the handshake is done."""
     result = Listen(session_id)
     result.t_connect = time.time()
     async with asyncio.timeout(timeout):
@@ -212,6 +214,8 @@ async def listen(
             ping_interval=None,
         ) as ws:
             result.t_open = time.time()
+            if on_open is not None:
+                on_open.set()
             async for message in ws:
                 now = time.time()
                 if isinstance(message, bytes):
@@ -281,19 +285,31 @@ async def narrate(
     early: bool = True,
     cancel_after: int | None = None,
     parts: bool = False,
+    warm_s: float | None = None,
 ) -> Narration:
     """As the player does: choose the session's id, open its socket (?pending=1) and POST at
     once, then follow to the end. A socket refused before the POST's reply (a browser
     with no session cookie yet: the POST gives it one) is opened again after it.
     ``early=False``: POST, then open the socket once the reply is in (the older flow).
+    ``warm_s``: open the socket first, as the player does when the pointer comes onto Play,
+    and POST this long after its handshake (TTFA is still timed from the POST).
     ``cancel_after``, ``parts``: see listen."""
     result = Narration(voice=voice, text=text)
-    result.t_post = time.time()
     chosen = str(uuid.uuid4()) if early else None
     follow = functools.partial(
         listen, http, timeout=timeout, cancel_after=cancel_after, parts=parts
     )
-    opened = asyncio.create_task(follow(chosen, pending=True)) if early else None
+    opened = None
+    if early and warm_s is not None:
+        is_open = asyncio.Event()
+        opened = asyncio.create_task(follow(chosen, pending=True, on_open=is_open))
+        handshake = asyncio.create_task(is_open.wait())
+        await asyncio.wait({opened, handshake}, return_when=asyncio.FIRST_COMPLETED)
+        handshake.cancel()  # refused or failed: the POST goes now, as below
+        await asyncio.sleep(warm_s)
+    result.t_post = time.time()
+    if early and opened is None:
+        opened = asyncio.create_task(follow(chosen, pending=True))
     try:
         created = await http.create(text, voice, chosen)
     except BaseException:

@@ -179,6 +179,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(to compare with the player as it ships)",
     )
     p.add_argument(
+        "--sound-hover-ms",
+        type=number(0, 10_000),
+        default=0.0,
+        help="sound: the pointer rests on Play this long before each press; the player opens "
+        "the socket as it comes (0: the press follows at once, the socket opens with the POST)",
+    )
+    p.add_argument(
         "--sound-play-through",
         action="store_true",
         help="sound: let each narration play to its end and count the player's underruns "
@@ -510,6 +517,13 @@ def scenario_flows(ctx: Context) -> None:
                 "TTFA p50: with the POST, each chunk whole / in parts (?parts=1); saved",
                 f"{fmt(early['p50'])} / {fmt(parts['p50'])}; {fmt(early['p50'] - parts['p50'])}",
             )
+            warm = flows["warm, parts"]
+            ctx.row(
+                f"1b socket flow, {key} (n={warm['n']})",
+                VOICE_IDS[voice],
+                "TTFA p50: in parts, socket with the POST / before it (warm); saved",
+                f"{fmt(parts['p50'])} / {fmt(warm['p50'])}; {fmt(parts['p50'] - warm['p50'])}",
+            )
 
 
 def scenario_sound(ctx: Context) -> None:
@@ -538,6 +552,7 @@ def scenario_sound(ctx: Context) -> None:
                 SHORT_TIMEOUT[voice],
                 whole_chunks=whole,
                 play_through=ctx.args.sound_play_through,
+                hover_ms=ctx.args.sound_hover_ms,
             )
         res = out[label] = sound.analyse(marks[1:])
         if client.TRACE is not None:
@@ -546,7 +561,8 @@ def scenario_sound(ctx: Context) -> None:
             if (r := res.get(kind)) is None:
                 continue
             whole = ", whole chunks" if ctx.args.sound_whole_chunks else ""
-            name = f"1e first sound, browser ({kind}{ctx.path}{whole}, n={r['sessions']})"
+            hover = f", {ctx.args.sound_hover_ms:g} ms hover" if ctx.args.sound_hover_ms else ""
+            name = f"1e first sound, browser ({kind}{ctx.path}{whole}{hover}, n={r['sessions']})"
             parts = " / ".join(
                 fmt(r[k]["p50"]) for k in ("press_to_post", "post_to_frame", "frame_to_sound")
             )

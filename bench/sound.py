@@ -122,9 +122,13 @@ def run_sessions(
     *,
     whole_chunks: bool = False,
     play_through: bool = False,
+    hover_ms: float = 0.0,
 ) -> list[dict]:
     """Open each scene, press Play as ``kinds`` says, and return each page's moments.
     ``whole_chunks``: the player's sockets without ?parts=1 (each chunk in one frame).
+    ``hover_ms``: the pointer rests on Play this long before the press (the player opens
+    the next session's socket as the pointer comes onto Play; with 0 the press follows
+    at once, and the socket opens with the POST, as on a touch screen).
     ``play_through``: let each narration play to its end, and count its underruns (each
     time the player ran dry: a gap the reader hears)."""
     from playwright.sync_api import sync_playwright
@@ -139,13 +143,15 @@ def run_sessions(
                 context.add_init_script("window.__wholeChunks = true;")
             context.add_init_script(RECORD)
             for path, kind in zip(paths, kinds, strict=True):
-                marks.append(_press_play(context, path, kind, timeout, play_through))
+                marks.append(_press_play(context, path, kind, timeout, play_through, hover_ms))
         finally:
             browser.close()
     return marks
 
 
-def _press_play(context, path: str, kind: str, timeout: float, play_through: bool) -> dict:
+def _press_play(
+    context, path: str, kind: str, timeout: float, play_through: bool, hover_ms: float
+) -> dict:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     page = context.new_page()
@@ -156,6 +162,8 @@ def _press_play(context, path: str, kind: str, timeout: float, play_through: boo
         button = page.locator("[data-tts-role=play]").first
         box = button.bounding_box()
         page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        if hover_ms:
+            page.wait_for_timeout(hover_ms)
         page.mouse.down()
         if kind == "click":
             page.wait_for_timeout(HOLD_MS)

@@ -58,8 +58,18 @@ def run_sessions(
     return asyncio.run(_sequential(port, voice, texts, timeout, early, cancel_after, pause_s))
 
 
-# name -> (the socket opened with the POST, each chunk's audio in parts: ?parts=1)
-FLOWS = {"after the reply": (False, False), "early": (True, False), "early, parts": (True, True)}
+# A socket opened before the press (the player's warmUp, on the pointer's arrival on Play):
+# the POST goes this long after its handshake, in a hover's time before a click.
+WARM_S = 0.05
+
+# name -> (the socket opened with the POST, each chunk's audio in parts: ?parts=1, the
+# socket opened WARM_S before the POST instead)
+FLOWS = {
+    "after the reply": (False, False, None),
+    "early": (True, False, None),
+    "early, parts": (True, True, None),
+    "warm, parts": (True, True, WARM_S),
+}
 
 
 def run_flows(
@@ -74,7 +84,8 @@ def run_flows(
     link: Link | None = None,
 ) -> dict:
     """TTFA of the socket flows (opened after the POST's reply, or with it: ?pending=1; and
-    with it, each chunk's audio in parts: ?parts=1, the player's way) on loopback and
+    with it, each chunk's audio in parts: ?parts=1; and, the player's way, in parts and
+    opened before the POST: WARM_S after its handshake) on loopback and
     through DelayProxy round trips (over ``link``, where given: its bandwidth and TCP's
     slow start, loopback included), ``per_cell`` sessions per round trip, flow and round,
     the rounds interleaved so that the machine's drift hits all alike. One browser per
@@ -92,10 +103,16 @@ def run_flows(
                 await narrate(http, next_text(), voice, timeout=timeout, early=False)  # the cookie
             for _ in range(rounds):
                 for rtt, http in browsers.items():
-                    for name, (early, parts) in FLOWS.items():
+                    for name, (early, parts, warm) in FLOWS.items():
                         for _ in range(per_cell):
                             n = await narrate(
-                                http, next_text(), voice, timeout=timeout, early=early, parts=parts
+                                http,
+                                next_text(),
+                                voice,
+                                timeout=timeout,
+                                early=early,
+                                parts=parts,
+                                warm_s=warm,
                             )
                             if n.ttfa_ms is not None:
                                 samples.setdefault((rtt, name), []).append(n.ttfa_ms)

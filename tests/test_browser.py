@@ -780,6 +780,53 @@ def test_a_text_narrated_before_plays_from_the_replay_the_post_made(page: Page):
     assert_gapless(last_sources(page.evaluate("window.__starts"), chunks), chunks)
 
 
+def test_the_pointer_on_play_opens_the_sessions_socket_and_the_press_only_posts(page: Page):
+    """With the session cookie, the pointer's arrival on Play opens the next session's
+    socket (?pending=1, an id the page chose) before any press; it waits there, and the
+    press's POST names that id: the session plays over that one socket, gaplessly. Before
+    the cookie, the pointer on Play opens nothing."""
+    page.add_init_script(RECORD_SOCKETS)
+    scene = make_story(SCENE_TEXT).scenes.get()
+    open_scene(page, scene)
+    button = page.get_by_role("button", name="Play: Scene 1")
+    button.hover()
+    page.wait_for_timeout(100)
+    assert page.evaluate("window.__sockets") == [] and snapshot(page)["warm"] is None
+    button.click()  # the first session gives the browser its cookie
+    wait_for_state(page, "ended")
+
+    open_scene(page, scene)  # a new page, rendered with the cookie
+    posts: list[dict] = []
+    page.on(
+        "request",
+        lambda r: posts.append(r.post_data_json)
+        if r.method == "POST" and "/sessions/" in r.url
+        else None,
+    )
+    button = page.get_by_role("button", name="Play: Scene 1")
+    button.hover()
+    page.wait_for_function("window.__narrator.snapshot()[0].warm?.waiting")
+    warm = snapshot(page)["warm"]["sessionId"]
+    page.wait_for_timeout(300)  # open and waiting, as a hover before a click
+    assert snapshot(page)["warm"] == {"sessionId": warm, "waiting": True}
+    assert posts == [] and snapshot(page)["state"] == "idle"
+    page.mouse.move(5, 5)  # off and back on: the same socket still waits
+    button.hover()
+    assert snapshot(page)["warm"] == {"sessionId": warm, "waiting": True}
+    button.click()
+    state = wait_for_state(page, "ended")
+
+    assert state["sessionId"] == warm and [post["id"] for post in posts] == [warm]
+    sockets = page.evaluate("window.__sockets")
+    assert [s["url"].split("/ws/tts/")[1] for s in sockets] == [
+        f"{warm}/?after=-1&pending=1&parts=1"
+    ]
+    assert [s["code"] for s in sockets] == [1000]
+    assert state["stream"]["sockets"] == 1 and state["warm"] is None
+    assert state["received"] == state["total"] >= 2
+    assert_gapless(page.evaluate("window.__starts"), session_chunks(page))
+
+
 def test_an_early_socket_refused_before_the_reply_opens_again_after_it(page: Page):
     """The page believed the browser had a session (it expired, or the user signed out in
     another tab): its early socket is refused with 4403, and the stream opens again once
@@ -787,6 +834,8 @@ def test_an_early_socket_refused_before_the_reply_opens_again_after_it(page: Pag
     page.add_init_script(RECORD_SOCKETS)
     scene = make_story(SCENE_TEXT).scenes.get()
     open_scene(page, scene)
+    button = page.get_by_role("button", name="Play: Scene 1")
+    button.hover()  # the pointer comes while the page knows of no cookie: no socket yet
     page.evaluate("window.__narrator.players[0].earlySockets = true")
 
     def slow_post(route: Route) -> None:
@@ -797,7 +846,8 @@ def test_an_early_socket_refused_before_the_reply_opens_again_after_it(page: Pag
         route.continue_()
 
     page.route("**/api/tts/sessions/", slow_post)
-    page.get_by_role("button", name="Play: Scene 1").click()
+    page.mouse.down()  # where the pointer is: the socket opens with the POST
+    page.mouse.up()
     state = wait_for_state(page, "ended")
 
     sockets = page.evaluate("window.__sockets")
@@ -841,7 +891,9 @@ def slow_stack(django_db_blocker) -> Iterator:
     from scripts.stack import Stack
     from tests.conftest import private_stack_env
 
-    env = private_stack_env(TTS_FAULT_DELAY_MS=str(SLOW_SEGMENT_MS))
+    env = private_stack_env(
+        TTS_FAULT_DELAY_MS=str(SLOW_SEGMENT_MS), TTS_PENDING_SOCKET_S=str(PENDING_SOCKET_S)
+    )
     with django_db_blocker.unblock():
         stack = Stack(env=env, workers=1, log_dir=ARTIFACTS / "logs-slow").start()
     yield stack
@@ -849,6 +901,7 @@ def slow_stack(django_db_blocker) -> Iterator:
 
 
 SLOW_SEGMENT_MS = 2000
+PENDING_SOCKET_S = 2  # a socket opened before its session waits this long for it
 
 
 @pytest.fixture
@@ -897,6 +950,52 @@ def test_a_press_released_off_play_drops_the_session_it_began(slow_page: Page):
     assert snapshot(page)["state"] == "idle"
     assert page.evaluate("window.__starts") == []
     assert page.get_by_role("button", name="Play: Scene 1").is_visible()
+
+
+def test_a_socket_opened_for_a_press_that_never_came_ends_unseen(slow_page: Page):
+    """The pointer rests on Play, and no press comes: the server closes the waiting socket
+    after TTS_PENDING_SOCKET_S (4404), and the player shows nothing of it. A press then
+    opens the session's socket with its POST; the pointer's next move on Play would have
+    opened another one ahead."""
+    page = slow_page
+    page.add_init_script(RECORD_SOCKETS)
+    scene = make_story(SCENE_TEXT, slug="hover").scenes.get()
+    open_scene(page, scene)
+    button = page.get_by_role("button", name="Play: Scene 1")
+    button.click()  # the first session's reply gives the browser its cookie; dropped
+    page.wait_for_function("window.__narrator.snapshot()[0].sessionId", timeout=30_000)
+    page.evaluate("(p => { p.pause(); p.discardSession(); })(window.__narrator.players[0])")
+    page.mouse.move(5, 5)
+    before = len(page.evaluate("window.__sockets"))
+
+    button.hover()
+    page.wait_for_function("window.__narrator.snapshot()[0].warm?.waiting")
+    warm = snapshot(page)["warm"]["sessionId"]
+    page.wait_for_function(
+        "(n) => window.__sockets.length > n && window.__sockets[n].code !== null",
+        arg=before,
+        timeout=(PENDING_SOCKET_S + 5) * 1000,
+    )
+    sockets = page.evaluate("window.__sockets")[before:]
+    assert [(s["url"].split("/ws/tts/")[1], s["code"]) for s in sockets] == [
+        (f"{warm}/?after=-1&pending=1&parts=1", 4404)
+    ]
+    shown = snapshot(page)
+    assert shown["state"] == "idle" and shown["transport"] == "idle"
+    assert shown["warm"] == {"sessionId": warm, "waiting": False}
+    assert "not found" not in shown["message"].lower()
+
+    page.mouse.down()  # no move: the press opens the session's socket with its POST
+    page.mouse.up()
+    page.wait_for_function("window.__narrator.snapshot()[0].received >= 1", timeout=30_000)
+    state = snapshot(page)
+    assert state["sessionId"] != warm and state["warm"] is None
+    sockets = page.evaluate("window.__sockets")[before:]
+    assert [s["url"].split("/ws/tts/")[1] for s in sockets] == [
+        f"{warm}/?after=-1&pending=1&parts=1",
+        f"{state['sessionId']}/?after=-1&pending=1&parts=1",
+    ]
+    page.evaluate("(p => { p.pause(); p.discardSession(); })(window.__narrator.players[0])")
 
 
 def test_a_slow_engine_plays_through_over_the_http_fallback_too(slow_page: Page):

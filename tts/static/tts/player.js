@@ -81,6 +81,7 @@ export class NarrationPlayer {
     // Open each session's socket while its POST is in flight. Not before this browser has
     // a session cookie (the first POST sets it): the socket would be refused.
     this.earlySockets = this.config.early;
+    this.warm = null; // the next session's socket, opened while the pointer is on Play
     this.press = null; // a press on Play that began a session, until its click plays it
     this.textLength = 1;
     this.view = new TextView(this.ui.text, this.config.text, (seq) => this.pick(seq));
@@ -101,6 +102,10 @@ export class NarrationPlayer {
     // unlockAudio() runs synchronously inside each gesture (mobile Safari), before any
     // await, but after the session's POST and socket have gone out: creating the page's
     // AudioContext takes milliseconds (3 to 9 in Chromium here; 70 a browser's first).
+    // The pointer on Play, or the focus: a press may come, so its socket opens now.
+    for (const name of ["pointerenter", "pointermove", "focus"]) {
+      play.addEventListener(name, () => this.warmUp());
+    }
     play.addEventListener("pointerdown", (event) => this.pressed(event));
     play.addEventListener("keydown", (event) => this.pressed(event));
     play.addEventListener("click", () => {
@@ -276,10 +281,17 @@ export class NarrationPlayer {
     this.sessionKey = this.currentKey();
     const attempt = {}; // this call's: a later startSession or discardSession supersedes it
     this.creating = attempt;
-    // The page chooses the id and opens the socket while the POST is in flight, so the
-    // first chunk can come the moment it is made, not a round trip and a handshake later.
-    const id = this.earlySockets ? newSessionId() : null;
-    if (id) this.openStream(this.expectedSession(id), { pending: true });
+    // The page chooses the id and opens the socket while the POST is in flight (or
+    // before it, warmUp), so the first chunk can come the moment it is made, not a round
+    // trip and a handshake later.
+    const warm = this.earlySockets ? this.takeWarm() : null;
+    const id = warm ? warm.session.id : this.earlySockets ? newSessionId() : null;
+    if (warm) {
+      this.stream = warm;
+      this.onTransport(warm.transport);
+    } else if (id) {
+      this.openStream(this.expectedSession(id), { pending: true });
+    }
     let session;
     try {
       const payload = id ? { ...this.payload(), id } : this.payload();
@@ -319,19 +331,61 @@ export class NarrationPlayer {
   }
 
   openStream(session, options = {}) {
-    this.stream = new ChunkStream(
+    this.stream = this.newStream(session, options);
+    this.stream.start();
+  }
+
+  /** A stream whose events reach the player while it is the player's stream. */
+  newStream(session, options = {}) {
+    const mine = (handler) => (...args) => {
+      if (this.stream === stream) handler(...args);
+    };
+    const stream = new ChunkStream(
       session,
       {
-        session: (frame) => this.onStatus(frame),
-        chunk: (meta, bytes, rate, part) => this.onChunk(meta, bytes, rate, part),
-        status: (frame) => this.onStatus(frame),
-        done: (frame) => this.onDone(frame),
-        error: (frame) => this.onStreamError(frame),
-        transport: (transport) => this.onTransport(transport),
+        session: mine((frame) => this.onStatus(frame)),
+        chunk: mine((meta, bytes, rate, part) => this.onChunk(meta, bytes, rate, part)),
+        status: mine((frame) => this.onStatus(frame)),
+        done: mine((frame) => this.onDone(frame)),
+        error: mine((frame) => this.onStreamError(frame)),
+        transport: mine((transport) => this.onTransport(transport)),
       },
       { ...this.streamOptions, ...options },
     );
-    this.stream.start();
+    return stream;
+  }
+
+  /**
+   * The pointer is on Play, or Play has the focus: open the socket of the session a press
+   * would start, now, so that the press has only its POST left to make and the first
+   * chunk comes a round trip sooner (docs/protocol.md, "Open the socket before the
+   * press"). The socket waits for its session up to the server's TTS_PENDING_SOCKET_S;
+   * the server closes one that no press used by then, and the pointer's next move on
+   * Play opens another. Not before this browser has a session cookie (it would be
+   * refused), nor where a press would start no session (it pauses or resumes one).
+   */
+  warmUp() {
+    if (this.warm?.waiting) return;
+    this.dropWarm();
+    if (!this.earlySockets || this.config.problem || this.busy || !this.needsSession()) return;
+    const id = newSessionId();
+    if (!id) return;
+    this.warm = this.newStream(this.expectedSession(id), { pending: true });
+    this.warm.start();
+  }
+
+  /** The socket warmUp opened, if it still waits for its session; the caller owns it. */
+  takeWarm() {
+    const warm = this.warm;
+    this.warm = null;
+    if (warm?.waiting) return warm;
+    warm?.close();
+    return null;
+  }
+
+  dropWarm() {
+    this.warm?.close();
+    this.warm = null;
   }
 
   /** Stop listening to the current session (cancelling its synthesis if unfinished). */
@@ -603,6 +657,7 @@ export class NarrationPlayer {
       cushion: scheduler?.cushion || null,
       pacing: scheduler?.pacing || false,
       stream: this.stream ? { ...this.stream.stats, lastSeq: this.stream.lastSeq } : null,
+      warm: this.warm ? { sessionId: this.warm.session.id, waiting: this.warm.waiting } : null,
       message: this.ui.status.textContent,
       audioUrl: this.completed ? this.audioUrl : null,
     };

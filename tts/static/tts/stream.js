@@ -96,6 +96,19 @@ export class ChunkStream {
     this.connect();
   }
 
+  /**
+   * Opened before its POST (pending) and still waiting for it: a socket open or opening,
+   * none refused. The server closes a socket whose session has not come within
+   * TTS_PENDING_SOCKET_S; a stream whose socket was refused waits for confirm().
+   */
+  get waiting() {
+    const ws = this.ws;
+    return (
+      !this.confirmed && !this.stopped && !this.finished && !this.earlyRefused &&
+      ws !== null && ws.readyState <= WebSocket.OPEN
+    );
+  }
+
   /** The POST succeeded: its reply. A socket refused before it (the session cookie the
    * page counted on had expired: this reply sets a new one) is opened again now. */
   confirm(session) {
