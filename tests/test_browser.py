@@ -799,9 +799,9 @@ def test_the_pointer_on_play_opens_the_sessions_socket_and_the_press_only_posts(
     posts: list[dict] = []
     page.on(
         "request",
-        lambda r: posts.append(r.post_data_json)
-        if r.method == "POST" and "/sessions/" in r.url
-        else None,
+        lambda r: (
+            posts.append(r.post_data_json) if r.method == "POST" and "/sessions/" in r.url else None
+        ),
     )
     button = page.get_by_role("button", name="Play: Scene 1")
     button.hover()
