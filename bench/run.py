@@ -183,7 +183,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=number(0, 10_000),
         default=0.0,
         help="sound: the pointer rests on Play this long before each press; the player opens "
-        "the socket as it comes (0: the press follows at once, the socket opens with the POST)",
+        "the socket as it comes (0: the press follows at once, so the socket opens "
+        "milliseconds before the POST, as good as with it)",
     )
     p.add_argument(
         "--sound-play-through",

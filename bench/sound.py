@@ -128,7 +128,7 @@ def run_sessions(
     ``whole_chunks``: the player's sockets without ?parts=1 (each chunk in one frame).
     ``hover_ms``: the pointer rests on Play this long before the press (the player opens
     the next session's socket as the pointer comes onto Play; with 0 the press follows
-    at once, and the socket opens with the POST, as on a touch screen).
+    at once, and the socket opens milliseconds before the POST: as if with it).
     ``play_through``: let each narration play to its end, and count its underruns (each
     time the player ran dry: a gap the reader hears)."""
     from playwright.sync_api import sync_playwright

@@ -827,6 +827,63 @@ def test_the_pointer_on_play_opens_the_sessions_socket_and_the_press_only_posts(
     assert_gapless(page.evaluate("window.__starts"), session_chunks(page))
 
 
+def test_a_socket_opened_ahead_and_refused_opens_no_more_until_a_reply(page: Page):
+    """The page believed the browser had a session cookie, and the pointer's arrival on
+    Play opened a socket ahead: refused (4403), it is dropped unseen, and the pointer's
+    moves open no other until a POST's reply has set the cookie. The press then opens
+    the session's socket after the reply."""
+    page.add_init_script(RECORD_SOCKETS)
+    scene = make_story(SCENE_TEXT).scenes.get()
+    open_scene(page, scene)
+    page.evaluate("window.__narrator.players[0].earlySockets = true")
+    button = page.get_by_role("button", name="Play: Scene 1")
+    box = button.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.wait_for_function("window.__sockets.length === 1 && window.__sockets[0].code !== null")
+    for step in range(6):  # moving on Play for longer than WARM_EVERY_MS
+        page.wait_for_timeout(500)
+        page.mouse.move(x + step % 2, y)
+    assert len(page.evaluate("window.__sockets")) == 1
+    assert snapshot(page)["warm"] is None and snapshot(page)["state"] == "idle"
+    page.mouse.down()
+    page.mouse.up()
+    state = wait_for_state(page, "ended")
+
+    sockets = page.evaluate("window.__sockets")
+    assert [s["code"] for s in sockets] == [4403, 1000]
+    assert sockets[0]["url"].endswith("/?after=-1&pending=1&parts=1")
+    assert sockets[1]["url"].endswith(f"{state['sessionId']}/?after=-1&parts=1")
+
+
+def test_a_page_keeps_one_socket_opened_ahead_for_the_player_last_pointed_at(page: Page):
+    """On a story page, the pointer going from one scene's Play to the next's moves the
+    socket opened ahead: the first player's is closed as the second's opens."""
+    page.add_init_script(RECORD_SOCKETS)
+    story = make_story("The first scene. It is short.", "The second scene. Also short.")
+    page.goto(story.get_absolute_url())
+    page.wait_for_function("window.__narrator && window.__narrator.players.length === 2")
+    page.get_by_role("button", name="Play: Scene 1").click()  # the cookie
+    wait_for_state(page, "ended")
+    page.goto(story.get_absolute_url())
+    page.wait_for_function("window.__narrator && window.__narrator.players.length === 2")
+
+    page.get_by_role("button", name="Play: Scene 1").hover()
+    page.wait_for_function("window.__narrator.snapshot()[0].warm?.waiting")
+    first = snapshot(page, 0)["warm"]["sessionId"]
+    page.get_by_role("button", name="Play: Scene 2").hover()
+    page.wait_for_function("window.__narrator.snapshot()[1].warm?.waiting")
+    page.wait_for_function("window.__sockets[0].code !== null")
+    assert snapshot(page, 0)["warm"] is None
+    second = snapshot(page, 1)["warm"]["sessionId"]
+    sockets = page.evaluate("window.__sockets")
+    assert [s["url"].split("/ws/tts/")[1].split("/")[0] for s in sockets] == [first, second]
+    assert sockets[1]["code"] is None
+    page.get_by_role("button", name="Play: Scene 2").click()
+    state = wait_for_state(page, "ended", index=1)
+    assert state["sessionId"] == second and state["stream"]["sockets"] == 1
+
+
 def test_an_early_socket_refused_before_the_reply_opens_again_after_it(page: Page):
     """The page believed the browser had a session (it expired, or the user signed out in
     another tab): its early socket is refused with 4403, and the stream opens again once
@@ -954,9 +1011,8 @@ def test_a_press_released_off_play_drops_the_session_it_began(slow_page: Page):
 
 def test_a_socket_opened_for_a_press_that_never_came_ends_unseen(slow_page: Page):
     """The pointer rests on Play, and no press comes: the server closes the waiting socket
-    after TTS_PENDING_SOCKET_S (4404), and the player shows nothing of it. A press then
-    opens the session's socket with its POST; the pointer's next move on Play would have
-    opened another one ahead."""
+    after TTS_PENDING_SOCKET_S (4404), and the player shows nothing of it. The pointer's
+    next move on Play opens another, which the press then takes."""
     page = slow_page
     page.add_init_script(RECORD_SOCKETS)
     scene = make_story(SCENE_TEXT, slug="hover").scenes.get()
@@ -968,32 +1024,31 @@ def test_a_socket_opened_for_a_press_that_never_came_ends_unseen(slow_page: Page
     page.mouse.move(5, 5)
     before = len(page.evaluate("window.__sockets"))
 
-    button.hover()
+    box = button.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
     page.wait_for_function("window.__narrator.snapshot()[0].warm?.waiting")
-    warm = snapshot(page)["warm"]["sessionId"]
+    first = snapshot(page)["warm"]["sessionId"]
     page.wait_for_function(
         "(n) => window.__sockets.length > n && window.__sockets[n].code !== null",
         arg=before,
         timeout=(PENDING_SOCKET_S + 5) * 1000,
     )
-    sockets = page.evaluate("window.__sockets")[before:]
-    assert [(s["url"].split("/ws/tts/")[1], s["code"]) for s in sockets] == [
-        (f"{warm}/?after=-1&pending=1&parts=1", 4404)
-    ]
     shown = snapshot(page)
     assert shown["state"] == "idle" and shown["transport"] == "idle"
-    assert shown["warm"] == {"sessionId": warm, "waiting": False}
-    assert "not found" not in shown["message"].lower()
+    assert shown["warm"] is None and shown["message"] == ""
 
-    page.mouse.down()  # no move: the press opens the session's socket with its POST
+    page.mouse.move(x + 2, y)  # the pointer's next move
+    page.wait_for_function("window.__narrator.snapshot()[0].warm?.waiting")
+    second = snapshot(page)["warm"]["sessionId"]
+    page.mouse.down()
     page.mouse.up()
     page.wait_for_function("window.__narrator.snapshot()[0].received >= 1", timeout=30_000)
-    state = snapshot(page)
-    assert state["sessionId"] != warm and state["warm"] is None
+    assert snapshot(page)["sessionId"] == second != first
     sockets = page.evaluate("window.__sockets")[before:]
-    assert [s["url"].split("/ws/tts/")[1] for s in sockets] == [
-        f"{warm}/?after=-1&pending=1&parts=1",
-        f"{state['sessionId']}/?after=-1&pending=1&parts=1",
+    assert [(s["url"].split("/ws/tts/")[1], s["code"]) for s in sockets] == [
+        (f"{first}/?after=-1&pending=1&parts=1", 4404),
+        (f"{second}/?after=-1&pending=1&parts=1", None),
     ]
     page.evaluate("(p => { p.pause(); p.discardSession(); })(window.__narrator.players[0])")
 

@@ -163,6 +163,14 @@ def test_tag_defaults_to_the_site_default_voice(settings):
     assert 'data-tts-voice="en-gb"' in html
 
 
+def test_tag_tells_the_player_how_long_a_socket_opened_ahead_waits(settings):
+    """The player takes a socket opened before the press only while the server still
+    holds it (TTS_PENDING_SOCKET_S: docs/protocol.md)."""
+    assert 'data-tts-socket-wait="10"' in render("{% tts_player text='Hello.' %}")
+    settings.TTS_PENDING_SOCKET_S = 2.5
+    assert 'data-tts-socket-wait="2.5"' in render("{% tts_player text='Hello.' %}")
+
+
 def test_tag_normalises_text_like_the_server():
     html = render("{% tts_player text=body %}", body="One.\r\nTwo.\x07")
     assert text_of(html, "tts-player-1") == "One.\nTwo."

@@ -130,6 +130,8 @@ def tts_player(
         # Its socket can be opened with the POST and be let in (docs/protocol.md).
         "early": request is not None
         and known_visitor(getattr(request, "user", None), getattr(request, "session", None)),
+        # How long a socket opened before its session waits for it (the player's warmUp).
+        "socket_wait_s": f"{settings.TTS_PENDING_SOCKET_S:g}",
         "sessions_url": reverse("tts:sessions"),
         "sockets_url": SOCKETS_PATH,
         "voices_url": reverse("tts:voices"),

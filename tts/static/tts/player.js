@@ -20,6 +20,11 @@ const TICK_MS = 100;
 // session is dropped this long after the release, once no click can still come.
 const PRESS_WITHOUT_CLICK_MS = 50;
 const RESTART_SENTENCE_AFTER = 1.5; // seconds: "back" restarts the sentence, then goes back
+// A socket opened before the press (warmUp): at most one this often, and none taken by a
+// press this close to the server's closing it (the page's data-tts-socket-wait).
+const WARM_EVERY_MS = 2000;
+const WARM_MARGIN_MS = 1500;
+let warmPlayer = null; // the page keeps one such socket, for the player last pointed at
 const BUSY = new Set(["starting", "buffering", "playing"]);
 const BUTTON_LABELS = {
   idle: "Play",
@@ -43,6 +48,7 @@ function readConfig(root) {
     csrf: data.ttsCsrf || "",
     // The browser has a session cookie (or a user) already, and the page says where sockets are.
     early: "ttsEarly" in data && Boolean(data.ttsSocketsUrl),
+    socketWait: Number(data.ttsSocketWait) || 10, // TTS_PENDING_SOCKET_S
     title: data.ttsTitle || "",
     problem: data.ttsProblem || "",
     text: textScript ? JSON.parse(textScript.textContent) : "",
@@ -82,6 +88,7 @@ export class NarrationPlayer {
     // a session cookie (the first POST sets it): the socket would be refused.
     this.earlySockets = this.config.early;
     this.warm = null; // the next session's socket, opened while the pointer is on Play
+    this.warmedAt = -Infinity;
     this.press = null; // a press on Play that began a session, until its click plays it
     this.textLength = 1;
     this.view = new TextView(this.ui.text, this.config.text, (seq) => this.pick(seq));
@@ -284,7 +291,7 @@ export class NarrationPlayer {
     // The page chooses the id and opens the socket while the POST is in flight (or
     // before it, warmUp), so the first chunk can come the moment it is made, not a round
     // trip and a handshake later.
-    const warm = this.earlySockets ? this.takeWarm() : null;
+    const warm = this.takeWarm();
     const id = warm ? warm.session.id : this.earlySockets ? newSessionId() : null;
     if (warm) {
       this.stream = warm;
@@ -349,6 +356,7 @@ export class NarrationPlayer {
         done: mine((frame) => this.onDone(frame)),
         error: mine((frame) => this.onStreamError(frame)),
         transport: mine((transport) => this.onTransport(transport)),
+        parked: (code) => this.warmParked(stream, code),
       },
       { ...this.streamOptions, ...options },
     );
@@ -356,31 +364,55 @@ export class NarrationPlayer {
   }
 
   /**
-   * The pointer is on Play, or Play has the focus: open the socket of the session a press
-   * would start, now, so that the press has only its POST left to make and the first
-   * chunk comes a round trip sooner (docs/protocol.md, "Open the socket before the
-   * press"). The socket waits for its session up to the server's TTS_PENDING_SOCKET_S;
-   * the server closes one that no press used by then, and the pointer's next move on
-   * Play opens another. Not before this browser has a session cookie (it would be
-   * refused), nor where a press would start no session (it pauses or resumes one).
+   * The pointer is on Play (a finger too, as it comes down), or Play has the focus: open
+   * the socket of the session a press would start, now, so that the press has only its
+   * POST left to make and the first chunk comes a round trip sooner (docs/protocol.md,
+   * "Open the socket before the press"). The socket waits for its session up to the
+   * server's TTS_PENDING_SOCKET_S, which closes one that no press used by then; the
+   * pointer's next move on Play opens another. Not before this browser has a session
+   * cookie (it would be refused), nor where a press would start no session (it pauses or
+   * resumes one). One such socket per page, and at most one opened every WARM_EVERY_MS.
    */
   warmUp() {
-    if (this.warm?.waiting) return;
-    this.dropWarm();
     if (!this.earlySockets || this.config.problem || this.busy || !this.needsSession()) return;
+    const warm = this.warm;
+    const fresh = performance.now() - this.warmedAt < this.warmLimit();
+    // Waiting, or opening its socket again after a drop (with its own backoff and limit).
+    if (warm && fresh && !warm.waitingForConfirm && !warm.stopped) return;
+    if (performance.now() - this.warmedAt < WARM_EVERY_MS) return;
     const id = newSessionId();
     if (!id) return;
+    this.dropWarm();
+    if (warmPlayer !== this) warmPlayer?.dropWarm();
+    warmPlayer = this;
+    this.warmedAt = performance.now();
     this.warm = this.newStream(this.expectedSession(id), { pending: true });
     this.warm.start();
   }
 
-  /** The socket warmUp opened, if it still waits for its session; the caller owns it. */
+  /** ms a socket opened ahead may be taken by a press: the server's wait, less a margin
+   * for the POST to arrive. */
+  warmLimit() {
+    return this.config.socketWait * 1000 - WARM_MARGIN_MS;
+  }
+
+  /** The socket warmUp opened, if it still waits for its session and will long enough
+   * for the POST; the caller owns it. */
   takeWarm() {
     const warm = this.warm;
     this.warm = null;
-    if (warm?.waiting) return warm;
+    if (warm?.waiting && performance.now() - this.warmedAt < this.warmLimit()) return warm;
     warm?.close();
     return null;
+  }
+
+  /** A stream opened before its POST stopped until one comes (ChunkStream.park): a socket
+   * opened ahead is done with. Refused for want of a session cookie (4403, which expired
+   * since the page was made): no more until a POST's reply sets one. */
+  warmParked(stream, code) {
+    if (stream !== this.warm) return; // a press's: its reply opens it again
+    this.dropWarm();
+    if (code === 4403) this.earlySockets = false;
   }
 
   dropWarm() {

@@ -55,7 +55,8 @@ export class ChunkStream {
    *   (with options.pending: the chosen id and the URLs it will have)
    * @param {{session, chunk, status, done, error, transport}} handlers callbacks;
    *   chunk(meta, bytes, sampleRate, {first, last}): the next bytes of chunk meta.seq, in
-   *   order, each byte once; `first` for its first bytes, `last` for the bytes that end it
+   *   order, each byte once; `first` for its first bytes, `last` for the bytes that end it;
+   *   optional parked(code): see park()
    */
   constructor(session, handlers, options = {}) {
     this.session = session;
@@ -104,9 +105,17 @@ export class ChunkStream {
   get waiting() {
     const ws = this.ws;
     return (
-      !this.confirmed && !this.stopped && !this.finished && !this.earlyRefused &&
+      !this.confirmed && !this.stopped && !this.finished && !this.waitingForConfirm &&
       ws !== null && ws.readyState <= WebSocket.OPEN
     );
+  }
+
+  /** Before the POST's reply: nothing more until confirm(). `code`: the refusal's close
+   * code (4403: the browser has no session cookie; 4404: no session came in time), or
+   * null when no socket would open. */
+  park(code) {
+    this.waitingForConfirm = true;
+    this.handlers.parked?.(code);
   }
 
   /** The POST succeeded: its reply. A socket refused before it (the session cookie the
@@ -195,7 +204,7 @@ export class ChunkStream {
     if (fatal && early) {
       this.earlyRefused = true; // ask again once the POST's reply is in
       if (this.confirmed) this.connect();
-      else this.waitingForConfirm = true;
+      else this.park(event.code);
       return;
     }
     if (fatal) {
@@ -330,7 +339,7 @@ export class ChunkStream {
 
   fallBack() {
     if (!this.confirmed) {
-      this.waitingForConfirm = true; // nothing to poll before the session exists
+      this.park(null); // nothing to poll before the session exists
       return;
     }
     this.setTransport("http");
