@@ -727,8 +727,9 @@ def test_the_narrate_page_plays_typed_text(page: Page):
 
 def test_once_the_browser_has_a_session_the_socket_opens_with_the_post(page: Page):
     """The first Play of a new visitor opens the socket after the POST's reply (which sets
-    its session cookie); from then on each session's socket opens with its POST
-    (?pending=1, the page chose the id) and is let in at once."""
+    its session cookie); from then on each session's socket opens with its POST, or
+    before it as the pointer comes onto Play (?pending=1, the page chose the id), and is
+    let in at once."""
     page.add_init_script(RECORD_SOCKETS)
     page.goto("/narrate/")
     page.wait_for_function("window.__narrator && window.__narrator.players.length === 1")
@@ -737,8 +738,13 @@ def test_once_the_browser_has_a_session_the_socket_opens_with_the_post(page: Pag
     first = wait_for_state(page, "ended")
     page.get_by_role("button", name="Edit text").click()
     page.get_by_label("Text to narrate").fill("A second text. It opens its socket early.")
-    page.get_by_role("button", name=re.compile(r"^Play( again)?: Your text$")).click()
+    play = page.get_by_role("button", name=re.compile(r"^Play( again)?: Your text$"))
+    play.hover()  # a text not narrated yet in the editor: the socket opens ahead
+    page.wait_for_function("window.__narrator.snapshot()[0].warm?.waiting")
+    warm = snapshot(page)["warm"]["sessionId"]
+    play.click()
     second = wait_for_state(page, "ended")
+    assert second["sessionId"] == warm
 
     sockets = page.evaluate("window.__sockets")
     assert [s["url"].split("/ws/tts/")[1] for s in sockets] == [

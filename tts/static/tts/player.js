@@ -374,12 +374,12 @@ export class NarrationPlayer {
    * resumes one). One such socket per page, and at most one opened every WARM_EVERY_MS.
    */
   warmUp() {
-    if (!this.earlySockets || this.config.problem || this.busy || !this.needsSession()) return;
     const warm = this.warm;
-    const fresh = performance.now() - this.warmedAt < this.warmLimit();
+    const age = performance.now() - this.warmedAt;
     // Waiting, or opening its socket again after a drop (with its own backoff and limit).
-    if (warm && fresh && !warm.waitingForConfirm && !warm.stopped) return;
-    if (performance.now() - this.warmedAt < WARM_EVERY_MS) return;
+    if (warm && age < this.warmLimit() && !warm.waitingForConfirm && !warm.stopped) return;
+    if (age < WARM_EVERY_MS || !this.earlySockets || this.config.problem || this.busy) return;
+    if (!this.pressWouldStart()) return;
     const id = newSessionId();
     if (!id) return;
     this.dropWarm();
@@ -388,6 +388,14 @@ export class NarrationPlayer {
     this.warmedAt = performance.now();
     this.warm = this.newStream(this.expectedSession(id), { pending: true });
     this.warm.start();
+  }
+
+  /** A press on Play would start a session: none yet for this text and voice, or a
+   * broken one, or, in an editable player's open editor, a text not narrated yet. */
+  pressWouldStart() {
+    if (this.needsSession()) return true;
+    if (!this.editable || this.ui.editorBox.hidden) return false;
+    return `${this.ui.voice.value}\u0000${normaliseText(this.ui.editor.value)}` !== this.sessionKey;
   }
 
   /** ms a socket opened ahead may be taken by a press: the server's wait, less a margin
