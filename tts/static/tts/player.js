@@ -48,11 +48,17 @@ function readConfig(root) {
     csrf: data.ttsCsrf || "",
     // The browser has a session cookie (or a user) already, and the page says where sockets are.
     early: "ttsEarly" in data && Boolean(data.ttsSocketsUrl),
-    socketWait: Number(data.ttsSocketWait) || 10, // TTS_PENDING_SOCKET_S
+    socketWait: socketWait(data.ttsSocketWait), // TTS_PENDING_SOCKET_S
     title: data.ttsTitle || "",
     problem: data.ttsProblem || "",
     text: textScript ? JSON.parse(textScript.textContent) : "",
   };
+}
+
+/** Seconds the server holds a socket opened before its session (10 where not said). */
+function socketWait(text) {
+  const seconds = text === undefined || text === "" ? NaN : Number(text);
+  return Number.isFinite(seconds) && seconds >= 0 ? seconds : 10;
 }
 
 function findParts(root) {
@@ -106,13 +112,13 @@ export class NarrationPlayer {
 
   bind() {
     const { play, back, forward, voice, edit } = this.ui;
-    // unlockAudio() runs synchronously inside each gesture (mobile Safari), before any
-    // await, but after the session's POST and socket have gone out: creating the page's
-    // AudioContext takes milliseconds (3 to 9 in Chromium here; 70 a browser's first).
     // The pointer on Play, or the focus: a press may come, so its socket opens now.
     for (const name of ["pointerenter", "pointermove", "focus"]) {
       play.addEventListener(name, () => this.warmUp());
     }
+    // unlockAudio() runs synchronously inside each gesture (mobile Safari), before any
+    // await, but after the session's POST and socket have gone out: creating the page's
+    // AudioContext takes milliseconds (3 to 9 in Chromium here; 70 a browser's first).
     play.addEventListener("pointerdown", (event) => this.pressed(event));
     play.addEventListener("keydown", (event) => this.pressed(event));
     play.addEventListener("click", () => {
@@ -371,15 +377,17 @@ export class NarrationPlayer {
    * server's TTS_PENDING_SOCKET_S, which closes one that no press used by then; the
    * pointer's next move on Play opens another. Not before this browser has a session
    * cookie (it would be refused), nor where a press would start no session (it pauses or
-   * resumes one). One such socket per page, and at most one opened every WARM_EVERY_MS.
+   * resumes one), nor where the server's wait leaves a press no time to take it. One
+   * such socket per page; each player opens at most one every WARM_EVERY_MS.
    */
   warmUp() {
     const warm = this.warm;
     const age = performance.now() - this.warmedAt;
-    // Waiting, or opening its socket again after a drop (with its own backoff and limit).
-    if (warm && age < this.warmLimit() && !warm.waitingForConfirm && !warm.stopped) return;
+    // Waiting, or opening its socket again after a drop (with its own backoff and limit);
+    // one refused or given up on is gone already (warmParked).
+    if (warm && age < this.warmLimit() && !warm.finished && !warm.stopped) return;
     if (age < WARM_EVERY_MS || !this.earlySockets || this.config.problem || this.busy) return;
-    if (!this.pressWouldStart()) return;
+    if (this.warmLimit() <= 0 || !this.pressWouldStart()) return;
     const id = newSessionId();
     if (!id) return;
     this.dropWarm();
@@ -391,11 +399,13 @@ export class NarrationPlayer {
   }
 
   /** A press on Play would start a session: none yet for this text and voice, or a
-   * broken one, or, in an editable player's open editor, a text not narrated yet. */
+   * broken one, or, in an editable player's open editor, a text not narrated yet (and
+   * not empty: takeEditorText refuses that). */
   pressWouldStart() {
-    if (this.needsSession()) return true;
-    if (!this.editable || this.ui.editorBox.hidden) return false;
-    return `${this.ui.voice.value}\u0000${normaliseText(this.ui.editor.value)}` !== this.sessionKey;
+    if (!this.editable || this.ui.editorBox.hidden) return this.needsSession();
+    const text = normaliseText(this.ui.editor.value);
+    const key = `${this.ui.voice.value}\u0000${text}`;
+    return Boolean(text.trim()) && (this.broken || key !== this.sessionKey);
   }
 
   /** ms a socket opened ahead may be taken by a press: the server's wait, less a margin
@@ -416,11 +426,12 @@ export class NarrationPlayer {
 
   /** A stream opened before its POST stopped until one comes (ChunkStream.park): a socket
    * opened ahead is done with. Refused for want of a session cookie (4403, which expired
-   * since the page was made): no more until a POST's reply sets one. */
+   * since the page was made), or no socket would open (null: sockets blocked on this
+   * network): no more opened ahead until a POST's reply. */
   warmParked(stream, code) {
     if (stream !== this.warm) return; // a press's: its reply opens it again
     this.dropWarm();
-    if (code === 4403) this.earlySockets = false;
+    if (code === 4403 || code === null) this.earlySockets = false;
   }
 
   dropWarm() {

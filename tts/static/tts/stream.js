@@ -4,7 +4,7 @@
 // connections that died without a close (a laptop lid, a lost Wi-Fi). After repeated
 // failures to open a socket, the same chunks come over HTTP instead (poll.js).
 // A stream may start before its session exists (pending: the page chose the id and opens
-// the socket while the POST is in flight); confirm() gives it the API's reply.
+// the socket while the POST is in flight, or before it); confirm() gives it the API's reply.
 // A chunk's audio may come in parts (?parts=1: the server sends its PCM as several binary
 // frames, the first small enough for a fresh connection's first TCP window), and each part
 // is handed on as it comes: the player can start on the first while the rest is on its way.
