@@ -273,8 +273,9 @@ export class NarrationPlayer {
 
   // --- Session -----------------------------------------------------------------------
 
-  currentKey() {
-    return `${this.ui.voice.value}\u0000${this.config.text}`;
+  /** The voice and text a session is for (the text: the player's, or one given). */
+  currentKey(text = this.config.text) {
+    return `${this.ui.voice.value}\u0000${text}`;
   }
 
   needsSession() {
@@ -404,8 +405,7 @@ export class NarrationPlayer {
   pressWouldStart() {
     if (!this.editable || this.ui.editorBox.hidden) return this.needsSession();
     const text = normaliseText(this.ui.editor.value);
-    const key = `${this.ui.voice.value}\u0000${text}`;
-    return Boolean(text.trim()) && (this.broken || key !== this.sessionKey);
+    return Boolean(text.trim()) && (this.broken || this.currentKey(text) !== this.sessionKey);
   }
 
   /** ms a socket opened ahead may be taken by a press: the server's wait, less a margin
