@@ -610,6 +610,27 @@ def late_first_store() -> None:
 
 
 @patch
+def late_second_synthesis() -> None:
+    """tts/synthesis.py synthesize_segment: the synthesis after a session's first waits
+    BENCH_SYNTH_DELAY_MS (default 3) before it begins, so that the first chunk's relay
+    (Redis, daphne, the client) runs beside an idle engine, not beside a full-size
+    model streaming its weights through the caches the relay's processes share."""
+    from tts import synthesis
+
+    delay = float(os.environ.get("BENCH_SYNTH_DELAY_MS", "3")) / 1000
+    original = synthesis.synthesize_segment
+    after_first = threading.local()
+
+    def synthesize_segment(segment, *args, **kwargs):
+        if getattr(after_first, "value", False) and segment.char_start > 0:
+            time.sleep(delay)
+        after_first.value = segment.char_start == 0
+        return original(segment, *args, **kwargs)
+
+    replace(synthesis, "synthesize_segment", synthesize_segment)
+
+
+@patch
 def early_head() -> None:
     """tts/services.py session_run: before the claim, read the queued session's text and
     voice (one query) and put its first segments on the engine thread (as HeadAhead does

@@ -138,6 +138,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="TTFA and cached sessions for the full-size VITS (50, as the others: 3 to 5 s each)",
     )
     p.add_argument(
+        "--idle-sessions",
+        type=lambda text: count(text, least=0),
+        help="TTFA sessions per voice that each follow IDLE_S of a quiet stack, as a "
+        "reader's press usually does (20; the full VITS: 10; 0: none)",
+    )
+    p.add_argument(
+        "--idle-s",
+        type=number(0, 60),
+        default=1.0,
+        help="seconds the stack is left idle before each of those sessions (1)",
+    )
+    p.add_argument(
         "--long-sessions",
         type=count,
         help="long: 19,000-character sessions per fast voice and kind of text (15)",
@@ -271,6 +283,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--link-no-idle-restart needs --link-mbit")
     args.sessions = args.sessions or (15 if q else 50)
     args.full_sessions = args.full_sessions or (2 if q else 50)
+    if args.idle_sessions is None:
+        args.idle_sessions = 3 if q else 20
     # Nine: about one espeak session in three holds SQLite's WAL checkpoint (10 ms and
     # more), and the median of three was a lottery over which (docs/benchmarks.md).
     args.long_repeats = args.long_repeats or (1 if q else 9)
@@ -376,6 +390,38 @@ def scenario_ttfa(ctx: Context) -> None:
             o["p50"] <= 10 and o["p99"] <= 30,
         )
         cpu_row(ctx, f"1 TTFA cold (n={n})", label, cpu)
+        idle_ttfa(ctx, voice)
+
+
+def idle_ttfa(ctx: Context, voice: str) -> None:
+    """Scenario 1 again, each session after the stack has been idle --idle-s: the press
+    of a reader who came to the page a while ago. Back to back, every process on the path
+    has just run; after an idle second each step takes longer (P81), as after the
+    full-size voice's own second of synthesis, which every one of its sessions in the
+    main row follows."""
+    count = ctx.args.idle_sessions
+    if voice == "full":
+        count = min(count, 10)
+    if not count:
+        return
+    texts = [ctx.texts.short() for _ in range(count)]
+    narrations = ttfa.run_sessions(
+        ctx.port,
+        VOICE_IDS[voice],
+        texts,
+        timeout=SHORT_TIMEOUT[voice],
+        pause_s=ctx.args.idle_s,
+        pause_first=True,
+    )
+    res = ctx.results["ttfa"][VOICE_IDS[voice]]["after_idle"] = ttfa.analyse(narrations)
+    res["idle_s"] = ctx.args.idle_s
+    t, o = res["ttfa"], res["overhead"]
+    ctx.row(
+        f"1 TTFA after {ctx.args.idle_s:g} s idle (n={res['sessions']})",
+        VOICE_IDS[voice],
+        "TTFA p50; pipeline overhead p50 / p99 ms",
+        f"{fmt(t['p50'])}; {fmt(o['p50'])} / {fmt(o['p99'])}",
+    )
 
 
 # A long text's kinds: plain prose (the plain path cuts it) and prose naming people by

@@ -27,12 +27,13 @@ async def _sequential(
     early: bool,
     cancel_after: int | None,
     pause_s: float,
+    pause_first: bool,
 ) -> list[Narration]:
     http = Http("127.0.0.1", port)
     await http.ensure_csrf()
     results = []
     for text in texts:
-        if results and pause_s:
+        if pause_s and (results or pause_first):
             await asyncio.sleep(pause_s)
         results.append(
             await narrate(
@@ -51,11 +52,15 @@ def run_sessions(
     early: bool = True,
     cancel_after: int | None = None,
     pause_s: float = 0.0,
+    pause_first: bool = False,
 ) -> list[Narration]:
     """One session at a time; ``cancel_after``: cancel each once that many chunks arrived
     (bench.client.listen); ``pause_s``: between sessions (a cancelled session's worker may
-    still be finishing the synthesis it had begun)."""
-    return asyncio.run(_sequential(port, voice, texts, timeout, early, cancel_after, pause_s))
+    still be finishing the synthesis it had begun; with ``pause_first``, before the first
+    too: each session then follows that long of a quiet stack)."""
+    return asyncio.run(
+        _sequential(port, voice, texts, timeout, early, cancel_after, pause_s, pause_first)
+    )
 
 
 # A socket opened before the press (the player's warmUp, on the pointer's arrival on Play):

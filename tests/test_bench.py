@@ -19,8 +19,10 @@ def test_defaults():
     args = parse_args([])
     assert args.sessions == 50 and args.sound_sessions == 20 and args.listeners == [1, 10, 100]
     assert args.memory_checkpoints == (100, 250) and args.torch_threads == 0
+    assert (args.idle_sessions, args.idle_s) == (20, 1.0)
     quick = parse_args(["--quick"])
     assert quick.sessions == 15 and quick.sound_sessions == 3 and quick.voices == ("espeak", "tiny")
+    assert quick.idle_sessions == 3
 
 
 def test_counts_are_read():
@@ -28,6 +30,8 @@ def test_counts_are_read():
     args = parse_args([*argv, "--memory-checkpoints", ""])
     assert (args.sessions, args.sound_sessions, args.listeners) == (7, 2, [1, 5])
     assert args.memory_checkpoints == ()
+    args = parse_args(["--idle-sessions", "0", "--idle-s", "2.5"])
+    assert (args.idle_sessions, args.idle_s) == (0, 2.5)
 
 
 @pytest.mark.parametrize(
@@ -36,6 +40,8 @@ def test_counts_are_read():
         (["--sessions", "0"], "--sessions: must be at least 1, got 0"),
         (["--sound-sessions", "-3"], "--sound-sessions: must be at least 1, got -3"),
         (["--full-sessions", "two"], "--full-sessions: not a whole number: 'two'"),
+        (["--idle-sessions", "-1"], "--idle-sessions: must be at least 0, got -1"),
+        (["--idle-s", "-1"], "--idle-s: must be at least 0 and at most 60, got -1"),
         (["--workers", "0"], "--workers: must be at least 1, got 0"),
         (["--torch-threads", "-1"], "--torch-threads: must be at least 0, got -1"),
         (["--listeners", "1,0,10"], "--listeners: must be at least 1, got 0"),
