@@ -8,7 +8,7 @@
 Voices: espeak (espeak-ng en-us), tiny (a ~1 MB random-weight Coqui VITS) and full (a
 full-size random-weight Coqui VITS: the compute of a real voice). Scenarios, in run order:
 memory, ttfa, long (TTFA of 19,000-character texts), cached, http, flows, streaming
-(blocking baseline + throughput), fanout, concurrency.
+(blocking baseline + throughput), fanout, concurrency; and, only when named, before (P81).
 Prints a table and writes bench/results/<timestamp>.json (and --json PATH).
 See docs/benchmarks.md.
 """
@@ -16,6 +16,7 @@ See docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import shutil
 import subprocess
@@ -60,6 +61,8 @@ SCENARIOS = (
     "concurrency",
     "sound",
 )
+# Run only when named in --scenarios.
+EXTRA_SCENARIOS = ("before",)
 RESULTS = ROOT / "bench" / "results"
 SHORT_TIMEOUT = {"espeak": 60.0, "tiny": 60.0, "full": 300.0}
 LONG_TIMEOUT = {"espeak": 120.0, "tiny": 120.0, "full": 900.0}
@@ -130,7 +133,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="small counts, espeak and tiny only (about 1.5 minutes)",
     )
     p.add_argument("--voices", help="comma-separated: espeak,tiny,full (default: all)")
-    p.add_argument("--scenarios", help=f"comma-separated of {','.join(SCENARIOS)}")
+    p.add_argument(
+        "--scenarios",
+        help=f"comma-separated of {','.join(SCENARIOS)} (default: all of those); "
+        f"also {','.join(EXTRA_SCENARIOS)}, run only when named",
+    )
     p.add_argument("--sessions", type=count, help="TTFA and cached sessions per voice (50)")
     p.add_argument(
         "--full-sessions",
@@ -275,8 +282,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if name not in VOICE_IDS:
             p.error(f"unknown voice {name!r}; known: {', '.join(VOICE_IDS)}")
     for name in args.scenarios:
-        if name not in SCENARIOS:
-            p.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+        if name not in (*SCENARIOS, *EXTRA_SCENARIOS):
+            known = ", ".join((*SCENARIOS, *EXTRA_SCENARIOS))
+            p.error(f"unknown scenario {name!r}; known: {known}")
     if args.ab and not args.patch:
         p.error("--ab needs at least one --patch")
     if args.link_no_idle_restart and not args.link_mbit:
@@ -421,6 +429,48 @@ def idle_ttfa(ctx: Context, voice: str) -> None:
         VOICE_IDS[voice],
         "TTFA p50; pipeline overhead p50 / p99 ms",
         f"{fmt(t['p50'])}; {fmt(o['p50'])} / {fmt(o['p99'])}",
+    )
+
+
+def scenario_before(ctx: Context) -> None:
+    """What comes before a session (P81; only when named): espeak right after espeak, and
+    right after a full-size session; a full-size session right after two espeak ones,
+    to set beside scenario 1's, each of which follows a full-size one. --idle-sessions
+    rounds of four sessions: espeak, espeak, full-size, espeak."""
+    if "espeak" not in ctx.args.voices or "full" not in ctx.args.voices:
+        ctx.notes.append("before: needs the espeak and full voices")
+        return
+    espeak, full = VOICE_IDS["espeak"], VOICE_IDS["full"]
+    order = [("espeak", espeak), ("after espeak", espeak), ("full", full), ("after full", espeak)]
+
+    async def go() -> dict[str, list[client.Narration]]:
+        http = client.Http("127.0.0.1", ctx.port)
+        await http.ensure_csrf()
+        out: dict[str, list[client.Narration]] = {}
+        for _ in range(max(ctx.args.idle_sessions, 1)):
+            for name, voice in order:
+                timeout = SHORT_TIMEOUT["full" if voice == full else "espeak"]
+                n = await client.narrate(http, ctx.texts.short(), voice, timeout=timeout)
+                out.setdefault(name, []).append(n)
+        return out
+
+    runs = asyncio.run(go())
+    out = ctx.results["before"] = {name: ttfa.analyse(runs[name]) for name in runs}
+    n = len(runs["full"])
+    name = f"1 TTFA, what came before (n={n})"
+    o = {key: out[key]["overhead"] for key in out}
+    ctx.row(
+        name,
+        espeak,
+        "pipeline overhead p50 / p99 ms: after espeak; after a full-size session",
+        f"{fmt(o['after espeak']['p50'])} / {fmt(o['after espeak']['p99'])}; "
+        f"{fmt(o['after full']['p50'])} / {fmt(o['after full']['p99'])}",
+    )
+    ctx.row(
+        name,
+        full,
+        "pipeline overhead p50 / p99 ms after two espeak sessions",
+        f"{fmt(o['full']['p50'])} / {fmt(o['full']['p99'])}",
     )
 
 
@@ -861,6 +911,7 @@ RUNNERS: dict[str, Callable[[Context], None]] = {
     "streaming": scenario_streaming,
     "fanout": scenario_fanout,
     "concurrency": scenario_concurrency,
+    "before": scenario_before,
 }
 
 
@@ -868,7 +919,7 @@ RUNNERS: dict[str, Callable[[Context], None]] = {
 
 
 def run_scenarios(ctx: Context) -> None:
-    for name in ("warm_up", *SCENARIOS, "ab"):
+    for name in ("warm_up", *SCENARIOS, *EXTRA_SCENARIOS, "ab"):
         if name != "warm_up" and (name == "ab") != ctx.args.ab:
             continue
         if name not in (*ctx.args.scenarios, "warm_up", "ab"):

@@ -23,6 +23,8 @@ def test_defaults():
     quick = parse_args(["--quick"])
     assert quick.sessions == 15 and quick.sound_sessions == 3 and quick.voices == ("espeak", "tiny")
     assert quick.idle_sessions == 3
+    assert "before" not in args.scenarios  # a diagnostic, run only when named
+    assert parse_args(["--scenarios", "ttfa,before"]).scenarios == ("ttfa", "before")
 
 
 def test_counts_are_read():
@@ -55,6 +57,7 @@ def test_counts_are_read():
         (["--rtt-ms", "20,20000"], "--rtt-ms: must be at least 0 and at most 10000, got 20000"),
         (["--rtt-ms", ","], "--rtt-ms: give one or more round trips, ms"),
         (["--voices", "nope"], "unknown voice 'nope'"),
+        (["--scenarios", "ttfa,after"], "unknown scenario 'after'"),
     ],
 )
 def test_bad_counts_exit_with_a_reason(argv, message, capsys):
