@@ -29,7 +29,8 @@ def coqui_synthesizer(model_path: str, config_path: str) -> Synthesize:
     import torch
     from TTS.api import TTS
 
-    threads = int(os.environ.get("TTS_TORCH_THREADS") or 0)
+    threads = int(os.environ.get("BENCH_BASELINE_THREADS") or 0)
+    threads = threads or int(os.environ.get("TTS_TORCH_THREADS") or 0)
     if threads:
         torch.set_num_threads(threads)
     api = TTS(model_path=model_path, config_path=config_path, progress_bar=False).to("cpu")

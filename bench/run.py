@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -235,6 +236,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="TTS_TORCH_THREADS for the workers and the baseline (0: torch default)",
     )
     p.add_argument(
+        "--full-threads",
+        type=lambda text: count(text, least=0),
+        help="TTS_COQUI_TORCH_THREADS: the full-size voice's own synthesis threads, in the "
+        "workers and its baseline (default: one per core, P82; 0: --torch-threads')",
+    )
+    p.add_argument(
         "--database-url",
         help="default: SQLite in a temporary folder; a "
         "postgres:// URL gets a fresh database, dropped afterwards",
@@ -291,6 +298,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--link-no-idle-restart needs --link-mbit")
     args.sessions = args.sessions or (15 if q else 50)
     args.full_sessions = args.full_sessions or (2 if q else 50)
+    if args.full_threads is None:
+        args.full_threads = os.cpu_count() or 1
     if args.idle_sessions is None:
         args.idle_sessions = 3 if q else 20
     # Nine: about one espeak session in three holds SQLite's WAL checkpoint (10 ms and
@@ -700,7 +709,10 @@ def scenario_streaming(ctx: Context) -> None:
         thr = streaming.throughput(narrations)
         engine, model = _baseline_engine(ctx, voice)
         log = ctx.bench.log_dir / f"baseline-{voice}.log"
-        with streaming.BaselineServer(engine, model, ctx.bench.env, log) as server:
+        env = ctx.bench.env
+        if voice == "full":  # the same threads as the workers' synthesis of this voice
+            env = {**env, "BENCH_BASELINE_THREADS": env.get("TTS_COQUI_TORCH_THREADS", "0")}
+        with streaming.BaselineServer(engine, model, env, log) as server:
             blocking = streaming.run_blocking(server, texts, timeout=LONG_TIMEOUT[voice])
         cmp = streaming.compare(narrations, blocking)
         out[VOICE_IDS[voice]] = {
@@ -978,6 +990,7 @@ def main(argv: list[str] | None = None) -> int:
         database_url=args.database_url,
         redis_url=args.redis_url,
         torch_threads=args.torch_threads,
+        full_threads=args.full_threads,
         patches=tuple(args.patch),
         profile_dir=log_dir / "profiles" if args.profile else None,
         extra_env=dict(item.split("=", 1) for item in args.env),
@@ -1035,7 +1048,9 @@ def _header(info: dict, args: argparse.Namespace, duration: float) -> str:
     return (
         f"\n{info.get('cpu')}, {info.get('cores_logical')} cores, {info.get('ram_gb')} GB; "
         f"Python {info.get('python')}, torch {info.get('torch')} "
-        f"({info.get('torch_threads_per_worker')} threads/worker), {info.get('database')}, "
+        f"({info.get('torch_threads_per_worker')} threads/worker"
+        + (f", the full-size voice {args.full_threads}" if "full" in args.voices else "")
+        + f"), {info.get('database')}, "
         f"{info.get('redis_server')}, {info.get('event_loop')}; {args.workers} workers; commit "
         f"{(info.get('git_commit') or '?')[:10]}; {duration:.0f} s\n"
     )

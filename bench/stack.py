@@ -87,6 +87,7 @@ class BenchStack:
     database_url: str | None = None
     redis_url: str | None = None
     torch_threads: int = 0
+    full_threads: int = 0  # TTS_COQUI_TORCH_THREADS (0: TTS_TORCH_THREADS)
     # Bench-only monkeypatches (bench/patches.py) and profiling, applied in the processes
     # through bench/procs.py; empty means the stock launch of scripts/stack.py.
     patches: tuple[str, ...] = ()
@@ -153,6 +154,7 @@ class BenchStack:
                 TTS_COQUI_CONFIG_PATH=str(full.config_path),
                 TTS_COQUI_VOICE_ID=VOICE_IDS["full"],
                 TTS_COQUI_VOICE_LABEL="Full-size VITS (random weights)",
+                TTS_COQUI_TORCH_THREADS=str(self.full_threads),
             )
         if "tiny" in self.models:
             tiny = self.models["tiny"]

@@ -4,6 +4,7 @@ error, not an empty run) and bench/fanout.py's model of the bundled player."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ def test_defaults():
     assert args.sessions == 50 and args.sound_sessions == 20 and args.listeners == [1, 10, 100]
     assert args.memory_checkpoints == (100, 250) and args.torch_threads == 0
     assert (args.idle_sessions, args.idle_s) == (20, 1.0)
+    assert args.full_threads == (os.cpu_count() or 1)  # P82: the full-size voice on every core
     quick = parse_args(["--quick"])
     assert quick.sessions == 15 and quick.sound_sessions == 3 and quick.voices == ("espeak", "tiny")
     assert quick.idle_sessions == 3

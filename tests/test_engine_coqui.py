@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 if not settings.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
@@ -493,3 +494,67 @@ def test_a_worker_does_not_grow_with_every_new_text_length(tiny_voice):
     assert result.returncode == 0, result.stderr
     grew_mb = float(result.stdout.split()[-1])
     assert grew_mb < 4, f"the heap grew by {grew_mb:.1f} MB over fifty new text lengths"
+
+
+THREADS_SCRIPT = """
+import sys, threading
+import django
+django.setup()
+import torch
+from tts.engines.base import Voice
+from tts.engines.coqui import CoquiEngine
+
+plain = Voice(id="t", label="T", engine="coqui", model_path=sys.argv[1], config_path=sys.argv[2])
+heavy = Voice(id="h", label="H", engine="coqui", model_path=sys.argv[1],
+              config_path=sys.argv[2], options={"torch_threads": 2})
+engine = CoquiEngine()
+engine.load(plain)
+seen = []
+def work():  # as a worker's engine thread does: every synthesis on one thread of its own
+    for voice in (plain, heavy, plain):
+        assert engine.synthesize("The lamp was lit at dusk.", voice).pcm
+        seen.append(torch.get_num_threads())
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+print(*seen)
+"""
+
+
+def test_a_voice_may_synthesize_on_more_threads_than_the_workers_share(tiny_voice):
+    """options.torch_threads sizes the intra-op pool for that voice's synthesis, on the
+    thread that synthesizes, and a voice without it goes back to TTS_TORCH_THREADS (P82)."""
+    root = Path(__file__).resolve().parent.parent
+    env = os.environ | {"TTS_TORCH_THREADS": "1", "DJANGO_SETTINGS_MODULE": "config.settings"}
+    result = subprocess.run(
+        [sys.executable, "-c", THREADS_SCRIPT, tiny_voice.model_path, tiny_voice.config_path],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].split() == ["1", "2", "1"]  # (logs come first)
+
+
+@pytest.mark.parametrize("value", ["2", -1, 1.5, True])
+def test_a_bad_thread_count_stops_the_load_with_its_reason(engine, tiny_voice, value):
+    voice = replace(tiny_voice, id="odd", options={"torch_threads": value})
+    with pytest.raises(ImproperlyConfigured, match="options.torch_threads must be a whole number"):
+        engine.load(voice)
+
+
+def test_the_local_coqui_voice_takes_its_thread_count_from_the_environment(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    script = "from config import settings; print(settings.TTS_VOICES[-1]['options'])"
+    env = os.environ | {
+        "TTS_COQUI_MODEL_PATH": str(tmp_path / "model.pth"),
+        "TTS_COQUI_TORCH_THREADS": "4",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "{'torch_threads': 4}"

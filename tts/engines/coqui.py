@@ -590,12 +590,45 @@ def _cap_primitive_cache() -> None:
             os.environ.setdefault(name, str(capacity))
 
 
+# Intra-op threads of a synthesis whose voice names none: TTS_TORCH_THREADS, else torch's
+# default, as the first model loaded found it.
+_base_threads: int | None = None
+
+
 def _configure_threads(torch: Any) -> None:
+    global _base_threads
     threads = int(_setting("TTS_TORCH_THREADS", 0) or 0)
     if threads < 0:
         raise ImproperlyConfigured("TTS_TORCH_THREADS must be 0 (torch's default) or more")
-    if threads:
-        torch.set_num_threads(threads)
+    if _base_threads is None:
+        _base_threads = threads or torch.get_num_threads()
+    torch.set_num_threads(_base_threads)
+
+
+def voice_threads(voice: Voice) -> int:
+    """The voice's own intra-op thread count (its ``options["torch_threads"]``), 0 if none.
+
+    A full-size model's operations are large enough to share out over every core: on two
+    cores its first segment took 0.78 s on two threads against 1.3 s on one, and two
+    workers each on two threads, both busy, kept pace with two on one (docs/benchmarks.md,
+    P82). A small model's are not: on two threads each it stalled when both workers were
+    busy (P6). So TTS_TORCH_THREADS stays cores ÷ workers, for every voice, and a heavy
+    voice may ask for more."""
+    value = voice.options.get("torch_threads", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ImproperlyConfigured(
+            f"voice {voice.id!r}: options.torch_threads must be a whole number, 0 or more "
+            f"(0: TTS_TORCH_THREADS), not {value!r}"
+        )
+    return value
+
+
+def _use_threads(torch: Any, voice: Voice) -> None:
+    """Size the intra-op pool for ``voice`` on the calling thread, the one that
+    synthesizes (OpenMP keeps the count per thread)."""
+    wanted = voice_threads(voice) or _base_threads
+    if wanted and torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
 
 def _device(torch: Any) -> str:
@@ -623,6 +656,7 @@ def _synthesize(model: LoadedModel, text: str, voice: Voice) -> Audio:
     seed = int(voice.options.get("seed", 0))
     try:
         with _inference_lock, torch.inference_mode(), _speed(model, voice.speed) as extra:
+            _use_threads(torch, voice)
             torch.manual_seed(seed)
             wav = model.synthesizer.tts(text=text, split_sentences=False, **inputs, **extra)
     except torch.cuda.OutOfMemoryError as exc:
@@ -769,6 +803,7 @@ class CoquiEngine(Engine):
         return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
     def load(self, voice: Voice) -> None:
+        voice_threads(voice)  # a bad option stops the worker at start, with its reason
         get_model(voice)
 
     def synthesize(self, text: str, voice: Voice) -> Audio:
