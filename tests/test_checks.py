@@ -105,6 +105,14 @@ def test_a_broken_voice_catalog_is_an_error(settings):
     assert "tts.E002" in tts_ids()
 
 
+def test_a_coqui_voice_with_a_bad_thread_count_is_a_catalog_error(settings):
+    settings.TTS_VOICES = [
+        {"id": "x", "engine": "coqui", "model_path": "m", "options": {"torch_threads": "all"}}
+    ]
+    (message,) = [m for m in run_checks() if m.id == "tts.E002"]
+    assert "options.torch_threads must be a whole number" in message.msg
+
+
 def test_espeak_is_looked_for_until_found_then_remembered(tmp_path):
     """Asked on every POST: found once, no PATH walk again; installed later, found
     without a restart."""

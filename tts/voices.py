@@ -24,7 +24,12 @@ def _voice_from_dict(entry: dict[str, Any]) -> Voice:
             f"Bad TTS_VOICES entry {entry!r}: needs id, engine in {ENGINE_NAMES}; "
             f"unknown keys {sorted(unknown)}"
         )
-    return Voice(**{"label": entry["id"], **entry})
+    voice = Voice(**{"label": entry["id"], **entry})
+    if voice.engine == "coqui":
+        from tts.engines.coqui import voice_threads
+
+        voice_threads(voice)  # its options.torch_threads, if any, is a count
+    return voice
 
 
 def configured_voices() -> list[Voice]:
