@@ -614,7 +614,9 @@ def late_second_synthesis() -> None:
     """tts/synthesis.py synthesize_segment: the synthesis after a session's first waits
     BENCH_SYNTH_DELAY_MS (default 3) before it begins, so that the first chunk's relay
     (Redis, daphne, the client) runs beside an idle engine, not beside a full-size
-    model streaming its weights through the caches the relay's processes share."""
+    model streaming its weights through the caches the relay's processes share. One
+    flag for the worker's engine thread: with sessions side by side (P9) it may hold back
+    another session's segment; the experiment ran them one at a time."""
     from tts import synthesis
 
     delay = float(os.environ.get("BENCH_SYNTH_DELAY_MS", "3")) / 1000

@@ -149,7 +149,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--idle-sessions",
         type=lambda text: count(text, least=0),
         help="TTFA sessions per voice that each follow IDLE_S of a quiet stack, as a "
-        "reader's press usually does (20; the full VITS: 10; 0: none)",
+        "reader's press usually does (20, --quick 3; the full VITS: at most 10; 0: none)",
     )
     p.add_argument(
         "--idle-s",
@@ -239,7 +239,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--full-threads",
         type=lambda text: count(text, least=0),
         help="TTS_COQUI_TORCH_THREADS: the full-size voice's own synthesis threads, in the "
-        "workers and its baseline (default: one per core, P82; 0: --torch-threads')",
+        "workers and its baseline (default: one per core, P82; 0: --torch-threads's)",
     )
     p.add_argument(
         "--database-url",
@@ -1049,7 +1049,11 @@ def _header(info: dict, args: argparse.Namespace, duration: float) -> str:
         f"\n{info.get('cpu')}, {info.get('cores_logical')} cores, {info.get('ram_gb')} GB; "
         f"Python {info.get('python')}, torch {info.get('torch')} "
         f"({info.get('torch_threads_per_worker')} threads/worker"
-        + (f", the full-size voice {args.full_threads}" if "full" in args.voices else "")
+        + (
+            f", the full-size voice {args.full_threads or info.get('torch_threads_per_worker')}"
+            if "full" in args.voices
+            else ""
+        )
         + f"), {info.get('database')}, "
         f"{info.get('redis_server')}, {info.get('event_loop')}; {args.workers} workers; commit "
         f"{(info.get('git_commit') or '?')[:10]}; {duration:.0f} s\n"

@@ -113,6 +113,12 @@ def test_a_coqui_voice_with_a_bad_thread_count_is_a_catalog_error(settings):
     assert "options.torch_threads must be a whole number" in message.msg
 
 
+def test_voice_options_that_are_not_an_object_are_a_catalog_error(settings):
+    settings.TTS_VOICES = [{"id": "x", "engine": "espeak", "name": "en-us", "options": None}]
+    (message,) = [m for m in run_checks() if m.id == "tts.E002"]
+    assert "options must be an object" in message.msg
+
+
 def test_espeak_is_looked_for_until_found_then_remembered(tmp_path):
     """Asked on every POST: found once, no PATH walk again; installed later, found
     without a restart."""

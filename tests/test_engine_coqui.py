@@ -540,10 +540,22 @@ def test_a_voice_may_synthesize_on_more_threads_than_the_workers_share(tiny_voic
 
 
 @pytest.mark.parametrize("value", ["2", -1, 1.5, True])
-def test_a_bad_thread_count_stops_the_load_with_its_reason(engine, tiny_voice, value):
-    voice = replace(tiny_voice, id="odd", options={"torch_threads": value})
+def test_a_bad_thread_count_is_refused_with_its_reason(value):
+    voice = Voice(id="odd", label="Odd", engine="coqui", options={"torch_threads": value})
     with pytest.raises(ImproperlyConfigured, match="options.torch_threads must be a whole number"):
+        coqui.voice_threads(voice)
+
+
+def test_a_bad_thread_count_stops_the_load_before_the_model(engine, tiny_voice):
+    voice = replace(tiny_voice, id="odd", options={"torch_threads": -2})
+    with pytest.raises(ImproperlyConfigured, match="not -2"):
         engine.load(voice)
+
+
+def test_options_that_are_not_an_object_are_refused():
+    voice = Voice(id="odd", label="Odd", engine="coqui", options=None)
+    with pytest.raises(ImproperlyConfigured, match="options must be an object"):
+        coqui.voice_threads(voice)
 
 
 def test_the_local_coqui_voice_takes_its_thread_count_from_the_environment(tmp_path):

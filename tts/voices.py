@@ -24,6 +24,10 @@ def _voice_from_dict(entry: dict[str, Any]) -> Voice:
             f"Bad TTS_VOICES entry {entry!r}: needs id, engine in {ENGINE_NAMES}; "
             f"unknown keys {sorted(unknown)}"
         )
+    if not isinstance(entry.get("options", {}), dict):
+        raise ImproperlyConfigured(
+            f"Bad TTS_VOICES entry {entry!r}: options must be an object (a dict)"
+        )
     voice = Voice(**{"label": entry["id"], **entry})
     if voice.engine == "coqui":
         from tts.engines.coqui import voice_threads

@@ -590,19 +590,24 @@ def _cap_primitive_cache() -> None:
             os.environ.setdefault(name, str(capacity))
 
 
-# Intra-op threads of a synthesis whose voice names none: TTS_TORCH_THREADS, else torch's
-# default, as the first model loaded found it.
-_base_threads: int | None = None
+# torch's own default intra-op thread count, as the first model loaded found it.
+_torch_default_threads: int | None = None
 
 
-def _configure_threads(torch: Any) -> None:
-    global _base_threads
+def _base_threads(torch: Any) -> int:
+    """The intra-op threads of a synthesis whose voice names none: TTS_TORCH_THREADS,
+    else torch's default."""
+    global _torch_default_threads
     threads = int(_setting("TTS_TORCH_THREADS", 0) or 0)
     if threads < 0:
         raise ImproperlyConfigured("TTS_TORCH_THREADS must be 0 (torch's default) or more")
-    if _base_threads is None:
-        _base_threads = threads or torch.get_num_threads()
-    torch.set_num_threads(_base_threads)
+    if _torch_default_threads is None:
+        _torch_default_threads = torch.get_num_threads()
+    return threads or _torch_default_threads
+
+
+def _configure_threads(torch: Any) -> None:
+    torch.set_num_threads(_base_threads(torch))
 
 
 def voice_threads(voice: Voice) -> int:
@@ -614,6 +619,10 @@ def voice_threads(voice: Voice) -> int:
     P82). A small model's are not: on two threads each it stalled when both workers were
     busy (P6). So TTS_TORCH_THREADS stays cores ÷ workers, for every voice, and a heavy
     voice may ask for more."""
+    if not isinstance(voice.options, dict):
+        raise ImproperlyConfigured(
+            f"voice {voice.id!r}: options must be an object, not {voice.options!r}"
+        )
     value = voice.options.get("torch_threads", 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ImproperlyConfigured(
@@ -625,9 +634,11 @@ def voice_threads(voice: Voice) -> int:
 
 def _use_threads(torch: Any, voice: Voice) -> None:
     """Size the intra-op pool for ``voice`` on the calling thread, the one that
-    synthesizes (OpenMP keeps the count per thread)."""
-    wanted = voice_threads(voice) or _base_threads
-    if wanted and torch.get_num_threads() != wanted:
+    synthesizes (OpenMP keeps the count per thread). Only on a change: torch empties
+    oneDNN's cache of compiled convolutions with it, so a worker alternating between
+    voices of different counts compiles them again after each switch."""
+    wanted = voice_threads(voice) or _base_threads(torch)
+    if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
 
 
