@@ -442,6 +442,19 @@ def test_the_shape_caches_are_capped_unless_the_environment_says_otherwise(
     assert name not in os.environ
 
 
+def _run_with_model(script: str, voice: Voice, env: dict[str, str]):
+    """``script`` in a Python process of its own (the project's root as its folder), given
+    the model and config paths of ``voice`` as its arguments."""
+    return subprocess.run(
+        [sys.executable, "-c", script, voice.model_path, voice.config_path],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 MEMORY_SCRIPT = """
 import random, sys
 import django
@@ -475,21 +488,13 @@ def test_a_worker_does_not_grow_with_every_new_text_length(tiny_voice):
     """The caches that CPU inference keeps per input shape are capped (P10, P75): fifty
     texts of new lengths leave the heap in use as it was, give or take a few MB. Without
     the caps (TTS_ONEDNN_CACHE_CAPACITY=0) it grew by about 53 MB here."""
-    root = Path(__file__).resolve().parent.parent
     unset = {*coqui.SHAPE_CACHE_VARIABLES, "LD_PRELOAD"}  # (another malloc counts otherwise)
     env = {k: v for k, v in os.environ.items() if k not in unset} | {
         "TTS_ONEDNN_CACHE_CAPACITY": "32",
         "TTS_TORCH_THREADS": "1",
         "DJANGO_SETTINGS_MODULE": "config.settings",
     }
-    result = subprocess.run(
-        [sys.executable, "-c", MEMORY_SCRIPT, tiny_voice.model_path, tiny_voice.config_path],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _run_with_model(MEMORY_SCRIPT, tiny_voice, env)
 
     assert result.returncode == 0, result.stderr
     grew_mb = float(result.stdout.split()[-1])
@@ -524,16 +529,8 @@ print(*seen)
 def test_a_voice_may_synthesize_on_more_threads_than_the_workers_share(tiny_voice):
     """options.torch_threads sizes the intra-op pool for that voice's synthesis, on the
     thread that synthesizes, and a voice without it goes back to TTS_TORCH_THREADS (P82)."""
-    root = Path(__file__).resolve().parent.parent
     env = os.environ | {"TTS_TORCH_THREADS": "1", "DJANGO_SETTINGS_MODULE": "config.settings"}
-    result = subprocess.run(
-        [sys.executable, "-c", THREADS_SCRIPT, tiny_voice.model_path, tiny_voice.config_path],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _run_with_model(THREADS_SCRIPT, tiny_voice, env)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1].split() == ["1", "2", "1"]  # (logs come first)
