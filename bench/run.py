@@ -237,7 +237,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--full-threads",
-        type=lambda text: count(text, least=0),
+        type=threads,
         help="TTS_COQUI_TORCH_THREADS: the full-size voice's own synthesis threads, in the "
         "workers and its baseline (default: one per core, P82; 0: --torch-threads's)",
     )
