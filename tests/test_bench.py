@@ -48,6 +48,7 @@ def test_counts_are_read():
         (["--idle-s", "-1"], "--idle-s: must be at least 0 and at most 60, got -1"),
         (["--workers", "0"], "--workers: must be at least 1, got 0"),
         (["--torch-threads", "-1"], "--torch-threads: must be at least 0, got -1"),
+        (["--full-threads", "all"], "--full-threads: not a whole number: 'all'"),
         (["--listeners", "1,0,10"], "--listeners: must be at least 1, got 0"),
         (["--memory-checkpoints", "100,x"], "--memory-checkpoints: not a whole number: 'x'"),
         (["--max-minutes", "0"], "--max-minutes: must be more than 0, got 0"),
