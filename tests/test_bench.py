@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench import fanout, netdelay
-from bench.run import parse_args
+from bench.run import parse_args, warm_up_voices
 
 
 def test_defaults():
@@ -27,6 +27,18 @@ def test_defaults():
     assert quick.idle_sessions == 3
     assert "before" not in args.scenarios  # a diagnostic, run only when named
     assert parse_args(["--scenarios", "ttfa,before"]).scenarios == ("ttfa", "before")
+
+
+@pytest.mark.parametrize(
+    ("voices", "warmed"),
+    [
+        (["espeak", "tiny", "full"], ["espeak", "tiny"]),
+        (["full", "tiny"], ["tiny"]),
+        (["full"], ["full"]),  # alone, its first measured session was cold
+    ],
+)
+def test_warm_up_runs_a_fast_voice_or_else_the_full_one(voices, warmed):
+    assert warm_up_voices(voices) == warmed
 
 
 def test_counts_are_read():
