@@ -14,7 +14,7 @@ other, not with a run without it.
 ``around`` lines that up with the ``--patch trace`` timelines: for each session (a window
 opened by the client's POST), the time from the POST to the session's row and to its
 first synthesis, and the CPU milliseconds each process spent just before the POST and
-just after it (docs/benchmarks.md, round 16).
+just after it (docs/benchmarks-history.md, round 16).
 """
 
 from __future__ import annotations

@@ -319,7 +319,7 @@ class RedisChannelLayer(CoreRedisChannelLayer):
 
         A socket that closes cancels the receive it may be running for its whole process,
         and a pop cancelled while it waits closes its Redis connection (the reply may be on
-        its way): every closed socket cost a new connection (docs/benchmarks.md, round
+        its way): every closed socket cost a new connection (docs/benchmarks-history.md, round
         9). Here that pop goes on, and the next receive takes its message."""
         if not channel.endswith("!"):
             return await super().receive_single(channel)
