@@ -312,6 +312,16 @@ TTS_ONEDNN_CACHE_CAPACITY = env_int("TTS_ONEDNN_CACHE_CAPACITY", 32, minimum=0)
 TTS_VOICES: list[dict] = list(DEFAULT_VOICES)
 TTS_SCENE_MODEL = "scenes.Scene"
 if TTS_COQUI_MODEL_PATH:
+    # Intra-op threads for this voice's synthesis (0: TTS_TORCH_THREADS); a full-size
+    # model's first segment comes sooner on every core (P82).
+    _coqui_options: dict = {"torch_threads": env_int("TTS_COQUI_TORCH_THREADS", 0, minimum=0)}
+    # Its own cut, in place of TTS_FIRST_SEGMENT_CHARS and TTS_SEGMENT_GROWTH (unset: those): a
+    # slow voice's first audio comes sooner from a shorter first segment (P83). Given only
+    # where set, so that narrations made without them keep their keys.
+    if _first := env_int("TTS_COQUI_FIRST_SEGMENT_CHARS", 0, minimum=10):
+        _coqui_options["first_segment_chars"] = _first
+    if _growth := env_float("TTS_COQUI_SEGMENT_GROWTH", 0.0, minimum=1.0):
+        _coqui_options["segment_growth"] = _growth
     TTS_VOICES.append(
         {
             "id": env_str("TTS_COQUI_VOICE_ID", "coqui-local"),
@@ -320,9 +330,7 @@ if TTS_COQUI_MODEL_PATH:
             "model_path": TTS_COQUI_MODEL_PATH,
             "config_path": TTS_COQUI_CONFIG_PATH,
             "language": env_str("TTS_COQUI_LANGUAGE", "en-us"),
-            # Intra-op threads for this voice's synthesis (0: TTS_TORCH_THREADS); a
-            # full-size model's first segment comes sooner on every core (P82).
-            "options": {"torch_threads": env_int("TTS_COQUI_TORCH_THREADS", 0, minimum=0)},
+            "options": _coqui_options,
         }
     )
 TTS_EXTRA_VOICES_FILE = env_str("TTS_EXTRA_VOICES_FILE")

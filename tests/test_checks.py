@@ -119,6 +119,21 @@ def test_voice_options_that_are_not_an_object_are_a_catalog_error(settings):
     assert "options must be an object" in message.msg
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"first_segment_chars": 0}, "options.first_segment_chars must be a whole number, 1"),
+        ({"first_segment_chars": "30"}, "options.first_segment_chars must be a whole number"),
+        ({"segment_growth": 0.5}, "options.segment_growth must be a number, 1 or more"),
+        ({"segment_growth": True}, "options.segment_growth must be a number"),
+    ],
+)
+def test_a_voice_with_a_bad_cutting_option_is_a_catalog_error(settings, options, message):
+    settings.TTS_VOICES = [{"id": "x", "engine": "espeak", "name": "en-us", "options": options}]
+    (error,) = [m for m in run_checks() if m.id == "tts.E002"]
+    assert message in error.msg
+
+
 def test_espeak_is_looked_for_until_found_then_remembered(tmp_path):
     """Asked on every POST: found once, no PATH walk again; installed later, found
     without a restart."""

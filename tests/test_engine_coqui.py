@@ -555,15 +555,31 @@ def test_options_that_are_not_an_object_are_refused():
         coqui.voice_threads(voice)
 
 
-def test_the_local_coqui_voice_takes_its_thread_count_from_the_environment(tmp_path):
+def _local_voice_options(tmp_path: Path, **environ: str) -> subprocess.CompletedProcess:
+    """The settings' local Coqui voice's options, read in a fresh process with ``environ``."""
     root = Path(__file__).resolve().parent.parent
     script = "from config import settings; print(settings.TTS_VOICES[-1]['options'])"
-    env = os.environ | {
-        "TTS_COQUI_MODEL_PATH": str(tmp_path / "model.pth"),
-        "TTS_COQUI_TORCH_THREADS": "4",
-    }
-    result = subprocess.run(
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TTS_COQUI_")}
+    env |= {"TTS_COQUI_MODEL_PATH": str(tmp_path / "model.pth"), **environ}
+    return subprocess.run(
         [sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True
     )
+
+
+def test_the_local_coqui_voice_takes_its_thread_count_from_the_environment(tmp_path):
+    result = _local_voice_options(tmp_path, TTS_COQUI_TORCH_THREADS="4")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "{'torch_threads': 4}"
+
+
+def test_the_local_coqui_voice_takes_its_own_cut_from_the_environment(tmp_path):
+    """Only where set: without them its narrations keep the keys they had (P83)."""
+    result = _local_voice_options(
+        tmp_path, TTS_COQUI_FIRST_SEGMENT_CHARS="30", TTS_COQUI_SEGMENT_GROWTH="1.25"
+    )
+    assert result.returncode == 0, result.stderr
+    options = "{'torch_threads': 0, 'first_segment_chars': 30, 'segment_growth': 1.25}"
+    assert result.stdout.strip() == options
+    refused = _local_voice_options(tmp_path, TTS_COQUI_FIRST_SEGMENT_CHARS="5")
+    assert refused.returncode != 0
+    assert "TTS_COQUI_FIRST_SEGMENT_CHARS must be at least 10, got 5" in refused.stderr

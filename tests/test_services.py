@@ -833,6 +833,36 @@ def test_narrations_from_before_the_growth_setting_keep_their_key(settings):
     assert services.narration_key(voice=voice, engine_model="", text=TEXT) != key
 
 
+def test_a_voice_cuts_with_its_own_first_segment_and_growth(settings, engine_calls):
+    """A voice's options.first_segment_chars and options.segment_growth replace
+    TTS_FIRST_SEGMENT_CHARS and TTS_SEGMENT_GROWTH for its sessions alone (a slow voice's
+    first audio sooner, the fast ones cut as before), and its narration key follows."""
+    import dataclasses
+
+    short = {"first_segment_chars": 20, "segment_growth": 1.25}
+    settings.TTS_VOICES = [
+        {"id": "en-us", "engine": "espeak", "name": "en-us"},
+        {"id": "en-us-short", "engine": "espeak", "name": "en-us", "options": short},
+    ]
+    plain, own = narrated(voice_id="en-us"), narrated(voice_id="en-us-short")
+
+    def lengths(session) -> list[int]:
+        return [c.char_end - c.char_start for c in session.chunks.order_by("seq")]
+
+    assert lengths(plain)[0] > 20 >= len(own.chunks.get(seq=0).text.strip())
+    assert len(lengths(own)) > len(lengths(plain))  # the gentler ramp: more, smaller chunks
+    for session in (plain, own):
+        text = "".join(c.text for c in session.chunks.order_by("seq"))
+        assert text.split() == TEXT.split()  # every word, once, in order
+    voice = services.voice_resolve(voice_id="en-us-short")
+    assert synthesis.voice_cutting(voice)["first_max_chars"] == 20
+    assert synthesis.voice_cutting(voice)["growth"] == 1.25
+    without = dataclasses.replace(voice, options={})
+    assert services.narration_key(voice=voice, engine_model="", text=TEXT) != (
+        services.narration_key(voice=without, engine_model="", text=TEXT)
+    )
+
+
 @pytest.mark.parametrize(
     "change",
     [

@@ -112,9 +112,19 @@ def cutting_settings() -> dict[str, Any]:
     return {arg: getattr(settings, name) for arg, name in CUTTING_SETTINGS.items()}
 
 
+# A voice's options that replace a cutting setting for it (tts.voices checks them), by
+# segment_text's argument.
+VOICE_CUTTING_OPTIONS = {"first_max_chars": "first_segment_chars", "growth": "segment_growth"}
+
+
 def voice_cutting(voice: Voice) -> dict[str, Any]:
-    """How a text is cut for this voice (segment_text's settings; part of narration_key)."""
-    return {"max_chars": get_engine(voice.engine).max_segment_chars, **cutting_settings()}
+    """How a text is cut for this voice (segment_text's settings; part of narration_key):
+    the settings, where the voice's own options do not replace them."""
+    cut = {"max_chars": get_engine(voice.engine).max_segment_chars, **cutting_settings()}
+    for arg, option in VOICE_CUTTING_OPTIONS.items():
+        if option in voice.options:
+            cut[arg] = voice.options[option]
+    return cut
 
 
 def audio_key(*, voice: Voice, engine_model: str, text: str, pause_ms: int) -> str:

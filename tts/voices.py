@@ -29,11 +29,36 @@ def _voice_from_dict(entry: dict[str, Any]) -> Voice:
             f"Bad TTS_VOICES entry {entry!r}: options must be an object (a dict)"
         )
     voice = Voice(**{"label": entry["id"], **entry})
+    check_cutting_options(voice)
     if voice.engine == "coqui":
         from tts.engines.coqui import voice_threads
 
         voice_threads(voice)  # its options.torch_threads, if any, is a count
     return voice
+
+
+# A voice's own options that replace a cutting setting for its texts, with the least each
+# may be: a slow voice's first audio comes sooner from a shorter first segment, and its
+# stream keeps up with a gentler ramp, without changing how the fast voices cut.
+CUTTING_OPTIONS = {
+    "first_segment_chars": ("TTS_FIRST_SEGMENT_CHARS", 1, int),
+    "segment_growth": ("TTS_SEGMENT_GROWTH", 1, (int, float)),
+}
+
+
+def check_cutting_options(voice: Voice) -> None:
+    """Its options.first_segment_chars (a whole number, 1 or more) and
+    options.segment_growth (a number, 1 or more), where given."""
+    for option, (setting, least, kinds) in CUTTING_OPTIONS.items():
+        if option not in voice.options:
+            continue
+        value = voice.options[option]
+        if isinstance(value, bool) or not isinstance(value, kinds) or not value >= least:
+            kind = "a whole number" if kinds is int else "a number"
+            raise ImproperlyConfigured(
+                f"voice {voice.id!r}: options.{option} must be {kind}, {least} or more "
+                f"(in place of {setting} for this voice), not {value!r}"
+            )
 
 
 def configured_voices() -> list[Voice]:
