@@ -114,7 +114,7 @@ def analyse(raw: dict, listeners: int) -> dict:
         spread += [(t - first) * 1000 for t in arrivals]
         if seq == 0:
             first_chunk = [(t - made) * 1000 for t in arrivals]
-    held = [_late_held(s, row) for s in streams if s.t_first is not None]
+    held = [late_held(s, row) for s in streams if s.t_first is not None]
     intact = sum(
         1
         for s in streams
@@ -173,7 +173,7 @@ def _timeline(stream: Listen, row) -> list[dict]:
     ]
 
 
-def _late_held(stream: Listen, row) -> tuple[int, float]:
+def late_held(stream: Listen, row) -> tuple[int, float]:
     """As _late, for the bundled player (scheduler.js). A chunk that arrives later than
     ``LATE_MARGIN`` before it is due has run dry, and the player starts it (the first one
     too) its lead after it arrived (its cushion, doubled at each underrun, once it has run

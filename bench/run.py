@@ -406,6 +406,14 @@ def scenario_ttfa(ctx: Context) -> None:
             "<= 10 / <= 30",
             o["p50"] <= 10 and o["p99"] <= 30,
         )
+        held = res["held_player"]
+        ctx.row(
+            f"1 TTFA cold (n={n})",
+            label,
+            "held by cushion_ms: first sound p50 / p99 ms; hold p50 ms; late chunks",
+            f"{fmt(held['first_sound']['p50'])} / {fmt(held['first_sound']['p99'])}; "
+            f"{fmt(held['hold']['p50'])}; {held['late_chunks']}",
+        )
         cpu_row(ctx, f"1 TTFA cold (n={n})", label, cpu)
         idle_ttfa(ctx, voice)
 

@@ -97,12 +97,12 @@ def _row(*seconds):
 def test_held_player_model_runs_dry_as_the_scheduler_does():
     # The first chunk plays from 0.03 s (the lead) to 1.03 s.
     row = _row(1.0, 1.0)
-    assert fanout._late_held(_stream([0.0, 0.9]), row) == (0, pytest.approx(0.03))
+    assert fanout.late_held(_stream([0.0, 0.9]), row) == (0, pytest.approx(0.03))
     # Due at 1.03 s: arriving 5 ms before is inside scheduler.js's LATE_MARGIN (10 ms).
-    assert fanout._late_held(_stream([0.0, 1.025]), row)[0] == 1
-    assert fanout._late_held(_stream([0.0, 1.015]), row)[0] == 0
+    assert fanout.late_held(_stream([0.0, 1.025]), row)[0] == 1
+    assert fanout.late_held(_stream([0.0, 1.015]), row)[0] == 0
     # Held by cushion_ms: the hold plus the 0.1 s cushion.
-    assert fanout._late_held(_stream([0.0, 0.9], {0: 500}), row) == (0, pytest.approx(0.6))
+    assert fanout.late_held(_stream([0.0, 0.9], {0: 500}), row) == (0, pytest.approx(0.6))
 
 
 FAST = netdelay.Link(100_000)  # serialization negligible: the flights are the window's
