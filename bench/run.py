@@ -892,7 +892,7 @@ def scenario_memory(ctx: Context) -> None:
 
 
 # Unmeasured sessions before the scenarios: per fast voice, and of the full-size voice
-# when it is the only one (one per worker, at a few seconds each).
+# when it is the only one (a few seconds each).
 WARM_UP_SESSIONS = {"espeak": 3, "tiny": 3, "full": 2}
 
 

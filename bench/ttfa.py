@@ -191,7 +191,9 @@ def analyse(narrations: list[Narration], *, cached: bool = False) -> dict:
     held = [
         (n.ttfa_ms, *late_held(n.stream, rows[n.session_id]))
         for n in narrations
-        if n.ttfa_ms is not None and n.stream is not None and n.stream.t_first is not None
+        # followed to the end: a session cancelled on purpose (scenario 1d) has chunks
+        # that never came, which late_held counts as late
+        if n.ttfa_ms is not None and n.stream is not None and n.stream.complete
     ]
     result["held_player"] = {
         "first_sound": summary(ttfa + hold * 1000 for ttfa, _, hold in held),

@@ -316,8 +316,9 @@ if TTS_COQUI_MODEL_PATH:
     # model's first segment comes sooner on every core (P82).
     _coqui_options: dict = {"torch_threads": env_int("TTS_COQUI_TORCH_THREADS", 0, minimum=0)}
     # Its own cut, in place of TTS_FIRST_SEGMENT_CHARS and TTS_SEGMENT_GROWTH (unset: those): a
-    # slow voice's first audio comes sooner from a shorter first segment (P83). Given only
-    # where set, so that narrations made without them keep their keys.
+    # slow voice's first audio comes sooner from a shorter first segment (P83). Part of
+    # its cut, so of its narrations' keys: a change means those made before are not
+    # replayed.
     if _first := env_int("TTS_COQUI_FIRST_SEGMENT_CHARS", 0, minimum=10):
         _coqui_options["first_segment_chars"] = _first
     if _growth := env_float("TTS_COQUI_SEGMENT_GROWTH", 0.0, minimum=1.0):

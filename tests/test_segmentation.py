@@ -520,6 +520,29 @@ def test_a_gentler_ramp_grows_each_limit_by_its_factor() -> None:
     assert max(lengths) <= 250
 
 
+@pytest.mark.parametrize(
+    ("first", "growth", "limits"),
+    [
+        (60, 2.0, [60, 120, 240, 250, 250]),
+        (60, 1.25, [60, 75, 93, 117, 146]),
+        (30, 1.25, [30, 37, 46, 58, 73]),
+        (60, 1e300, [60, 250, 250, 250, 250]),
+    ],
+)
+def test_ramp_limit_is_the_cuts_own(first, growth, limits) -> None:
+    """What a cut not made yet will allow (a long text's first hold is estimated with it),
+    and what segment_text keeps to."""
+    ramp = [
+        segmentation.ramp_limit(i, max_chars=250, first_max_chars=first, growth=growth)
+        for i in range(5)
+    ]
+    assert ramp == limits
+    segments = segment_text(
+        " ".join(["word"] * 400), max_chars=250, first_max_chars=first, growth=growth
+    )
+    assert all(len(s.speech_text) <= limit for s, limit in zip(segments, ramp, strict=False))
+
+
 def test_no_ramp_keeps_every_segment_to_the_first_limit() -> None:
     segments = segment_text(" ".join(["word"] * 100), max_chars=250, first_max_chars=60, growth=1)
 

@@ -577,6 +577,51 @@ def test_a_long_texts_first_chunk_goes_out_before_the_text_is_cut(monkeypatch, e
     assert "".join(c.text for c in stored) == NAMED
 
 
+def test_a_long_texts_first_hold_counts_the_rest_by_the_voices_own_ramp(monkeypatch, settings):
+    """Before the cut is known, chunk 0's hold takes the rest of the text as segments as
+    long as the voice's ramp allows (P83's gentle one: 30, 37, 46, …), not all as its
+    longest: more, shorter segments each cost the engine its fixed part."""
+    from tts.segmentation import ramp_limit
+
+    settings.TTS_VOICES = [
+        {"id": "en-us", "engine": "espeak", "name": "en-us"},
+        {
+            "id": "en-us-slow",
+            "engine": "espeak",
+            "name": "en-us",
+            "options": {"first_segment_chars": 30, "segment_growth": 1.25},
+        },
+    ]
+    paces: list[list[int]] = []
+
+    class RecordingPace(generation.Pace):
+        def __init__(self, chars, *args, **kwargs):
+            paces.append(list(chars))
+            super().__init__(chars, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "Pace", RecordingPace)
+    session = create(NAMED, voice_id="en-us-slow")
+    services.session_run(session_id=session.id, worker="w1")
+    head_pace = paces[0]  # the first chunk's, made before the cut
+    cut = synthesis.voice_cutting(services.voice_resolve(voice_id="en-us-slow"))
+    limits = [
+        ramp_limit(
+            i,
+            max_chars=cut["max_chars"],
+            first_max_chars=cut["first_max_chars"],
+            growth=cut["growth"],
+        )
+        for i in range(len(head_pace))
+    ]
+    # The head's own segments first (a few), then the ramp's limits, the last one partial.
+    past_head = next(
+        h for h in range(len(head_pace)) if head_pace[h:-1] == limits[h : len(head_pace) - 1]
+    )
+    assert past_head <= 6 and head_pace[past_head] < cut["max_chars"]  # not all the longest
+    assert head_pace[-1] <= limits[-1]
+    assert sum(head_pace) >= len(NAMED) * 0.9  # the whole text, roughly
+
+
 def test_a_slow_voice_says_it_runs_before_its_long_texts_first_chunk(monkeypatch):
     """A voice whose first segments took long: `running` goes out on its own as the head
     is made, not only with the first chunk (session_steps)."""

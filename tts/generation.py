@@ -28,7 +28,7 @@ from tts.engines import EngineError, Voice
 from tts.models import SessionStatus, TTSChunk, TTSSession
 from tts.pacing import EngineFit, Pace
 from tts.scheduling import Made
-from tts.segmentation import Segment
+from tts.segmentation import Segment, ramp_limit
 from tts.synthesis import SegmentAudio
 from tts.voices import get_voice
 
@@ -296,18 +296,30 @@ class _Run:
 
     def _head_cushion(self, ahead: synthesis.HeadAhead, row: TTSChunk, audio: SegmentAudio) -> int:
         """Chunk 0's hold before the text's cut is known: the head's segments, then the
-        rest of the text taken as segments of the voice's longest, each after a sentence's
-        pause (what the cut makes of prose, past the ramp)."""
+        rest of the text taken as segments as long as the voice's ramp allows (its own
+        first length and growth), each after a sentence's pause: what the cut makes of
+        prose. A gentle ramp makes more, shorter segments, each with the engine's fixed
+        cost: taken as the longest, the hold came out short."""
         head = [segment for segment, _, _ in ahead.head]
         chars = [len(segment.speech_text) for segment in head]
         pauses = [segment.pause_ms for segment in head]
         free = [future is None for _, _, future in ahead.head]
-        longest = synthesis.voice_cutting(self.voice)["max_chars"]
-        rest = -(-(len(self.session.text) - head[-1].char_end) // longest)
+        cut = synthesis.voice_cutting(self.voice)
+        rest: list[int] = []
+        left = len(self.session.text) - head[-1].char_end
+        while left > 0:
+            limit = ramp_limit(
+                len(head) + len(rest),
+                max_chars=cut["max_chars"],
+                first_max_chars=cut["first_max_chars"],
+                growth=cut["growth"],
+            )
+            rest.append(min(limit, left))
+            left -= rest[-1]
         pace = Pace(
-            chars + [longest] * rest,
-            pauses + [settings.TTS_SENTENCE_PAUSE_MS] * rest,
-            free + [False] * rest,
+            chars + rest,
+            pauses + [settings.TTS_SENTENCE_PAUSE_MS] * len(rest),
+            free + [False] * len(rest),
             fit=self.fit,
         )
         pace.made(0, duration_ms=row.duration_ms, engine_ms=audio.engine_ms)
