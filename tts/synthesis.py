@@ -25,6 +25,7 @@ from tts.conf import settings
 from tts.engines import Audio, EngineError, Voice, get_engine
 from tts.models import AudioBlob, TTSChunk, TTSSession
 from tts.segmentation import Segment, segment_text
+from tts.voices import CUTTING_OPTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -112,16 +113,11 @@ def cutting_settings() -> dict[str, Any]:
     return {arg: getattr(settings, name) for arg, name in CUTTING_SETTINGS.items()}
 
 
-# A voice's options that replace a cutting setting for it (tts.voices checks them), by
-# segment_text's argument.
-VOICE_CUTTING_OPTIONS = {"first_max_chars": "first_segment_chars", "growth": "segment_growth"}
-
-
 def voice_cutting(voice: Voice) -> dict[str, Any]:
     """How a text is cut for this voice (segment_text's settings; part of narration_key):
     the settings, where the voice's own options do not replace them."""
     cut = {"max_chars": get_engine(voice.engine).max_segment_chars, **cutting_settings()}
-    for arg, option in VOICE_CUTTING_OPTIONS.items():
+    for option, (arg, _, _) in CUTTING_OPTIONS.items():
         if option in voice.options:
             cut[arg] = voice.options[option]
     return cut

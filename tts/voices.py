@@ -37,26 +37,27 @@ def _voice_from_dict(entry: dict[str, Any]) -> Voice:
     return voice
 
 
-# A voice's own options that replace a cutting setting for its texts, with the least each
-# may be: a slow voice's first audio comes sooner from a shorter first segment, and its
-# stream keeps up with a gentler ramp, without changing how the fast voices cut.
-CUTTING_OPTIONS = {
-    "first_segment_chars": ("TTS_FIRST_SEGMENT_CHARS", 1, int),
-    "segment_growth": ("TTS_SEGMENT_GROWTH", 1, (int, float)),
+# A voice's own options that replace a cutting setting for its texts (tts.synthesis
+# voice_cutting): a slow voice's first audio comes sooner from a shorter first segment,
+# and its stream keeps up with a gentler ramp, without changing how the fast voices cut.
+# Option -> (segment_text's argument, the setting it replaces, what it may be; 1 or more).
+CUTTING_OPTIONS: dict[str, tuple[str, str, type | tuple[type, ...]]] = {
+    "first_segment_chars": ("first_max_chars", "TTS_FIRST_SEGMENT_CHARS", int),
+    "segment_growth": ("growth", "TTS_SEGMENT_GROWTH", (int, float)),
 }
 
 
 def check_cutting_options(voice: Voice) -> None:
     """Its options.first_segment_chars (a whole number, 1 or more) and
     options.segment_growth (a number, 1 or more), where given."""
-    for option, (setting, least, kinds) in CUTTING_OPTIONS.items():
+    for option, (_, setting, kinds) in CUTTING_OPTIONS.items():
         if option not in voice.options:
             continue
         value = voice.options[option]
-        if isinstance(value, bool) or not isinstance(value, kinds) or not value >= least:
+        if isinstance(value, bool) or not isinstance(value, kinds) or not value >= 1:
             kind = "a whole number" if kinds is int else "a number"
             raise ImproperlyConfigured(
-                f"voice {voice.id!r}: options.{option} must be {kind}, {least} or more "
+                f"voice {voice.id!r}: options.{option} must be {kind}, 1 or more "
                 f"(in place of {setting} for this voice), not {value!r}"
             )
 
