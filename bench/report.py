@@ -87,6 +87,23 @@ def _event_loop(env: dict[str, str]) -> str:
     return f"uvloop {_version('uvloop')}" if chosen else "asyncio"
 
 
+def _gpu() -> str | None:
+    """The machine's NVIDIA GPUs by name, as nvidia-smi lists them (None without one)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        listed = subprocess.run(
+            [smi, "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return ", ".join(line.strip() for line in listed.splitlines() if line.strip()) or None
+
+
 def machine(env: dict[str, str]) -> dict:
     import psutil
     import redis
@@ -104,7 +121,9 @@ def machine(env: dict[str, str]) -> dict:
         "cores_logical": os.cpu_count(),
         "cores_physical": psutil.cpu_count(logical=False),
         "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "gpu": None,
+        "gpu": _gpu(),
+        # where the Coqui voices run: auto takes the GPU when torch sees one
+        "coqui_device": env.get("TTS_COQUI_DEVICE") or "auto",
         "os": platform.platform(),
         "python": platform.python_version(),
         "torch": _version("torch"),
