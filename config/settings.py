@@ -303,6 +303,8 @@ TTS_COQUI_MODEL_PATH = env_str("TTS_COQUI_MODEL_PATH")
 TTS_COQUI_CONFIG_PATH = env_str("TTS_COQUI_CONFIG_PATH")
 TTS_COQUI_CACHE_DIR = env_str("TTS_COQUI_CACHE_DIR")
 TTS_COQUI_DEVICE = env_str("TTS_COQUI_DEVICE", "auto")
+# cuDNN for the Coqui voices on CUDA: off, since it plans anew for every text length (P84).
+TTS_COQUI_CUDNN = env_bool("TTS_COQUI_CUDNN", False)
 TTS_COQUI_AGREE_LICENSE = env_bool("TTS_COQUI_AGREE_LICENSE", False)
 TTS_TORCH_THREADS = env_int("TTS_TORCH_THREADS", 0, minimum=0)
 TTS_ONEDNN_CACHE_CAPACITY = env_int("TTS_ONEDNN_CACHE_CAPACITY", 32, minimum=0)

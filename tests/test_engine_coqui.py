@@ -442,6 +442,24 @@ def test_the_shape_caches_are_capped_unless_the_environment_says_otherwise(
     assert name not in os.environ
 
 
+@pytest.mark.parametrize("wanted", [False, True])
+def test_cudnn_follows_its_setting_on_cuda_and_is_left_alone_on_cpu(monkeypatch, settings, wanted):
+    """cuDNN plans every convolution anew for each text length (P84): off on CUDA unless
+    TTS_COQUI_CUDNN turns it on; a CPU model leaves torch's switch as it was."""
+    import torch
+
+    monkeypatch.setattr(torch.backends.cudnn, "enabled", not wanted)  # restored after
+    settings.TTS_COQUI_CUDNN = wanted
+    coqui._configure_cudnn(torch, "cpu")
+    assert torch.backends.cudnn.enabled is (not wanted)
+    coqui._configure_cudnn(torch, "cuda:0")
+    assert torch.backends.cudnn.enabled is wanted
+
+
+def test_cudnn_is_off_on_cuda_by_default(settings):
+    assert settings.TTS_COQUI_CUDNN is False
+
+
 def _run_with_model(script: str, voice: Voice, env: dict[str, str]):
     """``script`` in a Python process of its own (the project's root as its folder), given
     the model and config paths of ``voice`` as its arguments."""

@@ -524,6 +524,7 @@ def _load(voice: Voice, key: str) -> LoadedModel:
         raise EngineUnavailable(msg) from exc
     _configure_threads(torch)
     device = _device(torch)
+    _configure_cudnn(torch, device)
     paths = _model_files(voice)
     started = time.perf_counter()
     try:
@@ -653,6 +654,20 @@ def _device(torch: Any) -> str:
             raise EngineUnavailable(f"TTS_COQUI_DEVICE={wanted} but CUDA is not available")
         return wanted
     raise ImproperlyConfigured(f"TTS_COQUI_DEVICE must be auto, cpu or cuda, not {wanted!r}")
+
+
+def _configure_cudnn(torch: Any, device: str) -> None:
+    """cuDNN on or off for synthesis on CUDA (``TTS_COQUI_CUDNN``, off by default).
+
+    cuDNN builds an execution plan for every convolution and input shape it meets, and
+    each text length is a new shape. On an H200 a full-size VITS took 111 ms for a text of
+    a new length against 40 ms for the same length again, and the plans it keeps (up to
+    10,000 by default) grew the worker's heap by 1.5 MB for every new length; PyTorch's own
+    CUDA convolutions took 71 ms either way and the heap stayed flat (docs/benchmarks.md,
+    P84). A text length seldom comes again, so the plans seldom pay back. The switch is
+    process-wide: a worker narrates and does nothing else with torch."""
+    if device.startswith("cuda"):
+        torch.backends.cudnn.enabled = bool(_setting("TTS_COQUI_CUDNN", False))
 
 
 # Synthesis --------------------------------------------------------------------------------------
