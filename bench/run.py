@@ -824,11 +824,15 @@ def _fanout_rows(ctx: Context, name: str, voice: str, results: list[dict], added
         )
 
 
+def concurrency_voices(ctx: Context) -> list[str]:
+    """The fast voices; on a GPU the full-size voice is one of them (RTF 0.03 on an H200)."""
+    return ctx.voices(fast_only=not ctx.coqui_on_gpu)
+
+
 def scenario_concurrency(ctx: Context) -> None:
     out = ctx.results.setdefault("concurrency", {})
     n, w = ctx.args.concurrent, ctx.args.workers
-    # On a GPU the full-size voice is a fast one too (RTF 0.03 on an H200).
-    for voice in ctx.voices(fast_only=not ctx.coqui_on_gpu):
+    for voice in concurrency_voices(ctx):
         texts = [ctx.texts.medium() for _ in range(n)]
         res = out[VOICE_IDS[voice]] = concurrency.run(
             ctx.port, VOICE_IDS[voice], texts, timeout=LONG_TIMEOUT[voice] + 60

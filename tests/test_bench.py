@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench import fanout, netdelay
-from bench.run import parse_args, warm_up_voices
+from bench import fanout, netdelay, report
+from bench.run import Context, concurrency_voices, parse_args, warm_up_voices
 
 
 def test_defaults():
@@ -202,3 +202,43 @@ def test_link_label_names_the_window_rule():
     assert netdelay.Link(2.5, idle_restart=False).label == (
         "2.5 Mbit/s from slow start, window kept when idle"
     )
+
+
+@pytest.mark.parametrize(("on_gpu", "voices"), [(False, ["tiny"]), (True, ["tiny", "full"])])
+def test_concurrency_takes_the_full_size_voice_only_on_a_gpu(on_gpu, voices):
+    ctx = Context(args=parse_args(["--voices", "tiny,full"]), bench=None, deadline=0)
+    ctx.coqui_on_gpu = on_gpu
+    assert concurrency_voices(ctx) == voices
+
+
+def test_the_gpu_is_named_as_nvidia_smi_lists_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(report.shutil, "which", lambda name: None)
+    assert report._gpu() is None
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\n[ "$1" = --query-gpu=name ] && printf "NVIDIA H200\\n\\n"\n')
+    smi.chmod(0o755)
+    monkeypatch.setattr(report.shutil, "which", lambda name: str(smi))
+    assert report._gpu() == "NVIDIA H200"
+
+
+def test_shapes_measures_new_and_repeated_text_lengths(tmp_path):
+    """bench/shapes.py on the tiny model: a figure for each kind of text, and the heap."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "shapes.json"
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run(
+        [sys.executable, "bench/shapes.py", "--texts", "3", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "3 new lengths" in done.stdout
+    figures = json.loads(out.read_text())
+    assert figures["device"] == "cpu" and figures["texts"] == 3 and figures["cudnn"] is None
+    assert figures["same_shape_ms"]["p50"] > 0
+    assert figures["new_shape_ms"]["p50"] > 0
