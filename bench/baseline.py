@@ -1,6 +1,7 @@
 """The blocking baseline: a tiny HTTP server that answers the way Coqui's own `tts-server`
 does (TTS/server/server.py, ``/api/tts``): synthesize the whole text in one go, then send
-the whole WAV. Same engine, same model files, same torch threads as the workers.
+the whole WAV. Same engine, same model files, same torch threads, same device (and cuDNN
+switch) as the workers.
 
     python -m bench.baseline --port 8123 --engine coqui --model-path M --config-path C
     python -m bench.baseline --port 8123 --engine espeak --name en-us
@@ -26,14 +27,20 @@ Synthesize = Callable[[str], bytes]  # text -> a WAV file
 
 
 def coqui_synthesizer(model_path: str, config_path: str) -> Synthesize:
+    import django
     import torch
     from TTS.api import TTS
+
+    django.setup()
+    from tts.engines import coqui
 
     threads = int(os.environ.get("BENCH_BASELINE_THREADS") or 0)
     threads = threads or int(os.environ.get("TTS_TORCH_THREADS") or 0)
     if threads:
         torch.set_num_threads(threads)
-    api = TTS(model_path=model_path, config_path=config_path, progress_bar=False).to("cpu")
+    device = coqui._device(torch)  # TTS_COQUI_DEVICE, as the workers read it
+    coqui._configure_cudnn(torch, device)
+    api = TTS(model_path=model_path, config_path=config_path, progress_bar=False).to(device)
 
     def synthesize(text: str) -> bytes:
         # As tts-server: api.tts (sentence splitting inside), then save_wav of the whole.
