@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--config-path")
     parser.add_argument("--name", default="en-us")
     args = parser.parse_args()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     if args.engine == "coqui":
         synthesize = coqui_synthesizer(args.model_path, args.config_path)
     else:

@@ -8,6 +8,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -104,12 +105,34 @@ def _gpu() -> str | None:
     return ", ".join(line.strip() for line in listed.splitlines() if line.strip()) or None
 
 
+def _coqui_device(env: dict[str, str], gpu: str | None) -> str:
+    """Where the workers' Coqui voices run: TTS_COQUI_DEVICE, with ``auto`` resolved as the
+    workers resolve it (CUDA where their torch sees a GPU: not a CPU-only build)."""
+    wanted = (env.get("TTS_COQUI_DEVICE") or "auto").lower()
+    if wanted != "auto":
+        return wanted
+    if gpu is None:
+        return "cpu"
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "cpu"
+    return "cuda" if probe.strip() == "True" else "cpu"
+
+
 def machine(env: dict[str, str]) -> dict:
     import psutil
     import redis
     from django.db import connection
 
     server = redis.Redis.from_url(env["REDIS_URL"]).info("server")
+    gpu = _gpu()
     with connection.cursor():
         db_version = (
             connection.Database.sqlite_version
@@ -121,9 +144,8 @@ def machine(env: dict[str, str]) -> dict:
         "cores_logical": os.cpu_count(),
         "cores_physical": psutil.cpu_count(logical=False),
         "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "gpu": _gpu(),
-        # where the Coqui voices run: auto takes the GPU when torch sees one
-        "coqui_device": env.get("TTS_COQUI_DEVICE") or "auto",
+        "gpu": gpu,
+        "coqui_device": _coqui_device(env, gpu),
         "os": platform.platform(),
         "python": platform.python_version(),
         "torch": _version("torch"),

@@ -1034,7 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.start()
         ctx.results["startup_s"] = round(time.monotonic() - started, 1)
         info = machine(bench.env)
-        ctx.coqui_on_gpu = bool(info.get("gpu")) and info.get("coqui_device") != "cpu"
+        ctx.coqui_on_gpu = str(info.get("coqui_device")).startswith("cuda")
         if "trace" in args.patch:
             client.TRACE = []
         with foreign:

@@ -221,6 +221,17 @@ def test_the_gpu_is_named_as_nvidia_smi_lists_it(monkeypatch, tmp_path):
     assert report._gpu() == "NVIDIA H200"
 
 
+def test_the_coqui_device_is_the_one_the_workers_would_take():
+    env = dict(os.environ)
+    assert report._coqui_device(env | {"TTS_COQUI_DEVICE": "cuda:1"}, None) == "cuda:1"
+    assert report._coqui_device(env | {"TTS_COQUI_DEVICE": "auto"}, None) == "cpu"
+    import torch
+
+    # a GPU listed by nvidia-smi counts only where torch can use it
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert report._coqui_device(env | {"TTS_COQUI_DEVICE": ""}, "NVIDIA H200") == expected
+
+
 def test_shapes_measures_new_and_repeated_text_lengths(tmp_path):
     """bench/shapes.py on the tiny model: a figure for each kind of text, and the heap."""
     import json
