@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -26,32 +25,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-WORDS = [
-    "the",
-    "keeper",
-    "climbed",
-    "to",
-    "the",
-    "lamp",
-    "room",
-    "at",
-    "dusk",
-    "and",
-    "watched",
-    "the",
-    "grey",
-    "sea",
-]
-
-
-def text(words: int) -> str:
-    return " ".join(WORDS[i % len(WORDS)] for i in range(words)) + "."
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from django.test import override_settings
 
+    from bench.stats import percentile
     from tts.engines.base import Voice
     from tts.engines.coqui import CoquiEngine
-    from tts.testing import build_vits, malloc_info
+    from tts.testing import build_vits, malloc_info, new_lengths, text_of_words
 
     cuda = args.device.startswith("cuda")
 
@@ -84,11 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def timed(words: int) -> float:
         started = time.perf_counter()
-        engine.synthesize(text(words), voice)  # the PCM comes back to the host: synchronous
+        engine.synthesize(text_of_words(words), voice)  # the PCM comes back: synchronous
         return (time.perf_counter() - started) * 1000
 
-    lengths = list(range(4, 14 + args.texts))  # in words: 20 characters and up
-    random.Random(1).shuffle(lengths)
+    lengths = new_lengths(10 + args.texts)  # in words: 20 characters and up
     with (
         tempfile.TemporaryDirectory(prefix="tts-shapes-") as tmp,
         override_settings(TTS_COQUI_DEVICE=args.device),
@@ -113,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             "cudnn_lru_limit": os.environ.get("TORCH_CUDNN_V8_API_LRU_CACHE_LIMIT"),
             "onednn_capacity": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"),
             "texts": len(new),
-            "new_shape_ms": {"p50": statistics.median(new), "p90": percentile(new, 0.9)},
-            "same_shape_ms": {"p50": statistics.median(again), "p90": percentile(again, 0.9)},
+            "new_shape_ms": {"p50": statistics.median(new), "p90": percentile(new, 90)},
+            "same_shape_ms": {"p50": statistics.median(again), "p90": percentile(again, 90)},
             "extra_ms_per_new_shape_p50": statistics.median(
                 n - a for n, a in zip(new, again, strict=True)
             ),

@@ -456,8 +456,27 @@ def test_cudnn_follows_its_setting_on_cuda_and_is_left_alone_on_cpu(monkeypatch,
     assert torch.backends.cudnn.enabled is wanted
 
 
-def test_cudnn_is_off_on_cuda_by_default(settings):
-    assert settings.TTS_COQUI_CUDNN is False
+def test_cudnn_is_off_on_cuda_where_nothing_says_otherwise(monkeypatch, settings):
+    import torch
+
+    monkeypatch.setattr(torch.backends.cudnn, "enabled", True)  # restored after
+    del settings.TTS_COQUI_CUDNN
+    coqui._configure_cudnn(torch, "cuda")
+    assert torch.backends.cudnn.enabled is False
+
+
+def test_a_model_load_sets_cudnn_for_the_device_it_loads_on(monkeypatch, tiny_voice):
+    import torch
+
+    devices = []
+    real = coqui._configure_cudnn
+    monkeypatch.setattr(coqui, "_configure_cudnn", lambda t, d: (devices.append(d), real(t, d)))
+    coqui.unload(tiny_voice)
+    try:
+        coqui.CoquiEngine().load(tiny_voice)
+    finally:
+        coqui.unload(tiny_voice)
+    assert devices == [coqui._device(torch)]
 
 
 def _run_with_model(script: str, voice: Voice, env: dict[str, str]):
@@ -474,29 +493,25 @@ def _run_with_model(script: str, voice: Voice, env: dict[str, str]):
 
 
 MEMORY_SCRIPT = """
-import random, sys
+import sys
 import django
 django.setup()
 from tts.engines.base import Voice
 from tts.engines.coqui import CoquiEngine
-from tts.testing import malloc_info
+from tts.testing import malloc_info, new_lengths, text_of_words
 
 voice = Voice(id="t", label="T", engine="coqui", model_path=sys.argv[1], config_path=sys.argv[2])
 engine = CoquiEngine()
 engine.load(voice)
-words = "the keeper climbed to the lamp room at dusk and watched the grey sea".split()
 def in_use():  # in the heap, and in blocks of their own
     info = malloc_info()
     return info["in_use"] + info["mmapped"]
-def text(n):
-    return " ".join(words[i % len(words)] for i in range(n)) + "."
-lengths = list(range(4, 64))  # in words: texts of 20 to 330 characters
-random.Random(1).shuffle(lengths)
+lengths = new_lengths(60)  # in words: texts of 20 to 330 characters
 for n in lengths[:10]:  # the caches filled
-    engine.synthesize(text(n), voice)
+    engine.synthesize(text_of_words(n), voice)
 before = in_use()
 for n in lengths[10:]:  # fifty texts, each of a length not seen before
-    engine.synthesize(text(n), voice)
+    engine.synthesize(text_of_words(n), voice)
 print((in_use() - before) / 2**20)
 """
 

@@ -1,6 +1,7 @@
 """Test and benchmark helpers: build Coqui VITS models offline from Coqui's own config classes,
-read glibc's count of a process's heap (``malloc_info``), and start Debian's Chromium the
-same way everywhere (``CHROMIUM``, ``CHROMIUM_ARGS``).
+read glibc's count of a process's heap (``malloc_info``), write texts of lengths not seen
+before (``new_lengths``, ``text_of_words``), and start Debian's Chromium the same way
+everywhere (``CHROMIUM``, ``CHROMIUM_ARGS``).
 
 The weights are random, so the audio is noise with speech-like timing; what matters is that the
 model loads and runs through the real ``TTS(model_path=..., config_path=...)`` path with the same
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import random
 import threading
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,38 @@ class _MallInfo2(ctypes.Structure):
         for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks")
         + ("uordblks", "fordblks", "keepcost")
     ]
+
+
+_WORDS = [
+    "the",
+    "keeper",
+    "climbed",
+    "to",
+    "the",
+    "lamp",
+    "room",
+    "at",
+    "dusk",
+    "and",
+    "watched",
+    "the",
+    "grey",
+    "sea",
+]
+
+
+def new_lengths(count: int, *, seed: int = 1) -> list[int]:
+    """``count`` text lengths in words, each a different one (4 words and up: texts of 20
+    characters and more), shuffled the same way for the same seed. Every length is a new
+    input shape for a model, and so fills its libraries' per-shape caches."""
+    lengths = list(range(4, 4 + count))
+    random.Random(seed).shuffle(lengths)
+    return lengths
+
+
+def text_of_words(words: int) -> str:
+    """A sentence of ``words`` words."""
+    return " ".join(_WORDS[i % len(_WORDS)] for i in range(words)) + "."
 
 
 def malloc_info() -> dict[str, int] | None:

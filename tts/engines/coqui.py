@@ -664,8 +664,9 @@ def _configure_cudnn(torch: Any, device: str) -> None:
     a new length against 40 ms for the same length again, and the plans it keeps (up to
     10,000 by default) grew the worker's heap by 1.5 MB for every new length; PyTorch's own
     CUDA convolutions took 71 ms either way and the heap stayed flat (docs/benchmarks.md,
-    P84). A text length seldom comes again, so the plans seldom pay back. The switch is
-    process-wide: a worker narrates and does nothing else with torch."""
+    P84, measured with VITS). Where lengths repeat, the plans make the median faster; the
+    memory grows with every length a worker meets. The switch is process-wide: a worker
+    narrates and does nothing else with torch."""
     if device.startswith("cuda"):
         torch.backends.cudnn.enabled = bool(_setting("TTS_COQUI_CUDNN", False))
 
