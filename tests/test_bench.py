@@ -253,3 +253,35 @@ def test_shapes_measures_new_and_repeated_text_lengths(tmp_path):
     assert figures["device"] == "cpu" and figures["texts"] == 3 and figures["cudnn"] is None
     assert figures["same_shape_ms"]["p50"] > 0
     assert figures["new_shape_ms"]["p50"] > 0
+
+
+def test_coldstart_times_the_first_sessions_after_a_start(tmp_path):
+    """bench/coldstart.py on a real stack (daphne, two workers, Redis): a POST and a first
+    audio frame for each session, in order."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "cold.json"
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "bench/coldstart.py",
+            "--sessions",
+            "2",
+            "--wait-s",
+            "0",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["voice"] == "en-us"
+    assert len(figures["post_ms"]) == len(figures["ttfa_ms"]) == 2
+    assert all(ms > 0 for ms in figures["post_ms"] + figures["ttfa_ms"])

@@ -1,0 +1,73 @@
+"""The first sessions after the stack starts: what the first reader after a deploy meets.
+
+    python bench/coldstart.py [--voice espeak|tiny|full] [--sessions 6] [--wait-s 1]
+    for i in 1 2 3; do python bench/coldstart.py; done     # one fresh stack per run
+
+Starts daphne, two workers and Redis as bench/run.py does (`bench.stack`), waits
+``--wait-s`` after they are ready, then narrates ``--sessions`` short texts one at a time
+(0.3 s apart) and prints, session by session, the POST's time to its 201 and the time to
+the first audio frame. bench/run.py warms the stack up before it measures; this is the
+part it leaves out. See docs/benchmarks.md, round 34.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import ttfa  # noqa: E402
+from bench.stack import VOICE_IDS, BenchStack  # noqa: E402
+from bench.texts import TextSource  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--voice", choices=sorted(VOICE_IDS), default="espeak")
+    parser.add_argument("--sessions", type=int, default=6)
+    parser.add_argument("--wait-s", type=float, default=1.0, help="quiet after the start (1)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if args.sessions < 1 or args.wait_s < 0:
+        parser.error("--sessions must be at least 1 and --wait-s at least 0")
+
+    texts = TextSource()
+    run_dir = Path(tempfile.mkdtemp(prefix="tts-coldstart-"))
+    bench = BenchStack(run_dir=run_dir, log_dir=run_dir / "logs", voices=(args.voice,))
+    try:
+        bench.prepare()
+        bench.setup_django()
+        bench.start()
+        time.sleep(args.wait_s)
+        narrations = ttfa.run_sessions(
+            bench.port,
+            VOICE_IDS[args.voice],
+            [texts.short() for _ in range(args.sessions)],
+            timeout=120,
+            pause_s=0.3,
+        )
+    finally:
+        bench.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    figures = {
+        "voice": VOICE_IDS[args.voice],
+        "post_ms": [round((n.t_created - n.t_post) * 1000, 1) for n in narrations],
+        "ttfa_ms": [None if n.ttfa_ms is None else round(n.ttfa_ms, 1) for n in narrations],
+    }
+    print(f"{figures['voice']}, session by session after a start")
+    print("POST -> 201 ms:", " / ".join(str(v) for v in figures["post_ms"]))
+    print("TTFA ms:       ", " / ".join(str(v) for v in figures["ttfa_ms"]))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
