@@ -305,6 +305,9 @@ TTS_COQUI_CACHE_DIR = env_str("TTS_COQUI_CACHE_DIR")
 TTS_COQUI_DEVICE = env_str("TTS_COQUI_DEVICE", "auto")
 # cuDNN for the Coqui voices on CUDA: off, since it plans anew for every text length (P84).
 TTS_COQUI_CUDNN = env_bool("TTS_COQUI_CUDNN", False)
+# Web and worker processes open their first session's connections and compile its SQL at
+# start (tts.warmup, P85).
+TTS_WARM_UP = env_bool("TTS_WARM_UP", True)
 TTS_COQUI_AGREE_LICENSE = env_bool("TTS_COQUI_AGREE_LICENSE", False)
 TTS_TORCH_THREADS = env_int("TTS_TORCH_THREADS", 0, minimum=0)
 TTS_ONEDNN_CACHE_CAPACITY = env_int("TTS_ONEDNN_CACHE_CAPACITY", 32, minimum=0)

@@ -17,7 +17,12 @@ class TtsConfig(AppConfig):
         connection_created.connect(sqlite_checkpoint_pages, dispatch_uid="tts-sqlite-wal")
 
         if "daphne.ws_protocol" in sys.modules:  # served by daphne (its CLI imports it first)
-            from tts.asgi import lazy_socket_debug_lines, steady_close_handshake
+            from tts.asgi import (
+                lazy_socket_debug_lines,
+                steady_close_handshake,
+                warm_up_when_served,
+            )
 
             steady_close_handshake()
             lazy_socket_debug_lines()
+            warm_up_when_served()

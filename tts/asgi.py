@@ -25,7 +25,10 @@ so do async streaming responses. A project whose middleware is async-only gains 
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import sys
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -55,10 +58,31 @@ class RequestThreads(LentThreads[ThreadPoolExecutor]):
         super().__init__(_request_thread, size)
 
 
+# Request threads warmed at start (tts.warmup): the ones the first requests take.
+WARM_REQUEST_THREADS = 2
+
+_handlers: weakref.WeakSet[SyncChainASGIHandler] = weakref.WeakSet()
+
+
 class SyncChainASGIHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
         self.threads = RequestThreads(settings.TTS_REQUEST_THREADS)
+        _handlers.add(self)
+
+    async def warm_up(self) -> None:
+        """Open the database connection and the doorbell's Redis connection of the
+        request threads the next requests will take (``tts.warmup``)."""
+        from tts.warmup import warm_request_thread
+
+        taken = [self.threads.take() for _ in range(WARM_REQUEST_THREADS)]
+        taken = [executor for executor in taken if executor is not None]
+        try:
+            for executor in taken:
+                await asyncio.wrap_future(executor.submit(warm_request_thread))
+        finally:
+            for executor in reversed(taken):  # the first one warmed is lent first
+                self.threads.give_back(executor)
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
@@ -89,6 +113,32 @@ class SyncChainASGIHandler(ASGIHandler):
             self.threads.give_back_once_idle(executor)
             raise
         self.threads.give_back(executor)  # handle() awaited every sync call it made
+
+
+async def warm_up_web() -> None:
+    """A web process's warm-up (``tts.warmup``): the sockets' thread (its connection and
+    the compiled SQL), then every handler's request threads."""
+    from tts.db import socket_database_sync_to_async
+    from tts.warmup import warm_socket_thread
+
+    await socket_database_sync_to_async(warm_socket_thread)()
+    for handler in list(_handlers):
+        await handler.warm_up()
+
+
+def warm_up_when_served() -> None:
+    """Under daphne, run ``warm_up_web`` once its reactor runs, beside the first requests
+    (a request that comes meanwhile takes a thread that is not being warmed). Called by
+    the app's ready() in a process that daphne serves; anywhere else, nothing."""
+    from tts.warmup import attempt_async, wanted
+
+    reactor_module = sys.modules.get("twisted.internet.reactor")
+    if reactor_module is None or not wanted():  # daphne installs its reactor first
+        return
+
+    reactor_module.callWhenRunning(
+        lambda: asyncio.ensure_future(attempt_async("web process", warm_up_web))
+    )
 
 
 def get_asgi_application() -> ASGIHandler:

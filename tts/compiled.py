@@ -34,6 +34,7 @@ import datetime
 import itertools
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,15 @@ class _Statement:
     count_only: bool = False  # run returns the number of rows changed (update)
 
 
+_every: weakref.WeakSet[Compiled] = weakref.WeakSet()
+
+
+def every_query() -> list[Compiled]:
+    """Every ``Compiled`` query this process has made (``tts.warmup`` compiles them at
+    start)."""
+    return list(_every)
+
+
 class Compiled:
     """See the module's docstring. Build with ``values_list``, ``instances`` or
     ``update_returning``."""
@@ -69,6 +79,7 @@ class Compiled:
         self._statements: dict[str, _Statement] = {}
         self._lock = threading.Lock()
         self._model: type[models.Model] | None = None  # the query's, once known
+        _every.add(self)
 
     @classmethod
     def values_list(cls, build: Callable[..., models.QuerySet], **fields: models.Field):
@@ -119,6 +130,11 @@ class Compiled:
             for position in statement.slots[name]:
                 params[position] = prepared
         return _execute(statement, params, using)
+
+    def prepare(self, *, using: str | None = None) -> None:
+        """Compile the SQL now, for ``using`` (by default the routers' choice), so that
+        the first ``run`` does not."""
+        self._statement(using or self._routed())
 
     def _routed(self) -> str:
         model = self._model

@@ -122,6 +122,9 @@ DEFAULTS: dict[str, Any] = {
     # Long-lived request threads per web process (tts.asgi); busy beyond them, a request
     # gets a fresh thread of its own, as under Django's handler. 0: always a fresh one.
     "TTS_REQUEST_THREADS": 8,
+    # Web and worker processes open their first session's database and Redis connections
+    # and compile its SQL at start (tts.warmup). False: the first session does.
+    "TTS_WARM_UP": True,
     # Seconds a socket opened with ?pending=1 waits for its session to be created (the
     # client chose the id and opened the socket while its POST was in flight).
     "TTS_PENDING_SOCKET_S": 10.0,

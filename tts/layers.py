@@ -372,6 +372,11 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         if full:
             raise ChannelFull()
 
+    def ping_blocking(self) -> None:
+        """Open ``send_blocking``'s connection to every host now (``tts.warmup``)."""
+        for index in range(len(self.hosts)):
+            self._blocking_script(index).registered_client.ping()
+
     def _send_args(self, channel: str, message: dict[str, Any]) -> list[Any]:
         """SEND_LUA's arguments: the message, the channel's capacity, the time, and where
         expiry begins."""

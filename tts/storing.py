@@ -64,6 +64,21 @@ def _store_thread() -> DaemonThread:
 _store_threads: LentThreads[DaemonThread] = LentThreads(_store_thread)
 
 
+def warm_store_thread() -> None:
+    """Make a store thread and open its connections now, not on a session's first store
+    (``tts.warmup``)."""
+    from tts.warmup import open_connections
+
+    thread = _store_threads.take()
+    if thread is None:
+        return
+    try:
+        thread.submit(open_connections).result(timeout=30)
+        thread.submit(_release_thread_connections).result(timeout=30)  # kept, as after a session
+    finally:
+        _store_threads.give_back(thread)
+
+
 @dataclass(frozen=True)
 class Unstored:
     """A chunk on its way to storage; ``meta``: its event, when not yet sent."""

@@ -11,7 +11,7 @@ from channels.management.commands.runworker import Command as ChannelsRunworker
 from django.core.management.base import CommandError
 from django.db import close_old_connections, connections, router
 
-from tts import health, heap, loops, segmentation, services
+from tts import health, heap, loops, segmentation, services, warmup
 from tts.conf import settings
 from tts.engines import get_engine
 from tts.models import AudioBlob, TTSChunk, TTSSession
@@ -120,6 +120,7 @@ class Command(ChannelsRunworker):
             commit_without_waiting_for_disk()
         keep_connections(settings.TTS_WORKER_CONN_MAX_AGE)
         preload_voices()
+        warmup.warm_worker()  # the first session's SQL and connections, paid now (P85)
         if freeze:  # the models loaded and warm: what the worker serves with (tts.heap)
             frozen, ms = heap.freeze_startup_heap()
             logger.info(
