@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.sessions < 1 or args.wait_s < 0:
         parser.error("--sessions must be at least 1 and --wait-s at least 0")
+    if bad := [item for item in args.env if "=" not in item]:
+        parser.error(f"--env takes NAME=VALUE, not {bad[0]!r}")
 
     texts = TextSource()
     run_dir = Path(tempfile.mkdtemp(prefix="tts-coldstart-"))

@@ -293,6 +293,9 @@ TTS_SQLITE_CHECKPOINT_PAGES = env_int("TTS_SQLITE_CHECKPOINT_PAGES", 10_000, min
 TTS_WORKER_SESSIONS = env_int("TTS_WORKER_SESSIONS", 8, minimum=1)
 TTS_WEB_CONN_MAX_AGE = env_int("TTS_WEB_CONN_MAX_AGE", 60, minimum=0)
 TTS_REQUEST_THREADS = env_int("TTS_REQUEST_THREADS", 8, minimum=0)
+# Web and worker processes open their first session's connections and compile its SQL at
+# start (tts.warmup, P85).
+TTS_WARM_UP = env_bool("TTS_WARM_UP", True)
 TTS_PENDING_SOCKET_S = env_float("TTS_PENDING_SOCKET_S", 10.0, minimum=0)
 # Testing only: sleep this long before every synthesis, to widen fault-injection windows.
 TTS_FAULT_DELAY_MS = env_int("TTS_FAULT_DELAY_MS", 0, minimum=0)
@@ -305,9 +308,6 @@ TTS_COQUI_CACHE_DIR = env_str("TTS_COQUI_CACHE_DIR")
 TTS_COQUI_DEVICE = env_str("TTS_COQUI_DEVICE", "auto")
 # cuDNN for the Coqui voices on CUDA: off, since it plans anew for every text length (P84).
 TTS_COQUI_CUDNN = env_bool("TTS_COQUI_CUDNN", False)
-# Web and worker processes open their first session's connections and compile its SQL at
-# start (tts.warmup, P85).
-TTS_WARM_UP = env_bool("TTS_WARM_UP", True)
 TTS_COQUI_AGREE_LICENSE = env_bool("TTS_COQUI_AGREE_LICENSE", False)
 TTS_TORCH_THREADS = env_int("TTS_TORCH_THREADS", 0, minimum=0)
 TTS_ONEDNN_CACHE_CAPACITY = env_int("TTS_ONEDNN_CACHE_CAPACITY", 32, minimum=0)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
 
 import pytest
-from asgiref.sync import async_to_sync
-from django.db import connections
+from asgiref.sync import SyncToAsync, async_to_sync
+from django.db import close_old_connections, connections
 
 from tests.conftest import ARTIFACTS
 from tts import compiled, storing, warmup
@@ -31,50 +32,80 @@ def test_every_hot_query_is_compiled(monkeypatch):
 
 
 def test_a_failed_warm_up_is_logged_and_not_raised(caplog):
-    def broken() -> None:
+    with caplog.at_level(logging.INFO, logger="tts.warmup"), warmup.attempt("test"):
         raise ConnectionError("no database")
-
-    with caplog.at_level(logging.INFO, logger="tts.warmup"):
-        warmup.attempt("test", broken)
     assert "test warm-up failed" in caplog.text
     assert "done" not in caplog.text
 
 
+def test_a_failed_warm_up_in_async_code_is_logged_and_not_raised(caplog):
+    async def broken() -> None:
+        with warmup.attempt("async test"):
+            await asyncio.sleep(0)
+            raise ConnectionError("no Redis")
+
+    with caplog.at_level(logging.INFO, logger="tts.warmup"):
+        async_to_sync(broken)()
+    assert "async test warm-up failed" in caplog.text
+
+
+def _connected() -> bool:
+    return any(c.connection is not None for c in connections.all(initialized_only=True))
+
+
 @pytest.mark.django_db(transaction=True)
-def test_the_request_threads_a_web_process_lends_first_are_warmed():
+def test_the_request_threads_a_web_process_lends_first_are_warmed(settings):
+    settings.TTS_WEB_CONN_MAX_AGE = 60
     handler = SyncChainASGIHandler()
     try:
         async_to_sync(handler.warm_up)()
         idle = list(handler.threads._idle)
         assert len(idle) == WARM_REQUEST_THREADS
-        for executor in idle:  # each holds its connection, as after a request
-            opened = executor.submit(lambda: [c.connection is not None for c in connections.all()])
-            assert any(opened.result(timeout=10))
+        for executor in idle:  # each holds its connection past a request's start
+            executor.submit(close_old_connections).result(timeout=10)
+            assert executor.submit(_connected).result(timeout=10)
     finally:
         handler.threads.close_connections()
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_worker_warms_a_store_thread_unless_told_not_to(settings, caplog, monkeypatch):
+def test_a_request_thread_does_not_hold_a_connection_a_request_would_not_keep(settings):
+    settings.TTS_WEB_CONN_MAX_AGE = 0  # a connection per request: nothing to keep
+    handler = SyncChainASGIHandler()
+    try:
+        async_to_sync(handler.warm_up)()
+        for executor in handler.threads._idle:
+            assert not executor.submit(_connected).result(timeout=10)
+    finally:
+        handler.threads.close_connections()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_warms_its_message_thread_and_a_store_thread(settings, caplog, monkeypatch):
+    """The message thread is asgiref's one thread (runworker's sync consumers run there),
+    not the main one, which keeps nothing open."""
     # a worker keeps its connections (runworker's keep_connections); tests do not
     monkeypatch.setitem(connections["default"].settings_dict, "CONN_MAX_AGE", 60)
     lent = storing._store_threads
     monkeypatch.setattr(lent, "_idle", [])  # as in a fresh worker
     monkeypatch.setattr(lent, "_made", 0)
-    settings.TTS_WARM_UP = False
-    warmup.warm_worker()
-    assert lent._made == 0
-    settings.TTS_WARM_UP = True
-    with caplog.at_level(logging.INFO, logger="tts.warmup"):
-        warmup.warm_worker()
-    assert "worker warm-up done" in caplog.text
-    assert lent._made == 1 and len(lent._idle) == 1
-    (thread,) = lent._idle
-    opened = thread.submit(lambda: [c.connection is not None for c in connections.all()])
+    message_thread = SyncToAsync.single_thread_executor
     try:
-        assert any(opened.result(timeout=10))
+        settings.TTS_WARM_UP = False
+        warmup.warm_worker()
+        assert lent._made == 0
+        settings.TTS_WARM_UP = True
+        with caplog.at_level(logging.INFO, logger="tts.warmup"):
+            warmup.warm_worker()
+        assert "worker warm-up done" in caplog.text
+        assert lent._made == 1 and len(lent._idle) == 1
+        (thread,) = lent._idle
+        assert thread.submit(_connected).result(timeout=10)
+        assert message_thread.submit(_connected).result(timeout=10)
+        assert not _connected()
     finally:
         lent.close_connections()
+        message_thread.submit(connections.close_all).result(timeout=10)
 
 
 def test_the_stacks_daphne_and_worker_warm_up_at_start(live_stack):

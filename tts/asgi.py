@@ -73,16 +73,19 @@ class SyncChainASGIHandler(ASGIHandler):
     async def warm_up(self) -> None:
         """Open the database connection and the doorbell's Redis connection of the
         request threads the next requests will take (``tts.warmup``)."""
-        from tts.warmup import warm_request_thread
+        from tts.warmup import warm_thread
 
         taken = [self.threads.take() for _ in range(WARM_REQUEST_THREADS)]
         taken = [executor for executor in taken if executor is not None]
         try:
             for executor in taken:
-                await asyncio.wrap_future(executor.submit(warm_request_thread))
-        finally:
-            for executor in reversed(taken):  # the first one warmed is lent first
-                self.threads.give_back(executor)
+                await asyncio.wrap_future(executor.submit(warm_thread))
+        except BaseException:
+            for executor in taken:  # each once what it runs now has ended
+                self.threads.give_back_once_idle(executor)
+            raise
+        for executor in reversed(taken):  # the first one warmed is lent first
+            self.threads.give_back(executor)
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
@@ -117,28 +120,37 @@ class SyncChainASGIHandler(ASGIHandler):
 
 async def warm_up_web() -> None:
     """A web process's warm-up (``tts.warmup``): the sockets' thread (its connection and
-    the compiled SQL), then every handler's request threads."""
+    the compiled SQL), every handler's request threads, the doorbell's Redis script."""
     from tts.db import socket_database_sync_to_async
-    from tts.warmup import warm_socket_thread
+    from tts.warmup import attempt, load_doorbell_scripts, warm_socket_thread
 
-    await socket_database_sync_to_async(warm_socket_thread)()
-    for handler in list(_handlers):
-        await handler.warm_up()
+    with attempt("web process"):
+        await socket_database_sync_to_async(warm_socket_thread)()
+        for handler in list(_handlers):
+            await handler.warm_up()
+        await asyncio.to_thread(load_doorbell_scripts)  # a blocking client: off the loop
+
+
+_warm_up_task: asyncio.Future | None = None  # held, so that it is not collected mid-way
 
 
 def warm_up_when_served() -> None:
-    """Under daphne, run ``warm_up_web`` once its reactor runs, beside the first requests
-    (a request that comes meanwhile takes a thread that is not being warmed). Called by
-    the app's ready() in a process that daphne serves; anywhere else, nothing."""
-    from tts.warmup import attempt_async, wanted
+    """Under daphne, run ``warm_up_web`` on its event loop once its reactor runs, beside
+    the first requests (a request that comes meanwhile takes a thread that is not being
+    warmed). Called by the app's ready() in a process that daphne serves (which installs
+    its reactor before it imports the app); anywhere else, nothing."""
+    from tts.warmup import wanted
 
     reactor_module = sys.modules.get("twisted.internet.reactor")
-    if reactor_module is None or not wanted():  # daphne installs its reactor first
+    if reactor_module is None or not wanted():
         return
 
-    reactor_module.callWhenRunning(
-        lambda: asyncio.ensure_future(attempt_async("web process", warm_up_web))
-    )
+    def start() -> None:
+        global _warm_up_task
+        loop = getattr(reactor_module, "_asyncioEventloop", None)  # daphne's asyncio reactor
+        _warm_up_task = asyncio.ensure_future(warm_up_web(), loop=loop)
+
+    reactor_module.callWhenRunning(start)
 
 
 def get_asgi_application() -> ASGIHandler:

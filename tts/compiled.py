@@ -57,12 +57,14 @@ class _Statement:
 
 
 _every: weakref.WeakSet[Compiled] = weakref.WeakSet()
+_every_lock = threading.Lock()  # a query made on one thread while another lists them
 
 
 def every_query() -> list[Compiled]:
     """Every ``Compiled`` query this process has made (``tts.warmup`` compiles them at
     start)."""
-    return list(_every)
+    with _every_lock:
+        return list(_every)
 
 
 class Compiled:
@@ -79,7 +81,8 @@ class Compiled:
         self._statements: dict[str, _Statement] = {}
         self._lock = threading.Lock()
         self._model: type[models.Model] | None = None  # the query's, once known
-        _every.add(self)
+        with _every_lock:
+            _every.add(self)
 
     @classmethod
     def values_list(cls, build: Callable[..., models.QuerySet], **fields: models.Field):

@@ -372,10 +372,12 @@ class RedisChannelLayer(CoreRedisChannelLayer):
         if full:
             raise ChannelFull()
 
-    def ping_blocking(self) -> None:
-        """Open ``send_blocking``'s connection to every host now (``tts.warmup``)."""
+    def load_blocking_scripts(self) -> None:
+        """Load ``send_blocking``'s script on every host now, over its connection
+        (``tts.warmup``): on a fresh Redis the first send would find it missing."""
         for index in range(len(self.hosts)):
-            self._blocking_script(index).registered_client.ping()
+            script = self._blocking_script(index)
+            script.registered_client.script_load(script.script)
 
     def _send_args(self, channel: str, message: dict[str, Any]) -> list[Any]:
         """SEND_LUA's arguments: the message, the channel's capacity, the time, and where

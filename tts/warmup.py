@@ -7,29 +7,44 @@ of it was first use:
 - the hot queries' SQL, compiled once per process (``tts.compiled``, P45);
 - a database connection on each thread that serves the session (a web process's request
   thread and its sockets' thread, a worker's message thread and store thread);
-- the Redis connection of the workers' doorbell (a blocking one, on a request thread).
+- the doorbell's Redis script, loaded on a fresh Redis by the first POST's send.
 
-``warm_web`` (daphne, once its reactor runs: ``tts.asgi.warm_up_when_served``) and
-``warm_worker`` (``runworker``, after the voices) open them at start. A connection kept
-this way lives as long as any: a web thread's ``TTS_WEB_CONN_MAX_AGE`` (60 s) from now,
-so a reader who comes later meets a fresh one; the compiled SQL stays. Nothing here
-writes, and a failure is logged, never raised: the first session then pays, as before.
+``warm_up_web`` (daphne, once its reactor runs: ``tts.asgi.warm_up_when_served``) and
+``warm_worker`` (``runworker``, after the voices) do these at start. A connection opened
+here is kept only where a request or a session would keep it (``CONN_MAX_AGE``, a web
+thread's ``TTS_WEB_CONN_MAX_AGE``, 60 s from now); a reader who comes later meets a
+fresh one, but the compiled SQL and the loaded script stay. Nothing here writes to the
+database, and a failure, or a database that does not answer within
+``WORKER_WARM_UP_TIMEOUT_S``, is logged, never raised: the first session then pays, as
+before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
 
-from django.db import connections, router
+from asgiref.sync import SyncToAsync
+from django.db import close_old_connections, connections, router
 
 logger = logging.getLogger("tts.warmup")
 
+# How long a worker's start waits for its warm-up (a database that does not answer).
+WORKER_WARM_UP_TIMEOUT_S = 10.0
+
+
+def wanted() -> bool:
+    """``TTS_WARM_UP`` (on by default)."""
+    from tts.conf import settings
+
+    return bool(settings.TTS_WARM_UP)
+
 
 def narration_aliases() -> list[str]:
-    """The databases the narration tables live in (routers decide)."""
+    """The databases the narration tables live in (the routers decide)."""
     from tts.models import AudioBlob, TTSChunk, TTSSession
 
     models = (TTSSession, TTSChunk, AudioBlob)
@@ -44,54 +59,54 @@ def open_connections() -> None:
 
 
 def compile_queries() -> int:
-    """Compile the SQL of every hot query made so far, for the database each runs on;
-    returns how many."""
+    """Compile the SQL of every hot query made so far, for the database each runs on
+    (those made per length or per model on first use are not among them yet); returns
+    how many compiled. One that fails is logged and skipped."""
     from tts import compiled
 
-    queries = compiled.every_query()
-    for query in queries:
-        query.prepare()
-    return len(queries)
+    done = 0
+    for query in compiled.every_query():
+        try:
+            query.prepare()
+        except Exception:  # noqa: BLE001 - its first run compiles it, as before
+            logger.debug("a query did not compile at start", exc_info=True)
+        else:
+            done += 1
+    return done
 
 
-def ping_doorbell() -> None:
-    """The blocking Redis connection a web process rings the workers' doorbell on
-    (``tts.layers.RedisChannelLayer.send_blocking``), opened on this thread's pool."""
+def load_doorbell_scripts() -> None:
+    """Load the Redis script the doorbell runs (``tts.layers``) on every host now: on a
+    fresh Redis the first POST's send would find it missing and load it."""
     from channels.layers import get_channel_layer
 
     layer = get_channel_layer()
-    if layer is not None and hasattr(layer, "ping_blocking"):
-        layer.ping_blocking()
+    if layer is not None and hasattr(layer, "load_blocking_scripts"):
+        layer.load_blocking_scripts()
 
 
-def warm_request_thread() -> None:
-    """On a web process's request thread: its connection, kept as a request keeps it."""
+def warm_thread() -> None:
+    """On a web process's long-lived thread (a request thread, the sockets' thread): its
+    connections, kept as a request or a socket's trip keeps them, and closed where they
+    would not be kept (a pool's go back to it)."""
     from tts.db import keep_thread_connections
 
     open_connections()
     keep_thread_connections()
-    ping_doorbell()
+    close_old_connections()
 
 
 def warm_socket_thread() -> int:
-    """On a web process's sockets' thread: its connection and the compiled SQL."""
-    from tts.db import keep_thread_connections
-
-    open_connections()
-    keep_thread_connections()
+    """On a web process's sockets' thread: ``warm_thread``, and the compiled SQL."""
+    warm_thread()
     return compile_queries()
-
-
-def wanted() -> bool:
-    """``TTS_WARM_UP`` (on by default)."""
-    from tts.conf import settings
-
-    return bool(settings.TTS_WARM_UP)
 
 
 def warm_worker() -> None:
     """In a worker, before its message loop: the compiled SQL and the connections of the
-    thread that runs the messages (this one) and of a store thread."""
+    thread its messages run on (asgiref's one thread: a sync consumer's handlers run
+    there under ``runworker``) and of a store thread. The main thread only runs the event
+    loop after this, so whatever it opened is closed again."""
     from tts import storing
 
     if not wanted():
@@ -102,31 +117,21 @@ def warm_worker() -> None:
         open_connections()
         storing.warm_store_thread()
 
-    attempt("worker", steps)
+    with attempt("worker"):
+        try:
+            SyncToAsync.single_thread_executor.submit(steps).result(
+                timeout=WORKER_WARM_UP_TIMEOUT_S
+            )
+        finally:
+            connections.close_all()  # this thread's, if anything opened one here
 
 
-async def attempt_async(what: str, steps: Callable[[], Awaitable[object]]) -> None:
-    """``attempt``, for steps that are awaited."""
+@contextlib.contextmanager
+def attempt(what: str) -> Iterator[None]:
+    """Run the block; log how long it took, or that it failed, and never raise."""
     started = time.perf_counter()
     try:
-        await steps()
-    except Exception:  # noqa: BLE001 - the first session pays instead, as before
-        logger.warning("%s warm-up failed; the first session opens what it needs", what)
-        logger.debug("%s warm-up failure", what, exc_info=True)
-        return
-    logger.info(
-        "%s warm-up done in %.0f ms (pid %d)",
-        what,
-        (time.perf_counter() - started) * 1000,
-        os.getpid(),
-    )
-
-
-def attempt(what: str, steps: Callable[[], object]) -> None:
-    """Run ``steps``; log how long it took, or why it failed, and never raise."""
-    started = time.perf_counter()
-    try:
-        steps()
+        yield
     except Exception:  # noqa: BLE001 - the first session pays instead, as before
         logger.warning("%s warm-up failed; the first session opens what it needs", what)
         logger.debug("%s warm-up failure", what, exc_info=True)
