@@ -529,12 +529,11 @@ def test_a_gentler_ramp_grows_each_limit_by_its_factor() -> None:
         (60, 1e300, [60, 250, 250, 250, 250]),
     ],
 )
-def test_ramp_limit_is_the_cuts_own(first, growth, limits) -> None:
+def test_ramp_lengths_are_the_cuts_own(first, growth, limits) -> None:
     """What a cut not made yet will allow (a long text's first hold is estimated with it),
     and what segment_text keeps to."""
-    ramp = [
-        segmentation.ramp_limit(i, max_chars=250, first_max_chars=first, growth=growth)
-        for i in range(5)
+    ramp = segmentation.ramp_lengths(10_000, max_chars=250, first_max_chars=first, growth=growth)[
+        :5
     ]
     assert ramp == limits
     segments = segment_text(

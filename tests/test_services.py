@@ -581,7 +581,7 @@ def test_a_long_texts_first_hold_counts_the_rest_by_the_voices_own_ramp(monkeypa
     """Before the cut is known, chunk 0's hold takes the rest of the text as segments as
     long as the voice's ramp allows (P83's gentle one: 30, 37, 46, …), not all as its
     longest: more, shorter segments each cost the engine its fixed part."""
-    from tts.segmentation import ramp_limit
+    from tts.segmentation import ramp_lengths
 
     settings.TTS_VOICES = [
         {"id": "en-us", "engine": "espeak", "name": "en-us"},
@@ -604,15 +604,12 @@ def test_a_long_texts_first_hold_counts_the_rest_by_the_voices_own_ramp(monkeypa
     services.session_run(session_id=session.id, worker="w1")
     head_pace = paces[0]  # the first chunk's, made before the cut
     cut = synthesis.voice_cutting(services.voice_resolve(voice_id="en-us-slow"))
-    limits = [
-        ramp_limit(
-            i,
-            max_chars=cut["max_chars"],
-            first_max_chars=cut["first_max_chars"],
-            growth=cut["growth"],
-        )
-        for i in range(len(head_pace))
-    ]
+    limits = ramp_lengths(
+        100 * len(NAMED),  # enough for every limit the head pace has
+        max_chars=cut["max_chars"],
+        first_max_chars=cut["first_max_chars"],
+        growth=cut["growth"],
+    )[: len(head_pace)]
     # The head's own segments first (a few), then the ramp's limits, the last one partial.
     past_head = next(
         h for h in range(len(head_pace)) if head_pace[h:-1] == limits[h : len(head_pace) - 1]

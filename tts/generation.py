@@ -28,7 +28,7 @@ from tts.engines import EngineError, Voice
 from tts.models import SessionStatus, TTSChunk, TTSSession
 from tts.pacing import EngineFit, Pace
 from tts.scheduling import Made
-from tts.segmentation import Segment, ramp_limit
+from tts.segmentation import Segment, ramp_lengths
 from tts.synthesis import SegmentAudio
 from tts.voices import get_voice
 
@@ -305,17 +305,13 @@ class _Run:
         pauses = [segment.pause_ms for segment in head]
         free = [future is None for _, _, future in ahead.head]
         cut = synthesis.voice_cutting(self.voice)
-        rest: list[int] = []
-        left = len(self.session.text) - head[-1].char_end
-        while left > 0:
-            limit = ramp_limit(
-                len(head) + len(rest),
-                max_chars=cut["max_chars"],
-                first_max_chars=cut["first_max_chars"],
-                growth=cut["growth"],
-            )
-            rest.append(min(limit, left))
-            left -= rest[-1]
+        rest = ramp_lengths(
+            len(self.session.text) - head[-1].char_end,
+            start=len(head),
+            max_chars=cut["max_chars"],
+            first_max_chars=cut["first_max_chars"],
+            growth=cut["growth"],
+        )
         pace = Pace(
             chars + rest,
             pauses + [settings.TTS_SENTENCE_PAUSE_MS] * len(rest),

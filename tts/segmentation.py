@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - pysbd is a runtime dependency
     pysbd = _ExclamationWords = None
     _PYSBD_LANGUAGES = {}
 
-__all__ = ["VERSION", "Boundary", "Segment", "ramp_limit", "segment_text", "warm_up"]
+__all__ = ["VERSION", "Boundary", "Segment", "ramp_lengths", "segment_text", "warm_up"]
 
 # Bump when a change here cuts some text differently: whole narrations are replayed by a
 # key that includes it (tts.services.narration_key), never across two ways of cutting.
@@ -142,10 +142,18 @@ class _Limits:
         return self.max_chars if ramp >= self.max_chars else int(ramp)
 
 
-def ramp_limit(index: int, *, max_chars: int, first_max_chars: int, growth: float) -> int:
-    """The longest segment ``index`` may be (segment_text's ramp: 60, 120, 240, … by
-    default), for those who estimate a cut they have not made yet."""
-    return _Limits.build(max_chars, first_max_chars, 0, growth).limit(index)
+def ramp_lengths(
+    chars: int, *, start: int = 0, max_chars: int, first_max_chars: int, growth: float
+) -> list[int]:
+    """``chars`` characters in segments as long as segment_text's ramp allows (60, 120,
+    240, … by default), the first of them segment ``start``: for those who estimate a cut
+    they have not made yet."""
+    limits = _Limits.build(max_chars, first_max_chars, 0, growth)
+    lengths: list[int] = []
+    while chars > 0:
+        lengths.append(min(limits.limit(start + len(lengths)), chars))
+        chars -= lengths[-1]
+    return lengths
 
 
 @dataclass(frozen=True)
