@@ -74,6 +74,14 @@ def keep_thread_connections() -> None:
             conn.close_at = time.monotonic() + max_age
 
 
+def release_thread_connections() -> None:
+    """After a long-lived thread's database work: keep its connections as this process
+    keeps them (``keep_thread_connections``) and close the rest (a pool's go back to it),
+    as Django does after a request."""
+    keep_thread_connections()
+    close_old_connections()
+
+
 class SocketDatabaseSyncToAsync(DatabaseSyncToAsync):
     """``database_sync_to_async`` for the sockets: it keeps the shared thread's connection
     (see above)."""
@@ -83,8 +91,7 @@ class SocketDatabaseSyncToAsync(DatabaseSyncToAsync):
         try:
             return SyncToAsync.thread_handler(self, loop, *args, **kwargs)
         finally:
-            keep_thread_connections()
-            close_old_connections()
+            release_thread_connections()
 
 
 socket_database_sync_to_async = SocketDatabaseSyncToAsync

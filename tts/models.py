@@ -178,3 +178,8 @@ class TTSChunk(models.Model):
     @property
     def duration_ms(self) -> int:
         return round(self.samples * 1000 / self.sample_rate) if self.sample_rate else 0
+
+
+# The narration tables: where the routers put them is where a worker's and a web process's
+# narration work goes (runworker's commits, tts.warmup's connections).
+NARRATION_MODELS: tuple[type[models.Model], ...] = (TTSSession, TTSChunk, AudioBlob)

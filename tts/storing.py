@@ -72,9 +72,13 @@ def warm_store_thread() -> None:
     thread = _store_threads.take()
     if thread is None:
         return
+
+    def warm() -> None:
+        open_connections()
+        _release_thread_connections()  # kept as after a session's stores
+
     try:
-        thread.submit(open_connections).result(timeout=30)
-        thread.submit(_release_thread_connections).result(timeout=30)  # kept, as after a session
+        thread.submit(warm).result(timeout=30)
     finally:
         _store_threads.give_back(thread)
 

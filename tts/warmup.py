@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 
 from asgiref.sync import SyncToAsync
-from django.db import close_old_connections, connections, router
+from django.db import connections, router
 
 logger = logging.getLogger("tts.warmup")
 
@@ -45,11 +45,12 @@ def wanted() -> bool:
 
 def narration_aliases() -> list[str]:
     """The databases the narration tables live in (the routers decide)."""
-    from tts.models import AudioBlob, TTSChunk, TTSSession
+    from tts.models import NARRATION_MODELS
 
-    models = (TTSSession, TTSChunk, AudioBlob)
-    aliases = {router.db_for_read(m) for m in models} | {router.db_for_write(m) for m in models}
-    return sorted(aliases)
+    return sorted(
+        {router.db_for_read(m) for m in NARRATION_MODELS}
+        | {router.db_for_write(m) for m in NARRATION_MODELS}
+    )
 
 
 def open_connections() -> None:
@@ -89,11 +90,10 @@ def warm_thread() -> None:
     """On a web process's long-lived thread (a request thread, the sockets' thread): its
     connections, kept as a request or a socket's trip keeps them, and closed where they
     would not be kept (a pool's go back to it)."""
-    from tts.db import keep_thread_connections
+    from tts.db import release_thread_connections
 
     open_connections()
-    keep_thread_connections()
-    close_old_connections()
+    release_thread_connections()
 
 
 def warm_socket_thread() -> int:

@@ -14,7 +14,7 @@ from django.db import close_old_connections, connections, router
 from tts import health, heap, loops, segmentation, services, warmup
 from tts.conf import settings
 from tts.engines import get_engine
-from tts.models import AudioBlob, TTSChunk, TTSSession
+from tts.models import NARRATION_MODELS
 from tts.voices import default_voice_id, get_voice
 from tts.worker import worker_name
 
@@ -70,7 +70,7 @@ def commit_without_waiting_for_disk() -> None:
     connection is closed, and the pool, so that every connection after this one gets the
     option. Behind PgBouncer, which does not pass ``options`` on, set
     ``TTS_WORKER_ASYNC_COMMIT=0`` (docs/deployment.md)."""
-    aliases = {router.db_for_write(model) for model in (TTSSession, TTSChunk, AudioBlob)}
+    aliases = {router.db_for_write(model) for model in NARRATION_MODELS}
     for alias in sorted(aliases):
         connection = connections[alias]
         if connection.vendor != "postgresql":
