@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=40, help="new lengths to narrate (40)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
+    if args.texts < 1:
+        parser.error("--texts must be at least 1")
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        parser.error(f"--device is cpu or cuda, not {args.device!r}")
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django

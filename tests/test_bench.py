@@ -285,3 +285,24 @@ def test_coldstart_times_the_first_sessions_after_a_start(tmp_path):
     assert figures["voice"] == "en-us"
     assert len(figures["post_ms"]) == len(figures["ttfa_ms"]) == 2
     assert all(ms > 0 for ms in figures["post_ms"] + figures["ttfa_ms"])
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("bench/shapes.py", ["--texts", "0"], "--texts must be at least 1"),
+        ("bench/shapes.py", ["--device", "tpu"], "--device is cpu or cuda"),
+        ("bench/coldstart.py", ["--sessions", "0"], "--sessions must be at least 1"),
+        ("bench/coldstart.py", ["--wait-s", "-1"], "--wait-s at least 0"),
+        ("bench/coldstart.py", ["--env", "TTS_WARM_UP"], "--env takes NAME=VALUE"),
+    ],
+)
+def test_the_new_bench_tools_refuse_bad_arguments_before_anything_starts(script, argv, message):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, script, *argv], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and message in done.stderr
+    assert "Traceback" not in done.stderr

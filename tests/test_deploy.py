@@ -443,6 +443,8 @@ def test_bad_sentinel_addresses_are_refused():
         ("TTS_SQLITE_CHECKPOINT_PAGES", "many"),
         ("TTS_WORKER_SESSIONS", "0"),
         ("TTS_WORKER_SESSIONS", "many"),
+        ("TTS_WARM_UP", "sometimes"),
+        ("TTS_COQUI_CUDNN", "sometimes"),
     ],
 )
 def test_bad_pool_and_worker_settings_are_refused_by_name(name, value):
