@@ -27,11 +27,9 @@ Synthesize = Callable[[str], bytes]  # text -> a WAV file
 
 
 def coqui_synthesizer(model_path: str, config_path: str) -> Synthesize:
-    import django
     import torch
     from TTS.api import TTS
 
-    django.setup()
     from tts.engines import coqui
 
     threads = int(os.environ.get("BENCH_BASELINE_THREADS") or 0)
@@ -56,9 +54,6 @@ def coqui_synthesizer(model_path: str, config_path: str) -> Synthesize:
 
 
 def espeak_synthesizer(name: str) -> Synthesize:
-    import django
-
-    django.setup()
     from tts.audio import wav_bytes
     from tts.engines.base import Voice
     from tts.engines.espeak import EspeakEngine
@@ -100,6 +95,9 @@ def main() -> None:
     parser.add_argument("--name", default="en-us")
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()  # the workers' settings: the Coqui device, cuDNN, espeak's library
     if args.engine == "coqui":
         synthesize = coqui_synthesizer(args.model_path, args.config_path)
     else:
