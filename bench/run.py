@@ -207,6 +207,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "milliseconds before the POST, as good as with it)",
     )
     p.add_argument(
+        "--sound-first-visit",
+        action="store_true",
+        help="sound: each session in a new browser context, as a new visitor's first Play "
+        "(P86; with --env TTS_SESSION_ON_PAGE=0 its socket opens after the POST's reply)",
+    )
+    p.add_argument(
         "--sound-play-through",
         action="store_true",
         help="sound: let each narration play to its end and count the player's underruns "
@@ -652,6 +658,8 @@ def scenario_sound(ctx: Context) -> None:
         label = VOICE_IDS[voice]
         # The first session gives the browser its session cookie (its socket then opens
         # with the POST) and warms the page's code; it is left out. The kinds alternate.
+        # --sound-first-visit: every session in a browser context of its own, with no
+        # cookie (the page gives it one unless TTS_SESSION_ON_PAGE is off, P86).
         kinds = ["tap"] + [sound.KINDS[i % 2] for i in range(2 * n)]
         paths = sound.make_scenes([ctx.texts.short() for _ in kinds], label, voice)
         with contextlib.ExitStack() as stack:
@@ -668,6 +676,7 @@ def scenario_sound(ctx: Context) -> None:
                 whole_chunks=whole,
                 play_through=ctx.args.sound_play_through,
                 hover_ms=ctx.args.sound_hover_ms,
+                first_visit=ctx.args.sound_first_visit,
             )
         res = out[label] = sound.analyse(marks[1:])
         if client.TRACE is not None:
@@ -677,6 +686,7 @@ def scenario_sound(ctx: Context) -> None:
                 continue
             whole = ", whole chunks" if ctx.args.sound_whole_chunks else ""
             hover = f", {ctx.args.sound_hover_ms:g} ms hover" if ctx.args.sound_hover_ms else ""
+            hover += ", first visit" if ctx.args.sound_first_visit else ""
             name = f"1e first sound, browser ({kind}{ctx.path}{whole}{hover}, n={r['sessions']})"
             parts = " / ".join(
                 fmt(r[k]["p50"]) for k in ("press_to_post", "post_to_frame", "frame_to_sound")
@@ -689,6 +699,13 @@ def scenario_sound(ctx: Context) -> None:
                 f"{fmt(r['press_to_heard']['p50'])}",
             )
             ctx.row(name, label, "parts p50 ms: press->POST / POST->frame / frame->sample", parts)
+            if ctx.args.sound_first_visit:
+                ctx.row(
+                    name,
+                    label,
+                    "sockets open before the POST's reply",
+                    f"{r['early_sockets']} of {r['sessions']}",
+                )
             if (through := r.get("played_through")) is not None:
                 ctx.row(
                     name,

@@ -123,6 +123,7 @@ def run_sessions(
     whole_chunks: bool = False,
     play_through: bool = False,
     hover_ms: float = 0.0,
+    first_visit: bool = False,
 ) -> list[dict]:
     """Open each scene, press Play as ``kinds`` says, and return each page's moments.
     ``whole_chunks``: the player's sockets without ?parts=1 (each chunk in one frame).
@@ -130,19 +131,27 @@ def run_sessions(
     the next session's socket as the pointer comes onto Play; with 0 the press follows
     at once, and the socket opens milliseconds before the POST: as if with it).
     ``play_through``: let each narration play to its end, and count its underruns (each
-    time the player ran dry: a gap the reader hears)."""
+    time the player ran dry: a gap the reader hears). ``first_visit``: each page in a
+    browser context of its own, with no cookies: a new visitor's first Play."""
     from playwright.sync_api import sync_playwright
 
     marks = []
     with sync_playwright() as playwright:
         # No autoplay flag: the page's AudioContext starts by the press's gesture.
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
-        try:
+        def new_context():
             context = browser.new_context(base_url=base_url)
             if whole_chunks:
                 context.add_init_script("window.__wholeChunks = true;")
             context.add_init_script(RECORD)
+            return context
+
+        try:
+            context = new_context()
             for path, kind in zip(paths, kinds, strict=True):
+                if first_visit:
+                    context.close()
+                    context = new_context()
                 marks.append(_press_play(context, path, kind, timeout, play_through, hover_ms))
         finally:
             browser.close()

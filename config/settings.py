@@ -297,6 +297,9 @@ TTS_REQUEST_THREADS = env_int("TTS_REQUEST_THREADS", 8, minimum=0)
 # start (tts.warmup, P85).
 TTS_WARM_UP = env_bool("TTS_WARM_UP", True)
 TTS_PENDING_SOCKET_S = env_float("TTS_PENDING_SOCKET_S", 10.0, minimum=0)
+# A page with a player gives a new visitor their session cookie, so that the first Play
+# opens its socket ahead, as every later one does (tts.owners.welcome_visitor, P86).
+TTS_SESSION_ON_PAGE = env_bool("TTS_SESSION_ON_PAGE", True)
 # Testing only: sleep this long before every synthesis, to widen fault-injection windows.
 TTS_FAULT_DELAY_MS = env_int("TTS_FAULT_DELAY_MS", 0, minimum=0)
 TTS_ESPEAK_BINARY = env_str("TTS_ESPEAK_BINARY", "espeak-ng")

@@ -635,7 +635,7 @@ def play_with_a_cut(page: Page, **cut) -> tuple[dict, list[str], list[dict]]:
 def test_a_socket_cut_mid_stream_resumes_with_no_gap_and_no_duplicate(page: Page):
     state, sockets, chunks = play_with_a_cut(page, chunk=1)
     assert len(sockets) >= 2
-    assert sockets[0].endswith("?after=-1&parts=1")
+    assert sockets[0].endswith("?after=-1&pending=1&parts=1")  # opened ahead (P86)
     assert sockets[1].endswith("?after=1&parts=1")  # resumed after the last chunk it had
     assert_gapless(page.evaluate("window.__starts"), chunks)
     assert state["highlights"] == list(range(len(chunks)))
@@ -648,7 +648,7 @@ def test_a_socket_cut_inside_a_chunk_resumes_with_the_rest_of_it_once(page: Page
     chunk, and the player takes only the bytes it lacks, so every sample is scheduled once,
     in order (the run may have run dry while the socket came back)."""
     state, sockets, chunks = play_with_a_cut(page, frames=1)
-    assert sockets[0].endswith("?after=-1&parts=1")
+    assert sockets[0].endswith("?after=-1&pending=1&parts=1")
     assert sockets[1].endswith("?after=-1&parts=1")  # the first chunk was not whole yet
     sources = sources_per_chunk(page.evaluate("window.__starts"), chunks)
     assert sources[0] >= 2  # its first part from the first socket, the rest from the next
@@ -725,14 +725,47 @@ def test_the_narrate_page_plays_typed_text(page: Page):
     assert page.get_by_role("button", name="Edit text").is_visible()
 
 
-def test_once_the_browser_has_a_session_the_socket_opens_with_the_post(page: Page):
-    """The first Play of a new visitor opens the socket after the POST's reply (which sets
-    its session cookie); from then on each session's socket opens with its POST, or
-    before it as the pointer comes onto Play (?pending=1, the page chose the id), and is
-    let in at once."""
+def test_a_new_visitors_first_play_opens_its_socket_ahead_of_the_post(page: Page):
+    """P86: the page gave this new browser its session cookie, so its very first Play
+    opens the session's socket before the POST's reply (?pending=1, the page chose the id)
+    and is let in at once, as every later Play."""
+    page.add_init_script(RECORD_SOCKETS)
+    page.goto("/narrate/")
+    assert "sessionid" in {cookie["name"] for cookie in page.context.cookies()}
+    page.wait_for_function("window.__narrator && window.__narrator.players.length === 1")
+    page.get_by_label("Text to narrate").fill("Hello there. This is typed text.")
+    page.get_by_role("button", name="Play: Your text").click()
+    first = wait_for_state(page, "ended")
+
+    sockets = page.evaluate("window.__sockets")
+    assert [s["url"].split("/ws/tts/")[1] for s in sockets] == [
+        f"{first['sessionId']}/?after=-1&pending=1&parts=1"
+    ]
+    assert [s["code"] for s in sockets] == [1000]
+    assert first["stream"]["sockets"] == 1 and first["stream"]["reconnects"] == 0
+    assert first["received"] == first["total"] >= 2
+    chunks = session_chunks(page)
+    assert_gapless(last_sources(page.evaluate("window.__starts"), chunks), chunks)
+
+
+def forget_session(page: Page) -> None:
+    """The open page as a browser with no session cookie has it from a site with
+    TTS_SESSION_ON_PAGE off: no cookie, and its players not told that their sockets
+    would be let in (no data-tts-early). (A page served through page.route would do, but
+    Chromium then opens none of its sockets.)"""
+    page.context.clear_cookies(name="sessionid")
+    page.evaluate("for (const player of window.__narrator.players) player.earlySockets = false")
+
+
+def test_with_no_session_cookie_the_first_socket_opens_after_the_reply(page: Page):
+    """With no session cookie (TTS_SESSION_ON_PAGE off) the first Play opens the socket
+    after the POST's reply, which sets the cookie; from then on each session's socket
+    opens with its POST, or before it as the pointer comes onto Play (?pending=1, the
+    page chose the id), and is let in at once."""
     page.add_init_script(RECORD_SOCKETS)
     page.goto("/narrate/")
     page.wait_for_function("window.__narrator && window.__narrator.players.length === 1")
+    forget_session(page)
     page.get_by_label("Text to narrate").fill("Hello there. This is typed text.")
     page.get_by_role("button", name="Play: Your text").click()
     first = wait_for_state(page, "ended")
@@ -790,10 +823,11 @@ def test_the_pointer_on_play_opens_the_sessions_socket_and_the_press_only_posts(
     """With the session cookie, the pointer's arrival on Play opens the next session's
     socket (?pending=1, an id the page chose) before any press; it waits there, and the
     press's POST names that id: the session plays over that one socket, gaplessly. Before
-    the cookie, the pointer on Play opens nothing."""
+    the cookie (a site with TTS_SESSION_ON_PAGE off), the pointer on Play opens nothing."""
     page.add_init_script(RECORD_SOCKETS)
     scene = make_story(SCENE_TEXT).scenes.get()
     open_scene(page, scene)
+    forget_session(page)
     button = page.get_by_role("button", name="Play: Scene 1")
     button.hover()
     page.wait_for_timeout(100)
@@ -842,6 +876,7 @@ def test_a_socket_opened_ahead_and_refused_opens_no_more_until_a_reply(page: Pag
     page.add_init_script(RECORD_SOCKETS)
     scene = make_story(SCENE_TEXT).scenes.get()
     open_scene(page, scene)
+    forget_session(page)  # the cookie the page knew of expired
     page.evaluate("window.__narrator.players[0].earlySockets = true")
     button = page.get_by_role("button", name="Play: Scene 1")
     box = button.bounding_box()
@@ -898,6 +933,7 @@ def test_an_early_socket_refused_before_the_reply_opens_again_after_it(page: Pag
     page.add_init_script(RECORD_SOCKETS)
     scene = make_story(SCENE_TEXT).scenes.get()
     open_scene(page, scene)
+    forget_session(page)  # the cookie the page knew of expired
     button = page.get_by_role("button", name="Play: Scene 1")
     button.hover()  # the pointer comes while the page knows of no cookie: no socket yet
     page.evaluate("window.__narrator.players[0].earlySockets = true")
@@ -1027,11 +1063,7 @@ def test_a_socket_opened_for_a_press_that_never_came_ends_unseen(slow_page: Page
     page.add_init_script(RECORD_SOCKETS)
     scene = make_story(SCENE_TEXT, slug="hover").scenes.get()
     open_scene(page, scene)
-    button = page.get_by_role("button", name="Play: Scene 1")
-    button.click()  # the first session's reply gives the browser its cookie; dropped
-    page.wait_for_function("window.__narrator.snapshot()[0].sessionId", timeout=30_000)
-    page.evaluate("(p => { p.pause(); p.discardSession(); })(window.__narrator.players[0])")
-    page.mouse.move(5, 5)
+    button = page.get_by_role("button", name="Play: Scene 1")  # the page gave the cookie
     before = len(page.evaluate("window.__sockets"))
 
     box = button.bounding_box()

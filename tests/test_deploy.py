@@ -445,6 +445,7 @@ def test_bad_sentinel_addresses_are_refused():
         ("TTS_WORKER_SESSIONS", "many"),
         ("TTS_WARM_UP", "sometimes"),
         ("TTS_COQUI_CUDNN", "sometimes"),
+        ("TTS_SESSION_ON_PAGE", "sometimes"),
     ],
 )
 def test_bad_pool_and_worker_settings_are_refused_by_name(name, value):

@@ -10,6 +10,7 @@ from django.template import Context, Template
 from django.test import RequestFactory
 
 from scenes.models import Scene, Story
+from tts.models import TTSSession
 
 pytestmark = pytest.mark.django_db
 
@@ -155,6 +156,69 @@ def test_tag_sends_a_scene_by_id_and_honours_an_explicit_subject_id():
     assert 'data-tts-subject="7"' in html
     assert players_in(html) == ["tts-player-1", "tts-player-2"]
     assert len(PLAYER_JS.findall(html)) == 1
+
+
+def test_a_page_with_a_player_gives_a_new_visitor_a_session_once(client):
+    """P86: the page gives a visitor with no session cookie one (one write), so that its
+    player opens its first socket ahead, as it does every later one."""
+    from django.contrib.sessions.models import Session
+
+    story = make_story(scenes=1)
+    path = f"/stories/{story.slug}/scenes/{story.scenes.first().pk}/"
+    response = client.get(path)
+    assert response.status_code == 200
+    key = response.cookies["sessionid"].value
+    assert list(Session.objects.values_list("session_key", flat=True)) == [key]
+    assert "data-tts-early" in response.content.decode()
+
+    again = client.get(path)  # the cookie is sent: nothing written, nothing set
+    assert "sessionid" not in again.cookies and "data-tts-early" in again.content.decode()
+    assert Session.objects.count() == 1
+
+    created = client.post(
+        "/api/tts/sessions/",
+        {"text": "Hello there.", "voice": "en-us"},
+        content_type="application/json",
+    )
+    assert created.status_code == 201 and "sessionid" not in created.cookies
+    assert TTSSession.objects.get().owner_session_key == key  # the page's session owns it
+    assert Session.objects.count() == 1
+
+
+def test_a_page_with_several_players_gives_one_session(client):
+    from django.contrib.sessions.models import Session
+
+    story = make_story(scenes=3)
+    response = client.get(f"/stories/{story.slug}/")
+    assert response.content.decode().count("data-tts-early") == 3
+    assert list(Session.objects.values_list("session_key", flat=True)) == [
+        response.cookies["sessionid"].value
+    ]
+
+
+def test_a_page_with_no_player_gives_no_session(client):
+    from django.contrib.sessions.models import Session
+
+    make_story(scenes=1)
+    response = client.get("/")
+    assert response.status_code == 200 and "sessionid" not in response.cookies
+    assert Session.objects.count() == 0
+
+
+def test_with_sessions_on_pages_off_the_first_post_gives_the_cookie(client, settings):
+    from django.contrib.sessions.models import Session
+
+    settings.TTS_SESSION_ON_PAGE = False
+    response = client.get("/narrate/")
+    assert "sessionid" not in response.cookies and Session.objects.count() == 0
+    assert "data-tts-early" not in response.content.decode()  # its first socket after the reply
+    created = client.post(
+        "/api/tts/sessions/",
+        {"text": "Hello there.", "voice": "en-us"},
+        content_type="application/json",
+    )
+    assert created.status_code == 201 and "sessionid" in created.cookies
+    assert "data-tts-early" in client.get("/narrate/").content.decode()
 
 
 def test_tag_defaults_to_the_site_default_voice(settings):

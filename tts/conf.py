@@ -128,6 +128,9 @@ DEFAULTS: dict[str, Any] = {
     # Seconds a socket opened with ?pending=1 waits for its session to be created (the
     # client chose the id and opened the socket while its POST was in flight).
     "TTS_PENDING_SOCKET_S": 10.0,
+    # A page with a player gives a visitor with no session cookie one (one session write),
+    # so that the first Play opens its socket ahead. False: the first POST does.
+    "TTS_SESSION_ON_PAGE": True,
     "TTS_FAULT_DELAY_MS": 0,
     "TTS_ESPEAK_BINARY": "espeak-ng",
     # libespeak-ng in the worker's process: "auto", a path, or "" (the program per segment)

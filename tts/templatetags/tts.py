@@ -22,7 +22,7 @@ from django.utils.html import format_html
 
 from tts.conf import settings
 from tts.errors import InvalidInput
-from tts.owners import known_visitor
+from tts.owners import welcome_visitor
 from tts.routing import SOCKETS_PATH
 from tts.validation import clean_text
 from tts.voices import default_voice_id
@@ -127,9 +127,9 @@ def tts_player(
         "editable": editable,
         "problem": problem,
         "csrf_token": get_token(request) if request is not None else "",
-        # Its socket can be opened with the POST and be let in (docs/protocol.md).
-        "early": request is not None
-        and known_visitor(getattr(request, "user", None), getattr(request, "session", None)),
+        # Its socket can be opened with the POST, or ahead of it, and be let in: the
+        # visitor has a session cookie, or this page gives them one (docs/protocol.md).
+        "early": welcome_visitor(request),
         # How long a socket opened before its session waits for it (the player's warmUp).
         "socket_wait_s": f"{settings.TTS_PENDING_SOCKET_S:g}",
         "sessions_url": reverse("tts:sessions"),
