@@ -139,6 +139,7 @@ def run_sessions(
     with sync_playwright() as playwright:
         # No autoplay flag: the page's AudioContext starts by the press's gesture.
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
+
         def new_context():
             context = browser.new_context(base_url=base_url)
             if whole_chunks:
