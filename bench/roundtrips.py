@@ -4,7 +4,9 @@ POST of the TTFA scenarios.
 
 - ``GET /api/tts/voices/``: Django and daphne alone (no database write);
 - ``POST`` of a new text: the session row, its commit, the workers' doorbell;
-- ``POST`` of a text narrated before: replayed at creation (the row, its chunks).
+- ``POST`` of a text narrated before: replayed at creation (the row, its chunks);
+- ``GET /narrate/``, a page with a player: for a visitor with cookies, and for a new one
+  (no cookies), to whom it gives a session, one write (``TTS_SESSION_ON_PAGE``, P86).
 """
 
 from __future__ import annotations
@@ -34,13 +36,27 @@ async def _run(port: int, voice: str, texts: list[str], narrated: list[str]) -> 
         voices = await _timed(len(texts), lambda i: http.request("GET", "/api/tts/voices/"))
         new = await _timed(len(texts), lambda i: http.create(texts[i], voice))
         again = await _timed(len(narrated), lambda i: http.create(narrated[i], voice))
+        page = await _timed(len(texts), lambda i: http.request("GET", "/narrate/"))
+        first_page = await _timed(len(texts), lambda i: _as_new_visitor(http, "/narrate/"))
     finally:
         await http.close()
     return {
         "GET voices": summary(voices),
         "POST new text": summary(new),
         "POST narrated text": summary(again),
+        "GET page, visitor with cookies": summary(page),
+        "GET page, new visitor": summary(first_page),
     }
+
+
+async def _as_new_visitor(http: Http, path: str) -> None:
+    """GET ``path`` with no cookies (on the same kept-alive connection); keep the client's."""
+    kept, http.cookies = http.cookies, {}
+    try:
+        response = await http.request("GET", path)
+        assert response.status == 200, response.status
+    finally:
+        http.cookies = kept
 
 
 def run(port: int, voice: str, texts: list[str], narrated: list[str]) -> dict:
