@@ -3,13 +3,18 @@
     python bench/coldstart.py [--voice espeak|tiny|full] [--sessions 6] [--wait-s 1]
     for i in 1 2 3; do python bench/coldstart.py; done     # one fresh stack per run
     python bench/coldstart.py --env TTS_WARM_UP=0          # without the start's warm-up
+    python bench/coldstart.py --patch trace                # then bench/trace.py (below)
 
 Starts daphne, two workers and Redis as bench/run.py does (`bench.stack`), waits
-``--wait-s`` after they are ready, then narrates ``--sessions`` short texts one at a time
-(0.3 s apart) and prints, session by session, the POST's time to its 201 and the time to
-the first audio frame, both from the moment the client sent the POST's bytes (this client
-is cold too: its first POST left it 20 ms after it began). bench/run.py warms the stack
-up before it measures; this is the part it leaves out. See docs/benchmarks.md, P85.
+``--wait-s`` after they are ready, then, as a reader's browser that has loaded a page
+with a player (``/narrate/``, which gives it its session cookie; ``--no-page``: not),
+narrates ``--sessions`` short texts one at a time (0.3 s apart) and prints, session by
+session, the POST's time to its 201 and the time to the first audio frame, both from
+the moment the client sent the POST's bytes (this client is cold too: its first POST
+left it 15 to 20 ms after it began). bench/run.py warms the stack up before it
+measures; this is the part it leaves out. See docs/benchmarks.md, P85 and P87. With
+``--patch trace`` the logs are kept: ``bench/trace.py <logs> --start "client.post >"
+--skip 0 --windows 0:1`` is the first session's timeline.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import client, ttfa  # noqa: E402
+from bench import client, patches, ttfa  # noqa: E402
 from bench.stack import VOICE_IDS, BenchStack  # noqa: E402
 from bench.texts import TextSource  # noqa: E402
 
@@ -39,6 +44,20 @@ def main(argv: list[str] | None = None) -> int:
         "--env", action="append", default=[], metavar="NAME=VALUE", help="for the stack"
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--no-page",
+        action="store_true",
+        help="POST without loading a page first: a client with no session cookie, whose "
+        "first socket is refused and opened again after the reply (round 34's figures)",
+    )
+    parser.add_argument(
+        "--patch",
+        action="append",
+        default=[],
+        choices=sorted(patches.PATCHES),
+        help="a bench-only patch from bench/patches.py in the stack's processes (trace: "
+        "each session's steps; the logs are kept, and their folder printed)",
+    )
     args = parser.parse_args(argv)
     if args.sessions < 1 or args.wait_s < 0:
         parser.error("--sessions must be at least 1 and --wait-s at least 0")
@@ -52,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         log_dir=run_dir / "logs",
         voices=(args.voice,),
         extra_env=dict(item.split("=", 1) for item in args.env),
+        patches=tuple(args.patch),
     )
     client.TRACE = []  # when each POST's bytes left
     try:
@@ -65,10 +85,17 @@ def main(argv: list[str] | None = None) -> int:
             [texts.short() for _ in range(args.sessions)],
             timeout=120,
             pause_s=0.3,
+            page=None if args.no_page else "/narrate/",
         )
     finally:
         bench.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if args.patch:
+            (run_dir / "logs" / "timings").mkdir(parents=True, exist_ok=True)
+            trace = run_dir / "logs" / "timings" / "trace-client.json"
+            trace.write_text(json.dumps(client.TRACE))
+            print(f"logs: {run_dir / 'logs'}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
     sent = [t for t, label in client.TRACE if label == "client.sent"]
     if len(sent) != len(narrations):
         raise SystemExit(f"{len(sent)} POSTs traced for {len(narrations)} sessions")

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from bench.client import Http, Listen, Narration, listen, narrate
+from bench.client import BenchError, Http, Listen, Narration, listen, narrate
 from bench.db import SessionRow, fetch_sessions
 from bench.fanout import late_held
 from bench.netdelay import Link, through
@@ -29,8 +29,13 @@ async def _sequential(
     cancel_after: int | None,
     pause_s: float,
     pause_first: bool,
+    page: str | None = None,
 ) -> list[Narration]:
     http = Http("127.0.0.1", port)
+    if page is not None:  # as a browser: the page first (its cookies), then the Plays
+        response = await http.request("GET", page)
+        if response.status != 200:
+            raise BenchError(f"GET {page} -> {response.status}")
     await http.ensure_csrf()
     results = []
     for text in texts:
@@ -54,13 +59,16 @@ def run_sessions(
     cancel_after: int | None = None,
     pause_s: float = 0.0,
     pause_first: bool = False,
+    page: str | None = None,
 ) -> list[Narration]:
     """One session at a time; ``cancel_after``: cancel each once that many chunks arrived
     (bench.client.listen); ``pause_s``: between sessions (a cancelled session's worker may
     still be finishing the synthesis it had begun; with ``pause_first``, before the first
-    too: each session then follows that long of a quiet stack)."""
+    too: each session then follows that long of a quiet stack); ``page``: GET this path
+    first, as a browser loads the page whose Play it presses (P86: a page with a player
+    gives a new visitor the session cookie that a socket opened with the POST needs)."""
     return asyncio.run(
-        _sequential(port, voice, texts, timeout, early, cancel_after, pause_s, pause_first)
+        _sequential(port, voice, texts, timeout, early, cancel_after, pause_s, pause_first, page)
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 
 import pytest
@@ -12,7 +11,7 @@ from asgiref.sync import SyncToAsync, async_to_sync
 from django.db import close_old_connections, connections
 
 from tests.conftest import ARTIFACTS
-from tts import compiled, storing, warmup
+from tts import broadcast, compiled, storing, warmup
 from tts.asgi import WARM_REQUEST_THREADS, SyncChainASGIHandler
 from tts.db import left_to_its_settings
 
@@ -108,6 +107,7 @@ def test_a_worker_warms_its_message_thread_and_a_store_thread(settings, caplog, 
             warmup.warm_worker()
         assert "worker warm-up done" in caplog.text
         assert lent._made == 1 and len(lent._idle) == 1
+        assert broadcast._sender._thread is not None  # the sender loop runs already
         (thread,) = lent._idle
         assert thread.submit(_connected).result(timeout=10)
         assert message_thread.submit(_connected).result(timeout=10)
@@ -119,18 +119,95 @@ def test_a_worker_warms_its_message_thread_and_a_store_thread(settings, caplog, 
 
 def test_the_stacks_daphne_and_worker_warm_up_at_start(live_stack):
     """Each says so in its log, with its own process id: these are this run's lines. The
-    web process warms up once its server runs, so its line may come a moment later."""
-    daphne_line = "web process warm-up done in "
-    pid = f"(pid {live_stack.daphne.pid})"
-    deadline = time.monotonic() + 15
-    while True:
-        daphne = (ARTIFACTS / "logs" / "daphne.log").read_text(errors="replace")
-        if any(daphne_line in line and pid in line for line in daphne.splitlines()):
-            break
-        assert time.monotonic() < deadline, "daphne's warm-up line did not come"
-        time.sleep(0.2)
-    worker = (ARTIFACTS / "logs" / "worker-0.log").read_text(errors="replace")
-    worker_pid = f"(pid {live_stack.worker_procs[0].pid})"
-    assert any(
-        "worker warm-up done in " in line and worker_pid in line for line in worker.splitlines()
-    ), socket.gethostname()
+    web process warms up once its server runs, and a worker makes its consumer as its
+    message loop starts, so their lines may come a moment after the stack is ready."""
+
+    def wait_for_line(log: str, text: str, pid: int) -> None:
+        deadline = time.monotonic() + 15
+        while True:
+            lines = (ARTIFACTS / "logs" / log).read_text(errors="replace").splitlines()
+            if any(text in line and f"(pid {pid})" in line for line in lines):
+                return
+            assert time.monotonic() < deadline, f"{text!r} did not come in {log}"
+            time.sleep(0.2)
+
+    wait_for_line("daphne.log", "web process warm-up done in ", live_stack.daphne.pid)
+    worker = live_stack.worker_procs[0].pid
+    wait_for_line("worker-0.log", "worker warm-up done in ", worker)
+    wait_for_line("worker-0.log", "worker instances warm-up done in ", worker)
+
+
+def test_the_sender_loop_opens_its_redis_connection_and_loads_its_scripts():
+    """A worker's first broadcast would load the group send's scripts (after a Redis
+    restart, say) and open the sender loop's connection: the warm-up does both."""
+    import redis
+
+    from tts import layers
+    from tts.conf import settings as tts_settings
+
+    client = redis.Redis.from_url(tts_settings.REDIS_URL)
+    sources = (layers.SEND_LUA, layers.GROUP_SEND_LUA, layers.KNOWN_GROUP_SEND_LUA)
+    digests = [client.script_load(source) for source in sources]
+    client.script_flush()  # as a Redis that just restarted (redis-py reloads on NOSCRIPT)
+    assert client.script_exists(*digests) == [False] * len(digests)
+    broadcast.warm_sender(timeout=10)
+    assert client.script_exists(*digests) == [True] * len(digests)
+    client.close()
+
+
+def test_a_web_process_builds_its_url_map_and_asks_its_voices_at_start(monkeypatch):
+    from django.urls import clear_url_caches, get_resolver
+    from django.utils.translation import get_language
+
+    from tts.engines import espeak
+
+    clear_url_caches()  # as in a fresh process
+    espeak.installed_voices.cache_clear()
+    asked = []
+    monkeypatch.setattr(warmup, "load_doorbell_scripts", lambda: asked.append("doorbell"))
+    warmup.warm_web_process()
+    assert get_language() in get_resolver()._reverse_dict  # reverse() builds it no more
+    assert espeak.installed_voices.cache_info().currsize == 1  # `espeak-ng --voices` ran
+    assert asked == ["doorbell"]
+
+
+def test_a_worker_makes_its_consumer_before_the_first_message(settings):
+    """tts.worker.Worker: each channel's application instance (the consumer and its own
+    channel's receive) is made as the worker starts, and the first message goes to it."""
+    from channels.consumer import SyncConsumer
+    from channels.layers import get_channel_layer
+
+    from tts.worker import Worker
+
+    got: list[dict] = []
+
+    class Echo(SyncConsumer):
+        def test_message(self, message: dict) -> None:
+            got.append(message)
+
+    async def run(warm: bool) -> tuple[list[str], list[dict]]:
+        settings.TTS_WARM_UP = warm
+        layer = get_channel_layer()
+        channel = f"warm-test-{time.monotonic_ns()}"
+        worker = Worker(application=Echo.as_asgi(), channels=[channel], channel_layer=layer)
+        task = asyncio.ensure_future(worker.handle())
+        try:
+            await asyncio.sleep(0.3)
+            made = list(worker.application_instances)
+            await layer.send(channel, {"type": "test.message", "n": 1})
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.05)
+            return made, list(got)
+        finally:
+            task.cancel()
+            for details in worker.application_instances.values():
+                details["future"].cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    made, messages = async_to_sync(run)(True)
+    assert len(made) == 1 and messages == [{"type": "test.message", "n": 1}]
+    got.clear()
+    made, messages = async_to_sync(run)(False)
+    assert made == [] and messages == [{"type": "test.message", "n": 1}]

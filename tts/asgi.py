@@ -120,15 +120,16 @@ class SyncChainASGIHandler(ASGIHandler):
 
 async def warm_up_web() -> None:
     """A web process's warm-up (``tts.warmup``): the sockets' thread (its connection and
-    the compiled SQL), every handler's request threads, the doorbell's Redis script."""
+    the compiled SQL), every handler's request threads, then the process's own (the URL
+    map, the voices, the doorbell's Redis script)."""
     from tts.db import socket_database_sync_to_async
-    from tts.warmup import attempt, load_doorbell_scripts, warm_socket_thread
+    from tts.warmup import attempt, warm_socket_thread, warm_web_process
 
     with attempt("web process"):
         await socket_database_sync_to_async(warm_socket_thread)()
         for handler in list(_handlers):
             await handler.warm_up()
-        await asyncio.to_thread(load_doorbell_scripts)  # a blocking client: off the loop
+        await asyncio.to_thread(warm_web_process)  # a blocking Redis client: off the loop
 
 
 _warm_up_task: asyncio.Future | None = None  # held, so that it is not collected mid-way

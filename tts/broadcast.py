@@ -115,6 +115,14 @@ class _SenderLoop:
 _sender = _SenderLoop()
 
 
+def warm_sender(timeout: float) -> None:
+    """Open the sender loop, its Redis connections and its scripts now (``tts.warmup``),
+    not on a session's first broadcast. Raises what the layer raised, or TimeoutError."""
+    layer = get_channel_layer()
+    if layer is not None and hasattr(layer, "warm_up"):
+        _sender.run(layer.warm_up(), "warm-up", timeout=timeout)
+
+
 def session_group(session_id: uuid.UUID | str) -> str:
     return f"tts.session.{uuid.UUID(str(session_id)).hex}"
 

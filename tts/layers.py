@@ -379,6 +379,14 @@ class RedisChannelLayer(CoreRedisChannelLayer):
             script = self._blocking_script(index)
             script.registered_client.script_load(script.script)
 
+    async def warm_up(self) -> None:
+        """Open this event loop's connection to every host and load the scripts that its
+        sends run (``tts.warmup``): a worker's first broadcast would do both (P85)."""
+        for index in range(self.ring_size):
+            connection = self.connection(index)
+            for source in (SEND_LUA, GROUP_SEND_LUA, KNOWN_GROUP_SEND_LUA, MEMBERS_LUA):
+                await connection.script_load(source)
+
     def _send_args(self, channel: str, message: dict[str, Any]) -> list[Any]:
         """SEND_LUA's arguments: the message, the channel's capacity, the time, and where
         expiry begins."""

@@ -7,7 +7,12 @@ of it was first use:
 - the hot queries' SQL, compiled once per process (``tts.compiled``, P45);
 - a database connection on each thread that serves the session (a web process's request
   thread and its sockets' thread, a worker's message thread and store thread);
-- the doorbell's Redis script, loaded on a fresh Redis by the first POST's send.
+- the doorbell's Redis script, loaded on a fresh Redis by the first POST's send;
+- a worker's Redis connections: its broadcasts' (``tts.broadcast``'s sender loop) and
+  its consumer's own channel (``tts.worker.Worker``), opened by the first session;
+- the URL resolver's reverse map, built by a web process's first ``reverse()`` (the
+  POST's reply names the session's URLs), and the voices' availability (the first
+  asking runs ``espeak-ng --voices``).
 
 ``warm_up_web`` (daphne, once its reactor runs: ``tts.asgi.warm_up_when_served``) and
 ``warm_worker`` (``runworker``, after the voices) do these at start. A connection opened
@@ -96,6 +101,33 @@ def warm_thread() -> None:
     release_thread_connections()
 
 
+def build_url_maps() -> None:
+    """The URL resolver's reverse map, which a process's first ``reverse()`` builds for
+    every pattern (the admin's too): 3.5 ms of the first POST's reply, which names the
+    session's URLs (P85)."""
+    from django.urls import reverse
+
+    reverse("tts:sessions")
+
+
+def check_voices() -> None:
+    """Ask each voice's availability, as every POST and the voice list do: the first
+    asking runs ``espeak-ng --voices`` (33 ms here, in the first POST when the page's
+    voice list had not come first)."""
+    from tts.voices import all_voices, voice_availability
+
+    for voice in all_voices():
+        voice_availability(voice)
+
+
+def warm_web_process() -> None:
+    """A web process's own (off its event loop): the URL resolver's reverse map, the
+    voices' availability, the doorbell's Redis script."""
+    build_url_maps()
+    check_voices()
+    load_doorbell_scripts()
+
+
 def warm_socket_thread() -> int:
     """On a web process's sockets' thread: ``warm_thread``, and the compiled SQL."""
     warm_thread()
@@ -105,9 +137,11 @@ def warm_socket_thread() -> int:
 def warm_worker() -> None:
     """In a worker, before its message loop: the compiled SQL and the connections of the
     thread its messages run on (asgiref's one thread: a sync consumer's handlers run
-    there under ``runworker``) and of a store thread. The main thread only runs the event
-    loop after this, so whatever it opened is closed again."""
-    from tts import storing
+    there under ``runworker``) and of a store thread, and the broadcasts' sender loop with
+    its Redis connections and scripts. The main thread only runs the event loop after
+    this, so whatever it opened is closed again. (``tts.worker.Worker`` then makes the
+    message loop's consumer before it listens.)"""
+    from tts import broadcast, storing
 
     if not wanted():
         return
@@ -117,6 +151,7 @@ def warm_worker() -> None:
         open_connections()
         storing.warm_store_thread()
 
+    started = time.monotonic()
     with attempt("worker"):
         try:
             SyncToAsync.single_thread_executor.submit(steps).result(
@@ -124,6 +159,9 @@ def warm_worker() -> None:
             )
         finally:
             connections.close_all()  # this thread's, if anything opened one here
+        # The sender loop's (tts.broadcast): its thread, its Redis connections, its scripts.
+        left = WORKER_WARM_UP_TIMEOUT_S - (time.monotonic() - started)
+        broadcast.warm_sender(timeout=max(left, 0.5))
 
 
 @contextlib.contextmanager

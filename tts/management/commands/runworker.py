@@ -16,7 +16,7 @@ from tts.conf import settings
 from tts.engines import get_engine
 from tts.models import NARRATION_MODELS
 from tts.voices import default_voice_id, get_voice
-from tts.worker import worker_name
+from tts.worker import Worker, worker_name
 
 logger = logging.getLogger("tts.worker")
 
@@ -106,6 +106,7 @@ class Command(ChannelsRunworker):
     recovery sweep re-dispatches anything whose message was lost."""
 
     help = ChannelsRunworker.help + " Narration: warms the voices and runs the recovery sweep."
+    worker_class = Worker
 
     def handle(self, *args, **options) -> None:
         # Before the loops this worker runs are made: its message loop's, its sender
