@@ -184,3 +184,10 @@ def test_a_cutting_setting_out_of_range_is_an_error(settings, name, value):
 def test_a_gentler_segment_ramp_passes(settings):
     settings.TTS_SEGMENT_GROWTH = 1.25
     assert "tts.E006" not in tts_ids()
+
+
+def test_signed_cookie_sessions_are_a_warning(settings):
+    assert "tts.W007" not in tts_ids()
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+    (message,) = [m for m in run_checks() if m.id == "tts.W007"]
+    assert "only signed-in users" in message.msg

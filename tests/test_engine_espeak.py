@@ -181,3 +181,17 @@ def test_one_library_file_is_one_synthesizer_whatever_it_is_called(settings):
     settings.TTS_ESPEAK_LIBRARY = "libespeak-ng.so.1"
     assert espeak_module._library() is first
     assert EspeakEngine().synthesize(TEXT, EN_US).duration_ms > 3000
+
+
+def test_a_failed_voice_listing_is_not_kept(tmp_path):
+    """The listing is asked once per process, at a web process's start; a failure then
+    (a program that errs, or is slow) must not leave every voice unavailable until a
+    restart: the next asking lists again."""
+    flaky = tmp_path / "espeak-flaky"
+    flag = tmp_path / "failed-once"
+    flaky.write_text(
+        f'#!/bin/sh\nif [ ! -e "{flag}" ]; then touch "{flag}"; exit 1; fi\nexec espeak-ng "$@"\n'
+    )
+    flaky.chmod(0o755)
+    assert espeak_module.installed_voices(str(flaky)) == frozenset()
+    assert "en-us" in espeak_module.installed_voices(str(flaky))

@@ -158,17 +158,21 @@ def test_tag_sends_a_scene_by_id_and_honours_an_explicit_subject_id():
     assert len(PLAYER_JS.findall(html)) == 1
 
 
-def test_a_page_with_a_player_gives_a_new_visitor_a_session_once(client):
-    """P86: the page gives a visitor with no session cookie one (one write), so that its
-    player opens its first socket ahead, as it does every later one."""
+def test_a_page_with_a_player_gives_a_new_visitor_a_session_once(client, settings):
+    """P86: the page gives a visitor with no session cookie one (one write, for a day),
+    so that its player opens its first socket ahead, as it does every later one; the
+    first POST, which it then owns, gives it the full age."""
     from django.contrib.sessions.models import Session
+
+    from tts.owners import PAGE_SESSION_AGE_S
 
     story = make_story(scenes=1)
     path = f"/stories/{story.slug}/scenes/{story.scenes.first().pk}/"
     response = client.get(path)
     assert response.status_code == 200
-    key = response.cookies["sessionid"].value
-    assert list(Session.objects.values_list("session_key", flat=True)) == [key]
+    cookie = response.cookies["sessionid"]
+    assert cookie["max-age"] == PAGE_SESSION_AGE_S
+    assert list(Session.objects.values_list("session_key", flat=True)) == [cookie.value]
     assert "data-tts-early" in response.content.decode()
 
     again = client.get(path)  # the cookie is sent: nothing written, nothing set
@@ -180,9 +184,38 @@ def test_a_page_with_a_player_gives_a_new_visitor_a_session_once(client):
         {"text": "Hello there.", "voice": "en-us"},
         content_type="application/json",
     )
-    assert created.status_code == 201 and "sessionid" not in created.cookies
-    assert TTSSession.objects.get().owner_session_key == key  # the page's session owns it
+    assert created.status_code == 201
+    assert created.cookies["sessionid"].value == cookie.value  # the same session, ...
+    assert created.cookies["sessionid"]["max-age"] == settings.SESSION_COOKIE_AGE  # kept
+    assert TTSSession.objects.get().owner_session_key == cookie.value  # it owns the narration
     assert Session.objects.count() == 1
+
+
+def test_a_cookie_whose_session_is_gone_gets_a_new_one_from_the_page(client):
+    from django.contrib.sessions.models import Session
+
+    client.get("/narrate/")
+    Session.objects.all().delete()  # expired and cleared, or a database restored
+    response = client.get("/narrate/")
+    assert "data-tts-early" in response.content.decode()
+    assert list(Session.objects.values_list("session_key", flat=True)) == [
+        response.cookies["sessionid"].value
+    ]
+
+
+def test_with_signed_cookie_sessions_pages_give_none_and_posts_ask_to_sign_in(client, settings):
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+    response = client.get("/narrate/")
+    assert "sessionid" not in response.cookies
+    assert "data-tts-early" not in response.content.decode()
+    created = client.post(
+        "/api/tts/sessions/",
+        {"text": "Hello there.", "voice": "en-us"},
+        content_type="application/json",
+    )
+    assert created.status_code == 403
+    assert created.json()["error"]["code"] == "sign_in_required"
+    assert not TTSSession.objects.exists()
 
 
 def test_a_page_with_several_players_gives_one_session(client):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 
 import pytest
@@ -98,6 +99,8 @@ def test_a_worker_warms_its_message_thread_and_a_store_thread(settings, caplog, 
     monkeypatch.setattr(lent, "_idle", [])  # as in a fresh worker
     monkeypatch.setattr(lent, "_made", 0)
     message_thread = SyncToAsync.single_thread_executor
+    senders: list[bool] = []
+    monkeypatch.setattr(broadcast, "warm_sender", lambda timeout: senders.append(timeout > 0))
     try:
         settings.TTS_WARM_UP = False
         warmup.warm_worker()
@@ -107,7 +110,7 @@ def test_a_worker_warms_its_message_thread_and_a_store_thread(settings, caplog, 
             warmup.warm_worker()
         assert "worker warm-up done" in caplog.text
         assert lent._made == 1 and len(lent._idle) == 1
-        assert broadcast._sender._thread is not None  # the sender loop runs already
+        assert senders == [True]  # and the broadcasts' sender loop (next test)
         (thread,) = lent._idle
         assert thread.submit(_connected).result(timeout=10)
         assert message_thread.submit(_connected).result(timeout=10)
@@ -134,27 +137,42 @@ def test_the_stacks_daphne_and_worker_warm_up_at_start(live_stack):
     wait_for_line("daphne.log", "web process warm-up done in ", live_stack.daphne.pid)
     worker = live_stack.worker_procs[0].pid
     wait_for_line("worker-0.log", "worker warm-up done in ", worker)
+    wait_for_line("worker-0.log", "worker broadcasts warm-up done in ", worker)
     wait_for_line("worker-0.log", "worker instances warm-up done in ", worker)
 
 
-def test_the_sender_loop_opens_its_redis_connection_and_loads_its_scripts():
-    """A worker's first broadcast would load the group send's scripts (after a Redis
-    restart, say) and open the sender loop's connection: the warm-up does both."""
+def test_the_sender_loop_loads_its_scripts_on_every_redis():
+    """A worker's first broadcast would open its loop's connection and load the group
+    send's scripts on a Redis that has them not (a fresh one, or one that restarted): the
+    warm-up does both. On a private Redis, whose scripts no other process loads."""
     import redis
 
+    from scripts.stack import EmbeddedRedis
     from tts import layers
-    from tts.conf import settings as tts_settings
 
-    client = redis.Redis.from_url(tts_settings.REDIS_URL)
-    sources = (layers.SEND_LUA, layers.GROUP_SEND_LUA, layers.KNOWN_GROUP_SEND_LUA)
-    digests = [client.script_load(source) for source in sources]
-    client.script_flush()  # as a Redis that just restarted (redis-py reloads on NOSCRIPT)
-    assert client.script_exists(*digests) == [False] * len(digests)
-    broadcast.warm_sender(timeout=10)
-    assert client.script_exists(*digests) == [True] * len(digests)
-    client.close()
+    server = EmbeddedRedis().start()
+    client = redis.Redis.from_url(server.url)
+    try:
+        sources = (layers.SEND_LUA, layers.GROUP_SEND_LUA, layers.KNOWN_GROUP_SEND_LUA)
+        digests = [client.script_load(source) for source in sources]
+        client.script_flush()
+        assert client.script_exists(*digests) == [False] * len(digests)
+        layer = layers.RedisChannelLayer(hosts=[{"address": server.url}])
+
+        async def warm() -> None:
+            try:
+                await layer.warm_up()
+            finally:
+                await layer.close_pools()
+
+        asyncio.run(warm())
+        assert client.script_exists(*digests) == [True] * len(digests)
+    finally:
+        client.close()
+        server.stop()
 
 
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_a_web_process_builds_its_url_map_and_asks_its_voices_at_start(monkeypatch):
     from django.urls import clear_url_caches, get_resolver
     from django.utils.translation import get_language
@@ -162,12 +180,12 @@ def test_a_web_process_builds_its_url_map_and_asks_its_voices_at_start(monkeypat
     from tts.engines import espeak
 
     clear_url_caches()  # as in a fresh process
-    espeak.installed_voices.cache_clear()
+    espeak._listed_voices.cache_clear()
     asked = []
     monkeypatch.setattr(warmup, "load_doorbell_scripts", lambda: asked.append("doorbell"))
     warmup.warm_web_process()
     assert get_language() in get_resolver()._reverse_dict  # reverse() builds it no more
-    assert espeak.installed_voices.cache_info().currsize == 1  # `espeak-ng --voices` ran
+    assert espeak._listed_voices.cache_info().currsize == 1  # `espeak-ng --voices` ran
     assert asked == ["doorbell"]
 
 

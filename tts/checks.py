@@ -12,6 +12,7 @@
     tts.W004  the ASGI application does not route the narration socket
     tts.W005  channels' own runworker shadows the narration worker's
     tts.W006  a worker's sessions at once need more connections than its pool holds
+    tts.W007  the session engine keeps no key per browser: only signed-in users narrate
 
 Routes are found by walking the routers and middleware that Channels provides; a project
 that routes in a way this cannot see silences the warning with SILENCED_SYSTEM_CHECKS.
@@ -251,3 +252,22 @@ def cutting_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+@register()
+def session_engine_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """An anonymous visitor's narrations belong to their session's key (tts.owners)."""
+    from tts.owners import session_keys_last
+
+    if session_keys_last():
+        return []
+    return [
+        Warning(
+            f"SESSION_ENGINE {settings.SESSION_ENGINE!r} keeps no key per browser, and an "
+            "anonymous visitor's narrations belong to that key: only signed-in users can "
+            "narrate (others get 403 sign_in_required).",
+            hint="Use a server-side session engine: django.contrib.sessions.backends.db "
+            "(the default), cache or cached_db.",
+            id="tts.W007",
+        )
+    ]

@@ -103,7 +103,7 @@ def warm_thread() -> None:
 
 def build_url_maps() -> None:
     """The URL resolver's reverse map, which a process's first ``reverse()`` builds for
-    every pattern (the admin's too): 3.5 ms of the first POST's reply, which names the
+    every pattern (the admin's too): 3.6 ms of the first POST's reply, which names the
     session's URLs (P85)."""
     from django.urls import reverse
 
@@ -122,10 +122,14 @@ def check_voices() -> None:
 
 def warm_web_process() -> None:
     """A web process's own (off its event loop): the URL resolver's reverse map, the
-    voices' availability, the doorbell's Redis script."""
-    build_url_maps()
-    check_voices()
-    load_doorbell_scripts()
+    voices' availability, the doorbell's Redis script; each tried on its own."""
+    for what, step in (
+        ("URL map", build_url_maps),
+        ("voices", check_voices),
+        ("doorbell", load_doorbell_scripts),
+    ):
+        with attempt(what):
+            step()
 
 
 def warm_socket_thread() -> int:
@@ -159,7 +163,9 @@ def warm_worker() -> None:
             )
         finally:
             connections.close_all()  # this thread's, if anything opened one here
-        # The sender loop's (tts.broadcast): its thread, its Redis connections, its scripts.
+    # The sender loop's (tts.broadcast): its thread, its Redis connections, its scripts;
+    # tried whether or not the database answered.
+    with attempt("worker broadcasts"):
         left = WORKER_WARM_UP_TIMEOUT_S - (time.monotonic() - started)
         broadcast.warm_sender(timeout=max(left, 0.5))
 

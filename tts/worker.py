@@ -40,7 +40,7 @@ INSTANCE_WARM_UP_S = 0.05
 class Worker(ChannelsWorker):
     """channels' worker, which makes each channel's application instance (the consumer,
     its own channel and that channel's Redis receive) on the channel's first message: the
-    first session after a start paid 3 to 4 ms more for it between the message's receive
+    first session after a start paid 4.3 ms more for it between the message's receive
     and the consumer (P85). With ``TTS_WARM_UP`` the instances are made before the
     listeners start; the first message then finds its instance as every later one does."""
 

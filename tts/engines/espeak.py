@@ -56,15 +56,22 @@ def _installed(binary: str) -> bool:
     return binary in _found
 
 
-@functools.lru_cache(maxsize=4)
 def installed_voices(binary: str) -> frozenset[str]:
-    """Voice names espeak-ng knows (``en-us``, ``en-gb-x-rp``, ...), plus their files."""
+    """Voice names espeak-ng knows (``en-us``, ``en-gb-x-rp``, ...), plus their files;
+    none when the program cannot list them. A listing is asked once per process (a web
+    process's warm-up asks it), but a failed one is not kept: the next asking runs it
+    again, so that a slow start does not leave every voice unavailable until a restart."""
     try:
-        out = subprocess.run(
-            [binary, "--voices"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout
+        return _listed_voices(binary)
     except (OSError, subprocess.SubprocessError):
         return frozenset()
+
+
+@functools.lru_cache(maxsize=4)
+def _listed_voices(binary: str) -> frozenset[str]:
+    out = subprocess.run(
+        [binary, "--voices"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
     names: set[str] = set()
     for line in out.splitlines()[1:]:
         fields = line.split()
