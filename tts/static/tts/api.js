@@ -75,7 +75,8 @@ let creating = null; // the last POST of a session, until it has settled
 
 /**
  * POST a new session: {text} or {scene}, plus voice. Resolves to {id, ws_url, ...}.
- * One at a time: a first visitor has no session cookie yet, and two POSTs in flight together
+ * One at a time: a first visitor may have no session cookie yet (where the page gave none:
+ * TTS_SESSION_ON_PAGE off), and two POSTs in flight together
  * would each start a different anonymous owner, leaving one narration "someone else's".
  * With none in flight it is sent at once, inside the caller's event handler, not a
  * microtask later, after the rest of the handler (the player's AudioContext, for one).

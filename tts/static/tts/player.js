@@ -91,7 +91,8 @@ export class NarrationPlayer {
     this.completed = false;
     this.streamOptions = {};
     // Open each session's socket while its POST is in flight. Not before this browser has
-    // a session cookie (the first POST sets it): the socket would be refused.
+    // a session cookie (the page gives a new visitor one, P86; where it did not, the first
+    // POST's reply sets it): the socket would be refused.
     this.earlySockets = this.config.early;
     this.warm = null; // the next session's socket, opened while the pointer is on Play
     this.warmedAt = -Infinity;
