@@ -121,9 +121,13 @@ class DelayProxy:
         rtt_ms: float,
         host: str = "127.0.0.1",
         link: Link | None = None,
+        idle_close_s: float = 0.0,
     ) -> None:
         self.host, self.target_port, self.delay = host, target_port, rtt_ms / 2000
         self.link = link
+        # An HTTP connection idle this long is closed, as a proxy's or server's keep-alive
+        # timeout closes it (0: never); a WebSocket's is not.
+        self.idle_close_s = idle_close_s
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
 
@@ -142,11 +146,29 @@ class DelayProxy:
         try:
             await asyncio.sleep(self.delay * 2)  # the TCP handshake's round trip
             up_reader, up_writer = await asyncio.open_connection(self.host, self.target_port)
+            seen = {"at": time.monotonic(), "websocket": False}
+            watch = None
+            if self.idle_close_s:
+                watch = asyncio.create_task(self._close_when_idle(seen, writer, up_writer))
             await asyncio.gather(
-                self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+                self._pipe(reader, up_writer, seen, client=True),
+                self._pipe(up_reader, writer, seen),
+                return_exceptions=True,
             )
+            if watch is not None:
+                watch.cancel()
         except (OSError, asyncio.CancelledError):  # no server, or the bench is over
             writer.close()
+
+    async def _close_when_idle(self, seen: dict, *writers: asyncio.StreamWriter) -> None:
+        while not seen["websocket"]:
+            idle = time.monotonic() - seen["at"]
+            if idle >= self.idle_close_s:
+                for writer in writers:
+                    with contextlib.suppress(Exception):
+                        writer.close()
+                return
+            await asyncio.sleep(min(0.1, self.idle_close_s - idle))
 
     def _arrivals(self, sender: _Sender | None, data: bytes) -> list[tuple[float, bytes]]:
         now = time.monotonic()
@@ -158,7 +180,14 @@ class DelayProxy:
             at += n
         return out
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        seen: dict | None = None,
+        *,
+        client: bool = False,
+    ) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         sender = _Sender(self.link, self.delay) if self.link else None
 
@@ -177,6 +206,10 @@ class DelayProxy:
         releasing = asyncio.create_task(release())
         try:
             while data := await reader.read(65536):
+                if seen is not None:
+                    seen["at"] = time.monotonic()
+                    if client and b"upgrade: websocket" in data[:4096].lower():
+                        seen["websocket"] = True
                 for piece in self._arrivals(sender, data):
                     queue.put_nowait(piece)
         except (ConnectionError, asyncio.CancelledError):
@@ -199,7 +232,9 @@ async def through(
 
 
 @contextlib.contextmanager
-def proxy_thread(target_port: int, rtt_ms: float, link: Link | None = None) -> Iterator[int]:
+def proxy_thread(
+    target_port: int, rtt_ms: float, link: Link | None = None, idle_close_s: float = 0.0
+) -> Iterator[int]:
     """A DelayProxy on an event loop of its own thread, for a client that is not asyncio
     (Playwright's browser): yields its port. Leaving stops the loop, which cancels the
     connections' pipes (asyncio.run)."""
@@ -208,7 +243,9 @@ def proxy_thread(target_port: int, rtt_ms: float, link: Link | None = None) -> I
     async def serve() -> None:
         try:
             stop = asyncio.Event()
-            async with DelayProxy(target_port, rtt_ms, link=link) as proxy:
+            async with DelayProxy(
+                target_port, rtt_ms, link=link, idle_close_s=idle_close_s
+            ) as proxy:
                 started.set_result((asyncio.get_running_loop(), stop, proxy.port))
                 await stop.wait()
         except BaseException as exc:

@@ -207,6 +207,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "milliseconds before the POST, as good as with it)",
     )
     p.add_argument(
+        "--sound-read-s",
+        type=number(0, 600),
+        default=0.0,
+        help="sound: the reader reads this long after the page loaded before the pointer "
+        "comes onto Play (with --path-idle-close-s: the page's connection closed meanwhile)",
+    )
+    p.add_argument(
+        "--path-idle-close-s",
+        type=number(0, 600),
+        default=0.0,
+        help="sound, on --path-rtt-ms's path: an HTTP connection idle this long is closed, "
+        "as a proxy's keep-alive timeout closes it (0: never)",
+    )
+    p.add_argument(
+        "--sound-no-connection-warm",
+        action="store_true",
+        help="sound: the player's GET that readies the POST's connection (?warm=1, P88) "
+        "answered in the page without reaching the server: the player before P88",
+    )
+    p.add_argument(
         "--sound-first-visit",
         action="store_true",
         help="sound: each session in a new browser context, as a new visitor's first Play "
@@ -665,7 +685,14 @@ def scenario_sound(ctx: Context) -> None:
         with contextlib.ExitStack() as stack:
             base_url = ctx.bench.base_url
             if ctx.path:  # the browser on a modelled network path
-                port = stack.enter_context(proxy_thread(ctx.port, ctx.args.path_rtt_ms, ctx.link))
+                port = stack.enter_context(
+                    proxy_thread(
+                        ctx.port,
+                        ctx.args.path_rtt_ms,
+                        ctx.link,
+                        idle_close_s=ctx.args.path_idle_close_s,
+                    )
+                )
                 base_url = f"http://127.0.0.1:{port}"
             whole = ctx.args.sound_whole_chunks
             marks = sound.run_sessions(
@@ -677,6 +704,8 @@ def scenario_sound(ctx: Context) -> None:
                 play_through=ctx.args.sound_play_through,
                 hover_ms=ctx.args.sound_hover_ms,
                 first_visit=ctx.args.sound_first_visit,
+                read_s=ctx.args.sound_read_s,
+                connection_warm=not ctx.args.sound_no_connection_warm,
             )
         res = out[label] = sound.analyse(marks[1:])
         if client.TRACE is not None:
@@ -687,6 +716,12 @@ def scenario_sound(ctx: Context) -> None:
             whole = ", whole chunks" if ctx.args.sound_whole_chunks else ""
             hover = f", {ctx.args.sound_hover_ms:g} ms hover" if ctx.args.sound_hover_ms else ""
             hover += ", first visit" if ctx.args.sound_first_visit else ""
+            if ctx.args.sound_read_s:
+                hover += f", {ctx.args.sound_read_s:g} s read"
+            if ctx.args.path_idle_close_s and ctx.path:
+                hover += f", idle close {ctx.args.path_idle_close_s:g} s"
+            if ctx.args.sound_no_connection_warm:
+                hover += ", no connection warm"
             name = f"1e first sound, browser ({kind}{ctx.path}{whole}{hover}, n={r['sessions']})"
             parts = " / ".join(
                 fmt(r[k]["p50"]) for k in ("press_to_post", "post_to_frame", "frame_to_sound")

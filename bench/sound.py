@@ -38,6 +38,16 @@ from bench.stats import summary
 from tts.testing import CHROMIUM, CHROMIUM_ARGS
 
 HOLD_MS = 100  # a mouse click's press
+
+# The player before P88: its GET that readies the POST's connection (?warm=1) answered in
+# the page, never reaching the server.
+NO_CONNECTION_WARM = """
+const fetchWithWarm = window.fetch;
+window.fetch = function (url, options) {
+  if (String(url).includes('warm=1')) return Promise.resolve(new Response('{}'));
+  return fetchWithWarm.apply(this, arguments);
+};
+"""
 KINDS = ("tap", "click")
 
 # Records one play's moments on the page's clock (window.__sound), before the page's own
@@ -124,6 +134,8 @@ def run_sessions(
     play_through: bool = False,
     hover_ms: float = 0.0,
     first_visit: bool = False,
+    read_s: float = 0.0,
+    connection_warm: bool = True,
 ) -> list[dict]:
     """Open each scene, press Play as ``kinds`` says, and return each page's moments.
     ``whole_chunks``: the player's sockets without ?parts=1 (each chunk in one frame).
@@ -132,7 +144,10 @@ def run_sessions(
     at once, and the socket opens milliseconds before the POST: as if with it).
     ``play_through``: let each narration play to its end, and count its underruns (each
     time the player ran dry: a gap the reader hears). ``first_visit``: each page in a
-    browser context of its own, with no cookies: a new visitor's first Play."""
+    browser context of its own, with no cookies: a new visitor's first Play. ``read_s``:
+    the page is left this long after it loaded before the pointer comes. With
+    ``connection_warm`` off, the player's GET that readies the POST's connection
+    (``?warm=1``, P88) is answered in the page, as if the player never sent it."""
     from playwright.sync_api import sync_playwright
 
     marks = []
@@ -144,6 +159,8 @@ def run_sessions(
             context = browser.new_context(base_url=base_url)
             if whole_chunks:
                 context.add_init_script("window.__wholeChunks = true;")
+            if not connection_warm:
+                context.add_init_script(NO_CONNECTION_WARM)
             context.add_init_script(RECORD)
             return context
 
@@ -153,14 +170,22 @@ def run_sessions(
                 if first_visit:
                     context.close()
                     context = new_context()
-                marks.append(_press_play(context, path, kind, timeout, play_through, hover_ms))
+                marks.append(
+                    _press_play(context, path, kind, timeout, play_through, hover_ms, read_s)
+                )
         finally:
             browser.close()
     return marks
 
 
 def _press_play(
-    context, path: str, kind: str, timeout: float, play_through: bool, hover_ms: float
+    context,
+    path: str,
+    kind: str,
+    timeout: float,
+    play_through: bool,
+    hover_ms: float,
+    read_s: float = 0.0,
 ) -> dict:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -170,6 +195,8 @@ def _press_play(
         page.wait_for_function("window.__narrator && window.__narrator.players.length === 1")
         page.wait_for_load_state("networkidle")  # the voices fetched, nothing else in flight
         button = page.locator("[data-tts-role=play]").first
+        if read_s:
+            page.wait_for_timeout(read_s * 1000)
         box = button.bounding_box()
         page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         if hover_ms:

@@ -35,6 +35,30 @@ async function errorFrom(response) {
   });
 }
 
+// When this page last had a reply from the server (performance.now(); 0: the page's own).
+let lastReply = 0;
+// Idle longer than this, the page's kept-alive connection may be gone: Apache closes one
+// after 5 s, nginx after 75, load balancers after about 60. A POST would then open a
+// new one first (TCP's round trip, and TLS's over https) before it could even go out.
+export const CONNECTION_IDLE_MS = 5000;
+
+/**
+ * The connection a POST is about to need, made ready while the pointer rests on Play
+ * (P88): when nothing has come from the server for CONNECTION_IDLE_MS, a small GET
+ * (`url?warm=1`: the voice list) opens one again, or finds the one kept still open, so
+ * that the press's POST goes out at once. True when it sent one.
+ */
+export function warmConnection(url, now = performance.now()) {
+  if (now - lastReply < CONNECTION_IDLE_MS) return false;
+  lastReply = now; // one at a time
+  const warmUrl = `${url}${url.includes("?") ? "&" : "?"}warm=1`;
+  fetch(warmUrl, { credentials: "same-origin", cache: "no-store" }).then(
+    () => { lastReply = performance.now(); },
+    () => {},
+  );
+  return true;
+}
+
 /** fetch() that throws ApiError for network failures and non-2xx replies. */
 export async function request(url, { method = "GET", json, csrf, accept = "application/json" } = {}) {
   const headers = { Accept: accept };
@@ -51,6 +75,7 @@ export async function request(url, { method = "GET", json, csrf, accept = "appli
   } catch (error) {
     throw new ApiError({ code: "network", message: String(error) });
   }
+  lastReply = performance.now();
   if (!response.ok) throw await errorFrom(response);
   return response;
 }

@@ -3,7 +3,13 @@
 // Events on the player element (they bubble): tts:play, tts:pause, tts:state, tts:ended.
 // Test hook: window.__narrator.players / .snapshot().
 
-import { cancelSession, createSession, fetchVoices, requestRoundTrip } from "./api.js";
+import {
+  cancelSession,
+  createSession,
+  fetchVoices,
+  requestRoundTrip,
+  warmConnection,
+} from "./api.js";
 import { audioContext, unlockAudio } from "./audio-context.js";
 import { describeError, describeStatus, formatTime, STATE_MESSAGES } from "./messages.js";
 import { toAudioBuffer } from "./pcm.js";
@@ -398,6 +404,8 @@ export class NarrationPlayer {
     this.warmedAt = performance.now();
     this.warm = this.newStream(this.expectedSession(id), { pending: true });
     this.warm.start();
+    // and the POST's connection, where the page's may have been closed as idle (P88)
+    if (this.config.voicesUrl) warmConnection(this.config.voicesUrl);
   }
 
   /** A press on Play would start a session: none yet for this text and voice, or a
