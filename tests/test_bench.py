@@ -295,6 +295,9 @@ def test_coldstart_times_the_first_sessions_after_a_start(tmp_path):
         ("bench/coldstart.py", ["--sessions", "0"], "--sessions must be at least 1"),
         ("bench/coldstart.py", ["--wait-s", "-1"], "--wait-s at least 0"),
         ("bench/coldstart.py", ["--env", "TTS_WARM_UP"], "--env takes NAME=VALUE"),
+        ("bench/coldstart.py", ["--patch", "nope"], "invalid choice: 'nope'"),
+        ("bench/run.py", ["--sound-read-s", "-1"], "--sound-read-s"),
+        ("bench/run.py", ["--path-idle-close-s", "soon"], "--path-idle-close-s"),
     ],
 )
 def test_the_new_bench_tools_refuse_bad_arguments_before_anything_starts(script, argv, message):
