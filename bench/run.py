@@ -322,6 +322,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--ab needs at least one --patch")
     if args.link_no_idle_restart and not args.link_mbit:
         p.error("--link-no-idle-restart needs --link-mbit")
+    if args.path_idle_close_s and not args.path_rtt_ms:
+        p.error("--path-idle-close-s needs --path-rtt-ms (the path whose connections close)")
     args.sessions = args.sessions or (15 if q else 50)
     args.full_sessions = args.full_sessions or (2 if q else 50)
     if args.full_threads is None:

@@ -298,6 +298,7 @@ def test_coldstart_times_the_first_sessions_after_a_start(tmp_path):
         ("bench/coldstart.py", ["--patch", "nope"], "invalid choice: 'nope'"),
         ("bench/run.py", ["--sound-read-s", "-1"], "--sound-read-s"),
         ("bench/run.py", ["--path-idle-close-s", "soon"], "--path-idle-close-s"),
+        ("bench/run.py", ["--path-idle-close-s", "5"], "--path-idle-close-s needs --path-rtt-ms"),
     ],
 )
 def test_the_new_bench_tools_refuse_bad_arguments_before_anything_starts(script, argv, message):

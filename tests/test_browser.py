@@ -871,10 +871,10 @@ def test_the_pointer_on_play_opens_the_sessions_socket_and_the_press_only_posts(
 def test_the_pointer_on_play_after_a_quiet_while_also_readies_the_posts_connection(
     page: Page,
 ):
-    """P88: when nothing came from the server for CONNECTION_IDLE_MS (5 s), the page's
-    kept-alive connection may have been closed as idle: the pointer's arrival on Play
-    sends a small GET (the voice list, ?warm=1) beside the socket it opens, so that the
-    press's POST finds a connection open. Not again while replies are recent."""
+    """P88: when no HTTP reply came for CONNECTION_IDLE_MS (3 s), the page's kept-alive
+    connection may have been closed as idle: the pointer's arrival on Play sends a small
+    GET (the voice list, ?warm=1) beside the socket it opens, so that the press's POST
+    finds a connection open. Not again while that GET's reply is recent."""
     page.add_init_script(RECORD_SOCKETS)
     warm: list[str] = []
     page.on("request", lambda r: warm.append(r.url) if "warm=1" in r.url else None)
@@ -887,14 +887,16 @@ def test_the_pointer_on_play_after_a_quiet_while_also_readies_the_posts_connecti
     assert warm == []  # a reply came a moment ago
     page.mouse.move(5, 5)
     page.evaluate("window.__narrator.players[0].dropWarm()")
-    page.wait_for_timeout(5300)  # quiet for longer than CONNECTION_IDLE_MS
+    page.wait_for_timeout(3300)  # quiet for longer than CONNECTION_IDLE_MS
     button.hover()
     page.wait_for_function("window.__narrator.snapshot()[0].warm?.waiting")
     page.wait_for_timeout(300)
     assert len(warm) == 1 and warm[0].endswith("/api/tts/voices/?warm=1")
     page.mouse.move(5, 5)
-    page.wait_for_timeout(2200)  # past WARM_EVERY_MS, within CONNECTION_IDLE_MS of it
+    page.evaluate("window.__narrator.players[0].dropWarm()")
+    page.wait_for_timeout(2200)  # past WARM_EVERY_MS, within CONNECTION_IDLE_MS of its reply
     button.hover()
+    page.wait_for_function("window.__narrator.snapshot()[0].warm?.waiting")
     button.click()
     state = wait_for_state(page, "ended")
     assert len(warm) == 1 and state["stream"]["sockets"] == 1

@@ -35,27 +35,27 @@ async function errorFrom(response) {
   });
 }
 
-// When this page last had a reply from the server (performance.now(); 0: the page's own).
+// When this page last had an HTTP reply (performance.now(); 0: the page's own).
 let lastReply = 0;
-// Idle longer than this, the page's kept-alive connection may be gone: Apache closes one
-// after 5 s, nginx after 75, load balancers after about 60. A POST would then open a
-// new one first (TCP's round trip, and TLS's over https) before it could even go out.
-export const CONNECTION_IDLE_MS = 5000;
+// Idle longer than this, the page's kept-alive connection may be gone, or about to go:
+// Apache and uvicorn close one after 5 s, nginx after 75, load balancers after about 60.
+// A POST would then open a new one first (TCP's round trip, and TLS's over https).
+export const CONNECTION_IDLE_MS = 3000;
 
 /**
  * The connection a POST is about to need, made ready while the pointer rests on Play
- * (P88): when nothing has come from the server for CONNECTION_IDLE_MS, a small GET
+ * (P88): when no HTTP reply has come for CONNECTION_IDLE_MS, a small GET
  * (`url?warm=1`: the voice list) opens one again, or finds the one kept still open, so
  * that the press's POST goes out at once. True when it sent one.
  */
 export function warmConnection(url, now = performance.now()) {
   if (now - lastReply < CONNECTION_IDLE_MS) return false;
   lastReply = now; // one at a time
-  const warmUrl = `${url}${url.includes("?") ? "&" : "?"}warm=1`;
-  fetch(warmUrl, { credentials: "same-origin", cache: "no-store" }).then(
-    () => { lastReply = performance.now(); },
-    () => {},
-  );
+  const warmUrl = new URL(url, window.location.href);
+  warmUrl.searchParams.set("warm", "1");
+  fetch(warmUrl, { credentials: "same-origin", cache: "no-store" })
+    .then((response) => response.arrayBuffer()) // read: the connection goes back to the pool
+    .then(() => { lastReply = performance.now(); }, () => {});
   return true;
 }
 

@@ -121,7 +121,7 @@ export class NarrationPlayer {
     const { play, back, forward, voice, edit } = this.ui;
     // The pointer on Play, or the focus: a press may come, so its socket opens now.
     for (const name of ["pointerenter", "pointermove", "focus"]) {
-      play.addEventListener(name, () => this.warmUp());
+      play.addEventListener(name, (event) => this.warmUp(event));
     }
     // unlockAudio() runs synchronously inside each gesture (mobile Safari), before any
     // await, but after the session's POST and socket have gone out: creating the page's
@@ -388,7 +388,14 @@ export class NarrationPlayer {
    * resumes one), nor where the server's wait leaves a press no time to take it. One
    * such socket per page; each player opens at most one every WARM_EVERY_MS.
    */
-  warmUp() {
+  warmUp(event = null) {
+    // The POST's connection first, whatever becomes of the socket (P88). Not for a finger:
+    // its press comes with its arrival, and over HTTP/1.1 the GET would take the very
+    // connection the POST needs.
+    if (event?.pointerType !== "touch" && this.config.voicesUrl && !this.config.problem
+      && !this.busy && this.pressWouldStart()) {
+      warmConnection(this.config.voicesUrl);
+    }
     const warm = this.warm;
     const age = performance.now() - this.warmedAt;
     // Waiting, or opening its socket again after a drop (with its own backoff and limit);
@@ -404,8 +411,6 @@ export class NarrationPlayer {
     this.warmedAt = performance.now();
     this.warm = this.newStream(this.expectedSession(id), { pending: true });
     this.warm.start();
-    // and the POST's connection, where the page's may have been closed as idle (P88)
-    if (this.config.voicesUrl) warmConnection(this.config.voicesUrl);
   }
 
   /** A press on Play would start a session: none yet for this text and voice, or a
