@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings as django_settings
 from django.http import HttpRequest
 
 from tts.conf import settings
@@ -22,8 +23,6 @@ KEYLESS_SESSION_ENGINES = ("django.contrib.sessions.backends.signed_cookies",)
 def session_keys_last() -> bool:
     """Whether the session engine keeps a key for each browser (a server-side store),
     which is what an anonymous visitor's narrations belong to."""
-    from django.conf import settings as django_settings
-
     return django_settings.SESSION_ENGINE not in KEYLESS_SESSION_ENGINES
 
 

@@ -10,7 +10,7 @@ import socket
 from channels.consumer import SyncConsumer
 from channels.worker import Worker as ChannelsWorker
 
-from tts import broadcast, services
+from tts import broadcast, services, warmup
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,6 @@ class Worker(ChannelsWorker):
     listeners start; the first message then finds its instance as every later one does."""
 
     async def handle(self) -> None:
-        from tts import warmup
-
         if warmup.wanted():
             with warmup.attempt("worker instances"):
                 for channel in self.channels:

@@ -42,6 +42,11 @@ let lastReply = 0;
 // A POST would then open a new one first (TCP's round trip, and TLS's over https).
 export const CONNECTION_IDLE_MS = 3000;
 
+/** No HTTP reply for CONNECTION_IDLE_MS: warmConnection would send its GET. */
+export function connectionIdle(now = performance.now()) {
+  return now - lastReply >= CONNECTION_IDLE_MS;
+}
+
 /**
  * The connection a POST is about to need, made ready while the pointer rests on Play
  * (P88): when no HTTP reply has come for CONNECTION_IDLE_MS, a small GET
@@ -49,7 +54,7 @@ export const CONNECTION_IDLE_MS = 3000;
  * that the press's POST goes out at once. True when it sent one.
  */
 export function warmConnection(url, now = performance.now()) {
-  if (now - lastReply < CONNECTION_IDLE_MS) return false;
+  if (!connectionIdle(now)) return false;
   lastReply = now; // one at a time
   const warmUrl = new URL(url, window.location.href);
   warmUrl.searchParams.set("warm", "1");

@@ -5,6 +5,7 @@
 
 import {
   cancelSession,
+  connectionIdle,
   createSession,
   fetchVoices,
   requestRoundTrip,
@@ -389,11 +390,12 @@ export class NarrationPlayer {
    * such socket per page; each player opens at most one every WARM_EVERY_MS.
    */
   warmUp(event = null) {
-    // The POST's connection first, whatever becomes of the socket (P88). Not for a finger:
-    // its press comes with its arrival, and over HTTP/1.1 the GET would take the very
-    // connection the POST needs.
-    if (event?.pointerType !== "touch" && this.config.voicesUrl && !this.config.problem
-      && !this.busy && this.pressWouldStart()) {
+    const pressWouldStart = () => !this.config.problem && !this.busy && this.pressWouldStart();
+    // The POST's connection first, whatever becomes of the socket (P88); the cheap test
+    // first, for most pointer moves end there. Not for a finger: its press comes with its
+    // arrival, and over HTTP/1.1 the GET would take the very connection the POST needs.
+    if (event?.pointerType !== "touch" && this.config.voicesUrl && connectionIdle()
+      && pressWouldStart()) {
       warmConnection(this.config.voicesUrl);
     }
     const warm = this.warm;
@@ -401,8 +403,8 @@ export class NarrationPlayer {
     // Waiting, or opening its socket again after a drop (with its own backoff and limit);
     // one refused or given up on is gone already (warmParked).
     if (warm && age < this.warmLimit() && !warm.finished && !warm.stopped) return;
-    if (age < WARM_EVERY_MS || !this.earlySockets || this.config.problem || this.busy) return;
-    if (this.warmLimit() <= 0 || !this.pressWouldStart()) return;
+    if (age < WARM_EVERY_MS || !this.earlySockets || this.warmLimit() <= 0) return;
+    if (!pressWouldStart()) return;
     const id = newSessionId();
     if (!id) return;
     this.dropWarm();
