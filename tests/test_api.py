@@ -272,3 +272,106 @@ def test_the_chunks_of_a_running_session_carry_what_is_left_of_their_hold(client
     TTSSession.objects.filter(pk=session_id).update(status=SessionStatus.COMPLETED)
     finished = client.get(f"/api/tts/sessions/{session_id}/").json()
     assert "cushion_ms" not in finished["chunks"][0]
+
+
+def test_json_nested_too_deeply_gets_a_400_not_a_500(client):
+    """json's parser raises RecursionError, not ValueError, on deep nesting: 3 KB of '['."""
+    for raw in ["[" * 5000, '{"text": ' + "[" * 5000]:
+        response = post(client, raw)
+        assert response.status_code == 400, response.content
+        assert error_code(response) == "invalid_json"
+    assert not TTSSession.objects.exists()
+
+
+def test_under_a_prefix_the_done_frame_names_the_same_audio_url_as_the_post(client, settings):
+    """The socket's `done` frame gives the whole narration's URL, which the player's
+    Download link takes: where tts.urls is mounted, not a fixed path."""
+    from tts import services
+
+    settings.ROOT_URLCONF = "tests.prefixed_urls"
+    response = client.post(
+        "/narration/api/tts/sessions/", {"text": "Hello there."}, content_type="application/json"
+    )
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["audio_url"] == f"/narration/api/tts/sessions/{body['id']}/audio.wav"
+    done = services.done_frame(uuid.UUID(body["id"]), total_chunks=1, duration_ms=900)
+    assert done["audio_url"] == body["audio_url"]
+
+
+@pytest.mark.django_db(transaction=True)  # SQLite's schema editor needs no transaction open
+def test_a_scene_model_keyed_by_uuid_or_text_is_narrated_by_its_id(client, settings, monkeypatch):
+    """TTS_SCENE_MODEL may name any model with get_narration_text(): the id the page sends
+    is read as that model's own key, not as an integer."""
+    from django.apps import apps
+    from django.db import connection, models
+    from django.test.utils import isolate_apps
+
+    with isolate_apps("scenes"):
+
+        class Chapter(models.Model):
+            id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+            text = models.TextField()
+
+            class Meta:
+                app_label = "scenes"
+
+            def __str__(self) -> str:
+                return self.text
+
+            def get_narration_text(self) -> str:
+                return self.text
+
+        class Page(models.Model):
+            slug = models.SlugField(primary_key=True)
+            text = models.TextField()
+
+            class Meta:
+                app_label = "scenes"
+
+            def __str__(self) -> str:
+                return self.text
+
+            def get_narration_text(self) -> str:
+                return self.text
+
+    registered = apps.get_model
+    monkeypatch.setattr(
+        apps,
+        "get_model",
+        lambda *a, **kw: (
+            {"scenes.Chapter": Chapter, "scenes.Page": Page}.get(a[0]) or registered(*a, **kw)
+        ),
+    )
+    from django.contrib.contenttypes.models import ContentType
+
+    with connection.schema_editor() as editor:
+        editor.create_model(Chapter)
+        editor.create_model(Page)
+    try:
+        for model in (Chapter, Page):  # as migrate makes them for an installed model
+            ContentType.objects.get_or_create(app_label="scenes", model=model._meta.model_name)
+        chapter = Chapter.objects.create(text="The chapter begins here.")
+        page = Page.objects.create(slug="the-first-page", text="The page begins here.")
+        for label, key, text in [
+            ("scenes.Chapter", str(chapter.pk), chapter.text),
+            ("scenes.Page", page.pk, page.text),
+        ]:
+            settings.TTS_SCENE_MODEL = label
+            response = post(client, {"scene": key})
+            assert response.status_code == 201, response.content
+            session = TTSSession.objects.get(pk=response.json()["id"])
+            assert (session.text, session.subject_id) == (text, key)
+        settings.TTS_SCENE_MODEL = "scenes.Chapter"
+        for bad, code in [
+            ("not-a-uuid", "unknown_scene"),
+            (str(uuid.uuid4()), "unknown_scene"),
+            ("x" * 65, "invalid_scene"),
+            ("a\x00b", "invalid_scene"),
+        ]:
+            response = post(client, {"scene": bad})
+            assert response.status_code == 400 and error_code(response) == code, bad
+    finally:
+        with connection.schema_editor() as editor:
+            editor.delete_model(Chapter)
+            editor.delete_model(Page)

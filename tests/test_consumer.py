@@ -272,6 +272,8 @@ async def test_ping_pong_and_bad_messages_keep_the_socket_open():
     assert (await comm.receive_json_from())["type"] == "status"  # queued, with its position
     await comm.send_to(text_data="not json")
     assert (await comm.receive_json_from())["code"] == "bad_json"
+    await comm.send_to(text_data="[" * 3000)  # json's RecursionError, not a ValueError
+    assert (await comm.receive_json_from())["code"] == "bad_json"
     await comm.send_to(bytes_data=b"\x00\x01")
     assert (await comm.receive_json_from())["code"] == "bad_message"
     await comm.send_json_to({"type": "shout"})
@@ -296,6 +298,74 @@ async def test_cancel_ends_the_stream_with_a_fatal_error():
     frames, _ = await receive_until_closed(comm)
     error = [f for f in frames if f["type"] == "error"][-1]
     assert error["code"] == "cancelled" and error["fatal"] is True
+
+
+async def _watching(session) -> WebsocketCommunicator:
+    comm = await _connected(as_staff(communicator(session.id)))
+    assert (await comm.receive_json_from())["type"] == "session"
+    assert (await comm.receive_json_from())["type"] == "status"
+    return comm
+
+
+@sync_to_async
+def _delete_rows(session_id) -> None:
+    from tts.models import TTSSession
+
+    TTSSession.objects.filter(pk=session_id).delete()
+
+
+async def test_a_session_deleted_after_its_cancel_ends_its_socket_with_the_cancel():
+    """The admin's delete cancels an active session, then deletes it: a socket that reads
+    it after the delete gets the cancel's fatal error from the event, not a 1011."""
+    session = await make_session(run=False)
+    comm = await _watching(session)
+    await _delete_rows(session.id)
+    await sync_to_async(broadcast.broadcast_error)(
+        session.id, code="cancelled", message="Narration was cancelled."
+    )
+    assert await comm.receive_json_from() == {
+        "type": "error",
+        "code": "cancelled",
+        "message": "Narration was cancelled.",
+        "fatal": True,
+    }
+    assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 1000}
+
+
+async def test_a_session_deleted_before_its_end_was_read_closes_its_socket_with_4404():
+    session = await make_session(run=False)
+    comm = await _watching(session)
+    await _delete_rows(session.id)
+    await sync_to_async(broadcast.broadcast_done)(session.id, total_chunks=3, duration_ms=900)
+    assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4404}
+
+
+async def test_a_session_requeued_by_the_recovery_sweep_tells_its_listeners():
+    """Its worker died: the sweep puts it back in the queue and its sockets hear
+    `queued`, as for every status change (and it is dispatched again)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tts.models import TTSSession
+
+    session = await make_session(run=False)
+
+    @sync_to_async
+    def claimed_by_a_dead_worker() -> None:
+        assert services.session_claim(session_id=session.id, worker="dead")
+        long_ago = timezone.now() - timedelta(hours=1)
+        TTSSession.objects.filter(pk=session.id).update(heartbeat_at=long_ago)
+
+    await claimed_by_a_dead_worker()
+    comm = await _connected(as_staff(communicator(session.id)))
+    opening = await comm.receive_json_from()
+    assert opening["type"] == "session" and opening["status"] == "running"
+    report = await sync_to_async(services.sessions_recover)()
+    assert report.requeued == 1
+    frame = await comm.receive_json_from(timeout=5)
+    assert frame["type"] == "status" and frame["status"] == "queued"
+    await comm.disconnect()
 
 
 async def _connected(comm: WebsocketCommunicator) -> WebsocketCommunicator:

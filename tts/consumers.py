@@ -149,7 +149,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             try:
                 async with self.lock:
                     await send_from_storage(self.session_id, self.cursor, self.send_chunk)
-                    await self._finish_if_over(await self._session())
+                    await self._finish_from_storage()
             except Exception:  # noqa: BLE001 - try again on the next round
                 logger.warning("catching up %s from storage failed", self.session_id)
             # A slow or queued session: back off, so idle listeners cost little.
@@ -267,7 +267,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         try:
             message = json.loads(text_data)
             kind = message.get("type") if isinstance(message, dict) else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             return await self.send_error("bad_json", "Messages must be JSON objects.")
         if kind == "ping":
             return await self.send_json({"type": "pong"})
@@ -340,13 +340,35 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 )
                 await self.send_json(frame)
                 return await self.close(code=1000)
-            await self._finish_if_over(await self._session())
+            await self._finish_from_storage()
 
     async def tts_error(self, event: dict) -> None:
         self.last_event = time.monotonic()
         async with self.lock:
             if not self.finished:
-                await self._finish_if_over(await self._session())
+                await self._finish_from_storage(gone_error=event)
+
+    async def _finish_from_storage(self, gone_error: dict | None = None) -> None:
+        """End the socket from what is stored, if its session is over. A session deleted
+        meanwhile (the admin's delete cancels an active one first, then deletes it) ends
+        it with the event's fatal error when there is one (``gone_error``), else 4404: what
+        a reconnect would get."""
+        try:
+            session = await self._session()
+        except services.NotFound:
+            self.finished = True
+            if gone_error is not None:
+                await self.send_json(
+                    {
+                        "type": "error",
+                        "code": gone_error.get("code") or "cancelled",
+                        "message": gone_error.get("message") or "",
+                        "fatal": True,
+                    }
+                )
+                return await self.close(code=1000)
+            return await self.close(code=4404)
+        await self._finish_if_over(session)
 
     async def _session(self):
         return await socket_database_sync_to_async(services.session_get)(session_id=self.session_id)

@@ -30,6 +30,7 @@ from django.db import (
 )
 from django.db.models import F, Max, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
+from django.urls import reverse
 from django.utils import timezone
 
 from tts import broadcast, generation, limits, scheduling, synthesis, waiting
@@ -491,7 +492,9 @@ def session_requeue_lost(*, session_id: uuid.UUID, worker: str, dispatch: bool =
 
 
 def _announce_requeued(session_id: uuid.UUID, *, dispatch: bool) -> None:
-    session = TTSSession.objects.get(pk=session_id)
+    session = TTSSession.objects.filter(pk=session_id).first()
+    if session is None:  # deleted since
+        return
     broadcast.broadcast_status(session.id, status_frame(session))
     if dispatch:
         transaction.on_commit(lambda: session_dispatch(session_id=session_id))
@@ -579,7 +582,7 @@ def done_frame(session_id: uuid.UUID, *, total_chunks: int, duration_ms: int) ->
         "type": "done",
         "total_chunks": total_chunks,
         "duration_ms": duration_ms,
-        "audio_url": f"/api/tts/sessions/{session_id}/audio.wav",
+        "audio_url": reverse("tts:audio", args=[session_id]),  # where tts.urls is mounted
     }
 
 
@@ -653,7 +656,7 @@ def _requeue_stale_running(now, report: RecoveryReport) -> None:
         if requeued:
             report.requeued += 1
             logger.warning("session %s lost its worker; requeued", session_id)
-            session_dispatch(session_id=session_id)
+            _announce_requeued(session_id, dispatch=True)  # its listeners hear `queued`
 
 
 def _redispatch_old_queued(now, report: RecoveryReport) -> None:

@@ -9,7 +9,7 @@ from functools import wraps
 
 from asgiref.sync import sync_to_async
 from django.apps import apps
-from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
@@ -65,7 +65,7 @@ def parse_body(request: HttpRequest) -> dict:
             data = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise InvalidInput("The body is not valid UTF-8.", code="invalid_utf8") from None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
             raise InvalidInput(f"The body is not valid JSON: {exc}", code="invalid_json") from None
         if not isinstance(data, dict):
             raise InvalidInput("The body must be a JSON object.", code="invalid_json")
@@ -74,6 +74,10 @@ def parse_body(request: HttpRequest) -> dict:
         return request.POST.dict()
     except (RequestDataTooBig, TooManyFieldsSent):
         raise PayloadTooLarge("The request body is too large.", code="body_too_large") from None
+
+
+# TTSSession.subject_id's length: a longer key could not be stored as the session's subject.
+MAX_SCENE_ID = 64
 
 
 def resolve_subject(data: dict) -> tuple[object | None, str | None, str | None]:
@@ -90,11 +94,15 @@ def resolve_subject(data: dict) -> tuple[object | None, str | None, str | None]:
             code="scenes_disabled",
             fields={"scene": "not supported"},
         ) from None
-    if isinstance(scene_id, bool) or not isinstance(scene_id, int | str):
+    if (
+        isinstance(scene_id, bool)
+        or not isinstance(scene_id, int | str)
+        or (isinstance(scene_id, str) and (len(scene_id) > MAX_SCENE_ID or "\x00" in scene_id))
+    ):
         raise InvalidInput("scene must be an id.", code="invalid_scene", fields={"scene": "bad id"})
-    try:
-        subject = model.objects.get(pk=int(scene_id))
-    except (ValueError, model.DoesNotExist):
+    try:  # the model's own key type: an integer, a UUID, a slug ...
+        subject = model.objects.get(pk=model._meta.pk.to_python(scene_id))
+    except (ValidationError, ValueError, TypeError, model.DoesNotExist):
         raise InvalidInput(
             f"No scene {scene_id!r}.", code="unknown_scene", fields={"scene": "unknown scene"}
         ) from None
