@@ -50,6 +50,13 @@ def replace(owner: object, name: str, new: Callable) -> None:
     setattr(owner, name, switch)
 
 
+def in_worker() -> bool:
+    """Whether this process is a worker (bench/procs.py sets BENCH_ROLE before it applies
+    the patches; ``runworker`` is not yet in ``sys.argv`` then, which made the patches
+    that looked for it there no-ops until round 36)."""
+    return os.environ.get("BENCH_ROLE") == "worker"
+
+
 def apply(names: list[str]) -> None:
     for name in names:
         if name not in PATCHES:
@@ -457,16 +464,71 @@ def trace() -> None:
     WebSocketProtocol.onOpen = _traced("ws.open", WebSocketProtocol.onOpen)
 
 
+def _per_session(setting: Callable[[bool], None]) -> None:
+    """A process-wide setting: on from the start in whole runs; in a paired A/B (``--ab``),
+    set on or off as each session begins (a worker's ``session_run``, daphne's
+    ``request_started``), both arms paying the same system calls."""
+    if not os.environ.get("BENCH_SWITCH_FILE"):
+        setting(True)
+        return
+    if in_worker():
+        from tts import services
+
+        def enter() -> Callable[[], None]:
+            setting(switched_on())
+            return lambda: None
+
+        services.session_run = _around(services.session_run, enter)
+    else:
+        from django.core.signals import request_started
+
+        request_started.connect(lambda **kwargs: setting(switched_on()), weak=False)
+
+
+def _threads() -> list[int]:
+    return [int(tid) for tid in os.listdir("/proc/self/task")]
+
+
 @patch
 def worker_nice() -> None:
-    """Workers at a lower CPU priority than daphne (nice BENCH_NICE, default 10)."""
-    import sys
-
-    if "runworker" not in sys.argv:
+    """Workers at a lower CPU priority than daphne (nice BENCH_NICE, default 10). Until
+    round 36 this was a no-op (it looked for ``runworker`` in ``sys.argv`` too early)."""
+    if not in_worker():
         return
     level = int(os.environ.get("BENCH_NICE", "10"))
-    for tid in os.listdir("/proc/self/task"):
-        os.setpriority(os.PRIO_PROCESS, int(tid), level)
+
+    def setting(on: bool) -> None:
+        for tid in _threads():
+            with contextlib.suppress(ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, tid, level if on else 0)
+
+    _per_session(setting)
+
+
+@patch
+def affinity() -> None:
+    """Each process on CPUs of its own: daphne on BENCH_CPUS_WEB (default "0"), the
+    workers on BENCH_CPUS_WORKER (default: every CPU not the web's; either may be "all"),
+    so that a synthesis
+    or a store never takes the core the relay of a chunk, or the next POST, is waiting
+    for, and each process's caches stay on one core. Threads started later inherit it."""
+    cpus = set(os.sched_getaffinity(0))
+
+    def chosen(value: str) -> set[int]:
+        return cpus if value == "all" else {int(c) for c in value.split(",")}
+
+    web = chosen(os.environ.get("BENCH_CPUS_WEB", "0"))
+    worker = os.environ.get("BENCH_CPUS_WORKER")
+    mine = chosen(worker) if worker else (cpus - web or web)
+    if not in_worker():
+        mine = web
+
+    def setting(on: bool) -> None:
+        for tid in _threads():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, mine if on else cpus)
+
+    _per_session(setting)
 
 
 @patch
@@ -750,9 +812,7 @@ def session_end_checkpoint() -> None:
     point on their own only past BENCH_WAL_PAGES pages (default 4000, 16 MB), so that a
     long session's stores no longer meet SQLite's 4 MB checkpoint on the way. Whole runs,
     not an A/B."""
-    import sys
-
-    if "runworker" not in sys.argv:
+    if not in_worker():
         return
     from django.db import connection
 

@@ -45,6 +45,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     role, rest = sys.argv[1], sys.argv[2:]
+    os.environ["BENCH_ROLE"] = role  # for the patches (bench.patches.in_worker)
     if role == "daphne":  # as tts.serve does, before daphne makes its loop
         from tts import loops  # (a worker's runworker installs its own)
 

@@ -51,6 +51,17 @@ def embedded_redis_binary() -> str:
     return str(get_binary_path())
 
 
+def _cpu_list(value: str | None) -> frozenset[int]:
+    """TTS_WORKER_CPUS's CPUs (tts.cpus.parse), none when unset; the worker refuses a
+    malformed list by name as it starts."""
+    from tts.cpus import parse
+
+    try:
+        return parse(value) if value and value.strip() else frozenset()
+    except ValueError:
+        return frozenset()
+
+
 def wait_for(predicate, *, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -157,7 +168,9 @@ class Stack:
         if "TTS_TORCH_THREADS" not in self.env and self.workers > 1:
             # One torch thread per core, shared out: oversubscribed workers wait on each
             # other's descheduled threads (docs/benchmarks.md, P6).
-            self.env["TTS_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
+            # Pinned workers (TTS_WORKER_CPUS) share out their own CPUs.
+            cores = len(_cpu_list(self.env.get("TTS_WORKER_CPUS"))) or os.cpu_count() or 1
+            self.env["TTS_TORCH_THREADS"] = str(max(1, cores // self.workers))
         proc = self._spawn(self.worker_command, f"worker-{len(self.worker_procs)}")
         self.worker_procs.append(proc)
         return proc

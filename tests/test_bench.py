@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -310,3 +311,34 @@ def test_the_new_bench_tools_refuse_bad_arguments_before_anything_starts(script,
     )
     assert done.returncode == 2 and message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux's CPU affinity")
+def test_the_worker_patches_run_in_a_worker():
+    """bench/procs.py names the process's role before it applies the patches: the ones for
+    workers looked for `runworker` in sys.argv, not there yet, and were no-ops until
+    round 36. Whole runs: set as the process starts, every thread."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os; os.environ['DJANGO_SETTINGS_MODULE'] = 'config.settings'\n"
+        "import django; django.setup()\n"
+        "from bench.patches import apply; apply(['worker_nice', 'affinity'])\n"
+        "print(os.getpriority(os.PRIO_PROCESS, 0), sorted(os.sched_getaffinity(0)))\n"
+    )
+    cpus = sorted(os.sched_getaffinity(0))
+    for role, nice, pinned in [("worker", 10, cpus[-1:]), ("daphne", 0, cpus[:1])]:
+        env = {**os.environ, "BENCH_ROLE": role, "BENCH_NICE": "10"}
+        env.update(BENCH_CPUS_WEB=str(cpus[0]), BENCH_CPUS_WORKER=str(cpus[-1]))
+        env.pop("BENCH_SWITCH_FILE", None)
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split(" ", 1) == [str(nice), f"{pinned}\n"], role

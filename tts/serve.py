@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 import sys
 
-from tts import heap, loops
+from tts import cpus, heap, loops
 
 
 def main() -> None:
     try:
+        pinned = cpus.pin_from(cpus.WEB)  # before daphne's and Django's threads start
         loops.install_uvloop()
         freeze = heap.freeze_wanted()
     except ValueError as exc:
@@ -31,6 +32,8 @@ def main() -> None:
     # stderr, before daphne's logging or Django's is set up.
     loop = "uvloop" if type(server.twisted_loop).__module__.startswith("uvloop") else "asyncio"
     say(f"daphne (pid {os.getpid()}) on {loop}'s event loop")
+    if pinned is not None:
+        say(f"daphne (pid {os.getpid()}) on CPUs {cpus.format_list(pinned)} ({cpus.WEB})")
 
     class Server(server.Server):
         def run(self) -> None:

@@ -11,7 +11,7 @@ from channels.management.commands.runworker import Command as ChannelsRunworker
 from django.core.management.base import CommandError
 from django.db import close_old_connections, connections, router
 
-from tts import health, heap, loops, segmentation, services, warmup
+from tts import cpus, health, heap, loops, segmentation, services, warmup
 from tts.conf import settings
 from tts.engines import get_engine
 from tts.models import NARRATION_MODELS
@@ -112,11 +112,16 @@ class Command(ChannelsRunworker):
         # Before the loops this worker runs are made: its message loop's, its sender
         # loop's (django.setup() has made daphne's, which a worker never runs).
         try:
+            pinned = cpus.pin_from(cpus.WORKER)  # before the engine's and torch's threads
             loop = loops.install_uvloop()
             freeze = heap.freeze_wanted()
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         logger.info("worker %s: event loop %s", worker_name(), loop)
+        if pinned is not None:
+            logger.info(
+                "worker %s: on CPUs %s (%s)", worker_name(), cpus.format_list(pinned), cpus.WORKER
+            )
         if settings.TTS_WORKER_ASYNC_COMMIT:
             commit_without_waiting_for_disk()
         keep_connections(settings.TTS_WORKER_CONN_MAX_AGE)
