@@ -532,6 +532,45 @@ def affinity() -> None:
 
 
 @patch
+def low_priority_work() -> None:
+    """Workers only: the engine thread's syntheses (a session's second segment on; the
+    first is made on the loop's own thread) and the store threads' stores at the lowest
+    priority (BENCH_LOW_MODE: ``idle``, Linux's SCHED_IDLE, the default; ``batch``; or
+    ``nice``, nice 19), the threads that relay the first chunk (the loop, the sender
+    loop) and daphne as they are: whatever is waiting on the way to first audio gets a
+    core at once, and the work that is not waited for takes what is left, on every core
+    (P89's partition gave daphne a core, and the workers lost it). Set per call, so that
+    ``--ab`` alternates it; BENCH_LOW_THREADS: ``engine,store`` (the default), or one."""
+    if not in_worker():
+        return
+    from tts import storing, synthesis
+
+    mode = os.environ.get("BENCH_LOW_MODE", "idle")
+    which = set(os.environ.get("BENCH_LOW_THREADS", "engine,store").split(","))
+    normal = os.sched_param(0)
+
+    def lowered(on: bool) -> None:
+        if mode == "nice":
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19 if on else 0)
+            return
+        policy = {"idle": os.SCHED_IDLE, "batch": os.SCHED_BATCH}[mode]
+        os.sched_setscheduler(0, policy if on else os.SCHED_OTHER, normal)
+
+    def enter_on(thread_name: str) -> Callable[[], Callable[[], None]]:
+        def enter() -> Callable[[], None]:
+            if threading.current_thread().name == thread_name:
+                lowered(switched_on())
+            return lambda: None
+
+        return enter
+
+    if "engine" in which:
+        synthesis._synthesize = _around(synthesis._synthesize, enter_on("tts-engine"))
+    if "store" in which:
+        storing.chunks_store = _around(storing.chunks_store, enter_on("tts-store"))
+
+
+@patch
 def pg_async_commit() -> None:
     """PostgreSQL: a worker's claim and stores commit without waiting for the disk
     (``synchronous_commit`` off for them; P50, now the workers' default). Both arms of an
