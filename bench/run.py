@@ -49,6 +49,7 @@ from bench.netdelay import Link, proxy_thread  # noqa: E402
 from bench.report import Row, fmt, machine, table, write_json  # noqa: E402
 from bench.stack import VOICE_IDS, BenchStack  # noqa: E402
 from bench.texts import REFERENCE_TEXT, TextSource  # noqa: E402
+from scripts.stack import free_port  # noqa: E402
 
 SCENARIOS = (
     "memory",
@@ -221,6 +222,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "as a proxy's keep-alive timeout closes it (0: never)",
     )
     p.add_argument(
+        "--path-tls",
+        action="store_true",
+        help="sound, on --path-rtt-ms's path: the browser reaches daphne over TLS (https, "
+        "wss; a throwaway certificate), each new connection's handshake a round trip more",
+    )
+    p.add_argument(
         "--sound-no-connection-warm",
         action="store_true",
         help="sound: the player's GET that readies the POST's connection (?warm=1, P88) "
@@ -324,6 +331,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--link-no-idle-restart needs --link-mbit")
     if args.path_idle_close_s and not args.path_rtt_ms:
         p.error("--path-idle-close-s needs --path-rtt-ms (the path whose connections close)")
+    if args.path_tls and not args.path_rtt_ms:
+        p.error("--path-tls needs --path-rtt-ms (the path the browser takes)")
+    if args.path_tls and args.path_idle_close_s:
+        # The proxy tells a WebSocket from an HTTP connection by its upgrade, which TLS hides.
+        p.error("--path-tls and --path-idle-close-s cannot be combined")
     args.sessions = args.sessions or (15 if q else 50)
     args.full_sessions = args.full_sessions or (2 if q else 50)
     if args.full_threads is None:
@@ -689,13 +701,14 @@ def scenario_sound(ctx: Context) -> None:
             if ctx.path:  # the browser on a modelled network path
                 port = stack.enter_context(
                     proxy_thread(
-                        ctx.port,
+                        ctx.bench.tls_port or ctx.port,
                         ctx.args.path_rtt_ms,
                         ctx.link,
                         idle_close_s=ctx.args.path_idle_close_s,
                     )
                 )
-                base_url = f"http://127.0.0.1:{port}"
+                scheme = "https" if ctx.bench.tls_port else "http"
+                base_url = f"{scheme}://127.0.0.1:{port}"
             whole = ctx.args.sound_whole_chunks
             marks = sound.run_sessions(
                 base_url,
@@ -708,6 +721,7 @@ def scenario_sound(ctx: Context) -> None:
                 first_visit=ctx.args.sound_first_visit,
                 read_s=ctx.args.sound_read_s,
                 connection_warm=not ctx.args.sound_no_connection_warm,
+                trusted_spki=ctx.bench.tls_spki,
             )
         res = out[label] = sound.analyse(marks[1:])
         if client.TRACE is not None:
@@ -724,6 +738,8 @@ def scenario_sound(ctx: Context) -> None:
                 hover += f", idle close {ctx.args.path_idle_close_s:g} s"
             if ctx.args.sound_no_connection_warm:
                 hover += ", no connection warm"
+            if ctx.bench.tls_port:
+                hover += ", TLS"
             name = f"1e first sound, browser ({kind}{ctx.path}{whole}{hover}, n={r['sessions']})"
             parts = " / ".join(
                 fmt(r[k]["p50"]) for k in ("press_to_post", "post_to_frame", "frame_to_sound")
@@ -1076,6 +1092,7 @@ def main(argv: list[str] | None = None) -> int:
         profile_dir=log_dir / "profiles" if args.profile else None,
         extra_env=dict(item.split("=", 1) for item in args.env),
         switch_file=run_dir / "ab-on" if args.ab else None,
+        tls_port=free_port() if args.path_tls else 0,
     )
     ctx = Context(args=args, bench=bench, deadline=started + args.max_minutes * 60)
     ctx.notes += skipped

@@ -136,6 +136,7 @@ def run_sessions(
     first_visit: bool = False,
     read_s: float = 0.0,
     connection_warm: bool = True,
+    trusted_spki: str = "",
 ) -> list[dict]:
     """Open each scene, press Play as ``kinds`` says, and return each page's moments.
     ``whole_chunks``: the player's sockets without ?parts=1 (each chunk in one frame).
@@ -147,13 +148,17 @@ def run_sessions(
     browser context of its own, with no cookies: a new visitor's first Play. ``read_s``:
     the page is left this long after it loaded before the pointer comes. With
     ``connection_warm`` off, the player's GET that readies the POST's connection
-    (``?warm=1``, P88) is answered in the page, as if the player never sent it."""
+    (``?warm=1``, P88) is answered in the page, as if the player never sent it.
+    ``trusted_spki``: a certificate key Chromium trusts (an https ``base_url``)."""
     from playwright.sync_api import sync_playwright
 
     marks = []
     with sync_playwright() as playwright:
         # No autoplay flag: the page's AudioContext starts by the press's gesture.
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
+        args = list(CHROMIUM_ARGS)
+        if trusted_spki:  # --path-tls: daphne's throwaway certificate (bench/tls.py)
+            args.append(f"--ignore-certificate-errors-spki-list={trusted_spki}")
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
 
         def new_context():
             context = browser.new_context(base_url=base_url)

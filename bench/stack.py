@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlparse, urlunparse
 
-from scripts.stack import PYTHON, ROOT, EmbeddedRedis, Stack, redis_reachable
+from bench import tls
+from scripts.stack import (
+    PYTHON,
+    ROOT,
+    EmbeddedRedis,
+    Stack,
+    port_open,
+    redis_reachable,
+    wait_for,
+)
 
 # The bench's names for the three voices, and the catalog ids they get in the stack.
 VOICE_IDS = {"espeak": "en-us", "tiny": "coqui-tiny", "full": "coqui-vits-full"}
@@ -94,6 +103,8 @@ class BenchStack:
     profile_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # --env NAME=VALUE
     switch_file: Path | None = None  # paired A/B: experiments on while this file exists
+    tls_port: int = 0  # daphne also serves TLS here (--path-tls); 0: not
+    tls_spki: str = ""  # its certificate's key, for the browser to trust (bench/tls.py)
     env: dict[str, str] = field(default_factory=dict)
     models: dict[str, ModelFiles] = field(default_factory=dict)
     stack: Stack | None = None
@@ -212,7 +223,12 @@ class BenchStack:
     def start(self) -> BenchStack:
         stack_class = PatchedStack if (self.patches or self.profile_dir) else Stack
         self.stack = stack_class(env=self.env, workers=self.workers, log_dir=self.log_dir)
+        if self.tls_port:
+            cert, key, self.tls_spki = tls.make_certificate(self.run_dir / "tls")
+            self.stack.daphne_args = tls.daphne_endpoint(self.tls_port, cert, key)
         self.stack.start()  # returns once every worker has loaded and warmed its voices
+        if self.tls_port:
+            wait_for(lambda: port_open("127.0.0.1", self.tls_port), timeout=30, what="TLS")
         return self
 
     @property

@@ -134,6 +134,7 @@ class Stack:
     log_dir: Path | None = None
     daphne: subprocess.Popen | None = None
     worker_procs: list[subprocess.Popen] = field(default_factory=list)
+    daphne_args: list[str] = field(default_factory=list)  # more of daphne's (an endpoint)
 
     @property
     def base_url(self) -> str:
@@ -159,7 +160,14 @@ class Stack:
 
     def start_daphne(self) -> None:
         self.daphne = self._spawn(
-            [*self.daphne_launcher, *DAPHNE_FLAGS, "-p", str(self.port), "config.asgi:application"],
+            [
+                *self.daphne_launcher,
+                *DAPHNE_FLAGS,
+                *self.daphne_args,
+                "-p",
+                str(self.port),
+                "config.asgi:application",
+            ],
             "daphne",
         )
         wait_for(lambda: port_open("127.0.0.1", self.port), timeout=30, what="daphne")

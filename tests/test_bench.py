@@ -300,6 +300,12 @@ def test_coldstart_times_the_first_sessions_after_a_start(tmp_path):
         ("bench/run.py", ["--sound-read-s", "-1"], "--sound-read-s"),
         ("bench/run.py", ["--path-idle-close-s", "soon"], "--path-idle-close-s"),
         ("bench/run.py", ["--path-idle-close-s", "5"], "--path-idle-close-s needs --path-rtt-ms"),
+        ("bench/run.py", ["--path-tls"], "--path-tls needs --path-rtt-ms"),
+        (
+            "bench/run.py",
+            ["--path-tls", "--path-rtt-ms", "80", "--path-idle-close-s", "5"],
+            "--path-tls and --path-idle-close-s cannot be combined",
+        ),
     ],
 )
 def test_the_new_bench_tools_refuse_bad_arguments_before_anything_starts(script, argv, message):

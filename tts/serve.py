@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tts import cpus, heap, loops
+from tts import cpus, heap, loops, tlsrecords
 
 
 def main() -> None:
@@ -23,6 +23,7 @@ def main() -> None:
         pinned = cpus.pin_from(cpus.WEB)  # before daphne's and Django's threads start
         loops.install_uvloop()
         freeze = heap.freeze_wanted()
+        tlsrecords.install()  # if daphne serves TLS itself (-e ssl:...): small first records
     except ValueError as exc:
         raise SystemExit(f"tts.serve: {exc}") from None
     from daphne import server
