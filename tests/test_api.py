@@ -309,31 +309,24 @@ def test_a_scene_model_keyed_by_uuid_or_text_is_narrated_by_its_id(client, setti
 
     with isolate_apps("scenes"):
 
-        class Chapter(models.Model):
+        class Narrated(models.Model):
+            text = models.TextField()
+
+            class Meta:
+                abstract = True
+                app_label = "scenes"
+
+            def __str__(self) -> str:
+                return self.text
+
+            def get_narration_text(self) -> str:
+                return self.text
+
+        class Chapter(Narrated):
             id = models.UUIDField(primary_key=True, default=uuid.uuid4)
-            text = models.TextField()
 
-            class Meta:
-                app_label = "scenes"
-
-            def __str__(self) -> str:
-                return self.text
-
-            def get_narration_text(self) -> str:
-                return self.text
-
-        class Page(models.Model):
+        class Page(Narrated):
             slug = models.SlugField(primary_key=True)
-            text = models.TextField()
-
-            class Meta:
-                app_label = "scenes"
-
-            def __str__(self) -> str:
-                return self.text
-
-            def get_narration_text(self) -> str:
-                return self.text
 
     registered = apps.get_model
     monkeypatch.setattr(
