@@ -485,6 +485,22 @@ def _per_session(setting: Callable[[bool], None]) -> None:
         request_started.connect(lambda **kwargs: setting(switched_on()), weak=False)
 
 
+def _can_undo(name: str, lower: Callable[[], None], restore: Callable[[], None]) -> None:
+    """Under ``--ab`` a lowered priority is put back for every "off" session, which takes
+    CAP_SYS_NICE (root) or a raised RLIMIT_NICE: try it once now, on this thread, so that
+    a run without it stops with a message instead of failing its sessions."""
+    if not os.environ.get("BENCH_SWITCH_FILE"):
+        return
+    lower()
+    try:
+        restore()
+    except PermissionError:
+        raise SystemExit(
+            f"--ab --patch {name}: putting the priority back between sessions needs "
+            "CAP_SYS_NICE (run as root) or a raised RLIMIT_NICE; or run it without --ab"
+        ) from None
+
+
 def _threads() -> list[int]:
     return [int(tid) for tid in os.listdir("/proc/self/task")]
 
@@ -496,6 +512,12 @@ def worker_nice() -> None:
     if not in_worker():
         return
     level = int(os.environ.get("BENCH_NICE", "10"))
+    me = threading.get_native_id()
+    _can_undo(
+        "worker_nice",
+        lambda: os.setpriority(os.PRIO_PROCESS, me, level),
+        lambda: os.setpriority(os.PRIO_PROCESS, me, 0),
+    )
 
     def setting(on: bool) -> None:
         for tid in _threads():
@@ -555,6 +577,8 @@ def low_priority_work() -> None:
             return
         policy = {"idle": os.SCHED_IDLE, "batch": os.SCHED_BATCH}[mode]
         os.sched_setscheduler(0, policy if on else os.SCHED_OTHER, normal)
+
+    _can_undo("low_priority_work", lambda: lowered(True), lambda: lowered(False))
 
     def enter_on(thread_name: str) -> Callable[[], Callable[[], None]]:
         def enter() -> Callable[[], None]:

@@ -172,6 +172,19 @@ async def test_a_late_client_gets_every_stored_chunk_then_done():
     assert not any("cushion_ms" in f for f in chunk_frames)  # all in hand: nothing to hold
 
 
+async def test_the_done_frame_names_the_audio_under_the_servers_root_path(settings):
+    """Served under a root path (daphne --root-path, SCRIPT_NAME), or FORCE_SCRIPT_NAME, a
+    request's URLs begin with it, and so does the `done` frame's audio_url."""
+    session = await make_session()
+    for root, forced, prefix in [("/narrator", None, "/narrator"), ("", "/site/", "/site")]:
+        settings.FORCE_SCRIPT_NAME = forced
+        comm = as_staff(communicator(session.id))
+        comm.scope["root_path"] = root  # and the path begins with it, as ASGI has it
+        comm.scope["path"] = root + comm.scope["path"]
+        frames, _ = await receive_until_closed(await _connected(comm))
+        assert frames[-1]["audio_url"] == f"{prefix}/api/tts/sessions/{session.id}/audio.wav"
+
+
 async def test_a_late_client_of_a_running_session_gets_what_is_left_of_each_hold():
     """Stored chunks read back while the worker still works carry their live hold less
     their age (tts.pacing.cushion_left): a listener who joins late, or resumes, starts no

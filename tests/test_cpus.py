@@ -27,9 +27,11 @@ def test_a_cpu_list_names_its_cpus(value, expected):
     assert cpus.parse(value) == expected
 
 
-@pytest.mark.parametrize("value", ["x", "1-", "-1", "1,,2", "3-1", "0.5", "1;2"])
+@pytest.mark.parametrize(
+    "value", ["x", "1-", "-1", "1,,2", "3-1", "0.5", "1;2", "\u00b2", "0-4294967295"]
+)
 def test_a_malformed_cpu_list_is_refused_with_the_reason(value):
-    with pytest.raises(ValueError, match="CPU list|backwards"):
+    with pytest.raises(ValueError, match="CPU list|backwards|beyond Linux's 8191"):
         cpus.parse(value)
 
 

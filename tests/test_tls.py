@@ -122,6 +122,33 @@ def test_the_first_bytes_of_a_connection_and_of_an_idle_one_are_cut_small():
     assert [len(w) for w in writes] == [4096, 904]
 
 
+def test_a_piece_held_back_holds_the_rest_back_behind_it_in_order():
+    """Twisted holds a write back (its _appSendBuffer) while OpenSSL must read first:
+    the pieces after it must not overtake it."""
+
+    class Connection:
+        def __init__(self) -> None:
+            self._appSendBuffer: list[bytes] = []
+            self.sent: list[bytes] = []
+
+        def _bufferedWrite(self, data: bytes) -> None:
+            self._appSendBuffer.append(data)
+
+    def write(connection: Connection, data: bytes) -> None:
+        if not connection.sent:
+            connection.sent.append(data)  # the first piece goes out
+        else:
+            connection._bufferedWrite(data)  # OpenSSL wants to read: held back
+
+    connection = Connection()
+    data = bytes(range(256)) * 60  # 15,360 bytes: four pieces of at most 4,096
+    tlsrecords.small_first(write, 4096)(connection, data)
+    assert [len(piece) for piece in connection.sent] == [4096]
+    assert [len(piece) for piece in connection._appSendBuffer] == [4096, 7168]
+    assert b"".join(connection.sent + connection._appSendBuffer) == data
+    assert connection._tts_tls_sent == 4096  # what was held back counts when written
+
+
 @pytest.mark.parametrize(
     ("value", "expected"), [(None, 4096), ("0", 0), ("512", 512), ("16384", 16384)]
 )

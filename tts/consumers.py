@@ -62,6 +62,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
         # in _open has passed: group events that came before a refusal are ignored.
         self.allowed, self.group = False, None
         self.lock, self.last_event = asyncio.Lock(), time.monotonic()
+        # What a request's URLs begin with (Django's get_script_prefix(scope)); the `done`
+        # frame's audio_url needs it, and nothing sets it for a socket.
+        self.script_prefix = settings.FORCE_SCRIPT_NAME or self.scope.get("root_path", "")
         await self.accept()  # accept first, so that the close codes reach the client
         query = parse_qs(self.scope["query_string"].decode("latin-1"))
         after = self._after(query)
@@ -336,7 +339,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
             if total is not None and self.cursor.last_sent == total - 1:
                 self.finished = True  # caught up: no need to ask the database
                 frame = services.done_frame(
-                    self.session_id, total_chunks=total, duration_ms=event["duration_ms"]
+                    self.session_id,
+                    total_chunks=total,
+                    duration_ms=event["duration_ms"],
+                    script_prefix=self.script_prefix,
                 )
                 await self.send_json(frame)
                 return await self.close(code=1000)
@@ -384,7 +390,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if session.status == SessionStatus.COMPLETED:
             await self.send_json(
                 services.done_frame(
-                    session.id, total_chunks=session.total_chunks, duration_ms=session.audio_ms
+                    session.id,
+                    total_chunks=session.total_chunks,
+                    duration_ms=session.audio_ms,
+                    script_prefix=self.script_prefix,
                 )
             )
         else:

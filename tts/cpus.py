@@ -17,22 +17,31 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Mapping
 
 WEB = "TTS_WEB_CPUS"
 WORKER = "TTS_WORKER_CPUS"
 
 
+# Linux's own limit (CONFIG_NR_CPUS at most 8,192): a typo such as 0-4294967295 is refused
+# before a set of billions is built.
+MAX_CPU = 8191
+
+
 def parse(value: str) -> frozenset[int]:
     """A CPU list (``0,2-3``) as the set it names; ValueError, with the reason, else."""
     cpus: set[int] = set()
     for part in value.split(","):
-        first, dash, last = part.strip().partition("-")
-        if not first.isdigit() or (dash and not last.isdigit()):
+        match = re.fullmatch(r"\s*(\d+)(?:-(\d+))?\s*", part, re.ASCII)
+        if match is None:
             raise ValueError(f"{value!r} is not a CPU list such as 0, 2-3 or 0,2,4-7")
-        low, high = int(first), int(last) if dash else int(first)
+        low = int(match[1])
+        high = int(match[2]) if match[2] is not None else low
         if high < low:
             raise ValueError(f"{value!r}: the range {part.strip()} runs backwards")
+        if high > MAX_CPU:
+            raise ValueError(f"{value!r}: CPU {high} is beyond Linux's {MAX_CPU}")
         cpus.update(range(low, high + 1))
     return frozenset(cpus)
 

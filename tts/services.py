@@ -577,12 +577,17 @@ _SAMPLE_RATE = Compiled.values_list(  # a socket's opening, before any chunk is 
 )
 
 
-def done_frame(session_id: uuid.UUID, *, total_chunks: int, duration_ms: int) -> dict:
+def done_frame(
+    session_id: uuid.UUID, *, total_chunks: int, duration_ms: int, script_prefix: str = ""
+) -> dict:
+    """``script_prefix``: where the project is served from, as a request's URLs begin
+    (FORCE_SCRIPT_NAME, or the server's root path; a socket's scope sets no prefix)."""
+    path = reverse("tts:audio", args=[session_id])  # where tts.urls is mounted
     return {
         "type": "done",
         "total_chunks": total_chunks,
         "duration_ms": duration_ms,
-        "audio_url": reverse("tts:audio", args=[session_id]),  # where tts.urls is mounted
+        "audio_url": script_prefix.rstrip("/") + path if script_prefix else path,
     }
 
 

@@ -9,11 +9,13 @@ of the next part, more than that window: the browser could play nothing until a 
 round trip brought the record's end. On a modelled 80 ms path that was 80 ms more to
 first sound (docs/benchmarks.md, P90).
 
-As Go's TLS (Caddy) and nginx's ``ssl_buffer_size`` do, the first ``BOOST_BYTES`` of a
-connection, and of a connection idle for ``IDLE_S`` (whose window Linux has shrunk back),
-go in records of at most ``TTS_TLS_RECORD_BYTES`` (default 4,096; 0 keeps OpenSSL's
-16 KB); later bytes in full records, which cost less to send. Behind a proxy that
-terminates TLS (the usual deployment) this changes nothing: daphne serves no TLS there.
+The first ``BOOST_BYTES`` of a connection (Go's TLS, and so Caddy, grows its records from
+one segment over a connection's first 128 KB), and of a connection idle for ``IDLE_S``
+(whose window Linux may have shrunk back; Cloudflare's dynamic record sizing for nginx
+starts small again after an idle second), go in records of at most
+``TTS_TLS_RECORD_BYTES`` (default 4,096; 0 keeps OpenSSL's 16 KB); later bytes in full
+records, which cost less to send. Behind a proxy that terminates TLS (the usual
+deployment) this changes nothing: daphne serves no TLS there.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from typing import Any
 VARIABLE = "TTS_TLS_RECORD_BYTES"
 DEFAULT_RECORD_BYTES = 4096
 BOOST_BYTES = 128 * 1024  # Go's crypto/tls: small records for a connection's first 128 KB
-IDLE_S = 1.0  # Linux's retransmission timeout's floor: an idle window is cut back after it
+# Linux starts an idle connection's window small again after a retransmission timeout
+# (net.ipv4.tcp_slow_start_after_idle), which is at least 200 ms.
+IDLE_S = 0.2
 
 
 def record_bytes(environ: Mapping[str, str] | None = None) -> int:
@@ -47,7 +51,9 @@ def small_first(
 ) -> Callable[[Any, bytes], None]:
     """``write`` (Twisted's ``TLSMemoryBIOProtocol._write``: one record per 16 KB it is
     given), called with pieces of at most ``size`` bytes while the connection is among
-    its first ``BOOST_BYTES`` since it opened or last idled ``IDLE_S``."""
+    its first ``BOOST_BYTES`` since it opened or last idled ``IDLE_S``. A piece that
+    Twisted had to hold back (OpenSSL wanting to read first) holds the rest back behind
+    it, in order; nothing more goes out on a connection that TLS has lost."""
 
     def _write(protocol: Any, data: bytes) -> None:
         now = clock()
@@ -55,13 +61,21 @@ def small_first(
         if now - getattr(protocol, "_tts_tls_last", now) >= IDLE_S:
             sent = 0  # idle: its window starts small again
         protocol._tts_tls_last = now
-        small = max(0, min(len(data), BOOST_BYTES - sent))
-        protocol._tts_tls_sent = sent + len(data)
-        view = memoryview(data)
-        for start in range(0, small, size):
-            write(protocol, bytes(view[start : min(start + size, small)]))
-        if small < len(data):
-            write(protocol, bytes(view[small:]))
+        view, start = memoryview(data), 0
+        while start < len(data):
+            end = len(data)
+            if sent < BOOST_BYTES:
+                end = min(end, start + size, start + BOOST_BYTES - sent)
+            write(protocol, bytes(view[start:end]))
+            if getattr(protocol, "_lostTLSConnection", False):
+                return
+            if getattr(protocol, "_appSendBuffer", None):  # held back: the rest after it
+                if end < len(data):
+                    protocol._bufferedWrite(bytes(view[end:]))
+                break  # what was held back counts when it is written again
+            sent += end - start
+            start = end
+        protocol._tts_tls_sent = sent
 
     return _write
 
