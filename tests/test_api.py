@@ -368,3 +368,15 @@ def test_a_scene_model_keyed_by_uuid_or_text_is_narrated_by_its_id(client, setti
         with connection.schema_editor() as editor:
             editor.delete_model(Chapter)
             editor.delete_model(Page)
+
+
+def test_a_refused_post_creates_no_browser_session(client):
+    """A visitor's session is made for a POST that may narrate, not for bad input."""
+    from django.contrib.sessions.models import Session
+
+    response = post(client, {"text": ""})
+    assert response.status_code == 400 and error_code(response) == "empty_text"
+    assert "sessionid" not in response.cookies and not Session.objects.exists()
+    response = post(client, {"text": "Hello there."})
+    assert response.status_code == 201 and "sessionid" in response.cookies
+    assert Session.objects.count() == 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -68,17 +69,21 @@ class Owner:
 def session_create(
     *,
     text: str,
-    owner: Owner,
+    owner: Owner | Callable[[], Owner],
     voice_id: str | None = None,
     subject: object | None = None,
     dispatch: bool = True,
     session_id: uuid.UUID | None = None,
 ) -> TTSSession:
     """Validate, create a queued session and dispatch it once the transaction commits.
-    ``session_id``: the id the client chose (so that it could open the session's socket
-    while this request was in flight); Conflict when it is taken."""
+    ``owner``: or a callable that makes it, called once the text and voice are valid
+    (the API's view: a browser's session is created only for a request that may
+    narrate). ``session_id``: the id the client chose (so that it could open the
+    session's socket while this request was in flight); Conflict when it is taken."""
     text = clean_text(text)
     voice = voice_resolve(voice_id=voice_id)
+    if callable(owner):
+        owner = owner()
     limits.check_rate_limit(owner)
     session = TTSSession(
         **({"id": session_id} if session_id is not None else {}),

@@ -150,7 +150,8 @@ def session_create(request: HttpRequest) -> JsonResponse:
     session = services.session_create(
         text=text if text is not None else subject_text,
         voice_id=voice,
-        owner=owner_from_request(request, create_session=True),
+        # Made once the text and voice are valid: a refused POST creates no browser session.
+        owner=lambda: owner_from_request(request, create_session=True),
         subject=subject,
         session_id=session_id,
     )
