@@ -353,9 +353,11 @@ async def test_a_session_deleted_before_its_end_was_read_closes_its_socket_with_
     assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4404}
 
 
-async def test_a_session_requeued_by_the_recovery_sweep_tells_its_listeners():
+async def test_a_session_requeued_by_the_recovery_sweep_tells_its_listeners(monkeypatch):
     """Its worker died: the sweep puts it back in the queue and its sockets hear
-    `queued`, as for every status change (and it is dispatched again)."""
+    `queued`, as for every status change (and it is dispatched again: recorded here, not
+    sent, or the live stack's worker of an earlier test would run it, on this database,
+    under the flush that ends the test)."""
     from datetime import timedelta
 
     from django.utils import timezone
@@ -374,8 +376,12 @@ async def test_a_session_requeued_by_the_recovery_sweep_tells_its_listeners():
     comm = await _connected(as_staff(communicator(session.id)))
     opening = await comm.receive_json_from()
     assert opening["type"] == "session" and opening["status"] == "running"
+    dispatched: list = []
+    monkeypatch.setattr(
+        services, "session_dispatch", lambda *, session_id: dispatched.append(session_id)
+    )
     report = await sync_to_async(services.sessions_recover)()
-    assert report.requeued == 1
+    assert report.requeued == 1 and dispatched == [session.id]
     frame = await comm.receive_json_from(timeout=5)
     assert frame["type"] == "status" and frame["status"] == "queued"
     await comm.disconnect()
