@@ -533,11 +533,15 @@ def affinity() -> None:
     workers on BENCH_CPUS_WORKER (default: every CPU not the web's; either may be "all"),
     so that a synthesis
     or a store never takes the core the relay of a chunk, or the next POST, is waiting
-    for, and each process's caches stay on one core. Threads started later inherit it."""
-    cpus = set(os.sched_getaffinity(0))
+    for, and each process's caches stay on one core. Threads started later inherit it.
+    The product's own pinning (P89's TTS_WEB_CPUS, TTS_WORKER_CPUS) is tts.cpus's, which
+    this uses, switched per session for ``--ab``."""
+    from tts import cpus as pinning
 
-    def chosen(value: str) -> set[int]:
-        return cpus if value == "all" else {int(c) for c in value.split(",")}
+    cpus = frozenset(os.sched_getaffinity(0))
+
+    def chosen(value: str) -> frozenset[int]:
+        return cpus if value == "all" else pinning.parse(value)
 
     web = chosen(os.environ.get("BENCH_CPUS_WEB", "0"))
     worker = os.environ.get("BENCH_CPUS_WORKER")
@@ -546,9 +550,7 @@ def affinity() -> None:
         mine = web
 
     def setting(on: bool) -> None:
-        for tid in _threads():
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(tid, mine if on else cpus)
+        pinning.pin(mine if on else cpus)
 
     _per_session(setting)
 

@@ -161,3 +161,22 @@ def test_the_record_size_setting(value, expected):
 def test_a_bad_record_size_is_refused_by_name(value):
     with pytest.raises(ValueError, match="TTS_TLS_RECORD_BYTES must be 0 or"):
         tlsrecords.record_bytes({tlsrecords.VARIABLE: value})
+
+
+def test_tts_serve_refuses_a_bad_record_size_by_name_before_it_serves():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tts.serve", "config.asgi:application"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, tlsrecords.VARIABLE: "4k"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "tts.serve: TTS_TLS_RECORD_BYTES must be 0 or" in done.stderr

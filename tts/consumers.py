@@ -363,17 +363,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
             session = await self._session()
         except services.NotFound:
             self.finished = True
-            if gone_error is not None:
-                await self.send_json(
-                    {
-                        "type": "error",
-                        "code": gone_error.get("code") or "cancelled",
-                        "message": gone_error.get("message") or "",
-                        "fatal": True,
-                    }
-                )
-                return await self.close(code=1000)
-            return await self.close(code=4404)
+            if gone_error is None:
+                return await self.close(code=4404)
+            code, message = gone_error.get("code") or "cancelled", gone_error.get("message")
+            return await self._end_with_error(code, message or "")
         await self._finish_if_over(session)
 
     async def _session(self):
@@ -396,15 +389,13 @@ class SessionConsumer(AsyncWebsocketConsumer):
                     script_prefix=self.script_prefix,
                 )
             )
+            await self.close(code=1000)
         else:
-            await self.send_json(
-                {
-                    "type": "error",
-                    "code": session.error_code or session.status,
-                    "message": session.error_message,
-                    "fatal": True,
-                }
-            )
+            await self._end_with_error(session.error_code or session.status, session.error_message)
+
+    async def _end_with_error(self, code: str, message: str) -> None:
+        """The fatal `error` frame that ends a failed or cancelled session, then 1000."""
+        await self.send_json({"type": "error", "code": code, "message": message, "fatal": True})
         await self.close(code=1000)
 
     async def send_chunk(self, meta: dict, pcm: bytes) -> None:

@@ -76,8 +76,8 @@ def parse_body(request: HttpRequest) -> dict:
         raise PayloadTooLarge("The request body is too large.", code="body_too_large") from None
 
 
-# TTSSession.subject_id's length: a longer key could not be stored as the session's subject.
-MAX_SCENE_ID = 64
+# A longer key could not be stored as the session's subject.
+MAX_SCENE_ID = TTSSession._meta.get_field("subject_id").max_length
 
 
 def resolve_subject(data: dict) -> tuple[object | None, str | None, str | None]:
