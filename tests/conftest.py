@@ -161,7 +161,9 @@ def thread_hops(monkeypatch):
 def _live_sessions_settle(request):
     """A test on the shared stack ends once its worker has stopped writing: the next
     test's flush (TRUNCATE on PostgreSQL) deadlocked with a chunk store still in flight.
-    Waits for no running session (queued ones are not being written), at most 10 s."""
+    Waits for no running session (queued ones are not being written), then for the
+    stored rows to stop changing for 0.2 s (a cancelled session's worker still stores
+    the segments its engine made ahead, into the audio cache), at most 10 s in all."""
     if "live_stack" not in request.fixturenames or not request.node.get_closest_marker("django_db"):
         yield
         return
@@ -179,6 +181,16 @@ def _live_sessions_settle(request):
             warnings.warn("a session is still running 10 s after its test ended", stacklevel=1)
             break
         time.sleep(0.05)
+    from tts.models import AudioBlob, TTSChunk
+
+    def stored() -> tuple[int, int]:
+        return TTSChunk.objects.count(), AudioBlob.objects.count()
+
+    last, still_since = stored(), time.monotonic()
+    while time.monotonic() - still_since < 0.2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if (now := stored()) != last:
+            last, still_since = now, time.monotonic()
 
 
 @pytest.fixture(autouse=True)
