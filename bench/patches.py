@@ -247,53 +247,6 @@ def pysbd_always() -> None:
 
 
 @patch
-def started_in_chain() -> None:
-    """tts/asgi.py: Django's ``request_started`` signal sent on the request's thread as the
-    middleware chain begins, not through a thread hop of its own (Django's ``handle``
-    awaits ``request_started.asend``, which takes sync receivers to a thread and back)."""
-    import contextvars
-
-    from django.core import signals
-
-    from tts.asgi import SyncChainASGIHandler
-
-    deferred: contextvars.ContextVar[dict | None] = contextvars.ContextVar("deferred")
-    signal = signals.request_started
-    asend = signal.asend
-
-    async def deferring_asend(sender, **named):
-        box = deferred.get(None)
-        if box is not None and switched_on():
-            box["start"] = (sender, named)
-            return []
-        return await asend(sender, **named)
-
-    signal.asend = deferring_asend
-    handle, load = SyncChainASGIHandler.handle, SyncChainASGIHandler.load_middleware
-
-    async def handle_deferring(self, scope, receive, send):
-        deferred.set({})
-        return await handle(self, scope, receive, send)
-
-    def load_middleware(self, is_async=False):
-        load(self, is_async)
-        chain = self._middleware_chain  # sync_to_async(run_chain)
-        inner = chain.func
-
-        def run_chain(request):
-            box = deferred.get(None)
-            if box and "start" in box:
-                sender, named = box.pop("start")
-                signal.send(sender=sender, **named)
-            return inner(request)
-
-        chain.func = run_chain
-
-    SyncChainASGIHandler.handle = handle_deferring
-    SyncChainASGIHandler.load_middleware = load_middleware
-
-
-@patch
 def blob_upsert() -> None:
     """tts/storing.py _blob_store: insert the audio with INSERT ... ON CONFLICT DO NOTHING
     (``bulk_create(ignore_conflicts=True)``) instead of a savepoint around a plain INSERT:

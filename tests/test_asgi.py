@@ -57,10 +57,55 @@ async def test_a_request_goes_to_a_thread_once_for_all_the_middleware(thread_hop
     response = await browser.request("POST", "/api/tts/sessions/", {"text": "Hello there."})
     assert response["status"] == 201, response["body"]
     # Django's stock handler goes to a thread and back for every middleware's request and
-    # response hooks (about thirty trips here); this one enters the whole chain once.
-    # The others: the request_started and request_finished signals (sending the first in
-    # the chain's trip made no difference that the benchmarks could see: docs/benchmarks.md).
-    assert len(thread_hops) == 3, thread_hops
+    # response hooks (about thirty trips here), and once more for request_started before
+    # them; this one enters the whole chain once, and sends request_started in that trip
+    # (P91). The other: the response's close, which sends request_finished.
+    assert len(thread_hops) == 2, thread_hops
+
+
+async def test_the_handle_copied_from_django_is_the_one_it_was_copied_from():
+    """SyncChainASGIHandler.handle is Django 5.2's but for where request_started is sent:
+    a Django whose handle has changed must be read again before this passes."""
+    import hashlib
+    import inspect
+
+    from django.core.handlers.asgi import ASGIHandler
+
+    source = inspect.getsource(ASGIHandler.handle).encode()
+    assert hashlib.sha256(source).hexdigest() == (
+        "98faeb5bef800331e6a8002fbc96b30e4122a23438ae45a047190a531ea11323"
+    ), "django.core.handlers.asgi.ASGIHandler.handle changed: compare tts.asgi's copy"
+
+
+async def test_a_request_refused_before_its_chain_still_sends_started_and_finished():
+    """A request Django cannot make (a query string that is not UTF-8: 400) never enters
+    the chain: it sends request_started as Django does, and request_finished once."""
+    from django.core.signals import request_finished, request_started
+
+    seen: list[str] = []
+
+    def started(**kwargs):
+        seen.append("started")
+
+    def finished(**kwargs):
+        seen.append("finished")
+
+    request_started.connect(started)
+    request_finished.connect(finished)
+    try:
+        scope = {"type": "http", "http_version": "1.1", "method": "GET"}
+        scope |= {"path": "/api/tts/voices/", "query_string": b"q=\xff", "headers": HEADERS}
+        comm = ApplicationCommunicator(application, scope)
+        await comm.send_input({"type": "http.request", "body": b""})
+        response = await comm.receive_output(10)
+        while (await comm.receive_output(10)).get("more_body"):
+            pass
+        await comm.wait(10)
+    finally:
+        request_started.disconnect(started)
+        request_finished.disconnect(finished)
+    assert response["status"] == 400
+    assert seen == ["started", "finished"]
 
 
 async def test_request_started_is_sent_on_the_requests_thread_before_its_view():
@@ -88,7 +133,7 @@ async def test_request_started_is_sent_on_the_requests_thread_before_its_view():
     finally:
         request_started.disconnect(started)
     assert response["status"] == 200
-    (signal, thread, path), view = seen
+    (signal, thread, path), view = seen  # once, and in the chain's trip (P91)
     assert (signal, path) == ("request_started", "/api/tts/voices/")
     assert view == ("view", thread, path) and thread.startswith("django-request")
 

@@ -19,6 +19,9 @@ first (P23). When every such thread is busy (slow downloads of long narrations),
 request gets a fresh thread of its own, exactly as under Django's handler, so a request
 never waits for a thread.
 
+The chain's trip also sends ``request_started``, which Django's handler sends by a trip of
+its own before it (P91): a request goes to its thread once on its way to the view.
+
 Async views still work (Django runs them through ``async_to_sync`` in a sync chain), and
 so do async streaming responses. A project whose middleware is async-only gains nothing.
 """
@@ -26,6 +29,7 @@ so do async streaming responses. A project whose middleware is async-only gains 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import sys
 import weakref
@@ -34,7 +38,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.urls import set_script_prefix
 
 from tts import waiting
 from tts.conf import settings
@@ -92,6 +99,8 @@ class SyncChainASGIHandler(ASGIHandler):
         chain = self._middleware_chain
 
         def run_chain(request):
+            # Django's handle() sends it by a trip of its own, before (see handle below).
+            signals.request_started.send(sender=self.__class__, scope=request.scope)
             try:
                 return chain(request)
             finally:  # before request_finished, which would close it
@@ -99,6 +108,60 @@ class SyncChainASGIHandler(ASGIHandler):
 
         # Runs on the thread of the request's ThreadSensitiveContext (see __call__).
         self._middleware_chain = sync_to_async(run_chain, thread_sensitive=True)
+
+    async def handle(self, scope, receive, send) -> None:
+        """Django's ``ASGIHandler.handle`` (5.2) but for where ``request_started`` is sent:
+        as the middleware chain's one trip to the request's thread begins (``run_chain``),
+        where Django awaits ``request_started.asend`` before it makes the request, a trip of
+        its own (two tasks, to the thread and back) for the two sync receivers (P91). A
+        request refused before its chain (a malformed one, a body too large) sends it as
+        Django does. ``tests/test_asgi.py`` pins the source this is copied from."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            await signals.request_started.asend(sender=self.__class__, scope=scope)
+            body_file.close()
+            await self.send_response(error_response, send)
+            await sync_to_async(error_response.close)()
+            return
+
+        async def process_request(request, send):
+            response = await self.run_get_response(request)
+            with contextlib.suppress(asyncio.CancelledError):  # the client went meanwhile
+                await self.send_response(response, send)
+            return response
+
+        # The disconnect's listener first: it raises nothing that would keep
+        # process_request from being cancelled.
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request(request, send)),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:  # both may have finished by now
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass  # the client went
+                except AssertionError:
+                    body_file.close()
+                    raise
+            else:
+                task.cancel()  # a view may handle its cancellation
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        try:
+            response = tasks[1].result()
+        except asyncio.CancelledError:
+            await signals.request_finished.asend(sender=self.__class__)
+        else:
+            await sync_to_async(response.close)()
+        body_file.close()
 
     async def __call__(self, scope, receive, send) -> None:
         # A pending socket waits for this process's POSTs before it reads (tts.waiting).
