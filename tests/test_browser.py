@@ -1090,9 +1090,9 @@ def test_a_press_released_off_play_drops_the_session_it_began(slow_page: Page):
 
 
 def test_a_socket_opened_for_a_press_that_never_came_ends_unseen(slow_page: Page):
-    """The pointer rests on Play, and no press comes: the server closes the waiting socket
-    after TTS_PENDING_SOCKET_S (4404), and the player shows nothing of it. The pointer's
-    next move on Play opens another, which the press then takes."""
+    """The pointer comes onto Play and goes, and no press comes: the server closes the
+    waiting socket after TTS_PENDING_SOCKET_S (4404), and the player shows nothing of it.
+    The pointer's next move on Play opens another, which the press then takes."""
     page = slow_page
     page.add_init_script(RECORD_SOCKETS)
     scene = make_story(SCENE_TEXT, slug="hover").scenes.get()
@@ -1105,6 +1105,7 @@ def test_a_socket_opened_for_a_press_that_never_came_ends_unseen(slow_page: Page
     page.mouse.move(x, y)
     page.wait_for_function("window.__narrator.snapshot()[0].warm?.waiting")
     first = snapshot(page)["warm"]["sessionId"]
+    page.mouse.move(5, 5)  # gone from Play: nothing renews it
     page.wait_for_function(
         "(n) => window.__sockets.length > n && window.__sockets[n].code !== null",
         arg=before,
@@ -1114,7 +1115,7 @@ def test_a_socket_opened_for_a_press_that_never_came_ends_unseen(slow_page: Page
     assert shown["state"] == "idle" and shown["transport"] == "idle"
     assert shown["warm"] is None and shown["message"] == ""
 
-    page.mouse.move(x + 2, y)  # the pointer's next move
+    page.mouse.move(x, y)  # the pointer's next move on Play
     page.wait_for_function("window.__narrator.snapshot()[0].warm?.waiting")
     second = snapshot(page)["warm"]["sessionId"]
     page.mouse.down()
@@ -1127,6 +1128,77 @@ def test_a_socket_opened_for_a_press_that_never_came_ends_unseen(slow_page: Page
         (f"{second}/?after=-1&pending=1&parts=1", None),
     ]
     page.evaluate("(p => { p.pause(); p.discardSession(); })(window.__narrator.players[0])")
+
+
+def rest_on_play(page: Page, by: str) -> None:
+    """The mouse comes to rest on Play, or the keyboard brings the focus to it."""
+    button = page.get_by_role("button", name="Play: Scene 1")
+    if by == "mouse":
+        box = button.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    else:
+        page.keyboard.press("Shift")  # the last input was the keyboard's
+        button.focus()
+        assert page.evaluate("document.activeElement.matches(':focus-visible')")
+
+
+@pytest.mark.parametrize("by", ["mouse", "keyboard"])
+def test_a_socket_opened_ahead_is_renewed_while_the_mouse_rests_or_the_focus_stays(
+    slow_page: Page, by: str
+):
+    """The mouse rests on Play, or Play keeps the keyboard's focus, for longer than a
+    socket opened ahead can wait: before it is too late for a press to take it, the
+    player opens another in its place (and closes it itself: no 4404), so that the press,
+    whenever it comes, has only its POST to make."""
+    page = slow_page
+    page.add_init_script(RECORD_SOCKETS)
+    # A text of its own: one narrated before would be replayed whole, and its socket end.
+    scene = make_story(f"{SCENE_TEXT} The {by} rested.", slug=f"rest-{by}").scenes.get()
+    open_scene(page, scene)
+    before = len(page.evaluate("window.__sockets"))
+    rest_on_play(page, by)
+    page.wait_for_function("window.__narrator.snapshot()[0].warm?.waiting")
+    # Three sockets' turns at PENDING_SOCKET_S less the 1.5 s margin (2.5 s each).
+    page.wait_for_function("(n) => window.__sockets.length >= n + 3", arg=before, timeout=12_000)
+    page.wait_for_function("window.__narrator.snapshot()[0].warm?.waiting")
+    last = snapshot(page)["warm"]["sessionId"]
+    if by == "mouse":
+        page.mouse.down()
+        page.mouse.up()
+    else:
+        page.keyboard.press("Space")
+    page.wait_for_function("window.__narrator.snapshot()[0].received >= 1", timeout=30_000)
+
+    shown = snapshot(page)
+    assert shown["sessionId"] == last and shown["stream"]["sockets"] == 1
+    sockets = page.evaluate("window.__sockets")[before:]
+    assert all(s["url"].endswith("/?after=-1&pending=1&parts=1") for s in sockets)
+    assert [s["code"] for s in sockets[:-1]] == [1000] * (len(sockets) - 1)
+    assert sockets[-1]["url"].split("/ws/tts/")[1].startswith(last)
+    assert sockets[-1]["code"] is None
+    page.evaluate("(p => { p.pause(); p.discardSession(); })(window.__narrator.players[0])")
+
+
+def test_a_resting_mouse_renews_the_socket_ahead_for_a_while_only(slow_page: Page):
+    """The renewal lasts lingerMs (a minute) from the pointer's last move on Play: a
+    pointer left on Play for longer opens no more, and the last socket ends unseen."""
+    page = slow_page
+    page.add_init_script(RECORD_SOCKETS)
+    scene = make_story(SCENE_TEXT, slug="rest-long").scenes.get()
+    open_scene(page, scene)
+    page.evaluate("window.__narrator.players[0].lingerMs = 3000")  # one renewal, at 2.5 s
+    before = len(page.evaluate("window.__sockets"))
+    rest_on_play(page, "mouse")
+    page.wait_for_function(
+        "(n) => window.__sockets.length > n + 1 && window.__sockets[n + 1].code !== null",
+        arg=before,
+        timeout=(PENDING_SOCKET_S + 8) * 1000,
+    )
+    page.wait_for_timeout(500)
+    sockets = page.evaluate("window.__sockets")[before:]
+    assert [s["code"] for s in sockets] == [1000, 4404]
+    shown = snapshot(page)
+    assert shown["warm"] is None and shown["state"] == "idle" and shown["message"] == ""
 
 
 def test_a_slow_engine_plays_through_over_the_http_fallback_too(slow_page: Page):

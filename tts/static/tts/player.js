@@ -31,6 +31,10 @@ const RESTART_SENTENCE_AFTER = 1.5; // seconds: "back" restarts the sentence, th
 // press this close to the server's closing it (the page's data-tts-socket-wait).
 const WARM_EVERY_MS = 2000;
 const WARM_MARGIN_MS = 1500;
+// While the mouse rests on Play, or Play keeps the keyboard's focus, a socket opened ahead
+// is opened anew as it nears the server's wait, for this long after the pointer last moved
+// on Play or the focus came: a press after a minute of reading still finds one.
+const LINGER_MS = 60000;
 let warmPlayer = null; // the page keeps one such socket, for the player last pointed at
 const BUSY = new Set(["starting", "buffering", "playing"]);
 const BUTTON_LABELS = {
@@ -103,6 +107,9 @@ export class NarrationPlayer {
     this.earlySockets = this.config.early;
     this.warm = null; // the next session's socket, opened while the pointer is on Play
     this.warmedAt = -Infinity;
+    this.lingerMs = LINGER_MS;
+    this.lingeredAt = -Infinity; // the pointer's last move on Play, or the keyboard's focus
+    this.renewal = null; // the timer that opens the socket ahead anew (renewWarm)
     this.press = null; // a press on Play that began a session, until its click plays it
     this.textLength = 1;
     this.view = new TextView(this.ui.text, this.config.text, (seq) => this.pick(seq));
@@ -124,6 +131,9 @@ export class NarrationPlayer {
     for (const name of ["pointerenter", "pointermove", "focus"]) {
       play.addEventListener(name, (event) => this.warmUp(event));
     }
+    // Gone from Play: the socket ahead waits out the server's wait, and is not renewed.
+    play.addEventListener("pointerleave", () => this.stopLingering());
+    play.addEventListener("blur", () => this.stopLingering());
     // unlockAudio() runs synchronously inside each gesture (mobile Safari), before any
     // await, but after the session's POST and socket have gone out: creating the page's
     // AudioContext takes milliseconds (3 to 9 in Chromium here; 70 a browser's first).
@@ -390,6 +400,7 @@ export class NarrationPlayer {
    * such socket per page; each player opens at most one every WARM_EVERY_MS.
    */
   warmUp(event = null) {
+    if (event && this.lingers(event)) this.lingeredAt = performance.now();
     const pressWouldStart = () => !this.config.problem && !this.busy && this.pressWouldStart();
     // The POST's connection first, whatever becomes of the socket (P88); the cheap test
     // first, for most pointer moves end there. Not for a finger: its press comes with its
@@ -413,6 +424,37 @@ export class NarrationPlayer {
     this.warmedAt = performance.now();
     this.warm = this.newStream(this.expectedSession(id), { pending: true });
     this.warm.start();
+    this.renewWarm();
+  }
+
+  /** The event says a press may come later, not only now: the mouse (or a pen) on Play,
+   * or the keyboard's focus. A finger's arrival is its press; a click's focus comes with
+   * the press. */
+  lingers(event) {
+    if (event.type === "focus") return this.ui.play.matches(":focus-visible");
+    return event.pointerType === "mouse" || event.pointerType === "pen";
+  }
+
+  /** As the socket ahead comes to the end of its use (warmLimit), open another in its
+   * place if the mouse still rests on Play or Play still has the keyboard's focus, and
+   * they came or moved there less than lingerMs ago, and the page is seen. */
+  renewWarm() {
+    clearTimeout(this.renewal);
+    this.renewal = setTimeout(() => {
+      this.renewal = null;
+      const { play } = this.ui;
+      const still = play.matches(":hover") || play.matches(":focus-visible");
+      const recent = performance.now() - this.lingeredAt < this.lingerMs;
+      if (!still || !recent || document.hidden || !this.warm) return;
+      this.dropWarm(); // no press takes it now (takeWarm): its place is free
+      this.warmUp();
+    }, this.warmLimit());
+  }
+
+  stopLingering() {
+    this.lingeredAt = -Infinity;
+    clearTimeout(this.renewal);
+    this.renewal = null;
   }
 
   /** A press on Play would start a session: none yet for this text and voice, or a
@@ -435,6 +477,7 @@ export class NarrationPlayer {
   takeWarm() {
     const warm = this.warm;
     this.warm = null;
+    this.stopLingering();
     if (warm?.waiting && performance.now() - this.warmedAt < this.warmLimit()) return warm;
     warm?.close();
     return null;
@@ -453,6 +496,8 @@ export class NarrationPlayer {
   dropWarm() {
     this.warm?.close();
     this.warm = null;
+    clearTimeout(this.renewal);
+    this.renewal = null;
   }
 
   /** Stop listening to the current session (cancelling its synthesis if unfinished). */
