@@ -374,11 +374,14 @@ def trace() -> None:
     views.session_create = _traced("view", views.session_create)
     services.session_create = _traced("service", services.session_create)
     broadcast._group_send = _traced("group_send", broadcast._group_send)
+    from tts.asgi import SyncChainASGIHandler
+
     handler = django_asgi.ASGIHandler
-    handler.handle = _traced("asgi.handle", handler.handle)
+    # tts.asgi's own handle (P91: request_started goes with the chain's trip, so
+    # "asgi.started" below shows only for a request refused before its chain)
+    SyncChainASGIHandler.handle = _traced("asgi.handle", SyncChainASGIHandler.handle)
     handler.create_request = _traced("asgi.create_request", handler.create_request)
-    # Before create_request: the body's read, and request_started's receivers (a trip to
-    # the request's thread and back, while the loop may be busy with the socket beside it)
+    # Before create_request: the body's read
     handler.read_body = _traced("asgi.read_body", handler.read_body)
     from django.core.signals import request_started
 

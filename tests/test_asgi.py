@@ -77,35 +77,21 @@ async def test_the_handle_copied_from_django_is_the_one_it_was_copied_from():
     ), "django.core.handlers.asgi.ASGIHandler.handle changed: compare tts.asgi's copy"
 
 
-async def test_a_request_refused_before_its_chain_still_sends_started_and_finished():
+async def test_a_request_refused_before_its_chain_still_sends_started_and_finished(
+    signals_seen,
+):
     """A request Django cannot make (a query string that is not UTF-8: 400) never enters
     the chain: it sends request_started as Django does, and request_finished once."""
-    from django.core.signals import request_finished, request_started
-
-    seen: list[str] = []
-
-    def started(**kwargs):
-        seen.append("started")
-
-    def finished(**kwargs):
-        seen.append("finished")
-
-    request_started.connect(started)
-    request_finished.connect(finished)
-    try:
-        scope = {"type": "http", "http_version": "1.1", "method": "GET"}
-        scope |= {"path": "/api/tts/voices/", "query_string": b"q=\xff", "headers": HEADERS}
-        comm = ApplicationCommunicator(application, scope)
-        await comm.send_input({"type": "http.request", "body": b""})
-        response = await comm.receive_output(10)
-        while (await comm.receive_output(10)).get("more_body"):
-            pass
-        await comm.wait(10)
-    finally:
-        request_started.disconnect(started)
-        request_finished.disconnect(finished)
+    scope = {"type": "http", "http_version": "1.1", "method": "GET"}
+    scope |= {"path": "/api/tts/voices/", "query_string": b"q=\xff", "headers": HEADERS}
+    comm = ApplicationCommunicator(application, scope)
+    await comm.send_input({"type": "http.request", "body": b""})
+    response = await comm.receive_output(10)
+    while (await comm.receive_output(10)).get("more_body"):
+        pass
+    await comm.wait(10)
     assert response["status"] == 400
-    assert seen == ["started", "finished"]
+    assert signals_seen == ["started", "finished"]
 
 
 async def test_request_started_is_sent_on_the_requests_thread_before_its_view():
@@ -136,6 +122,68 @@ async def test_request_started_is_sent_on_the_requests_thread_before_its_view():
     (signal, thread, path), view = seen  # once, and in the chain's trip (P91)
     assert (signal, path) == ("request_started", "/api/tts/voices/")
     assert view == ("view", thread, path) and thread.startswith("django-request")
+
+
+@pytest.fixture
+def signals_seen():
+    """request_started and request_finished, in the order they were sent."""
+    from django.core.signals import request_finished, request_started
+
+    seen: list[str] = []
+
+    def started(**kwargs):
+        seen.append("started")
+
+    def finished(**kwargs):
+        seen.append("finished")
+
+    request_started.connect(started)
+    request_finished.connect(finished)
+    yield seen
+    request_started.disconnect(started)
+    request_finished.disconnect(finished)
+
+
+async def test_a_client_gone_while_its_view_runs_pairs_started_and_finished_once(signals_seen):
+    """The client goes while the view runs: Django cancels the request's task, and sends
+    request_finished itself; request_started, sent as the chain began, is not sent again."""
+    import asyncio
+    import time
+
+    from tts import views
+
+    real = views.all_voices
+
+    def slow_voices():
+        signals_seen.append("view")
+        time.sleep(0.3)
+        return real()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(views, "all_voices", slow_voices)
+        scope = {"type": "http", "http_version": "1.1", "method": "GET", "query_string": b""}
+        scope |= {"path": "/api/tts/voices/", "headers": HEADERS}
+        comm = ApplicationCommunicator(application, scope)
+        await comm.send_input({"type": "http.request", "body": b""})
+        for _ in range(100):  # until the view runs
+            if "view" in signals_seen:
+                break
+            await asyncio.sleep(0.01)
+        await comm.send_input({"type": "http.disconnect"})
+        await comm.wait(10)
+    assert signals_seen == ["started", "view", "finished"]
+
+
+async def test_a_request_cancelled_before_its_chain_sends_started_then_finished(signals_seen):
+    from django.test import RequestFactory
+
+    request = RequestFactory().get("/")  # never through the chain: no tts_started
+    request.scope = {"type": "http", "path": "/"}
+    SyncChainASGIHandler()._end_cancelled(request)
+    assert signals_seen == ["started", "finished"]
+    request.tts_started = True
+    SyncChainASGIHandler()._end_cancelled(request)
+    assert signals_seen == ["started", "finished", "finished"]
 
 
 async def test_errors_and_streamed_audio_go_through_the_sync_chain():
@@ -264,7 +312,7 @@ async def test_without_request_threads_every_request_gets_a_fresh_thread(
     request_threads_seen.update(threads=[], connections=0)
     await _posts(browser, 3)
     threads = request_threads_seen["threads"]
-    assert len(set(threads)) == 3  # made for the request, shut down after it
+    assert len(threads) == len(set(threads)) == 3  # made for the request, gone after it
     assert not any(t.name.startswith("django-request") for t in threads)
     if _own_connections():
         assert request_threads_seen["connections"] == 3  # each request opened its own

@@ -99,9 +99,10 @@ class SyncChainASGIHandler(ASGIHandler):
         chain = self._middleware_chain
 
         def run_chain(request):
-            # Django's handle() sends it by a trip of its own, before (see handle below).
-            signals.request_started.send(sender=self.__class__, scope=request.scope)
+            request.tts_started = True  # see handle's cancelled branch
             try:
+                # Django's handle() sends it by a trip of its own, before (see handle below).
+                signals.request_started.send(sender=self.__class__, scope=request.scope)
                 return chain(request)
             finally:  # before request_finished, which would close it
                 keep_thread_connections()  # on a lent thread (not a fresh one)
@@ -114,8 +115,10 @@ class SyncChainASGIHandler(ASGIHandler):
         as the middleware chain's one trip to the request's thread begins (``run_chain``),
         where Django awaits ``request_started.asend`` before it makes the request, a trip of
         its own (two tasks, to the thread and back) for the two sync receivers (P91). A
-        request refused before its chain (a malformed one, a body too large) sends it as
-        Django does. ``tests/test_asgi.py`` pins the source this is copied from."""
+        request Django cannot make (a query string that is not UTF-8: 400) sends it as
+        Django does, after that; one whose client went before its chain began sends it
+        with ``request_finished``, so that the two still pair. ``tests/test_asgi.py`` pins
+        the source this is copied from."""
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
@@ -158,10 +161,18 @@ class SyncChainASGIHandler(ASGIHandler):
         try:
             response = tasks[1].result()
         except asyncio.CancelledError:
-            await signals.request_finished.asend(sender=self.__class__)
+            # On the request's thread, after anything the chain began there.
+            await sync_to_async(self._end_cancelled)(request)
         else:
             await sync_to_async(response.close)()
         body_file.close()
+
+    def _end_cancelled(self, request) -> None:
+        """A request whose client went before its response: ``request_finished``, and
+        ``request_started`` first if its chain never began (it was cancelled before)."""
+        if not getattr(request, "tts_started", False):
+            signals.request_started.send(sender=self.__class__, scope=request.scope)
+        signals.request_finished.send(sender=self.__class__)
 
     async def __call__(self, scope, receive, send) -> None:
         # A pending socket waits for this process's POSTs before it reads (tts.waiting).

@@ -33,8 +33,11 @@ const WARM_EVERY_MS = 2000;
 const WARM_MARGIN_MS = 1500;
 // While the mouse rests on Play, or Play keeps the keyboard's focus, a socket opened ahead
 // is opened anew as it nears the server's wait, for this long after the pointer last moved
-// on Play or the focus came: a press after a minute of reading still finds one.
+// on Play or the focus came: a press after a minute of reading still finds one. The new
+// one opens this long before the old one's use ends, and a press takes the old one until
+// then: the handshake leaves no gap.
 const LINGER_MS = 60000;
+const RENEW_LEAD_MS = 1000;
 let warmPlayer = null; // the page keeps one such socket, for the player last pointed at
 const BUSY = new Set(["starting", "buffering", "playing"]);
 const BUTTON_LABELS = {
@@ -110,6 +113,7 @@ export class NarrationPlayer {
     this.lingerMs = LINGER_MS;
     this.lingeredAt = -Infinity; // the pointer's last move on Play, or the keyboard's focus
     this.renewal = null; // the timer that opens the socket ahead anew (renewWarm)
+    this.spare = null; // the socket ahead that a renewal replaced, takeable to its end
     this.press = null; // a press on Play that began a session, until its click plays it
     this.textLength = 1;
     this.view = new TextView(this.ui.text, this.config.text, (seq) => this.pick(seq));
@@ -131,9 +135,6 @@ export class NarrationPlayer {
     for (const name of ["pointerenter", "pointermove", "focus"]) {
       play.addEventListener(name, (event) => this.warmUp(event));
     }
-    // Gone from Play: the socket ahead waits out the server's wait, and is not renewed.
-    play.addEventListener("pointerleave", () => this.stopLingering());
-    play.addEventListener("blur", () => this.stopLingering());
     // unlockAudio() runs synchronously inside each gesture (mobile Safari), before any
     // await, but after the session's POST and socket have gone out: creating the page's
     // AudioContext takes milliseconds (3 to 9 in Chromium here; 70 a browser's first).
@@ -413,7 +414,11 @@ export class NarrationPlayer {
     const age = performance.now() - this.warmedAt;
     // Waiting, or opening its socket again after a drop (with its own backoff and limit);
     // one refused or given up on is gone already (warmParked).
-    if (warm && age < this.warmLimit() && !warm.finished && !warm.stopped) return;
+    if (warm && age < this.warmLimit() && !warm.finished && !warm.stopped) {
+      // Back on Play (or the focus back) while it waits: renewed as if it had just opened.
+      if (event && this.lingers(event) && !this.renewal) this.renewWarm(age);
+      return;
+    }
     if (age < WARM_EVERY_MS || !this.earlySockets || this.warmLimit() <= 0) return;
     if (!pressWouldStart()) return;
     const id = newSessionId();
@@ -435,20 +440,42 @@ export class NarrationPlayer {
     return event.pointerType === "mouse" || event.pointerType === "pen";
   }
 
-  /** As the socket ahead comes to the end of its use (warmLimit), open another in its
-   * place if the mouse still rests on Play or Play still has the keyboard's focus, and
-   * they came or moved there less than lingerMs ago, and the page is seen. */
-  renewWarm() {
+  /** Shortly before the socket ahead comes to the end of its use (warmLimit), open
+   * another in its place if the mouse still rests on Play or Play still has the keyboard's
+   * focus, they came or moved there less than lingerMs ago, and the page is seen. ``age``:
+   * the socket's, in ms. */
+  renewWarm(age = 0) {
     clearTimeout(this.renewal);
-    this.renewal = setTimeout(() => {
-      this.renewal = null;
-      const { play } = this.ui;
-      const still = play.matches(":hover") || play.matches(":focus-visible");
-      const recent = performance.now() - this.lingeredAt < this.lingerMs;
-      if (!still || !recent || document.hidden || !this.warm) return;
-      this.dropWarm(); // no press takes it now (takeWarm): its place is free
-      this.warmUp();
-    }, this.warmLimit());
+    const limit = this.warmLimit();
+    const at = Math.max(limit - RENEW_LEAD_MS, limit / 2);
+    this.renewal = setTimeout(() => this.renew(), Math.max(0, at - age));
+  }
+
+  renew() {
+    this.renewal = null;
+    const { play } = this.ui;
+    const still = play.matches(":hover") || play.matches(":focus-visible");
+    const recent = performance.now() - this.lingeredAt < this.lingerMs;
+    const old = this.warm;
+    if (!still || !recent || document.hidden || !old) return;
+    // The old one stays takeable to the end of its use, while the new one opens.
+    const spare = { stream: old, at: this.warmedAt };
+    this.warm = null;
+    this.warmedAt = -Infinity; // a renewal, not the pointer's next move: no WARM_EVERY_MS
+    this.warmUp();
+    if (!this.warm) { // none opened (a press would start nothing now): the old one stays
+      [this.warm, this.warmedAt] = [old, spare.at];
+      return;
+    }
+    this.dropSpare();
+    this.spare = spare;
+    const left = this.warmLimit() - (performance.now() - spare.at);
+    setTimeout(() => this.spare === spare && this.dropSpare(), Math.max(0, left));
+  }
+
+  dropSpare() {
+    this.spare?.stream.close();
+    this.spare = null;
   }
 
   stopLingering() {
@@ -475,12 +502,15 @@ export class NarrationPlayer {
   /** The socket warmUp opened, if it still waits for its session and will long enough
    * for the POST; the caller owns it. */
   takeWarm() {
-    const warm = this.warm;
-    this.warm = null;
+    const { warm, spare } = this;
+    this.warm = this.spare = null;
     this.stopLingering();
-    if (warm?.waiting && performance.now() - this.warmedAt < this.warmLimit()) return warm;
-    warm?.close();
-    return null;
+    const usable = (stream, at) => stream?.waiting && performance.now() - at < this.warmLimit();
+    let taken = null;
+    if (usable(warm, this.warmedAt)) taken = warm;
+    else if (usable(spare?.stream, spare?.at)) taken = spare.stream; // the new one not yet open
+    for (const stream of [warm, spare?.stream]) if (stream !== taken) stream?.close();
+    return taken;
   }
 
   /** A stream opened before its POST stopped until one comes (ChunkStream.park): a socket
@@ -496,6 +526,7 @@ export class NarrationPlayer {
   dropWarm() {
     this.warm?.close();
     this.warm = null;
+    this.dropSpare();
     clearTimeout(this.renewal);
     this.renewal = null;
   }
