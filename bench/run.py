@@ -38,6 +38,7 @@ from bench import (  # noqa: E402
     concurrency,
     fanout,
     memory,
+    proxies,
     roundtrips,
     sound,
     streaming,
@@ -228,6 +229,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "wss; a throwaway certificate), each new connection's handshake a round trip more",
     )
     p.add_argument(
+        "--path-tls-proxy",
+        choices=proxies.KINDS,
+        default="daphne",
+        help="with --path-tls: what terminates TLS: daphne itself, or nginx (the "
+        "configuration in docs/deployment.md) or caddy (docker-compose.yml's) before it",
+    )
+    p.add_argument(
+        "--nginx-ssl-buffer-size",
+        default="16k",
+        help="with --path-tls-proxy nginx: its ssl_buffer_size (nginx's default 16k)",
+    )
+    p.add_argument(
         "--sound-no-connection-warm",
         action="store_true",
         help="sound: the player's GET that readies the POST's connection (?warm=1, P88) "
@@ -333,6 +346,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--path-idle-close-s needs --path-rtt-ms (the path whose connections close)")
     if args.path_tls and not args.path_rtt_ms:
         p.error("--path-tls needs --path-rtt-ms (the path the browser takes)")
+    if args.path_tls_proxy != "daphne" and not args.path_tls:
+        p.error("--path-tls-proxy needs --path-tls")
+    if args.path_tls and (why := proxies.missing(args.path_tls_proxy)):
+        p.error(why)
     if args.path_tls and args.path_idle_close_s:
         # The proxy tells a WebSocket from an HTTP connection by its upgrade, which TLS hides.
         p.error("--path-tls and --path-idle-close-s cannot be combined")
@@ -739,7 +756,10 @@ def scenario_sound(ctx: Context) -> None:
             if ctx.args.sound_no_connection_warm:
                 hover += ", no connection warm"
             if ctx.bench.tls_port:
-                hover += ", TLS"
+                proxy = ctx.args.path_tls_proxy
+                if proxy == "nginx":
+                    proxy += f" {ctx.args.nginx_ssl_buffer_size}"
+                hover += ", TLS" if proxy == "daphne" else f", TLS by {proxy}"
             name = f"1e first sound, browser ({kind}{ctx.path}{whole}{hover}, n={r['sessions']})"
             parts = " / ".join(
                 fmt(r[k]["p50"]) for k in ("press_to_post", "post_to_frame", "frame_to_sound")
@@ -1093,6 +1113,8 @@ def main(argv: list[str] | None = None) -> int:
         extra_env=dict(item.split("=", 1) for item in args.env),
         switch_file=run_dir / "ab-on" if args.ab else None,
         tls_port=free_port() if args.path_tls else 0,
+        tls_proxy=args.path_tls_proxy,
+        nginx_buffer=args.nginx_ssl_buffer_size,
     )
     ctx = Context(args=args, bench=bench, deadline=started + args.max_minutes * 60)
     ctx.notes += skipped

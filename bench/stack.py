@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlparse, urlunparse
 
-from bench import tls
+from bench import proxies, tls
 from scripts.stack import (
     PYTHON,
     ROOT,
@@ -105,6 +105,9 @@ class BenchStack:
     switch_file: Path | None = None  # paired A/B: experiments on while this file exists
     tls_port: int = 0  # daphne also serves TLS here (--path-tls); 0: not
     tls_spki: str = ""  # its certificate's key, for the browser to trust (bench/tls.py)
+    tls_proxy: str = "daphne"  # what serves tls_port: daphne, or nginx or caddy before it
+    nginx_buffer: str = "16k"  # nginx's ssl_buffer_size
+    proxy: subprocess.Popen | None = None
     env: dict[str, str] = field(default_factory=dict)
     models: dict[str, ModelFiles] = field(default_factory=dict)
     stack: Stack | None = None
@@ -225,9 +228,22 @@ class BenchStack:
         self.stack = stack_class(env=self.env, workers=self.workers, log_dir=self.log_dir)
         if self.tls_port:
             cert, key, self.tls_spki = tls.make_certificate(self.run_dir / "tls")
-            self.stack.daphne_args = tls.daphne_endpoint(self.tls_port, cert, key)
+            if self.tls_proxy == "daphne":
+                self.stack.daphne_args = tls.daphne_endpoint(self.tls_port, cert, key)
+            else:  # the proxy's X-Forwarded-Proto: https (bench/proxies.py)
+                self.stack.daphne_args = ["--proxy-headers"]
         self.stack.start()  # returns once every worker has loaded and warmed its voices
         if self.tls_port:
+            if self.tls_proxy != "daphne":
+                self.proxy = proxies.start(
+                    self.tls_proxy,
+                    self.run_dir / self.tls_proxy,
+                    port=self.tls_port,
+                    upstream=self.stack.port,
+                    cert=cert,
+                    key=key,
+                    nginx_buffer=self.nginx_buffer,
+                )
             wait_for(lambda: port_open("127.0.0.1", self.tls_port), timeout=30, what="TLS")
         return self
 
@@ -259,6 +275,8 @@ class BenchStack:
     def stop(self) -> None:
         if self.patches or self.profile_dir:
             time.sleep(0.6)  # timings are written every 0.25 s, profiles after each session
+        if self.proxy is not None:
+            proxies.stop(self.proxy)
         if self.stack is not None:
             with contextlib.suppress(ProcessLookupError):
                 self.resume_workers()

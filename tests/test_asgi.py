@@ -175,14 +175,16 @@ async def test_a_client_gone_while_its_view_runs_pairs_started_and_finished_once
 
 
 async def test_a_request_cancelled_before_its_chain_sends_started_then_finished(signals_seen):
+    from asgiref.sync import sync_to_async
     from django.test import RequestFactory
 
+    end = sync_to_async(SyncChainASGIHandler()._end_cancelled)  # as handle calls it
     request = RequestFactory().get("/")  # never through the chain: no tts_started
     request.scope = {"type": "http", "path": "/"}
-    SyncChainASGIHandler()._end_cancelled(request)
+    await end(request)
     assert signals_seen == ["started", "finished"]
     request.tts_started = True
-    SyncChainASGIHandler()._end_cancelled(request)
+    await end(request)
     assert signals_seen == ["started", "finished", "finished"]
 
 

@@ -301,6 +301,8 @@ def test_coldstart_times_the_first_sessions_after_a_start(tmp_path):
         ("bench/run.py", ["--path-idle-close-s", "soon"], "--path-idle-close-s"),
         ("bench/run.py", ["--path-idle-close-s", "5"], "--path-idle-close-s needs --path-rtt-ms"),
         ("bench/run.py", ["--path-tls"], "--path-tls needs --path-rtt-ms"),
+        ("bench/run.py", ["--path-tls-proxy", "nginx"], "--path-tls-proxy needs --path-tls"),
+        ("bench/run.py", ["--path-tls-proxy", "apache"], "invalid choice: 'apache'"),
         (
             "bench/run.py",
             ["--path-tls", "--path-rtt-ms", "80", "--path-idle-close-s", "5"],

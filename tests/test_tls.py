@@ -180,3 +180,47 @@ def test_tts_serve_refuses_a_bad_record_size_by_name_before_it_serves():
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "tts.serve: TTS_TLS_RECORD_BYTES must be 0 or" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("kind", "buffer", "largest"),
+    [("nginx", "4k", 4096), ("nginx", "16k", 16384), ("caddy", "", 16384)],
+)
+def test_a_proxy_in_front_of_daphne_serves_tls_and_writes_its_own_records(
+    tmp_path, django_db_setup, django_db_blocker, kind, buffer, largest
+):
+    """bench/proxies.py (`bench/run.py --path-tls-proxy`): nginx as docs/deployment.md
+    configures it, or caddy as docker-compose.yml runs it, terminates TLS and proxies to
+    daphne on plain http: the records are the proxy's (nginx's ssl_buffer_size at most;
+    Go's up to 16 KB), not tts.tlsrecords'."""
+    from bench import proxies
+
+    if why := proxies.missing(kind):
+        pytest.skip(why)
+    cert, key, _ = tls.make_certificate(tmp_path)
+    port = free_port()
+    with django_db_blocker.unblock():
+        stack = Stack(env=private_stack_env(), workers=0, log_dir=ARTIFACTS / "logs-tls")
+        stack.daphne_args = ["--proxy-headers"]
+        stack.start()
+    proxy = None
+    try:
+        proxy = proxies.start(
+            kind,
+            tmp_path / kind,
+            port=port,
+            upstream=stack.port,
+            cert=cert,
+            key=key,
+            nginx_buffer=buffer or "16k",
+        )
+        wait_for(lambda: port_open("127.0.0.1", port), timeout=30, what=kind)
+        records = records_of_a_get(port, "/static/tts/player.js")  # over 16 KB
+    finally:
+        if proxy is not None:
+            proxies.stop(proxy)
+        stack.stop()
+    assert sum(records) > 20_000
+    assert max(records) <= largest + OVERHEAD
+    if kind == "nginx" and buffer == "16k":
+        assert max(records) > 4096 + OVERHEAD  # its buffer, not tts.tlsrecords' 4 KB
