@@ -222,6 +222,16 @@ def pending_reads_at_once() -> None:
 
 
 @patch
+def first_part_with_rest() -> None:
+    """P92 off: a chunk's parts written to the socket in one go, as before round 37 (the
+    first part then shares daphne's write, and a TLS proxy's read and records, with the
+    rest). For runs that compare P92 with the code before it."""
+    from tts import consumers
+
+    consumers.BOOST_BYTES, consumers.IDLE_S = 0, float("inf")
+
+
+@patch
 def uncompiled() -> None:
     """P45 off: every tts.compiled query (the POST's replay lookup and session read, the
     worker's claim and audio-key lookup, a socket's reads) built and run by the ORM on

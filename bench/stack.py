@@ -244,7 +244,9 @@ class BenchStack:
                     key=key,
                     nginx_buffer=self.nginx_buffer,
                 )
-            wait_for(lambda: port_open("127.0.0.1", self.tls_port), timeout=30, what="TLS")
+            log = self.run_dir / self.tls_proxy / f"{self.tls_proxy}.log"
+            what = "TLS" if self.proxy is None else f"{self.tls_proxy} (its log: {log})"
+            wait_for(lambda: port_open("127.0.0.1", self.tls_port), timeout=30, what=what)
         return self
 
     @property

@@ -252,6 +252,49 @@ async def test_a_parts_socket_gets_each_live_chunk_in_growing_parts_of_the_same_
     assert frames[-1]["type"] == "done"
 
 
+@pytest.mark.parametrize(
+    ("sent", "idle_s", "pcm_bytes", "pauses"),
+    [
+        (0, 0.0, 100_000, True),  # a fresh socket
+        (200_000, 0.0, 100_000, False),  # past its first 128 KB, audio just sent
+        (200_000, 0.3, 100_000, True),  # the same after an idle spell (Linux's window)
+        (0, 0.0, 8_000, False),  # one part: nothing to hold back
+    ],
+)
+async def test_a_chunks_first_part_goes_out_alone_where_a_window_starts(
+    monkeypatch, sent, idle_s, pcm_bytes, pauses
+):
+    """P92: on a fresh socket, or one idle for a while, the first part is written and the
+    loop turned over (FIRST_PART_ALONE_S) before the rest, so that it leaves daphne in a
+    write of its own: a TLS proxy (Caddy) then ends a record with it, and does not send it
+    in a record that the rest makes longer than the first window. Elsewhere, no pause."""
+    from types import SimpleNamespace
+
+    from tts import consumers
+
+    now = 1000.0
+    events: list = []
+
+    async def send(text_data=None, bytes_data=None):
+        events.append("text" if text_data is not None else len(bytes_data) - 4)
+
+    async def sleep(seconds):
+        events.append(("pause", seconds))
+
+    monkeypatch.setattr(consumers, "asyncio", SimpleNamespace(sleep=sleep))
+    monkeypatch.setattr(consumers, "time", SimpleNamespace(monotonic=lambda: now))
+    consumer = consumers.SessionConsumer()
+    consumer.parts, consumer.send = True, send
+    consumer.audio_sent, consumer.audio_sent_at = sent, now - idle_s
+    pcm = bytes(pcm_bytes)
+    await consumer.send_chunk({"seq": 0}, pcm)
+
+    sizes = [len(p) for p in pcm_parts(pcm)]
+    pause = [("pause", consumers.FIRST_PART_ALONE_S)] if pauses else []
+    assert events == ["text", sizes[0], *pause, *sizes[1:]]
+    assert consumer.audio_sent == sent + pcm_bytes and consumer.audio_sent_at == now
+
+
 async def test_a_parts_socket_resuming_gets_stored_chunks_in_parts_too():
     session = await make_session()
     comm = await _connected(as_staff(communicator(session.id, after=0, parts="true")))

@@ -23,12 +23,18 @@ from tts.db import socket_database_sync_to_async
 from tts.models import SessionStatus
 from tts.owners import known_visitor, owner_from_scope
 from tts.replay import BATCH, ChunkCursor, deliver_live, send_from_storage, stored_chunks
+from tts.tlsrecords import BOOST_BYTES, IDLE_S
 
 MAX_CLIENT_MESSAGE = 4096
 logger = logging.getLogger(__name__)
 
 
 QUIET_POLL_S = 2.0
+# A chunk's first part leaves daphne in a write of its own, this long before the rest,
+# while the socket is fresh (its first tlsrecords.BOOST_BYTES) or after it was idle
+# (tlsrecords.IDLE_S): a proxy that terminates TLS reads it alone, so the TLS record it
+# ends is not one that the rest of the chunk makes longer than the window (P92).
+FIRST_PART_ALONE_S = 0.002
 PENDING_FIRST_POLL_S = 0.05
 # Group joins and leaves one process runs at once. channels-redis gives each process at
 # most 100 Redis connections and fails a command beyond that at once (MaxConnectionsError):
@@ -62,6 +68,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         # in _open has passed: group events that came before a refusal are ignored.
         self.allowed, self.group = False, None
         self.lock, self.last_event = asyncio.Lock(), time.monotonic()
+        self.audio_sent, self.audio_sent_at = 0, 0.0  # bytes of audio; when (send_chunk)
         # What a request's URLs begin with (Django's get_script_prefix(scope)); the `done`
         # frame's audio_url needs it, and nothing sets it for a socket.
         self.script_prefix = settings.FORCE_SCRIPT_NAME or self.scope.get("root_path", "")
@@ -404,8 +411,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
             return await self.send(bytes_data=chunk_frame(meta["seq"], pcm))
         parts = pcm_parts(pcm)
         await self.send_json({"type": "chunk", **meta, "parts": len(parts)})
-        for part in parts:
+        now = time.monotonic()
+        fresh = self.audio_sent < BOOST_BYTES or now - self.audio_sent_at >= IDLE_S
+        for i, part in enumerate(parts):
+            if i == 1 and fresh:  # the first part out alone first (P92)
+                await asyncio.sleep(FIRST_PART_ALONE_S)
             await self.send(bytes_data=chunk_frame(meta["seq"], part))
+        self.audio_sent += len(pcm)
+        self.audio_sent_at = time.monotonic()
 
     async def send_error(self, code: str, message: str) -> None:
         await self.send_json({"type": "error", "code": code, "message": message, "fatal": False})
