@@ -228,7 +228,12 @@ def first_part_with_rest() -> None:
     rest). For runs that compare P92 with the code before it."""
     from tts import consumers
 
-    consumers.BOOST_BYTES, consumers.IDLE_S = 0, float("inf")
+    on = (consumers.BOOST_BYTES, consumers.IDLE_S)
+
+    def setting(off_p92: bool) -> None:
+        consumers.BOOST_BYTES, consumers.IDLE_S = (0, float("inf")) if off_p92 else on
+
+    _per_session(setting)  # under --ab, switched as each POST comes (daphne's request_started)
 
 
 @patch

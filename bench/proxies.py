@@ -1,7 +1,8 @@
 """A TLS-terminating proxy in front of daphne, as production puts one
 (`bench/run.py --path-tls --path-tls-proxy nginx|caddy`): the nginx configuration that
-docs/deployment.md gives, or the reverse proxy of docker-compose.yml's tls profile
-(`caddy reverse-proxy`), each with bench/tls.py's throwaway certificate on 127.0.0.1.
+docs/deployment.md gives, or Caddy as docker-compose.yml's tls profile runs it (there
+`caddy reverse-proxy`; here the same as a Caddyfile, with a certificate of its own), each
+with bench/tls.py's throwaway certificate on 127.0.0.1.
 The browser reaches the proxy over TLS (through bench/netdelay.py's modelled path); the
 proxy reaches daphne over plain http on loopback, as on one host. The proxy writes the
 TLS records the browser waits for, so it decides whether the first part of a chunk
@@ -64,6 +65,7 @@ CADDY = """\
     storage file_system {dir}/caddy-data
 }}
 https://127.0.0.1:{port} {{
+    bind 127.0.0.1
     tls {cert} {key}
     reverse_proxy 127.0.0.1:{upstream}
 }}
@@ -80,6 +82,7 @@ def missing(kind: str) -> str | None:
 def start(
     kind: str,
     directory: Path,
+    log_path: Path,
     *,
     port: int,
     upstream: int,
@@ -88,9 +91,10 @@ def start(
     nginx_buffer: str = "16k",
 ) -> subprocess.Popen:
     """Start ``kind`` (nginx or caddy) in the foreground, serving TLS on 127.0.0.1:``port``
-    and proxying to daphne on ``upstream``; its configuration and logs in ``directory``."""
+    and proxying to daphne on ``upstream``: its configuration and files in ``directory``,
+    its output in ``log_path``."""
     directory.mkdir(parents=True, exist_ok=True)
-    log = (directory / f"{kind}.log").open("ab")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     values = {"dir": directory, "port": port, "upstream": upstream, "cert": cert, "key": key}
     if kind == "nginx":
         config = directory / "nginx.conf"
@@ -104,13 +108,14 @@ def start(
     else:
         raise ValueError(kind)
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(directory)}  # caddy's own files
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with log_path.open("ab") as log:  # a group of its own: stop() ends nginx's workers too
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
 
 
 def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    """The proxy and every process it started (nginx's workers)."""
+    from scripts.stack import stop_process
+
+    stop_process(proc)

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -233,7 +234,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=proxies.KINDS,
         default="daphne",
         help="with --path-tls: what terminates TLS: daphne itself, or nginx (the "
-        "configuration in docs/deployment.md) or caddy (docker-compose.yml's) before it",
+        "configuration in docs/deployment.md) or caddy (as docker-compose.yml runs it) before it",
     )
     p.add_argument(
         "--nginx-ssl-buffer-size",
@@ -348,6 +349,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--path-tls needs --path-rtt-ms (the path the browser takes)")
     if args.path_tls_proxy != "daphne" and not args.path_tls:
         p.error("--path-tls-proxy needs --path-tls")
+    if args.nginx_ssl_buffer_size != "16k" and args.path_tls_proxy != "nginx":
+        p.error("--nginx-ssl-buffer-size needs --path-tls-proxy nginx")
+    if not re.fullmatch(r"[1-9][0-9]{0,5}[km]?", args.nginx_ssl_buffer_size):
+        p.error("--nginx-ssl-buffer-size is nginx's size, such as 4k or 16k")
     if args.path_tls and (why := proxies.missing(args.path_tls_proxy)):
         p.error(why)
     if args.path_tls and args.path_idle_close_s:

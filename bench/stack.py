@@ -238,15 +238,26 @@ class BenchStack:
                 self.proxy = proxies.start(
                     self.tls_proxy,
                     self.run_dir / self.tls_proxy,
+                    self.log_dir / f"{self.tls_proxy}.log",
                     port=self.tls_port,
                     upstream=self.stack.port,
                     cert=cert,
                     key=key,
                     nginx_buffer=self.nginx_buffer,
                 )
-            log = self.run_dir / self.tls_proxy / f"{self.tls_proxy}.log"
-            what = "TLS" if self.proxy is None else f"{self.tls_proxy} (its log: {log})"
-            wait_for(lambda: port_open("127.0.0.1", self.tls_port), timeout=30, what=what)
+            what, proxy = "TLS", self.proxy
+            if proxy is not None:
+                what = f"{self.tls_proxy} (its log: {self.log_dir / self.tls_proxy}.log)"
+            wait_for(
+                lambda: (
+                    port_open("127.0.0.1", self.tls_port)
+                    or (proxy is not None and proxy.poll() is not None)
+                ),  # it ended: say so now
+                timeout=30,
+                what=what,
+            )
+            if proxy is not None and proxy.poll() is not None:
+                raise TimeoutError(f"{what} ended with {proxy.returncode} before it served")
         return self
 
     @property

@@ -284,7 +284,7 @@ async def test_a_chunks_first_part_goes_out_alone_where_a_window_starts(
     monkeypatch.setattr(consumers, "asyncio", SimpleNamespace(sleep=sleep))
     monkeypatch.setattr(consumers, "time", SimpleNamespace(monotonic=lambda: now))
     consumer = consumers.SessionConsumer()
-    consumer.parts, consumer.send = True, send
+    consumer.parts, consumer.send, consumer.frames = True, send, asyncio.Lock()
     consumer.audio_sent, consumer.audio_sent_at = sent, now - idle_s
     pcm = bytes(pcm_bytes)
     await consumer.send_chunk({"seq": 0}, pcm)
@@ -293,6 +293,33 @@ async def test_a_chunks_first_part_goes_out_alone_where_a_window_starts(
     pause = [("pause", consumers.FIRST_PART_ALONE_S)] if pauses else []
     assert events == ["text", sizes[0], *pause, *sizes[1:]]
     assert consumer.audio_sent == sent + pcm_bytes and consumer.audio_sent_at == now
+
+
+async def test_a_reply_to_the_client_never_comes_between_a_chunks_parts(monkeypatch):
+    """A ping that arrives while a chunk's first part waits for the rest (P92): its pong
+    goes out after the chunk's last part, not among them (a client may take the frames
+    after a `chunk` frame as its parts)."""
+    from types import SimpleNamespace
+
+    from tts import consumers
+
+    out: list = []
+    replies: list[asyncio.Task] = []
+
+    async def send(text_data=None, bytes_data=None):
+        out.append(json.loads(text_data)["type"] if text_data is not None else "part")
+
+    async def sleep(seconds):  # the pause: the client's ping comes meanwhile
+        replies.append(asyncio.create_task(consumer.receive(json.dumps({"type": "ping"}))))
+        await asyncio.sleep(0.05)
+
+    monkeypatch.setattr(consumers, "asyncio", SimpleNamespace(sleep=sleep))
+    consumer = consumers.SessionConsumer()
+    consumer.parts, consumer.send, consumer.frames = True, send, asyncio.Lock()
+    pcm = bytes(100_000)
+    await consumer.send_chunk({"seq": 0}, pcm)
+    await asyncio.gather(*replies)
+    assert out == ["chunk", *["part"] * len(pcm_parts(pcm)), "pong"]
 
 
 async def test_a_parts_socket_resuming_gets_stored_chunks_in_parts_too():

@@ -53,6 +53,11 @@ def redis_gate() -> asyncio.Semaphore:
     return gate
 
 
+def error_frame(code: str, message: str) -> dict:
+    """A non-fatal ``error`` frame: it answers the client, and the socket stays open."""
+    return {"type": "error", "code": code, "message": message, "fatal": False}
+
+
 class SessionConsumer(AsyncWebsocketConsumer):
     finished = False  # done or the fatal error sent; later events are ignored
     allowed = False  # the access check passed
@@ -62,13 +67,16 @@ class SessionConsumer(AsyncWebsocketConsumer):
     watchdog: asyncio.Task | None = None
     waiter: asyncio.Task | None = None
     woken: asyncio.Event | None = None  # set by tts.waiting while pending
+    audio_sent, audio_sent_at = 0, 0.0  # bytes of audio sent, and when last (send_chunk)
 
     async def connect(self) -> None:
         # Nothing reaches this connection, and it may cancel nothing, until the access check
         # in _open has passed: group events that came before a refusal are ignored.
         self.allowed, self.group = False, None
         self.lock, self.last_event = asyncio.Lock(), time.monotonic()
-        self.audio_sent, self.audio_sent_at = 0, 0.0  # bytes of audio; when (send_chunk)
+        # Held while a chunk's frames go out (send_chunk pauses among them), so that no
+        # reply to the client comes between its parts.
+        self.frames = asyncio.Lock()
         # What a request's URLs begin with (Django's get_script_prefix(scope)); the `done`
         # frame's audio_url needs it, and nothing sets it for a socket.
         self.script_prefix = settings.FORCE_SCRIPT_NAME or self.scope.get("root_path", "")
@@ -272,18 +280,28 @@ class SessionConsumer(AsyncWebsocketConsumer):
             logger.warning("leaving %s failed", group)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        reply = self._reply_to(text_data)
+        if reply is None:
+            return await self.cancel()
+        async with self.frames:  # not between a chunk's parts
+            await self.send_json(reply)
+
+    @staticmethod
+    def _reply_to(text_data: str | None) -> dict | None:
+        """The frame that answers a client's message: a pong, or a non-fatal error; None
+        for a cancel."""
         if text_data is None or len(text_data) > MAX_CLIENT_MESSAGE:
-            return await self.send_error("bad_message", "Send JSON text frames under 4 KiB.")
+            return error_frame("bad_message", "Send JSON text frames under 4 KiB.")
         try:
             message = json.loads(text_data)
             kind = message.get("type") if isinstance(message, dict) else None
         except (ValueError, RecursionError):  # RecursionError: nested too deeply
-            return await self.send_error("bad_json", "Messages must be JSON objects.")
+            return error_frame("bad_json", "Messages must be JSON objects.")
         if kind == "ping":
-            return await self.send_json({"type": "pong"})
+            return {"type": "pong"}
         if kind == "cancel":
-            return await self.cancel()
-        await self.send_error("unknown_type", "Known messages: ping, cancel.")
+            return None
+        return error_frame("unknown_type", "Known messages: ping, cancel.")
 
     async def cancel(self) -> None:
         if not self.allowed:
@@ -410,18 +428,18 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self.send_json({"type": "chunk", **meta})
             return await self.send(bytes_data=chunk_frame(meta["seq"], pcm))
         parts = pcm_parts(pcm)
-        await self.send_json({"type": "chunk", **meta, "parts": len(parts)})
-        now = time.monotonic()
-        fresh = self.audio_sent < BOOST_BYTES or now - self.audio_sent_at >= IDLE_S
-        for i, part in enumerate(parts):
-            if i == 1 and fresh:  # the first part out alone first (P92)
-                await asyncio.sleep(FIRST_PART_ALONE_S)
-            await self.send(bytes_data=chunk_frame(meta["seq"], part))
+        fresh = self.audio_sent < BOOST_BYTES or time.monotonic() - self.audio_sent_at >= IDLE_S
+        async with self.frames:
+            await self.send_json({"type": "chunk", **meta, "parts": len(parts)})
+            for i, part in enumerate(parts):
+                if i == 1 and fresh:  # the first part out alone first (P92)
+                    await asyncio.sleep(FIRST_PART_ALONE_S)
+                await self.send(bytes_data=chunk_frame(meta["seq"], part))
         self.audio_sent += len(pcm)
         self.audio_sent_at = time.monotonic()
 
     async def send_error(self, code: str, message: str) -> None:
-        await self.send_json({"type": "error", "code": code, "message": message, "fatal": False})
+        await self.send_json(error_frame(code, message))
 
     async def send_json(self, frame: dict) -> None:
         await self.send(text_data=json.dumps(frame, separators=(",", ":")))
