@@ -21,6 +21,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from scripts.stack import port_open, stop_process, wait_for
+
 KINDS = ("daphne", "nginx", "caddy")
 
 NGINX = """\
@@ -92,7 +94,8 @@ def start(
 ) -> subprocess.Popen:
     """Start ``kind`` (nginx or caddy) in the foreground, serving TLS on 127.0.0.1:``port``
     and proxying to daphne on ``upstream``: its configuration and files in ``directory``,
-    its output in ``log_path``."""
+    its output in ``log_path``. Returns once it serves; TimeoutError, naming its log, if
+    it ends or does not serve within 30 s (stopped then)."""
     directory.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     values = {"dir": directory, "port": port, "upstream": upstream, "cert": cert, "key": key}
@@ -109,13 +112,22 @@ def start(
         raise ValueError(kind)
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(directory)}  # caddy's own files
     with log_path.open("ab") as log:  # a group of its own: stop() ends nginx's workers too
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
+    what = f"{kind} (its log: {log_path})"
+    try:  # an early end is said at once, not after the whole wait
+        wait_for(
+            lambda: port_open("127.0.0.1", port) or proc.poll() is not None, timeout=30, what=what
+        )
+        if proc.poll() is not None:
+            raise TimeoutError(f"{what} ended with {proc.returncode} before it served")
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
 
 
 def stop(proc: subprocess.Popen) -> None:
     """The proxy and every process it started (nginx's workers)."""
-    from scripts.stack import stop_process
-
     stop_process(proc)

@@ -244,20 +244,9 @@ class BenchStack:
                     cert=cert,
                     key=key,
                     nginx_buffer=self.nginx_buffer,
-                )
-            what, proxy = "TLS", self.proxy
-            if proxy is not None:
-                what = f"{self.tls_proxy} (its log: {self.log_dir / self.tls_proxy}.log)"
-            wait_for(
-                lambda: (
-                    port_open("127.0.0.1", self.tls_port)
-                    or (proxy is not None and proxy.poll() is not None)
-                ),  # it ended: say so now
-                timeout=30,
-                what=what,
-            )
-            if proxy is not None and proxy.poll() is not None:
-                raise TimeoutError(f"{what} ended with {proxy.returncode} before it served")
+                )  # serving once it returns
+            else:
+                wait_for(lambda: port_open("127.0.0.1", self.tls_port), timeout=30, what="TLS")
         return self
 
     @property

@@ -76,22 +76,35 @@ def _whole_response(plain: bytes) -> bool:
 
 
 @pytest.fixture
-def tls_daphne(tmp_path, django_db_setup, django_db_blocker):
+def daphne(django_db_setup, django_db_blocker):
+    """Start a daphne (no workers) with these arguments and settings; stopped after the
+    test, a failed start too."""
     stacks: list[Stack] = []
 
-    def start(**env: str) -> int:
-        cert, key, _ = tls.make_certificate(tmp_path)
-        port = free_port()
+    def start(daphne_args: list[str], **env: str) -> Stack:
+        stack = Stack(env=private_stack_env(**env), workers=0, log_dir=ARTIFACTS / "logs-tls")
+        stack.daphne_args = daphne_args
+        stacks.append(stack)
         with django_db_blocker.unblock():
-            stack = Stack(env=private_stack_env(**env), workers=0, log_dir=ARTIFACTS / "logs-tls")
-            stack.daphne_args = tls.daphne_endpoint(port, cert, key)
-            stacks.append(stack.start())
-        wait_for(lambda: port_open("127.0.0.1", port), timeout=30, what="daphne's TLS")
-        return port
+            return stack.start()
 
     yield start
     for stack in stacks:
         stack.stop()
+
+
+@pytest.fixture
+def tls_daphne(tmp_path, daphne):
+    """Start a daphne serving TLS itself; its TLS port."""
+
+    def start(**env: str) -> int:
+        cert, key, _ = tls.make_certificate(tmp_path)
+        port = free_port()
+        daphne(tls.daphne_endpoint(port, cert, key), **env)
+        wait_for(lambda: port_open("127.0.0.1", port), timeout=30, what="daphne's TLS")
+        return port
+
+    return start
 
 
 def test_a_connection_starts_in_small_records_and_sixteen_kb_ones_when_turned_off(tls_daphne):
@@ -185,7 +198,7 @@ def test_tts_serve_refuses_a_bad_record_size_by_name_before_it_serves():
 
 @pytest.mark.parametrize(("kind", "buffer"), [("nginx", "4k"), ("nginx", "16k"), ("caddy", "")])
 def test_a_proxy_in_front_of_daphne_serves_tls_and_writes_its_own_records(
-    tmp_path, django_db_setup, django_db_blocker, kind, buffer
+    tmp_path, daphne, kind, buffer
 ):
     """bench/proxies.py (`bench/run.py --path-tls-proxy`): nginx as docs/deployment.md
     configures it, or caddy as docker-compose.yml runs it, terminates TLS and proxies to
@@ -198,28 +211,21 @@ def test_a_proxy_in_front_of_daphne_serves_tls_and_writes_its_own_records(
         pytest.skip(why)
     cert, key, _ = tls.make_certificate(tmp_path)
     port = free_port()
-    stack = Stack(env=private_stack_env(), workers=0, log_dir=ARTIFACTS / "logs-tls")
-    stack.daphne_args = ["--proxy-headers"]
-    proxy = None
+    stack = daphne(["--proxy-headers"])
+    proxy = proxies.start(
+        kind,
+        tmp_path / kind,
+        ARTIFACTS / "logs-tls" / f"{kind}.log",
+        port=port,
+        upstream=stack.port,
+        cert=cert,
+        key=key,
+        nginx_buffer=buffer or "16k",
+    )
     try:
-        with django_db_blocker.unblock():
-            stack.start()
-        proxy = proxies.start(
-            kind,
-            tmp_path / kind,
-            ARTIFACTS / "logs-tls" / f"{kind}.log",
-            port=port,
-            upstream=stack.port,
-            cert=cert,
-            key=key,
-            nginx_buffer=buffer or "16k",
-        )
-        wait_for(lambda: port_open("127.0.0.1", port), timeout=30, what=kind)
         records = records_of_a_get(port, "/static/tts/player.js")  # over 16 KB
     finally:
-        if proxy is not None:
-            proxies.stop(proxy)
-        stack.stop()
+        proxies.stop(proxy)
     assert sum(records) > 20_000
     if kind == "nginx":  # proxy_buffer_size: one memory page
         assert max(records) <= max(4096, os.sysconf("SC_PAGE_SIZE")) + OVERHEAD

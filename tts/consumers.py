@@ -53,9 +53,10 @@ def redis_gate() -> asyncio.Semaphore:
     return gate
 
 
-def error_frame(code: str, message: str) -> dict:
-    """A non-fatal ``error`` frame: it answers the client, and the socket stays open."""
-    return {"type": "error", "code": code, "message": message, "fatal": False}
+def error_frame(code: str, message: str, *, fatal: bool = False) -> dict:
+    """An ``error`` frame: a non-fatal one answers the client, and the socket stays open;
+    a fatal one ends a failed or cancelled session."""
+    return {"type": "error", "code": code, "message": message, "fatal": fatal}
 
 
 class SessionConsumer(AsyncWebsocketConsumer):
@@ -420,7 +421,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def _end_with_error(self, code: str, message: str) -> None:
         """The fatal `error` frame that ends a failed or cancelled session, then 1000."""
-        await self.send_json({"type": "error", "code": code, "message": message, "fatal": True})
+        await self.send_json(error_frame(code, message, fatal=True))
         await self.close(code=1000)
 
     async def send_chunk(self, meta: dict, pcm: bytes) -> None:

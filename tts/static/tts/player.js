@@ -445,7 +445,7 @@ export class NarrationPlayer {
    * focus, they came or moved there less than lingerMs ago, and the page is seen. ``age``:
    * the socket's, in ms. */
   renewWarm(age = 0) {
-    clearTimeout(this.renewal);
+    this.cancelRenewal();
     const limit = this.warmLimit();
     const at = Math.max(limit - RENEW_LEAD_MS, limit / 2);
     this.renewal = setTimeout(() => this.renew(), Math.max(0, at - age));
@@ -480,6 +480,10 @@ export class NarrationPlayer {
 
   stopLingering() {
     this.lingeredAt = -Infinity;
+    this.cancelRenewal();
+  }
+
+  cancelRenewal() {
     clearTimeout(this.renewal);
     this.renewal = null;
   }
@@ -527,8 +531,7 @@ export class NarrationPlayer {
     this.warm?.close();
     this.warm = null;
     this.dropSpare();
-    clearTimeout(this.renewal);
-    this.renewal = null;
+    this.cancelRenewal();
   }
 
   /** Stop listening to the current session (cancelling its synthesis if unfinished). */
