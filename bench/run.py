@@ -238,7 +238,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--nginx-ssl-buffer-size",
-        default="16k",
         help="with --path-tls-proxy nginx: its ssl_buffer_size (nginx's default 16k)",
     )
     p.add_argument(
@@ -349,8 +348,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--path-tls needs --path-rtt-ms (the path the browser takes)")
     if args.path_tls_proxy != "daphne" and not args.path_tls:
         p.error("--path-tls-proxy needs --path-tls")
-    if args.nginx_ssl_buffer_size != "16k" and args.path_tls_proxy != "nginx":
+    if args.nginx_ssl_buffer_size is not None and args.path_tls_proxy != "nginx":
         p.error("--nginx-ssl-buffer-size needs --path-tls-proxy nginx")
+    args.nginx_ssl_buffer_size = args.nginx_ssl_buffer_size or "16k"
     if not re.fullmatch(r"[1-9][0-9]{0,5}[km]?", args.nginx_ssl_buffer_size):
         p.error("--nginx-ssl-buffer-size is nginx's size, such as 4k or 16k")
     if args.path_tls and (why := proxies.missing(args.path_tls_proxy)):

@@ -304,6 +304,7 @@ def test_coldstart_times_the_first_sessions_after_a_start(tmp_path):
         ("bench/run.py", ["--path-tls-proxy", "nginx"], "--path-tls-proxy needs --path-tls"),
         ("bench/run.py", ["--path-tls-proxy", "apache"], "invalid choice: 'apache'"),
         ("bench/run.py", ["--nginx-ssl-buffer-size", "4k"], "needs --path-tls-proxy nginx"),
+        ("bench/run.py", ["--nginx-ssl-buffer-size", "16k"], "needs --path-tls-proxy nginx"),
         (
             "bench/run.py",
             [*["--path-tls", "--path-rtt-ms", "80", "--path-tls-proxy", "nginx"]]
